@@ -1,0 +1,236 @@
+//! `velocity bench ...`: benchmarks that print a table and the command that reproduces it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::SchemaRef;
+
+use crate::dataflow::ChangeBatch;
+use crate::engine::Commit;
+use crate::server::Server;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Bench {
+    /// Incremental maintenance vs full recompute of a 3-table join + aggregate view,
+    /// at each of the given sizes (orders rows).
+    Incremental {
+        /// Sizes in base rows (orders), comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+        rows: Vec<usize>,
+        /// Small transactions to time per size.
+        #[arg(long, default_value_t = 300)]
+        transactions: usize,
+        /// Full recomputes to time per size.
+        #[arg(long, default_value_t = 3)]
+        recomputes: usize,
+    },
+}
+
+pub async fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Incremental { rows, transactions, recomputes } => {
+            println!("velocity bench incremental --rows {} --transactions {transactions} --recomputes {recomputes}",
+                rows.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(","));
+            println!("view: SELECT c.region, p.category, count(*), sum(o.qty) FROM orders o JOIN customers c ON o.customer_id = c.id JOIN products p ON o.product_id = p.id GROUP BY c.region, p.category\n");
+            let mut results = Vec::new();
+            for n in rows {
+                results.push(incremental(n, transactions, recomputes).await?);
+            }
+            println!("\n| base rows | load s | view create s | txn p50 ms | txn p99 ms | txn max ms | recompute ms (median) | recompute / txn p50 | peak RSS MiB | RocksDB MiB |");
+            println!("|---|---|---|---|---|---|---|---|---|---|");
+            for r in &results {
+                println!(
+                    "| {} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0}x | {} | {} |",
+                    r.rows, r.load_s, r.create_s, r.p50_ms, r.p99_ms, r.max_ms, r.recompute_ms, r.recompute_ms / r.p50_ms, r.rss_mib, r.db_mib
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+struct IncrementalResult {
+    rows: usize,
+    load_s: f64,
+    create_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    recompute_ms: f64,
+    rss_mib: u64,
+    db_mib: u64,
+}
+
+/// Peak resident set size of this process, from /proc.
+pub fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Deterministic pseudo-random numbers (xorshift), so runs are comparable.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+async fn sql(server: &Server, q: &str) -> anyhow::Result<Vec<RecordBatch>> {
+    Ok(server.context.sql(q).await?.collect().await?)
+}
+
+async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow::Result<IncrementalResult> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::open(dir.path()).await?;
+    let hook = crate::server::statements::VelocityHook::new(server.engine.clone());
+    let customers = (n / 100).max(10);
+    let products = (n / 1000).max(10);
+    for ddl in [
+        "CREATE TABLE customers (id BIGINT PRIMARY KEY, region TEXT)",
+        "CREATE TABLE products (id BIGINT PRIMARY KEY, category TEXT)",
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, product_id BIGINT, qty BIGINT)",
+    ] {
+        let stmt = datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser::new().parse(ddl)?.remove(0);
+        hook.create_table(&stmt, &server.context, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let (ids, schemas) = {
+        let catalog = server.engine.catalog.read().expect("catalog lock");
+        let r = |name: &str| catalog.get(name).map(|r| (r.id, r.schema.clone())).expect("table exists");
+        let (c, o, p) = (r("customers"), r("orders"), r("products"));
+        ([c.0, p.0, o.0], [c.1, p.1, o.1])
+    };
+    let started = Instant::now();
+    let load = |id: u32, schema: SchemaRef, batch: Vec<arrow::array::ArrayRef>| {
+        let rows = RecordBatch::try_new(schema, batch).expect("bench batch");
+        server.engine.commit(Commit { changes: vec![(id, ChangeBatch::uniform(rows, 1))] })
+    };
+    load(ids[0], schemas[0].clone(), vec![
+        Arc::new(Int64Array::from_iter_values(0..customers as i64)),
+        Arc::new(StringArray::from_iter_values((0..customers).map(|i| format!("region-{}", i % 50)))),
+    ]).await?;
+    load(ids[1], schemas[1].clone(), vec![
+        Arc::new(Int64Array::from_iter_values(0..products as i64)),
+        Arc::new(StringArray::from_iter_values((0..products).map(|i| format!("category-{}", i % 20)))),
+    ]).await?;
+    let mut rng = Rng(0x9E3779B97F4A7C15);
+    let mut qty = Vec::with_capacity(n);
+    let mut customer_of = Vec::with_capacity(n);
+    let mut product_of = Vec::with_capacity(n);
+    for _ in 0..n {
+        customer_of.push((rng.next() % customers as u64) as i64);
+        product_of.push((rng.next() % products as u64) as i64);
+        qty.push((rng.next() % 100) as i64);
+    }
+    let chunk = 200_000;
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        load(ids[2], schemas[2].clone(), vec![
+            Arc::new(Int64Array::from_iter_values(start as i64..end as i64)),
+            Arc::new(Int64Array::from(customer_of[start..end].to_vec())),
+            Arc::new(Int64Array::from(product_of[start..end].to_vec())),
+            Arc::new(Int64Array::from(qty[start..end].to_vec())),
+        ]).await?;
+        eprint!("\rloading {n} orders: {end}/{n}");
+    }
+    eprintln!();
+    let load_s = started.elapsed().as_secs_f64();
+
+    let query = "SELECT c.region, p.category, count(*) AS orders, sum(o.qty) AS qty FROM orders o JOIN customers c ON o.customer_id = c.id JOIN products p ON o.product_id = p.id GROUP BY c.region, p.category";
+    let started = Instant::now();
+    let stmt = datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser::new()
+        .parse(&format!("CREATE MATERIALIZED VIEW sales AS {query}"))?
+        .remove(0);
+    hook.create_view(&stmt, &server.context, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let create_s = started.elapsed().as_secs_f64();
+    eprintln!("view created over {n} orders in {create_s:.1}s");
+
+    // Small transactions: update one order's quantity and move another to a new customer.
+    let mut latencies = Vec::with_capacity(transactions);
+    let order_row = |i: usize, customer: i64, q: i64| {
+        RecordBatch::try_new(schemas[2].clone(), vec![
+            Arc::new(Int64Array::from(vec![i as i64])),
+            Arc::new(Int64Array::from(vec![customer])),
+            Arc::new(Int64Array::from(vec![product_of[i]])),
+            Arc::new(Int64Array::from(vec![q])),
+        ])
+    };
+    for _ in 0..transactions {
+        let i = (rng.next() % n as u64) as usize;
+        let j = (rng.next() % n as u64) as usize;
+        let new_q = (rng.next() % 100) as i64;
+        let new_c = (rng.next() % customers as u64) as i64;
+        let mut changes = vec![
+            ChangeBatch::uniform(order_row(i, customer_of[i], qty[i])?, -1),
+            ChangeBatch::uniform(order_row(i, customer_of[i], new_q)?, 1),
+        ];
+        qty[i] = new_q;
+        if j != i {
+            changes.push(ChangeBatch::uniform(order_row(j, customer_of[j], qty[j])?, -1));
+            changes.push(ChangeBatch::uniform(order_row(j, new_c, qty[j])?, 1));
+            customer_of[j] = new_c;
+        }
+        let changes = ChangeBatch::concat(&schemas[2], &changes)?;
+        let t = Instant::now();
+        server.engine.commit(Commit { changes: vec![(ids[2], changes)] }).await?;
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+
+    // The same view recomputed from scratch by DataFusion over the same tables.
+    let mut recompute = Vec::new();
+    let mut expected = None;
+    for _ in 0..recomputes.max(1) {
+        let t = Instant::now();
+        let batches = sql(&server, query).await?;
+        recompute.push(t.elapsed());
+        expected = Some(batches);
+    }
+    recompute.sort();
+    // Sanity: the maintained view equals the recompute.
+    let count = |b: &[RecordBatch]| b.iter().map(|b| b.num_rows()).sum::<usize>();
+    let view_rows = sql(&server, "SELECT * FROM sales").await?;
+    anyhow::ensure!(count(&view_rows) == count(expected.as_deref().unwrap_or_default()), "view and recompute differ in size");
+    let diff = sql(&server, &format!("SELECT count(*) AS n FROM ((SELECT * FROM sales EXCEPT ALL ({query})) UNION ALL (({query}) EXCEPT ALL SELECT * FROM sales)) d")).await?;
+    let mismatches = diff[0].column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)).unwrap_or(-1);
+    anyhow::ensure!(mismatches == 0, "view differs from recompute in {mismatches} rows");
+
+    Ok(IncrementalResult {
+        rows: n,
+        load_s,
+        create_s,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: percentile(&latencies, 1.0),
+        recompute_ms: percentile(&recompute, 0.5),
+        rss_mib: peak_rss_mib(),
+        db_mib: dir_size(dir.path()) / (1024 * 1024),
+    })
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

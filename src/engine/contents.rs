@@ -1,0 +1,191 @@
+//! Relation contents in storage: the committed rows of a table or a materialized view.
+//!
+//! Key: `r` + relation id + row key. Tables with a primary key use the encoded key
+//! columns as row key and store the row in the value; views and key-less tables use the
+//! encoded row itself and store only its multiplicity.
+
+use std::collections::HashMap;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use crate::dataflow::{ChangeBatch, RowCodec};
+use crate::storage::{Store, TickWrites, keyspace};
+
+use super::{EngineError, Result};
+
+/// How to read and write one relation's contents.
+pub struct Contents {
+    id: u32,
+    name: String,
+    codec: RowCodec,
+    key: Option<(Vec<usize>, RowCodec)>,
+}
+
+/// This tick's not-yet-committed contents writes, read before the store.
+pub type Overlay = HashMap<Vec<u8>, Option<Vec<u8>>>;
+
+impl Contents {
+    pub fn new(id: u32, name: &str, schema: SchemaRef, primary_key: &[usize]) -> Result<Contents> {
+        let key = if primary_key.is_empty() {
+            None
+        } else {
+            let key_schema = std::sync::Arc::new(schema.project(primary_key)?);
+            Some((primary_key.to_vec(), RowCodec::new(key_schema)?))
+        };
+        Ok(Contents { id, name: name.to_string(), codec: RowCodec::new(schema)?, key })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        self.codec.schema()
+    }
+
+    pub fn prefix(id: u32) -> Vec<u8> {
+        let mut p = vec![keyspace::CONTENTS];
+        p.extend_from_slice(&id.to_be_bytes());
+        p
+    }
+
+    fn storage_key(&self, row_key: &[u8]) -> Vec<u8> {
+        let mut k = Contents::prefix(self.id);
+        k.extend_from_slice(row_key);
+        k
+    }
+
+    /// All rows with their multiplicities.
+    pub fn scan(&self, store: &Store) -> Result<ChangeBatch> {
+        let plen = Contents::prefix(self.id).len();
+        let mut rows: Vec<Vec<u8>> = Vec::new();
+        let mut weights = Vec::new();
+        store.for_each_prefix(&Contents::prefix(self.id), |k, v| {
+            let (count, row) = split_value(v);
+            rows.push(if row.is_empty() { k[plen..].to_vec() } else { row.to_vec() });
+            weights.push(count);
+            Ok(())
+        })?;
+        Ok(self.codec.decode_changes(rows.iter().map(|r| r.as_slice()).zip(weights))?)
+    }
+
+    /// All rows, each repeated by its multiplicity.
+    pub fn scan_rows(&self, store: &Store) -> Result<RecordBatch> {
+        Ok(self.scan(store)?.expand_positive()?)
+    }
+
+    /// Rows whose primary key equals one of `keys` (the key columns' values, as a batch).
+    pub fn lookup_keys(&self, store: &Store, keys: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let Some((_, key_codec)) = &self.key else { return Ok(None) };
+        let mut rows = Vec::new();
+        for k in key_codec.encode(keys)? {
+            if let Some(v) = store.get(&self.storage_key(&k))? {
+                rows.push(split_value(&v).1.to_vec());
+            }
+        }
+        Ok(Some(self.codec.decode(rows.iter().map(|r| r.as_slice()))?))
+    }
+
+    pub fn key_columns(&self) -> Option<&[usize]> {
+        self.key.as_ref().map(|(k, _)| k.as_slice())
+    }
+
+    /// Apply consolidated changes to the contents, checking them against the current state
+    /// (store + `overlay`). Tables with a primary key reject a second row for a key
+    /// (unique_violation) and retractions of rows that changed meanwhile (serialization failure).
+    pub fn apply(&self, store: &Store, overlay: &mut Overlay, changes: &ChangeBatch) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let rows = self.codec.encode(&changes.rows)?;
+        let read = |overlay: &Overlay, key: &[u8]| -> Result<Option<Vec<u8>>> {
+            match overlay.get(key) {
+                Some(v) => Ok(v.clone()),
+                None => Ok(store.get(key)?),
+            }
+        };
+        match &self.key {
+            Some((key_cols, key_codec)) => {
+                let key_batch = changes.rows.project(key_cols)?;
+                let keys = key_codec.encode(&key_batch)?;
+                // Retractions first, so that an update (-old +new) of one key is allowed.
+                for pass_inserts in [false, true] {
+                    for (i, (row, key)) in rows.iter().zip(&keys).enumerate() {
+                        let w = changes.weights.value(i);
+                        if (w > 0) != pass_inserts {
+                            continue;
+                        }
+                        let skey = self.storage_key(key);
+                        let current = read(overlay, &skey)?;
+                        if w < 0 {
+                            let matches = current.as_deref().map(|v| split_value(v).1 == row.as_slice());
+                            if w != -1 || matches != Some(true) {
+                                return Err(EngineError::SerializationFailure(format!(
+                                    "a row of \"{}\" changed concurrently; retry the transaction",
+                                    self.name
+                                )));
+                            }
+                            overlay.insert(skey, None);
+                        } else {
+                            if w != 1 || current.is_some() {
+                                return Err(EngineError::UniqueViolation(format!(
+                                    "duplicate key value violates primary key of \"{}\": {}",
+                                    self.name,
+                                    describe_key(&key_batch, i)
+                                )));
+                            }
+                            overlay.insert(skey, Some(join_value(1, row)));
+                        }
+                    }
+                }
+            }
+            None => {
+                for (i, row) in rows.iter().enumerate() {
+                    let skey = self.storage_key(row);
+                    let count = read(overlay, &skey)?.map(|v| split_value(&v).0).unwrap_or(0);
+                    let new = count + changes.weights.value(i);
+                    if new < 0 {
+                        return Err(EngineError::SerializationFailure(format!(
+                            "a row of \"{}\" was removed concurrently; retry the transaction",
+                            self.name
+                        )));
+                    }
+                    overlay.insert(skey, if new == 0 { None } else { Some(join_value(new, &[])) });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Move an overlay into the tick's writes.
+pub fn flush_overlay(overlay: Overlay, writes: &mut TickWrites) {
+    for (k, v) in overlay {
+        match v {
+            Some(v) => writes.put(&k, &v),
+            None => writes.delete(&k),
+        }
+    }
+}
+
+fn split_value(v: &[u8]) -> (i64, &[u8]) {
+    let count = v.get(..8).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes).unwrap_or(0);
+    (count, v.get(8..).unwrap_or(&[]))
+}
+
+fn join_value(count: i64, row: &[u8]) -> Vec<u8> {
+    let mut v = count.to_le_bytes().to_vec();
+    v.extend_from_slice(row);
+    v
+}
+
+fn describe_key(keys: &RecordBatch, row: usize) -> String {
+    let names: Vec<String> = keys.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let values: Vec<String> = keys
+        .columns()
+        .iter()
+        .map(|c| {
+            datafusion::scalar::ScalarValue::try_from_array(c, row)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|_| "?".into())
+        })
+        .collect();
+    format!("({})=({})", names.join(", "), values.join(", "))
+}

@@ -1,0 +1,442 @@
+//! The engine: owns storage, the catalog and every dataflow, and advances in ticks.
+//!
+//! A tick takes the pending commits, applies them to table contents, pushes the changes
+//! through every dataflow in dependency order and commits contents, operator state and
+//! catalog changes in one RocksDB `WriteBatch`. Readers hold the [`Engine::gate`] while
+//! they copy data, so they never observe half a tick.
+
+pub mod contents;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog::{Catalog, Relation, RelationKind};
+use crate::dataflow::graph::Dataflow;
+use crate::dataflow::{ChangeBatch, DataflowError};
+use crate::storage::{StorageError, Store, TickWrites, keyspace};
+
+pub use contents::Contents;
+
+/// Errors the engine reports for a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    UniqueViolation(String),
+    #[error("{0}")]
+    NotNullViolation(String),
+    #[error("{0}")]
+    SerializationFailure(String),
+    #[error("{0}")]
+    DependentObjects(String),
+    #[error("{0}")]
+    UndefinedObject(String),
+    #[error("error maintaining views: {0}")]
+    Dataflow(#[from] DataflowError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Changes to apply atomically: one source or client transaction.
+pub struct Commit {
+    pub changes: Vec<(u32, ChangeBatch)>,
+}
+
+/// What a committed tick produced, for changefeeds.
+#[derive(Clone)]
+pub struct TickOutput {
+    pub tick: u64,
+    pub committed_at: SystemTime,
+    /// Consolidated changes of every relation that changed, by relation id.
+    pub changes: Arc<HashMap<u32, ChangeBatch>>,
+}
+
+enum Request {
+    Commit(Commit, oneshot::Sender<Result<u64>>),
+    CreateTable { relation: Relation, restore: bool, reply: oneshot::Sender<Result<()>> },
+    CreateView { relation: Relation, dataflow: Box<Dataflow>, restore: bool, reply: oneshot::Sender<Result<()>> },
+    Drop { names: Vec<String>, reply: oneshot::Sender<Result<()>> },
+}
+
+/// Counters readable while the engine runs.
+#[derive(Default, Debug, Clone)]
+pub struct EngineStats {
+    pub tick: u64,
+    pub last_tick_at: Option<SystemTime>,
+    pub view_rows: HashMap<u32, i64>,
+    pub tick_latencies_us: Vec<u64>,
+}
+
+/// A cloneable handle: send requests to the engine thread, read the catalog.
+#[derive(Clone)]
+pub struct Engine {
+    requests: mpsc::UnboundedSender<Request>,
+    pub store: Store,
+    pub catalog: Arc<RwLock<Catalog>>,
+    /// Held for writing while a tick commits; readers hold it while they copy a snapshot.
+    pub gate: Arc<tokio::sync::RwLock<()>>,
+    pub ticks: tokio::sync::broadcast::Sender<TickOutput>,
+    pub stats: Arc<RwLock<EngineStats>>,
+}
+
+impl Engine {
+    /// Open the data directory and start the engine thread.
+    pub fn open(dir: &Path) -> Result<Engine> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::Corrupt { what: dir.display().to_string(), detail: e.to_string() })?;
+        let store = Store::open(dir)?;
+        let tick = store
+            .get(&meta_key(b"tick"))?
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ticks, _) = tokio::sync::broadcast::channel(1024);
+        let engine = Engine {
+            requests: tx,
+            store: store.clone(),
+            catalog: Arc::new(RwLock::new(Catalog::default())),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+            ticks,
+            stats: Arc::new(RwLock::new(EngineStats { tick, ..Default::default() })),
+        };
+        let state = EngineThread {
+            store,
+            catalog: engine.catalog.clone(),
+            gate: engine.gate.clone(),
+            ticks: engine.ticks.clone(),
+            stats: engine.stats.clone(),
+            contents: HashMap::new(),
+            dataflows: BTreeMap::new(),
+            tick,
+        };
+        std::thread::Builder::new()
+            .name("velocity-engine".into())
+            .spawn(move || state.run(rx))
+            .map_err(|e| StorageError::Corrupt { what: "engine thread".into(), detail: e.to_string() })?;
+        Ok(engine)
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(make(tx)).map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Apply a transaction; returns the tick it was committed in.
+    pub async fn commit(&self, commit: Commit) -> Result<u64> {
+        self.call(|reply| Request::Commit(commit, reply)).await
+    }
+
+    pub async fn create_table(&self, relation: Relation, restore: bool) -> Result<()> {
+        self.call(|reply| Request::CreateTable { relation, restore, reply }).await
+    }
+
+    pub async fn create_view(&self, relation: Relation, dataflow: Dataflow, restore: bool) -> Result<()> {
+        self.call(|reply| Request::CreateView { relation, dataflow: Box::new(dataflow), restore, reply }).await
+    }
+
+    /// Drop relations, given dependents first.
+    pub async fn drop(&self, names: Vec<String>) -> Result<()> {
+        self.call(|reply| Request::Drop { names, reply }).await
+    }
+
+    pub fn current_tick(&self) -> u64 {
+        self.stats.read().map(|s| s.tick).unwrap_or(0)
+    }
+}
+
+struct EngineThread {
+    store: Store,
+    catalog: Arc<RwLock<Catalog>>,
+    gate: Arc<tokio::sync::RwLock<()>>,
+    ticks: tokio::sync::broadcast::Sender<TickOutput>,
+    stats: Arc<RwLock<EngineStats>>,
+    contents: HashMap<u32, Contents>,
+    /// By view id: ids grow with creation, so this order is a dependency order.
+    dataflows: BTreeMap<u32, Dataflow>,
+    tick: u64,
+}
+
+impl EngineThread {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+        while let Some(first) = rx.blocking_recv() {
+            // Group every commit already waiting into one tick, for throughput.
+            let mut commits = Vec::new();
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Commit(c, reply) => commits.push((c, reply)),
+                    other => {
+                        let pending = std::mem::take(&mut commits);
+                        self.guarded(|engine| engine.run_commits(pending));
+                        self.guarded(|engine| engine.handle_ddl(other));
+                    }
+                }
+                if commits.len() < 4096 {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.guarded(|engine| engine.run_commits(commits));
+        }
+    }
+
+    /// A bug must not take the engine down: a panicking request is dropped (its waiters
+    /// get an error) and every dataflow goes back to its committed state.
+    fn guarded(&mut self, f: impl FnOnce(&mut Self)) {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))).is_err() {
+            tracing::error!("engine request panicked; restoring committed state");
+            let ids: Vec<u32> = self.dataflows.keys().copied().collect();
+            self.restore_dataflows(&ids);
+        }
+    }
+
+    fn handle_ddl(&mut self, req: Request) {
+        match req {
+            Request::CreateTable { relation, restore, reply } => {
+                let _ = reply.send(self.create_table(relation, restore));
+            }
+            Request::CreateView { relation, dataflow, restore, reply } => {
+                let _ = reply.send(self.create_view(relation, *dataflow, restore));
+            }
+            Request::Drop { names, reply } => {
+                let _ = reply.send(self.drop(names));
+            }
+            Request::Commit(..) => unreachable!("commits are batched by run()"),
+        }
+    }
+
+    fn create_table(&mut self, relation: Relation, restore: bool) -> Result<()> {
+        let contents = Contents::new(relation.id, &relation.name, relation.schema.clone(), &relation.primary_key)?;
+        let mut writes = TickWrites::default();
+        let mut catalog = self.catalog.write().expect("catalog lock");
+        if !restore {
+            catalog.insert(relation.clone(), Some(&mut writes));
+            drop(catalog);
+            self.commit_writes(writes, HashMap::new())?;
+        } else {
+            catalog.insert(relation.clone(), None);
+        }
+        self.contents.insert(relation.id, contents);
+        Ok(())
+    }
+
+    fn create_view(&mut self, relation: Relation, mut dataflow: Dataflow, restore: bool) -> Result<()> {
+        let contents = Contents::new(relation.id, &relation.name, relation.schema.clone(), &[])?;
+        if restore {
+            dataflow.restore(&self.store)?;
+            self.catalog.write().expect("catalog lock").insert(relation.clone(), None);
+        } else {
+            // Hydrate: the current contents of every input, as one insertion.
+            let mut inputs = HashMap::new();
+            for id in dataflow.inputs().collect::<Vec<_>>() {
+                let c = self.contents.get(&id).ok_or_else(|| EngineError::UndefinedObject(format!("relation {id}")))?;
+                inputs.insert(id, c.scan(&self.store)?);
+            }
+            let mut writes = TickWrites::default();
+            let out = match dataflow.step(&inputs, &mut writes, true) {
+                Ok(out) => out,
+                Err(e) => return Err(e.into()),
+            };
+            let mut overlay = contents::Overlay::new();
+            contents.apply(&self.store, &mut overlay, &out)?;
+            contents::flush_overlay(overlay, &mut writes);
+            self.catalog.write().expect("catalog lock").insert(relation.clone(), Some(&mut writes));
+            let mut changed = HashMap::new();
+            changed.insert(relation.id, out);
+            if let Err(e) = self.commit_writes(writes, changed) {
+                self.catalog.write().expect("catalog lock").remove(&relation.name, &mut TickWrites::default());
+                return Err(e);
+            }
+        }
+        self.contents.insert(relation.id, contents);
+        self.dataflows.insert(relation.id, dataflow);
+        Ok(())
+    }
+
+    fn drop(&mut self, names: Vec<String>) -> Result<()> {
+        let mut writes = TickWrites::default();
+        let mut catalog = self.catalog.write().expect("catalog lock");
+        for name in &names {
+            let Some(rel) = catalog.remove(name, &mut writes) else {
+                return Err(EngineError::UndefinedObject(format!("relation \"{name}\" does not exist")));
+            };
+            writes.delete_prefix(&self.store, &Contents::prefix(rel.id))?;
+            if rel.kind == RelationKind::MaterializedView {
+                let mut p = vec![keyspace::STATE];
+                p.extend_from_slice(&rel.id.to_be_bytes());
+                writes.delete_prefix(&self.store, &p)?;
+            }
+            self.contents.remove(&rel.id);
+            self.dataflows.remove(&rel.id);
+        }
+        drop(catalog);
+        self.commit_writes(writes, HashMap::new())
+    }
+
+    /// Run a group of commits as one tick; if the tick fails, retry them one by one so
+    /// that only the offending transaction is rejected.
+    fn run_commits(&mut self, commits: Vec<(Commit, oneshot::Sender<Result<u64>>)>) {
+        if commits.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let (accepted, mut rejected) = self.try_tick(commits.iter().map(|(c, _)| c).collect());
+        match accepted {
+            Ok(tick) => {
+                for (i, (_, reply)) in commits.into_iter().enumerate() {
+                    let _ = reply.send(match rejected.remove(&i) {
+                        Some(e) => Err(e),
+                        None => Ok(tick),
+                    });
+                }
+            }
+            Err(e) if commits.len() == 1 => {
+                let _ = commits.into_iter().next().map(|(_, reply)| reply.send(Err(e)));
+            }
+            Err(_) => {
+                for (c, reply) in commits {
+                    let result = self.try_tick(vec![&c]);
+                    let _ = reply.send(match result {
+                        (Ok(tick), rejected) => match rejected.into_values().next() {
+                            Some(e) => Err(e),
+                            None => Ok(tick),
+                        },
+                        (Err(e), _) => Err(e),
+                    });
+                }
+            }
+        }
+        if let Ok(mut s) = self.stats.write() {
+            s.tick_latencies_us.push(started.elapsed().as_micros() as u64);
+            if s.tick_latencies_us.len() > 100_000 {
+                s.tick_latencies_us.drain(..50_000);
+            }
+        }
+    }
+
+    /// Apply commits as one tick. Commits that violate table constraints are rejected
+    /// individually (second value); an error in a dataflow fails the whole tick.
+    fn try_tick(&mut self, commits: Vec<&Commit>) -> (Result<u64>, HashMap<usize, EngineError>) {
+        let mut rejected = HashMap::new();
+        let mut overlay = contents::Overlay::new();
+        let mut table_changes: HashMap<u32, Vec<ChangeBatch>> = HashMap::new();
+        for (i, commit) in commits.iter().enumerate() {
+            let mut attempt = overlay.clone();
+            let applied = commit.changes.iter().try_for_each(|(id, changes)| {
+                let c = self.contents.get(id).ok_or_else(|| EngineError::UndefinedObject(format!("relation {id} was dropped")))?;
+                c.apply(&self.store, &mut attempt, changes)
+            });
+            match applied {
+                Ok(()) => {
+                    overlay = attempt;
+                    for (id, changes) in &commit.changes {
+                        table_changes.entry(*id).or_default().push(changes.clone());
+                    }
+                }
+                Err(e) => {
+                    rejected.insert(i, e);
+                }
+            }
+        }
+        if table_changes.is_empty() {
+            return (Ok(self.tick), rejected);
+        }
+        let result = self.propagate(table_changes, overlay);
+        (result, rejected)
+    }
+
+    fn propagate(&mut self, table_changes: HashMap<u32, Vec<ChangeBatch>>, mut overlay: contents::Overlay) -> Result<u64> {
+        let mut changed: HashMap<u32, ChangeBatch> = HashMap::new();
+        for (id, batches) in table_changes {
+            let schema = self.contents[&id].schema().clone();
+            let merged = ChangeBatch::concat(&schema, &batches)?.consolidate()?;
+            if !merged.is_empty() {
+                changed.insert(id, merged);
+            }
+        }
+        let mut writes = TickWrites::default();
+        let mut stepped = Vec::new();
+        let mut failure = None;
+        for (id, dataflow) in self.dataflows.iter_mut() {
+            if !dataflow.inputs().any(|i| changed.contains_key(&i)) {
+                continue;
+            }
+            stepped.push(*id);
+            let out = dataflow
+                .step(&changed, &mut writes, false)
+                .map_err(EngineError::from)
+                .and_then(|out| {
+                    self.contents[id].apply(&self.store, &mut overlay, &out)?;
+                    Ok(out)
+                });
+            match out {
+                Ok(out) if !out.is_empty() => {
+                    changed.insert(*id, out);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.restore_dataflows(&stepped);
+            return Err(e);
+        }
+        contents::flush_overlay(overlay, &mut writes);
+        if let Err(e) = self.commit_writes(writes, changed) {
+            self.restore_dataflows(&stepped);
+            return Err(e);
+        }
+        Ok(self.tick)
+    }
+
+    /// Operators mutate their in-memory state during a tick; a failed tick reloads the
+    /// committed state of every dataflow it touched.
+    fn restore_dataflows(&mut self, ids: &[u32]) {
+        for id in ids {
+            if let Some(d) = self.dataflows.get_mut(id) {
+                if let Err(e) = d.restore(&self.store) {
+                    tracing::error!("restoring dataflow {id} after a failed tick: {e}");
+                }
+            }
+        }
+    }
+
+    fn commit_writes(&mut self, mut writes: TickWrites, changed: HashMap<u32, ChangeBatch>) -> Result<()> {
+        let tick = self.tick + 1;
+        writes.put(&meta_key(b"tick"), &tick.to_le_bytes());
+        // Commit, publish the tick number and notify changefeeds under the gate, so a reader
+        // that snapshots and subscribes under the gate sees every tick exactly once.
+        let _gate = self.gate.blocking_write();
+        self.store.commit(writes)?;
+        self.tick = tick;
+        let committed_at = SystemTime::now();
+        if let Ok(mut s) = self.stats.write() {
+            s.tick = tick;
+            s.last_tick_at = Some(committed_at);
+            for (id, c) in &changed {
+                *s.view_rows.entry(*id).or_default() += c.weights.values().iter().sum::<i64>();
+            }
+        }
+        let _ = self.ticks.send(TickOutput { tick, committed_at, changes: Arc::new(changed) });
+        Ok(())
+    }
+}
+
+fn meta_key(name: &[u8]) -> Vec<u8> {
+    let mut k = vec![keyspace::META];
+    k.extend_from_slice(name);
+    k
+}
+

@@ -1,0 +1,12 @@
+//! Velocity: a SQL-first streaming database. See README.md for the architecture.
+//!
+//! Data flows `sources -> engine (tick) -> dataflow -> storage`, and `server` serves it.
+
+pub mod bench;
+pub mod catalog;
+pub mod dataflow;
+pub mod engine;
+pub mod planner;
+pub mod server;
+pub mod sql;
+pub mod storage;

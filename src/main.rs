@@ -1,0 +1,65 @@
+//! The `velocity` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "velocity", version, about = "A SQL-first streaming database: CDC in, incrementally maintained views out, over the Postgres wire protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Where RocksDB keeps tables, views, operator state and offsets.
+        #[arg(long, default_value = "./velocity-data")]
+        data_dir: PathBuf,
+        /// Address for Postgres clients.
+        #[arg(long, default_value = "127.0.0.1:6875")]
+        listen: SocketAddr,
+    },
+    /// Benchmarks; print a table and the command that reproduces it.
+    Bench {
+        #[command(subcommand)]
+        bench: velocity::bench::Bench,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Serve { data_dir, listen } => runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let server = velocity::server::Server::open(&data_dir).await?;
+            // Tests and scripts read this line to learn the port (`--listen 127.0.0.1:0`).
+            println!("velocity: listening on {}", listener.local_addr()?);
+            tracing::info!("data in {}", data_dir.display());
+            tokio::select! {
+                r = server.serve(listener) => r,
+                _ = shutdown_signal() => {
+                    tracing::info!("shutting down");
+                    Ok(())
+                }
+            }
+        }),
+        Command::Bench { bench } => runtime.block_on(velocity::bench::run(bench)),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,236 @@
+//! Planner: DataFusion `LogicalPlan` -> incremental dataflow.
+//!
+//! DataFusion resolves names, types and subqueries and optimizes the plan; this module
+//! maps each plan node onto an incremental operator. A construct that cannot be
+//! maintained incrementally is rejected here, by name, never recomputed silently.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, RecordBatchOptions};
+use arrow::datatypes::SchemaRef;
+use datafusion::common::{DFSchema, JoinType, NullEquality, TableReference};
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+
+use crate::dataflow::constant::Constant;
+use crate::dataflow::filter::Filter;
+use crate::dataflow::graph::{Dataflow, Node, NodeInput};
+use crate::dataflow::join::{Join, JoinKind};
+use crate::dataflow::project::Project;
+use crate::dataflow::union::Union;
+use crate::dataflow::{DataflowError, Operator};
+
+/// Errors raised while turning a query into a dataflow.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// SQLSTATE 0A000: the query uses something the engine cannot maintain incrementally.
+    #[error("{0} is not supported in a materialized view")]
+    Unsupported(String),
+    #[error("materialized views can only read tables and materialized views; \"{0}\" is neither")]
+    UnknownRelation(String),
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error(transparent)]
+    Dataflow(#[from] DataflowError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+pub type Result<T, E = PlanError> = std::result::Result<T, E>;
+
+/// Resolves a scanned table to a Velocity relation: its id and full schema.
+pub trait RelationResolver {
+    fn resolve(&self, table: &TableReference) -> Option<(u32, SchemaRef)>;
+}
+
+/// Build the dataflow that maintains `plan` (an optimized DataFusion plan).
+pub fn plan_dataflow(plan: &LogicalPlan, dataflow_id: u32, resolver: &dyn RelationResolver) -> Result<Dataflow> {
+    let mut builder = Builder {
+        dataflow_id,
+        nodes: Vec::new(),
+        relation_schemas: HashMap::new(),
+        resolver,
+        props: ExecutionProps::new(),
+    };
+    let output = builder.plan(plan)?;
+    let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    Ok(Dataflow { id: dataflow_id, nodes: builder.nodes, output, relation_schemas: builder.relation_schemas, schema })
+}
+
+struct Builder<'a> {
+    dataflow_id: u32,
+    nodes: Vec<Node>,
+    relation_schemas: HashMap<u32, SchemaRef>,
+    resolver: &'a dyn RelationResolver,
+    props: ExecutionProps,
+}
+
+impl Builder<'_> {
+    fn add(&mut self, operator: impl Operator + 'static, inputs: Vec<NodeInput>) -> NodeInput {
+        self.nodes.push(Node { operator: Box::new(operator), inputs });
+        NodeInput::Node(self.nodes.len() - 1)
+    }
+
+    fn next_node_id(&self) -> u32 {
+        self.nodes.len() as u32
+    }
+
+    fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        reject_unsupported_expr(expr)?;
+        Ok(create_physical_expr(expr, schema, &self.props, &Default::default())?)
+    }
+
+    fn plan(&mut self, plan: &LogicalPlan) -> Result<NodeInput> {
+        let out_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                if scan.fetch.is_some() {
+                    return Err(PlanError::Unsupported("LIMIT".into()));
+                }
+                let (id, schema) = self
+                    .resolver
+                    .resolve(&scan.table_name)
+                    .ok_or_else(|| PlanError::UnknownRelation(scan.table_name.to_string()))?;
+                self.relation_schemas.insert(id, schema.clone());
+                let mut node = NodeInput::Relation(id);
+                if !scan.filters.is_empty() {
+                    let full = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &schema)?;
+                    let predicate = scan.filters.iter().cloned().reduce(Expr::and).expect("non-empty filters");
+                    let predicate = self.physical(&predicate, &full)?;
+                    node = self.add(Filter::new(schema.clone(), predicate), vec![node]);
+                }
+                if let Some(projection) = &scan.projection {
+                    let exprs: Vec<Arc<dyn PhysicalExpr>> = projection
+                        .iter()
+                        .map(|&i| {
+                            Arc::new(datafusion::physical_expr::expressions::Column::new(schema.field(i).name(), i))
+                                as Arc<dyn PhysicalExpr>
+                        })
+                        .collect();
+                    node = self.add(Project::new(out_schema, exprs), vec![node]);
+                }
+                Ok(node)
+            }
+            LogicalPlan::Projection(p) => {
+                let input = self.plan(&p.input)?;
+                let exprs = p.expr.iter().map(|e| self.physical(e, p.input.schema())).collect::<Result<Vec<_>>>()?;
+                Ok(self.add(Project::new(out_schema, exprs), vec![input]))
+            }
+            LogicalPlan::Filter(f) => {
+                let input = self.plan(&f.input)?;
+                let predicate = self.physical(&f.predicate, f.input.schema())?;
+                Ok(self.add(Filter::new(out_schema, predicate), vec![input]))
+            }
+            LogicalPlan::SubqueryAlias(a) => self.plan(&a.input),
+            LogicalPlan::Sort(s) => {
+                if s.fetch.is_some() {
+                    return Err(PlanError::Unsupported("ORDER BY ... LIMIT".into()));
+                }
+                // A view is a set; its order is chosen by the query that reads it.
+                self.plan(&s.input)
+            }
+            LogicalPlan::Limit(_) => Err(PlanError::Unsupported("LIMIT/OFFSET".into())),
+            LogicalPlan::Union(u) => {
+                let inputs = u.inputs.iter().map(|i| self.plan(i)).collect::<Result<Vec<_>>>()?;
+                Ok(self.add(Union::new(out_schema), inputs))
+            }
+            LogicalPlan::Join(j) => self.plan_join(j, out_schema),
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => Err(PlanError::Unsupported("TEMP".into())),
+            LogicalPlan::Distinct(Distinct::On(_)) => Err(PlanError::Unsupported("DISTINCT ON".into())),
+            LogicalPlan::Values(v) => {
+                let empty = DFSchema::empty();
+                let one_row = RecordBatch::try_new_with_options(
+                    Arc::new(arrow::datatypes::Schema::empty()),
+                    vec![],
+                    &RecordBatchOptions::new().with_row_count(Some(1)),
+                )?;
+                let mut columns: Vec<Vec<arrow::array::ArrayRef>> = vec![Vec::new(); out_schema.fields().len()];
+                for row in &v.values {
+                    for (c, e) in row.iter().enumerate() {
+                        let value = self.physical(e, &empty)?.evaluate(&one_row)?.into_array(1)?;
+                        let value = arrow::compute::cast(&value, out_schema.field(c).data_type())?;
+                        columns[c].push(value);
+                    }
+                }
+                let columns = columns
+                    .iter()
+                    .map(|parts| arrow::compute::concat(&parts.iter().map(|a| a.as_ref()).collect::<Vec<_>>()))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let rows = RecordBatch::try_new(out_schema, columns)?;
+                let node = self.next_node_id();
+                Ok(self.add(Constant::new(rows, self.dataflow_id, node), vec![]))
+            }
+            LogicalPlan::EmptyRelation(e) => {
+                let rows = RecordBatch::try_new_with_options(
+                    out_schema.clone(),
+                    vec![],
+                    &RecordBatchOptions::new().with_row_count(Some(usize::from(e.produce_one_row))),
+                )?;
+                let node = self.next_node_id();
+                Ok(self.add(Constant::new(rows, self.dataflow_id, node), vec![]))
+            }
+            LogicalPlan::Window(_) => Err(PlanError::Unsupported("window functions".into())),
+            LogicalPlan::RecursiveQuery(_) => Err(PlanError::Unsupported("WITH RECURSIVE".into())),
+            LogicalPlan::Unnest(_) => Err(PlanError::Unsupported("UNNEST".into())),
+            other => Err(PlanError::Unsupported(format!("the plan node {}", other.display()))),
+        }
+    }
+
+    fn plan_join(&mut self, j: &datafusion::logical_expr::Join, out_schema: SchemaRef) -> Result<NodeInput> {
+        let kind = match j.join_type {
+            JoinType::Inner => JoinKind::Inner,
+            JoinType::Left => JoinKind::Left,
+            JoinType::Right => JoinKind::Right,
+            JoinType::Full => JoinKind::Full,
+            JoinType::LeftSemi => JoinKind::LeftSemi,
+            JoinType::LeftAnti if !j.null_aware => JoinKind::LeftAnti,
+            JoinType::LeftAnti => return Err(PlanError::Unsupported("NOT IN (subquery)".into())),
+            other => return Err(PlanError::Unsupported(format!("{other} join"))),
+        };
+        if j.null_equality == NullEquality::NullEqualsNull {
+            return Err(PlanError::Unsupported("joins on IS NOT DISTINCT FROM".into()));
+        }
+        if j.filter.is_some() && matches!(kind, JoinKind::Left | JoinKind::Right | JoinKind::Full) {
+            return Err(PlanError::Unsupported("an outer join condition other than column equalities".into()));
+        }
+        let left = self.plan(&j.left)?;
+        let right = self.plan(&j.right)?;
+        let left_keys = j.on.iter().map(|(l, _)| self.physical(l, j.left.schema())).collect::<Result<Vec<_>>>()?;
+        let right_keys = j.on.iter().map(|(_, r)| self.physical(r, j.right.schema())).collect::<Result<Vec<_>>>()?;
+        let filter = match &j.filter {
+            Some(f) => Some(self.physical(f, &j.left.schema().join(j.right.schema())?)?),
+            None => None,
+        };
+        let left_schema: SchemaRef = Arc::new(j.left.schema().as_arrow().clone());
+        let right_schema: SchemaRef = Arc::new(j.right.schema().as_arrow().clone());
+        let node = self.next_node_id();
+        let op = Join::new(kind, left_schema, right_schema, left_keys, right_keys, filter, out_schema, self.dataflow_id, node)?;
+        Ok(self.add(op, vec![left, right]))
+    }
+}
+
+/// Expressions whose value is not a function of the row: a view over them would silently
+/// freeze the value at creation time.
+fn reject_unsupported_expr(expr: &Expr) -> Result<()> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = None;
+    expr.apply(|e| {
+        if let Expr::ScalarFunction(f) = e {
+            if f.func.signature().volatility == datafusion::logical_expr::Volatility::Volatile {
+                found = Some(format!("the volatile function {}()", f.func.name()));
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        if matches!(e, Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_)) {
+            found = Some("this form of subquery".to_string());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match found {
+        Some(what) => Err(PlanError::Unsupported(what)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,311 @@
+//! The pgwire server: `datafusion-postgres` serving a DataFusion session whose tables are
+//! Velocity relations, with Velocity's statements plugged in as a query hook.
+//!
+//! SELECTs run in DataFusion while holding the engine's gate for reading, so every
+//! relation a query reads comes from the same committed tick.
+
+pub mod error;
+pub mod relation_table;
+pub mod statements;
+pub mod subscribe;
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::{CloseCursor, Statement};
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_postgres::hooks::QueryHook;
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
+use datafusion_postgres::pgwire::api::portal::{Format, Portal};
+use datafusion_postgres::pgwire::api::stmt::QueryParser;
+use datafusion_postgres::pgwire::api::Type;
+use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use datafusion_postgres::pgwire::api::results::{FieldInfo, Response, Tag};
+use datafusion_postgres::pgwire::api::store::PortalStore;
+use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, ErrorHandler, PgWireServerHandlers};
+use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::{DfSessionService, Parser};
+use tokio::net::TcpListener;
+
+use crate::catalog::{Catalog, RelationKind};
+use crate::engine::Engine;
+use error::{from_sql, pg_error};
+use statements::VelocityHook;
+
+/// Name of the database (DataFusion catalog) clients connect to.
+pub const DATABASE: &str = "velocity";
+
+/// A running Velocity instance: engine plus SQL session, ready to accept connections.
+pub struct Server {
+    pub engine: Engine,
+    pub context: Arc<SessionContext>,
+    handlers: Arc<Handlers>,
+}
+
+impl Server {
+    /// Open the data directory, replay the catalog and prepare the SQL session.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Server> {
+        let engine = Engine::open(data_dir)?;
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(DATABASE, "public")
+            .with_information_schema(true);
+        let context = Arc::new(SessionContext::new_with_config(config));
+        setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let hook = Arc::new(VelocityHook::new(engine.clone()));
+
+        let entries = Catalog::load_entries(&engine.store)?;
+        for entry in &entries {
+            let stmt = PostgresCompatibilityParser::new()
+                .parse(&entry.create_sql)
+                .map_err(|e| anyhow::anyhow!("stored definition of {}: {e}", entry.name))?
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("empty stored definition of {}", entry.name))?;
+            let restored = match entry.kind {
+                RelationKind::Table => hook.create_table(&stmt, &context, Some(entry.id)).await,
+                RelationKind::MaterializedView => hook.create_view(&stmt, &context, Some(entry.id)).await,
+            };
+            restored.map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
+        }
+        if !entries.is_empty() {
+            tracing::info!("restored {} relations at tick {}", entries.len(), engine.current_tick());
+        }
+
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![hook.clone(), Arc::new(CursorStatementHook), Arc::new(SetShowHook)];
+        let inner = Arc::new(DfSessionService::new_with_hooks(context.clone(), hooks));
+        let service = Arc::new(VelocityService { inner, hook, engine: engine.clone() });
+        let handlers = Arc::new(Handlers { service, startup: Arc::new(StartupHandler) });
+        Ok(Server { engine, context, handlers })
+    }
+
+    /// Accept connections until the listener fails.
+    pub async fn serve(&self, listener: TcpListener) -> anyhow::Result<()> {
+        loop {
+            let (socket, addr) = listener.accept().await?;
+            let handlers = self.handlers.clone();
+            tokio::spawn(async move {
+                if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, None, handlers).await {
+                    tracing::debug!("connection {addr}: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Start a server on an already-bound listener (tests bind `127.0.0.1:0`).
+pub async fn spawn(data_dir: &Path, listener: TcpListener) -> anyhow::Result<(SocketAddr, Arc<Server>)> {
+    let addr = listener.local_addr()?;
+    let server = Arc::new(Server::open(data_dir).await?);
+    let s = server.clone();
+    tokio::spawn(async move {
+        if let Err(e) = s.serve(listener).await {
+            tracing::error!("server stopped: {e}");
+        }
+    });
+    Ok((addr, server))
+}
+
+struct Handlers {
+    service: Arc<VelocityService>,
+    startup: Arc<StartupHandler>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.service.clone()
+    }
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.service.clone()
+    }
+    fn startup_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(SqlStateErrors)
+    }
+}
+
+struct StartupHandler;
+impl NoopStartupHandler for StartupHandler {}
+
+/// Gives DataFusion errors that reach the wire without a SQLSTATE their proper one.
+struct SqlStateErrors;
+impl ErrorHandler for SqlStateErrors {
+    fn on_error<C: ClientInfo>(&self, _client: &C, error: &mut PgWireError) {
+        assign_sqlstate(error);
+    }
+}
+
+fn assign_sqlstate(error: &mut PgWireError) {
+    if let PgWireError::ApiError(e) = error {
+        if let Some(df) = e.downcast_ref::<datafusion::error::DataFusionError>() {
+            let code = error::datafusion_code(df);
+            let message = df.find_root().message().to_string();
+            *error = pg_error(code, message);
+        }
+    }
+}
+
+/// The session's open `DECLARE ... CURSOR FOR SUBSCRIBE` cursors.
+#[derive(Default)]
+struct SubscribeCursors(tokio::sync::Mutex<std::collections::HashMap<String, subscribe::SubscribeCursor>>);
+
+/// Simple-query front: Velocity's own statements, syntax errors with SQLSTATE 42601,
+/// snapshot-consistent SELECTs; the rest goes to `DfSessionService` (and its hooks).
+struct VelocityService {
+    inner: Arc<DfSessionService>,
+    hook: Arc<VelocityHook>,
+    engine: Engine,
+}
+
+fn error_info(mut e: PgWireError) -> ErrorInfo {
+    assign_sqlstate(&mut e);
+    e.into()
+}
+
+impl VelocityService {
+    async fn one<C>(&self, client: &mut C, sql: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + futures::Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        use crate::sql::VelocityStatement as V;
+        if let Some(stmt) = crate::sql::parse_velocity(sql) {
+            let cursors = client.session_extensions().get_or_insert_with(SubscribeCursors::default);
+            let response = match stmt.map_err(from_sql)? {
+                V::Subscribe(s) => subscribe::stream_query(client, subscribe::open(&self.engine, &s).await?).await?,
+                V::CopySubscribe(s) => subscribe::stream_copy(client, subscribe::open(&self.engine, &s).await?).await?,
+                V::DeclareSubscribe { cursor, subscribe: s } => {
+                    let feed = subscribe::open(&self.engine, &s).await?;
+                    cursors.0.lock().await.insert(cursor, subscribe::SubscribeCursor::new(feed));
+                    Response::Execution(Tag::new("DECLARE CURSOR"))
+                }
+                V::Fetch { cursor, count, timeout } => {
+                    let mut open = cursors.0.lock().await;
+                    match open.get_mut(&cursor) {
+                        Some(c) => c.fetch(count, timeout).await?,
+                        // An ordinary cursor: DataFusion's cursor hook serves it.
+                        None => return SimpleQueryHandler::do_query(&*self.inner, client, sql).await,
+                    }
+                }
+                other => self.hook.velocity_statement(&other).await?,
+            };
+            return Ok(vec![response]);
+        }
+        let parsed = PostgresCompatibilityParser::new().parse(sql).map_err(|e| pg_error("42601", e.to_string()))?;
+        if let [Statement::Close { cursor: CloseCursor::Specific { name } }] = parsed.as_slice() {
+            let cursors = client.session_extensions().get_or_insert_with(SubscribeCursors::default);
+            if cursors.0.lock().await.remove(&name.value).is_some() {
+                return Ok(vec![Response::Execution(Tag::new("CLOSE CURSOR"))]);
+            }
+        }
+        if parsed.iter().any(|s| matches!(s, Statement::Query(_))) {
+            let _gate = self.engine.gate.read().await;
+            SimpleQueryHandler::do_query(&*self.inner, client, sql).await
+        } else {
+            SimpleQueryHandler::do_query(&*self.inner, client, sql).await
+        }
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for VelocityService {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + futures::Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut out = Vec::new();
+        for sql in crate::sql::split_statements(query) {
+            match self.one(client, &sql).await {
+                Ok(mut responses) => {
+                    let failed = responses.iter().any(|r| matches!(r, Response::Error(_)));
+                    out.append(&mut responses);
+                    if failed {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    out.push(Response::Error(Box::new(error_info(e))));
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+type ExtendedStatement = <DfSessionService as ExtendedQueryHandler>::Statement;
+
+/// Extended-protocol parser: Velocity's own statements are kept as text (no plan) and
+/// executed by `VelocityService`; everything else is DataFusion's.
+struct VelocityParser {
+    inner: Arc<Parser>,
+}
+
+#[async_trait]
+impl QueryParser for VelocityParser {
+    type Statement = ExtendedStatement;
+
+    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        if crate::sql::parse_velocity(sql).is_some() {
+            return Ok(Some((sql.to_string(), None)));
+        }
+        self.inner.parse_sql(client, sql, types).await
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(&self, stmt: &Self::Statement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        self.inner.get_result_schema(stmt, column_format)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for VelocityService {
+    type Statement = ExtendedStatement;
+    type QueryParser = VelocityParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        Arc::new(VelocityParser { inner: self.inner.query_parser() })
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + futures::Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        if portal.statement.statement.1.is_none() && crate::sql::parse_velocity(&portal.statement.statement.0).is_some() {
+            // Velocity's statements take no parameters: run them as the simple protocol would.
+            let mut responses = self.one(client, &portal.statement.statement.0).await?;
+            return Ok(responses.pop().unwrap_or(Response::EmptyQuery));
+        }
+        let is_query = matches!(&portal.statement.statement.1, Some((Statement::Query(_), _)));
+        if is_query {
+            let _gate = self.engine.gate.read().await;
+            ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
+        } else {
+            ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
+        }
+    }
+}

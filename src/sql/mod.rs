@@ -1,0 +1,278 @@
+//! Velocity's own statements, parsed with sqlparser's `Parser` helpers.
+//!
+//! Everything Postgres already has (CREATE TABLE, CREATE MATERIALIZED VIEW, INSERT, ...)
+//! is parsed by sqlparser itself; this module only adds the statements it does not know.
+
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+/// Errors in statement text.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    #[error("{0} is not supported")]
+    Unsupported(String),
+}
+
+/// A statement that plain sqlparser does not parse.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VelocityStatement {
+    /// `SHOW MATERIALIZED VIEWS`
+    ShowMaterializedViews,
+    /// `SHOW CREATE MATERIALIZED VIEW name` / `SHOW CREATE TABLE name`
+    ShowCreate { name: String },
+    /// `FLUSH`: returns once every change accepted so far is visible in every view.
+    Flush,
+    /// `SUBSCRIBE [TO] name [WITH (SNAPSHOT = bool, PROGRESS = bool)]`
+    Subscribe(Subscribe),
+    /// `COPY (SUBSCRIBE ...) TO STDOUT`
+    CopySubscribe(Subscribe),
+    /// `DECLARE cursor CURSOR FOR SUBSCRIBE ...`
+    DeclareSubscribe { cursor: String, subscribe: Subscribe },
+    /// `FETCH [n | ALL] [FROM] cursor [WITH (timeout = '1s')]`; the server decides whether
+    /// `cursor` is a subscription (otherwise it is DataFusion's ordinary cursor).
+    Fetch { cursor: String, count: Option<u64>, timeout: Option<std::time::Duration> },
+}
+
+/// A changefeed request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscribe {
+    pub name: String,
+    /// Start with the current contents (as inserts at the current tick).
+    pub snapshot: bool,
+    /// Also emit a row for every tick, so consumers know time advanced.
+    pub progress: bool,
+}
+
+/// `WITH (name = value, ...)`, names lower-cased, values as written (quotes removed).
+pub fn parse_with_options(p: &mut Parser) -> Result<Vec<(String, String)>, SqlError> {
+    let mut out = Vec::new();
+    if !p.parse_keyword(Keyword::WITH) {
+        return Ok(out);
+    }
+    p.expect_token(&Token::LParen).map_err(syntax)?;
+    loop {
+        let name = p.parse_identifier().map_err(syntax)?.value.to_ascii_lowercase();
+        let _ = p.consume_token(&Token::Eq);
+        let value = match p.next_token().token {
+            Token::SingleQuotedString(s) => s,
+            Token::Number(n, _) => n,
+            Token::Word(w) => w.value,
+            other => return Err(SqlError::Syntax(format!("unexpected {other} as the value of option {name}"))),
+        };
+        out.push((name, value));
+        if !p.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    p.expect_token(&Token::RParen).map_err(syntax)?;
+    Ok(out)
+}
+
+fn syntax(e: impl std::fmt::Display) -> SqlError {
+    SqlError::Syntax(e.to_string())
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, SqlError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "on" | "1" | "yes" => Ok(true),
+        "false" | "off" | "0" | "no" => Ok(false),
+        _ => Err(SqlError::Syntax(format!("option {name} expects true or false, got {value:?}"))),
+    }
+}
+
+/// Parse a duration such as `1s`, `250ms`, `2 minutes`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, SqlError> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| SqlError::Syntax(format!("invalid duration {text:?}")))?;
+    let secs = match unit.trim() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => n,
+        "ms" | "millisecond" | "milliseconds" => n / 1000.0,
+        "us" | "microsecond" | "microseconds" => n / 1e6,
+        "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
+        "h" | "hour" | "hours" => n * 3600.0,
+        other => return Err(SqlError::Syntax(format!("unknown duration unit {other:?} in {text:?}"))),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn parse_subscribe_body(p: &mut Parser) -> Result<Subscribe, SqlError> {
+    let _ = p.parse_keyword(Keyword::TO);
+    let name = p.parse_object_name(false).map_err(syntax)?;
+    let name = name.0.last().map(|n| n.to_string()).unwrap_or_default().trim_matches('"').to_string();
+    let mut sub = Subscribe { name, snapshot: true, progress: false };
+    for (k, v) in parse_with_options(p)? {
+        match k.as_str() {
+            "snapshot" => sub.snapshot = parse_bool(&k, &v)?,
+            "progress" => sub.progress = parse_bool(&k, &v)?,
+            other => return Err(SqlError::Syntax(format!("unknown SUBSCRIBE option {other}"))),
+        }
+    }
+    Ok(sub)
+}
+
+fn is_word(p: &Parser, word: &str) -> bool {
+    matches!(&p.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
+}
+
+/// Parse `sql` if it is one of Velocity's own statements; `None` means "not ours".
+pub fn parse_velocity(sql: &str) -> Option<Result<VelocityStatement, SqlError>> {
+    let dialect = PostgreSqlDialect {};
+    let mut p = Parser::new(&dialect).try_with_sql(sql).ok()?;
+    let stmt = if p.parse_keywords(&[Keyword::SHOW, Keyword::MATERIALIZED, Keyword::VIEWS]) {
+        VelocityStatement::ShowMaterializedViews
+    } else if p.parse_keywords(&[Keyword::SHOW, Keyword::CREATE, Keyword::MATERIALIZED, Keyword::VIEW])
+        || p.parse_keywords(&[Keyword::SHOW, Keyword::CREATE, Keyword::TABLE])
+    {
+        match p.parse_object_name(false) {
+            Ok(name) => VelocityStatement::ShowCreate { name: name.to_string() },
+            Err(e) => return Some(Err(SqlError::Syntax(e.to_string()))),
+        }
+    } else if p.parse_keyword(Keyword::FLUSH) {
+        VelocityStatement::Flush
+    } else if is_word(&p, "subscribe") {
+        p.next_token();
+        match parse_subscribe_body(&mut p) {
+            Ok(s) => VelocityStatement::Subscribe(s),
+            Err(e) => return Some(Err(e)),
+        }
+    } else if p.parse_keyword(Keyword::COPY) && p.consume_token(&Token::LParen) && is_word(&p, "subscribe") {
+        p.next_token();
+        let sub = match parse_subscribe_body(&mut p) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        if p.expect_token(&Token::RParen).is_err()
+            || !p.parse_keyword(Keyword::TO)
+            || !p.parse_keyword(Keyword::STDOUT)
+        {
+            return Some(Err(SqlError::Syntax("expected COPY (SUBSCRIBE ...) TO STDOUT".into())));
+        }
+        // Accept (and ignore) COPY's own options such as WITH (FORMAT text).
+        if p.parse_keyword(Keyword::WITH) {
+            let mut depth = 0;
+            loop {
+                match p.next_token().token {
+                    Token::LParen => depth += 1,
+                    Token::RParen => {
+                        depth -= 1;
+                        if depth <= 0 {
+                            break;
+                        }
+                    }
+                    Token::EOF => break,
+                    _ => {}
+                }
+            }
+        }
+        VelocityStatement::CopySubscribe(sub)
+    } else if p.parse_keyword(Keyword::DECLARE) {
+        let Ok(cursor) = p.parse_identifier() else { return None };
+        if !p.parse_keywords(&[Keyword::CURSOR, Keyword::FOR]) || !is_word(&p, "subscribe") {
+            return None;
+        }
+        p.next_token();
+        match parse_subscribe_body(&mut p) {
+            Ok(subscribe) => VelocityStatement::DeclareSubscribe { cursor: cursor.value, subscribe },
+            Err(e) => return Some(Err(e)),
+        }
+    } else if p.parse_keyword(Keyword::FETCH) {
+        let _ = p.parse_keyword(Keyword::FORWARD) || p.parse_keyword(Keyword::NEXT);
+        let count = if p.parse_keyword(Keyword::ALL) {
+            None
+        } else if let Token::Number(n, _) = p.peek_token().token {
+            p.next_token();
+            Some(n.parse().ok()?)
+        } else {
+            Some(1)
+        };
+        let _ = p.parse_keyword(Keyword::FROM) || p.parse_keyword(Keyword::IN);
+        let Ok(cursor) = p.parse_identifier() else { return None };
+        let timeout = match parse_with_options(&mut p) {
+            Ok(opts) => match opts.iter().find(|(k, _)| k == "timeout") {
+                Some((_, v)) => match parse_duration(v) {
+                    Ok(d) => Some(d),
+                    Err(e) => return Some(Err(e)),
+                },
+                None => None,
+            },
+            Err(e) => return Some(Err(e)),
+        };
+        VelocityStatement::Fetch { cursor: cursor.value, count, timeout }
+    } else {
+        return None;
+    };
+    let _ = p.consume_token(&Token::SemiColon);
+    if p.peek_token().token != Token::EOF {
+        return Some(Err(SqlError::Syntax(format!("unexpected {} after statement", p.peek_token()))));
+    }
+    Some(Ok(stmt))
+}
+
+/// Split a simple-query string at top-level semicolons, so that Velocity statements can
+/// be mixed with ordinary ones.
+pub fn split_statements(sql: &str) -> Vec<String> {
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, sql).tokenize() else {
+        return vec![sql.to_string()];
+    };
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for t in tokens {
+        if t == Token::SemiColon {
+            if !current.trim().is_empty() {
+                out.push(std::mem::take(&mut current));
+            }
+            current.clear();
+        } else {
+            current.push_str(&t.to_string());
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_velocity_statements() {
+        assert_eq!(parse_velocity("SHOW MATERIALIZED VIEWS").unwrap().unwrap(), VelocityStatement::ShowMaterializedViews);
+        assert_eq!(parse_velocity("flush;").unwrap().unwrap(), VelocityStatement::Flush);
+        assert_eq!(
+            parse_velocity("SHOW CREATE MATERIALIZED VIEW v").unwrap().unwrap(),
+            VelocityStatement::ShowCreate { name: "v".into() }
+        );
+        assert!(parse_velocity("SELECT 1").is_none());
+        assert!(parse_velocity("SHOW MATERIALIZED VIEWS extra").unwrap().is_err());
+        assert_eq!(
+            parse_velocity("COPY (SUBSCRIBE TO loads WITH (SNAPSHOT = false)) TO STDOUT").unwrap().unwrap(),
+            VelocityStatement::CopySubscribe(Subscribe { name: "loads".into(), snapshot: false, progress: false })
+        );
+        assert_eq!(
+            parse_velocity("DECLARE c CURSOR FOR SUBSCRIBE v WITH (PROGRESS)").unwrap().unwrap(),
+            VelocityStatement::DeclareSubscribe {
+                cursor: "c".into(),
+                subscribe: Subscribe { name: "v".into(), snapshot: true, progress: true }
+            }
+        );
+        assert_eq!(
+            parse_velocity("FETCH 10 c WITH (timeout = '1s')").unwrap().unwrap(),
+            VelocityStatement::Fetch { cursor: "c".into(), count: Some(10), timeout: Some(std::time::Duration::from_secs(1)) }
+        );
+        assert!(parse_velocity("DECLARE c CURSOR FOR SELECT 1").is_none());
+    }
+
+    #[test]
+    fn splits_at_top_level_semicolons() {
+        assert_eq!(split_statements("SELECT ';'; FLUSH;").len(), 2);
+    }
+}

@@ -1,0 +1,105 @@
+//! Shared test support: a real Velocity server on a free loopback port, real clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use tokio_postgres::{Client, NoTls};
+
+/// An in-process server with its own data directory.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub server: Arc<velocity::server::Server>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (addr, server) = velocity::server::spawn(dir.path(), listener).await.expect("server starts");
+        TestServer { addr, dir, server }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(self.addr).await
+    }
+}
+
+pub fn conn_string(addr: SocketAddr) -> String {
+    format!("host={} port={} user=velocity dbname=velocity", addr.ip(), addr.port())
+}
+
+pub async fn connect(addr: SocketAddr) -> Client {
+    let (client, connection) = tokio_postgres::connect(&conn_string(addr), NoTls).await.expect("connect");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// A `velocity serve` child process, for restart and kill -9 tests.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Start the real binary on `data_dir` and wait for its "listening on" line.
+    pub fn start(data_dir: &Path) -> ServerProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_velocity"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn velocity");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("velocity exited before listening").expect("read stdout");
+            if let Some(rest) = line.strip_prefix("velocity: listening on ") {
+                break rest.trim().parse().expect("address");
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess { child, addr }
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn data_dir(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("data")
+}
+
+/// All rows of a query as text, sorted: an order-independent multiset.
+pub async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let mut out = Vec::new();
+    for m in client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}")) {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            out.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,95 @@
+//! psql, the real client: meta-commands list Velocity's tables and views with their columns.
+
+mod common;
+
+use std::process::Command;
+
+fn psql(addr: std::net::SocketAddr, command: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", &addr.ip().to_string(), "-p", &addr.port().to_string(), "-U", "velocity", "velocity", "-c", command])
+        .output()
+        .expect("psql is installed (postgresql-client)");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "psql {command} failed: {stderr}\n{stdout}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_meta_commands_show_tables_and_views() {
+    let server = common::TestServer::start().await;
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE shipments (id BIGINT PRIMARY KEY, status TEXT, weight DOUBLE);
+             INSERT INTO shipments VALUES (1, 'PLANNED', 2.5);
+             CREATE MATERIALIZED VIEW per_status AS SELECT status, count(*) AS n FROM shipments GROUP BY status;",
+        )
+        .await
+        .unwrap();
+    let addr = server.addr;
+    let (dt, dv, d_view, select) = tokio::task::spawn_blocking(move || {
+        (psql(addr, "\\dt"), psql(addr, "\\dv"), psql(addr, "\\d per_status"), psql(addr, "SELECT * FROM per_status"))
+    })
+    .await
+    .unwrap();
+    assert!(dt.contains("shipments"), "\\dt:\n{dt}");
+    assert!(!dt.contains("per_status"), "\\dt lists only tables:\n{dt}");
+    assert!(dv.contains("per_status"), "\\dv:\n{dv}");
+    assert!(d_view.contains("status") && d_view.contains("n"), "\\d per_status:\n{d_view}");
+    assert!(d_view.contains("bigint"), "\\d shows column types:\n{d_view}");
+    assert!(select.contains("PLANNED") && select.contains("(1 row)"), "SELECT:\n{select}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_with_parameters() {
+    let server = common::TestServer::start().await;
+    let client = server.client().await;
+    client.batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT, score DOUBLE)").await.unwrap();
+    let insert = client.prepare("INSERT INTO t VALUES ($1, $2, $3)").await.unwrap();
+    for i in 0..5i64 {
+        client.execute(&insert, &[&i, &format!("n{i}"), &(i as f64 * 1.5)]).await.unwrap();
+    }
+    client.execute("UPDATE t SET score = $1 WHERE id = $2", &[&100.0f64, &3i64]).await.unwrap();
+    client.execute("DELETE FROM t WHERE id = $1", &[&0i64]).await.unwrap();
+    client.batch_execute("CREATE MATERIALIZED VIEW high AS SELECT id, name FROM t WHERE score > 4").await.unwrap();
+    let rows = client.query("SELECT id, name FROM high WHERE id >= $1 ORDER BY id", &[&1i64]).await.unwrap();
+    let got: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![(3, "n3".to_string()), (4, "n4".to_string())]);
+    // Errors keep their SQLSTATE on the extended path too, and the session stays usable.
+    let err = client.execute(&insert, &[&1i64, &"dup", &1.0f64]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"), "{err:?}");
+    let n: i64 = client.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    assert_eq!(n, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_tables_views_and_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::ServerProcess::start(dir.path());
+    let client = common::connect(server.addr).await;
+    client
+        .batch_execute(
+            "CREATE TABLE legs (id INT PRIMARY KEY, trip INT, km INT);
+             CREATE MATERIALIZED VIEW trip_km AS SELECT trip, sum(km) AS km, count(*) AS legs FROM legs GROUP BY trip;
+             INSERT INTO legs VALUES (1, 1, 100), (2, 1, 50), (3, 2, 10);",
+        )
+        .await
+        .unwrap();
+    let before = common::rows(&client, "SELECT * FROM trip_km").await;
+    drop(client);
+    server.kill9();
+
+    let server = common::ServerProcess::start(dir.path());
+    let client = common::connect(server.addr).await;
+    assert_eq!(common::rows(&client, "SELECT * FROM trip_km").await, before);
+    // Maintenance continues from the restored state.
+    client.batch_execute("INSERT INTO legs VALUES (4, 2, 5); DELETE FROM legs WHERE id = 1;").await.unwrap();
+    let after = common::rows(&client, "SELECT trip, km, legs FROM trip_km").await;
+    let expected: Vec<Vec<Option<String>>> = vec![
+        vec![Some("1".into()), Some("50".into()), Some("1".into())],
+        vec![Some("2".into()), Some("15".into()), Some("2".into())],
+    ];
+    assert_eq!(after, expected);
+    server.terminate();
+}

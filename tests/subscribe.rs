@@ -1,0 +1,168 @@
+//! SUBSCRIBE with real clients: tokio-postgres COPY OUT, psql, DECLARE/FETCH; a slow
+//! subscriber never stalls writers.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+async fn setup(server: &common::TestServer) -> tokio_postgres::Client {
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE shipments (id INT PRIMARY KEY, status TEXT);
+             CREATE MATERIALIZED VIEW active AS SELECT id, status FROM shipments WHERE status <> 'DELIVERED';
+             INSERT INTO shipments VALUES (1, 'PLANNED');",
+        )
+        .await
+        .unwrap();
+    client
+}
+
+/// Parse `tick\tdiff\tid\tstatus` lines.
+fn parse(line: &str) -> (i64, i64, String, String) {
+    let f: Vec<&str> = line.trim_end_matches('\n').split('\t').collect();
+    (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_string(), f[3].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_out_streams_exact_diffs_in_tick_order() {
+    let server = common::TestServer::start().await;
+    let writer = setup(&server).await;
+    let reader = server.client().await;
+    let stream = reader.copy_out("COPY (SUBSCRIBE TO active) TO STDOUT").await.unwrap();
+    let mut stream = Box::pin(stream);
+
+    writer.batch_execute("INSERT INTO shipments VALUES (2, 'LOADING')").await.unwrap();
+    writer.batch_execute("UPDATE shipments SET status = 'DEPARTED' WHERE id = 1").await.unwrap();
+    writer.batch_execute("UPDATE shipments SET status = 'DELIVERED' WHERE id = 2").await.unwrap();
+    // One transaction, one tick; a DELETE+INSERT of a key is an update.
+    writer
+        .batch_execute("BEGIN; INSERT INTO shipments VALUES (3, 'PLANNED'); DELETE FROM shipments WHERE id = 1; INSERT INTO shipments VALUES (1, 'ARRIVED'); COMMIT;")
+        .await
+        .unwrap();
+    // A transaction that changes nothing visible produces no diff.
+    writer.batch_execute("BEGIN; INSERT INTO shipments VALUES (9, 'X'); DELETE FROM shipments WHERE id = 9; COMMIT;").await.unwrap();
+
+    let mut lines = Vec::new();
+    while lines.len() < 8 {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.expect("rows arrive").unwrap().unwrap();
+        for l in String::from_utf8(chunk.to_vec()).unwrap().lines() {
+            lines.push(parse(l));
+        }
+    }
+    // Group by tick; within a tick the order of rows is unspecified.
+    let mut ticks: Vec<(i64, Vec<(i64, String, String)>)> = Vec::new();
+    for (tick, diff, id, status) in lines {
+        match ticks.last_mut() {
+            Some((t, rows)) if *t == tick => rows.push((diff, id, status)),
+            _ => ticks.push((tick, vec![(diff, id, status)])),
+        }
+    }
+    for (_, rows) in &mut ticks {
+        rows.sort();
+    }
+    assert!(ticks.windows(2).all(|w| w[0].0 < w[1].0), "ticks increase: {ticks:?}");
+    let s = |d: i64, id: &str, st: &str| (d, id.to_string(), st.to_string());
+    let diffs: Vec<Vec<(i64, String, String)>> = ticks.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(
+        diffs,
+        vec![
+            vec![s(1, "1", "PLANNED")],
+            vec![s(1, "2", "LOADING")],
+            vec![s(-1, "1", "PLANNED"), s(1, "1", "DEPARTED")],
+            vec![s(-1, "2", "LOADING")],
+            vec![s(-1, "1", "DEPARTED"), s(1, "1", "ARRIVED"), s(1, "3", "PLANNED")],
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_streams_copy_subscribe() {
+    let server = common::TestServer::start().await;
+    let writer = setup(&server).await;
+    // psql block-buffers stdout into a pipe (a terminal gets every line at once); stdbuf
+    // makes it line-buffered like a terminal.
+    let mut psql = Command::new("stdbuf")
+        .args(["-oL", "psql", "-X", "-h", "127.0.0.1", "-p", &server.addr.port().to_string(), "-U", "velocity", "velocity"])
+        .args(["-c", "COPY (SUBSCRIBE TO active WITH (SNAPSHOT = false)) TO STDOUT"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let stdout = psql.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // psql connects asynchronously; keep writing until its first line shows up.
+    let mut first = None;
+    for i in 0..50 {
+        writer.batch_execute(&format!("INSERT INTO shipments VALUES ({}, 'LOADING')", 100 + i)).await.unwrap();
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            first = Some(line);
+            break;
+        }
+    }
+    let line = first.expect("psql printed a changefeed row");
+    let (_, diff, id, status) = parse(&line);
+    assert_eq!((diff, status.as_str()), (1, "LOADING"));
+    assert!(id.parse::<i64>().unwrap() >= 100, "snapshot was skipped: {line}");
+    let _ = psql.kill();
+    let _ = psql.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declare_fetch_with_timeout() {
+    let server = common::TestServer::start().await;
+    let writer = setup(&server).await;
+    let reader = server.client().await;
+    reader.batch_execute("DECLARE c CURSOR FOR SUBSCRIBE active WITH (PROGRESS = false)").await.unwrap();
+    let snapshot = common::rows(&reader, "FETCH ALL c WITH (timeout = '1s')").await;
+    assert_eq!(snapshot.len(), 1);
+    assert_eq!(snapshot[0][1..], [Some("1".into()), Some("1".into()), Some("PLANNED".into())]);
+    // Nothing new: the timeout returns an empty result instead of waiting forever.
+    assert!(common::rows(&reader, "FETCH 10 c WITH (timeout = '200ms')").await.is_empty());
+    writer.batch_execute("INSERT INTO shipments VALUES (2, 'LOADING'), (3, 'LOADING')").await.unwrap();
+    let next = common::rows(&reader, "FETCH 1 c WITH (timeout = '5s')").await;
+    assert_eq!(next.len(), 1);
+    let rest = common::rows(&reader, "FETCH ALL c WITH (timeout = '1s')").await;
+    assert_eq!(rest.len(), 1);
+    reader.batch_execute("CLOSE c").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_never_stalls_writers() {
+    let server = common::TestServer::start().await;
+    let writer = setup(&server).await;
+    let slow = server.client().await;
+    // Open a changefeed and never read it.
+    let stream = slow.copy_out("COPY (SUBSCRIBE TO active) TO STDOUT").await.unwrap();
+    let mut stream = Box::pin(stream);
+    // Large rows, so the unread changefeed outgrows the socket buffers and really lags.
+    let insert = writer.prepare("INSERT INTO shipments VALUES ($1, $2)").await.unwrap();
+    let status = "x".repeat(20_000);
+    tokio::time::timeout(Duration::from_secs(300), async {
+        for i in 10..3000i32 {
+            writer.execute(&insert, &[&i, &status]).await.unwrap();
+        }
+    })
+    .await
+    .expect("writers are not stalled by a subscriber that does not read");
+    // The slow subscriber is told it fell behind.
+    let mut error = None;
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(20), stream.next()).await {
+        if let Err(e) = item {
+            error = Some(e);
+            break;
+        }
+    }
+    let error = error.expect("the lagging subscriber gets an error");
+    assert!(error.to_string().contains("fell") || format!("{error:?}").contains("fell"), "{error:?}");
+}
