@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use arrow::datatypes::SchemaRef;
 
+use super::changelog::ChangelogSpec;
 use super::{ChangeBatch, Operator, Result};
 use crate::storage::{Store, TickWrites};
 
@@ -28,13 +29,23 @@ pub struct Dataflow {
     pub output: NodeInput,
     /// Schemas of the relations the dataflow reads, by relation id.
     pub relation_schemas: HashMap<u32, SchemaRef>,
+    /// `changes(...)` inputs, computed from their relation's changes each tick.
+    pub changelogs: Vec<ChangelogSpec>,
     pub schema: SchemaRef,
+}
+
+/// When a tick commits, for operators and changelogs that record it.
+#[derive(Debug, Clone, Copy)]
+pub struct TickInfo {
+    pub tick: u64,
+    pub committed_at_micros: i64,
 }
 
 impl Dataflow {
     /// Relations whose changes feed this dataflow.
     pub fn inputs(&self) -> impl Iterator<Item = u32> + '_ {
-        self.relation_schemas.keys().copied()
+        let direct = self.relation_schemas.keys().copied().filter(|id| !self.changelogs.iter().any(|c| c.input == *id));
+        direct.chain(self.changelogs.iter().map(|c| c.relation))
     }
 
     /// Run one tick. `changes` holds this tick's consolidated changes per relation.
@@ -43,9 +54,27 @@ impl Dataflow {
     pub fn step(
         &mut self,
         changes: &HashMap<u32, ChangeBatch>,
+        tick: TickInfo,
         writes: &mut TickWrites,
         hydrate: bool,
     ) -> Result<ChangeBatch> {
+        let mut with_changelogs;
+        let changes = if self.changelogs.is_empty() {
+            changes
+        } else {
+            with_changelogs = HashMap::new();
+            for spec in &self.changelogs {
+                if let Some(c) = changes.get(&spec.relation) {
+                    with_changelogs.insert(spec.input, spec.rows(c, tick.tick, tick.committed_at_micros)?);
+                }
+            }
+            for id in self.relation_schemas.keys() {
+                if let Some(c) = changes.get(id) {
+                    with_changelogs.entry(*id).or_insert_with(|| c.clone());
+                }
+            }
+            &with_changelogs
+        };
         let node_schemas: Vec<SchemaRef> = self.nodes.iter().map(|n| n.operator.schema()).collect();
         let mut outputs: Vec<Option<ChangeBatch>> = Vec::with_capacity(self.nodes.len());
         for node in &mut self.nodes {

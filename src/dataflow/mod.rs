@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod arrangement;
 pub mod change_batch;
+pub mod changelog;
 pub mod constant;
 pub mod filter;
 pub mod graph;

@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, Relation, RelationKind};
-use crate::dataflow::graph::Dataflow;
+use crate::dataflow::graph::{Dataflow, TickInfo};
 use crate::dataflow::{ChangeBatch, DataflowError};
 use crate::storage::{StorageError, Store, TickWrites, keyspace};
 
@@ -242,7 +242,7 @@ impl EngineThread {
                 inputs.insert(id, c.scan(&self.store)?);
             }
             let mut writes = TickWrites::default();
-            let out = match dataflow.step(&inputs, &mut writes, true) {
+            let out = match dataflow.step(&inputs, self.next_tick_info(), &mut writes, true) {
                 Ok(out) => out,
                 Err(e) => return Err(e.into()),
             };
@@ -366,13 +366,14 @@ impl EngineThread {
         let mut writes = TickWrites::default();
         let mut stepped = Vec::new();
         let mut failure = None;
+        let info = self.next_tick_info();
         for (id, dataflow) in self.dataflows.iter_mut() {
             if !dataflow.inputs().any(|i| changed.contains_key(&i)) {
                 continue;
             }
             stepped.push(*id);
             let out = dataflow
-                .step(&changed, &mut writes, false)
+                .step(&changed, info, &mut writes, false)
                 .map_err(EngineError::from)
                 .and_then(|out| {
                     self.contents[id].apply(&self.store, &mut overlay, &out)?;
@@ -399,6 +400,11 @@ impl EngineThread {
             return Err(e);
         }
         Ok(self.tick)
+    }
+
+    fn next_tick_info(&self) -> TickInfo {
+        let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        TickInfo { tick: self.tick + 1, committed_at_micros: now.as_micros() as i64 }
     }
 
     /// Operators mutate their in-memory state during a tick; a failed tick reloads the

@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::SchemaRef;
-use datafusion::common::{DFSchema, JoinType, NullEquality, TableReference};
+use datafusion::common::{DFSchema, JoinType, NullEquality};
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
+use crate::dataflow::changelog::{ChangelogSpec, changelog_input_id, changelog_schema};
 use crate::dataflow::constant::Constant;
 use crate::dataflow::filter::Filter;
 use crate::dataflow::graph::{Dataflow, Node, NodeInput};
@@ -40,9 +41,17 @@ pub enum PlanError {
 
 pub type Result<T, E = PlanError> = std::result::Result<T, E>;
 
-/// Resolves a scanned table to a Velocity relation: its id and full schema.
+/// What a scanned table is to the engine.
+pub enum ResolvedScan {
+    /// A table or materialized view: its id and full schema.
+    Relation { id: u32, schema: SchemaRef },
+    /// `changes(relation)`: the relation's changes as rows, paired by `key`.
+    Changes { relation: u32, key: Vec<usize>, relation_schema: SchemaRef },
+}
+
+/// Resolves a scanned table to a Velocity relation.
 pub trait RelationResolver {
-    fn resolve(&self, table: &TableReference) -> Option<(u32, SchemaRef)>;
+    fn resolve(&self, scan: &datafusion::logical_expr::TableScan) -> Option<ResolvedScan>;
 }
 
 /// Build the dataflow that maintains `plan` (an optimized DataFusion plan).
@@ -51,18 +60,27 @@ pub fn plan_dataflow(plan: &LogicalPlan, dataflow_id: u32, resolver: &dyn Relati
         dataflow_id,
         nodes: Vec::new(),
         relation_schemas: HashMap::new(),
+        changelogs: Vec::new(),
         resolver,
         props: ExecutionProps::new(),
     };
     let output = builder.plan(plan)?;
     let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-    Ok(Dataflow { id: dataflow_id, nodes: builder.nodes, output, relation_schemas: builder.relation_schemas, schema })
+    Ok(Dataflow {
+        id: dataflow_id,
+        nodes: builder.nodes,
+        output,
+        relation_schemas: builder.relation_schemas,
+        changelogs: builder.changelogs,
+        schema,
+    })
 }
 
 struct Builder<'a> {
     dataflow_id: u32,
     nodes: Vec<Node>,
     relation_schemas: HashMap<u32, SchemaRef>,
+    changelogs: Vec<ChangelogSpec>,
     resolver: &'a dyn RelationResolver,
     props: ExecutionProps,
 }
@@ -89,10 +107,19 @@ impl Builder<'_> {
                 if scan.fetch.is_some() {
                     return Err(PlanError::Unsupported("LIMIT".into()));
                 }
-                let (id, schema) = self
-                    .resolver
-                    .resolve(&scan.table_name)
-                    .ok_or_else(|| PlanError::UnknownRelation(scan.table_name.to_string()))?;
+                let resolved =
+                    self.resolver.resolve(scan).ok_or_else(|| PlanError::UnknownRelation(scan.table_name.to_string()))?;
+                let (id, schema) = match resolved {
+                    ResolvedScan::Relation { id, schema } => (id, schema),
+                    ResolvedScan::Changes { relation, key, relation_schema } => {
+                        let input = changelog_input_id(relation, &key);
+                        let schema = changelog_schema(&relation_schema);
+                        if !self.changelogs.iter().any(|c| c.input == input) {
+                            self.changelogs.push(ChangelogSpec { input, relation, key, relation_schema });
+                        }
+                        (input, schema)
+                    }
+                };
                 self.relation_schemas.insert(id, schema.clone());
                 let mut node = NodeInput::Relation(id);
                 if !scan.filters.is_empty() {

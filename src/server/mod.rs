@@ -4,6 +4,7 @@
 //! SELECTs run in DataFusion while holding the engine's gate for reading, so every
 //! relation a query reads comes from the same committed tick.
 
+pub mod changes;
 pub mod error;
 pub mod relation_table;
 pub mod statements;
@@ -60,6 +61,7 @@ impl Server {
             .with_information_schema(true);
         let context = Arc::new(SessionContext::new_with_config(config));
         setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
+        context.register_udtf("changes", Arc::new(changes::ChangesFunction { engine: engine.clone() }));
         let hook = Arc::new(VelocityHook::new(engine.clone()));
 
         let entries = Catalog::load_entries(&engine.store)?;
@@ -229,7 +231,7 @@ impl SimpleQueryHandler for VelocityService {
         PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
     {
         let mut out = Vec::new();
-        for sql in crate::sql::split_statements(query) {
+        for sql in crate::sql::split_statements(&crate::sql::quote_changes_arguments(query)) {
             match self.one(client, &sql).await {
                 Ok(mut responses) => {
                     let failed = responses.iter().any(|r| matches!(r, Response::Error(_)));
@@ -267,7 +269,7 @@ impl QueryParser for VelocityParser {
         if crate::sql::parse_velocity(sql).is_some() {
             return Ok(Some((sql.to_string(), None)));
         }
-        self.inner.parse_sql(client, sql, types).await
+        self.inner.parse_sql(client, &crate::sql::quote_changes_arguments(sql), types).await
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
-use datafusion::common::{Constraint, DFSchema, ParamValues, TableReference};
+use datafusion::common::{Constraint, DFSchema, ParamValues};
 use datafusion::logical_expr::{DdlStatement, EmptyRelation, Expr, LogicalPlan, Projection, WriteOp};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
@@ -28,7 +28,7 @@ use super::relation_table::RelationTable;
 use crate::catalog::{Relation, RelationKind};
 use crate::dataflow::ChangeBatch;
 use crate::engine::{Commit, Engine};
-use crate::planner::{RelationResolver, plan_dataflow};
+use crate::planner::{RelationResolver, ResolvedScan, plan_dataflow};
 
 /// A session's transaction block. Tracked here rather than read from pgwire's status,
 /// which only changes once a whole multi-statement query string has run.
@@ -93,14 +93,26 @@ struct CatalogResolver<'a> {
 }
 
 impl RelationResolver for CatalogResolver<'_> {
-    fn resolve(&self, table: &TableReference) -> Option<(u32, SchemaRef)> {
+    fn resolve(&self, scan: &datafusion::logical_expr::TableScan) -> Option<ResolvedScan> {
+        let catalog = self.engine.catalog.read().ok()?;
+        let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
+        let provider: &dyn std::any::Any = provider.as_ref();
+        if let Some(changes) = provider.downcast_ref::<super::changes::ChangesTable>() {
+            let r = catalog.by_id(changes.relation)?;
+            self.used.lock().ok()?.push(r.name.clone());
+            return Some(ResolvedScan::Changes {
+                relation: changes.relation,
+                key: changes.key.clone(),
+                relation_schema: changes.relation_schema.clone(),
+            });
+        }
+        let table = &scan.table_name;
         if table.schema().is_some_and(|s| s != "public") {
             return None;
         }
-        let catalog = self.engine.catalog.read().ok()?;
         let r = catalog.get(table.table())?;
         self.used.lock().ok()?.push(r.name.clone());
-        Some((r.id, r.schema.clone()))
+        Some(ResolvedScan::Relation { id: r.id, schema: r.schema.clone() })
     }
 }
 
@@ -388,6 +400,7 @@ impl VelocityHook {
             WriteOp::Insert(_) => {
                 let rows = self.collect(ctx, dml.input.as_ref().clone(), &schema).await?;
                 check_not_null(&relation, &rows)?;
+                let rows = RecordBatch::try_new(schema.clone(), rows.columns().to_vec()).map_err(internal)?;
                 let n = rows.num_rows();
                 (ChangeBatch::uniform(rows, 1), Tag::new("INSERT").with_oid(0).with_rows(n))
             }
@@ -474,7 +487,7 @@ impl VelocityHook {
         ChangeBatch::concat(&loose, &parts).and_then(|c| c.consolidate()).map_err(internal)
     }
 
-    /// Run a plan against one committed snapshot, returning rows cast to `schema`.
+    /// Run a plan against one committed snapshot, returning rows cast to `schema`'s types.
     async fn collect(&self, ctx: &SessionContext, plan: LogicalPlan, schema: &SchemaRef) -> PgWireResult<RecordBatch> {
         let batches = {
             let _gate = self.engine.gate.read().await;
@@ -499,11 +512,8 @@ impl VelocityHook {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| pg_error("22P02", e.to_string()))?;
         let loose = Arc::new(Schema::new(schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()));
-        let all = arrow::compute::concat_batches(&loose, &batches).map_err(|e| pg_error("XX000", e.to_string()))?;
-        RecordBatch::try_new(schema.clone(), all.columns().to_vec()).or_else(|_| {
-            // Only a NULL in a NOT NULL column can fail here.
-            Err(pg_error("23502", "null value violates not-null constraint"))
-        })
+        // Nullability is left to the caller, which knows which columns must not be NULL.
+        arrow::compute::concat_batches(&loose, &batches).map_err(internal)
     }
 
     fn show_relations(&self, kind: RelationKind) -> PgWireResult<Response> {

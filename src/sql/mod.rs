@@ -214,6 +214,40 @@ pub fn parse_velocity(sql: &str) -> Option<Result<VelocityStatement, SqlError>> 
     Some(Ok(stmt))
 }
 
+/// `changes(shipments)` names a relation, but DataFusion plans table-function arguments
+/// as expressions; quote the name so it arrives as a string: `changes('shipments')`.
+pub fn quote_changes_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
+    use datafusion::sql::sqlparser::tokenizer::Tokenizer;
+    if !sql.to_ascii_lowercase().contains("changes") {
+        return sql.into();
+    }
+    let dialect = PostgreSqlDialect {};
+    let Ok(mut tokens) = Tokenizer::new(&dialect, sql).tokenize() else { return sql.into() };
+    let significant = |tokens: &[Token], from: usize| {
+        (from..tokens.len()).find(|&i| !matches!(tokens[i], Token::Whitespace(_)))
+    };
+    let mut changed = false;
+    for i in 0..tokens.len() {
+        let is_changes = matches!(&tokens[i], Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("changes"));
+        if !is_changes {
+            continue;
+        }
+        let Some(paren) = significant(&tokens, i + 1) else { continue };
+        if tokens[paren] != Token::LParen {
+            continue;
+        }
+        let Some(arg) = significant(&tokens, paren + 1) else { continue };
+        if let Token::Word(w) = &tokens[arg] {
+            tokens[arg] = Token::SingleQuotedString(w.value.clone());
+            changed = true;
+        }
+    }
+    if !changed {
+        return sql.into();
+    }
+    tokens.iter().map(|t| t.to_string()).collect::<String>().into()
+}
+
 /// Split a simple-query string at top-level semicolons, so that Velocity statements can
 /// be mixed with ordinary ones.
 pub fn split_statements(sql: &str) -> Vec<String> {
@@ -269,6 +303,15 @@ mod tests {
             VelocityStatement::Fetch { cursor: "c".into(), count: Some(10), timeout: Some(std::time::Duration::from_secs(1)) }
         );
         assert!(parse_velocity("DECLARE c CURSOR FOR SELECT 1").is_none());
+    }
+
+    #[test]
+    fn quotes_changes_arguments() {
+        assert_eq!(
+            quote_changes_arguments("SELECT after.id FROM changes(shipments) WHERE x = 'changes(y)'"),
+            "SELECT after.id FROM changes('shipments') WHERE x = 'changes(y)'"
+        );
+        assert_eq!(quote_changes_arguments("SELECT 1"), "SELECT 1");
     }
 
     #[test]

@@ -1,0 +1,146 @@
+//! `changes(relation)`: a relation's committed net changes as an append-only relation.
+//!
+//! Each tick's consolidated changes become rows `(op, before, after, tick, committed_at)`.
+//! With a key (a table's primary key, or columns named in `changes(view, 'col, ...')`)
+//! a retraction and an insertion of the same key in one tick pair up as one `update`;
+//! otherwise they are a `delete` and an `insert`. A tick that leaves a row as it was
+//! consolidates to nothing, so events derived from this fire only on real state changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, StructArray, TimestampMicrosecondArray, UInt32Array};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+
+use super::{ChangeBatch, Result, RowCodec};
+
+/// One `changes(...)` input of a dataflow.
+#[derive(Clone)]
+pub struct ChangelogSpec {
+    /// The id under which the dataflow reads this changelog (never a real relation id).
+    pub input: u32,
+    /// The relation whose changes are turned into rows.
+    pub relation: u32,
+    /// Column indices that identify a row, for pairing updates; empty: no pairing.
+    pub key: Vec<usize>,
+    pub relation_schema: SchemaRef,
+}
+
+/// The schema of `changes(relation)`.
+pub fn changelog_schema(relation: &Schema) -> SchemaRef {
+    let fields: Fields = relation.fields().iter().map(|f| Arc::new(f.as_ref().clone().with_nullable(true))).collect();
+    Arc::new(Schema::new(vec![
+        Field::new("op", DataType::Utf8, false),
+        Field::new("before", DataType::Struct(fields.clone()), true),
+        Field::new("after", DataType::Struct(fields), true),
+        Field::new("tick", DataType::Int64, false),
+        Field::new("committed_at", DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())), false),
+    ]))
+}
+
+/// A reserved input id for a changelog of `relation` keyed by `key`: the high bit marks it,
+/// so it never collides with a relation id.
+pub fn changelog_input_id(relation: u32, key: &[usize]) -> u32 {
+    let key_hash = key.iter().fold(17u32, |h, k| h.wrapping_mul(31).wrapping_add(*k as u32)) & 0xff;
+    0x8000_0000 | ((relation & 0x7f_ffff) << 8) | key_hash
+}
+
+impl ChangelogSpec {
+    /// The changelog rows of one tick's consolidated `changes`, each with weight +1.
+    pub fn rows(&self, changes: &ChangeBatch, tick: u64, committed_at_micros: i64) -> Result<ChangeBatch> {
+        let schema = changelog_schema(&self.relation_schema);
+        // (before index, after index) per output row.
+        let mut pairs: Vec<(Option<u32>, Option<u32>)> = Vec::new();
+        let unpaired = |i: usize, w: i64, pairs: &mut Vec<(Option<u32>, Option<u32>)>| {
+            for _ in 0..w.unsigned_abs() {
+                pairs.push(if w < 0 { (Some(i as u32), None) } else { (None, Some(i as u32)) });
+            }
+        };
+        if self.key.is_empty() {
+            for i in 0..changes.len() {
+                unpaired(i, changes.weights.value(i), &mut pairs);
+            }
+        } else {
+            let keys = changes.rows.project(&self.key)?;
+            let codec = RowCodec::new(keys.schema())?;
+            let encoded = codec.encode(&keys)?;
+            let mut by_key: HashMap<&[u8], (Vec<usize>, Vec<usize>)> = HashMap::new();
+            let mut order: Vec<&[u8]> = Vec::new();
+            for (i, k) in encoded.iter().enumerate() {
+                let entry = by_key.entry(k.as_slice()).or_insert_with(|| {
+                    order.push(k.as_slice());
+                    (Vec::new(), Vec::new())
+                });
+                let w = changes.weights.value(i);
+                for _ in 0..w.unsigned_abs() {
+                    if w < 0 { entry.0.push(i) } else { entry.1.push(i) }
+                }
+            }
+            for k in order {
+                let (minus, plus) = &by_key[k];
+                let n = minus.len().max(plus.len());
+                for j in 0..n {
+                    pairs.push((minus.get(j).map(|&i| i as u32), plus.get(j).map(|&i| i as u32)));
+                }
+            }
+        }
+        let n = pairs.len();
+        let op: StringArray = pairs
+            .iter()
+            .map(|p| Some(match p {
+                (Some(_), Some(_)) => "update",
+                (Some(_), None) => "delete",
+                _ => "insert",
+            }))
+            .collect();
+        let side = |pick: fn(&(Option<u32>, Option<u32>)) -> Option<u32>| -> Result<ArrayRef> {
+            let idx: UInt32Array = pairs.iter().map(pick).collect();
+            let DataType::Struct(fields) = schema.field(1).data_type().clone() else { unreachable!("struct column") };
+            let columns = changes
+                .rows
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let nulls = NullBuffer::from(idx.iter().map(|i| i.is_some()).collect::<Vec<_>>());
+            Ok(Arc::new(StructArray::try_new(fields, columns, Some(nulls))?))
+        };
+        let before = side(|p| p.0)?;
+        let after = side(|p| p.1)?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(op),
+            before,
+            after,
+            Arc::new(Int64Array::from(vec![tick as i64; n])),
+            Arc::new(TimestampMicrosecondArray::from(vec![committed_at_micros; n]).with_timezone("+00:00")),
+        ];
+        let rows = RecordBatch::try_new(schema, columns)?;
+        Ok(ChangeBatch::uniform(rows, 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Array;
+    use datafusion::scalar::ScalarValue;
+
+    #[test]
+    fn pairs_updates_by_key_and_keeps_inserts_and_deletes() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false), Field::new("s", DataType::Utf8, true)]));
+        let row = |id: i32, s: &str| vec![ScalarValue::Int32(Some(id)), ScalarValue::Utf8(Some(s.into()))];
+        let changes = super::super::change_batch::from_rows(
+            schema.clone(),
+            vec![(-1, row(1, "LOADING")), (1, row(1, "DEPARTED")), (1, row(2, "PLANNED")), (-1, row(3, "X"))],
+        );
+        let spec = ChangelogSpec { input: changelog_input_id(7, &[0]), relation: 7, key: vec![0], relation_schema: schema };
+        let out = spec.rows(&changes, 5, 1_000).unwrap();
+        let ops = out.rows.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let ops: Vec<&str> = ops.iter().map(|o| o.unwrap()).collect();
+        assert_eq!(ops, vec!["update", "insert", "delete"]);
+        let before = out.rows.column(1).as_any().downcast_ref::<StructArray>().unwrap();
+        assert!(before.is_valid(0) && before.is_null(1) && before.is_valid(2));
+        assert!(out.weights.values().iter().all(|w| *w == 1));
+    }
+}
