@@ -115,7 +115,7 @@ async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow
     let started = Instant::now();
     let load = |id: u32, schema: SchemaRef, batch: Vec<arrow::array::ArrayRef>| {
         let rows = RecordBatch::try_new(schema, batch).expect("bench batch");
-        server.engine.commit(Commit { changes: vec![(id, ChangeBatch::uniform(rows, 1))] })
+        server.engine.commit(Commit { changes: vec![(id, ChangeBatch::uniform(rows, 1))], ..Default::default() })
     };
     load(ids[0], schemas[0].clone(), vec![
         Arc::new(Int64Array::from_iter_values(0..customers as i64)),
@@ -184,7 +184,7 @@ async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow
         }
         let changes = ChangeBatch::concat(&schemas[2], &changes)?;
         let t = Instant::now();
-        server.engine.commit(Commit { changes: vec![(ids[2], changes)] }).await?;
+        server.engine.commit(Commit { changes: vec![(ids[2], changes)], ..Default::default() }).await?;
         latencies.push(t.elapsed());
     }
     latencies.sort();

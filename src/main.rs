@@ -22,6 +22,9 @@ enum Command {
         /// Address for Postgres clients.
         #[arg(long, default_value = "127.0.0.1:6875")]
         listen: SocketAddr,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// Benchmarks; print a table and the command that reproduces it.
     Bench {
@@ -38,9 +41,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Command::Serve { data_dir, listen } => runtime.block_on(async {
+        Command::Serve { data_dir, listen, metrics } => runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let server = velocity::server::Server::open(&data_dir).await?;
+            if let Some(addr) = metrics {
+                let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
+                println!("velocity: metrics on http://{}/metrics", metrics_listener.local_addr()?);
+                tokio::spawn(velocity::server::metrics::serve(metrics_listener, server.engine.clone()));
+            }
             // Tests and scripts read this line to learn the port (`--listen 127.0.0.1:0`).
             println!("velocity: listening on {}", listener.local_addr()?);
             tracing::info!("data in {}", data_dir.display());

@@ -83,6 +83,46 @@ impl Contents {
         Ok(Some(self.codec.decode(rows.iter().map(|r| r.as_slice()))?))
     }
 
+    /// Turn keyed net changes into row changes: for every key written or deleted, retract
+    /// the current row (if any) and insert the new one (if any). A key whose new row equals
+    /// the current one produces nothing.
+    pub fn resolve_keyed(&self, store: &Store, overlay: &Overlay, keyed: &super::KeyedChanges) -> Result<ChangeBatch> {
+        let Some((key_cols, key_codec)) = &self.key else {
+            return Err(EngineError::UndefinedObject(format!("table \"{}\" has no primary key to apply source changes by", self.name)));
+        };
+        let current = |key: &[u8]| -> Result<Option<Vec<u8>>> {
+            let skey = self.storage_key(key);
+            let value = match overlay.get(&skey) {
+                Some(v) => v.clone(),
+                None => store.get(&skey)?,
+            };
+            Ok(value.map(|v| split_value(&v).1.to_vec()))
+        };
+        let mut rows: Vec<Vec<u8>> = Vec::new();
+        let mut weights = Vec::new();
+        let new_rows = self.codec.encode(&keyed.upserts)?;
+        let new_keys = key_codec.encode(&keyed.upserts.project(key_cols)?)?;
+        for (row, key) in new_rows.into_iter().zip(new_keys) {
+            match current(&key)? {
+                Some(old) if old == row => continue,
+                Some(old) => {
+                    rows.push(old);
+                    weights.push(-1);
+                }
+                None => {}
+            }
+            rows.push(row);
+            weights.push(1);
+        }
+        for key in key_codec.encode(&keyed.deletes)? {
+            if let Some(old) = current(&key)? {
+                rows.push(old);
+                weights.push(-1);
+            }
+        }
+        Ok(self.codec.decode_changes(rows.iter().map(|r| r.as_slice()).zip(weights))?)
+    }
+
     pub fn key_columns(&self) -> Option<&[usize]> {
         self.key.as_ref().map(|(k, _)| k.as_slice())
     }

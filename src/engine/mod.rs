@@ -47,8 +47,23 @@ pub enum EngineError {
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 /// Changes to apply atomically: one source or client transaction.
+#[derive(Default)]
 pub struct Commit {
+    /// Row changes (a client's INSERT/UPDATE/DELETE), by relation id.
     pub changes: Vec<(u32, ChangeBatch)>,
+    /// Net changes by primary key (a CDC transaction), resolved against the table's
+    /// current rows when the tick runs.
+    pub keyed: Vec<(u32, KeyedChanges)>,
+    /// Storage writes that must commit with these changes (source offsets, dead letters).
+    pub extra_writes: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Final rows and deleted keys of one table in one source transaction.
+pub struct KeyedChanges {
+    /// Rows as they are after the transaction (table schema).
+    pub upserts: arrow::array::RecordBatch,
+    /// Keys deleted by the transaction (primary-key columns only).
+    pub deletes: arrow::array::RecordBatch,
 }
 
 /// What a committed tick produced, for changefeeds.
@@ -72,7 +87,10 @@ enum Request {
 pub struct EngineStats {
     pub tick: u64,
     pub last_tick_at: Option<SystemTime>,
+    /// Rows per relation (tables and views), kept up to date by every tick.
     pub view_rows: HashMap<u32, i64>,
+    /// The last tick that changed each relation.
+    pub last_change: HashMap<u32, u64>,
     pub tick_latencies_us: Vec<u64>,
 }
 
@@ -224,8 +242,18 @@ impl EngineThread {
             self.commit_writes(writes, HashMap::new())?;
         } else {
             catalog.insert(relation.clone(), None);
+            drop(catalog);
         }
+        self.restore_row_count(relation.id)?;
         self.contents.insert(relation.id, contents);
+        Ok(())
+    }
+
+    fn restore_row_count(&self, id: u32) -> Result<()> {
+        if let Some(v) = self.store.get(&rows_key(id))? {
+            let n = v.try_into().map(i64::from_le_bytes).unwrap_or(0);
+            self.stats.write().expect("stats lock").view_rows.insert(id, n);
+        }
         Ok(())
     }
 
@@ -257,6 +285,7 @@ impl EngineThread {
                 return Err(e);
             }
         }
+        self.restore_row_count(relation.id)?;
         self.contents.insert(relation.id, contents);
         self.dataflows.insert(relation.id, dataflow);
         Ok(())
@@ -270,6 +299,7 @@ impl EngineThread {
                 return Err(EngineError::UndefinedObject(format!("relation \"{name}\" does not exist")));
             };
             writes.delete_prefix(&self.store, &Contents::prefix(rel.id))?;
+            writes.delete(&rows_key(rel.id));
             if rel.kind == RelationKind::MaterializedView {
                 let mut p = vec![keyspace::STATE];
                 p.extend_from_slice(&rel.id.to_be_bytes());
@@ -329,32 +359,50 @@ impl EngineThread {
         let mut rejected = HashMap::new();
         let mut overlay = contents::Overlay::new();
         let mut table_changes: HashMap<u32, Vec<ChangeBatch>> = HashMap::new();
+        let mut extra_writes = Vec::new();
         for (i, commit) in commits.iter().enumerate() {
             let mut attempt = overlay.clone();
-            let applied = commit.changes.iter().try_for_each(|(id, changes)| {
-                let c = self.contents.get(id).ok_or_else(|| EngineError::UndefinedObject(format!("relation {id} was dropped")))?;
-                c.apply(&self.store, &mut attempt, changes)
-            });
+            let mut resolved = Vec::new();
+            let applied = (|| {
+                for (id, keyed) in &commit.keyed {
+                    let c = self.contents.get(id).ok_or_else(|| EngineError::UndefinedObject(format!("relation {id} was dropped")))?;
+                    let changes = c.resolve_keyed(&self.store, &attempt, keyed)?;
+                    c.apply(&self.store, &mut attempt, &changes)?;
+                    resolved.push((*id, changes));
+                }
+                for (id, changes) in &commit.changes {
+                    let c = self.contents.get(id).ok_or_else(|| EngineError::UndefinedObject(format!("relation {id} was dropped")))?;
+                    c.apply(&self.store, &mut attempt, changes)?;
+                    resolved.push((*id, changes.clone()));
+                }
+                Ok::<(), EngineError>(())
+            })();
             match applied {
                 Ok(()) => {
                     overlay = attempt;
-                    for (id, changes) in &commit.changes {
-                        table_changes.entry(*id).or_default().push(changes.clone());
+                    for (id, changes) in resolved {
+                        table_changes.entry(id).or_default().push(changes);
                     }
+                    extra_writes.extend(commit.extra_writes.iter().cloned());
                 }
                 Err(e) => {
                     rejected.insert(i, e);
                 }
             }
         }
-        if table_changes.is_empty() {
+        if table_changes.is_empty() && extra_writes.is_empty() {
             return (Ok(self.tick), rejected);
         }
-        let result = self.propagate(table_changes, overlay);
+        let result = self.propagate(table_changes, overlay, extra_writes);
         (result, rejected)
     }
 
-    fn propagate(&mut self, table_changes: HashMap<u32, Vec<ChangeBatch>>, mut overlay: contents::Overlay) -> Result<u64> {
+    fn propagate(
+        &mut self,
+        table_changes: HashMap<u32, Vec<ChangeBatch>>,
+        mut overlay: contents::Overlay,
+        extra_writes: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<u64> {
         let mut changed: HashMap<u32, ChangeBatch> = HashMap::new();
         for (id, batches) in table_changes {
             let schema = self.contents[&id].schema().clone();
@@ -395,6 +443,9 @@ impl EngineThread {
             return Err(e);
         }
         contents::flush_overlay(overlay, &mut writes);
+        for (k, v) in &extra_writes {
+            writes.put(k, v);
+        }
         if let Err(e) = self.commit_writes(writes, changed) {
             self.restore_dataflows(&stepped);
             return Err(e);
@@ -422,6 +473,17 @@ impl EngineThread {
     fn commit_writes(&mut self, mut writes: TickWrites, changed: HashMap<u32, ChangeBatch>) -> Result<()> {
         let tick = self.tick + 1;
         writes.put(&meta_key(b"tick"), &tick.to_le_bytes());
+        // Row counts persist with the tick, so system tables are right after a restart.
+        let counts: Vec<(u32, i64)> = {
+            let stats = self.stats.read().expect("stats lock");
+            changed
+                .iter()
+                .map(|(id, c)| (*id, stats.view_rows.get(id).copied().unwrap_or(0) + c.weights.values().iter().sum::<i64>()))
+                .collect()
+        };
+        for (id, n) in &counts {
+            writes.put(&rows_key(*id), &n.to_le_bytes());
+        }
         // Commit, publish the tick number and notify changefeeds under the gate, so a reader
         // that snapshots and subscribes under the gate sees every tick exactly once.
         let _gate = self.gate.blocking_write();
@@ -431,13 +493,20 @@ impl EngineThread {
         if let Ok(mut s) = self.stats.write() {
             s.tick = tick;
             s.last_tick_at = Some(committed_at);
-            for (id, c) in &changed {
-                *s.view_rows.entry(*id).or_default() += c.weights.values().iter().sum::<i64>();
+            for (id, n) in counts {
+                s.view_rows.insert(id, n);
+                s.last_change.insert(id, tick);
             }
         }
         let _ = self.ticks.send(TickOutput { tick, committed_at, changes: Arc::new(changed) });
         Ok(())
     }
+}
+
+fn rows_key(id: u32) -> Vec<u8> {
+    let mut k = meta_key(b"rows/");
+    k.extend_from_slice(&id.to_be_bytes());
+    k
 }
 
 fn meta_key(name: &[u8]) -> Vec<u8> {

@@ -6,9 +6,11 @@
 
 pub mod changes;
 pub mod error;
+pub mod metrics;
 pub mod relation_table;
 pub mod statements;
 pub mod subscribe;
+pub mod system;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -61,6 +63,7 @@ impl Server {
             .with_information_schema(true);
         let context = Arc::new(SessionContext::new_with_config(config));
         setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
+        system::register(&context, &engine)?;
         context.register_udtf("changes", Arc::new(changes::ChangesFunction { engine: engine.clone() }));
         let hook = Arc::new(VelocityHook::new(engine.clone()));
 

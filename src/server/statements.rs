@@ -174,7 +174,7 @@ impl VelocityHook {
             return Ok(Response::TransactionEnd(Tag::new("ROLLBACK")));
         }
         if !changes.is_empty() {
-            if let Err(e) = self.engine.commit(Commit { changes }).await {
+            if let Err(e) = self.engine.commit(Commit { changes, ..Default::default() }).await {
                 // Like Postgres: a failed COMMIT ends the transaction block.
                 client.set_transaction_status(TransactionStatus::Idle);
                 return Err(from_engine(e));
@@ -452,7 +452,7 @@ impl VelocityHook {
             txn.active
         };
         if !in_block && !changes.is_empty() {
-            self.engine.commit(Commit { changes: vec![(relation.id, changes)] }).await.map_err(from_engine)?;
+            self.engine.commit(Commit { changes: vec![(relation.id, changes)], ..Default::default() }).await.map_err(from_engine)?;
         }
         Ok(Response::Execution(tag))
     }
