@@ -8,5 +8,6 @@ pub mod dataflow;
 pub mod engine;
 pub mod planner;
 pub mod server;
+pub mod sources;
 pub mod sql;
 pub mod storage;

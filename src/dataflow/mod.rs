@@ -11,8 +11,10 @@ pub mod changelog;
 pub mod constant;
 pub mod filter;
 pub mod graph;
+pub mod group_by;
 pub mod join;
 pub mod project;
+pub mod topk;
 pub mod union;
 
 use arrow::datatypes::SchemaRef;
@@ -30,6 +32,8 @@ pub enum DataflowError {
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("{0} is not supported in a materialized view")]
+    Unsupported(String),
     #[error("internal dataflow error: {0}")]
     Internal(String),
 }

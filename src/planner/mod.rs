@@ -14,6 +14,7 @@ use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 
+use crate::dataflow::group_by::{Aggregate, lower_aggregate};
 use crate::dataflow::changelog::{ChangelogSpec, changelog_input_id, changelog_schema};
 use crate::dataflow::constant::Constant;
 use crate::dataflow::filter::Filter;
@@ -164,7 +165,27 @@ impl Builder<'_> {
                 Ok(self.add(Union::new(out_schema), inputs))
             }
             LogicalPlan::Join(j) => self.plan_join(j, out_schema),
-            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => Err(PlanError::Unsupported("TEMP".into())),
+            LogicalPlan::Aggregate(a) => {
+                let input = self.plan(&a.input)?;
+                let (groups, aggs) = lower_aggregate(a, &self.props)?;
+                let input_schema: SchemaRef = Arc::new(a.input.schema().as_arrow().clone());
+                let node = self.next_node_id();
+                let op = Aggregate::new(input_schema, groups, aggs, out_schema, self.dataflow_id, node)?;
+                Ok(self.add(op, vec![input]))
+            }
+            LogicalPlan::Distinct(Distinct::All(input)) => {
+                let node_input = self.plan(input)?;
+                let input_schema: SchemaRef = Arc::new(input.schema().as_arrow().clone());
+                let groups = (0..input_schema.fields().len())
+                    .map(|i| {
+                        Arc::new(datafusion::physical_expr::expressions::Column::new(input_schema.field(i).name(), i))
+                            as Arc<dyn PhysicalExpr>
+                    })
+                    .collect();
+                let node = self.next_node_id();
+                let op = Aggregate::new(input_schema, groups, vec![], out_schema, self.dataflow_id, node)?;
+                Ok(self.add(op, vec![node_input]))
+            }
             LogicalPlan::Distinct(Distinct::On(_)) => Err(PlanError::Unsupported("DISTINCT ON".into())),
             LogicalPlan::Values(v) => {
                 let empty = DFSchema::empty();

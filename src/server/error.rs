@@ -38,6 +38,8 @@ pub fn datafusion_code(e: &DataFusionError) -> &'static str {
             let m = m.to_ascii_lowercase();
             if m.contains("table") && (m.contains("not found") || m.contains("doesn't exist") || m.contains("does not exist")) {
                 "42P01"
+            } else if m.contains("unique expression names") {
+                "42701"
             } else if m.contains("invalid function") || m.contains("no function matches") {
                 "42883"
             } else if m.contains("coerc") || m.contains("cannot cast") || m.contains("type") {
@@ -71,6 +73,7 @@ pub fn from_dataflow(e: DataflowError) -> PgWireError {
     match e {
         DataflowError::DataFusion(d) => from_datafusion(d),
         DataflowError::Arrow(a) => pg_error(arrow_code(&a), a.to_string()),
+        DataflowError::Unsupported(_) => pg_error("0A000", e.to_string()),
         other => pg_error("XX000", other.to_string()),
     }
 }

@@ -1,0 +1,1708 @@
+//! Debezium change events: decode JSON records, and convert row images to Arrow batches.
+//!
+//! [`decode`] reads one Kafka record value (or one JSON line) as Kafka Connect's `JsonConverter`
+//! writes it, with or without the `{"schema": ..., "payload": ...}` envelope. It understands
+//! data change events (ops `c`, `u`, `d`, `r`), tombstones, and the records of the transaction
+//! metadata topic (`BEGIN` / `END`). It never panics on input: anything it cannot make sense of
+//! is a [`DecodeError`] that carries whatever could still be read (table, transaction), so the
+//! transaction assembler can count the event and dead-letter it.
+//!
+//! Two transaction identities appear in Postgres events and must not be confused:
+//! `source.txId` is the server's transaction number (`555`), while `transaction.id` is the
+//! string Debezium uses for the transaction metadata topic (`"555:24023128"`, txId and LSN).
+//! Markers on the metadata topic carry `transaction.id`, never `source.txId`.
+//!
+//! [`rows_to_batch`] turns `before`/`after` row images into a `RecordBatch` of a declared schema,
+//! column by name, and returns the rows it cannot convert separately with a reason. Debezium's
+//! semantic types from the envelope schema decide how a value is read (days, milli/micro/nano
+//! seconds, base64 decimals); without an envelope the column's Arrow type decides.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::timezone::Tz;
+use arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanArray, BooleanBuilder, LargeBinaryBuilder, LargeListArray, LargeStringBuilder,
+    ListArray, PrimitiveBuilder, RecordBatch, RecordBatchOptions, StringBuilder, UInt32Array, new_null_array,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::compute::kernels::cast_utils::{Parser, parse_interval_month_day_nano, string_to_datetime, string_to_time_nanoseconds};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, FieldRef, Float32Type, Float64Type, Int8Type, Int16Type,
+    Int32Type, Int64Type, IntervalMonthDayNano, IntervalMonthDayNanoType, IntervalUnit, SchemaRef, Time32MillisecondType,
+    Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type,
+    UInt64Type,
+};
+use serde_json::{Map, Value};
+
+/// One decoded record of a Debezium source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A row change of one table.
+    Change(ChangeEvent),
+    /// A Kafka tombstone (null value): Debezium follows each delete with one so that log
+    /// compaction can drop the key. The delete event itself carries the change.
+    Tombstone,
+    /// Start of a transaction on the transaction metadata topic.
+    TxnBegin { id: String },
+    /// End of a transaction: how many change events it produced, in total and per table
+    /// (`"schema.table"` for Postgres).
+    TxnEnd { id: String, event_count: u64, data_collections: Vec<(String, u64)> },
+}
+
+/// The kind of row change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeOp {
+    /// `c`: INSERT; the key did not exist just before.
+    Create,
+    /// `u`: UPDATE.
+    Update,
+    /// `d`: DELETE; `before` holds at least the key columns.
+    Delete,
+    /// `r`: a row read by a snapshot.
+    Read,
+}
+
+/// Where an event stands with respect to the connector's snapshot (`source.snapshot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SnapshotPhase {
+    /// Streamed from the log (`"false"` or absent).
+    Streaming,
+    /// Read by the initial snapshot (`"true"`, `"first"`, `"first_in_data_collection"`, ...).
+    Snapshot,
+    /// The last record of the initial snapshot (`"last"`).
+    Last,
+    /// Read by an incremental (signal-driven) snapshot chunk (`"incremental"`).
+    Incremental,
+}
+
+/// A decoded data change event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// `"schema.table"` from the source block (`"db.table"` for connectors without schemas).
+    pub collection: String,
+    pub op: ChangeOp,
+    pub before: Option<Map<String, Value>>,
+    pub after: Option<Map<String, Value>>,
+    /// `transaction.id`, matching the `id` of the metadata topic's BEGIN/END records.
+    pub txn_id: Option<String>,
+    /// `transaction.total_order`: 1-based position of the event in its transaction.
+    pub total_order: Option<u64>,
+    /// `transaction.data_collection_order`: 1-based position among the transaction's events
+    /// of the same table.
+    pub data_collection_order: Option<u64>,
+    /// `source.txId`: the server's transaction number (not `transaction.id`).
+    pub source_tx_id: Option<i64>,
+    /// `source.lsn`.
+    pub lsn: Option<i64>,
+    /// `source.ts_ms` (commit time at the server), or the envelope's `ts_ms` if absent.
+    pub ts_ms: Option<i64>,
+    pub snapshot: SnapshotPhase,
+    /// Column types from the envelope schema, if the record had one. Shared between the
+    /// events of one schema, since the envelope repeats it on every record.
+    pub field_types: Option<Arc<FieldTypes>>,
+}
+
+/// Per-column types of a table's row images, from the envelope schema: column name -> type.
+pub type FieldTypes = BTreeMap<String, FieldType>;
+
+/// A Kafka Connect field type with its Debezium semantic name, e.g. `int64` named
+/// `io.debezium.time.MicroTimestamp`, or `bytes` named `org.apache.kafka.connect.data.Decimal`
+/// with parameter `scale`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FieldType {
+    /// `int8` .. `int64`, `float32`, `float64`, `boolean`, `string`, `bytes`, `array`, `struct`, ...
+    pub connect_type: String,
+    /// Semantic type name, if any.
+    pub name: Option<String>,
+    /// Schema parameters (all values as strings, as Connect writes them).
+    pub parameters: BTreeMap<String, String>,
+    /// Element type of an `array`.
+    pub items: Option<Box<FieldType>>,
+}
+
+/// What could still be read from a record that failed to decode, so that it can be counted in
+/// its transaction and attributed to its table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventContext {
+    pub collection: Option<String>,
+    pub txn_id: Option<String>,
+    pub total_order: Option<u64>,
+    pub data_collection_order: Option<u64>,
+    pub source_tx_id: Option<i64>,
+    /// True when the record was part of a snapshot (it belongs to no streamed transaction).
+    pub snapshot: bool,
+}
+
+/// Why a record could not be decoded. The message is the dead letter's reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a JSON document at all (garbage bytes, truncated record): nothing can be read.
+    #[error("not valid JSON: {0}")]
+    NotJson(String),
+    /// JSON, but not a well-formed Debezium record.
+    #[error("{reason}")]
+    Invalid { reason: String, context: EventContext },
+    /// A well-formed event of a kind Velocity does not apply (truncate, logical messages).
+    #[error("{what} events are not supported")]
+    Unsupported { what: String, context: EventContext },
+}
+
+impl DecodeError {
+    /// What could be read of the record before it failed (nothing for [`DecodeError::NotJson`]).
+    pub fn context(&self) -> Option<&EventContext> {
+        match self {
+            DecodeError::NotJson(_) => None,
+            DecodeError::Invalid { context, .. } | DecodeError::Unsupported { context, .. } => Some(context),
+        }
+    }
+}
+
+/// Decode one record value; `None` or an empty value is a Kafka tombstone.
+///
+/// Prefer a long-lived [`Decoder`] on hot paths: it parses each distinct envelope schema once.
+pub fn decode(value: Option<&[u8]>) -> Result<Record, DecodeError> {
+    Decoder::new().decode(value)
+}
+
+/// How many distinct envelope schemas a [`Decoder`] remembers (one per table and schema version).
+const SCHEMA_CACHE_SIZE: usize = 32;
+
+/// Decodes records, remembering the column types of recently seen envelope schemas.
+///
+/// `JsonConverter` repeats the full schema (often more than half of the bytes) on every record;
+/// parsing it once per distinct schema instead of once per record is most of the decode cost.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// Raw schema bytes -> column types, most recently inserted last.
+    schemas: Vec<(Vec<u8>, Option<Arc<FieldTypes>>)>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    /// Decode one record value; `None` or an empty value is a Kafka tombstone.
+    pub fn decode(&mut self, value: Option<&[u8]>) -> Result<Record, DecodeError> {
+        let Some(bytes) = value else {
+            return Ok(Record::Tombstone);
+        };
+        let bytes = bytes.trim_ascii();
+        if bytes.is_empty() || bytes == b"null" {
+            return Ok(Record::Tombstone);
+        }
+        if let Some((schema, payload)) = split_envelope(bytes) {
+            let payload: Value = serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+            if payload.is_null() {
+                return Ok(Record::Tombstone);
+            }
+            let field_types = self.field_types(schema)?;
+            return decode_payload(payload, field_types);
+        }
+        let doc: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        match doc {
+            Value::Object(mut map) if is_envelope(&map) => {
+                let schema = map.remove("schema").unwrap_or(Value::Null);
+                let payload = map.remove("payload").unwrap_or(Value::Null);
+                if payload.is_null() {
+                    return Ok(Record::Tombstone);
+                }
+                decode_payload(payload, parse_field_types(&schema).map(Arc::new))
+            }
+            doc @ Value::Object(_) => decode_payload(doc, None),
+            other => Err(invalid(format!("expected a JSON object, got {}", show(&other)), EventContext::default())),
+        }
+    }
+
+    fn field_types(&mut self, schema: &[u8]) -> Result<Option<Arc<FieldTypes>>, DecodeError> {
+        if let Some((_, types)) = self.schemas.iter().rev().find(|(raw, _)| raw.as_slice() == schema) {
+            return Ok(types.clone());
+        }
+        let value: Value = serde_json::from_slice(schema).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        let types = parse_field_types(&value).map(Arc::new);
+        if self.schemas.len() == SCHEMA_CACHE_SIZE {
+            self.schemas.remove(0);
+        }
+        self.schemas.push((schema.to_vec(), types.clone()));
+        Ok(types)
+    }
+}
+
+fn is_envelope(map: &Map<String, Value>) -> bool {
+    map.contains_key("payload") && map.contains_key("schema") && !map.contains_key("op") && !map.contains_key("status")
+}
+
+/// Find the `schema` and `payload` values of `{"schema": ..., "payload": ...}` without parsing
+/// them (the order `JsonConverter` writes). Returns `None` for any other shape, which then takes
+/// the general path; the slices are validated later by the JSON parser.
+fn split_envelope(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut i = skip_ws(bytes, 0);
+    i = expect(bytes, i, b"{")?;
+    i = expect(bytes, skip_ws(bytes, i), b"\"schema\"")?;
+    i = expect(bytes, skip_ws(bytes, i), b":")?;
+    let schema_start = skip_ws(bytes, i);
+    let schema_end = skip_value(bytes, schema_start)?;
+    i = expect(bytes, skip_ws(bytes, schema_end), b",")?;
+    i = expect(bytes, skip_ws(bytes, i), b"\"payload\"")?;
+    i = expect(bytes, skip_ws(bytes, i), b":")?;
+    let payload_start = skip_ws(bytes, i);
+    let payload_end = skip_value(bytes, payload_start)?;
+    i = expect(bytes, skip_ws(bytes, payload_end), b"}")?;
+    (skip_ws(bytes, i) == bytes.len()).then(|| (&bytes[schema_start..schema_end], &bytes[payload_start..payload_end]))
+}
+
+fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
+    while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+fn expect(bytes: &[u8], i: usize, token: &[u8]) -> Option<usize> {
+    bytes.get(i..)?.starts_with(token).then_some(i + token.len())
+}
+
+/// End of the JSON value starting at `i`: balanced brackets, strings with escapes, or a scalar.
+fn skip_value(bytes: &[u8], i: usize) -> Option<usize> {
+    match *bytes.get(i)? {
+        b'"' => skip_string(bytes, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match *bytes.get(j)? {
+                    b'"' => {
+                        j = skip_string(bytes, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let end = bytes[i..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace())
+                .map_or(bytes.len(), |n| i + n);
+            (end > i).then_some(end)
+        }
+    }
+}
+
+/// End of the JSON string whose opening quote is at `i`.
+fn skip_string(bytes: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        match *bytes.get(j)? {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+}
+
+fn invalid(reason: String, context: EventContext) -> DecodeError {
+    DecodeError::Invalid { reason, context }
+}
+
+/// A JSON value for an error message, shortened so that one bad blob cannot flood the log.
+fn show(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() <= 64 {
+        return s;
+    }
+    let mut end = 60;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// An integer that Connect may write as a number or as a string (as the docs' examples do).
+fn lenient_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn lenient_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A transaction id: a string, though some connectors write a bare number.
+fn id_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn decode_payload(payload: Value, field_types: Option<Arc<FieldTypes>>) -> Result<Record, DecodeError> {
+    let Value::Object(mut p) = payload else {
+        return Err(invalid(format!("payload is not a JSON object: {}", show(&payload)), EventContext::default()));
+    };
+    if !p.contains_key("op") && p.contains_key("status") {
+        return decode_marker(&p);
+    }
+    let context = event_context(&p);
+    let op = match p.get("op") {
+        Some(Value::String(op)) => match op.as_str() {
+            "c" => ChangeOp::Create,
+            "u" => ChangeOp::Update,
+            "d" => ChangeOp::Delete,
+            "r" => ChangeOp::Read,
+            "t" => return Err(DecodeError::Unsupported { what: "truncate".into(), context }),
+            "m" => return Err(DecodeError::Unsupported { what: "logical decoding message".into(), context }),
+            other => return Err(invalid(format!("unknown op \"{other}\""), context)),
+        },
+        Some(other) => return Err(invalid(format!("field \"op\": expected a string, got {}", show(other)), context)),
+        None => return Err(invalid("no \"op\" field: not a Debezium change event".into(), context)),
+    };
+    let source = match p.get("source") {
+        Some(Value::Object(source)) => source,
+        Some(other) => return Err(invalid(format!("field \"source\": expected an object, got {}", show(other)), context)),
+        None => return Err(invalid("no \"source\" block: cannot tell which table changed".into(), context)),
+    };
+    let Some(collection) = context.collection.clone() else {
+        return Err(invalid("source block names no table".into(), context));
+    };
+    let (txn_id, total_order, data_collection_order) = match p.get("transaction") {
+        None | Some(Value::Null) => (None, None, None),
+        Some(Value::Object(t)) => match t.get("id").and_then(id_string) {
+            Some(id) => (
+                Some(id),
+                t.get("total_order").and_then(lenient_u64),
+                t.get("data_collection_order").and_then(lenient_u64),
+            ),
+            None => return Err(invalid("transaction block has no \"id\"".into(), context)),
+        },
+        Some(other) => {
+            return Err(invalid(format!("field \"transaction\": expected an object, got {}", show(other)), context));
+        }
+    };
+    let source_tx_id = source.get("txId").and_then(lenient_i64);
+    let lsn = source.get("lsn").and_then(lenient_i64);
+    let ts_ms = source.get("ts_ms").and_then(lenient_i64).or_else(|| p.get("ts_ms").and_then(lenient_i64));
+    let mut snapshot = snapshot_phase(source.get("snapshot"));
+    if op == ChangeOp::Read && snapshot == SnapshotPhase::Streaming {
+        snapshot = SnapshotPhase::Snapshot;
+    }
+    let before = take_image(&mut p, "before", &context)?;
+    let after = take_image(&mut p, "after", &context)?;
+    match op {
+        ChangeOp::Create | ChangeOp::Update | ChangeOp::Read if after.is_none() => {
+            return Err(invalid(format!("{op:?} event without an \"after\" row image"), context));
+        }
+        ChangeOp::Delete if before.is_none() => {
+            return Err(invalid("delete event without a \"before\" row image: cannot tell which key to delete".into(), context));
+        }
+        _ => {}
+    }
+    Ok(Record::Change(ChangeEvent {
+        collection,
+        op,
+        before,
+        after,
+        txn_id,
+        total_order,
+        data_collection_order,
+        source_tx_id,
+        lsn,
+        ts_ms,
+        snapshot,
+        field_types,
+    }))
+}
+
+/// Read what identifies an event's table and transaction, tolerating any malformation, so that
+/// even an event that fails to decode can be counted in its transaction.
+fn event_context(p: &Map<String, Value>) -> EventContext {
+    let source = p.get("source").and_then(Value::as_object);
+    let text = |key: &str| source.and_then(|s| s.get(key)).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let collection = text("table").and_then(|table| text("schema").or_else(|| text("db")).map(|ns| format!("{ns}.{table}")));
+    let transaction = p.get("transaction").and_then(Value::as_object);
+    let snapshot = snapshot_phase(source.and_then(|s| s.get("snapshot"))) != SnapshotPhase::Streaming
+        || p.get("op").and_then(Value::as_str) == Some("r");
+    EventContext {
+        collection,
+        txn_id: transaction.and_then(|t| t.get("id")).and_then(id_string),
+        total_order: transaction.and_then(|t| t.get("total_order")).and_then(lenient_u64),
+        data_collection_order: transaction.and_then(|t| t.get("data_collection_order")).and_then(lenient_u64),
+        source_tx_id: source.and_then(|s| s.get("txId")).and_then(lenient_i64),
+        snapshot,
+    }
+}
+
+fn snapshot_phase(v: Option<&Value>) -> SnapshotPhase {
+    match v {
+        Some(Value::String(s)) => match s.as_str() {
+            "false" | "" => SnapshotPhase::Streaming,
+            "last" => SnapshotPhase::Last,
+            "incremental" => SnapshotPhase::Incremental,
+            _ => SnapshotPhase::Snapshot,
+        },
+        Some(Value::Bool(true)) => SnapshotPhase::Snapshot,
+        _ => SnapshotPhase::Streaming,
+    }
+}
+
+fn take_image(p: &mut Map<String, Value>, key: &str, context: &EventContext) -> Result<Option<Map<String, Value>>, DecodeError> {
+    match p.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(row)) => Ok(Some(row)),
+        Some(other) => Err(invalid(format!("field \"{key}\": expected an object or null, got {}", show(&other)), context.clone())),
+    }
+}
+
+fn decode_marker(p: &Map<String, Value>) -> Result<Record, DecodeError> {
+    let id = p.get("id").and_then(id_string);
+    let context = EventContext { txn_id: id.clone(), ..EventContext::default() };
+    let Some(id) = id else {
+        return Err(invalid("transaction marker without an \"id\"".into(), context));
+    };
+    match p.get("status").and_then(Value::as_str) {
+        Some("BEGIN") => Ok(Record::TxnBegin { id }),
+        Some("END") => {
+            let Some(event_count) = p.get("event_count").and_then(lenient_u64) else {
+                return Err(invalid(format!("END marker of transaction {id} without an \"event_count\""), context));
+            };
+            let mut data_collections = Vec::new();
+            match p.get("data_collections") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(entries)) => {
+                    for entry in entries {
+                        let name = entry.get("data_collection").and_then(Value::as_str);
+                        let count = entry.get("event_count").and_then(lenient_u64);
+                        match (name, count) {
+                            (Some(name), Some(count)) => data_collections.push((name.to_string(), count)),
+                            _ => {
+                                return Err(invalid(
+                                    format!("END marker of transaction {id}: malformed data_collections entry {}", show(entry)),
+                                    context,
+                                ));
+                            }
+                        }
+                    }
+                }
+                Some(other) => {
+                    return Err(invalid(
+                        format!("END marker of transaction {id}: data_collections is not an array: {}", show(other)),
+                        context,
+                    ));
+                }
+            }
+            Ok(Record::TxnEnd { id, event_count, data_collections })
+        }
+        Some(other) => Err(invalid(format!("unknown transaction status \"{other}\""), context)),
+        None => Err(invalid("transaction marker without a string \"status\"".into(), context)),
+    }
+}
+
+/// Column types of the row images (`after`, else `before`) described by an envelope schema.
+/// A schema of another shape yields `None`: values are then read by the columns' Arrow types.
+fn parse_field_types(schema: &Value) -> Option<FieldTypes> {
+    let fields = schema.get("fields")?.as_array()?;
+    let image = ["after", "before"]
+        .iter()
+        .find_map(|name| fields.iter().find(|f| f.get("field").and_then(Value::as_str) == Some(*name)))?;
+    let columns = image.get("fields")?.as_array()?;
+    Some(
+        columns
+            .iter()
+            .filter_map(|c| Some((c.get("field")?.as_str()?.to_string(), parse_field_type(c))))
+            .collect(),
+    )
+}
+
+fn parse_field_type(v: &Value) -> FieldType {
+    let parameters = v
+        .get("parameters")
+        .and_then(Value::as_object)
+        .map(|params| {
+            params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    FieldType {
+        connect_type: v.get("type").and_then(Value::as_str).unwrap_or_default().to_string(),
+        name: v.get("name").and_then(Value::as_str).map(str::to_string),
+        parameters,
+        items: v.get("items").map(|items| Box::new(parse_field_type(items))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row images -> Arrow
+// ---------------------------------------------------------------------------------------------
+
+/// Build a batch of `schema` from JSON row images (columns matched by name; extra keys are
+/// ignored so that a column added upstream does not break ingestion).
+///
+/// Rows that cannot be converted are left out of the batch and returned as
+/// `(index into rows, reason)`; the reason names the column and the problem. A missing or null
+/// column is NULL if the column is nullable; the `primary_key` columns (indices into `schema`)
+/// must be present and non-null. `field_types` are the envelope's column types, which say how
+/// Debezium encoded temporal and decimal values.
+pub fn rows_to_batch(
+    schema: &SchemaRef,
+    rows: &[&Map<String, Value>],
+    field_types: Option<&FieldTypes>,
+    primary_key: &[usize],
+) -> (RecordBatch, Vec<(usize, String)>) {
+    let mut reasons: Vec<Option<String>> = vec![None; rows.len()];
+    // Key columns first: a row without its key is reported as such, not as a type problem.
+    for field in primary_key.iter().filter_map(|&k| schema.fields().get(k)) {
+        let name = field.name();
+        for (reason, row) in reasons.iter_mut().zip(rows) {
+            if reason.is_none() {
+                match row.get(name) {
+                    None => *reason = Some(format!("missing primary key column \"{name}\"")),
+                    Some(Value::Null) => *reason = Some(format!("primary key column \"{name}\" is null")),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let name = field.name();
+        let cells: Vec<Option<&Value>> = rows.iter().map(|r| r.get(name).filter(|v| !v.is_null())).collect();
+        if !field.is_nullable() {
+            for ((reason, cell), row) in reasons.iter_mut().zip(&cells).zip(rows) {
+                if reason.is_none() && cell.is_none() {
+                    *reason = Some(if row.contains_key(name) {
+                        format!("column \"{name}\": null, but the column is NOT NULL")
+                    } else {
+                        format!("missing column \"{name}\", which is NOT NULL")
+                    });
+                }
+            }
+        }
+        let (array, failures) = build_column(field.data_type(), field_types.and_then(|t| t.get(name)), &cells);
+        for (row, why) in failures {
+            if reasons[row].is_none() {
+                reasons[row] = Some(format!("column \"{name}\": {why}"));
+            }
+        }
+        columns.push(array);
+    }
+    finish_batch(schema, columns, reasons)
+}
+
+/// Drop the failed rows from the columns and assemble the batch.
+fn finish_batch(schema: &SchemaRef, columns: Vec<ArrayRef>, reasons: Vec<Option<String>>) -> (RecordBatch, Vec<(usize, String)>) {
+    let good = reasons.iter().filter(|r| r.is_none()).count();
+    let columns = if good == reasons.len() {
+        Ok(columns)
+    } else {
+        let mask: BooleanArray = reasons.iter().map(|r| Some(r.is_none())).collect();
+        columns.iter().map(|c| arrow::compute::filter(c, &mask)).collect::<Result<Vec<_>, _>>()
+    };
+    let batch = columns.and_then(|columns| {
+        RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(good)))
+    });
+    let failed: Vec<(usize, String)> = reasons.iter().enumerate().filter_map(|(i, r)| Some((i, r.clone()?))).collect();
+    match batch {
+        Ok(batch) => (batch, failed),
+        // Every value was checked against its column above, so this means a bug here; reject
+        // the rows rather than panic on a source record.
+        Err(e) => {
+            let all = reasons
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| (i, r.unwrap_or_else(|| format!("cannot build a batch of the table schema: {e}"))))
+                .collect();
+            (RecordBatch::new_empty(schema.clone()), all)
+        }
+    }
+}
+
+const NANOS_PER_MICRO: i128 = 1_000;
+const NANOS_PER_MILLI: i128 = 1_000_000;
+const NANOS_PER_SECOND: i128 = 1_000_000_000;
+const NANOS_PER_DAY: i128 = 86_400 * NANOS_PER_SECOND;
+
+/// How Debezium encoded a column's values, from its semantic type; decided once per column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// No semantic type: the target Arrow type decides.
+    Plain,
+    /// An integer count of units since the epoch (or since midnight, for times).
+    Epoch { nanos_per_unit: i128 },
+    /// `org.apache.kafka.connect.data.Decimal`: base64 big-endian two's-complement unscaled
+    /// value; the scale is in the schema.
+    ConnectDecimal { scale: i32 },
+    /// `io.debezium.data.VariableScaleDecimal`: `{"scale": s, "value": base64}`.
+    VariableScaleDecimal,
+}
+
+fn encoding_of(field_type: Option<&FieldType>) -> Encoding {
+    let Some(name) = field_type.and_then(|t| t.name.as_deref()) else {
+        return Encoding::Plain;
+    };
+    let epoch = |nanos_per_unit| Encoding::Epoch { nanos_per_unit };
+    match name {
+        "io.debezium.time.Date" | "org.apache.kafka.connect.data.Date" => epoch(NANOS_PER_DAY),
+        "io.debezium.time.Time"
+        | "io.debezium.time.Timestamp"
+        | "org.apache.kafka.connect.data.Time"
+        | "org.apache.kafka.connect.data.Timestamp" => epoch(NANOS_PER_MILLI),
+        "io.debezium.time.MicroTime" | "io.debezium.time.MicroTimestamp" | "io.debezium.time.MicroDuration" => {
+            epoch(NANOS_PER_MICRO)
+        }
+        "io.debezium.time.NanoTime" | "io.debezium.time.NanoTimestamp" | "io.debezium.time.NanoDuration" => epoch(1),
+        "org.apache.kafka.connect.data.Decimal" => {
+            match field_type.and_then(|t| t.parameters.get("scale")).and_then(|s| s.parse().ok()) {
+                Some(scale) => Encoding::ConnectDecimal { scale },
+                None => Encoding::Plain,
+            }
+        }
+        "io.debezium.data.VariableScaleDecimal" => Encoding::VariableScaleDecimal,
+        _ => Encoding::Plain,
+    }
+}
+
+/// Failures as `(index into cells, reason)`.
+type Failures = Vec<(usize, String)>;
+
+/// Build one column from its cells (`None` = null or missing), nulls where a value fails.
+fn build_column(data_type: &DataType, field_type: Option<&FieldType>, cells: &[Option<&Value>]) -> (ArrayRef, Failures) {
+    let enc = encoding_of(field_type);
+    match data_type {
+        DataType::Boolean => {
+            let mut b = BooleanBuilder::with_capacity(cells.len());
+            let mut failures = Vec::new();
+            for (i, cell) in cells.iter().enumerate() {
+                match cell.map(read_bool).transpose() {
+                    Ok(v) => b.append_option(v),
+                    Err(e) => {
+                        failures.push((i, e));
+                        b.append_null();
+                    }
+                }
+            }
+            (Arc::new(b.finish()), failures)
+        }
+        DataType::Int8 => primitive::<Int8Type>(data_type, cells, |v| read_int(v, enc, data_type)),
+        DataType::Int16 => primitive::<Int16Type>(data_type, cells, |v| read_int(v, enc, data_type)),
+        DataType::Int32 => primitive::<Int32Type>(data_type, cells, |v| read_int(v, enc, data_type)),
+        DataType::Int64 => primitive::<Int64Type>(data_type, cells, |v| read_int(v, enc, data_type)),
+        DataType::UInt8 => primitive::<UInt8Type>(data_type, cells, |v| read_int(v, enc, data_type)),
+        DataType::UInt16 => primitive::<UInt16Type>(data_type, cells, |v| read_int(v, enc, data_type)),
+        DataType::UInt32 => primitive::<UInt32Type>(data_type, cells, |v| read_int(v, enc, data_type)),
+        DataType::UInt64 => primitive::<UInt64Type>(data_type, cells, |v| read_int(v, enc, data_type)),
+        DataType::Float32 => primitive::<Float32Type>(data_type, cells, |v| read_float(v, enc).map(|f| f as f32)),
+        DataType::Float64 => primitive::<Float64Type>(data_type, cells, |v| read_float(v, enc)),
+        DataType::Decimal128(precision, scale) => primitive::<Decimal128Type>(data_type, cells, |v| {
+            let (unscaled, from) = read_decimal(v, enc)?;
+            fit_decimal(unscaled, from, *precision, *scale)
+        }),
+        DataType::Utf8 => {
+            let mut b = StringBuilder::with_capacity(cells.len(), cells.len() * 16);
+            for cell in cells {
+                b.append_option(cell.map(|v| read_text(v, enc)));
+            }
+            (Arc::new(b.finish()), Vec::new())
+        }
+        DataType::LargeUtf8 => {
+            let mut b = LargeStringBuilder::with_capacity(cells.len(), cells.len() * 16);
+            for cell in cells {
+                b.append_option(cell.map(|v| read_text(v, enc)));
+            }
+            (Arc::new(b.finish()), Vec::new())
+        }
+        DataType::Binary | DataType::LargeBinary => {
+            let mut failures = Vec::new();
+            let values: Vec<Option<Vec<u8>>> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, cell)| match cell.map(read_bytes).transpose() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        failures.push((i, e));
+                        None
+                    }
+                })
+                .collect();
+            let array: ArrayRef = if matches!(data_type, DataType::Binary) {
+                let mut b = BinaryBuilder::new();
+                values.iter().for_each(|v| b.append_option(v.as_deref()));
+                Arc::new(b.finish())
+            } else {
+                let mut b = LargeBinaryBuilder::new();
+                values.iter().for_each(|v| b.append_option(v.as_deref()));
+                Arc::new(b.finish())
+            };
+            (array, failures)
+        }
+        DataType::Date32 => primitive::<Date32Type>(data_type, cells, |v| {
+            let nanos = read_instant(v, enc, NANOS_PER_DAY)?;
+            i32::try_from(nanos.div_euclid(NANOS_PER_DAY)).map_err(|_| format!("date {} is out of range", show(v)))
+        }),
+        DataType::Timestamp(unit, _) => {
+            let per = nanos_per(unit);
+            let read = |v: &Value| {
+                let nanos = read_instant(v, enc, per)?;
+                i64::try_from(nanos.div_euclid(per)).map_err(|_| format!("timestamp {} is out of range", show(v)))
+            };
+            match unit {
+                TimeUnit::Second => primitive::<TimestampSecondType>(data_type, cells, read),
+                TimeUnit::Millisecond => primitive::<TimestampMillisecondType>(data_type, cells, read),
+                TimeUnit::Microsecond => primitive::<TimestampMicrosecondType>(data_type, cells, read),
+                TimeUnit::Nanosecond => primitive::<TimestampNanosecondType>(data_type, cells, read),
+            }
+        }
+        DataType::Time32(unit @ (TimeUnit::Second | TimeUnit::Millisecond)) => {
+            let per = nanos_per(unit);
+            let read = |v: &Value| Ok((read_time_of_day(v, enc, per)? / per) as i32);
+            match unit {
+                TimeUnit::Second => primitive::<Time32SecondType>(data_type, cells, read),
+                _ => primitive::<Time32MillisecondType>(data_type, cells, read),
+            }
+        }
+        DataType::Time64(unit @ (TimeUnit::Microsecond | TimeUnit::Nanosecond)) => {
+            let per = nanos_per(unit);
+            let read = |v: &Value| Ok((read_time_of_day(v, enc, per)? / per) as i64);
+            match unit {
+                TimeUnit::Microsecond => primitive::<Time64MicrosecondType>(data_type, cells, read),
+                _ => primitive::<Time64NanosecondType>(data_type, cells, read),
+            }
+        }
+        DataType::Interval(IntervalUnit::MonthDayNano) => {
+            primitive::<IntervalMonthDayNanoType>(data_type, cells, |v| read_interval(v, enc))
+        }
+        DataType::List(item) | DataType::LargeList(item) => {
+            build_list(data_type, item, field_type.and_then(|t| t.items.as_deref()), cells)
+        }
+        other => {
+            let failures = cells
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_some())
+                .map(|(i, _)| (i, format!("column type {other} is not supported by the Debezium source")))
+                .collect();
+            (new_null_array(other, cells.len()), failures)
+        }
+    }
+}
+
+fn primitive<T: ArrowPrimitiveType>(
+    data_type: &DataType,
+    cells: &[Option<&Value>],
+    mut read: impl FnMut(&Value) -> Result<T::Native, String>,
+) -> (ArrayRef, Failures) {
+    let mut b = PrimitiveBuilder::<T>::with_capacity(cells.len()).with_data_type(data_type.clone());
+    let mut failures = Vec::new();
+    for (i, cell) in cells.iter().enumerate() {
+        match cell.map(&mut read).transpose() {
+            Ok(v) => b.append_option(v),
+            Err(e) => {
+                failures.push((i, e));
+                b.append_null();
+            }
+        }
+    }
+    (Arc::new(b.finish()), failures)
+}
+
+/// Lists: convert all elements as one child column, then drop the elements of rows that failed
+/// (a failed row becomes a null list, and is removed from the batch by the caller).
+fn build_list(
+    data_type: &DataType,
+    item: &FieldRef,
+    item_type: Option<&FieldType>,
+    cells: &[Option<&Value>],
+) -> (ArrayRef, Failures) {
+    let mut failures: Failures = Vec::new();
+    let mut elements: Vec<Option<&Value>> = Vec::new();
+    let mut owner: Vec<usize> = Vec::new();
+    let mut spans: Vec<Option<(usize, usize)>> = Vec::with_capacity(cells.len());
+    for (i, cell) in cells.iter().enumerate() {
+        match cell {
+            None => spans.push(None),
+            Some(Value::Array(values)) => {
+                let start = elements.len();
+                for (k, v) in values.iter().enumerate() {
+                    if v.is_null() && !item.is_nullable() {
+                        failures.push((i, format!("element {k} is null, but elements are NOT NULL")));
+                    }
+                    elements.push(Some(v).filter(|v| !v.is_null()));
+                    owner.push(i);
+                }
+                spans.push(Some((start, elements.len())));
+            }
+            Some(other) => {
+                failures.push((i, format!("expected an array, got {}", show(other))));
+                spans.push(None);
+            }
+        }
+    }
+    let (child, child_failures) = build_column(item.data_type(), item_type, &elements);
+    for (j, why) in child_failures {
+        let row = owner[j];
+        let k = j - spans[row].map_or(0, |(start, _)| start);
+        failures.push((row, format!("element {k}: {why}")));
+    }
+    let mut failed = vec![false; cells.len()];
+    failures.iter().for_each(|(row, _)| failed[*row] = true);
+    let mut offsets = Vec::with_capacity(cells.len() + 1);
+    offsets.push(0usize);
+    let mut keep: Vec<u32> = Vec::with_capacity(elements.len());
+    let mut valid = Vec::with_capacity(cells.len());
+    for (row, span) in spans.iter().enumerate() {
+        match span {
+            Some((start, end)) if !failed[row] => {
+                keep.extend(*start as u32..*end as u32);
+                valid.push(true);
+            }
+            _ => valid.push(false),
+        }
+        offsets.push(keep.len());
+    }
+    let list = if keep.len() == elements.len() {
+        Ok(child)
+    } else {
+        arrow::compute::take(&child, &UInt32Array::from(keep), None)
+    }
+    .and_then(|child| {
+        let nulls = Some(NullBuffer::from(valid));
+        Ok(match data_type {
+            DataType::LargeList(_) => {
+                let offsets = OffsetBuffer::new(offsets.iter().map(|&o| o as i64).collect());
+                Arc::new(LargeListArray::try_new(item.clone(), offsets, child, nulls)?) as ArrayRef
+            }
+            _ => {
+                let offsets = OffsetBuffer::new(offsets.iter().map(|&o| o as i32).collect());
+                Arc::new(ListArray::try_new(item.clone(), offsets, child, nulls)?) as ArrayRef
+            }
+        })
+    });
+    match list {
+        Ok(array) => (array, failures),
+        Err(e) => {
+            let all = (0..cells.len()).filter(|&i| cells[i].is_some()).map(|i| (i, format!("cannot build list: {e}"))).collect();
+            (new_null_array(data_type, cells.len()), all)
+        }
+    }
+}
+
+fn nanos_per(unit: &TimeUnit) -> i128 {
+    match unit {
+        TimeUnit::Second => NANOS_PER_SECOND,
+        TimeUnit::Millisecond => NANOS_PER_MILLI,
+        TimeUnit::Microsecond => NANOS_PER_MICRO,
+        TimeUnit::Nanosecond => 1,
+    }
+}
+
+fn read_bool(v: &Value) -> Result<bool, String> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
+        other => Err(format!("expected a boolean, got {}", show(other))),
+    }
+}
+
+/// An integer: JSON integers, integral floats and numeric strings (64-bit ids are often
+/// written as strings because JavaScript cannot hold them); decimals must be integral.
+fn read_int<N: TryFrom<i128>>(v: &Value, enc: Encoding, data_type: &DataType) -> Result<N, String> {
+    let wide: i128 = match (v, enc) {
+        (Value::String(_) | Value::Object(_), Encoding::ConnectDecimal { .. } | Encoding::VariableScaleDecimal) => {
+            let (unscaled, scale) = read_decimal(v, enc)?;
+            rescale(unscaled, scale, 0)
+                .filter(|x| rescale(*x, 0, scale) == Some(unscaled))
+                .ok_or_else(|| format!("expected an integer, got {}", format_decimal(unscaled, scale)))?
+        }
+        (Value::Number(n), _) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i as i128,
+            (_, Some(u), _) => u as i128,
+            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e38 => f as i128,
+            _ => return Err(format!("expected an integer, got {n}")),
+        },
+        (Value::String(s), _) => s.trim().parse::<i128>().map_err(|_| format!("expected an integer, got {}", show(v)))?,
+        (other, _) => return Err(format!("expected an integer, got {}", show(other))),
+    };
+    N::try_from(wide).map_err(|_| format!("value {wide} is out of range for {data_type}"))
+}
+
+fn read_float(v: &Value, enc: Encoding) -> Result<f64, String> {
+    match (v, enc) {
+        (Value::String(_) | Value::Object(_), Encoding::ConnectDecimal { .. } | Encoding::VariableScaleDecimal) => {
+            let (unscaled, scale) = read_decimal(v, enc)?;
+            Ok(unscaled as f64 / 10f64.powi(scale))
+        }
+        (Value::Number(n), _) => n.as_f64().ok_or_else(|| format!("expected a number, got {n}")),
+        // Connect writes NaN and infinities as strings; Rust parses "NaN", "inf", "Infinity".
+        (Value::String(s), _) => s.trim().parse::<f64>().map_err(|_| format!("expected a number, got {}", show(v))),
+        (other, _) => Err(format!("expected a number, got {}", show(other))),
+    }
+}
+
+/// Text columns take strings as they are and any other JSON (json/jsonb values, numbers)
+/// serialized, so nothing is lost; decimals are rendered in decimal notation.
+fn read_text(v: &Value, enc: Encoding) -> String {
+    match (v, enc) {
+        (Value::String(_) | Value::Object(_), Encoding::ConnectDecimal { .. } | Encoding::VariableScaleDecimal) => {
+            match read_decimal(v, enc) {
+                Ok((unscaled, scale)) => format_decimal(unscaled, scale),
+                Err(_) => v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()),
+            }
+        }
+        (Value::String(s), _) => s.clone(),
+        (other, _) => other.to_string(),
+    }
+}
+
+fn read_bytes(v: &Value) -> Result<Vec<u8>, String> {
+    match v {
+        Value::String(s) => base64_decode(s).ok_or_else(|| format!("expected base64-encoded bytes, got {}", show(v))),
+        other => Err(format!("expected base64-encoded bytes, got {}", show(other))),
+    }
+}
+
+/// A decimal as `(unscaled, scale)`.
+fn read_decimal(v: &Value, enc: Encoding) -> Result<(i128, i32), String> {
+    match (v, enc) {
+        (Value::String(s), Encoding::ConnectDecimal { scale }) => {
+            let unscaled = base64_decode(s)
+                .and_then(|bytes| twos_complement(&bytes))
+                .ok_or_else(|| format!("expected a base64-encoded Decimal, got {}", show(v)))?;
+            Ok((unscaled, scale))
+        }
+        // VariableScaleDecimal, recognised by shape even without an envelope schema.
+        (Value::Object(o), _) => {
+            let scale = o.get("scale").and_then(lenient_i64).and_then(|s| i32::try_from(s).ok());
+            let unscaled = o.get("value").and_then(Value::as_str).and_then(base64_decode).and_then(|b| twos_complement(&b));
+            match (scale, unscaled) {
+                (Some(scale), Some(unscaled)) => Ok((unscaled, scale)),
+                _ => Err(format!("expected a decimal, got {}", show(v))),
+            }
+        }
+        // decimal.handling.mode=double writes a JSON number; its shortest text form is what
+        // the connector meant, so parse that rather than the binary float.
+        (Value::Number(n), _) => parse_decimal(&n.to_string()).ok_or_else(|| format!("expected a decimal, got {n}")),
+        // decimal.handling.mode=string, or a hand-written file.
+        (Value::String(s), _) => parse_decimal(s).ok_or_else(|| format!("expected a decimal, got {}", show(v))),
+        (other, _) => Err(format!("expected a decimal, got {}", show(other))),
+    }
+}
+
+/// Parse `-12.345`, `1e-3`, `+7` into `(unscaled, scale)`.
+fn parse_decimal(s: &str) -> Option<(i128, i32)> {
+    let s = s.trim();
+    let (mantissa, exponent) = match s.find(['e', 'E']) {
+        Some(at) => (&s[..at], s[at + 1..].parse::<i32>().ok()?),
+        None => (s, 0),
+    };
+    let (negative, digits) = match mantissa.as_bytes().first()? {
+        b'-' => (true, &mantissa[1..]),
+        b'+' => (false, &mantissa[1..]),
+        _ => (false, mantissa),
+    };
+    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    let mut unscaled: i128 = 0;
+    for b in int_part.bytes().chain(frac_part.bytes()) {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        unscaled = unscaled.checked_mul(10)?.checked_add((b - b'0') as i128)?;
+    }
+    let scale = (frac_part.len() as i32).checked_sub(exponent)?;
+    Some((if negative { -unscaled } else { unscaled }, scale))
+}
+
+/// Change the scale of an unscaled decimal, rounding half away from zero (as Postgres does
+/// when a numeric is cast to fewer digits).
+fn rescale(unscaled: i128, from: i32, to: i32) -> Option<i128> {
+    if to >= from {
+        let factor = 10i128.checked_pow(u32::try_from(to - from).ok()?)?;
+        unscaled.checked_mul(factor)
+    } else {
+        let Some(divisor) = 10i128.checked_pow(u32::try_from(from - to).ok()?) else {
+            return Some(0);
+        };
+        let (q, r) = (unscaled / divisor, unscaled % divisor);
+        Some(if r.unsigned_abs() >= divisor.unsigned_abs().div_ceil(2) { q + unscaled.signum() } else { q })
+    }
+}
+
+fn fit_decimal(unscaled: i128, from: i32, precision: u8, scale: i8) -> Result<i128, String> {
+    let limit = 10i128.checked_pow(precision as u32).unwrap_or(i128::MAX);
+    match rescale(unscaled, from, scale as i32) {
+        Some(v) if v.unsigned_abs() < limit.unsigned_abs() => Ok(v),
+        _ => Err(format!("value {} does not fit in Decimal128({precision}, {scale})", format_decimal(unscaled, from))),
+    }
+}
+
+fn format_decimal(unscaled: i128, scale: i32) -> String {
+    if scale <= 0 {
+        let zeros = "0".repeat(scale.unsigned_abs() as usize);
+        return if unscaled == 0 { "0".into() } else { format!("{unscaled}{zeros}") };
+    }
+    let digits = unscaled.unsigned_abs().to_string();
+    let scale = scale as usize;
+    let padded = if digits.len() <= scale { format!("{}{digits}", "0".repeat(scale - digits.len() + 1)) } else { digits };
+    let (int_part, frac_part) = padded.split_at(padded.len() - scale);
+    format!("{}{int_part}.{frac_part}", if unscaled < 0 { "-" } else { "" })
+}
+
+/// Big-endian two's complement bytes (Kafka Connect's Decimal encoding) as an i128.
+fn twos_complement(bytes: &[u8]) -> Option<i128> {
+    let Some(&first) = bytes.first() else {
+        return Some(0);
+    };
+    let negative = first & 0x80 != 0;
+    let mut bytes = bytes;
+    if bytes.len() > 16 {
+        // Longer encodings are fine if the extra leading bytes are only sign extension.
+        let (head, tail) = bytes.split_at(bytes.len() - 16);
+        let sign = if negative { 0xff } else { 0 };
+        if head.iter().any(|&b| b != sign) || (tail[0] & 0x80 != 0) != negative {
+            return None;
+        }
+        bytes = tail;
+    }
+    let mut v: i128 = if negative { -1 } else { 0 };
+    for &b in bytes {
+        v = (v << 8) | b as i128;
+    }
+    Some(v)
+}
+
+/// Standard or URL-safe base64, padding optional.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn sextet(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let bytes = s.as_bytes();
+    let bytes = bytes.strip_suffix(b"==").or_else(|| bytes.strip_suffix(b"=")).unwrap_or(bytes);
+    if bytes.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for &c in chunk {
+            acc = (acc << 6) | sextet(c)?;
+        }
+        match chunk.len() {
+            4 => out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8, acc as u8]),
+            3 => out.extend_from_slice(&[(acc >> 10) as u8, (acc >> 2) as u8]),
+            _ => out.push((acc >> 4) as u8),
+        }
+    }
+    Some(out)
+}
+
+/// A point in time, in nanoseconds since the epoch. Integers are in the semantic type's unit,
+/// or in `plain_unit` (the column's own unit) without one; strings are ISO-8601 dates or
+/// timestamps, with an offset (ZonedTimestamp) or without (taken as UTC).
+fn read_instant(v: &Value, enc: Encoding, plain_unit: i128) -> Result<i128, String> {
+    match v {
+        Value::Number(n) => {
+            let per = match enc {
+                Encoding::Epoch { nanos_per_unit } => nanos_per_unit,
+                _ => plain_unit,
+            };
+            n.as_i64().map(|x| x as i128 * per).ok_or_else(|| format!("expected an integer time value, got {n}"))
+        }
+        Value::String(s) => parse_instant(s).ok_or_else(|| format!("expected an ISO-8601 date or timestamp, got {}", show(v))),
+        other => Err(format!("expected a date or timestamp, got {}", show(other))),
+    }
+}
+
+fn parse_instant(s: &str) -> Option<i128> {
+    let s = s.trim();
+    // Date32's parser also accepts a date followed by anything; only take bare dates from it.
+    if s.len() <= 10
+        && let Some(days) = Date32Type::parse(s)
+    {
+        return Some(days as i128 * NANOS_PER_DAY);
+    }
+    let utc: Tz = "+00:00".parse().ok()?;
+    let t = string_to_datetime(&utc, s).ok()?;
+    Some(t.timestamp() as i128 * NANOS_PER_SECOND + t.timestamp_subsec_nanos() as i128)
+}
+
+/// Nanoseconds since midnight: integers in the semantic type's unit (or `plain_unit`), strings
+/// like `13:45:00.123456`, with an optional offset or `Z` (ZonedTime), converted to UTC.
+fn read_time_of_day(v: &Value, enc: Encoding, plain_unit: i128) -> Result<i128, String> {
+    let nanos = match v {
+        Value::Number(_) => read_instant(v, enc, plain_unit)?,
+        Value::String(s) => parse_time(s).ok_or_else(|| format!("expected a time of day, got {}", show(v)))?,
+        other => return Err(format!("expected a time of day, got {}", show(other))),
+    };
+    // 24:00:00 is a valid Postgres time.
+    if !(0..=NANOS_PER_DAY).contains(&nanos) {
+        return Err(format!("time of day {} is out of range", show(v)));
+    }
+    Ok(nanos)
+}
+
+fn parse_time(s: &str) -> Option<i128> {
+    let s = s.trim();
+    let (local, offset_seconds) = if let Some(local) = s.strip_suffix(['Z', 'z']) {
+        (local, 0)
+    } else if let Some(at) = s.rfind(['+', '-']).filter(|&at| at >= 5) {
+        let (hours, minutes) = s[at + 1..].split_once(':').unwrap_or((&s[at + 1..], "0"));
+        let seconds = hours.parse::<i64>().ok()? * 3600 + minutes.parse::<i64>().ok()? * 60;
+        (&s[..at], if &s[at..=at] == "-" { -seconds } else { seconds })
+    } else {
+        (s, 0)
+    };
+    let nanos = if local == "24:00:00" { NANOS_PER_DAY } else { string_to_time_nanoseconds(local).ok()? as i128 };
+    if offset_seconds == 0 {
+        return Some(nanos);
+    }
+    Some((nanos - offset_seconds as i128 * NANOS_PER_SECOND).rem_euclid(NANOS_PER_DAY))
+}
+
+/// Intervals: integers are microseconds (Debezium's MicroDuration) unless the semantic type
+/// says otherwise; strings are ISO-8601 durations (`P1Y2M3DT4H5M6.78S`, Debezium's
+/// interval.handling.mode=string) or Postgres-style text (`1 day 02:00:00`).
+fn read_interval(v: &Value, enc: Encoding) -> Result<IntervalMonthDayNano, String> {
+    match v {
+        Value::Number(n) => {
+            let per = match enc {
+                Encoding::Epoch { nanos_per_unit } => nanos_per_unit,
+                _ => NANOS_PER_MICRO,
+            };
+            n.as_i64()
+                .and_then(|x| i64::try_from(x as i128 * per).ok())
+                .map(|nanos| IntervalMonthDayNano::new(0, 0, nanos))
+                .ok_or_else(|| format!("expected an interval, got {n}"))
+        }
+        Value::String(s) => parse_iso_duration(s)
+            .or_else(|| parse_interval_month_day_nano(s).ok())
+            .ok_or_else(|| format!("expected an interval, got {}", show(v))),
+        other => Err(format!("expected an interval, got {}", show(other))),
+    }
+}
+
+fn parse_iso_duration(s: &str) -> Option<IntervalMonthDayNano> {
+    let s = s.trim();
+    let (negative, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let body = s.strip_prefix(['P', 'p'])?;
+    let (date_part, time_part) = match body.split_once(['T', 't']) {
+        Some((d, t)) => (d, Some(t)),
+        None => (body, None),
+    };
+    let (mut months, mut days, mut nanos) = (0i64, 0i64, 0i128);
+    let mut any = false;
+    for (part, in_time) in [(date_part, false), (time_part.unwrap_or(""), true)] {
+        let mut rest = part;
+        while !rest.is_empty() {
+            let end = rest.find(|c: char| c.is_ascii_alphabetic())?;
+            let number = &rest[..end];
+            let unit = rest.as_bytes()[end].to_ascii_uppercase();
+            rest = &rest[end + 1..];
+            any = true;
+            match (in_time, unit) {
+                (false, b'Y') => months += number.parse::<i64>().ok()? * 12,
+                (false, b'M') => months += number.parse::<i64>().ok()?,
+                (false, b'W') => days += number.parse::<i64>().ok()? * 7,
+                (false, b'D') => days += number.parse::<i64>().ok()?,
+                (true, b'H') => nanos += number.parse::<i64>().ok()? as i128 * 3600 * NANOS_PER_SECOND,
+                (true, b'M') => nanos += number.parse::<i64>().ok()? as i128 * 60 * NANOS_PER_SECOND,
+                (true, b'S') => {
+                    let (unscaled, scale) = parse_decimal(number)?;
+                    nanos += rescale(unscaled, scale, 9)?;
+                }
+                _ => return None,
+            }
+        }
+    }
+    if !any {
+        return None;
+    }
+    let sign = if negative { -1 } else { 1 };
+    Some(IntervalMonthDayNano::new(
+        i32::try_from(months * sign).ok()?,
+        i32::try_from(days * sign).ok()?,
+        i64::try_from(nanos * sign as i128).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        Array, AsArray, BinaryArray, Date32Array, Decimal128Array, Float64Array, Int16Array, Int32Array, Int64Array,
+        IntervalMonthDayNanoArray, StringArray, Time64MicrosecondArray, TimestampMicrosecondArray,
+    };
+    use arrow::datatypes::{Field, Schema};
+    use serde_json::json;
+
+    fn change(value: &Value) -> ChangeEvent {
+        match decode(Some(value.to_string().as_bytes())) {
+            Ok(Record::Change(e)) => e,
+            other => panic!("expected a change event, got {other:?}"),
+        }
+    }
+
+    fn source() -> Value {
+        json!({"version": "2.5.0.Final", "connector": "postgresql", "name": "fulfillment", "ts_ms": 1559033904863i64,
+               "snapshot": "false", "db": "postgres", "sequence": "[\"24023119\",\"24023128\"]", "schema": "public",
+               "table": "shipments", "txId": 555, "lsn": 24023128, "xmin": null})
+    }
+
+    /// Envelope schema of public.shipments with Debezium's semantic types.
+    fn shipments_schema() -> Value {
+        let row = json!({"type": "struct", "optional": true, "name": "fulfillment.public.shipments.Value", "fields": [
+            {"type": "int64", "optional": false, "field": "id"},
+            {"type": "bytes", "optional": true, "name": "org.apache.kafka.connect.data.Decimal", "version": 1,
+             "parameters": {"scale": "2", "connect.decimal.precision": "10"}, "field": "weight"},
+            {"type": "int64", "optional": true, "name": "io.debezium.time.MicroTimestamp", "version": 1, "field": "shipped_at"},
+            {"type": "int32", "optional": true, "name": "io.debezium.time.Date", "version": 1, "field": "due"},
+            {"type": "array", "optional": true, "items": {"type": "string"}, "field": "tags"}
+        ]});
+        let mut before = row.clone();
+        before["field"] = json!("before");
+        let mut after = row;
+        after["field"] = json!("after");
+        json!({"type": "struct", "optional": false, "name": "fulfillment.public.shipments.Envelope", "fields": [
+            before, after,
+            {"type": "struct", "optional": false, "name": "io.debezium.connector.postgresql.Source", "field": "source",
+             "fields": [{"type": "string", "optional": false, "field": "version"}]},
+            {"type": "string", "optional": false, "field": "op"},
+            {"type": "int64", "optional": true, "field": "ts_ms"},
+            {"type": "struct", "optional": true, "name": "event.block", "field": "transaction", "fields": [
+                {"type": "string", "optional": false, "field": "id"},
+                {"type": "int64", "optional": false, "field": "total_order"},
+                {"type": "int64", "optional": false, "field": "data_collection_order"}]}
+        ]})
+    }
+
+    #[test]
+    fn plain_payload_with_source_and_transaction_blocks() {
+        let e = change(&json!({
+            "before": null,
+            "after": {"id": 1, "weight": "12.50"},
+            "source": source(),
+            "op": "c",
+            "ts_ms": 1559033904999i64,
+            "transaction": {"id": "555:24023128", "total_order": 1, "data_collection_order": "1"}
+        }));
+        assert_eq!(e.collection, "public.shipments");
+        assert_eq!(e.op, ChangeOp::Create);
+        assert_eq!(e.before, None);
+        assert_eq!(e.after.as_ref().and_then(|a| a.get("id")), Some(&json!(1)));
+        // transaction.id and source.txId are different identities.
+        assert_eq!(e.txn_id.as_deref(), Some("555:24023128"));
+        assert_eq!(e.source_tx_id, Some(555));
+        assert_eq!((e.total_order, e.data_collection_order), (Some(1), Some(1)));
+        assert_eq!(e.lsn, Some(24023128));
+        assert_eq!(e.ts_ms, Some(1559033904863));
+        assert_eq!(e.snapshot, SnapshotPhase::Streaming);
+        assert_eq!(e.field_types, None);
+    }
+
+    #[test]
+    fn envelope_payload_carries_field_types() {
+        let payload = json!({"before": null, "after": {"id": 7, "weight": "BNI=", "shipped_at": 1700000000123456i64},
+                             "source": source(), "op": "c", "ts_ms": 1, "transaction": null});
+        // As JsonConverter writes it: schema first (json! would sort the keys).
+        let record = format!("{{\"schema\":{},\"payload\":{}}}", shipments_schema(), payload);
+        let mut decoder = Decoder::new();
+        for _ in 0..2 {
+            // The second decode takes the schema from the cache.
+            let Ok(Record::Change(e)) = decoder.decode(Some(record.as_bytes())) else { panic!() };
+            let types = e.field_types.expect("field types");
+            assert_eq!(types["weight"].name.as_deref(), Some("org.apache.kafka.connect.data.Decimal"));
+            assert_eq!(types["weight"].parameters["scale"], "2");
+            assert_eq!(types["shipped_at"].name.as_deref(), Some("io.debezium.time.MicroTimestamp"));
+            assert_eq!(types["tags"].items.as_ref().map(|i| i.connect_type.as_str()), Some("string"));
+            assert_eq!(e.txn_id, None);
+        }
+        assert_eq!(decoder.schemas.len(), 1);
+        // Pretty-printed, and with the keys in the other order: the general path.
+        let reordered = json!({"schema": shipments_schema(), "payload": payload}).to_string();
+        assert!(reordered.starts_with("{\"payload\""));
+        let Ok(Record::Change(e)) = decode(Some(reordered.as_bytes())) else { panic!() };
+        assert!(e.field_types.is_some());
+        let pretty = serde_json::to_string_pretty(&json!({"schema": shipments_schema(), "payload": payload})).unwrap();
+        let Ok(Record::Change(e)) = decode(Some(pretty.as_bytes())) else { panic!() };
+        assert!(e.field_types.is_some());
+    }
+
+    #[test]
+    fn every_op() {
+        let row = json!({"id": 1});
+        let base = |op: &str, before: Value, after: Value| {
+            json!({"before": before, "after": after, "source": source(), "op": op, "ts_ms": 1})
+        };
+        assert_eq!(change(&base("c", Value::Null, row.clone())).op, ChangeOp::Create);
+        let u = change(&base("u", row.clone(), row.clone()));
+        assert_eq!(u.op, ChangeOp::Update);
+        assert!(u.before.is_some() && u.after.is_some());
+        let d = change(&base("d", row.clone(), Value::Null));
+        assert_eq!((d.op, d.after.is_none()), (ChangeOp::Delete, true));
+        let mut read = base("r", Value::Null, row.clone());
+        read["source"]["snapshot"] = json!("last");
+        let r = change(&read);
+        assert_eq!((r.op, r.snapshot), (ChangeOp::Read, SnapshotPhase::Last));
+        read["source"]["snapshot"] = json!("true");
+        assert_eq!(change(&read).snapshot, SnapshotPhase::Snapshot);
+
+        let mut truncate = base("t", Value::Null, Value::Null);
+        truncate["transaction"] = json!({"id": "600:1", "total_order": 1, "data_collection_order": 1});
+        let err = decode(Some(truncate.to_string().as_bytes())).unwrap_err();
+        assert_eq!(err.to_string(), "truncate events are not supported");
+        let ctx = err.context().unwrap();
+        assert_eq!((ctx.collection.as_deref(), ctx.txn_id.as_deref()), (Some("public.shipments"), Some("600:1")));
+
+        let err = decode(Some(base("x", Value::Null, row.clone()).to_string().as_bytes())).unwrap_err();
+        assert_eq!(err.to_string(), "unknown op \"x\"");
+        let err = decode(Some(base("c", Value::Null, Value::Null).to_string().as_bytes())).unwrap_err();
+        assert!(err.to_string().contains("without an \"after\""), "{err}");
+        let err = decode(Some(base("d", Value::Null, Value::Null).to_string().as_bytes())).unwrap_err();
+        assert!(err.to_string().contains("without a \"before\""), "{err}");
+        let err = decode(Some(base("c", Value::Null, json!([1])).to_string().as_bytes())).unwrap_err();
+        assert!(err.to_string().contains("field \"after\": expected an object"), "{err}");
+    }
+
+    #[test]
+    fn mysql_style_source_without_schema_uses_db() {
+        let e = change(&json!({"after": {"id": 1}, "op": "c",
+                               "source": {"db": "inventory", "table": "customers", "snapshot": "false"}}));
+        assert_eq!(e.collection, "inventory.customers");
+    }
+
+    #[test]
+    fn tombstones() {
+        assert_eq!(decode(None), Ok(Record::Tombstone));
+        assert_eq!(decode(Some(b"")), Ok(Record::Tombstone));
+        assert_eq!(decode(Some(b"  \n")), Ok(Record::Tombstone));
+        assert_eq!(decode(Some(b"null")), Ok(Record::Tombstone));
+        assert_eq!(decode(Some(br#"{"schema": null, "payload": null}"#)), Ok(Record::Tombstone));
+    }
+
+    #[test]
+    fn transaction_markers_plain_and_enveloped() {
+        assert_eq!(
+            decode(Some(br#"{"status":"BEGIN","id":"571:53195829","event_count":null,"data_collections":null,"ts_ms":1}"#)),
+            Ok(Record::TxnBegin { id: "571:53195829".into() })
+        );
+        let end = json!({"status": "END", "id": "571:53195832", "event_count": 3, "ts_ms": 2,
+                         "data_collections": [{"data_collection": "public.shipments", "event_count": 2},
+                                              {"data_collection": "public.orders", "event_count": "1"}]});
+        let expected = Record::TxnEnd {
+            id: "571:53195832".into(),
+            event_count: 3,
+            data_collections: vec![("public.shipments".into(), 2), ("public.orders".into(), 1)],
+        };
+        assert_eq!(decode(Some(end.to_string().as_bytes())), Ok(expected.clone()));
+        let schema = json!({"type": "struct", "name": "io.debezium.connector.common.TransactionMetadataValue", "fields": [
+            {"type": "string", "field": "status"}, {"type": "string", "field": "id"}]});
+        let enveloped = json!({"schema": schema, "payload": end});
+        assert_eq!(decode(Some(enveloped.to_string().as_bytes())), Ok(expected));
+
+        let err = decode(Some(br#"{"status":"END","id":"9:1"}"#)).unwrap_err();
+        assert_eq!(err.context().and_then(|c| c.txn_id.as_deref()), Some("9:1"));
+        assert!(decode(Some(br#"{"status":"COMMIT","id":"9:1"}"#)).is_err());
+    }
+
+    #[test]
+    fn garbage_and_truncated_records() {
+        assert!(matches!(decode(Some(b"\x00\x01garbage")), Err(DecodeError::NotJson(_))));
+        let full = json!({"after": {"id": 1}, "source": source(), "op": "c"}).to_string();
+        assert!(matches!(decode(Some(&full.as_bytes()[..full.len() / 2])), Err(DecodeError::NotJson(_))));
+        let truncated_envelope = format!("{{\"schema\":{},\"payload\":{{\"op\":", shipments_schema());
+        assert!(matches!(decode(Some(truncated_envelope.as_bytes())), Err(DecodeError::NotJson(_))));
+        let err = decode(Some(b"[1,2]")).unwrap_err();
+        assert!(err.to_string().contains("expected a JSON object"), "{err}");
+        let err = decode(Some(json!({"op": 5, "source": source()}).to_string().as_bytes())).unwrap_err();
+        assert_eq!(err.to_string(), "field \"op\": expected a string, got 5");
+        assert_eq!(err.context().and_then(|c| c.source_tx_id), Some(555));
+        let err = decode(Some(br#"{"op":"c","after":{"id":1}}"#)).unwrap_err();
+        assert!(err.to_string().contains("no \"source\" block"), "{err}");
+    }
+
+    #[test]
+    fn split_envelope_finds_both_parts() {
+        let doc = br#" {"schema" : {"a":"}\"{"} , "payload":{"x":[1,{"y":"]"}]}} "#;
+        let (schema, payload) = split_envelope(doc).unwrap();
+        assert_eq!(schema, br#"{"a":"}\"{"}"#);
+        assert_eq!(payload, br#"{"x":[1,{"y":"]"}]}"#);
+        let (schema, payload) = split_envelope(br#"{"schema":null,"payload":null}"#).unwrap();
+        assert_eq!((schema, payload), (&b"null"[..], &b"null"[..]));
+        assert!(split_envelope(br#"{"schema":{"a":1},"payload":{"b":2}"#).is_none());
+        assert!(split_envelope(br#"{"payload":{},"schema":{}}"#).is_none());
+    }
+
+    fn schema(fields: Vec<Field>) -> SchemaRef {
+        Arc::new(Schema::new(fields))
+    }
+
+    fn rows(values: &[Value]) -> Vec<&Map<String, Value>> {
+        values.iter().map(|v| v.as_object().unwrap()).collect()
+    }
+
+    fn types(pairs: &[(&str, &str, &[(&str, &str)])]) -> FieldTypes {
+        pairs
+            .iter()
+            .map(|(col, name, params)| {
+                let parameters = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                (col.to_string(), FieldType { name: Some(name.to_string()), parameters, ..FieldType::default() })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn temporal_conversions_with_semantic_types() {
+        let s = schema(vec![
+            Field::new("d", DataType::Date32, true),
+            Field::new("t_ms", DataType::Time64(TimeUnit::Microsecond), true),
+            Field::new("t_us", DataType::Time64(TimeUnit::Microsecond), true),
+            Field::new("t_ns", DataType::Time64(TimeUnit::Microsecond), true),
+            Field::new("t_zoned", DataType::Time64(TimeUnit::Microsecond), true),
+            Field::new("ts_ms", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("ts_us", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("ts_ns", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("ts_zoned", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+            Field::new("dur", DataType::Interval(IntervalUnit::MonthDayNano), true),
+        ]);
+        let ft = types(&[
+            ("d", "io.debezium.time.Date", &[]),
+            ("t_ms", "io.debezium.time.Time", &[]),
+            ("t_us", "io.debezium.time.MicroTime", &[]),
+            ("t_ns", "io.debezium.time.NanoTime", &[]),
+            ("t_zoned", "io.debezium.time.ZonedTime", &[]),
+            ("ts_ms", "io.debezium.time.Timestamp", &[]),
+            ("ts_us", "io.debezium.time.MicroTimestamp", &[]),
+            ("ts_ns", "io.debezium.time.NanoTimestamp", &[]),
+            ("ts_zoned", "io.debezium.time.ZonedTimestamp", &[]),
+            ("dur", "io.debezium.time.MicroDuration", &[]),
+        ]);
+        // 2024-03-01 12:34:56.789012 UTC
+        let us = 1_709_296_496_789_012i64;
+        let values = [json!({
+            "d": 19783, "t_ms": 45_296_789, "t_us": 45_296_789_012i64, "t_ns": 45_296_789_012_345i64,
+            "t_zoned": "12:34:56.789012Z", "ts_ms": us / 1000, "ts_us": us, "ts_ns": us * 1000 + 999,
+            "ts_zoned": "2024-03-01T13:34:56.789012+01:00", "dur": 90_000_000i64
+        })];
+        let (batch, failed) = rows_to_batch(&s, &rows(&values), Some(&ft), &[]);
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(batch.column(0).as_primitive::<Date32Type>().value(0), 19783);
+        let times: Vec<i64> = (1..5).map(|c| batch.column(c).as_primitive::<Time64MicrosecondType>().value(0)).collect();
+        assert_eq!(times, vec![45_296_789_000, 45_296_789_012, 45_296_789_012, 45_296_789_012]);
+        let stamps: Vec<i64> = (5..9).map(|c| batch.column(c).as_primitive::<TimestampMicrosecondType>().value(0)).collect();
+        assert_eq!(stamps, vec![us / 1000 * 1000, us, us, us]);
+        assert_eq!(batch.column(8).data_type(), &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())));
+        let dur = batch.column(9).as_any().downcast_ref::<IntervalMonthDayNanoArray>().unwrap().value(0);
+        assert_eq!(dur, IntervalMonthDayNano::new(0, 0, 90_000_000_000));
+    }
+
+    #[test]
+    fn temporal_conversions_by_arrow_type() {
+        let s = schema(vec![
+            Field::new("d", DataType::Date32, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("t", DataType::Time64(TimeUnit::Microsecond), true),
+            Field::new("iv", DataType::Interval(IntervalUnit::MonthDayNano), true),
+        ]);
+        let values = [
+            json!({"d": 19783, "ts": 1_709_296_496_789_012i64, "t": 1_000_000, "iv": "P1Y2M3DT4H5M6.5S"}),
+            json!({"d": "2024-03-01", "ts": "2024-03-01T12:34:56.789012Z", "t": "12:34:56.789012", "iv": "-P1D"}),
+            json!({"d": "2024-03-01T23:59:59Z", "ts": "2024-03-01 12:34:56.789012", "t": "24:00:00", "iv": "1 day"}),
+            json!({"d": "1900-01-01", "ts": "1800-01-01T00:00:00Z"}),
+        ];
+        let (batch, failed) = rows_to_batch(&s, &rows(&values), None, &[]);
+        assert!(failed.is_empty(), "{failed:?}");
+        let d = batch.column(0).as_any().downcast_ref::<Date32Array>().unwrap();
+        assert_eq!(d.values().to_vec(), vec![19783, 19783, 19783, -25567]);
+        let ts = batch.column(1).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+        assert_eq!(ts.value(0), 1_709_296_496_789_012);
+        assert_eq!(ts.value(1), 1_709_296_496_789_012);
+        assert_eq!(ts.value(2), 1_709_296_496_789_012);
+        assert_eq!(ts.value(3), -5_364_662_400_000_000);
+        let t = batch.column(2).as_any().downcast_ref::<Time64MicrosecondArray>().unwrap();
+        assert_eq!((t.value(0), t.value(1), t.value(2)), (1_000_000, 45_296_789_012, 86_400_000_000));
+        assert!(t.is_null(3));
+        let iv = batch.column(3).as_any().downcast_ref::<IntervalMonthDayNanoArray>().unwrap();
+        assert_eq!(iv.value(0), IntervalMonthDayNano::new(14, 3, (4 * 3600 + 5 * 60) * 1_000_000_000 + 6_500_000_000));
+        assert_eq!(iv.value(1), IntervalMonthDayNano::new(0, -1, 0));
+        assert_eq!(iv.value(2), IntervalMonthDayNano::new(0, 1, 0));
+
+        let bad = [json!({"d": "yesterday"}), json!({"ts": true}), json!({"t": "25:00:00"})];
+        let (batch, failed) = rows_to_batch(&s, &rows(&bad), None, &[]);
+        assert_eq!(batch.num_rows(), 0);
+        assert_eq!(failed[0], (0, "column \"d\": expected an ISO-8601 date or timestamp, got \"yesterday\"".into()));
+        assert_eq!(failed[1], (1, "column \"ts\": expected a date or timestamp, got true".into()));
+        assert_eq!(failed[2].0, 2);
+    }
+
+    #[test]
+    fn decimal_conversions() {
+        let s = schema(vec![
+            Field::new("connect", DataType::Decimal128(10, 2), true),
+            Field::new("variable", DataType::Decimal128(10, 2), true),
+            Field::new("as_string", DataType::Decimal128(10, 2), true),
+            Field::new("as_double", DataType::Decimal128(10, 2), true),
+            Field::new("as_float", DataType::Float64, true),
+            Field::new("as_text", DataType::Utf8, true),
+        ]);
+        let ft = types(&[
+            ("connect", "org.apache.kafka.connect.data.Decimal", &[("scale", "2")]),
+            ("variable", "io.debezium.data.VariableScaleDecimal", &[]),
+            ("as_float", "org.apache.kafka.connect.data.Decimal", &[("scale", "2")]),
+            ("as_text", "org.apache.kafka.connect.data.Decimal", &[("scale", "2")]),
+        ]);
+        // "BNI=" is 0x04D2 = 1234 -> 12.34; "+2A=" is 0xFB60 = -1184 -> -11.84.
+        let values = [
+            json!({"connect": "BNI=", "variable": {"scale": 3, "value": "MDk="}, "as_string": "12.345",
+                   "as_double": 12.34, "as_float": "BNI=", "as_text": "+2A="}),
+            json!({"connect": "+2A=", "variable": {"scale": 0, "value": "Bw=="}, "as_string": "-0.005",
+                   "as_double": 1e3, "as_float": "+2A=", "as_text": "BNI="}),
+        ];
+        let (batch, failed) = rows_to_batch(&s, &rows(&values), Some(&ft), &[]);
+        assert!(failed.is_empty(), "{failed:?}");
+        let dec = |c: usize| batch.column(c).as_any().downcast_ref::<Decimal128Array>().unwrap().values().to_vec();
+        assert_eq!(dec(0), vec![1234, -1184]);
+        // 0x3039 = 12345 at scale 3 = 12.345 -> 12.35 (half away from zero); 7 -> 7.00
+        assert_eq!(dec(1), vec![1235, 700]);
+        assert_eq!(dec(2), vec![1235, -1]);
+        assert_eq!(dec(3), vec![1234, 100000]);
+        let f = batch.column(4).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!((f.value(0), f.value(1)), (12.34, -11.84));
+        let t = batch.column(5).as_string::<i32>();
+        assert_eq!((t.value(0), t.value(1)), ("-11.84", "12.34"));
+
+        let bad = [json!({"connect": "!!"}), json!({"as_string": "abc"}), json!({"as_string": "123456789.1"})];
+        let (batch, failed) = rows_to_batch(&s, &rows(&bad), Some(&ft), &[]);
+        assert_eq!(batch.num_rows(), 0);
+        assert_eq!(failed[0].1, "column \"connect\": expected a base64-encoded Decimal, got \"!!\"");
+        assert_eq!(failed[1].1, "column \"as_string\": expected a decimal, got \"abc\"");
+        assert_eq!(failed[2].1, "column \"as_string\": value 123456789.1 does not fit in Decimal128(10, 2)");
+    }
+
+    #[test]
+    fn decimal_helpers() {
+        assert_eq!(parse_decimal("1e-3"), Some((1, 3)));
+        assert_eq!(parse_decimal("-1.5E2"), Some((-15, -1)));
+        assert_eq!(parse_decimal("."), None);
+        assert_eq!(parse_decimal("NaN"), None);
+        assert_eq!(rescale(-15, 1, 0), Some(-2));
+        assert_eq!(rescale(14, 1, 0), Some(1));
+        assert_eq!(rescale(1, 0, 40), None);
+        assert_eq!(format_decimal(5, 3), "0.005");
+        assert_eq!(format_decimal(-5, 3), "-0.005");
+        assert_eq!(format_decimal(12, -2), "1200");
+        let mut long = vec![0xff; 20];
+        long[19] = 0xfe;
+        assert_eq!(twos_complement(&long), Some(-2));
+        assert_eq!(twos_complement(&[0x01; 20]), None);
+        assert_eq!(base64_decode("aGVsbG8"), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode("a"), None);
+    }
+
+    #[test]
+    fn scalar_types_json_binary_and_lists() {
+        let s = schema(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("small", DataType::Int16, true),
+            Field::new("ok", DataType::Boolean, true),
+            Field::new("doc", DataType::Utf8, true),
+            Field::new("blob", DataType::Binary, true),
+            Field::new("tags", DataType::List(Arc::new(Field::new("item", DataType::Int32, false))), true),
+        ]);
+        let values = [
+            json!({"id": 1, "small": 7, "ok": true, "doc": "{\"a\":1}", "blob": "aGVsbG8=", "tags": [1, 2]}),
+            json!({"id": "9007199254740993", "small": 7.0, "ok": "false", "doc": {"a": [1, 2]}, "tags": []}),
+            json!({"id": 3, "doc": 12.5, "extra": "ignored"}),
+        ];
+        let (batch, failed) = rows_to_batch(&s, &rows(&values), None, &[0]);
+        assert!(failed.is_empty(), "{failed:?}");
+        let ids = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ids.values().to_vec(), vec![1, 9007199254740993, 3]);
+        let small = batch.column(1).as_any().downcast_ref::<Int16Array>().unwrap();
+        assert_eq!((small.value(1), small.is_null(2)), (7, true));
+        let doc = batch.column(3).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!((doc.value(0), doc.value(1), doc.value(2)), ("{\"a\":1}", "{\"a\":[1,2]}", "12.5"));
+        let blob = batch.column(4).as_any().downcast_ref::<BinaryArray>().unwrap();
+        assert_eq!((blob.value(0), blob.is_null(1)), (&b"hello"[..], true));
+        let tags = batch.column(5).as_list::<i32>();
+        let first = tags.value(0);
+        assert_eq!(first.as_any().downcast_ref::<Int32Array>().unwrap().values().to_vec(), vec![1, 2]);
+        assert_eq!((tags.value_length(1), tags.is_null(2)), (0, true));
+    }
+
+    #[test]
+    fn bad_rows_are_returned_with_reasons_and_left_out() {
+        let s = schema(vec![
+            Field::new("id", DataType::Int32, false),
+            Field::new("weight", DataType::Float64, true),
+            Field::new("small", DataType::Int16, true),
+            Field::new("name", DataType::Utf8, false),
+            Field::new("tags", DataType::List(Arc::new(Field::new("item", DataType::Int32, false))), true),
+        ]);
+        let values = [
+            json!({"id": 1, "weight": 1.5, "name": "a", "tags": [1]}),
+            json!({"id": 2, "weight": "abc", "name": "b", "tags": [2, 3]}),
+            json!({"weight": 2.0, "name": "c"}),
+            json!({"id": null, "name": "d"}),
+            json!({"id": 5, "small": 70000, "name": "e"}),
+            json!({"id": 6, "name": null}),
+            json!({"id": 7}),
+            json!({"id": 8, "name": "h", "tags": [1, "x"]}),
+            json!({"id": 9, "name": "i", "tags": [1, null]}),
+            json!({"id": 10, "name": "j", "tags": [4, 5]}),
+            json!({"id": 1.5, "name": "k"}),
+        ];
+        let (batch, failed) = rows_to_batch(&s, &rows(&values), None, &[0]);
+        let reasons: Vec<(usize, &str)> = failed.iter().map(|(i, r)| (*i, r.as_str())).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (1, "column \"weight\": expected a number, got \"abc\""),
+                (2, "missing primary key column \"id\""),
+                (3, "primary key column \"id\" is null"),
+                (4, "column \"small\": value 70000 is out of range for Int16"),
+                (5, "column \"name\": null, but the column is NOT NULL"),
+                (6, "missing column \"name\", which is NOT NULL"),
+                (7, "column \"tags\": element 1: expected an integer, got \"x\""),
+                (8, "column \"tags\": element 1 is null, but elements are NOT NULL"),
+                (10, "column \"id\": expected an integer, got 1.5"),
+            ]
+        );
+        assert_eq!(batch.num_rows(), 2);
+        let ids = batch.column(0).as_any().downcast_ref::<Int32Array>().unwrap();
+        assert_eq!(ids.values().to_vec(), vec![1, 10]);
+        let tags = batch.column(4).as_list::<i32>();
+        assert_eq!(tags.value(1).as_any().downcast_ref::<Int32Array>().unwrap().values().to_vec(), vec![4, 5]);
+    }
+}

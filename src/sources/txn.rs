@@ -1,0 +1,1696 @@
+//! Transaction assembly: group decoded Debezium events into source transactions and release
+//! each one, whole, as one net change per primary key and table.
+//!
+//! # When a transaction is complete
+//!
+//! * [`TxnBoundaries::Metadata`] (the connector runs with `provide.transaction.metadata=true`):
+//!   events carry `transaction.id`, and the metadata topic carries an END marker with the
+//!   number of events per table. A transaction is complete once its END has been seen and every
+//!   bound table has received as many distinct events (by `transaction.total_order`) as END
+//!   announced for it; tables with no binding are not waited for, since their topics are
+//!   usually not consumed. (Without `data_collections`, END's total `event_count` is compared
+//!   with all events received.) Events and END may arrive in any order, from any topic.
+//! * [`TxnBoundaries::TxId`] (no metadata): events are grouped by `source.txId`. A stream (one
+//!   Kafka partition, or one file) carries a transaction's events contiguously, in commit order,
+//!   so a transaction is complete once *every stream that carried it has delivered a record of
+//!   something else after it* (another txId, a snapshot read), or on [`TxnAssembler::flush`] at
+//!   the end of input. This is exact for a single stream. Across several streams a transaction
+//!   is released when the streams that carried it moved on, so events still lagging in another
+//!   stream arrive later as a transaction of their own: use `Metadata` for multi-topic sources.
+//!
+//! # Release order
+//!
+//! Transactions are released in commit order: in `Metadata` mode the order of their END
+//! markers (the metadata topic has one partition), so a complete transaction waits behind an
+//! earlier one that still misses events (otherwise two transactions writing the same key could
+//! be applied in the wrong order). In `TxId` mode, the order in which they complete.
+//!
+//! # Events outside transactions
+//!
+//! Snapshot reads (op `r`, or `source.snapshot` other than `false`) belong to no streamed
+//! transaction. They are gathered into batches released as one unit (id `snapshot-N`) when a
+//! streamed record arrives, when the batch holds [`DEFAULT_SNAPSHOT_BATCH`] events, at the last
+//! snapshot record, or on `flush`: one batch per event would make loading a table slow, and a
+//! snapshot has no transactions to keep apart anyway. A streamed event without transaction
+//! information (no `transaction` block in `Metadata` mode, no `source.txId` in `TxId` mode) is
+//! released on its own right away (id `untracked-N`).
+//!
+//! # Net change
+//!
+//! Per table and primary key, the last event (in `total_order`, else arrival order) decides:
+//! the `after` row of a create, read or update is an upsert; a delete (key from `before`) is a
+//! delete. So DELETE+INSERT of a key becomes an upsert of the final row, and many updates
+//! become one. A key whose first event in the transaction was an insert (`c`, so it did not
+//! exist before) and whose last is a delete vanishes; a key that existed and was updated, then
+//! deleted, is a delete. An update whose `before` carries a different key (REPLICA IDENTITY FULL
+//! and a changed key) also deletes the old key.
+//!
+//! # Malformed records
+//!
+//! A record that fails to decode, or whose row fails to convert to the table's schema, becomes
+//! a [`DeadLetter`] with a reason; the rest of its transaction still applies. The event still
+//! counts towards END's `event_count` whenever its transaction can be read from it (any JSON
+//! with a `transaction` block). Bytes that are not JSON at all cannot name their transaction:
+//! such an orphan is assigned to a transaction only when the records around it in its stream
+//! pin it down (between records of transactions T and U, with exactly one transaction from T to
+//! U in commit order still short of events). Otherwise that transaction waits until
+//! [`TxnAssembler::release_stalled`] (for the source driver to call when it has caught up and
+//! waited long enough) or `flush`, which release it with `missing` set.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::{concat_batches, take};
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, SortField};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::debezium::{ChangeEvent, ChangeOp, DecodeError, Decoder, FieldTypes, Record, SnapshotPhase, rows_to_batch};
+use super::{Result, SourceError};
+
+/// Snapshot reads released as one unit, at most (see the module doc).
+pub const DEFAULT_SNAPSHOT_BATCH: usize = 4096;
+
+/// Released transactions whose ids are remembered, to recognise late and duplicate events.
+const REMEMBERED_RELEASED: usize = 65_536;
+
+/// Unresolved orphans kept at most; beyond that the oldest is given up.
+const MAX_ORPHANS: usize = 10_000;
+
+/// A table that events are applied to: its Debezium collection (`"schema.table"`), declared
+/// schema and primary key (indices into `schema`).
+#[derive(Debug, Clone)]
+pub struct TableBinding {
+    pub collection: String,
+    pub schema: SchemaRef,
+    pub primary_key: Vec<usize>,
+}
+
+/// How the assembler finds where a source transaction ends (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnBoundaries {
+    /// Transaction metadata: `transaction.id` on events plus BEGIN/END markers.
+    Metadata,
+    /// Group by `source.txId`; complete when each stream moves on to another transaction.
+    TxId,
+}
+
+/// Where a record came from: an opaque source offset, to commit or to report.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Position {
+    Kafka { topic: String, partition: i32, offset: i64 },
+    File { path: String, line: u64 },
+}
+
+/// An ordered stream of records: a topic partition, or a file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Stream {
+    Kafka { topic: String, partition: i32 },
+    File { path: String },
+}
+
+impl Position {
+    fn stream(&self) -> Stream {
+        match self {
+            Position::Kafka { topic, partition, .. } => Stream::Kafka { topic: topic.clone(), partition: *partition },
+            Position::File { path, .. } => Stream::File { path: path.clone() },
+        }
+    }
+}
+
+/// What the assembler hands to the engine, in order.
+#[derive(Debug, Clone)]
+pub enum AssemblerOutput {
+    CompleteTxn(CompleteTxn),
+    DeadLetter(DeadLetter),
+}
+
+/// A whole source transaction, as net changes per table.
+#[derive(Debug, Clone)]
+pub struct CompleteTxn {
+    /// `transaction.id` (Metadata mode), `source.txId` (TxId mode), `snapshot-N` or `untracked-N`.
+    pub id: String,
+    /// First and last record of the transaction to arrive (events and markers).
+    pub first_position: Position,
+    pub last_position: Position,
+    /// Change events received for it, bound or not, including dead-lettered ones.
+    pub events: usize,
+    /// Events END announced for bound tables that never arrived; non-zero only for a
+    /// transaction forced out by `release_stalled` or `flush`.
+    pub missing: u64,
+    /// Bound tables with a non-empty net change, in binding order.
+    pub tables: Vec<(String, NetChanges)>,
+}
+
+/// A record that could not be applied, kept with its bytes and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub position: Position,
+    pub raw: Vec<u8>,
+    pub reason: String,
+    pub collection: Option<String>,
+}
+
+/// The net effect of a transaction on one table.
+#[derive(Debug, Clone)]
+pub struct NetChanges {
+    /// Final rows of inserted or updated keys (table schema).
+    pub upserts: RecordBatch,
+    /// Keys deleted (schema = table schema projected to the primary key).
+    pub deletes: RecordBatch,
+}
+
+/// Counters for monitoring a source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AssemblerStats {
+    /// Change events of bound tables accepted.
+    pub events: u64,
+    /// Change events of collections with no binding.
+    pub ignored: u64,
+    pub tombstones: u64,
+    /// BEGIN/END markers.
+    pub markers: u64,
+    /// Events and markers seen twice (same `total_order` in a transaction, or after release).
+    pub duplicates: u64,
+    pub dead_letters: u64,
+    /// Transactions released (including snapshot batches).
+    pub released: u64,
+    /// Transactions released incomplete by `release_stalled` or `flush`.
+    pub forced: u64,
+    /// Orphans (undecodable records) assigned to a transaction.
+    pub orphans_assigned: u64,
+}
+
+struct Binding {
+    collection: String,
+    schema: SchemaRef,
+    primary_key: Vec<usize>,
+    key_schema: SchemaRef,
+    /// Encodes key columns to comparable bytes, to find events of the same key.
+    keys: RowConverter,
+}
+
+struct PendingEvent {
+    position: Position,
+    raw: Vec<u8>,
+    event: ChangeEvent,
+    table: usize,
+}
+
+struct End {
+    /// Order of the END marker: commit order.
+    seq: u64,
+    event_count: u64,
+    data_collections: Vec<(String, u64)>,
+}
+
+/// A transaction being assembled.
+struct PendingTxn {
+    id: String,
+    /// Arrival number of its first record, to release END-less transactions in arrival order.
+    first_seen: u64,
+    first_position: Position,
+    last_position: Position,
+    events: Vec<PendingEvent>,
+    /// Distinct change events counted (bound, ignored, dead-lettered).
+    received: u64,
+    /// `total_order`s seen, so a redelivered event is not counted twice.
+    orders: HashSet<u64>,
+    /// Distinct events counted per collection.
+    per_collection: HashMap<String, u64>,
+    /// Events counted whose collection is unknown (failed decodes, assigned orphans).
+    unattributed: u64,
+    end: Option<End>,
+    /// Streams that carried this transaction -> whether the stream has since moved past it.
+    streams: HashMap<Stream, bool>,
+}
+
+impl PendingTxn {
+    fn new(id: String, position: &Position, first_seen: u64) -> PendingTxn {
+        PendingTxn {
+            id,
+            first_seen,
+            first_position: position.clone(),
+            last_position: position.clone(),
+            events: Vec::new(),
+            received: 0,
+            orders: HashSet::new(),
+            per_collection: HashMap::new(),
+            unattributed: 0,
+            end: None,
+            streams: HashMap::new(),
+        }
+    }
+
+    /// Count one change event; false if it is a redelivery of one already counted.
+    fn count(&mut self, total_order: Option<u64>, collection: Option<&str>) -> bool {
+        if let Some(order) = total_order
+            && !self.orders.insert(order)
+        {
+            return false;
+        }
+        self.received += 1;
+        match collection {
+            Some(c) => match self.per_collection.get_mut(c) {
+                Some(n) => *n += 1,
+                None => {
+                    self.per_collection.insert(c.to_string(), 1);
+                }
+            },
+            None => self.unattributed += 1,
+        }
+        true
+    }
+
+    /// Events still expected for bound tables, once END is known.
+    fn missing(&self, bound: &HashMap<String, usize>) -> Option<u64> {
+        let end = self.end.as_ref()?;
+        let short = if end.data_collections.is_empty() {
+            end.event_count.saturating_sub(self.received)
+        } else {
+            end.data_collections
+                .iter()
+                .filter(|(c, _)| bound.contains_key(c))
+                .map(|(c, n)| n.saturating_sub(self.per_collection.get(c).copied().unwrap_or(0)))
+                .sum()
+        };
+        Some(short.saturating_sub(self.unattributed))
+    }
+}
+
+/// The last record of a stream, as far as transactions are concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cursor {
+    Txn(String),
+    /// A snapshot read or an event without transaction information.
+    Untracked,
+}
+
+/// An undecodable record, waiting for the records around it to tell its transaction.
+struct Orphan {
+    stream: Stream,
+    prev: Option<Cursor>,
+    next: Option<Cursor>,
+}
+
+enum Queued {
+    /// A transaction whose END was seen (Metadata mode), released once complete.
+    Waiting(String),
+    Ready(PendingTxn),
+}
+
+/// Which unit an event belongs to.
+enum Route {
+    Snapshot,
+    Untracked,
+    Txn(String),
+}
+
+/// Groups decoded records into transactions and releases their net changes (see module doc).
+pub struct TxnAssembler {
+    mode: TxnBoundaries,
+    bindings: Vec<Binding>,
+    by_collection: HashMap<String, usize>,
+    open: HashMap<String, PendingTxn>,
+    /// Units in release order.
+    queue: VecDeque<Queued>,
+    snapshot: Option<PendingTxn>,
+    snapshot_batch: usize,
+    cursors: HashMap<Stream, Cursor>,
+    orphans: VecDeque<Orphan>,
+    /// Released transaction ids -> whether they were complete.
+    released: HashMap<String, bool>,
+    released_order: VecDeque<String>,
+    next_end_seq: u64,
+    arrivals: u64,
+    next_group: u64,
+    stats: AssemblerStats,
+}
+
+impl TxnAssembler {
+    pub fn new(bindings: Vec<TableBinding>, mode: TxnBoundaries) -> Result<TxnAssembler> {
+        let mut by_collection = HashMap::new();
+        let mut bound = Vec::with_capacity(bindings.len());
+        for b in bindings {
+            let problem = |reason: &str| SourceError::InvalidBinding { collection: b.collection.clone(), reason: reason.into() };
+            if b.primary_key.is_empty() {
+                return Err(problem("a primary key is required to compute net changes"));
+            }
+            if b.primary_key.iter().any(|&k| k >= b.schema.fields().len()) {
+                return Err(problem("primary key column index out of range"));
+            }
+            if by_collection.insert(b.collection.clone(), bound.len()).is_some() {
+                return Err(problem("bound twice"));
+            }
+            let key_schema = Arc::new(b.schema.project(&b.primary_key)?);
+            let keys = RowConverter::new(key_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+            bound.push(Binding { collection: b.collection, schema: b.schema, primary_key: b.primary_key, key_schema, keys });
+        }
+        Ok(TxnAssembler {
+            mode,
+            bindings: bound,
+            by_collection,
+            open: HashMap::new(),
+            queue: VecDeque::new(),
+            snapshot: None,
+            snapshot_batch: DEFAULT_SNAPSHOT_BATCH,
+            cursors: HashMap::new(),
+            orphans: VecDeque::new(),
+            released: HashMap::new(),
+            released_order: VecDeque::new(),
+            next_end_seq: 0,
+            arrivals: 0,
+            next_group: 0,
+            stats: AssemblerStats::default(),
+        })
+    }
+
+    /// Release snapshot reads in units of at most `events` (default [`DEFAULT_SNAPSHOT_BATCH`]).
+    pub fn with_snapshot_batch(mut self, events: usize) -> TxnAssembler {
+        self.snapshot_batch = events.max(1);
+        self
+    }
+
+    /// Take one record: `raw` is its bytes (kept for dead letters), `record` its decoding.
+    /// Returns what became ready, in order: dead letters as soon as they are known, complete
+    /// transactions in commit order.
+    pub fn push(&mut self, position: Position, raw: &[u8], record: Result<Record, DecodeError>) -> Vec<AssemblerOutput> {
+        let mut out = Vec::new();
+        self.arrivals += 1;
+        match record {
+            Ok(Record::Change(event)) => self.on_event(position, raw, event, &mut out),
+            Ok(Record::Tombstone) => self.stats.tombstones += 1,
+            Ok(Record::TxnBegin { id }) => self.on_marker(&position, id, None),
+            Ok(Record::TxnEnd { id, event_count, data_collections }) => {
+                self.on_marker(&position, id, Some((event_count, data_collections)))
+            }
+            Err(e) => self.on_error(position, raw, e, &mut out),
+        }
+        self.resolve_orphans();
+        self.release_ready(&mut out);
+        out
+    }
+
+    /// Transactions (and snapshot batches) received but not yet released.
+    pub fn pending(&self) -> usize {
+        self.open.len()
+            + self.queue.iter().filter(|q| matches!(q, Queued::Ready(_))).count()
+            + usize::from(self.snapshot.is_some())
+    }
+
+    pub fn stats(&self) -> &AssemblerStats {
+        &self.stats
+    }
+
+    /// Release, in commit order, transactions that cannot complete by themselves: those whose
+    /// END was seen but that still miss events (an undecodable record, a lost event), and in
+    /// Metadata mode those without END whose every stream has moved past them (a lost END).
+    /// For the source driver to call once it has caught up and waited long enough.
+    pub fn release_stalled(&mut self) -> Vec<AssemblerOutput> {
+        let mut out = Vec::new();
+        self.close_snapshot();
+        self.force_queued(&mut out);
+        if self.mode == TxnBoundaries::Metadata {
+            let mut abandoned: Vec<(u64, String)> = self
+                .open
+                .values()
+                .filter(|t| t.end.is_none() && !t.streams.is_empty() && t.streams.values().all(|moved| *moved))
+                .map(|t| (t.first_seen, t.id.clone()))
+                .collect();
+            abandoned.sort();
+            for (_, id) in abandoned {
+                if let Some(txn) = self.open.remove(&id) {
+                    self.stats.forced += 1;
+                    self.release(txn, 0, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// End of input: release everything that can no longer grow. In TxId mode every open
+    /// transaction; in Metadata mode what [`release_stalled`](Self::release_stalled) releases
+    /// (a transaction whose END never came stays pending: it may be incomplete).
+    pub fn flush(&mut self) -> Vec<AssemblerOutput> {
+        match self.mode {
+            TxnBoundaries::Metadata => self.release_stalled(),
+            TxnBoundaries::TxId => {
+                let mut out = Vec::new();
+                self.close_snapshot();
+                let mut open: Vec<PendingTxn> = self.open.drain().map(|(_, t)| t).collect();
+                open.sort_by_key(|t| t.first_seen);
+                self.queue.extend(open.into_iter().map(Queued::Ready));
+                self.release_ready(&mut out);
+                out
+            }
+        }
+    }
+
+    fn route(&self, snapshot: bool, txn_id: Option<&str>, source_tx_id: Option<i64>) -> Route {
+        if snapshot {
+            return Route::Snapshot;
+        }
+        match self.mode {
+            TxnBoundaries::Metadata => txn_id.map_or(Route::Untracked, |id| Route::Txn(id.to_string())),
+            TxnBoundaries::TxId => source_tx_id.map_or(Route::Untracked, |tx| Route::Txn(tx.to_string())),
+        }
+    }
+
+    fn on_event(&mut self, position: Position, raw: &[u8], event: ChangeEvent, out: &mut Vec<AssemblerOutput>) {
+        let route = self.route(event.snapshot != SnapshotPhase::Streaming, event.txn_id.as_deref(), event.source_tx_id);
+        let table = self.by_collection.get(&event.collection).copied();
+        match route {
+            Route::Snapshot => {
+                self.advance_stream(&position, Cursor::Untracked);
+                let Some(table) = table else {
+                    self.stats.ignored += 1;
+                    return;
+                };
+                self.stats.events += 1;
+                let last = event.snapshot == SnapshotPhase::Last;
+                if self.snapshot.is_none() {
+                    self.next_group += 1;
+                    let id = format!("snapshot-{}", self.next_group);
+                    self.snapshot = Some(PendingTxn::new(id, &position, self.arrivals));
+                }
+                let Some(group) = self.snapshot.as_mut() else {
+                    return;
+                };
+                group.last_position = position.clone();
+                group.received += 1;
+                group.events.push(PendingEvent { position, raw: raw.to_vec(), event, table });
+                if last || group.events.len() >= self.snapshot_batch {
+                    self.close_snapshot();
+                }
+            }
+            Route::Untracked => {
+                self.close_snapshot();
+                self.advance_stream(&position, Cursor::Untracked);
+                let Some(table) = table else {
+                    self.stats.ignored += 1;
+                    return;
+                };
+                self.stats.events += 1;
+                self.next_group += 1;
+                let mut txn = PendingTxn::new(format!("untracked-{}", self.next_group), &position, self.arrivals);
+                txn.received = 1;
+                txn.events.push(PendingEvent { position, raw: raw.to_vec(), event, table });
+                self.queue.push_back(Queued::Ready(txn));
+            }
+            Route::Txn(id) => {
+                self.close_snapshot();
+                self.advance_stream(&position, Cursor::Txn(id.clone()));
+                if self.is_late(&id, &position, raw, Some(event.collection.as_str()), out) {
+                    return;
+                }
+                let arrivals = self.arrivals;
+                let txn = self.open.entry(id).or_insert_with_key(|id| PendingTxn::new(id.clone(), &position, arrivals));
+                txn.last_position = position.clone();
+                txn.streams.insert(position.stream(), false);
+                if !txn.count(event.total_order, Some(&event.collection)) {
+                    self.stats.duplicates += 1;
+                    return;
+                }
+                match table {
+                    Some(table) => {
+                        self.stats.events += 1;
+                        txn.events.push(PendingEvent { position, raw: raw.to_vec(), event, table });
+                    }
+                    None => self.stats.ignored += 1,
+                }
+            }
+        }
+    }
+
+    fn on_marker(&mut self, position: &Position, id: String, end: Option<(u64, Vec<(String, u64)>)>) {
+        self.stats.markers += 1;
+        // Markers name `transaction.id`, which TxId mode does not group by.
+        if self.mode == TxnBoundaries::TxId {
+            return;
+        }
+        self.close_snapshot();
+        self.advance_stream(position, Cursor::Txn(id.clone()));
+        if self.released.contains_key(&id) {
+            self.stats.duplicates += u64::from(end.is_some());
+            return;
+        }
+        let arrivals = self.arrivals;
+        let txn = self.open.entry(id.clone()).or_insert_with(|| PendingTxn::new(id.clone(), position, arrivals));
+        txn.last_position = position.clone();
+        if let Some((event_count, data_collections)) = end {
+            if txn.end.is_some() {
+                self.stats.duplicates += 1;
+                return;
+            }
+            txn.end = Some(End { seq: self.next_end_seq, event_count, data_collections });
+            self.next_end_seq += 1;
+            self.queue.push_back(Queued::Waiting(id));
+        }
+    }
+
+    fn on_error(&mut self, position: Position, raw: &[u8], error: DecodeError, out: &mut Vec<AssemblerOutput>) {
+        let Some(context) = error.context() else {
+            // Nothing readable: in Metadata mode the records around it may still tell which
+            // transaction it belonged to.
+            if self.mode == TxnBoundaries::Metadata {
+                let stream = position.stream();
+                let prev = self.cursors.get(&stream).cloned();
+                if self.orphans.len() == MAX_ORPHANS {
+                    self.orphans.pop_front();
+                }
+                self.orphans.push_back(Orphan { stream, prev, next: None });
+            }
+            self.dead_letter(position, raw, error.to_string(), None, out);
+            return;
+        };
+        let unbound = context.collection.as_ref().is_some_and(|c| !self.by_collection.contains_key(c));
+        let route = self.route(context.snapshot, context.txn_id.as_deref(), context.source_tx_id);
+        let collection = context.collection.clone();
+        match route {
+            Route::Snapshot | Route::Untracked => self.advance_stream(&position, Cursor::Untracked),
+            Route::Txn(id) => {
+                self.advance_stream(&position, Cursor::Txn(id.clone()));
+                if !self.released.contains_key(&id) {
+                    let arrivals = self.arrivals;
+                    let txn = self.open.entry(id).or_insert_with_key(|id| PendingTxn::new(id.clone(), &position, arrivals));
+                    txn.last_position = position.clone();
+                    txn.streams.insert(position.stream(), false);
+                    if !txn.count(context.total_order, collection.as_deref()) {
+                        self.stats.duplicates += 1;
+                        return;
+                    }
+                }
+            }
+        }
+        if unbound {
+            self.stats.ignored += 1;
+        } else {
+            self.dead_letter(position, raw, error.to_string(), collection, out);
+        }
+    }
+
+    fn dead_letter(&mut self, position: Position, raw: &[u8], reason: String, collection: Option<String>, out: &mut Vec<AssemblerOutput>) {
+        self.stats.dead_letters += 1;
+        out.push(AssemblerOutput::DeadLetter(DeadLetter { position, raw: raw.to_vec(), reason, collection }));
+    }
+
+    /// An event of a transaction already released: a redelivery if the transaction was
+    /// complete, otherwise an event that came too late to be applied with it.
+    fn is_late(&mut self, id: &str, position: &Position, raw: &[u8], collection: Option<&str>, out: &mut Vec<AssemblerOutput>) -> bool {
+        if self.mode != TxnBoundaries::Metadata {
+            return false;
+        }
+        match self.released.get(id) {
+            None => false,
+            Some(true) => {
+                self.stats.duplicates += 1;
+                true
+            }
+            Some(false) => {
+                let reason = format!("transaction {id} was already released without this event");
+                self.dead_letter(position.clone(), raw, reason, collection.map(str::to_string), out);
+                true
+            }
+        }
+    }
+
+    /// A record of `cursor` arrived in `position`'s stream: whatever the stream carried before
+    /// is behind it now (TxId completion), and orphans waiting for their successor have it.
+    fn advance_stream(&mut self, position: &Position, cursor: Cursor) {
+        let stream = position.stream();
+        for orphan in self.orphans.iter_mut().filter(|o| o.next.is_none() && o.stream == stream) {
+            orphan.next = Some(cursor.clone());
+        }
+        let previous = match self.cursors.get_mut(&stream) {
+            Some(current) if *current == cursor => return,
+            Some(current) => std::mem::replace(current, cursor),
+            None => {
+                self.cursors.insert(stream, cursor);
+                return;
+            }
+        };
+        let Cursor::Txn(previous) = previous else {
+            return;
+        };
+        let Some(txn) = self.open.get_mut(&previous) else {
+            return;
+        };
+        if let Some(moved) = txn.streams.get_mut(&stream) {
+            *moved = true;
+        }
+        if self.mode == TxnBoundaries::TxId
+            && txn.streams.values().all(|moved| *moved)
+            && let Some(txn) = self.open.remove(&previous)
+        {
+            self.queue.push_back(Queued::Ready(txn));
+        }
+    }
+
+    fn close_snapshot(&mut self) {
+        if let Some(group) = self.snapshot.take() {
+            self.queue.push_back(Queued::Ready(group));
+        }
+    }
+
+    /// Assign orphans whose neighbours in their stream pin down one transaction short of events.
+    fn resolve_orphans(&mut self) {
+        let mut i = 0;
+        while i < self.orphans.len() {
+            match self.orphan_owner(&self.orphans[i]) {
+                OrphanOwner::Unknown => i += 1,
+                OrphanOwner::Nobody => {
+                    self.orphans.remove(i);
+                }
+                OrphanOwner::Txn(id) => {
+                    if let Some(txn) = self.open.get_mut(&id) {
+                        txn.unattributed += 1;
+                        self.stats.orphans_assigned += 1;
+                    }
+                    self.orphans.remove(i);
+                }
+            }
+        }
+    }
+
+    fn orphan_owner(&self, orphan: &Orphan) -> OrphanOwner {
+        let end_seq = |id: &str| self.open.get(id).map(|t| t.end.as_ref().map(|e| e.seq));
+        let Some(next) = &orphan.next else {
+            return OrphanOwner::Unknown;
+        };
+        let hi = match next {
+            Cursor::Untracked => return OrphanOwner::Nobody,
+            Cursor::Txn(id) => match end_seq(id) {
+                // Released: so is everything before it in commit order.
+                None => return OrphanOwner::Nobody,
+                Some(None) => return OrphanOwner::Unknown,
+                Some(Some(seq)) => seq,
+            },
+        };
+        let lo = match &orphan.prev {
+            Some(Cursor::Txn(id)) => match end_seq(id) {
+                None => 0,
+                Some(None) => return OrphanOwner::Unknown,
+                Some(Some(seq)) => seq,
+            },
+            _ => 0,
+        };
+        let mut short = self.open.values().filter(|t| {
+            t.end.as_ref().is_some_and(|e| (lo..=hi).contains(&e.seq)) && t.missing(&self.by_collection).is_some_and(|m| m > 0)
+        });
+        match (short.next(), short.next()) {
+            (None, _) => OrphanOwner::Nobody,
+            (Some(t), None) => OrphanOwner::Txn(t.id.clone()),
+            _ => OrphanOwner::Unknown,
+        }
+    }
+
+    fn release_ready(&mut self, out: &mut Vec<AssemblerOutput>) {
+        while let Some(front) = self.queue.front() {
+            let txn = match front {
+                Queued::Ready(_) => match self.queue.pop_front() {
+                    Some(Queued::Ready(txn)) => txn,
+                    _ => break,
+                },
+                Queued::Waiting(id) => {
+                    let complete = self.open.get(id).map(|t| t.missing(&self.by_collection) == Some(0));
+                    match complete {
+                        Some(false) => break,
+                        Some(true) => {
+                            let id = id.clone();
+                            self.queue.pop_front();
+                            match self.open.remove(&id) {
+                                Some(txn) => txn,
+                                None => continue,
+                            }
+                        }
+                        None => {
+                            self.queue.pop_front();
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.release(txn, 0, out);
+        }
+    }
+
+    /// Release every queued unit, complete or not.
+    fn force_queued(&mut self, out: &mut Vec<AssemblerOutput>) {
+        while let Some(queued) = self.queue.pop_front() {
+            match queued {
+                Queued::Ready(txn) => self.release(txn, 0, out),
+                Queued::Waiting(id) => {
+                    if let Some(txn) = self.open.remove(&id) {
+                        let missing = txn.missing(&self.by_collection).unwrap_or(0);
+                        if missing > 0 {
+                            self.stats.forced += 1;
+                        }
+                        self.release(txn, missing, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, mut txn: PendingTxn, missing: u64, out: &mut Vec<AssemblerOutput>) {
+        self.stats.released += 1;
+        if self.mode == TxnBoundaries::Metadata && txn.end.is_some() {
+            if self.released_order.len() == REMEMBERED_RELEASED
+                && let Some(oldest) = self.released_order.pop_front()
+            {
+                self.released.remove(&oldest);
+            }
+            self.released.insert(txn.id.clone(), missing == 0);
+            self.released_order.push_back(txn.id.clone());
+        }
+        let events = std::mem::take(&mut txn.events);
+        let mut events: Vec<Option<PendingEvent>> = if events.iter().all(|e| e.event.total_order.is_some()) {
+            let mut events = events;
+            events.sort_by_key(|e| e.event.total_order);
+            events.into_iter().map(Some).collect()
+        } else {
+            events.into_iter().map(Some).collect()
+        };
+        let mut by_table: Vec<Vec<usize>> = vec![Vec::new(); self.bindings.len()];
+        for (i, e) in events.iter().enumerate() {
+            if let Some(e) = e {
+                by_table[e.table].push(i);
+            }
+        }
+        let mut tables = Vec::new();
+        let mut dead: Vec<(usize, String)> = Vec::new();
+        for (table, indices) in by_table.iter().enumerate() {
+            if indices.is_empty() {
+                continue;
+            }
+            let binding = &self.bindings[table];
+            let table_events: Vec<&ChangeEvent> = indices.iter().filter_map(|&i| events[i].as_ref().map(|e| &e.event)).collect();
+            let (changes, failed) = net_changes(binding, &table_events);
+            dead.extend(failed.into_iter().map(|(k, reason)| (indices[k], reason)));
+            if changes.upserts.num_rows() + changes.deletes.num_rows() > 0 {
+                tables.push((binding.collection.clone(), changes));
+            }
+        }
+        dead.sort_by_key(|(i, _)| *i);
+        for (i, reason) in dead {
+            if let Some(e) = events[i].take() {
+                self.stats.dead_letters += 1;
+                out.push(AssemblerOutput::DeadLetter(DeadLetter {
+                    position: e.position,
+                    raw: e.raw,
+                    reason,
+                    collection: Some(e.event.collection),
+                }));
+            }
+        }
+        let received = usize::try_from(txn.received).unwrap_or(usize::MAX);
+        out.push(AssemblerOutput::CompleteTxn(CompleteTxn {
+            id: txn.id,
+            first_position: txn.first_position,
+            last_position: txn.last_position,
+            events: received,
+            missing,
+            tables,
+        }));
+    }
+}
+
+enum OrphanOwner {
+    /// Not decidable yet.
+    Unknown,
+    /// It belongs to no transaction still waiting (or it cannot be known): give up on it.
+    Nobody,
+    Txn(String),
+}
+
+/// One step of a key's history within a transaction.
+#[derive(Clone, Copy)]
+enum Image {
+    /// Row `i` of the converted `after` images.
+    Upsert(usize),
+    /// Row `i` of the converted key images (from `before`).
+    Delete(usize),
+}
+
+struct Step {
+    event: usize,
+    image: Image,
+    /// A create: the key did not exist before this event.
+    insert: bool,
+}
+
+/// Net change of one table's events (in order). Returns the changes and the events that could
+/// not be converted, as `(index into events, reason)`; those do not take part.
+fn net_changes(binding: &Binding, events: &[&ChangeEvent]) -> (NetChanges, Vec<(usize, String)>) {
+    let mut upserts: Vec<(&Map<String, Value>, Option<&Arc<FieldTypes>>)> = Vec::with_capacity(events.len());
+    let mut deletes: Vec<(&Map<String, Value>, Option<&Arc<FieldTypes>>)> = Vec::new();
+    // Whether a delete image must convert (a delete) or is only a hint (an update's `before`).
+    let mut delete_required: Vec<bool> = Vec::new();
+    let mut steps: Vec<Step> = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let ft = e.field_types.as_ref();
+        match (e.op, &e.before, &e.after) {
+            (ChangeOp::Delete, Some(before), _) => {
+                steps.push(Step { event: i, image: Image::Delete(deletes.len()), insert: false });
+                deletes.push((before, ft));
+                delete_required.push(true);
+            }
+            (ChangeOp::Create | ChangeOp::Read | ChangeOp::Update, _, Some(after)) => {
+                if let (ChangeOp::Update, Some(before)) = (e.op, &e.before)
+                    && has_key(binding, before)
+                {
+                    steps.push(Step { event: i, image: Image::Delete(deletes.len()), insert: false });
+                    deletes.push((before, ft));
+                    delete_required.push(false);
+                }
+                steps.push(Step { event: i, image: Image::Upsert(upserts.len()), insert: e.op == ChangeOp::Create });
+                upserts.push((after, ft));
+            }
+            // decode() guarantees the images an op needs.
+            _ => {}
+        }
+    }
+    let all_key_columns: Vec<usize> = (0..binding.key_schema.fields().len()).collect();
+    let upsert_rows = convert(&binding.schema, &binding.primary_key, &upserts);
+    let delete_rows = convert(&binding.key_schema, &all_key_columns, &deletes);
+
+    let mut failed: Vec<(usize, String)> = Vec::new();
+    let mut event_failed = vec![false; events.len()];
+    for step in &steps {
+        let reason = match step.image {
+            Image::Upsert(i) => upsert_rows.failures.get(&i),
+            Image::Delete(i) if delete_required[i] => delete_rows.failures.get(&i),
+            Image::Delete(_) => None,
+        };
+        if let Some(reason) = reason
+            && !event_failed[step.event]
+        {
+            event_failed[step.event] = true;
+            failed.push((step.event, reason.clone()));
+        }
+    }
+
+    let key_columns: Vec<ArrayRef> = binding.primary_key.iter().map(|&k| upsert_rows.batch.column(k).clone()).collect();
+    let keys = (binding.keys.convert_columns(&key_columns), binding.keys.convert_columns(delete_rows.batch.columns()));
+    let (upsert_keys, delete_keys) = match keys {
+        (Ok(u), Ok(d)) => (u, d),
+        (Err(e), _) | (_, Err(e)) => {
+            // Cannot happen for a converter built from this schema; reject rather than panic.
+            let reason = format!("cannot encode primary key: {e}");
+            let failed = (0..events.len()).map(|i| (i, reason.clone())).collect();
+            return (empty_changes(binding), failed);
+        }
+    };
+
+    /// Where a key stands after the transaction's events so far.
+    struct KeyState {
+        first_was_insert: bool,
+        last: Image,
+    }
+    let mut slots: HashMap<&[u8], usize> = HashMap::with_capacity(steps.len());
+    let mut states: Vec<KeyState> = Vec::with_capacity(steps.len());
+    for step in steps.iter().filter(|s| !event_failed[s.event]) {
+        let (key, image) = match step.image {
+            Image::Upsert(i) => match upsert_rows.rows[i] {
+                Some(row) => (upsert_keys.row(row).data(), Image::Upsert(row)),
+                None => continue,
+            },
+            Image::Delete(i) => match delete_rows.rows[i] {
+                Some(row) => (delete_keys.row(row).data(), Image::Delete(row)),
+                None => continue,
+            },
+        };
+        match slots.get(key) {
+            Some(&slot) => states[slot].last = image,
+            None => {
+                slots.insert(key, states.len());
+                states.push(KeyState { first_was_insert: step.insert, last: image });
+            }
+        }
+    }
+    let mut upsert_take: Vec<u32> = Vec::new();
+    let mut delete_take: Vec<u32> = Vec::new();
+    for state in &states {
+        match state.last {
+            Image::Upsert(row) => upsert_take.push(row as u32),
+            // Inserted and deleted within the transaction: it never existed outside it.
+            Image::Delete(_) if state.first_was_insert => {}
+            Image::Delete(row) => delete_take.push(row as u32),
+        }
+    }
+    match (take_rows(&upsert_rows.batch, upsert_take), take_rows(&delete_rows.batch, delete_take)) {
+        (Ok(upserts), Ok(deletes)) => (NetChanges { upserts, deletes }, failed),
+        (Err(e), _) | (_, Err(e)) => {
+            let reason = format!("cannot assemble net changes: {e}");
+            let failed = (0..events.len()).map(|i| (i, reason.clone())).collect();
+            (empty_changes(binding), failed)
+        }
+    }
+}
+
+fn has_key(binding: &Binding, row: &Map<String, Value>) -> bool {
+    binding
+        .primary_key
+        .iter()
+        .all(|&k| row.get(binding.schema.field(k).name()).is_some_and(|v| !v.is_null()))
+}
+
+fn empty_changes(binding: &Binding) -> NetChanges {
+    NetChanges {
+        upserts: RecordBatch::new_empty(binding.schema.clone()),
+        deletes: RecordBatch::new_empty(binding.key_schema.clone()),
+    }
+}
+
+fn take_rows(batch: &RecordBatch, rows: Vec<u32>) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    if rows.len() == batch.num_rows() && rows.iter().enumerate().all(|(i, &r)| i as u32 == r) {
+        return Ok(batch.clone());
+    }
+    let indices = UInt32Array::from(rows);
+    let columns = batch.columns().iter().map(|c| take(c.as_ref(), &indices, None)).collect::<std::result::Result<Vec<_>, _>>()?;
+    RecordBatch::try_new_with_options(
+        batch.schema(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len())),
+    )
+}
+
+/// Row images converted to one batch.
+struct Converted {
+    batch: RecordBatch,
+    /// Input row -> batch row (None if it failed).
+    rows: Vec<Option<usize>>,
+    /// Input row -> reason, for the rows that failed.
+    failures: HashMap<usize, String>,
+}
+
+/// Convert row images with [`rows_to_batch`], one call per distinct envelope schema (almost
+/// always one per transaction: a schema changes only with DDL).
+fn convert(schema: &SchemaRef, primary_key: &[usize], images: &[(&Map<String, Value>, Option<&Arc<FieldTypes>>)]) -> Converted {
+    let same = |a: Option<&Arc<FieldTypes>>, b: Option<&Arc<FieldTypes>>| match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    };
+    let mut groups: Vec<(Option<&Arc<FieldTypes>>, Vec<usize>)> = Vec::new();
+    for (i, (_, ft)) in images.iter().enumerate() {
+        match groups.iter_mut().find(|(g, _)| same(*g, *ft)) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((*ft, vec![i])),
+        }
+    }
+    let mut rows = vec![None; images.len()];
+    let mut failures = HashMap::new();
+    let mut batches = Vec::with_capacity(groups.len());
+    let mut next_row = 0;
+    for (ft, members) in &groups {
+        let group_rows: Vec<&Map<String, Value>> = members.iter().map(|&i| images[i].0).collect();
+        let (batch, failed) = rows_to_batch(schema, &group_rows, ft.map(|f| f.as_ref()), primary_key);
+        let mut failed = failed.into_iter().peekable();
+        for (local, &i) in members.iter().enumerate() {
+            match failed.peek() {
+                Some((f, _)) if *f == local => {
+                    if let Some((_, reason)) = failed.next() {
+                        failures.insert(i, reason);
+                    }
+                }
+                _ => {
+                    rows[i] = Some(next_row);
+                    next_row += 1;
+                }
+            }
+        }
+        batches.push(batch);
+    }
+    let batch = match batches.len() {
+        0 => Ok(RecordBatch::new_empty(schema.clone())),
+        1 => Ok(batches.remove(0)),
+        _ => concat_batches(schema, &batches),
+    };
+    match batch {
+        Ok(batch) => Converted { batch, rows, failures },
+        Err(e) => Converted {
+            batch: RecordBatch::new_empty(schema.clone()),
+            rows: vec![None; images.len()],
+            failures: (0..images.len()).map(|i| (i, format!("cannot combine row batches: {e}"))).collect(),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark
+// ---------------------------------------------------------------------------------------------
+
+/// Decode + assemble throughput on generated Debezium traffic: JSON with the schema envelope,
+/// two tables of 10 columns (decimals, timestamps, dates, text), transactions of 3-10 events
+/// with DELETE+INSERT pairs and updates, and an END marker per transaction.
+/// Returns (change events per second, MB of input per second).
+pub fn bench_decode(events: usize) -> (f64, f64) {
+    let records = bench_records(events);
+    let bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
+    let change_events = records.iter().filter(|(_, r)| r.contains("\"op\":")).count();
+    let bindings = bench_bindings();
+    let Ok(mut assembler) = TxnAssembler::new(bindings, TxnBoundaries::Metadata) else {
+        return (0.0, 0.0);
+    };
+    let mut decoder = Decoder::new();
+    let mut released = 0usize;
+    let start = Instant::now();
+    for (position, raw) in &records {
+        let record = decoder.decode(Some(raw.as_bytes()));
+        for output in assembler.push(position.clone(), raw.as_bytes(), record) {
+            if let AssemblerOutput::CompleteTxn(txn) = output {
+                released += txn.tables.len();
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64().max(1e-9);
+    std::hint::black_box(released);
+    (change_events as f64 / elapsed, bytes as f64 / 1e6 / elapsed)
+}
+
+fn bench_bindings() -> Vec<TableBinding> {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
+    let shipments = Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("order_id", DataType::Int64, false),
+        Field::new("carrier", DataType::Utf8, true),
+        Field::new("status", DataType::Utf8, true),
+        Field::new("weight", DataType::Decimal128(10, 2), true),
+        Field::new("shipped_at", ts.clone(), true),
+        Field::new("updated_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        Field::new("due", DataType::Date32, true),
+        Field::new("fragile", DataType::Boolean, true),
+        Field::new("address", DataType::Utf8, true),
+    ]);
+    let orders = Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("customer_id", DataType::Int64, false),
+        Field::new("total", DataType::Decimal128(12, 2), true),
+        Field::new("currency", DataType::Utf8, true),
+        Field::new("placed_at", ts, true),
+        Field::new("quantity", DataType::Int32, true),
+        Field::new("discount", DataType::Float64, true),
+        Field::new("note", DataType::Utf8, true),
+        Field::new("paid", DataType::Boolean, true),
+        Field::new("region", DataType::Utf8, true),
+    ]);
+    vec![
+        TableBinding { collection: "public.shipments".into(), schema: Arc::new(shipments), primary_key: vec![0] },
+        TableBinding { collection: "public.orders".into(), schema: Arc::new(orders), primary_key: vec![0] },
+    ]
+}
+
+/// The envelope schema `JsonConverter` writes for a table, from (column, connect type,
+/// semantic name, parameters).
+fn bench_envelope_schema(table: &str, columns: &[(&str, &str, Option<&str>, Option<Value>)]) -> Value {
+    let fields: Vec<Value> = columns
+        .iter()
+        .map(|(name, ty, semantic, params)| {
+            let mut f = serde_json::json!({"type": ty, "optional": *name != "id", "field": name});
+            if let Some(semantic) = semantic {
+                f["name"] = Value::from(*semantic);
+                f["version"] = Value::from(1);
+            }
+            if let Some(params) = params {
+                f["parameters"] = params.clone();
+            }
+            f
+        })
+        .collect();
+    let image = |field: &str| {
+        serde_json::json!({"type": "struct", "fields": fields, "optional": true,
+                           "name": format!("fulfillment.public.{table}.Value"), "field": field})
+    };
+    let source_fields: Vec<Value> = [
+        ("version", "string"), ("connector", "string"), ("name", "string"), ("ts_ms", "int64"), ("snapshot", "string"),
+        ("db", "string"), ("sequence", "string"), ("schema", "string"), ("table", "string"), ("txId", "int64"),
+        ("lsn", "int64"), ("xmin", "int64"),
+    ]
+    .iter()
+    .map(|(f, t)| serde_json::json!({"type": t, "optional": true, "field": f}))
+    .collect();
+    serde_json::json!({"type": "struct", "fields": [
+        image("before"), image("after"),
+        {"type": "struct", "fields": source_fields, "optional": false, "name": "io.debezium.connector.postgresql.Source", "field": "source"},
+        {"type": "string", "optional": false, "field": "op"},
+        {"type": "int64", "optional": true, "field": "ts_ms"},
+        {"type": "struct", "fields": [
+            {"type": "string", "optional": false, "field": "id"},
+            {"type": "int64", "optional": false, "field": "total_order"},
+            {"type": "int64", "optional": false, "field": "data_collection_order"}],
+         "optional": true, "name": "event.block", "version": 1, "field": "transaction"}
+    ], "optional": false, "name": format!("fulfillment.public.{table}.Envelope"), "version": 1})
+}
+
+/// Generated records with their positions: two table topics and a metadata topic.
+fn bench_records(events: usize) -> Vec<(Position, String)> {
+    let decimal = |scale: &str| Some(serde_json::json!({"scale": scale, "connect.decimal.precision": "10"}));
+    let shipments_schema = bench_envelope_schema("shipments", &[
+        ("id", "int64", None, None),
+        ("order_id", "int64", None, None),
+        ("carrier", "string", None, None),
+        ("status", "string", None, None),
+        ("weight", "bytes", Some("org.apache.kafka.connect.data.Decimal"), decimal("2")),
+        ("shipped_at", "int64", Some("io.debezium.time.MicroTimestamp"), None),
+        ("updated_at", "string", Some("io.debezium.time.ZonedTimestamp"), None),
+        ("due", "int32", Some("io.debezium.time.Date"), None),
+        ("fragile", "boolean", None, None),
+        ("address", "string", None, None),
+    ])
+    .to_string();
+    let orders_schema = bench_envelope_schema("orders", &[
+        ("id", "int64", None, None),
+        ("customer_id", "int64", None, None),
+        ("total", "bytes", Some("org.apache.kafka.connect.data.Decimal"), decimal("2")),
+        ("currency", "string", None, None),
+        ("placed_at", "int64", Some("io.debezium.time.MicroTimestamp"), None),
+        ("quantity", "int32", None, None),
+        ("discount", "double", None, None),
+        ("note", "string", None, None),
+        ("paid", "boolean", None, None),
+        ("region", "string", None, None),
+    ])
+    .to_string();
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    // A positive unscaled decimal below 2^23 as 3 big-endian bytes, base64.
+    let decimal_b64 = |v: u64| {
+        let n = (v & 0x7f_ffff) as u32;
+        let chars = [(n >> 18) & 63, (n >> 12) & 63, (n >> 6) & 63, n & 63];
+        chars.iter().map(|&c| B64[c as usize] as char).collect::<String>()
+    };
+    let mut offsets = [0i64; 3];
+    let mut position = |topic: usize| {
+        offsets[topic] += 1;
+        let names = ["fulfillment.public.shipments", "fulfillment.public.orders", "fulfillment.transaction"];
+        Position::Kafka { topic: names[topic].to_string(), partition: 0, offset: offsets[topic] }
+    };
+    let mut records = Vec::with_capacity(events + events / 3);
+    let (mut produced, mut tx_id, mut lsn) = (0usize, 1000i64, 24_000_000i64);
+    while produced < events {
+        tx_id += 1;
+        let txn_id = format!("{tx_id}:{lsn}");
+        // (table, key, op): DELETE+INSERT pairs of one key, updates and inserts.
+        let size = 3 + next(8) as usize;
+        let mut plan: Vec<(usize, u64, &str)> = Vec::with_capacity(size + 1);
+        while plan.len() < size {
+            let (table, key) = (next(2) as usize, 1 + next(5_000));
+            match next(4) {
+                0 => {
+                    plan.push((table, key, "d"));
+                    plan.push((table, key, "c"));
+                }
+                1 => plan.push((table, key, "c")),
+                _ => plan.push((table, key, "u")),
+            }
+        }
+        let mut per_table = [0u64; 2];
+        for (order, &(table, key, op)) in plan.iter().enumerate() {
+            lsn += 1 + next(64) as i64;
+            per_table[table] += 1;
+            let row = if table == 0 {
+                format!(
+                    r#"{{"id":{key},"order_id":{},"carrier":"{}","status":"{}","weight":"{}","shipped_at":{},"updated_at":"2024-03-{:02}T10:{:02}:{:02}.123456Z","due":{},"fragile":{},"address":"{} Harbour Road, Unit {}"}}"#,
+                    key * 7,
+                    ["DHL", "UPS", "FedEx", "PostNL"][next(4) as usize],
+                    ["pending", "shipped", "delivered"][next(3) as usize],
+                    decimal_b64(next(1_000_000)),
+                    1_709_000_000_000_000 + next(1_000_000_000_000) as i64,
+                    1 + next(28),
+                    next(60),
+                    next(60),
+                    19_700 + next(200),
+                    next(2) == 0,
+                    next(999),
+                    next(99),
+                )
+            } else {
+                format!(
+                    r#"{{"id":{key},"customer_id":{},"total":"{}","currency":"EUR","placed_at":{},"quantity":{},"discount":{}.5,"note":"gift wrap please, leave at door {}","paid":{},"region":"{}"}}"#,
+                    next(100_000),
+                    decimal_b64(next(5_000_000)),
+                    1_709_000_000_000_000 + next(1_000_000_000_000) as i64,
+                    1 + next(20),
+                    next(30),
+                    next(1000),
+                    next(2) == 0,
+                    ["eu-west", "eu-central", "us-east"][next(3) as usize],
+                )
+            };
+            let (before, after) = if op == "d" { (row.as_str(), "null") } else { ("null", row.as_str()) };
+            let table_name = ["shipments", "orders"][table];
+            let payload = format!(
+                r#"{{"before":{before},"after":{after},"source":{{"version":"2.5.0.Final","connector":"postgresql","name":"fulfillment","ts_ms":1709280000000,"snapshot":"false","db":"fulfillment","sequence":"[\"{lsn}\",\"{lsn}\"]","schema":"public","table":"{table_name}","txId":{tx_id},"lsn":{lsn},"xmin":null}},"op":"{op}","ts_ms":1709280000123,"transaction":{{"id":"{txn_id}","total_order":{},"data_collection_order":{}}}}}"#,
+                order + 1,
+                per_table[table]
+            );
+            let schema = if table == 0 { &shipments_schema } else { &orders_schema };
+            records.push((position(table), format!(r#"{{"schema":{schema},"payload":{payload}}}"#)));
+            if op == "d" {
+                // The tombstone Debezium writes after each delete.
+                records.push((position(table), String::new()));
+            }
+            produced += 1;
+        }
+        let end = format!(
+            r#"{{"status":"END","id":"{txn_id}","event_count":{},"data_collections":[{{"data_collection":"public.shipments","event_count":{}}},{{"data_collection":"public.orders","event_count":{}}}],"ts_ms":1709280000123}}"#,
+            plan.len(),
+            per_table[0],
+            per_table[1]
+        );
+        records.push((position(2), end));
+    }
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::debezium::decode;
+    use arrow::array::{Array, AsArray, StringArray};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use serde_json::json;
+
+    fn bindings() -> Vec<TableBinding> {
+        let shipments = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("status", DataType::Utf8, true),
+            Field::new("weight", DataType::Float64, true),
+        ]);
+        let orders = Schema::new(vec![
+            Field::new("region", DataType::Utf8, false),
+            Field::new("id", DataType::Int64, false),
+            Field::new("total", DataType::Int64, true),
+        ]);
+        vec![
+            TableBinding { collection: "public.shipments".into(), schema: Arc::new(shipments), primary_key: vec![0] },
+            TableBinding { collection: "public.orders".into(), schema: Arc::new(orders), primary_key: vec![0, 1] },
+        ]
+    }
+
+    fn file(line: u64) -> Position {
+        Position::File { path: "events.jsonl".into(), line }
+    }
+
+    fn kafka(topic: &str, offset: i64) -> Position {
+        Position::Kafka { topic: topic.into(), partition: 0, offset }
+    }
+
+    /// A change event as Debezium writes it (plain payload).
+    fn event(table: &str, op: &str, before: Value, after: Value, txn: Option<(&str, u64)>, tx_id: i64) -> String {
+        let transaction = match txn {
+            Some((id, order)) => json!({"id": id, "total_order": order, "data_collection_order": order}),
+            None => Value::Null,
+        };
+        json!({"before": before, "after": after, "op": op, "ts_ms": 1,
+               "source": {"connector": "postgresql", "db": "app", "schema": "public", "table": table,
+                          "txId": tx_id, "lsn": 100 + tx_id, "snapshot": if op == "r" { "true" } else { "false" }},
+               "transaction": transaction})
+        .to_string()
+    }
+
+    fn end(id: &str, collections: &[(&str, u64)]) -> String {
+        let total: u64 = collections.iter().map(|(_, n)| n).sum();
+        let dc: Vec<Value> = collections.iter().map(|(c, n)| json!({"data_collection": c, "event_count": n})).collect();
+        json!({"status": "END", "id": id, "event_count": total, "data_collections": dc, "ts_ms": 1}).to_string()
+    }
+
+    fn begin(id: &str) -> String {
+        json!({"status": "BEGIN", "id": id, "event_count": null, "data_collections": null}).to_string()
+    }
+
+    struct Harness {
+        assembler: TxnAssembler,
+        txns: Vec<CompleteTxn>,
+        dead: Vec<DeadLetter>,
+    }
+
+    impl Harness {
+        fn new(mode: TxnBoundaries) -> Harness {
+            Harness { assembler: TxnAssembler::new(bindings(), mode).unwrap(), txns: vec![], dead: vec![] }
+        }
+
+        fn push(&mut self, position: Position, raw: &str) -> usize {
+            let out = self.assembler.push(position, raw.as_bytes(), decode(Some(raw.as_bytes())));
+            self.collect(out)
+        }
+
+        fn collect(&mut self, out: Vec<AssemblerOutput>) -> usize {
+            let before = self.txns.len();
+            for o in out {
+                match o {
+                    AssemblerOutput::CompleteTxn(t) => self.txns.push(t),
+                    AssemblerOutput::DeadLetter(d) => self.dead.push(d),
+                }
+            }
+            self.txns.len() - before
+        }
+
+        fn flush(&mut self) -> usize {
+            let out = self.assembler.flush();
+            self.collect(out)
+        }
+    }
+
+    fn table<'a>(txn: &'a CompleteTxn, name: &str) -> &'a NetChanges {
+        &txn.tables.iter().find(|(c, _)| c == name).unwrap_or_else(|| panic!("no changes for {name}: {txn:?}")).1
+    }
+
+    fn ids(batch: &RecordBatch, column: &str) -> Vec<i64> {
+        batch.column_by_name(column).unwrap().as_primitive::<Int64Type>().values().to_vec()
+    }
+
+    fn strings(batch: &RecordBatch, column: &str) -> Vec<Option<String>> {
+        let c = batch.column_by_name(column).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        c.iter().map(|s| s.map(str::to_string)).collect()
+    }
+
+    #[test]
+    fn two_table_transaction_with_end_after_the_events() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        h.push(kafka("txn", 1), &begin("571:5001"));
+        let with = |o: u64| Some(("571:5001", o));
+        assert_eq!(h.push(kafka("shipments", 1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "new"}), with(1), 571)), 0);
+        assert_eq!(h.push(kafka("orders", 1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 9, "total": 5}), with(2), 571)), 0);
+        assert_eq!(h.push(kafka("shipments", 2), &event("shipments", "u", Value::Null, json!({"id": 2, "status": "x"}), with(3), 571)), 0);
+        assert_eq!(h.assembler.pending(), 1);
+        assert_eq!(h.push(kafka("txn", 2), &end("571:5001", &[("public.shipments", 2), ("public.orders", 1)])), 1);
+        assert_eq!(h.assembler.pending(), 0);
+        let txn = &h.txns[0];
+        assert_eq!((txn.id.as_str(), txn.events, txn.missing), ("571:5001", 3, 0));
+        assert_eq!((&txn.first_position, &txn.last_position), (&kafka("txn", 1), &kafka("txn", 2)));
+        assert_eq!(ids(&table(txn, "public.shipments").upserts, "id"), vec![1, 2]);
+        let orders = table(txn, "public.orders");
+        assert_eq!(ids(&orders.upserts, "total"), vec![5]);
+        assert_eq!(orders.deletes.num_rows(), 0);
+        assert_eq!(orders.deletes.schema().fields().len(), 2);
+        assert!(h.dead.is_empty());
+    }
+
+    #[test]
+    fn end_before_the_events_and_out_of_order_arrival() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        assert_eq!(h.push(kafka("txn", 1), &end("600:1", &[("public.shipments", 2), ("public.orders", 1)])), 0);
+        assert_eq!(h.push(kafka("orders", 1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1}), Some(("600:1", 3)), 600)), 0);
+        assert_eq!(h.push(kafka("shipments", 1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), Some(("600:1", 2)), 600)), 0);
+        // A redelivered event (same total_order) does not count twice.
+        assert_eq!(h.push(kafka("shipments", 2), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), Some(("600:1", 2)), 600)), 0);
+        assert_eq!(h.assembler.stats().duplicates, 1);
+        assert_eq!(h.push(kafka("shipments", 3), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "b"}), Some(("600:1", 1)), 600)), 1);
+        // total_order decides the final state, not arrival: order 2 ("a") comes after order 1 ("b").
+        let s = table(&h.txns[0], "public.shipments");
+        assert_eq!(strings(&s.upserts, "status"), vec![Some("a".into())]);
+    }
+
+    #[test]
+    fn transactions_are_released_in_end_order() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        h.push(kafka("txn", 1), &end("1:1", &[("public.shipments", 1)]));
+        h.push(kafka("txn", 2), &end("2:2", &[("public.shipments", 1)]));
+        // The later transaction is complete first, but waits for the earlier one.
+        assert_eq!(h.push(kafka("s", 1), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "second"}), Some(("2:2", 1)), 2)), 0);
+        assert_eq!(h.push(kafka("s", 2), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "first"}), Some(("1:1", 1)), 1)), 2);
+        assert_eq!(h.txns.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec!["1:1", "2:2"]);
+    }
+
+    #[test]
+    fn delete_insert_of_a_key_collapses_to_one_upsert() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        let id = "700:1";
+        h.push(file(1), &event("shipments", "d", json!({"id": 5, "status": null}), Value::Null, Some((id, 1)), 700));
+        h.push(file(2), "");
+        h.push(file(3), &event("shipments", "c", Value::Null, json!({"id": 5, "status": "re-inserted"}), Some((id, 2)), 700));
+        h.push(file(4), &event("shipments", "d", json!({"id": 6}), Value::Null, Some((id, 3)), 700));
+        assert_eq!(h.push(file(5), &end(id, &[("public.shipments", 3)])), 1);
+        let s = table(&h.txns[0], "public.shipments");
+        assert_eq!(ids(&s.upserts, "id"), vec![5]);
+        assert_eq!(strings(&s.upserts, "status"), vec![Some("re-inserted".into())]);
+        assert_eq!(ids(&s.deletes, "id"), vec![6]);
+        assert_eq!(h.assembler.stats().tombstones, 1);
+    }
+
+    #[test]
+    fn insert_then_delete_vanishes_but_update_then_delete_is_a_delete() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        let id = "800:1";
+        h.push(file(1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "tmp"}), Some((id, 1)), 800));
+        h.push(file(2), &event("shipments", "d", json!({"id": 1}), Value::Null, Some((id, 2)), 800));
+        h.push(file(3), &event("shipments", "u", Value::Null, json!({"id": 2, "status": "x"}), Some((id, 3)), 800));
+        h.push(file(4), &event("shipments", "d", json!({"id": 2}), Value::Null, Some((id, 4)), 800));
+        // Delete, insert, delete again: the key existed before, so it is a delete.
+        h.push(file(5), &event("shipments", "d", json!({"id": 3}), Value::Null, Some((id, 5)), 800));
+        h.push(file(6), &event("shipments", "c", Value::Null, json!({"id": 3, "status": "y"}), Some((id, 6)), 800));
+        h.push(file(7), &event("shipments", "d", json!({"id": 3}), Value::Null, Some((id, 7)), 800));
+        assert_eq!(h.push(file(8), &end(id, &[("public.shipments", 7)])), 1);
+        let s = table(&h.txns[0], "public.shipments");
+        assert_eq!(s.upserts.num_rows(), 0);
+        assert_eq!(ids(&s.deletes, "id"), vec![2, 3]);
+
+        // A transaction whose only key vanished has no table changes, but is still released.
+        h.push(file(9), &event("shipments", "c", Value::Null, json!({"id": 4}), Some(("801:1", 1)), 801));
+        h.push(file(10), &event("shipments", "d", json!({"id": 4}), Value::Null, Some(("801:1", 2)), 801));
+        assert_eq!(h.push(file(11), &end("801:1", &[("public.shipments", 2)])), 1);
+        assert!(h.txns[1].tables.is_empty());
+    }
+
+    #[test]
+    fn redundant_updates_collapse_and_key_changes_delete_the_old_key() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        let id = "900:1";
+        for (order, status) in [(1, "a"), (2, "b"), (3, "c")] {
+            h.push(file(order), &event("shipments", "u", Value::Null, json!({"id": 1, "status": status}), Some((id, order)), 900));
+        }
+        // REPLICA IDENTITY FULL update that changes the key from 7 to 8.
+        h.push(file(4), &event("shipments", "u", json!({"id": 7, "status": "old"}), json!({"id": 8, "status": "moved"}), Some((id, 4)), 900));
+        // ... and one that keeps its key: the before image does not delete it.
+        h.push(file(5), &event("shipments", "u", json!({"id": 9, "status": "p"}), json!({"id": 9, "status": "q"}), Some((id, 5)), 900));
+        assert_eq!(h.push(file(6), &end(id, &[("public.shipments", 5)])), 1);
+        let s = table(&h.txns[0], "public.shipments");
+        assert_eq!(ids(&s.upserts, "id"), vec![1, 8, 9]);
+        assert_eq!(strings(&s.upserts, "status"), vec![Some("c".into()), Some("moved".into()), Some("q".into())]);
+        assert_eq!(ids(&s.deletes, "id"), vec![7]);
+    }
+
+    #[test]
+    fn composite_keys_and_unbound_collections() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        let id = "950:1";
+        h.push(file(1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1, "total": 1}), Some((id, 1)), 950));
+        h.push(file(2), &event("orders", "c", Value::Null, json!({"region": "us", "id": 1, "total": 2}), Some((id, 2)), 950));
+        h.push(file(3), &event("orders", "u", Value::Null, json!({"region": "eu", "id": 1, "total": 3}), Some((id, 3)), 950));
+        h.push(file(4), &event("audit_log", "c", Value::Null, json!({"id": 1}), Some((id, 4)), 950));
+        // END counts the unbound table too; it is not waited for.
+        assert_eq!(h.push(file(5), &end(id, &[("public.orders", 3), ("public.audit_log", 2)])), 1);
+        let o = table(&h.txns[0], "public.orders");
+        assert_eq!(ids(&o.upserts, "total"), vec![3, 2]);
+        assert_eq!(h.assembler.stats().ignored, 1);
+        assert_eq!(h.txns[0].events, 4);
+    }
+
+    #[test]
+    fn txid_mode_completes_on_a_later_txid_and_on_flush() {
+        let mut h = Harness::new(TxnBoundaries::TxId);
+        assert_eq!(h.push(file(1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), None, 10)), 0);
+        assert_eq!(h.push(file(2), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1}), None, 10)), 0);
+        assert_eq!(h.push(file(3), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "b"}), None, 10)), 0);
+        // Transaction markers do not matter in TxId mode.
+        assert_eq!(h.push(file(4), &end("10:1", &[("public.shipments", 9)])), 0);
+        assert_eq!(h.push(file(5), &event("shipments", "d", json!({"id": 1}), Value::Null, None, 11)), 1);
+        let first = &h.txns[0];
+        assert_eq!((first.id.as_str(), first.events), ("10", 3));
+        assert_eq!(strings(&table(first, "public.shipments").upserts, "status"), vec![Some("b".into())]);
+        assert_eq!(table(first, "public.orders").upserts.num_rows(), 1);
+        assert_eq!(h.assembler.pending(), 1);
+        assert_eq!(h.flush(), 1);
+        assert_eq!(ids(&table(&h.txns[1], "public.shipments").deletes, "id"), vec![1]);
+        assert_eq!(h.assembler.pending(), 0);
+    }
+
+    #[test]
+    fn txid_mode_waits_for_every_stream_that_carried_the_transaction() {
+        let mut h = Harness::new(TxnBoundaries::TxId);
+        h.push(kafka("shipments", 1), &event("shipments", "c", Value::Null, json!({"id": 1}), None, 20));
+        h.push(kafka("orders", 1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1}), None, 20));
+        assert_eq!(h.push(kafka("shipments", 2), &event("shipments", "c", Value::Null, json!({"id": 2}), None, 21)), 0);
+        assert_eq!(h.push(kafka("orders", 2), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 2}), None, 21)), 1);
+        assert_eq!(h.txns[0].id, "20");
+        assert_eq!(h.txns[0].tables.len(), 2);
+    }
+
+    #[test]
+    fn snapshot_reads_are_batched_and_untracked_events_released_alone() {
+        let mut h = Harness { assembler: TxnAssembler::new(bindings(), TxnBoundaries::Metadata).unwrap().with_snapshot_batch(2), txns: vec![], dead: vec![] };
+        assert_eq!(h.push(file(1), &event("shipments", "r", Value::Null, json!({"id": 1}), None, 5)), 0);
+        assert_eq!(h.push(file(2), &event("shipments", "r", Value::Null, json!({"id": 2}), None, 5)), 1);
+        assert_eq!(h.push(file(3), &event("shipments", "r", Value::Null, json!({"id": 3}), None, 5)), 0);
+        // A streamed event without a transaction block closes the batch and goes on its own.
+        assert_eq!(h.push(file(4), &event("shipments", "u", Value::Null, json!({"id": 3, "status": "s"}), None, 6)), 2);
+        let ids_of = |t: &CompleteTxn| ids(&table(t, "public.shipments").upserts, "id");
+        assert_eq!(h.txns.iter().map(ids_of).collect::<Vec<_>>(), vec![vec![1, 2], vec![3], vec![3]]);
+        assert_eq!(h.txns[0].id, "snapshot-1");
+        assert!(h.txns[2].id.starts_with("untracked-"));
+        // The last snapshot record closes the batch at once.
+        let mut last: Value = serde_json::from_str(&event("shipments", "r", Value::Null, json!({"id": 4}), None, 5)).unwrap();
+        last["source"]["snapshot"] = json!("last");
+        assert_eq!(h.push(file(5), &last.to_string()), 1);
+    }
+
+    #[test]
+    fn malformed_records_become_dead_letters_while_good_records_arrive() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        let id = "1000:1";
+        h.push(file(1), &begin(id));
+        h.push(file(2), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "ok"}), Some((id, 1)), 1000));
+        // Wrong type: decodes, fails to convert at release.
+        h.push(file(3), &event("shipments", "c", Value::Null, json!({"id": 2, "weight": "abc"}), Some((id, 2)), 1000));
+        // Missing key column.
+        h.push(file(4), &event("shipments", "c", Value::Null, json!({"status": "no id"}), Some((id, 3)), 1000));
+        // Delete without the key in its before image.
+        h.push(file(5), &event("shipments", "d", json!({"status": "?"}), Value::Null, Some((id, 4)), 1000));
+        // Structurally invalid, but its transaction is readable: counted, dead-lettered now.
+        let bad_op = event("shipments", "z", Value::Null, json!({"id": 3}), Some((id, 5)), 1000);
+        h.push(file(6), &bad_op);
+        assert_eq!(h.dead.len(), 1);
+        assert_eq!(h.dead[0].reason, "unknown op \"z\"");
+        assert_eq!(h.dead[0].collection.as_deref(), Some("public.shipments"));
+        assert_eq!(h.push(file(7), &end(id, &[("public.shipments", 5)])), 1);
+        let s = table(&h.txns[0], "public.shipments");
+        assert_eq!(ids(&s.upserts, "id"), vec![1]);
+        let reasons: Vec<(&Position, &str)> = h.dead.iter().map(|d| (&d.position, d.reason.as_str())).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (&file(6), "unknown op \"z\""),
+                (&file(3), "column \"weight\": expected a number, got \"abc\""),
+                (&file(4), "missing primary key column \"id\""),
+                (&file(5), "missing primary key column \"id\""),
+            ]
+        );
+        assert_eq!(h.dead[1].raw, event("shipments", "c", Value::Null, json!({"id": 2, "weight": "abc"}), Some((id, 2)), 1000).into_bytes());
+        assert_eq!(h.txns[0].events, 5);
+    }
+
+    #[test]
+    fn garbage_between_events_is_assigned_to_its_transaction() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        let id = "1100:1";
+        h.push(file(1), &begin(id));
+        h.push(file(2), &event("shipments", "c", Value::Null, json!({"id": 1}), Some((id, 1)), 1100));
+        h.push(file(3), "\u{0}\u{1}garbage");
+        let full = event("shipments", "c", Value::Null, json!({"id": 3}), Some((id, 3)), 1100);
+        h.push(file(4), &full[..full.len() / 2]);
+        h.push(file(5), &event("shipments", "c", Value::Null, json!({"id": 4}), Some((id, 4)), 1100));
+        assert_eq!(h.dead.len(), 2);
+        assert!(h.dead[0].reason.starts_with("not valid JSON"), "{}", h.dead[0].reason);
+        assert_eq!(h.dead[1].position, file(4));
+        assert_eq!(h.push(file(6), &end(id, &[("public.shipments", 4)])), 1);
+        assert_eq!(ids(&table(&h.txns[0], "public.shipments").upserts, "id"), vec![1, 4]);
+        assert_eq!(h.assembler.stats().orphans_assigned, 2);
+
+        // Garbage as the last event of a transaction in a topic, with END markers on their
+        // own topic: decided once the next transaction's END is seen.
+        h.push(kafka("s", 1), &event("shipments", "c", Value::Null, json!({"id": 5}), Some(("1101:1", 1)), 1101));
+        h.push(kafka("s", 2), "{\"before\":nul");
+        h.push(kafka("s", 3), &event("shipments", "c", Value::Null, json!({"id": 6}), Some(("1102:1", 1)), 1102));
+        assert_eq!(h.push(kafka("txn", 1), &end("1101:1", &[("public.shipments", 2)])), 0);
+        assert_eq!(h.push(kafka("txn", 2), &end("1102:1", &[("public.shipments", 1)])), 2);
+        assert_eq!((h.txns[1].id.as_str(), h.txns[2].id.as_str()), ("1101:1", "1102:1"));
+        assert_eq!(h.dead.len(), 3);
+    }
+
+    #[test]
+    fn stalled_transactions_are_released_on_request_and_late_events_dead_lettered() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        h.push(kafka("s", 1), &event("shipments", "c", Value::Null, json!({"id": 1}), Some(("1200:1", 1)), 1200));
+        h.push(kafka("txn", 1), &end("1200:1", &[("public.shipments", 2)]));
+        h.push(kafka("s", 2), &event("shipments", "c", Value::Null, json!({"id": 7}), Some(("1201:1", 1)), 1201));
+        h.push(kafka("txn", 2), &end("1201:1", &[("public.shipments", 1)]));
+        // 1201 is complete but waits behind 1200, which misses an event.
+        assert_eq!(h.txns.len(), 0);
+        assert_eq!(h.assembler.pending(), 2);
+        let out = h.assembler.release_stalled();
+        assert_eq!(h.collect(out), 2);
+        assert_eq!((h.txns[0].id.as_str(), h.txns[0].missing), ("1200:1", 1));
+        assert_eq!(h.txns[1].missing, 0);
+        assert_eq!(h.assembler.stats().forced, 1);
+        // The missing event shows up after all.
+        h.push(kafka("s", 3), &event("shipments", "c", Value::Null, json!({"id": 2}), Some(("1200:1", 2)), 1200));
+        assert_eq!(h.dead.len(), 1);
+        assert!(h.dead[0].reason.contains("already released"), "{}", h.dead[0].reason);
+        // A redelivery of a complete transaction's event is only counted.
+        h.push(kafka("s", 4), &event("shipments", "c", Value::Null, json!({"id": 7}), Some(("1201:1", 1)), 1201));
+        assert_eq!(h.dead.len(), 1);
+        assert_eq!(h.assembler.stats().duplicates, 1);
+    }
+
+    #[test]
+    fn flush_in_metadata_mode_keeps_transactions_without_end() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        h.push(file(1), &event("shipments", "c", Value::Null, json!({"id": 1}), Some(("1300:1", 1)), 1300));
+        assert_eq!(h.flush(), 0);
+        assert_eq!(h.assembler.pending(), 1);
+    }
+
+    #[test]
+    fn invalid_bindings_are_rejected() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let bind = |pk: Vec<usize>| vec![TableBinding { collection: "public.t".into(), schema: schema.clone(), primary_key: pk }];
+        assert!(TxnAssembler::new(bind(vec![]), TxnBoundaries::Metadata).is_err());
+        assert!(TxnAssembler::new(bind(vec![3]), TxnBoundaries::Metadata).is_err());
+        let mut twice = bind(vec![0]);
+        twice.extend(bind(vec![0]));
+        let err = TxnAssembler::new(twice, TxnBoundaries::Metadata).err().unwrap();
+        assert_eq!(err.to_string(), "table binding for \"public.t\": bound twice");
+    }
+
+    #[test]
+    fn envelope_events_with_semantic_types_assemble() {
+        let records = bench_records(300);
+        let mut assembler = TxnAssembler::new(bench_bindings(), TxnBoundaries::Metadata).unwrap();
+        let mut decoder = Decoder::new();
+        let mut txns = Vec::new();
+        for (position, raw) in &records {
+            for out in assembler.push(position.clone(), raw.as_bytes(), decoder.decode(Some(raw.as_bytes()))) {
+                match out {
+                    AssemblerOutput::CompleteTxn(t) => txns.push(t),
+                    AssemblerOutput::DeadLetter(d) => panic!("unexpected dead letter: {}", d.reason),
+                }
+            }
+        }
+        let ends = records.iter().filter(|(_, r)| r.contains("\"END\"")).count();
+        assert_eq!((txns.len(), assembler.pending()), (ends, 0));
+        assert!(assembler.stats().tombstones > 0);
+        let shipments: Vec<&RecordBatch> =
+            txns.iter().flat_map(|t| &t.tables).filter(|(c, _)| c == "public.shipments").map(|(_, n)| &n.upserts).collect();
+        let batch = concat_batches(&shipments[0].schema(), shipments.iter().copied()).unwrap();
+        assert!(batch.num_rows() > 50);
+        assert_eq!(batch.column_by_name("weight").unwrap().null_count(), 0);
+        let due = batch.column_by_name("due").unwrap().as_primitive::<arrow::datatypes::Date32Type>();
+        assert!(due.values().iter().all(|d| (19_700..19_900).contains(d)));
+        let at = batch.column_by_name("updated_at").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        assert!(at.values().iter().all(|t| (1_709_251_200_000_000..1_711_929_600_000_000).contains(t)));
+    }
+
+    /// `cargo test --release --lib sources::txn::tests::bench_decode_throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn bench_decode_throughput() {
+        let events = 200_000;
+        let (eps, mbps) = bench_decode(events);
+        println!("cargo test --release --lib sources::txn::tests::bench_decode_throughput -- --ignored --nocapture");
+        println!("| change events | events/s | MB/s |");
+        println!("|---|---|---|");
+        println!("| {events} | {eps:.0} | {mbps:.1} |");
+    }
+}
