@@ -56,6 +56,14 @@ pub fn parse_with_options(p: &mut Parser) -> Result<Vec<(String, String)>, SqlEr
     p.expect_token(&Token::LParen).map_err(syntax)?;
     loop {
         let name = p.parse_identifier().map_err(syntax)?.value.to_ascii_lowercase();
+        // A bare option name means true: `WITH (PROGRESS)`.
+        if matches!(p.peek_token().token, Token::Comma | Token::RParen) {
+            out.push((name, "true".to_string()));
+            if !p.consume_token(&Token::Comma) {
+                break;
+            }
+            continue;
+        }
         let _ = p.consume_token(&Token::Eq);
         let value = match p.next_token().token {
             Token::SingleQuotedString(s) => s,
