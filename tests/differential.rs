@@ -32,6 +32,7 @@ const VIEWS: &[(&str, &str)] = &[
     ("global", "SELECT count(*) AS n, max(v) AS m, sum(k) AS s FROM c"),
     ("semi", "SELECT a.id FROM a WHERE EXISTS (SELECT 1 FROM c WHERE c.k = a.k)"),
     ("anti", "SELECT b.id, b.k FROM b WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.k = b.k)"),
+    ("top2", "SELECT k, v, id, rn FROM (SELECT k, v, id, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC NULLS LAST, id) AS rn FROM a) x WHERE rn <= 2"),
     ("expr_filter", "SELECT id, CASE WHEN v IS NULL THEN 'none' ELSE concat('v', v) END AS label, k * 10 AS k10 FROM c WHERE k IS NULL OR k <> 1"),
 ];
 
@@ -121,7 +122,7 @@ async fn apply(client: &tokio_postgres::Client, txn: &Txn) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn views_equal_recompute(history in txns(), restart_at in 0..12usize) {

@@ -12,7 +12,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::{DFSchema, JoinType, NullEquality};
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
-use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr, create_physical_sort_expr};
 
 use crate::dataflow::group_by::{Aggregate, lower_aggregate};
 use crate::dataflow::changelog::{ChangelogSpec, changelog_input_id, changelog_schema};
@@ -21,6 +21,7 @@ use crate::dataflow::filter::Filter;
 use crate::dataflow::graph::{Dataflow, Node, NodeInput};
 use crate::dataflow::join::{Join, JoinKind};
 use crate::dataflow::project::Project;
+use crate::dataflow::topk::TopK;
 use crate::dataflow::union::Union;
 use crate::dataflow::{DataflowError, Operator};
 
@@ -147,6 +148,9 @@ impl Builder<'_> {
                 Ok(self.add(Project::new(out_schema, exprs), vec![input]))
             }
             LogicalPlan::Filter(f) => {
+                if let Some(node) = self.plan_top_k(f)? {
+                    return Ok(node);
+                }
                 let input = self.plan(&f.input)?;
                 let predicate = self.physical(&f.predicate, f.input.schema())?;
                 Ok(self.add(Filter::new(out_schema, predicate), vec![input]))
@@ -219,11 +223,102 @@ impl Builder<'_> {
                 let node = self.next_node_id();
                 Ok(self.add(Constant::new(rows, self.dataflow_id, node), vec![]))
             }
-            LogicalPlan::Window(_) => Err(PlanError::Unsupported("window functions".into())),
+            LogicalPlan::Window(_) => Err(PlanError::Unsupported(
+                "window functions other than ROW_NUMBER() bounded by a filter (rn <= k)".into(),
+            )),
             LogicalPlan::RecursiveQuery(_) => Err(PlanError::Unsupported("WITH RECURSIVE".into())),
             LogicalPlan::Unnest(_) => Err(PlanError::Unsupported("UNNEST".into())),
             other => Err(PlanError::Unsupported(format!("the plan node {}", other.display()))),
         }
+    }
+
+    /// `ROW_NUMBER() OVER (PARTITION BY .. ORDER BY ..)` bounded by `rn <= k` (or `< k`,
+    /// `= 1`) in a filter above it, possibly through a column-only projection: TopK, then
+    /// the projection and the full filter.
+    fn plan_top_k(&mut self, f: &datafusion::logical_expr::Filter) -> Result<Option<NodeInput>> {
+        use datafusion::logical_expr::{BinaryExpr, Operator as Op};
+        let (projection, window) = match f.input.as_ref() {
+            LogicalPlan::Window(w) => (None, w),
+            LogicalPlan::Projection(p) if p.expr.iter().all(|e| matches!(e.clone().unalias(), Expr::Column(_))) => {
+                match p.input.as_ref() {
+                    LogicalPlan::Window(w) => (Some(p), w),
+                    _ => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        };
+        if window.window_expr.len() != 1 {
+            return Ok(None);
+        }
+        let Expr::WindowFunction(wf) = window.window_expr[0].clone().unalias() else { return Ok(None) };
+        if wf.fun.name() != "row_number" {
+            return Ok(None);
+        }
+        let window_schema = window.schema.as_arrow();
+        let rn = window_schema.field(window_schema.fields().len() - 1).name().clone();
+        let is_rn = |e: &Expr| matches!(e, Expr::Column(c) if c.name == rn);
+        let literal = |e: &Expr| match e {
+            Expr::Literal(v, _) => v.cast_to(&arrow::datatypes::DataType::Int64).ok().and_then(|v| match v {
+                datafusion::common::ScalarValue::Int64(Some(x)) => Some(x),
+                _ => None,
+            }),
+            _ => None,
+        };
+        let mut k: Option<i64> = None;
+        for conjunct in datafusion::logical_expr::utils::split_conjunction(&f.predicate) {
+            let Expr::BinaryExpr(BinaryExpr { left, op, right }) = conjunct else { continue };
+            let bound = match (is_rn(left), literal(right), is_rn(right), literal(left)) {
+                (true, Some(c), _, _) => match op {
+                    Op::LtEq => Some(c),
+                    Op::Lt => Some(c - 1),
+                    Op::Eq if c == 1 => Some(1),
+                    _ => None,
+                },
+                (_, _, true, Some(c)) => match op {
+                    Op::GtEq => Some(c),
+                    Op::Gt => Some(c - 1),
+                    Op::Eq if c == 1 => Some(1),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(b) = bound {
+                k = Some(k.map_or(b, |k| k.min(b)));
+            }
+        }
+        let Some(k) = k else { return Ok(None) };
+        let input = self.plan(&window.input)?;
+        let input_schema: SchemaRef = Arc::new(window.input.schema().as_arrow().clone());
+        let partition_by = wf
+            .params
+            .partition_by
+            .iter()
+            .map(|e| self.physical(e, window.input.schema()))
+            .collect::<Result<Vec<_>>>()?;
+        let order_by = wf
+            .params
+            .order_by
+            .iter()
+            .map(|e| create_physical_sort_expr(e, window.input.schema(), &self.props, &Default::default()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let node = self.next_node_id();
+        let top = TopK::new(
+            input_schema,
+            partition_by,
+            order_by,
+            k.max(0) as usize,
+            true,
+            Arc::new(window_schema.clone()),
+            self.dataflow_id,
+            node,
+        )?;
+        let mut out = self.add(top, vec![input]);
+        if let Some(p) = projection {
+            let exprs = p.expr.iter().map(|e| self.physical(e, window.schema.as_ref())).collect::<Result<Vec<_>>>()?;
+            out = self.add(Project::new(Arc::new(p.schema.as_arrow().clone()), exprs), vec![out]);
+        }
+        let predicate = self.physical(&f.predicate, f.input.schema())?;
+        Ok(Some(self.add(Filter::new(Arc::new(f.input.schema().as_arrow().clone()), predicate), vec![out])))
     }
 
     fn plan_join(&mut self, j: &datafusion::logical_expr::Join, out_schema: SchemaRef) -> Result<NodeInput> {
