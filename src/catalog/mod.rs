@@ -16,6 +16,8 @@ use crate::storage::{Store, StorageError, TickWrites, keyspace};
 pub enum RelationKind {
     Table,
     MaterializedView,
+    /// A source: a connection whose changes feed the tables bound to it. Not queryable.
+    Source,
 }
 
 impl RelationKind {
@@ -23,6 +25,7 @@ impl RelationKind {
         match self {
             RelationKind::Table => "table",
             RelationKind::MaterializedView => "materialized view",
+            RelationKind::Source => "source",
         }
     }
 }
@@ -46,8 +49,17 @@ pub struct Relation {
     pub schema: SchemaRef,
     /// Primary key column indices; empty for views and key-less tables.
     pub primary_key: Vec<usize>,
-    /// Names of the relations this one reads.
+    /// Names of the relations this one reads (for a bound table: its source).
     pub depends_on: Vec<String>,
+    /// For a table fed by a source: which source, and the upstream table it mirrors.
+    pub binding: Option<SourceBinding>,
+}
+
+/// `CREATE TABLE ... WITH (source = 'tms', upstream = 'public.shipments')`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceBinding {
+    pub source: String,
+    pub upstream: String,
 }
 
 #[derive(Debug, Default, Clone)]

@@ -245,7 +245,9 @@ impl EngineThread {
             drop(catalog);
         }
         self.restore_row_count(relation.id)?;
-        self.contents.insert(relation.id, contents);
+        if relation.kind != RelationKind::Source {
+            self.contents.insert(relation.id, contents);
+        }
         Ok(())
     }
 

@@ -58,17 +58,27 @@ impl Server {
     /// Open the data directory, replay the catalog and prepare the SQL session.
     pub async fn open(data_dir: &Path) -> anyhow::Result<Server> {
         let engine = Engine::open(data_dir)?;
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, "public")
             .with_information_schema(true);
+        // TEXT/VARCHAR columns as plain Utf8: what sources decode into and clients expect.
+        config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         let context = Arc::new(SessionContext::new_with_config(config));
         setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
-        system::register(&context, &engine)?;
-        context.register_udtf("changes", Arc::new(changes::ChangesFunction { engine: engine.clone() }));
         let hook = Arc::new(VelocityHook::new(engine.clone()));
+        system::register(&context, &engine, hook.sources.clone())?;
+        context.register_udtf("changes", Arc::new(changes::ChangesFunction { engine: engine.clone() }));
 
         let entries = Catalog::load_entries(&engine.store)?;
         for entry in &entries {
+            if entry.kind == RelationKind::Source {
+                let Some(Ok(crate::sql::VelocityStatement::CreateSource { name, options })) = crate::sql::parse_velocity(&entry.create_sql)
+                else {
+                    anyhow::bail!("stored definition of source {} does not parse", entry.name);
+                };
+                hook.create_source(&name, &options, &entry.create_sql, Some(entry.id)).await.map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
+                continue;
+            }
             let stmt = PostgresCompatibilityParser::new()
                 .parse(&entry.create_sql)
                 .map_err(|e| anyhow::anyhow!("stored definition of {}: {e}", entry.name))?
@@ -78,6 +88,7 @@ impl Server {
             let restored = match entry.kind {
                 RelationKind::Table => hook.create_table(&stmt, &context, Some(entry.id)).await,
                 RelationKind::MaterializedView => hook.create_view(&stmt, &context, Some(entry.id)).await,
+                RelationKind::Source => Ok(()),
             };
             restored.map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
         }

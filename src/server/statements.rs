@@ -25,7 +25,8 @@ use futures::stream;
 
 use super::error::{from_datafusion, from_engine, from_plan, pg_error};
 use super::relation_table::RelationTable;
-use crate::catalog::{Relation, RelationKind};
+use crate::catalog::{Relation, RelationKind, SourceBinding};
+use crate::sources::runner::{SourceConfig, SourceRegistry};
 use crate::dataflow::ChangeBatch;
 use crate::engine::{Commit, Engine};
 use crate::planner::{RelationResolver, ResolvedScan, plan_dataflow};
@@ -41,11 +42,12 @@ struct OpenTransaction {
 
 pub struct VelocityHook {
     engine: Engine,
+    pub sources: SourceRegistry,
 }
 
 impl VelocityHook {
     pub fn new(engine: Engine) -> VelocityHook {
-        VelocityHook { engine }
+        VelocityHook { engine, sources: SourceRegistry::default() }
     }
 }
 
@@ -185,11 +187,27 @@ impl VelocityHook {
 
     /// CREATE TABLE; with `restore`, re-creates a stored table under its old id.
     pub async fn create_table(&self, stmt: &Statement, ctx: &SessionContext, restore: Option<u32>) -> PgWireResult<()> {
+        use datafusion::sql::sqlparser::ast::{CreateTableOptions, SqlOption};
         let Statement::CreateTable(ct) = stmt else { unreachable!("dispatch checked the statement") };
-        if ct.table_options != datafusion::sql::sqlparser::ast::CreateTableOptions::None {
-            return Err(pg_error("0A000", "CREATE TABLE ... WITH (...) options are not supported yet"));
-        }
-        let plan = logical_plan(ctx, stmt, None).await?;
+        let options: Vec<(String, String)> = match &ct.table_options {
+            CreateTableOptions::None => Vec::new(),
+            CreateTableOptions::With(opts) => opts
+                .iter()
+                .map(|o| match o {
+                    SqlOption::KeyValue { key, value } => {
+                        let v = value.to_string();
+                        Ok((key.value.to_ascii_lowercase(), v.trim_matches('\'').to_string()))
+                    }
+                    other => Err(pg_error("42601", format!("unsupported table option {other}"))),
+                })
+                .collect::<PgWireResult<_>>()?,
+            _ => return Err(pg_error("0A000", "only WITH (...) table options are supported")),
+        };
+        let binding = self.table_binding(&options)?;
+        // DataFusion plans the columns and constraints; the options are Velocity's.
+        let mut plain = ct.clone();
+        plain.table_options = CreateTableOptions::None;
+        let plan = logical_plan(ctx, &Statement::CreateTable(plain), None).await?;
         let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {
             return Err(pg_error("0A000", "this form of CREATE TABLE is not supported"));
         };
@@ -212,6 +230,9 @@ impl VelocityHook {
                 }
             }
         }
+        if binding.is_some() && primary_key.is_empty() {
+            return Err(pg_error("42P16", format!("table \"{name}\" is fed by a source and needs a PRIMARY KEY to apply changes by")));
+        }
         let schema = cmt.input.schema().as_arrow();
         let fields: Vec<Field> = schema
             .fields()
@@ -227,10 +248,58 @@ impl VelocityHook {
             create_sql: stmt.to_string(),
             schema: Arc::new(Schema::new(fields)),
             primary_key,
-            depends_on: vec![],
+            depends_on: binding.iter().map(|b| b.source.clone()).collect(),
+            binding,
         };
         self.engine.create_table(relation.clone(), restore.is_some()).await.map_err(from_engine)?;
         ctx.register_table(name.as_str(), Arc::new(RelationTable::new(self.engine.clone(), relation))).map_err(df_err)?;
+        Ok(())
+    }
+
+    /// `WITH (source = '...', upstream = '...')` of a table fed by a source.
+    fn table_binding(&self, options: &[(String, String)]) -> PgWireResult<Option<SourceBinding>> {
+        if options.is_empty() {
+            return Ok(None);
+        }
+        let get = |k: &str| options.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if let Some((k, _)) = options.iter().find(|(k, _)| k != "source" && k != "upstream") {
+            return Err(pg_error("42601", format!("unknown table option \"{k}\" (expected source, upstream)")));
+        }
+        let source = get("source").ok_or_else(|| pg_error("42601", "a table bound to a source needs source = '...'"))?;
+        let upstream = get("upstream").ok_or_else(|| pg_error("42601", "a table bound to a source needs upstream = '...' (schema.table)"))?;
+        let catalog = self.engine.catalog.read().expect("catalog lock");
+        if !catalog.get(&source).is_some_and(|r| r.kind == RelationKind::Source) {
+            return Err(pg_error("42704", format!("source \"{source}\" does not exist")));
+        }
+        let binding = SourceBinding { source, upstream };
+        if let Some(other) = catalog.iter().find(|r| r.binding.as_ref() == Some(&binding)) {
+            return Err(pg_error(
+                "42710",
+                format!("table \"{}\" already mirrors {} of source \"{}\"", other.name, binding.upstream, binding.source),
+            ));
+        }
+        Ok(Some(binding))
+    }
+
+    /// CREATE SOURCE; with `restore`, re-creates a stored source under its old id. Starts it.
+    pub async fn create_source(&self, name: &str, options: &[(String, String)], create_sql: &str, restore: Option<u32>) -> PgWireResult<()> {
+        let config = SourceConfig::from_options(options).map_err(|e| pg_error("22023", e))?;
+        if restore.is_none() && self.engine.catalog.read().expect("catalog lock").get(name).is_some() {
+            return Err(pg_error("42710", format!("source \"{name}\" already exists")));
+        }
+        let id = restore.unwrap_or_else(|| self.engine.catalog.write().expect("catalog lock").allocate_id());
+        let relation = Relation {
+            id,
+            name: name.to_string(),
+            kind: RelationKind::Source,
+            create_sql: create_sql.to_string(),
+            schema: Arc::new(Schema::empty()),
+            primary_key: vec![],
+            depends_on: vec![],
+            binding: None,
+        };
+        self.engine.create_table(relation, restore.is_some()).await.map_err(from_engine)?;
+        crate::sources::runner::spawn(self.engine.clone(), self.sources.clone(), id, name.to_string(), config);
         Ok(())
     }
 
@@ -296,6 +365,7 @@ impl VelocityHook {
             schema: Arc::new(Schema::new(fields)),
             primary_key: vec![],
             depends_on,
+            binding: None,
         };
         self.engine.create_view(relation.clone(), dataflow, restore.is_some()).await.map_err(from_engine)?;
         ctx.register_table(name.as_str(), Arc::new(RelationTable::new(self.engine.clone(), relation))).map_err(df_err)?;
@@ -383,6 +453,12 @@ impl VelocityHook {
         .ok_or_else(|| pg_error("42P01", format!("relation \"{}\" does not exist", dml.table_name)))?;
         if relation.kind != RelationKind::Table {
             return Err(pg_error("42809", format!("cannot change materialized view \"{}\"", relation.name)));
+        }
+        if let Some(b) = &relation.binding {
+            return Err(pg_error(
+                "25006",
+                format!("table \"{}\" is fed by source \"{}\" and cannot be changed directly", relation.name, b.source),
+            ));
         }
         let schema = relation.schema.clone();
         // This transaction's earlier writes to the table, so that its statements see them.
@@ -534,8 +610,88 @@ impl VelocityHook {
         match stmt {
             V::ShowMaterializedViews => self.show_relations(RelationKind::MaterializedView),
             V::ShowCreate { name } => self.show_create(name),
-            // Commits are applied synchronously, so everything accepted is already visible.
-            V::Flush => Ok(Response::Execution(Tag::new("FLUSH"))),
+            // Client commits are applied synchronously; sources are waited for until they have
+            // applied everything they can read.
+            V::Flush => {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                let started: std::collections::HashMap<String, u64> =
+                    self.sources.read().expect("registry lock").iter().map(|(n, s)| (n.clone(), s.rounds)).collect();
+                loop {
+                    let waiting: Vec<String> = {
+                        let sources = self.sources.read().expect("registry lock");
+                        sources
+                            .iter()
+                            .filter(|(n, s)| {
+                                // A pass that began after FLUSH, ending with nothing left to read.
+                                let fresh = s.rounds >= started.get(*n).copied().unwrap_or(0) + 2;
+                                s.state == "running" && !(fresh && s.caught_up)
+                            })
+                            .map(|(n, _)| n.clone())
+                            .collect()
+                    };
+                    if waiting.is_empty() {
+                        break;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        return Err(pg_error("57014", format!("FLUSH timed out waiting for sources: {}", waiting.join(", "))));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Ok(Response::Execution(Tag::new("FLUSH")))
+            }
+            V::CreateSource { name, options } => {
+                let sql = format!(
+                    "CREATE SOURCE {name} WITH ({})",
+                    options.iter().map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''"))).collect::<Vec<_>>().join(", ")
+                );
+                self.create_source(name, options, &sql, None).await?;
+                Ok(Response::Execution(Tag::new("CREATE SOURCE")))
+            }
+            V::ShowSources => {
+                let catalog = self.engine.catalog.read().expect("catalog lock");
+                let sources = self.sources.read().expect("registry lock");
+                let rows = catalog
+                    .iter()
+                    .filter(|r| r.kind == RelationKind::Source)
+                    .map(|r| {
+                        let s = sources.get(&r.name).cloned().unwrap_or_default();
+                        vec![
+                            r.name.clone(),
+                            s.connector,
+                            s.state,
+                            s.position,
+                            s.transactions.to_string(),
+                            s.events.to_string(),
+                            s.errors.to_string(),
+                            s.lag_bytes.to_string(),
+                        ]
+                    })
+                    .collect();
+                text_rows(&["name", "connector", "status", "position", "transactions", "events", "errors", "lag_bytes"], rows)
+            }
+            V::DropSource { name, if_exists, cascade } => {
+                let exists = self.engine.catalog.read().expect("catalog lock").get(name).is_some_and(|r| r.kind == RelationKind::Source);
+                if !exists {
+                    if *if_exists {
+                        return Ok(Response::Execution(Tag::new("DROP SOURCE")));
+                    }
+                    return Err(pg_error("42704", format!("source \"{name}\" does not exist")));
+                }
+                let to_drop = {
+                    let catalog = self.engine.catalog.read().expect("catalog lock");
+                    let dependents = catalog.dependents(name);
+                    if !dependents.is_empty() && !cascade {
+                        let list: Vec<String> = dependents.iter().map(|d| format!("{} \"{}\"", d.kind.sql_name(), d.name)).collect();
+                        return Err(pg_error(
+                            "2BP01",
+                            format!("cannot drop source \"{name}\" because other objects depend on it: {} (use DROP ... CASCADE)", list.join(", ")),
+                        ));
+                    }
+                    catalog.drop_order(name).into_iter().map(|r| r.name).collect::<Vec<_>>()
+                };
+                self.engine.drop(to_drop.clone()).await.map_err(from_engine)?;
+                Ok(Response::Execution(Tag::new("DROP SOURCE")))
+            }
             other => Err(pg_error("0A000", format!("{other:?} is not supported here"))),
         }
     }

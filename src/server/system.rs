@@ -13,7 +13,9 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
+use crate::catalog::RelationKind;
 use crate::engine::Engine;
+use crate::sources::runner::{SourceRegistry, SourceStatus};
 
 type Fill = Box<dyn Fn(&Engine) -> Result<Vec<ArrayRef>> + Send + Sync>;
 
@@ -53,7 +55,7 @@ impl TableProvider for SystemTable {
 }
 
 /// Register the `velocity_catalog` schema and its tables.
-pub fn register(ctx: &SessionContext, engine: &Engine) -> Result<()> {
+pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry) -> Result<()> {
     let schema = Arc::new(MemorySchemaProvider::new());
     let catalog = ctx.catalog(super::DATABASE).expect("default catalog exists");
     catalog.register_schema("velocity_catalog", schema.clone())?;
@@ -81,5 +83,64 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> Result<()> {
         ])
     });
     schema.register_table("relations".into(), Arc::new(SystemTable { engine: engine.clone(), schema: relations, fill }))?;
+
+    // One row per source: status, position and counters.
+    let source_schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("connector", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("position", DataType::Utf8, false),
+        Field::new("transactions", DataType::Int64, false),
+        Field::new("events", DataType::Int64, false),
+        Field::new("errors", DataType::Int64, false),
+        Field::new("pending_records", DataType::Int64, false),
+        Field::new("lag_bytes", DataType::Int64, false),
+    ]));
+    let fill: Fill = Box::new(move |engine: &Engine| {
+        let catalog = engine.catalog.read().expect("catalog lock");
+        let registry = sources.read().expect("registry lock");
+        let rows: Vec<(String, SourceStatus)> = catalog
+            .iter()
+            .filter(|r| r.kind == RelationKind::Source)
+            .map(|r| (r.name.clone(), registry.get(&r.name).cloned().unwrap_or_default()))
+            .collect();
+        let text = |f: &dyn Fn(&SourceStatus) -> String| Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, s)| f(s)))) as ArrayRef;
+        let int = |f: &dyn Fn(&SourceStatus) -> u64| Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, s)| f(s) as i64))) as ArrayRef;
+        Ok(vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(n, _)| n.clone()))) as ArrayRef,
+            text(&|s| s.connector.clone()),
+            text(&|s| s.state.clone()),
+            text(&|s| s.position.clone()),
+            int(&|s| s.transactions),
+            int(&|s| s.events),
+            int(&|s| s.errors),
+            int(&|s| s.pending),
+            int(&|s| s.lag_bytes),
+        ])
+    });
+    schema.register_table("sources".into(), Arc::new(SystemTable { engine: engine.clone(), schema: source_schema, fill }))?;
+
+    // Every source record that could not be applied, kept raw with the reason.
+    let dead_schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("upstream", DataType::Utf8, true),
+        Field::new("position", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("received_at_ms", DataType::Int64, false),
+    ]));
+    let fill: Fill = Box::new(|engine: &Engine| {
+        let dead = crate::sources::runner::dead_letters(engine)
+            .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+        Ok(vec![
+            Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.source.clone()))) as ArrayRef,
+            Arc::new(StringArray::from_iter(dead.iter().map(|d| d.collection.clone()))),
+            Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.position.clone()))),
+            Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.raw.clone()))),
+            Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.reason.clone()))),
+            Arc::new(Int64Array::from_iter_values(dead.iter().map(|d| d.received_at_ms))),
+        ])
+    });
+    schema.register_table("dead_letters".into(), Arc::new(SystemTable { engine: engine.clone(), schema: dead_schema, fill }))?;
     Ok(())
 }

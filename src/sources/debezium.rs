@@ -636,6 +636,10 @@ fn finish_batch(schema: &SchemaRef, columns: Vec<ArrayRef>, reasons: Vec<Option<
     }
 }
 
+/// Largest decimal scale accepted from a record (Postgres allows 1000 fractional digits);
+/// beyond it a value is rejected rather than rendered with a million zeros.
+const MAX_SCALE: i32 = 1000;
+
 const NANOS_PER_MICRO: i128 = 1_000;
 const NANOS_PER_MILLI: i128 = 1_000_000;
 const NANOS_PER_SECOND: i128 = 1_000_000_000;
@@ -671,7 +675,8 @@ fn encoding_of(field_type: Option<&FieldType>) -> Encoding {
         }
         "io.debezium.time.NanoTime" | "io.debezium.time.NanoTimestamp" | "io.debezium.time.NanoDuration" => epoch(1),
         "org.apache.kafka.connect.data.Decimal" => {
-            match field_type.and_then(|t| t.parameters.get("scale")).and_then(|s| s.parse().ok()) {
+            let scale = field_type.and_then(|t| t.parameters.get("scale")).and_then(|s| s.parse::<i32>().ok());
+            match scale.filter(|s| s.abs() <= MAX_SCALE) {
                 Some(scale) => Encoding::ConnectDecimal { scale },
                 None => Encoding::Plain,
             }
@@ -991,7 +996,7 @@ fn read_decimal(v: &Value, enc: Encoding) -> Result<(i128, i32), String> {
         }
         // VariableScaleDecimal, recognised by shape even without an envelope schema.
         (Value::Object(o), _) => {
-            let scale = o.get("scale").and_then(lenient_i64).and_then(|s| i32::try_from(s).ok());
+            let scale = o.get("scale").and_then(lenient_i64).and_then(|s| i32::try_from(s).ok()).filter(|s| s.abs() <= MAX_SCALE);
             let unscaled = o.get("value").and_then(Value::as_str).and_then(base64_decode).and_then(|b| twos_complement(&b));
             match (scale, unscaled) {
                 (Some(scale), Some(unscaled)) => Ok((unscaled, scale)),
@@ -1030,7 +1035,7 @@ fn parse_decimal(s: &str) -> Option<(i128, i32)> {
         }
         unscaled = unscaled.checked_mul(10)?.checked_add((b - b'0') as i128)?;
     }
-    let scale = (frac_part.len() as i32).checked_sub(exponent)?;
+    let scale = i32::try_from(frac_part.len()).ok()?.checked_sub(exponent).filter(|s| s.abs() <= MAX_SCALE)?;
     Some((if negative { -unscaled } else { unscaled }, scale))
 }
 
@@ -1038,10 +1043,10 @@ fn parse_decimal(s: &str) -> Option<(i128, i32)> {
 /// when a numeric is cast to fewer digits).
 fn rescale(unscaled: i128, from: i32, to: i32) -> Option<i128> {
     if to >= from {
-        let factor = 10i128.checked_pow(u32::try_from(to - from).ok()?)?;
+        let factor = 10i128.checked_pow(u32::try_from(to.checked_sub(from)?).ok()?)?;
         unscaled.checked_mul(factor)
     } else {
-        let Some(divisor) = 10i128.checked_pow(u32::try_from(from - to).ok()?) else {
+        let Some(divisor) = 10i128.checked_pow(u32::try_from(from.checked_sub(to)?).ok()?) else {
             return Some(0);
         };
         let (q, r) = (unscaled / divisor, unscaled % divisor);
@@ -1221,6 +1226,7 @@ fn parse_iso_duration(s: &str) -> Option<IntervalMonthDayNano> {
         None => (body, None),
     };
     let (mut months, mut days, mut nanos) = (0i64, 0i64, 0i128);
+    let int = |n: &str, factor: i64| n.parse::<i64>().ok()?.checked_mul(factor);
     let mut any = false;
     for (part, in_time) in [(date_part, false), (time_part.unwrap_or(""), true)] {
         let mut rest = part;
@@ -1231,15 +1237,15 @@ fn parse_iso_duration(s: &str) -> Option<IntervalMonthDayNano> {
             rest = &rest[end + 1..];
             any = true;
             match (in_time, unit) {
-                (false, b'Y') => months += number.parse::<i64>().ok()? * 12,
-                (false, b'M') => months += number.parse::<i64>().ok()?,
-                (false, b'W') => days += number.parse::<i64>().ok()? * 7,
-                (false, b'D') => days += number.parse::<i64>().ok()?,
-                (true, b'H') => nanos += number.parse::<i64>().ok()? as i128 * 3600 * NANOS_PER_SECOND,
-                (true, b'M') => nanos += number.parse::<i64>().ok()? as i128 * 60 * NANOS_PER_SECOND,
+                (false, b'Y') => months = months.checked_add(int(number, 12)?)?,
+                (false, b'M') => months = months.checked_add(int(number, 1)?)?,
+                (false, b'W') => days = days.checked_add(int(number, 7)?)?,
+                (false, b'D') => days = days.checked_add(int(number, 1)?)?,
+                (true, b'H') => nanos = nanos.checked_add(int(number, 1)? as i128 * 3600 * NANOS_PER_SECOND)?,
+                (true, b'M') => nanos = nanos.checked_add(int(number, 1)? as i128 * 60 * NANOS_PER_SECOND)?,
                 (true, b'S') => {
                     let (unscaled, scale) = parse_decimal(number)?;
-                    nanos += rescale(unscaled, scale, 9)?;
+                    nanos = nanos.checked_add(rescale(unscaled, scale, 9)?)?;
                 }
                 _ => return None,
             }
@@ -1628,6 +1634,13 @@ mod tests {
         assert_eq!(base64_decode("aGVsbG8"), Some(b"hello".to_vec()));
         assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
         assert_eq!(base64_decode("a"), None);
+        // Hostile scales and exponents are rejected, not rendered or overflowed.
+        assert_eq!(parse_decimal("1e-2147483648"), None);
+        assert_eq!(parse_decimal("1e99999"), None);
+        assert_eq!(rescale(1, i32::MIN, i32::MAX), None);
+        let v = json!({"scale": -2147483648i64, "value": "AQ=="});
+        assert!(read_decimal(&v, Encoding::Plain).is_err());
+        assert_eq!(parse_iso_duration("P9223372036854775807Y"), None);
     }
 
     #[test]

@@ -8,9 +8,13 @@
 //! Sources know nothing about views; the engine applies what they release.
 
 pub mod debezium;
+pub mod runner;
 pub mod txn;
 
-pub use debezium::{ChangeEvent, ChangeOp, DecodeError, Decoder, FieldType, FieldTypes, Record, decode, rows_to_batch};
+pub use debezium::{
+    ChangeEvent, ChangeOp, DecodeError, Decoder, EventContext, FieldType, FieldTypes, Record, SnapshotPhase, decode,
+    rows_to_batch,
+};
 pub use txn::{
     AssemblerOutput, AssemblerStats, CompleteTxn, DeadLetter, NetChanges, Position, TableBinding, TxnAssembler,
     TxnBoundaries,

@@ -204,7 +204,9 @@ struct End {
     /// Order of the END marker: commit order.
     seq: u64,
     event_count: u64,
-    data_collections: Vec<(String, u64)>,
+    /// Events announced per bound table (binding index), or `None` when END listed no
+    /// data collections and only the total can be checked.
+    expected: Option<Vec<(usize, u64)>>,
 }
 
 /// A transaction being assembled.
@@ -219,10 +221,12 @@ struct PendingTxn {
     received: u64,
     /// `total_order`s seen, so a redelivered event is not counted twice.
     orders: HashSet<u64>,
-    /// Distinct events counted per collection.
-    per_collection: HashMap<String, u64>,
-    /// Events counted whose collection is unknown (failed decodes, assigned orphans).
-    unattributed: u64,
+    /// Distinct events counted per bound table (binding index).
+    per_table: HashMap<usize, u64>,
+    /// Events counted whose table is unknown (they failed to decode).
+    unknown_table: u64,
+    /// Undecodable records assigned to this transaction (not in `received`).
+    orphans: u64,
     end: Option<End>,
     /// Streams that carried this transaction -> whether the stream has since moved past it.
     streams: HashMap<Stream, bool>,
@@ -238,46 +242,60 @@ impl PendingTxn {
             events: Vec::new(),
             received: 0,
             orders: HashSet::new(),
-            per_collection: HashMap::new(),
-            unattributed: 0,
+            per_table: HashMap::new(),
+            unknown_table: 0,
+            orphans: 0,
             end: None,
             streams: HashMap::new(),
         }
     }
 
     /// Count one change event; false if it is a redelivery of one already counted.
-    fn count(&mut self, total_order: Option<u64>, collection: Option<&str>) -> bool {
+    fn count(&mut self, total_order: Option<u64>, table: Counted) -> bool {
         if let Some(order) = total_order
             && !self.orders.insert(order)
         {
             return false;
         }
         self.received += 1;
-        match collection {
-            Some(c) => match self.per_collection.get_mut(c) {
-                Some(n) => *n += 1,
-                None => {
-                    self.per_collection.insert(c.to_string(), 1);
-                }
-            },
-            None => self.unattributed += 1,
+        match table {
+            Counted::Bound(t) => *self.per_table.entry(t).or_default() += 1,
+            Counted::Unbound => {}
+            Counted::Unknown => self.unknown_table += 1,
         }
         true
     }
 
     /// Events still expected for bound tables, once END is known.
-    fn missing(&self, bound: &HashMap<String, usize>) -> Option<u64> {
+    fn missing(&self) -> Option<u64> {
         let end = self.end.as_ref()?;
-        let short = if end.data_collections.is_empty() {
-            end.event_count.saturating_sub(self.received)
-        } else {
-            end.data_collections
+        Some(match &end.expected {
+            None => end.event_count.saturating_sub(self.received + self.orphans),
+            Some(expected) => expected
                 .iter()
-                .filter(|(c, _)| bound.contains_key(c))
-                .map(|(c, n)| n.saturating_sub(self.per_collection.get(c).copied().unwrap_or(0)))
-                .sum()
-        };
-        Some(short.saturating_sub(self.unattributed))
+                .map(|(t, n)| n.saturating_sub(self.per_table.get(t).copied().unwrap_or(0)))
+                .sum::<u64>()
+                .saturating_sub(self.unknown_table + self.orphans),
+        })
+    }
+}
+
+/// Which table a counted event belongs to.
+#[derive(Clone, Copy)]
+enum Counted {
+    Bound(usize),
+    Unbound,
+    /// It failed to decode before its table could be read.
+    Unknown,
+}
+
+impl Counted {
+    fn of(table: Option<usize>, collection_known: bool) -> Counted {
+        match (table, collection_known) {
+            (Some(t), _) => Counted::Bound(t),
+            (None, true) => Counted::Unbound,
+            (None, false) => Counted::Unknown,
+        }
     }
 }
 
@@ -450,11 +468,15 @@ impl TxnAssembler {
     }
 
     fn route(&self, snapshot: bool, txn_id: Option<&str>, source_tx_id: Option<i64>) -> Route {
-        if snapshot {
-            return Route::Snapshot;
-        }
         match self.mode {
-            TxnBoundaries::Metadata => txn_id.map_or(Route::Untracked, |id| Route::Txn(id.to_string())),
+            // An event with a transaction block is counted by its END, whatever else it says.
+            TxnBoundaries::Metadata => match txn_id {
+                Some(id) => Route::Txn(id.to_string()),
+                None if snapshot => Route::Snapshot,
+                None => Route::Untracked,
+            },
+            // Snapshot reads carry the snapshot's txId: they must not become one huge transaction.
+            TxnBoundaries::TxId if snapshot => Route::Snapshot,
             TxnBoundaries::TxId => source_tx_id.map_or(Route::Untracked, |tx| Route::Txn(tx.to_string())),
         }
     }
@@ -510,7 +532,7 @@ impl TxnAssembler {
                 let txn = self.open.entry(id).or_insert_with_key(|id| PendingTxn::new(id.clone(), &position, arrivals));
                 txn.last_position = position.clone();
                 txn.streams.insert(position.stream(), false);
-                if !txn.count(event.total_order, Some(&event.collection)) {
+                if !txn.count(event.total_order, Counted::of(table, true)) {
                     self.stats.duplicates += 1;
                     return;
                 }
@@ -537,18 +559,34 @@ impl TxnAssembler {
             self.stats.duplicates += u64::from(end.is_some());
             return;
         }
+        let expected = end.as_ref().filter(|(_, dc)| !dc.is_empty()).map(|(_, dc)| {
+            dc.iter().filter_map(|(c, n)| Some((self.binding_for_data_collection(c)?, *n))).collect::<Vec<_>>()
+        });
         let arrivals = self.arrivals;
         let txn = self.open.entry(id.clone()).or_insert_with(|| PendingTxn::new(id.clone(), position, arrivals));
         txn.last_position = position.clone();
-        if let Some((event_count, data_collections)) = end {
+        if let Some((event_count, _)) = end {
             if txn.end.is_some() {
                 self.stats.duplicates += 1;
                 return;
             }
-            txn.end = Some(End { seq: self.next_end_seq, event_count, data_collections });
+            txn.end = Some(End { seq: self.next_end_seq, event_count, expected });
             self.next_end_seq += 1;
             self.queue.push_back(Queued::Waiting(id));
         }
+    }
+
+    /// The binding of an END marker's data collection. Connectors name it as they name the
+    /// table's topic: `schema.table` for Postgres, `db.schema.table` for SQL Server, so a
+    /// binding also matches a name that ends with `.` and its collection.
+    fn binding_for_data_collection(&self, name: &str) -> Option<usize> {
+        self.by_collection.get(name).copied().or_else(|| {
+            self.bindings.iter().position(|b| {
+                name.len() > b.collection.len()
+                    && name.ends_with(b.collection.as_str())
+                    && name.as_bytes()[name.len() - b.collection.len() - 1] == b'.'
+            })
+        })
     }
 
     fn on_error(&mut self, position: Position, raw: &[u8], error: DecodeError, out: &mut Vec<AssemblerOutput>) {
@@ -578,7 +616,8 @@ impl TxnAssembler {
                     let txn = self.open.entry(id).or_insert_with_key(|id| PendingTxn::new(id.clone(), &position, arrivals));
                     txn.last_position = position.clone();
                     txn.streams.insert(position.stream(), false);
-                    if !txn.count(context.total_order, collection.as_deref()) {
+                    let table = collection.as_ref().and_then(|c| self.by_collection.get(c).copied());
+                    if !txn.count(context.total_order, Counted::of(table, collection.is_some())) {
                         self.stats.duplicates += 1;
                         return;
                     }
@@ -666,7 +705,7 @@ impl TxnAssembler {
                 }
                 OrphanOwner::Txn(id) => {
                     if let Some(txn) = self.open.get_mut(&id) {
-                        txn.unattributed += 1;
+                        txn.orphans += 1;
                         self.stats.orphans_assigned += 1;
                     }
                     self.orphans.remove(i);
@@ -698,7 +737,7 @@ impl TxnAssembler {
             _ => 0,
         };
         let mut short = self.open.values().filter(|t| {
-            t.end.as_ref().is_some_and(|e| (lo..=hi).contains(&e.seq)) && t.missing(&self.by_collection).is_some_and(|m| m > 0)
+            t.end.as_ref().is_some_and(|e| (lo..=hi).contains(&e.seq)) && t.missing().is_some_and(|m| m > 0)
         });
         match (short.next(), short.next()) {
             (None, _) => OrphanOwner::Nobody,
@@ -715,7 +754,7 @@ impl TxnAssembler {
                     _ => break,
                 },
                 Queued::Waiting(id) => {
-                    let complete = self.open.get(id).map(|t| t.missing(&self.by_collection) == Some(0));
+                    let complete = self.open.get(id).map(|t| t.missing() == Some(0));
                     match complete {
                         Some(false) => break,
                         Some(true) => {
@@ -744,7 +783,7 @@ impl TxnAssembler {
                 Queued::Ready(txn) => self.release(txn, 0, out),
                 Queued::Waiting(id) => {
                     if let Some(txn) = self.open.remove(&id) {
-                        let missing = txn.missing(&self.by_collection).unwrap_or(0);
+                        let missing = txn.missing().unwrap_or(0);
                         if missing > 0 {
                             self.stats.forced += 1;
                         }
@@ -1496,6 +1535,14 @@ mod tests {
         assert_eq!(ids(&o.upserts, "total"), vec![3, 2]);
         assert_eq!(h.assembler.stats().ignored, 1);
         assert_eq!(h.txns[0].events, 4);
+    }
+
+    #[test]
+    fn data_collections_named_with_a_database_prefix_are_waited_for() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        h.push(file(1), &end("1400:1", &[("app.public.shipments", 2), ("app.public.orders", 0)]));
+        assert_eq!(h.push(file(2), &event("shipments", "c", Value::Null, json!({"id": 1}), Some(("1400:1", 1)), 1400)), 0);
+        assert_eq!(h.push(file(3), &event("shipments", "c", Value::Null, json!({"id": 2}), Some(("1400:1", 2)), 1400)), 1);
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub enum VelocityStatement {
     ShowCreate { name: String },
     /// `FLUSH`: returns once every change accepted so far is visible in every view.
     Flush,
+    /// `CREATE SOURCE name WITH (connector = '...', ...)`
+    CreateSource { name: String, options: Vec<(String, String)> },
+    /// `SHOW SOURCES`
+    ShowSources,
+    /// `DROP SOURCE [IF EXISTS] name [CASCADE]`
+    DropSource { name: String, if_exists: bool, cascade: bool },
     /// `SUBSCRIBE [TO] name [WITH (SNAPSHOT = bool, PROGRESS = bool)]`
     Subscribe(Subscribe),
     /// `COPY (SUBSCRIBE ...) TO STDOUT`
@@ -143,6 +149,27 @@ pub fn parse_velocity(sql: &str) -> Option<Result<VelocityStatement, SqlError>> 
         }
     } else if p.parse_keyword(Keyword::FLUSH) {
         VelocityStatement::Flush
+    } else if p.parse_keyword(Keyword::SHOW) && is_word(&p, "sources") {
+        p.next_token();
+        VelocityStatement::ShowSources
+    } else if p.parse_keywords(&[Keyword::CREATE, Keyword::SOURCE]) {
+        let name = match p.parse_identifier() {
+            Ok(n) => n.value,
+            Err(e) => return Some(Err(syntax(e))),
+        };
+        match parse_with_options(&mut p) {
+            Ok(options) if !options.is_empty() => VelocityStatement::CreateSource { name, options },
+            Ok(_) => return Some(Err(SqlError::Syntax("CREATE SOURCE needs WITH (connector = '...', ...)".into()))),
+            Err(e) => return Some(Err(e)),
+        }
+    } else if p.parse_keywords(&[Keyword::DROP, Keyword::SOURCE]) {
+        let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = match p.parse_identifier() {
+            Ok(n) => n.value,
+            Err(e) => return Some(Err(syntax(e))),
+        };
+        let cascade = p.parse_keyword(Keyword::CASCADE);
+        VelocityStatement::DropSource { name, if_exists, cascade }
     } else if is_word(&p, "subscribe") {
         p.next_token();
         match parse_subscribe_body(&mut p) {

@@ -27,8 +27,10 @@ pub mod keyspace {
     pub const CONTENTS: u8 = b'r';
     /// Operator state: `s` + dataflow id + node id + arrangement no + key.
     pub const STATE: u8 = b's';
-    /// Engine metadata (tick counter, id allocator): `m` + name.
+    /// Engine metadata (tick counter, row counts, source offsets): `m` + name.
     pub const META: u8 = b'm';
+    /// Source records that could not be applied: `d` + source id + position.
+    pub const DEAD_LETTERS: u8 = b'd';
 }
 
 /// The database handle, shared by the engine (writer) and readers.
