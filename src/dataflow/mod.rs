@@ -11,7 +11,6 @@ pub mod changelog;
 pub mod constant;
 pub mod filter;
 pub mod graph;
-pub mod group_by;
 pub mod join;
 pub mod project;
 pub mod topk;
@@ -32,8 +31,6 @@ pub enum DataflowError {
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("{0} is not supported in a materialized view")]
-    Unsupported(String),
     #[error("internal dataflow error: {0}")]
     Internal(String),
 }

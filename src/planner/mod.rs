@@ -14,7 +14,7 @@ use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr, create_physical_sort_expr};
 
-use crate::dataflow::group_by::{Aggregate, lower_aggregate};
+use crate::dataflow::aggregate::{Aggregate, lower_aggregate};
 use crate::dataflow::changelog::{ChangelogSpec, changelog_input_id, changelog_schema};
 use crate::dataflow::constant::Constant;
 use crate::dataflow::filter::Filter;

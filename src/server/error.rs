@@ -73,7 +73,6 @@ pub fn from_dataflow(e: DataflowError) -> PgWireError {
     match e {
         DataflowError::DataFusion(d) => from_datafusion(d),
         DataflowError::Arrow(a) => pg_error(arrow_code(&a), a.to_string()),
-        DataflowError::Unsupported(_) => pg_error("0A000", e.to_string()),
         other => pg_error("XX000", other.to_string()),
     }
 }

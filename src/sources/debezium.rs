@@ -17,6 +17,7 @@
 //! semantic types from the envelope schema decide how a value is read (days, milli/micro/nano
 //! seconds, base64 decimals); without an envelope the column's Arrow type decides.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -34,6 +35,7 @@ use arrow::datatypes::{
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type,
     UInt64Type,
 };
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
 /// One decoded record of a Debezium source.
@@ -193,12 +195,22 @@ impl Decoder {
         if bytes.is_empty() || bytes == b"null" {
             return Ok(Record::Tombstone);
         }
-        if let Some((schema, payload)) = split_envelope(bytes) {
-            let payload: Value = serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        // Fast paths; anything unexpected takes the general path below, which reports errors.
+        let (field_types, payload) = match self.envelope(bytes) {
+            Some((field_types, payload)) => (field_types, payload),
+            None => (None, bytes),
+        };
+        if let Ok(fast) = serde_json::from_slice::<FastPayload<'_>>(payload)
+            && let Some(event) = fast.into_event(&field_types)
+        {
+            return Ok(Record::Change(event));
+        }
+        if payload.len() < bytes.len()
+            && let Ok(payload) = serde_json::from_slice::<Value>(payload)
+        {
             if payload.is_null() {
                 return Ok(Record::Tombstone);
             }
-            let field_types = self.field_types(schema)?;
             return decode_payload(payload, field_types);
         }
         let doc: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
@@ -216,41 +228,39 @@ impl Decoder {
         }
     }
 
-    fn field_types(&mut self, schema: &[u8]) -> Result<Option<Arc<FieldTypes>>, DecodeError> {
-        if let Some((_, types)) = self.schemas.iter().rev().find(|(raw, _)| raw.as_slice() == schema) {
-            return Ok(types.clone());
-        }
-        let value: Value = serde_json::from_slice(schema).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-        let types = parse_field_types(&value).map(Arc::new);
-        if self.schemas.len() == SCHEMA_CACHE_SIZE {
-            self.schemas.remove(0);
-        }
-        self.schemas.push((schema.to_vec(), types.clone()));
-        Ok(types)
+    /// `{"schema": S, "payload": P}` in the order `JsonConverter` writes it: the column types
+    /// of `S` and the bytes of `P`, found without parsing `S` when it was seen before (it is
+    /// the same on every record of a table). `None` for any other shape.
+    fn envelope<'a>(&mut self, bytes: &'a [u8]) -> Option<(Option<Arc<FieldTypes>>, &'a [u8])> {
+        let i = expect(bytes, skip_ws(bytes, 0), b"{")?;
+        let i = expect(bytes, skip_ws(bytes, i), b"\"schema\"")?;
+        let schema_start = skip_ws(bytes, expect(bytes, skip_ws(bytes, i), b":")?);
+        let rest = &bytes[schema_start..];
+        // A cached schema is a complete JSON value, so if the record starts with it, it is it.
+        let (schema_end, field_types) = match self.schemas.iter().rev().find(|(raw, _)| rest.starts_with(raw)) {
+            Some((raw, types)) => (schema_start + raw.len(), types.clone()),
+            None => {
+                let end = skip_value(bytes, schema_start)?;
+                let schema: Value = serde_json::from_slice(&bytes[schema_start..end]).ok()?;
+                let types = parse_field_types(&schema).map(Arc::new);
+                if self.schemas.len() == SCHEMA_CACHE_SIZE {
+                    self.schemas.remove(0);
+                }
+                self.schemas.push((bytes[schema_start..end].to_vec(), types.clone()));
+                (end, types)
+            }
+        };
+        let i = expect(bytes, skip_ws(bytes, schema_end), b",")?;
+        let i = expect(bytes, skip_ws(bytes, i), b"\"payload\"")?;
+        let payload_start = skip_ws(bytes, expect(bytes, skip_ws(bytes, i), b":")?);
+        // The payload runs to the closing brace; the JSON parser checks it is one value.
+        let payload = bytes.get(payload_start..)?.strip_suffix(b"}")?;
+        Some((field_types, payload))
     }
 }
 
 fn is_envelope(map: &Map<String, Value>) -> bool {
     map.contains_key("payload") && map.contains_key("schema") && !map.contains_key("op") && !map.contains_key("status")
-}
-
-/// Find the `schema` and `payload` values of `{"schema": ..., "payload": ...}` without parsing
-/// them (the order `JsonConverter` writes). Returns `None` for any other shape, which then takes
-/// the general path; the slices are validated later by the JSON parser.
-fn split_envelope(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let mut i = skip_ws(bytes, 0);
-    i = expect(bytes, i, b"{")?;
-    i = expect(bytes, skip_ws(bytes, i), b"\"schema\"")?;
-    i = expect(bytes, skip_ws(bytes, i), b":")?;
-    let schema_start = skip_ws(bytes, i);
-    let schema_end = skip_value(bytes, schema_start)?;
-    i = expect(bytes, skip_ws(bytes, schema_end), b",")?;
-    i = expect(bytes, skip_ws(bytes, i), b"\"payload\"")?;
-    i = expect(bytes, skip_ws(bytes, i), b":")?;
-    let payload_start = skip_ws(bytes, i);
-    let payload_end = skip_value(bytes, payload_start)?;
-    i = expect(bytes, skip_ws(bytes, payload_end), b"}")?;
-    (skip_ws(bytes, i) == bytes.len()).then(|| (&bytes[schema_start..schema_end], &bytes[payload_start..payload_end]))
 }
 
 fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
@@ -452,14 +462,106 @@ fn event_context(p: &Map<String, Value>) -> EventContext {
 
 fn snapshot_phase(v: Option<&Value>) -> SnapshotPhase {
     match v {
-        Some(Value::String(s)) => match s.as_str() {
-            "false" | "" => SnapshotPhase::Streaming,
-            "last" => SnapshotPhase::Last,
-            "incremental" => SnapshotPhase::Incremental,
-            _ => SnapshotPhase::Snapshot,
-        },
+        Some(Value::String(s)) => snapshot_phase_of(s),
         Some(Value::Bool(true)) => SnapshotPhase::Snapshot,
         _ => SnapshotPhase::Streaming,
+    }
+}
+
+fn snapshot_phase_of(s: &str) -> SnapshotPhase {
+    match s {
+        "false" | "" => SnapshotPhase::Streaming,
+        "last" => SnapshotPhase::Last,
+        "incremental" => SnapshotPhase::Incremental,
+        _ => SnapshotPhase::Snapshot,
+    }
+}
+
+/// The usual shape of a change event payload, read without building JSON values for the
+/// source and transaction blocks (most of a payload's keys). Anything else, including every
+/// malformed record, goes to [`decode_payload`], the one place that explains errors.
+#[derive(serde::Deserialize)]
+struct FastPayload<'a> {
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    before: Option<Map<String, Value>>,
+    after: Option<Map<String, Value>>,
+    #[serde(borrow)]
+    source: Option<FastSource<'a>>,
+    #[serde(borrow)]
+    transaction: Option<FastTransaction<'a>>,
+    ts_ms: Option<i64>,
+    status: Option<IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct FastSource<'a> {
+    #[serde(borrow)]
+    db: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    schema: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    table: Option<Cow<'a, str>>,
+    #[serde(rename = "txId")]
+    tx_id: Option<i64>,
+    lsn: Option<i64>,
+    ts_ms: Option<i64>,
+    #[serde(borrow)]
+    snapshot: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct FastTransaction<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    total_order: Option<u64>,
+    data_collection_order: Option<u64>,
+}
+
+impl FastPayload<'_> {
+    /// The event, if this is a well-formed change event; `None` sends it to the general path.
+    fn into_event(self, field_types: &Option<Arc<FieldTypes>>) -> Option<ChangeEvent> {
+        if self.status.is_some() {
+            return None;
+        }
+        let op = match self.op?.as_ref() {
+            "c" => ChangeOp::Create,
+            "u" => ChangeOp::Update,
+            "d" => ChangeOp::Delete,
+            "r" => ChangeOp::Read,
+            _ => return None,
+        };
+        match op {
+            ChangeOp::Delete if self.before.is_none() => return None,
+            ChangeOp::Create | ChangeOp::Update | ChangeOp::Read if self.after.is_none() => return None,
+            _ => {}
+        }
+        let source = self.source?;
+        let table = source.table.filter(|t| !t.is_empty())?;
+        let namespace = source.schema.filter(|s| !s.is_empty()).or(source.db.filter(|d| !d.is_empty()))?;
+        let (txn_id, total_order, data_collection_order) = match self.transaction {
+            Some(t) if t.id.is_empty() => return None,
+            Some(t) => (Some(t.id.into_owned()), t.total_order, t.data_collection_order),
+            None => (None, None, None),
+        };
+        let mut snapshot = source.snapshot.as_deref().map_or(SnapshotPhase::Streaming, snapshot_phase_of);
+        if op == ChangeOp::Read && snapshot == SnapshotPhase::Streaming {
+            snapshot = SnapshotPhase::Snapshot;
+        }
+        Some(ChangeEvent {
+            collection: format!("{namespace}.{table}"),
+            op,
+            before: self.before,
+            after: self.after,
+            txn_id,
+            total_order,
+            data_collection_order,
+            source_tx_id: source.tx_id,
+            lsn: source.lsn,
+            ts_ms: source.ts_ms.or(self.ts_ms),
+            snapshot,
+            field_types: field_types.clone(),
+        })
     }
 }
 
@@ -676,7 +778,7 @@ fn encoding_of(field_type: Option<&FieldType>) -> Encoding {
         "io.debezium.time.NanoTime" | "io.debezium.time.NanoTimestamp" | "io.debezium.time.NanoDuration" => epoch(1),
         "org.apache.kafka.connect.data.Decimal" => {
             let scale = field_type.and_then(|t| t.parameters.get("scale")).and_then(|s| s.parse::<i32>().ok());
-            match scale.filter(|s| s.abs() <= MAX_SCALE) {
+            match scale.filter(|s| (-MAX_SCALE..=MAX_SCALE).contains(s)) {
                 Some(scale) => Encoding::ConnectDecimal { scale },
                 None => Encoding::Plain,
             }
@@ -996,7 +1098,7 @@ fn read_decimal(v: &Value, enc: Encoding) -> Result<(i128, i32), String> {
         }
         // VariableScaleDecimal, recognised by shape even without an envelope schema.
         (Value::Object(o), _) => {
-            let scale = o.get("scale").and_then(lenient_i64).and_then(|s| i32::try_from(s).ok()).filter(|s| s.abs() <= MAX_SCALE);
+            let scale = o.get("scale").and_then(lenient_i64).and_then(|s| i32::try_from(s).ok()).filter(|s| (-MAX_SCALE..=MAX_SCALE).contains(s));
             let unscaled = o.get("value").and_then(Value::as_str).and_then(base64_decode).and_then(|b| twos_complement(&b));
             match (scale, unscaled) {
                 (Some(scale), Some(unscaled)) => Ok((unscaled, scale)),
@@ -1035,7 +1137,7 @@ fn parse_decimal(s: &str) -> Option<(i128, i32)> {
         }
         unscaled = unscaled.checked_mul(10)?.checked_add((b - b'0') as i128)?;
     }
-    let scale = i32::try_from(frac_part.len()).ok()?.checked_sub(exponent).filter(|s| s.abs() <= MAX_SCALE)?;
+    let scale = i32::try_from(frac_part.len()).ok()?.checked_sub(exponent).filter(|s| (-MAX_SCALE..=MAX_SCALE).contains(s))?;
     Some((if negative { -unscaled } else { unscaled }, scale))
 }
 
@@ -1401,6 +1503,27 @@ mod tests {
     }
 
     #[test]
+    fn fast_and_general_paths_agree() {
+        let samples = [
+            json!({"before": null, "after": {"id": 1}, "source": source(), "op": "c", "ts_ms": 5,
+                   "transaction": {"id": "555:1", "total_order": 2, "data_collection_order": 1}}),
+            json!({"before": {"id": 1}, "after": null, "source": source(), "op": "d"}),
+            json!({"after": {"id": 1}, "op": "r", "source": {"db": "inventory", "table": "t", "snapshot": "last"}}),
+            json!({"after": {"id": 1}, "op": "u", "source": {"schema": "s", "table": "t", "snapshot": true, "txId": "7"}}),
+        ];
+        for sample in samples {
+            let payload = sample.as_object().unwrap().clone();
+            let fast = serde_json::from_str::<FastPayload<'_>>(&sample.to_string()).ok().and_then(|f| f.into_event(&None));
+            let general = decode_payload(Value::Object(payload), None).unwrap();
+            match fast {
+                Some(fast) => assert_eq!(Record::Change(fast), general),
+                // Shapes the fast path does not take (a boolean snapshot flag, a string txId).
+                None => assert!(sample["source"]["snapshot"].is_boolean()),
+            }
+        }
+    }
+
+    #[test]
     fn mysql_style_source_without_schema_uses_db() {
         let e = change(&json!({"after": {"id": 1}, "op": "c",
                                "source": {"db": "inventory", "table": "customers", "snapshot": "false"}}));
@@ -1458,15 +1581,28 @@ mod tests {
     }
 
     #[test]
-    fn split_envelope_finds_both_parts() {
-        let doc = br#" {"schema" : {"a":"}\"{"} , "payload":{"x":[1,{"y":"]"}]}} "#;
-        let (schema, payload) = split_envelope(doc).unwrap();
-        assert_eq!(schema, br#"{"a":"}\"{"}"#);
-        assert_eq!(payload, br#"{"x":[1,{"y":"]"}]}"#);
-        let (schema, payload) = split_envelope(br#"{"schema":null,"payload":null}"#).unwrap();
-        assert_eq!((schema, payload), (&b"null"[..], &b"null"[..]));
-        assert!(split_envelope(br#"{"schema":{"a":1},"payload":{"b":2}"#).is_none());
-        assert!(split_envelope(br#"{"payload":{},"schema":{}}"#).is_none());
+    fn envelope_fast_path_and_its_fallbacks() {
+        let mut decoder = Decoder::new();
+        let payload = json!({"after": {"id": 1}, "source": source(), "op": "c"});
+        let schema = json!({"fields": [{"field": "after", "fields": [{"field": "id", "type": "int64", "name": "x.Y"}]}]});
+        // Strings in the schema that look like structure, and whitespace around the parts.
+        let tricky = json!({"doc": "}\"{[", "fields": schema["fields"].clone()});
+        let record = format!(" {{ \"schema\" : {tricky} ,\n \"payload\" : {payload} }} ");
+        for _ in 0..2 {
+            let Ok(Record::Change(e)) = decoder.decode(Some(record.as_bytes())) else { panic!() };
+            assert_eq!(e.field_types.unwrap()["id"].name.as_deref(), Some("x.Y"));
+        }
+        assert_eq!(decoder.schemas.len(), 1);
+        // Trailing fields after the payload: not the fast shape, decoded by the general path.
+        let extra = format!("{{\"schema\":{schema},\"payload\":{payload},\"extra\":1}}");
+        assert!(matches!(decoder.decode(Some(extra.as_bytes())), Ok(Record::Change(_))));
+        // A cached schema followed by a truncated payload is still an error.
+        let truncated = format!("{{\"schema\":{tricky},\"payload\":{{\"op\":\"c\"");
+        assert!(matches!(decoder.decode(Some(truncated.as_bytes())), Err(DecodeError::NotJson(_))));
+        let mut fresh = Decoder::new();
+        assert!(matches!(fresh.decode(Some(truncated.as_bytes())), Err(DecodeError::NotJson(_))));
+        let nulls = br#"{"schema":null,"payload":null}"#;
+        assert_eq!(decoder.decode(Some(nulls)), Ok(Record::Tombstone));
     }
 
     fn schema(fields: Vec<Field>) -> SchemaRef {
