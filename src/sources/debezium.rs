@@ -27,13 +27,15 @@ use arrow::array::{
     ListArray, PrimitiveBuilder, RecordBatch, RecordBatchOptions, StringBuilder, UInt32Array, new_null_array,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
-use arrow::compute::kernels::cast_utils::{Parser, parse_interval_month_day_nano, string_to_datetime, string_to_time_nanoseconds};
+use arrow::compute::kernels::cast_utils::{
+    Parser, parse_interval_month_day_nano, string_to_datetime, string_to_time_nanoseconds,
+};
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, FieldRef, Float32Type, Float64Type, Int8Type, Int16Type,
-    Int32Type, Int64Type, IntervalMonthDayNano, IntervalMonthDayNanoType, IntervalUnit, SchemaRef, Time32MillisecondType,
-    Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type,
-    UInt64Type,
+    Int32Type, Int64Type, IntervalMonthDayNano, IntervalMonthDayNanoType, IntervalUnit, SchemaRef,
+    Time32MillisecondType, Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type,
+    UInt16Type, UInt32Type, UInt64Type,
 };
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
@@ -182,6 +184,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// A decoder with an empty schema cache.
     pub fn new() -> Decoder {
         Decoder::default()
     }
@@ -387,7 +390,9 @@ fn decode_payload(payload: Value, field_types: Option<Arc<FieldTypes>>) -> Resul
     };
     let source = match p.get("source") {
         Some(Value::Object(source)) => source,
-        Some(other) => return Err(invalid(format!("field \"source\": expected an object, got {}", show(other)), context)),
+        Some(other) => {
+            return Err(invalid(format!("field \"source\": expected an object, got {}", show(other)), context));
+        }
         None => return Err(invalid("no \"source\" block: cannot tell which table changed".into(), context)),
     };
     let Some(collection) = context.collection.clone() else {
@@ -421,7 +426,10 @@ fn decode_payload(payload: Value, field_types: Option<Arc<FieldTypes>>) -> Resul
             return Err(invalid(format!("{op:?} event without an \"after\" row image"), context));
         }
         ChangeOp::Delete if before.is_none() => {
-            return Err(invalid("delete event without a \"before\" row image: cannot tell which key to delete".into(), context));
+            return Err(invalid(
+                "delete event without a \"before\" row image: cannot tell which key to delete".into(),
+                context,
+            ));
         }
         _ => {}
     }
@@ -446,7 +454,8 @@ fn decode_payload(payload: Value, field_types: Option<Arc<FieldTypes>>) -> Resul
 fn event_context(p: &Map<String, Value>) -> EventContext {
     let source = p.get("source").and_then(Value::as_object);
     let text = |key: &str| source.and_then(|s| s.get(key)).and_then(Value::as_str).filter(|s| !s.is_empty());
-    let collection = text("table").and_then(|table| text("schema").or_else(|| text("db")).map(|ns| format!("{ns}.{table}")));
+    let collection =
+        text("table").and_then(|table| text("schema").or_else(|| text("db")).map(|ns| format!("{ns}.{table}")));
     let transaction = p.get("transaction").and_then(Value::as_object);
     let snapshot = snapshot_phase(source.and_then(|s| s.get("snapshot"))) != SnapshotPhase::Streaming
         || p.get("op").and_then(Value::as_str) == Some("r");
@@ -565,11 +574,17 @@ impl FastPayload<'_> {
     }
 }
 
-fn take_image(p: &mut Map<String, Value>, key: &str, context: &EventContext) -> Result<Option<Map<String, Value>>, DecodeError> {
+fn take_image(
+    p: &mut Map<String, Value>,
+    key: &str,
+    context: &EventContext,
+) -> Result<Option<Map<String, Value>>, DecodeError> {
     match p.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(row)) => Ok(Some(row)),
-        Some(other) => Err(invalid(format!("field \"{key}\": expected an object or null, got {}", show(&other)), context.clone())),
+        Some(other) => {
+            Err(invalid(format!("field \"{key}\": expected an object or null, got {}", show(&other)), context.clone()))
+        }
     }
 }
 
@@ -596,7 +611,10 @@ fn decode_marker(p: &Map<String, Value>) -> Result<Record, DecodeError> {
                             (Some(name), Some(count)) => data_collections.push((name.to_string(), count)),
                             _ => {
                                 return Err(invalid(
-                                    format!("END marker of transaction {id}: malformed data_collections entry {}", show(entry)),
+                                    format!(
+                                        "END marker of transaction {id}: malformed data_collections entry {}",
+                                        show(entry)
+                                    ),
                                     context,
                                 ));
                             }
@@ -625,12 +643,7 @@ fn parse_field_types(schema: &Value) -> Option<FieldTypes> {
         .iter()
         .find_map(|name| fields.iter().find(|f| f.get("field").and_then(Value::as_str) == Some(*name)))?;
     let columns = image.get("fields")?.as_array()?;
-    Some(
-        columns
-            .iter()
-            .filter_map(|c| Some((c.get("field")?.as_str()?.to_string(), parse_field_type(c))))
-            .collect(),
-    )
+    Some(columns.iter().filter_map(|c| Some((c.get("field")?.as_str()?.to_string(), parse_field_type(c)))).collect())
 }
 
 fn parse_field_type(v: &Value) -> FieldType {
@@ -711,7 +724,11 @@ pub fn rows_to_batch(
 }
 
 /// Drop the failed rows from the columns and assemble the batch.
-fn finish_batch(schema: &SchemaRef, columns: Vec<ArrayRef>, reasons: Vec<Option<String>>) -> (RecordBatch, Vec<(usize, String)>) {
+fn finish_batch(
+    schema: &SchemaRef,
+    columns: Vec<ArrayRef>,
+    reasons: Vec<Option<String>>,
+) -> (RecordBatch, Vec<(usize, String)>) {
     let good = reasons.iter().filter(|r| r.is_none()).count();
     let columns = if good == reasons.len() {
         Ok(columns)
@@ -720,7 +737,11 @@ fn finish_batch(schema: &SchemaRef, columns: Vec<ArrayRef>, reasons: Vec<Option<
         columns.iter().map(|c| arrow::compute::filter(c, &mask)).collect::<Result<Vec<_>, _>>()
     };
     let batch = columns.and_then(|columns| {
-        RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(good)))
+        RecordBatch::try_new_with_options(
+            schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(good)),
+        )
     });
     let failed: Vec<(usize, String)> = reasons.iter().enumerate().filter_map(|(i, r)| Some((i, r.clone()?))).collect();
     match batch {
@@ -792,7 +813,11 @@ fn encoding_of(field_type: Option<&FieldType>) -> Encoding {
 type Failures = Vec<(usize, String)>;
 
 /// Build one column from its cells (`None` = null or missing), nulls where a value fails.
-fn build_column(data_type: &DataType, field_type: Option<&FieldType>, cells: &[Option<&Value>]) -> (ArrayRef, Failures) {
+fn build_column(
+    data_type: &DataType,
+    field_type: Option<&FieldType>,
+    cells: &[Option<&Value>],
+) -> (ArrayRef, Failures) {
     let enc = encoding_of(field_type);
     match data_type {
         DataType::Boolean => {
@@ -1006,7 +1031,10 @@ fn build_list(
     match list {
         Ok(array) => (array, failures),
         Err(e) => {
-            let all = (0..cells.len()).filter(|&i| cells[i].is_some()).map(|i| (i, format!("cannot build list: {e}"))).collect();
+            let all = (0..cells.len())
+                .filter(|&i| cells[i].is_some())
+                .map(|i| (i, format!("cannot build list: {e}")))
+                .collect();
             (new_null_array(data_type, cells.len()), all)
         }
     }
@@ -1046,7 +1074,9 @@ fn read_int<N: TryFrom<i128>>(v: &Value, enc: Encoding, data_type: &DataType) ->
             (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e38 => f as i128,
             _ => return Err(format!("expected an integer, got {n}")),
         },
-        (Value::String(s), _) => s.trim().parse::<i128>().map_err(|_| format!("expected an integer, got {}", show(v)))?,
+        (Value::String(s), _) => {
+            s.trim().parse::<i128>().map_err(|_| format!("expected an integer, got {}", show(v)))?
+        }
         (other, _) => return Err(format!("expected an integer, got {}", show(other))),
     };
     N::try_from(wide).map_err(|_| format!("value {wide} is out of range for {data_type}"))
@@ -1098,8 +1128,13 @@ fn read_decimal(v: &Value, enc: Encoding) -> Result<(i128, i32), String> {
         }
         // VariableScaleDecimal, recognised by shape even without an envelope schema.
         (Value::Object(o), _) => {
-            let scale = o.get("scale").and_then(lenient_i64).and_then(|s| i32::try_from(s).ok()).filter(|s| (-MAX_SCALE..=MAX_SCALE).contains(s));
-            let unscaled = o.get("value").and_then(Value::as_str).and_then(base64_decode).and_then(|b| twos_complement(&b));
+            let scale = o
+                .get("scale")
+                .and_then(lenient_i64)
+                .and_then(|s| i32::try_from(s).ok())
+                .filter(|s| (-MAX_SCALE..=MAX_SCALE).contains(s));
+            let unscaled =
+                o.get("value").and_then(Value::as_str).and_then(base64_decode).and_then(|b| twos_complement(&b));
             match (scale, unscaled) {
                 (Some(scale), Some(unscaled)) => Ok((unscaled, scale)),
                 _ => Err(format!("expected a decimal, got {}", show(v))),
@@ -1137,7 +1172,8 @@ fn parse_decimal(s: &str) -> Option<(i128, i32)> {
         }
         unscaled = unscaled.checked_mul(10)?.checked_add((b - b'0') as i128)?;
     }
-    let scale = i32::try_from(frac_part.len()).ok()?.checked_sub(exponent).filter(|s| (-MAX_SCALE..=MAX_SCALE).contains(s))?;
+    let scale =
+        i32::try_from(frac_part.len()).ok()?.checked_sub(exponent).filter(|s| (-MAX_SCALE..=MAX_SCALE).contains(s))?;
     Some((if negative { -unscaled } else { unscaled }, scale))
 }
 
@@ -1171,7 +1207,8 @@ fn format_decimal(unscaled: i128, scale: i32) -> String {
     }
     let digits = unscaled.unsigned_abs().to_string();
     let scale = scale as usize;
-    let padded = if digits.len() <= scale { format!("{}{digits}", "0".repeat(scale - digits.len() + 1)) } else { digits };
+    let padded =
+        if digits.len() <= scale { format!("{}{digits}", "0".repeat(scale - digits.len() + 1)) } else { digits };
     let (int_part, frac_part) = padded.split_at(padded.len() - scale);
     format!("{}{int_part}.{frac_part}", if unscaled < 0 { "-" } else { "" })
 }
@@ -1243,7 +1280,9 @@ fn read_instant(v: &Value, enc: Encoding, plain_unit: i128) -> Result<i128, Stri
             };
             n.as_i64().map(|x| x as i128 * per).ok_or_else(|| format!("expected an integer time value, got {n}"))
         }
-        Value::String(s) => parse_instant(s).ok_or_else(|| format!("expected an ISO-8601 date or timestamp, got {}", show(v))),
+        Value::String(s) => {
+            parse_instant(s).ok_or_else(|| format!("expected an ISO-8601 date or timestamp, got {}", show(v)))
+        }
         other => Err(format!("expected a date or timestamp, got {}", show(other))),
     }
 }
@@ -1469,9 +1508,7 @@ mod tests {
     #[test]
     fn every_op() {
         let row = json!({"id": 1});
-        let base = |op: &str, before: Value, after: Value| {
-            json!({"before": before, "after": after, "source": source(), "op": op, "ts_ms": 1})
-        };
+        let base = |op: &str, before: Value, after: Value| json!({"before": before, "after": after, "source": source(), "op": op, "ts_ms": 1});
         assert_eq!(change(&base("c", Value::Null, row.clone())).op, ChangeOp::Create);
         let u = change(&base("u", row.clone(), row.clone()));
         assert_eq!(u.op, ChangeOp::Update);
@@ -1513,7 +1550,8 @@ mod tests {
         ];
         for sample in samples {
             let payload = sample.as_object().unwrap().clone();
-            let fast = serde_json::from_str::<FastPayload<'_>>(&sample.to_string()).ok().and_then(|f| f.into_event(&None));
+            let fast =
+                serde_json::from_str::<FastPayload<'_>>(&sample.to_string()).ok().and_then(|f| f.into_event(&None));
             let general = decode_payload(Value::Object(payload), None).unwrap();
             match fast {
                 Some(fast) => assert_eq!(Record::Change(fast), general),
@@ -1542,7 +1580,9 @@ mod tests {
     #[test]
     fn transaction_markers_plain_and_enveloped() {
         assert_eq!(
-            decode(Some(br#"{"status":"BEGIN","id":"571:53195829","event_count":null,"data_collections":null,"ts_ms":1}"#)),
+            decode(Some(
+                br#"{"status":"BEGIN","id":"571:53195829","event_count":null,"data_collections":null,"ts_ms":1}"#
+            )),
             Ok(Record::TxnBegin { id: "571:53195829".into() })
         );
         let end = json!({"status": "END", "id": "571:53195832", "event_count": 3, "ts_ms": 2,
@@ -1584,7 +1624,8 @@ mod tests {
     fn envelope_fast_path_and_its_fallbacks() {
         let mut decoder = Decoder::new();
         let payload = json!({"after": {"id": 1}, "source": source(), "op": "c"});
-        let schema = json!({"fields": [{"field": "after", "fields": [{"field": "id", "type": "int64", "name": "x.Y"}]}]});
+        let schema =
+            json!({"fields": [{"field": "after", "fields": [{"field": "id", "type": "int64", "name": "x.Y"}]}]});
         // Strings in the schema that look like structure, and whitespace around the parts.
         let tricky = json!({"doc": "}\"{[", "fields": schema["fields"].clone()});
         let record = format!(" {{ \"schema\" : {tricky} ,\n \"payload\" : {payload} }} ");
@@ -1659,9 +1700,11 @@ mod tests {
         let (batch, failed) = rows_to_batch(&s, &rows(&values), Some(&ft), &[]);
         assert!(failed.is_empty(), "{failed:?}");
         assert_eq!(batch.column(0).as_primitive::<Date32Type>().value(0), 19783);
-        let times: Vec<i64> = (1..5).map(|c| batch.column(c).as_primitive::<Time64MicrosecondType>().value(0)).collect();
+        let times: Vec<i64> =
+            (1..5).map(|c| batch.column(c).as_primitive::<Time64MicrosecondType>().value(0)).collect();
         assert_eq!(times, vec![45_296_789_000, 45_296_789_012, 45_296_789_012, 45_296_789_012]);
-        let stamps: Vec<i64> = (5..9).map(|c| batch.column(c).as_primitive::<TimestampMicrosecondType>().value(0)).collect();
+        let stamps: Vec<i64> =
+            (5..9).map(|c| batch.column(c).as_primitive::<TimestampMicrosecondType>().value(0)).collect();
         assert_eq!(stamps, vec![us / 1000 * 1000, us, us, us]);
         assert_eq!(batch.column(8).data_type(), &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())));
         let dur = batch.column(9).as_any().downcast_ref::<IntervalMonthDayNanoArray>().unwrap().value(0);

@@ -9,7 +9,9 @@
 //!   bound table has received as many distinct events (by `transaction.total_order`) as END
 //!   announced for it; tables with no binding are not waited for, since their topics are
 //!   usually not consumed. (Without `data_collections`, END's total `event_count` is compared
-//!   with all events received.) Events and END may arrive in any order, from any topic.
+//!   with all events received.) Events and END may arrive in any order, from any topic. A
+//!   redelivered event (same `total_order`) is counted once; an event of a transaction already
+//!   released is ignored if that transaction was complete, and dead-lettered otherwise.
 //! * [`TxnBoundaries::TxId`] (no metadata): events are grouped by `source.txId`. A stream (one
 //!   Kafka partition, or one file) carries a transaction's events contiguously, in commit order,
 //!   so a transaction is complete once *every stream that carried it has delivered a record of
@@ -27,8 +29,8 @@
 //!
 //! # Events outside transactions
 //!
-//! Snapshot reads (op `r`, or `source.snapshot` other than `false`) belong to no streamed
-//! transaction. They are gathered into batches released as one unit (id `snapshot-N`) when a
+//! Snapshot reads (op `r`, or `source.snapshot` other than `false`) without a `transaction`
+//! block belong to no streamed transaction. They are gathered into batches released as one unit (id `snapshot-N`) when a
 //! streamed record arrives, when the batch holds [`DEFAULT_SNAPSHOT_BATCH`] events, at the last
 //! snapshot record, or on `flush`: one batch per event would make loading a table slow, and a
 //! snapshot has no transactions to keep apart anyway. A streamed event without transaction
@@ -120,6 +122,21 @@ impl Position {
         }
     }
 }
+
+impl Stream {
+    fn contains(&self, position: &Position) -> bool {
+        match (self, position) {
+            (Stream::Kafka { topic, partition }, Position::Kafka { topic: t, partition: p, .. }) => {
+                partition == p && topic == t
+            }
+            (Stream::File { path }, Position::File { path: p, .. }) => path == p,
+            _ => false,
+        }
+    }
+}
+
+/// Index of a stream in [`TxnAssembler::streams`].
+type StreamId = usize;
 
 /// What the assembler hands to the engine, in order.
 #[derive(Debug, Clone)]
@@ -228,8 +245,8 @@ struct PendingTxn {
     /// Undecodable records assigned to this transaction (not in `received`).
     orphans: u64,
     end: Option<End>,
-    /// Streams that carried this transaction -> whether the stream has since moved past it.
-    streams: HashMap<Stream, bool>,
+    /// Streams that carried this transaction, and whether each has since moved past it.
+    streams: Vec<(StreamId, bool)>,
 }
 
 impl PendingTxn {
@@ -246,7 +263,15 @@ impl PendingTxn {
             unknown_table: 0,
             orphans: 0,
             end: None,
-            streams: HashMap::new(),
+            streams: Vec::new(),
+        }
+    }
+
+    /// `stream` carries this transaction (again).
+    fn carried_by(&mut self, stream: StreamId) {
+        match self.streams.iter_mut().find(|(s, _)| *s == stream) {
+            Some((_, moved)) => *moved = false,
+            None => self.streams.push((stream, false)),
         }
     }
 
@@ -309,7 +334,7 @@ enum Cursor {
 
 /// An undecodable record, waiting for the records around it to tell its transaction.
 struct Orphan {
-    stream: Stream,
+    stream: StreamId,
     prev: Option<Cursor>,
     next: Option<Cursor>,
 }
@@ -337,7 +362,11 @@ pub struct TxnAssembler {
     queue: VecDeque<Queued>,
     snapshot: Option<PendingTxn>,
     snapshot_batch: usize,
-    cursors: HashMap<Stream, Cursor>,
+    /// Every stream seen, with its last record (`None` before any transaction-related one).
+    streams: Vec<(Stream, Option<Cursor>)>,
+    stream_ids: HashMap<Stream, StreamId>,
+    /// The stream of the previous record: records mostly come in runs from one stream.
+    last_stream: Option<StreamId>,
     orphans: VecDeque<Orphan>,
     /// Released transaction ids -> whether they were complete.
     released: HashMap<String, bool>,
@@ -349,11 +378,14 @@ pub struct TxnAssembler {
 }
 
 impl TxnAssembler {
+    /// An assembler for `bindings`; fails if a binding has no primary key, a key index out of
+    /// range, a key type the row format cannot encode, or names a collection bound already.
     pub fn new(bindings: Vec<TableBinding>, mode: TxnBoundaries) -> Result<TxnAssembler> {
         let mut by_collection = HashMap::new();
         let mut bound = Vec::with_capacity(bindings.len());
         for b in bindings {
-            let problem = |reason: &str| SourceError::InvalidBinding { collection: b.collection.clone(), reason: reason.into() };
+            let problem =
+                |reason: &str| SourceError::InvalidBinding { collection: b.collection.clone(), reason: reason.into() };
             if b.primary_key.is_empty() {
                 return Err(problem("a primary key is required to compute net changes"));
             }
@@ -364,8 +396,15 @@ impl TxnAssembler {
                 return Err(problem("bound twice"));
             }
             let key_schema = Arc::new(b.schema.project(&b.primary_key)?);
-            let keys = RowConverter::new(key_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
-            bound.push(Binding { collection: b.collection, schema: b.schema, primary_key: b.primary_key, key_schema, keys });
+            let keys =
+                RowConverter::new(key_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+            bound.push(Binding {
+                collection: b.collection,
+                schema: b.schema,
+                primary_key: b.primary_key,
+                key_schema,
+                keys,
+            });
         }
         Ok(TxnAssembler {
             mode,
@@ -375,7 +414,9 @@ impl TxnAssembler {
             queue: VecDeque::new(),
             snapshot: None,
             snapshot_batch: DEFAULT_SNAPSHOT_BATCH,
-            cursors: HashMap::new(),
+            streams: Vec::new(),
+            stream_ids: HashMap::new(),
+            last_stream: None,
             orphans: VecDeque::new(),
             released: HashMap::new(),
             released_order: VecDeque::new(),
@@ -395,7 +436,12 @@ impl TxnAssembler {
     /// Take one record: `raw` is its bytes (kept for dead letters), `record` its decoding.
     /// Returns what became ready, in order: dead letters as soon as they are known, complete
     /// transactions in commit order.
-    pub fn push(&mut self, position: Position, raw: &[u8], record: Result<Record, DecodeError>) -> Vec<AssemblerOutput> {
+    pub fn push(
+        &mut self,
+        position: Position,
+        raw: &[u8],
+        record: Result<Record, DecodeError>,
+    ) -> Vec<AssemblerOutput> {
         let mut out = Vec::new();
         self.arrivals += 1;
         match record {
@@ -419,6 +465,7 @@ impl TxnAssembler {
             + usize::from(self.snapshot.is_some())
     }
 
+    /// Counters since the assembler was built.
     pub fn stats(&self) -> &AssemblerStats {
         &self.stats
     }
@@ -435,7 +482,7 @@ impl TxnAssembler {
             let mut abandoned: Vec<(u64, String)> = self
                 .open
                 .values()
-                .filter(|t| t.end.is_none() && !t.streams.is_empty() && t.streams.values().all(|moved| *moved))
+                .filter(|t| t.end.is_none() && !t.streams.is_empty() && t.streams.iter().all(|(_, moved)| *moved))
                 .map(|t| (t.first_seen, t.id.clone()))
                 .collect();
             abandoned.sort();
@@ -524,14 +571,14 @@ impl TxnAssembler {
             }
             Route::Txn(id) => {
                 self.close_snapshot();
-                self.advance_stream(&position, Cursor::Txn(id.clone()));
+                let stream = self.advance_stream(&position, Cursor::Txn(id.clone()));
                 if self.is_late(&id, &position, raw, Some(event.collection.as_str()), out) {
                     return;
                 }
                 let arrivals = self.arrivals;
                 let txn = self.open.entry(id).or_insert_with_key(|id| PendingTxn::new(id.clone(), &position, arrivals));
                 txn.last_position = position.clone();
-                txn.streams.insert(position.stream(), false);
+                txn.carried_by(stream);
                 if !txn.count(event.total_order, Counted::of(table, true)) {
                     self.stats.duplicates += 1;
                     return;
@@ -594,8 +641,8 @@ impl TxnAssembler {
             // Nothing readable: in Metadata mode the records around it may still tell which
             // transaction it belonged to.
             if self.mode == TxnBoundaries::Metadata {
-                let stream = position.stream();
-                let prev = self.cursors.get(&stream).cloned();
+                let stream = self.stream_id(&position);
+                let prev = self.streams[stream].1.clone();
                 if self.orphans.len() == MAX_ORPHANS {
                     self.orphans.pop_front();
                 }
@@ -608,14 +655,17 @@ impl TxnAssembler {
         let route = self.route(context.snapshot, context.txn_id.as_deref(), context.source_tx_id);
         let collection = context.collection.clone();
         match route {
-            Route::Snapshot | Route::Untracked => self.advance_stream(&position, Cursor::Untracked),
+            Route::Snapshot | Route::Untracked => {
+                self.advance_stream(&position, Cursor::Untracked);
+            }
             Route::Txn(id) => {
-                self.advance_stream(&position, Cursor::Txn(id.clone()));
+                let stream = self.advance_stream(&position, Cursor::Txn(id.clone()));
                 if !self.released.contains_key(&id) {
                     let arrivals = self.arrivals;
-                    let txn = self.open.entry(id).or_insert_with_key(|id| PendingTxn::new(id.clone(), &position, arrivals));
+                    let txn =
+                        self.open.entry(id).or_insert_with_key(|id| PendingTxn::new(id.clone(), &position, arrivals));
                     txn.last_position = position.clone();
-                    txn.streams.insert(position.stream(), false);
+                    txn.carried_by(stream);
                     let table = collection.as_ref().and_then(|c| self.by_collection.get(c).copied());
                     if !txn.count(context.total_order, Counted::of(table, collection.is_some())) {
                         self.stats.duplicates += 1;
@@ -631,14 +681,28 @@ impl TxnAssembler {
         }
     }
 
-    fn dead_letter(&mut self, position: Position, raw: &[u8], reason: String, collection: Option<String>, out: &mut Vec<AssemblerOutput>) {
+    fn dead_letter(
+        &mut self,
+        position: Position,
+        raw: &[u8],
+        reason: String,
+        collection: Option<String>,
+        out: &mut Vec<AssemblerOutput>,
+    ) {
         self.stats.dead_letters += 1;
         out.push(AssemblerOutput::DeadLetter(DeadLetter { position, raw: raw.to_vec(), reason, collection }));
     }
 
     /// An event of a transaction already released: a redelivery if the transaction was
     /// complete, otherwise an event that came too late to be applied with it.
-    fn is_late(&mut self, id: &str, position: &Position, raw: &[u8], collection: Option<&str>, out: &mut Vec<AssemblerOutput>) -> bool {
+    fn is_late(
+        &mut self,
+        id: &str,
+        position: &Position,
+        raw: &[u8],
+        collection: Option<&str>,
+        out: &mut Vec<AssemblerOutput>,
+    ) -> bool {
         if self.mode != TxnBoundaries::Metadata {
             return false;
         }
@@ -656,36 +720,52 @@ impl TxnAssembler {
         }
     }
 
+    fn stream_id(&mut self, position: &Position) -> StreamId {
+        if let Some(id) = self.last_stream
+            && self.streams[id].0.contains(position)
+        {
+            return id;
+        }
+        let stream = position.stream();
+        let id = match self.stream_ids.get(&stream) {
+            Some(&id) => id,
+            None => {
+                self.streams.push((stream.clone(), None));
+                self.stream_ids.insert(stream, self.streams.len() - 1);
+                self.streams.len() - 1
+            }
+        };
+        self.last_stream = Some(id);
+        id
+    }
+
     /// A record of `cursor` arrived in `position`'s stream: whatever the stream carried before
     /// is behind it now (TxId completion), and orphans waiting for their successor have it.
-    fn advance_stream(&mut self, position: &Position, cursor: Cursor) {
-        let stream = position.stream();
+    fn advance_stream(&mut self, position: &Position, cursor: Cursor) -> StreamId {
+        let stream = self.stream_id(position);
         for orphan in self.orphans.iter_mut().filter(|o| o.next.is_none() && o.stream == stream) {
             orphan.next = Some(cursor.clone());
         }
-        let previous = match self.cursors.get_mut(&stream) {
-            Some(current) if *current == cursor => return,
-            Some(current) => std::mem::replace(current, cursor),
-            None => {
-                self.cursors.insert(stream, cursor);
-                return;
-            }
-        };
-        let Cursor::Txn(previous) = previous else {
-            return;
+        let current = &mut self.streams[stream].1;
+        if current.as_ref() == Some(&cursor) {
+            return stream;
+        }
+        let Some(Cursor::Txn(previous)) = current.replace(cursor) else {
+            return stream;
         };
         let Some(txn) = self.open.get_mut(&previous) else {
-            return;
+            return stream;
         };
-        if let Some(moved) = txn.streams.get_mut(&stream) {
+        if let Some((_, moved)) = txn.streams.iter_mut().find(|(s, _)| *s == stream) {
             *moved = true;
         }
         if self.mode == TxnBoundaries::TxId
-            && txn.streams.values().all(|moved| *moved)
+            && txn.streams.iter().all(|(_, moved)| *moved)
             && let Some(txn) = self.open.remove(&previous)
         {
             self.queue.push_back(Queued::Ready(txn));
         }
+        stream
     }
 
     fn close_snapshot(&mut self) {
@@ -826,7 +906,8 @@ impl TxnAssembler {
                 continue;
             }
             let binding = &self.bindings[table];
-            let table_events: Vec<&ChangeEvent> = indices.iter().filter_map(|&i| events[i].as_ref().map(|e| &e.event)).collect();
+            let table_events: Vec<&ChangeEvent> =
+                indices.iter().filter_map(|&i| events[i].as_ref().map(|e| &e.event)).collect();
             let (changes, failed) = net_changes(binding, &table_events);
             dead.extend(failed.into_iter().map(|(k, reason)| (indices[k], reason)));
             if changes.upserts.num_rows() + changes.deletes.num_rows() > 0 {
@@ -991,10 +1072,7 @@ fn net_changes(binding: &Binding, events: &[&ChangeEvent]) -> (NetChanges, Vec<(
 }
 
 fn has_key(binding: &Binding, row: &Map<String, Value>) -> bool {
-    binding
-        .primary_key
-        .iter()
-        .all(|&k| row.get(binding.schema.field(k).name()).is_some_and(|v| !v.is_null()))
+    binding.primary_key.iter().all(|&k| row.get(binding.schema.field(k).name()).is_some_and(|v| !v.is_null()))
 }
 
 fn empty_changes(binding: &Binding) -> NetChanges {
@@ -1009,7 +1087,8 @@ fn take_rows(batch: &RecordBatch, rows: Vec<u32>) -> std::result::Result<RecordB
         return Ok(batch.clone());
     }
     let indices = UInt32Array::from(rows);
-    let columns = batch.columns().iter().map(|c| take(c.as_ref(), &indices, None)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let columns =
+        batch.columns().iter().map(|c| take(c.as_ref(), &indices, None)).collect::<std::result::Result<Vec<_>, _>>()?;
     RecordBatch::try_new_with_options(
         batch.schema(),
         columns,
@@ -1028,7 +1107,11 @@ struct Converted {
 
 /// Convert row images with [`rows_to_batch`], one call per distinct envelope schema (almost
 /// always one per transaction: a schema changes only with DDL).
-fn convert(schema: &SchemaRef, primary_key: &[usize], images: &[(&Map<String, Value>, Option<&Arc<FieldTypes>>)]) -> Converted {
+fn convert(
+    schema: &SchemaRef,
+    primary_key: &[usize],
+    images: &[(&Map<String, Value>, Option<&Arc<FieldTypes>>)],
+) -> Converted {
     let same = |a: Option<&Arc<FieldTypes>>, b: Option<&Arc<FieldTypes>>| match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
@@ -1166,9 +1249,18 @@ fn bench_envelope_schema(table: &str, columns: &[(&str, &str, Option<&str>, Opti
                            "name": format!("fulfillment.public.{table}.Value"), "field": field})
     };
     let source_fields: Vec<Value> = [
-        ("version", "string"), ("connector", "string"), ("name", "string"), ("ts_ms", "int64"), ("snapshot", "string"),
-        ("db", "string"), ("sequence", "string"), ("schema", "string"), ("table", "string"), ("txId", "int64"),
-        ("lsn", "int64"), ("xmin", "int64"),
+        ("version", "string"),
+        ("connector", "string"),
+        ("name", "string"),
+        ("ts_ms", "int64"),
+        ("snapshot", "string"),
+        ("db", "string"),
+        ("sequence", "string"),
+        ("schema", "string"),
+        ("table", "string"),
+        ("txId", "int64"),
+        ("lsn", "int64"),
+        ("xmin", "int64"),
     ]
     .iter()
     .map(|(f, t)| serde_json::json!({"type": t, "optional": true, "field": f}))
@@ -1189,31 +1281,37 @@ fn bench_envelope_schema(table: &str, columns: &[(&str, &str, Option<&str>, Opti
 /// Generated records with their positions: two table topics and a metadata topic.
 fn bench_records(events: usize) -> Vec<(Position, String)> {
     let decimal = |scale: &str| Some(serde_json::json!({"scale": scale, "connect.decimal.precision": "10"}));
-    let shipments_schema = bench_envelope_schema("shipments", &[
-        ("id", "int64", None, None),
-        ("order_id", "int64", None, None),
-        ("carrier", "string", None, None),
-        ("status", "string", None, None),
-        ("weight", "bytes", Some("org.apache.kafka.connect.data.Decimal"), decimal("2")),
-        ("shipped_at", "int64", Some("io.debezium.time.MicroTimestamp"), None),
-        ("updated_at", "string", Some("io.debezium.time.ZonedTimestamp"), None),
-        ("due", "int32", Some("io.debezium.time.Date"), None),
-        ("fragile", "boolean", None, None),
-        ("address", "string", None, None),
-    ])
+    let shipments_schema = bench_envelope_schema(
+        "shipments",
+        &[
+            ("id", "int64", None, None),
+            ("order_id", "int64", None, None),
+            ("carrier", "string", None, None),
+            ("status", "string", None, None),
+            ("weight", "bytes", Some("org.apache.kafka.connect.data.Decimal"), decimal("2")),
+            ("shipped_at", "int64", Some("io.debezium.time.MicroTimestamp"), None),
+            ("updated_at", "string", Some("io.debezium.time.ZonedTimestamp"), None),
+            ("due", "int32", Some("io.debezium.time.Date"), None),
+            ("fragile", "boolean", None, None),
+            ("address", "string", None, None),
+        ],
+    )
     .to_string();
-    let orders_schema = bench_envelope_schema("orders", &[
-        ("id", "int64", None, None),
-        ("customer_id", "int64", None, None),
-        ("total", "bytes", Some("org.apache.kafka.connect.data.Decimal"), decimal("2")),
-        ("currency", "string", None, None),
-        ("placed_at", "int64", Some("io.debezium.time.MicroTimestamp"), None),
-        ("quantity", "int32", None, None),
-        ("discount", "double", None, None),
-        ("note", "string", None, None),
-        ("paid", "boolean", None, None),
-        ("region", "string", None, None),
-    ])
+    let orders_schema = bench_envelope_schema(
+        "orders",
+        &[
+            ("id", "int64", None, None),
+            ("customer_id", "int64", None, None),
+            ("total", "bytes", Some("org.apache.kafka.connect.data.Decimal"), decimal("2")),
+            ("currency", "string", None, None),
+            ("placed_at", "int64", Some("io.debezium.time.MicroTimestamp"), None),
+            ("quantity", "int32", None, None),
+            ("discount", "double", None, None),
+            ("note", "string", None, None),
+            ("paid", "boolean", None, None),
+            ("region", "string", None, None),
+        ],
+    )
     .to_string();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move |n: u64| {
@@ -1420,9 +1518,27 @@ mod tests {
         let mut h = Harness::new(TxnBoundaries::Metadata);
         h.push(kafka("txn", 1), &begin("571:5001"));
         let with = |o: u64| Some(("571:5001", o));
-        assert_eq!(h.push(kafka("shipments", 1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "new"}), with(1), 571)), 0);
-        assert_eq!(h.push(kafka("orders", 1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 9, "total": 5}), with(2), 571)), 0);
-        assert_eq!(h.push(kafka("shipments", 2), &event("shipments", "u", Value::Null, json!({"id": 2, "status": "x"}), with(3), 571)), 0);
+        assert_eq!(
+            h.push(
+                kafka("shipments", 1),
+                &event("shipments", "c", Value::Null, json!({"id": 1, "status": "new"}), with(1), 571)
+            ),
+            0
+        );
+        assert_eq!(
+            h.push(
+                kafka("orders", 1),
+                &event("orders", "c", Value::Null, json!({"region": "eu", "id": 9, "total": 5}), with(2), 571)
+            ),
+            0
+        );
+        assert_eq!(
+            h.push(
+                kafka("shipments", 2),
+                &event("shipments", "u", Value::Null, json!({"id": 2, "status": "x"}), with(3), 571)
+            ),
+            0
+        );
         assert_eq!(h.assembler.pending(), 1);
         assert_eq!(h.push(kafka("txn", 2), &end("571:5001", &[("public.shipments", 2), ("public.orders", 1)])), 1);
         assert_eq!(h.assembler.pending(), 0);
@@ -1441,12 +1557,36 @@ mod tests {
     fn end_before_the_events_and_out_of_order_arrival() {
         let mut h = Harness::new(TxnBoundaries::Metadata);
         assert_eq!(h.push(kafka("txn", 1), &end("600:1", &[("public.shipments", 2), ("public.orders", 1)])), 0);
-        assert_eq!(h.push(kafka("orders", 1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1}), Some(("600:1", 3)), 600)), 0);
-        assert_eq!(h.push(kafka("shipments", 1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), Some(("600:1", 2)), 600)), 0);
+        assert_eq!(
+            h.push(
+                kafka("orders", 1),
+                &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1}), Some(("600:1", 3)), 600)
+            ),
+            0
+        );
+        assert_eq!(
+            h.push(
+                kafka("shipments", 1),
+                &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), Some(("600:1", 2)), 600)
+            ),
+            0
+        );
         // A redelivered event (same total_order) does not count twice.
-        assert_eq!(h.push(kafka("shipments", 2), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), Some(("600:1", 2)), 600)), 0);
+        assert_eq!(
+            h.push(
+                kafka("shipments", 2),
+                &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), Some(("600:1", 2)), 600)
+            ),
+            0
+        );
         assert_eq!(h.assembler.stats().duplicates, 1);
-        assert_eq!(h.push(kafka("shipments", 3), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "b"}), Some(("600:1", 1)), 600)), 1);
+        assert_eq!(
+            h.push(
+                kafka("shipments", 3),
+                &event("shipments", "u", Value::Null, json!({"id": 1, "status": "b"}), Some(("600:1", 1)), 600)
+            ),
+            1
+        );
         // total_order decides the final state, not arrival: order 2 ("a") comes after order 1 ("b").
         let s = table(&h.txns[0], "public.shipments");
         assert_eq!(strings(&s.upserts, "status"), vec![Some("a".into())]);
@@ -1458,8 +1598,20 @@ mod tests {
         h.push(kafka("txn", 1), &end("1:1", &[("public.shipments", 1)]));
         h.push(kafka("txn", 2), &end("2:2", &[("public.shipments", 1)]));
         // The later transaction is complete first, but waits for the earlier one.
-        assert_eq!(h.push(kafka("s", 1), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "second"}), Some(("2:2", 1)), 2)), 0);
-        assert_eq!(h.push(kafka("s", 2), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "first"}), Some(("1:1", 1)), 1)), 2);
+        assert_eq!(
+            h.push(
+                kafka("s", 1),
+                &event("shipments", "u", Value::Null, json!({"id": 1, "status": "second"}), Some(("2:2", 1)), 2)
+            ),
+            0
+        );
+        assert_eq!(
+            h.push(
+                kafka("s", 2),
+                &event("shipments", "u", Value::Null, json!({"id": 1, "status": "first"}), Some(("1:1", 1)), 1)
+            ),
+            2
+        );
         assert_eq!(h.txns.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec!["1:1", "2:2"]);
     }
 
@@ -1469,7 +1621,10 @@ mod tests {
         let id = "700:1";
         h.push(file(1), &event("shipments", "d", json!({"id": 5, "status": null}), Value::Null, Some((id, 1)), 700));
         h.push(file(2), "");
-        h.push(file(3), &event("shipments", "c", Value::Null, json!({"id": 5, "status": "re-inserted"}), Some((id, 2)), 700));
+        h.push(
+            file(3),
+            &event("shipments", "c", Value::Null, json!({"id": 5, "status": "re-inserted"}), Some((id, 2)), 700),
+        );
         h.push(file(4), &event("shipments", "d", json!({"id": 6}), Value::Null, Some((id, 3)), 700));
         assert_eq!(h.push(file(5), &end(id, &[("public.shipments", 3)])), 1);
         let s = table(&h.txns[0], "public.shipments");
@@ -1508,12 +1663,35 @@ mod tests {
         let mut h = Harness::new(TxnBoundaries::Metadata);
         let id = "900:1";
         for (order, status) in [(1, "a"), (2, "b"), (3, "c")] {
-            h.push(file(order), &event("shipments", "u", Value::Null, json!({"id": 1, "status": status}), Some((id, order)), 900));
+            h.push(
+                file(order),
+                &event("shipments", "u", Value::Null, json!({"id": 1, "status": status}), Some((id, order)), 900),
+            );
         }
         // REPLICA IDENTITY FULL update that changes the key from 7 to 8.
-        h.push(file(4), &event("shipments", "u", json!({"id": 7, "status": "old"}), json!({"id": 8, "status": "moved"}), Some((id, 4)), 900));
+        h.push(
+            file(4),
+            &event(
+                "shipments",
+                "u",
+                json!({"id": 7, "status": "old"}),
+                json!({"id": 8, "status": "moved"}),
+                Some((id, 4)),
+                900,
+            ),
+        );
         // ... and one that keeps its key: the before image does not delete it.
-        h.push(file(5), &event("shipments", "u", json!({"id": 9, "status": "p"}), json!({"id": 9, "status": "q"}), Some((id, 5)), 900));
+        h.push(
+            file(5),
+            &event(
+                "shipments",
+                "u",
+                json!({"id": 9, "status": "p"}),
+                json!({"id": 9, "status": "q"}),
+                Some((id, 5)),
+                900,
+            ),
+        );
         assert_eq!(h.push(file(6), &end(id, &[("public.shipments", 5)])), 1);
         let s = table(&h.txns[0], "public.shipments");
         assert_eq!(ids(&s.upserts, "id"), vec![1, 8, 9]);
@@ -1525,9 +1703,18 @@ mod tests {
     fn composite_keys_and_unbound_collections() {
         let mut h = Harness::new(TxnBoundaries::Metadata);
         let id = "950:1";
-        h.push(file(1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1, "total": 1}), Some((id, 1)), 950));
-        h.push(file(2), &event("orders", "c", Value::Null, json!({"region": "us", "id": 1, "total": 2}), Some((id, 2)), 950));
-        h.push(file(3), &event("orders", "u", Value::Null, json!({"region": "eu", "id": 1, "total": 3}), Some((id, 3)), 950));
+        h.push(
+            file(1),
+            &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1, "total": 1}), Some((id, 1)), 950),
+        );
+        h.push(
+            file(2),
+            &event("orders", "c", Value::Null, json!({"region": "us", "id": 1, "total": 2}), Some((id, 2)), 950),
+        );
+        h.push(
+            file(3),
+            &event("orders", "u", Value::Null, json!({"region": "eu", "id": 1, "total": 3}), Some((id, 3)), 950),
+        );
         h.push(file(4), &event("audit_log", "c", Value::Null, json!({"id": 1}), Some((id, 4)), 950));
         // END counts the unbound table too; it is not waited for.
         assert_eq!(h.push(file(5), &end(id, &[("public.orders", 3), ("public.audit_log", 2)])), 1);
@@ -1541,16 +1728,28 @@ mod tests {
     fn data_collections_named_with_a_database_prefix_are_waited_for() {
         let mut h = Harness::new(TxnBoundaries::Metadata);
         h.push(file(1), &end("1400:1", &[("app.public.shipments", 2), ("app.public.orders", 0)]));
-        assert_eq!(h.push(file(2), &event("shipments", "c", Value::Null, json!({"id": 1}), Some(("1400:1", 1)), 1400)), 0);
-        assert_eq!(h.push(file(3), &event("shipments", "c", Value::Null, json!({"id": 2}), Some(("1400:1", 2)), 1400)), 1);
+        assert_eq!(
+            h.push(file(2), &event("shipments", "c", Value::Null, json!({"id": 1}), Some(("1400:1", 1)), 1400)),
+            0
+        );
+        assert_eq!(
+            h.push(file(3), &event("shipments", "c", Value::Null, json!({"id": 2}), Some(("1400:1", 2)), 1400)),
+            1
+        );
     }
 
     #[test]
     fn txid_mode_completes_on_a_later_txid_and_on_flush() {
         let mut h = Harness::new(TxnBoundaries::TxId);
-        assert_eq!(h.push(file(1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), None, 10)), 0);
+        assert_eq!(
+            h.push(file(1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), None, 10)),
+            0
+        );
         assert_eq!(h.push(file(2), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1}), None, 10)), 0);
-        assert_eq!(h.push(file(3), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "b"}), None, 10)), 0);
+        assert_eq!(
+            h.push(file(3), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "b"}), None, 10)),
+            0
+        );
         // Transaction markers do not matter in TxId mode.
         assert_eq!(h.push(file(4), &end("10:1", &[("public.shipments", 9)])), 0);
         assert_eq!(h.push(file(5), &event("shipments", "d", json!({"id": 1}), Value::Null, None, 11)), 1);
@@ -1570,14 +1769,21 @@ mod tests {
         h.push(kafka("shipments", 1), &event("shipments", "c", Value::Null, json!({"id": 1}), None, 20));
         h.push(kafka("orders", 1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1}), None, 20));
         assert_eq!(h.push(kafka("shipments", 2), &event("shipments", "c", Value::Null, json!({"id": 2}), None, 21)), 0);
-        assert_eq!(h.push(kafka("orders", 2), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 2}), None, 21)), 1);
+        assert_eq!(
+            h.push(kafka("orders", 2), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 2}), None, 21)),
+            1
+        );
         assert_eq!(h.txns[0].id, "20");
         assert_eq!(h.txns[0].tables.len(), 2);
     }
 
     #[test]
     fn snapshot_reads_are_batched_and_untracked_events_released_alone() {
-        let mut h = Harness { assembler: TxnAssembler::new(bindings(), TxnBoundaries::Metadata).unwrap().with_snapshot_batch(2), txns: vec![], dead: vec![] };
+        let mut h = Harness {
+            assembler: TxnAssembler::new(bindings(), TxnBoundaries::Metadata).unwrap().with_snapshot_batch(2),
+            txns: vec![],
+            dead: vec![],
+        };
         assert_eq!(h.push(file(1), &event("shipments", "r", Value::Null, json!({"id": 1}), None, 5)), 0);
         assert_eq!(h.push(file(2), &event("shipments", "r", Value::Null, json!({"id": 2}), None, 5)), 1);
         assert_eq!(h.push(file(3), &event("shipments", "r", Value::Null, json!({"id": 3}), None, 5)), 0);
@@ -1588,7 +1794,8 @@ mod tests {
         assert_eq!(h.txns[0].id, "snapshot-1");
         assert!(h.txns[2].id.starts_with("untracked-"));
         // The last snapshot record closes the batch at once.
-        let mut last: Value = serde_json::from_str(&event("shipments", "r", Value::Null, json!({"id": 4}), None, 5)).unwrap();
+        let mut last: Value =
+            serde_json::from_str(&event("shipments", "r", Value::Null, json!({"id": 4}), None, 5)).unwrap();
         last["source"]["snapshot"] = json!("last");
         assert_eq!(h.push(file(5), &last.to_string()), 1);
     }
@@ -1624,7 +1831,10 @@ mod tests {
                 (&file(5), "missing primary key column \"id\""),
             ]
         );
-        assert_eq!(h.dead[1].raw, event("shipments", "c", Value::Null, json!({"id": 2, "weight": "abc"}), Some((id, 2)), 1000).into_bytes());
+        assert_eq!(
+            h.dead[1].raw,
+            event("shipments", "c", Value::Null, json!({"id": 2, "weight": "abc"}), Some((id, 2)), 1000).into_bytes()
+        );
         assert_eq!(h.txns[0].events, 5);
     }
 
@@ -1692,7 +1902,9 @@ mod tests {
     #[test]
     fn invalid_bindings_are_rejected() {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-        let bind = |pk: Vec<usize>| vec![TableBinding { collection: "public.t".into(), schema: schema.clone(), primary_key: pk }];
+        let bind = |pk: Vec<usize>| {
+            vec![TableBinding { collection: "public.t".into(), schema: schema.clone(), primary_key: pk }]
+        };
         assert!(TxnAssembler::new(bind(vec![]), TxnBoundaries::Metadata).is_err());
         assert!(TxnAssembler::new(bind(vec![3]), TxnBoundaries::Metadata).is_err());
         let mut twice = bind(vec![0]);
@@ -1718,14 +1930,19 @@ mod tests {
         let ends = records.iter().filter(|(_, r)| r.contains("\"END\"")).count();
         assert_eq!((txns.len(), assembler.pending()), (ends, 0));
         assert!(assembler.stats().tombstones > 0);
-        let shipments: Vec<&RecordBatch> =
-            txns.iter().flat_map(|t| &t.tables).filter(|(c, _)| c == "public.shipments").map(|(_, n)| &n.upserts).collect();
+        let shipments: Vec<&RecordBatch> = txns
+            .iter()
+            .flat_map(|t| &t.tables)
+            .filter(|(c, _)| c == "public.shipments")
+            .map(|(_, n)| &n.upserts)
+            .collect();
         let batch = concat_batches(&shipments[0].schema(), shipments.iter().copied()).unwrap();
         assert!(batch.num_rows() > 50);
         assert_eq!(batch.column_by_name("weight").unwrap().null_count(), 0);
         let due = batch.column_by_name("due").unwrap().as_primitive::<arrow::datatypes::Date32Type>();
         assert!(due.values().iter().all(|d| (19_700..19_900).contains(d)));
-        let at = batch.column_by_name("updated_at").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let at =
+            batch.column_by_name("updated_at").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
         assert!(at.values().iter().all(|t| (1_709_251_200_000_000..1_711_929_600_000_000).contains(t)));
     }
 
@@ -1743,11 +1960,24 @@ mod tests {
             std::hint::black_box(decoder.decode(Some(raw.as_bytes())).is_ok());
         }
         let decode_s = start.elapsed().as_secs_f64();
+        // Assembly alone, on records decoded beforehand.
+        let decoded: Vec<_> = records.iter().map(|(_, raw)| decoder.decode(Some(raw.as_bytes()))).collect();
+        let mut assembler = TxnAssembler::new(bench_bindings(), TxnBoundaries::Metadata).unwrap();
+        let start = Instant::now();
+        for ((position, raw), record) in records.iter().zip(decoded) {
+            std::hint::black_box(assembler.push(position.clone(), raw.as_bytes(), record));
+        }
+        let assembly_s = start.elapsed().as_secs_f64();
         let (eps, mbps) = bench_decode(events);
         println!("cargo test --release --lib sources::txn::tests::bench_decode_throughput -- --ignored --nocapture");
         println!("| stage | change events | events/s | MB/s |");
         println!("|---|---|---|---|");
         println!("| decode only | {events} | {:.0} | {:.1} |", events as f64 / decode_s, bytes as f64 / 1e6 / decode_s);
+        println!(
+            "| assembly only | {events} | {:.0} | {:.1} |",
+            events as f64 / assembly_s,
+            bytes as f64 / 1e6 / assembly_s
+        );
         println!("| decode + assembly | {events} | {eps:.0} | {mbps:.1} |");
     }
 }
