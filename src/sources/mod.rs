@@ -7,6 +7,7 @@
 //! record never stops ingestion: it becomes a [`DeadLetter`](txn::DeadLetter) with a reason.
 //! Sources know nothing about views; the engine applies what they release.
 
+pub mod connector;
 pub mod debezium;
 pub mod runner;
 pub mod txn;

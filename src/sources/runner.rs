@@ -136,13 +136,6 @@ pub struct StoredDeadLetter {
     pub received_at_ms: i64,
 }
 
-fn position_text(p: &Position) -> String {
-    match p {
-        Position::File { path, line } => format!("{path}:{line}"),
-        Position::Kafka { topic, partition, offset } => format!("{topic}/{partition}@{offset}"),
-    }
-}
-
 /// Start the task that runs source `name` until the source is dropped.
 pub fn spawn(engine: Engine, registry: SourceRegistry, id: u32, name: String, config: SourceConfig) {
     tokio::spawn(async move {
@@ -315,7 +308,7 @@ impl Runner {
                     // commits resumes right after the last one applied.
                     let commit = Commit { keyed, extra_writes: self.extra_writes(std::mem::take(&mut dead))?, ..Default::default() };
                     self.engine.commit(commit).await?;
-                    let position = position_text(&txn.last_position);
+                    let position = txn.last_position.to_string();
                     self.status(|s| {
                         s.transactions += 1;
                         s.events += events;
@@ -348,7 +341,7 @@ impl Runner {
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
         let errors = dead.len() as u64;
         for d in dead {
-            let position = position_text(&d.position);
+            let position = d.position.to_string();
             let mut key = dead_letter_prefix(self.id);
             key.extend_from_slice(position.as_bytes());
             let stored = StoredDeadLetter {

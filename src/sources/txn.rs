@@ -100,37 +100,57 @@ pub enum TxnBoundaries {
     TxId,
 }
 
-/// Where a record came from: an opaque source offset, to commit or to report.
+/// Where a record came from: a stream and an offset in it, to resume from or to report.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Position {
     Kafka { topic: String, partition: i32, offset: i64 },
     File { path: String, line: u64 },
+    /// Postgres logical replication: the commit LSN of the record's transaction, shared by
+    /// all its records (one stream: the slot).
+    Postgres { lsn: u64 },
 }
 
-/// An ordered stream of records: a topic partition, or a file.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Stream {
-    Kafka { topic: String, partition: i32 },
-    File { path: String },
-}
+/// An ordered stream of records (a topic partition, a file, a replication slot), by name.
+pub type Stream = String;
 
 impl Position {
-    fn stream(&self) -> Stream {
+    /// The stream this position is in: `topic/partition`, the file's path, or `wal`.
+    pub fn stream(&self) -> Stream {
         match self {
-            Position::Kafka { topic, partition, .. } => Stream::Kafka { topic: topic.clone(), partition: *partition },
-            Position::File { path, .. } => Stream::File { path: path.clone() },
+            Position::Kafka { topic, partition, .. } => format!("{topic}/{partition}"),
+            Position::File { path, .. } => path.clone(),
+            Position::Postgres { .. } => "wal".into(),
+        }
+    }
+
+    /// Whether this position is in `stream` (without building the stream's name).
+    pub fn is_in(&self, stream: &str) -> bool {
+        match self {
+            Position::Kafka { topic, partition, .. } => stream
+                .strip_prefix(topic.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|p| p.parse() == Ok(*partition)),
+            Position::File { path, .. } => path == stream,
+            Position::Postgres { .. } => stream == "wal",
+        }
+    }
+
+    /// Offset within the stream; records of a stream arrive in non-decreasing offset order.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Position::Kafka { offset, .. } => u64::try_from(*offset).unwrap_or(0),
+            Position::File { line, .. } => *line,
+            Position::Postgres { lsn } => *lsn,
         }
     }
 }
 
-impl Stream {
-    fn contains(&self, position: &Position) -> bool {
-        match (self, position) {
-            (Stream::Kafka { topic, partition }, Position::Kafka { topic: t, partition: p, .. }) => {
-                partition == p && topic == t
-            }
-            (Stream::File { path }, Position::File { path: p, .. }) => path == p,
-            _ => false,
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Kafka { topic, partition, offset } => write!(f, "{topic}/{partition}@{offset}"),
+            Position::File { path, line } => write!(f, "{path}:{line}"),
+            Position::Postgres { lsn } => write!(f, "{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff),
         }
     }
 }
@@ -153,6 +173,8 @@ pub struct CompleteTxn {
     /// First and last record of the transaction to arrive (events and markers).
     pub first_position: Position,
     pub last_position: Position,
+    /// The first record of the transaction in each stream that carried it.
+    pub stream_starts: Vec<Position>,
     /// Change events received for it, bound or not, including dead-lettered ones.
     pub events: usize,
     /// Events END announced for bound tables that never arrived; non-zero only for a
@@ -233,6 +255,8 @@ struct PendingTxn {
     first_seen: u64,
     first_position: Position,
     last_position: Position,
+    /// First record per stream: where to resume reading while it is pending.
+    stream_starts: Vec<Position>,
     events: Vec<PendingEvent>,
     /// Distinct change events counted (bound, ignored, dead-lettered).
     received: u64,
@@ -256,6 +280,7 @@ impl PendingTxn {
             first_seen,
             first_position: position.clone(),
             last_position: position.clone(),
+            stream_starts: vec![position.clone()],
             events: Vec::new(),
             received: 0,
             orders: HashSet::new(),
@@ -264,6 +289,15 @@ impl PendingTxn {
             orphans: 0,
             end: None,
             streams: Vec::new(),
+        }
+    }
+
+    /// A record of this transaction arrived at `position`.
+    fn saw(&mut self, position: &Position) {
+        self.last_position = position.clone();
+        let stream = position.stream();
+        if !self.stream_starts.iter().any(|p| p.is_in(&stream)) {
+            self.stream_starts.push(position.clone());
         }
     }
 
@@ -465,6 +499,23 @@ impl TxnAssembler {
             + usize::from(self.snapshot.is_some())
     }
 
+    /// The first record, per stream, of everything received but not released: a reader that
+    /// resumes each stream there (or after its last record, if absent here) loses nothing.
+    pub fn pending_starts(&self) -> HashMap<Stream, u64> {
+        let queued = self.queue.iter().filter_map(|q| match q {
+            Queued::Ready(t) => Some(t),
+            Queued::Waiting(_) => None,
+        });
+        let mut starts: HashMap<Stream, u64> = HashMap::new();
+        for txn in self.open.values().chain(queued).chain(self.snapshot.as_ref()) {
+            for p in &txn.stream_starts {
+                let e = starts.entry(p.stream()).or_insert(u64::MAX);
+                *e = (*e).min(p.offset());
+            }
+        }
+        starts
+    }
+
     /// Counters since the assembler was built.
     pub fn stats(&self) -> &AssemblerStats {
         &self.stats
@@ -548,7 +599,7 @@ impl TxnAssembler {
                 let Some(group) = self.snapshot.as_mut() else {
                     return;
                 };
-                group.last_position = position.clone();
+                group.saw(&position);
                 group.received += 1;
                 group.events.push(PendingEvent { position, raw: raw.to_vec(), event, table });
                 if last || group.events.len() >= self.snapshot_batch {
@@ -577,7 +628,7 @@ impl TxnAssembler {
                 }
                 let arrivals = self.arrivals;
                 let txn = self.open.entry(id).or_insert_with_key(|id| PendingTxn::new(id.clone(), &position, arrivals));
-                txn.last_position = position.clone();
+                txn.saw(&position);
                 txn.carried_by(stream);
                 if !txn.count(event.total_order, Counted::of(table, true)) {
                     self.stats.duplicates += 1;
@@ -611,7 +662,7 @@ impl TxnAssembler {
         });
         let arrivals = self.arrivals;
         let txn = self.open.entry(id.clone()).or_insert_with(|| PendingTxn::new(id.clone(), position, arrivals));
-        txn.last_position = position.clone();
+        txn.saw(position);
         if let Some((event_count, _)) = end {
             if txn.end.is_some() {
                 self.stats.duplicates += 1;
@@ -664,7 +715,7 @@ impl TxnAssembler {
                     let arrivals = self.arrivals;
                     let txn =
                         self.open.entry(id).or_insert_with_key(|id| PendingTxn::new(id.clone(), &position, arrivals));
-                    txn.last_position = position.clone();
+                    txn.saw(&position);
                     txn.carried_by(stream);
                     let table = collection.as_ref().and_then(|c| self.by_collection.get(c).copied());
                     if !txn.count(context.total_order, Counted::of(table, collection.is_some())) {
@@ -722,7 +773,7 @@ impl TxnAssembler {
 
     fn stream_id(&mut self, position: &Position) -> StreamId {
         if let Some(id) = self.last_stream
-            && self.streams[id].0.contains(position)
+            && position.is_in(&self.streams[id].0)
         {
             return id;
         }
@@ -931,6 +982,7 @@ impl TxnAssembler {
             id: txn.id,
             first_position: txn.first_position,
             last_position: txn.last_position,
+            stream_starts: txn.stream_starts,
             events: received,
             missing,
             tables,
