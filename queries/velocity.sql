@@ -130,17 +130,18 @@ CREATE MATERIALIZED VIEW pickup_failed AS
 SELECT after.id AS pickup_id, after.shipment_id, after.attempt, after.reason, committed_at
 FROM changes(pickups)
 WHERE after.status = 'FAILED'
-  AND (before.status IS DISTINCT FROM 'FAILED' OR before.attempt IS DISTINCT FROM after.attempt);
+  AND ((before.status IS DISTINCT FROM 'FAILED') OR (before.attempt IS DISTINCT FROM after.attempt));
 
+-- changes(view, 'key') pairs a view's old and new row of one key into an update.
 CREATE MATERIALIZED VIEW eta_changed AS
 SELECT after.trip_id, after.load_ref, before.eta AS previous_eta, after.eta, after.delay_minutes, committed_at
-FROM changes(trip_eta)
+FROM changes(trip_eta, 'trip_id')
 WHERE op = 'update' AND before.eta IS DISTINCT FROM after.eta;
 
 -- 6. Threshold alerts: a trip's delay crossing 30 minutes upwards, once per crossing.
 CREATE MATERIALIZED VIEW delay_alerts AS
 SELECT after.trip_id, after.load_ref, after.delay_minutes, after.eta, committed_at
-FROM changes(trip_eta)
+FROM changes(trip_eta, 'trip_id')
 WHERE after.delay_minutes > 30 AND COALESCE(before.delay_minutes, 0) <= 30;
 
 -- Every event in one feed for consumers: kind, entity, payload, when it was committed.

@@ -47,7 +47,12 @@ pub async fn run(options: DemoOptions<'_>) -> anyhow::Result<()> {
     let exists = client.query("SELECT 1 FROM velocity_catalog.relations WHERE name = 'loads'", &[]).await?;
     if exists.is_empty() {
         eprintln!("loading queries/velocity.sql into {} ...", options.data_dir.display());
-        client.batch_execute(&pipeline_sql(options.scale, options.rate)).await?;
+        for statement in crate::sql::split_statements(&pipeline_sql(options.scale, options.rate)) {
+            client.batch_execute(&statement).await.map_err(|e| {
+                let message = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string());
+                anyhow::anyhow!("{message}\nin: {}", statement.trim())
+            })?;
+        }
     } else {
         eprintln!("the pipeline is already in {}; resuming it", options.data_dir.display());
     }

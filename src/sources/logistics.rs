@@ -549,7 +549,7 @@ impl Simulator {
             step => {
                 // Arrive at the next stop, as late as the drifting delay says.
                 let k = (step - 1).min(stops - 1);
-                load.delay_min = (load.delay_min + self.rand(40) as i64 - 12).max(-15);
+                load.delay_min = (load.delay_min + self.rand(31) as i64 - 14).max(-15);
                 let planned = load.stops[k].get("planned_at").and_then(Value::as_str).map(str::to_string);
                 let arrived = planned.as_deref().and_then(parse_ts).map(|p| p + load.delay_min * 60_000_000).unwrap_or(self.now_us);
                 let mut stop = load.stops[k].clone();
