@@ -235,7 +235,9 @@ async fn connector_waits_for_topics_that_do_not_exist_yet() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Through the server: CREATE SOURCE, bound tables, materialized views.
+// Through the server: CREATE SOURCE, bound tables, materialized views. Ignored until the
+// generic runner (src/sources/runner.rs driving any `Connector`) lands and builds this
+// connector from `CREATE SOURCE ... WITH (connector = 'kafka', ...)`; then drop the ignores.
 
 /// Debezium change events and transaction markers of one Postgres database, `tms`.
 struct Debezium {
@@ -388,6 +390,7 @@ async fn eventually(client: &tokio_postgres::Client, sql: &str, want: Vec<Vec<Op
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the generic source runner on main to register connector = 'kafka'"]
 async fn kafka_source_applies_whole_transactions_across_topics() {
     let kafka = Kafka::new();
     let db = Debezium { prefix: unique("tx") };
@@ -488,6 +491,7 @@ async fn kafka_source_applies_whole_transactions_across_topics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the generic source runner on main to register connector = 'kafka'"]
 async fn kafka_source_dead_letters_malformed_records() {
     let kafka = Kafka::new();
     let db = Debezium { prefix: unique("dl") };
@@ -521,6 +525,7 @@ async fn kafka_source_dead_letters_malformed_records() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the generic source runner on main to register connector = 'kafka'"]
 async fn kafka_source_resumes_after_kill9_without_applying_twice() {
     let kafka = Kafka::new();
     let db = Debezium { prefix: unique("rs") };
