@@ -76,4 +76,10 @@ pub trait Connector: Send {
     async fn committed(&mut self, _resume: &HashMap<Stream, u64>) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// What the connector is waiting for or struggling with (a topic that does not exist yet,
+    /// an unreachable broker), for the source's status; `None` when all is well.
+    fn state(&self) -> Option<String> {
+        None
+    }
 }

@@ -11,6 +11,7 @@ pub mod connector;
 pub mod debezium;
 pub mod file;
 pub mod generator;
+pub mod kafka;
 pub mod logistics;
 pub mod runner;
 pub mod txn;

@@ -15,6 +15,7 @@ use super::connector::{Connector, LagUnit, SourceRecord};
 use super::debezium::Decoder;
 use super::file::{FileConfig, FileConnector};
 use super::generator::{GeneratorConfig, GeneratorConnector};
+use super::kafka::{KafkaConfig, KafkaConnector};
 use super::txn::{AssemblerOutput, CompleteTxn, DeadLetter, Stream, TableBinding, TxnAssembler, TxnBoundaries};
 use crate::catalog::RelationKind;
 use crate::engine::{Commit, Engine, KeyedChanges};
@@ -32,6 +33,7 @@ pub struct SourceConfig {
 pub enum ConnectorConfig {
     File(FileConfig),
     Generator(GeneratorConfig),
+    Kafka(KafkaConfig),
 }
 
 /// Options every connector takes.
@@ -56,10 +58,14 @@ impl SourceConfig {
                 &["path"],
             ),
             Some("generator") => (ConnectorConfig::Generator(GeneratorConfig::from_options(get)?), GeneratorConfig::OPTIONS),
-            Some(other) => return Err(format!("unknown connector \"{other}\" (available: file, generator)")),
+            Some("kafka") => (ConnectorConfig::Kafka(KafkaConfig::from_options(options)?), KafkaConfig::OPTIONS),
+            Some(other) => return Err(format!("unknown connector \"{other}\" (available: file, generator, kafka)")),
             None => return Err("missing option connector = '...'".into()),
         };
-        if let Some((k, _)) = options.iter().find(|(k, _)| !COMMON_OPTIONS.contains(&k.as_str()) && !own_options.contains(&k.as_str())) {
+        let known = |k: &str| {
+            COMMON_OPTIONS.contains(&k) || own_options.contains(&k) || (matches!(connector, ConnectorConfig::Kafka(_)) && super::kafka::is_option(k))
+        };
+        if let Some((k, _)) = options.iter().find(|(k, _)| !known(k)) {
             return Err(format!("unknown option \"{k}\" for this connector"));
         }
         Ok(SourceConfig { connector, boundaries })
@@ -69,6 +75,7 @@ impl SourceConfig {
         match &self.connector {
             ConnectorConfig::File(c) => Box::new(FileConnector::new(c.clone())),
             ConnectorConfig::Generator(c) => Box::new(GeneratorConnector::new(c.clone())),
+            ConnectorConfig::Kafka(c) => Box::new(KafkaConnector::new(c.clone())),
         }
     }
 }
@@ -137,9 +144,11 @@ impl Offsets {
         moved
     }
 
-    /// Whether `table` has not applied `txn` yet.
+    /// Whether `table` has not applied `txn` yet. Applying a transaction moves the table's
+    /// offsets past it in every stream that was read; a stream the table did not read then
+    /// (its topic was not bound yet) may lag behind, so one stream past it is enough.
     fn applies(&self, txn: &CompleteTxn, table: u32) -> bool {
-        txn.stream_starts.iter().any(|p| self.next(&p.stream(), table) <= p.offset())
+        txn.stream_starts.iter().all(|p| self.next(&p.stream(), table) <= p.offset())
     }
 }
 
@@ -291,7 +300,9 @@ impl Runner {
             self.apply(outputs, r).await?;
             let pending = r.assembler.pending() as u64;
             let lag = self.connector.lag();
+            let state = self.connector.state().unwrap_or_else(|| "running".into());
             self.status(|s| {
+                s.state = state;
                 s.pending = pending;
                 s.lag = lag.amount;
                 s.lag_unit = match lag.unit {
@@ -378,8 +389,11 @@ impl Runner {
             self.engine.commit(Commit { extra_writes: writes, ..Default::default() }).await?;
         }
         let now = self.offsets.resume(&r.ids);
-        if now != committed_before {
-            self.connector.committed(&now).await?;
+        // Acknowledging upstream only lets it free what is applied; failing to is not fatal.
+        if now != committed_before
+            && let Err(e) = self.connector.committed(&now).await
+        {
+            tracing::warn!("source {}: acknowledging upstream: {e:#}", self.name);
         }
         Ok(())
     }

@@ -55,7 +55,9 @@
 //! with a `transaction` block). Bytes that are not JSON at all cannot name their transaction:
 //! such an orphan is assigned to a transaction only when the records around it in its stream
 //! pin it down (between records of transactions T and U, with exactly one transaction from T to
-//! U in commit order still short of events). Otherwise that transaction waits until
+//! U in commit order still short of events), and never in a Kafka partition: there a
+//! transaction short of events may merely be waiting for another partition, so pinning would
+//! release it early. Otherwise that transaction waits until
 //! [`TxnAssembler::release_stalled`] (for the source driver to call when it has caught up and
 //! waited long enough) or `flush`, which release it with `missing` set.
 
@@ -377,6 +379,8 @@ enum Cursor {
 /// An undecodable record, waiting for the records around it to tell its transaction.
 struct Orphan {
     stream: StreamId,
+    /// False in a Kafka partition (see `orphan_owner`).
+    pinnable: bool,
     prev: Option<Cursor>,
     next: Option<Cursor>,
 }
@@ -705,7 +709,8 @@ impl TxnAssembler {
                 if self.orphans.len() == MAX_ORPHANS {
                     self.orphans.pop_front();
                 }
-                self.orphans.push_back(Orphan { stream, prev, next: None });
+                let pinnable = !matches!(position, Position::Kafka { .. });
+                self.orphans.push_back(Orphan { stream, prev, next: None, pinnable });
             }
             self.dead_letter(position, raw, error.to_string(), None, out);
             return;
@@ -854,6 +859,11 @@ impl TxnAssembler {
     }
 
     fn orphan_owner(&self, orphan: &Orphan) -> OrphanOwner {
+        // A Kafka partition is one of several streams of a transaction: one short of events
+        // may just be waiting for another partition, so the orphan cannot be pinned to it.
+        if !orphan.pinnable {
+            return OrphanOwner::Nobody;
+        }
         let end_seq = |id: &str| self.open.get(id).map(|t| t.end.as_ref().map(|e| e.seq));
         let Some(next) = &orphan.next else {
             return OrphanOwner::Unknown;
@@ -1917,15 +1927,18 @@ mod tests {
         assert_eq!(ids(&table(&h.txns[0], "public.shipments").upserts, "id"), vec![1, 4]);
         assert_eq!(h.assembler.stats().orphans_assigned, 2);
 
-        // Garbage as the last event of a transaction in a topic, with END markers on their
-        // own topic: decided once the next transaction's END is seen.
-        h.push(kafka("s", 1), &event("shipments", "c", Value::Null, json!({"id": 5}), Some(("1101:1", 1)), 1101));
-        h.push(kafka("s", 2), "{\"before\":nul");
-        h.push(kafka("s", 3), &event("shipments", "c", Value::Null, json!({"id": 6}), Some(("1102:1", 1)), 1102));
-        assert_eq!(h.push(kafka("txn", 1), &end("1101:1", &[("public.shipments", 2)])), 0);
-        assert_eq!(h.push(kafka("txn", 2), &end("1102:1", &[("public.shipments", 1)])), 2);
-        assert_eq!((h.txns[1].id.as_str(), h.txns[2].id.as_str()), ("1101:1", "1102:1"));
-        assert_eq!(h.dead.len(), 3);
+        // In a Kafka partition, garbage between T and U cannot be pinned to T, which may be
+        // waiting for an event of another partition: T waits for it (or for release_stalled).
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        h.push(kafka("a", 1), &event("shipments", "c", Value::Null, json!({"id": 1}), Some(("1103:1", 1)), 1103));
+        h.push(kafka("a", 2), "garbage");
+        h.push(kafka("a", 3), &event("shipments", "c", Value::Null, json!({"id": 2}), Some(("1104:1", 1)), 1104));
+        h.push(kafka("txn", 1), &end("1103:1", &[("public.shipments", 2)]));
+        h.push(kafka("txn", 2), &end("1104:1", &[("public.shipments", 1)]));
+        assert_eq!(h.txns.len(), 0, "1103 waits for its second event");
+        h.push(kafka("b", 1), &event("shipments", "c", Value::Null, json!({"id": 3}), Some(("1103:1", 2)), 1103));
+        assert_eq!(h.txns.len(), 2);
+        assert_eq!(ids(&table(&h.txns[0], "public.shipments").upserts, "id"), vec![1, 3]);
     }
 
     #[test]
