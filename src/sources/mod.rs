@@ -9,6 +9,7 @@
 
 pub mod connector;
 pub mod debezium;
+pub mod postgres;
 pub mod runner;
 pub mod txn;
 
