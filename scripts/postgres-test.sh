@@ -34,7 +34,8 @@ start)
         fi
         as_owner "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 start -o \
             "-c wal_level=logical -c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$DIR \
-             -c max_replication_slots=64 -c max_wal_senders=64 -c max_connections=200 -c fsync=off" >/dev/null
+             -c max_replication_slots=64 -c max_wal_senders=64 -c max_connections=200 -c fsync=off" \
+            </dev/null >/dev/null 2>&1 9>&-   # the server must not inherit the lock or the caller's pipes
     fi
     psql() { command psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
     if [ "$(psql -d postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'velocity'")" != 1 ]; then
