@@ -25,6 +25,13 @@ pub enum Bench {
         #[arg(long, default_value_t = 3)]
         recomputes: usize,
     },
+    /// Debezium JSON decode + transaction dedup throughput: in memory, and end to end
+    /// through a file source into tables and a view.
+    Source {
+        /// Change events to generate (transactions of 3-10 events, two tables).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+    },
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
@@ -47,7 +54,74 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Bench::Source { events } => source(events).await,
     }
+}
+
+/// `velocity bench source`: how fast Debezium traffic becomes applied transactions.
+async fn source(events: usize) -> anyhow::Result<()> {
+    use std::io::Write;
+    println!("velocity bench source --events {events}");
+    let records = crate::sources::txn::bench_records(events);
+    let bytes: usize = records.iter().map(|(_, r)| r.len() + 1).sum();
+    let transactions = records.iter().filter(|(_, r)| r.contains("\"END\"")).count();
+    let events = records.iter().filter(|(_, r)| r.contains("\"op\":")).count();
+    let (decode_eps, decode_mbps) = crate::sources::txn::bench_decode(events);
+    eprintln!("in memory: {decode_eps:.0} events/s, {decode_mbps:.1} MB/s");
+
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("traffic.jsonl");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+    for (_, r) in &records {
+        writeln!(out, "{r}")?;
+    }
+    out.flush()?;
+    drop(records);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (addr, _server) = crate::server::spawn(&dir.path().join("data"), listener).await?;
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host={} port={} user=velocity dbname=velocity", addr.ip(), addr.port()),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE traffic WITH (connector = 'file', path = '{}', transactions = 'metadata');
+             CREATE TABLE shipments (id BIGINT PRIMARY KEY, order_id BIGINT NOT NULL, carrier TEXT, status TEXT,
+                weight DECIMAL(10, 2), shipped_at TIMESTAMP, updated_at TIMESTAMPTZ, due DATE, fragile BOOLEAN, address TEXT)
+                WITH (source = 'traffic', upstream = 'public.shipments');
+             CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT NOT NULL, total DECIMAL(12, 2), currency TEXT,
+                placed_at TIMESTAMP, quantity INT, discount DOUBLE PRECISION, note TEXT, paid BOOLEAN, region TEXT)
+                WITH (source = 'traffic', upstream = 'public.orders');
+             CREATE MATERIALIZED VIEW by_status AS SELECT status, count(*) AS n, sum(weight) AS weight FROM shipments GROUP BY status;",
+            file.display()
+        ))
+        .await?;
+    let started = Instant::now();
+    loop {
+        let row = client.query_one("SELECT transactions, errors FROM velocity_catalog.sources WHERE name = 'traffic'", &[]).await?;
+        let (done, errors): (i64, i64) = (row.get(0), row.get(1));
+        eprint!("\rapplied {done}/{transactions} transactions, {errors} dead letters, {:.0} s", started.elapsed().as_secs_f64());
+        if done as usize >= transactions {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!();
+    println!("\n| stage | events | transactions | MB | events/s | MB/s | transactions/s |");
+    println!("|---|---|---|---|---|---|---|");
+    println!("| decode + dedup (in memory) | {events} | {transactions} | {:.0} | {decode_eps:.0} | {decode_mbps:.1} | |", bytes as f64 / 1e6);
+    println!(
+        "| file source -> tables + view (synced commit per transaction) | {events} | {transactions} | {:.0} | {:.0} | {:.1} | {:.0} |",
+        bytes as f64 / 1e6,
+        events as f64 / secs,
+        bytes as f64 / 1e6 / secs,
+        transactions as f64 / secs
+    );
+    println!("\npeak RSS {} MiB", peak_rss_mib());
+    Ok(())
 }
 
 struct IncrementalResult {

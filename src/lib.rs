@@ -5,7 +5,9 @@
 pub mod bench;
 pub mod catalog;
 pub mod dataflow;
+pub mod demo;
 pub mod engine;
+pub mod functions;
 pub mod planner;
 pub mod server;
 pub mod sources;

@@ -26,6 +26,23 @@ enum Command {
         #[arg(long)]
         metrics: Option<SocketAddr>,
     },
+    /// The logistics track-and-trace pipeline (queries/velocity.sql), live on the embedded
+    /// server, fed by the built-in TMS simulator.
+    Demo {
+        #[arg(long, default_value = "./velocity-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:6875")]
+        listen: SocketAddr,
+        /// Simulated TMS transactions per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Loads in flight at once.
+        #[arg(long, default_value_t = 200)]
+        scale: usize,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
     /// Benchmarks; print a table and the command that reproduces it.
     Bench {
         #[command(subcommand)]
@@ -60,6 +77,13 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }),
+        Command::Demo { data_dir, listen, rate, scale, duration } => runtime.block_on(velocity::demo::run(velocity::demo::DemoOptions {
+            data_dir: &data_dir,
+            listen,
+            rate,
+            scale,
+            duration: duration.map(std::time::Duration::from_secs),
+        })),
         Command::Bench { bench } => runtime.block_on(velocity::bench::run(bench)),
     }
 }

@@ -104,7 +104,7 @@ struct Pipeline {
 
 impl Pipeline {
     async fn open(conn: &str, bindings: Vec<TableBinding>, resume: &HashMap<String, u64>) -> Pipeline {
-        let mut connector = PostgresCdc::new(config(conn)).unwrap();
+        let mut connector = PostgresCdc::new(config(conn));
         let upstreams: Vec<String> = bindings.iter().map(|b| b.collection.clone()).collect();
         connector.open(&upstreams, resume).await.expect("open");
         assert_eq!(connector.idle_flush(), None);

@@ -56,6 +56,8 @@ pub struct Commit {
     pub keyed: Vec<(u32, KeyedChanges)>,
     /// Storage writes that must commit with these changes (source offsets, dead letters).
     pub extra_writes: Vec<(Vec<u8>, Vec<u8>)>,
+    /// When the upstream committed this transaction (ms since the epoch), for freshness.
+    pub source_ts_ms: Option<i64>,
 }
 
 /// Final rows and deleted keys of one table in one source transaction.
@@ -92,6 +94,11 @@ pub struct EngineStats {
     /// The last tick that changed each relation.
     pub last_change: HashMap<u32, u64>,
     pub tick_latencies_us: Vec<u64>,
+    /// Per relation, the freshness of its last change made by a source transaction: time
+    /// from the upstream commit to the tick that applied it.
+    pub freshness_ms: HashMap<u32, u64>,
+    /// Recent freshness of every tick that applied source transactions.
+    pub freshness_samples_ms: Vec<u64>,
 }
 
 /// A cloneable handle: send requests to the engine thread, read the catalog.
@@ -324,6 +331,11 @@ impl EngineThread {
         let (accepted, mut rejected) = self.try_tick(commits.iter().map(|(c, _)| c).collect());
         match accepted {
             Ok(tick) => {
+                let source_ts_ms =
+                    commits.iter().enumerate().filter(|(i, _)| !rejected.contains_key(i)).filter_map(|(_, (c, _))| c.source_ts_ms).min();
+                if let Some(ts) = source_ts_ms {
+                    self.record_freshness(tick, ts);
+                }
                 for (i, (_, reply)) in commits.into_iter().enumerate() {
                     let _ = reply.send(match rejected.remove(&i) {
                         Some(e) => Err(e),
@@ -351,6 +363,23 @@ impl EngineThread {
             s.tick_latencies_us.push(started.elapsed().as_micros() as u64);
             if s.tick_latencies_us.len() > 100_000 {
                 s.tick_latencies_us.drain(..50_000);
+            }
+        }
+    }
+
+    /// Time from the upstream commit of a source transaction to the tick that applied it,
+    /// for every relation the tick changed.
+    fn record_freshness(&self, tick: u64, source_ts_ms: i64) {
+        let now_ms = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+        let freshness_ms = (now_ms - source_ts_ms).max(0) as u64;
+        if let Ok(mut s) = self.stats.write() {
+            let changed: Vec<u32> = s.last_change.iter().filter(|(_, t)| **t == tick).map(|(id, _)| *id).collect();
+            for id in changed {
+                s.freshness_ms.insert(id, freshness_ms);
+            }
+            s.freshness_samples_ms.push(freshness_ms);
+            if s.freshness_samples_ms.len() > 100_000 {
+                s.freshness_samples_ms.drain(..50_000);
             }
         }
     }

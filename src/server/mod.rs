@@ -67,6 +67,7 @@ impl Server {
         setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
         let hook = Arc::new(VelocityHook::new(engine.clone()));
         system::register(&context, &engine, hook.sources.clone())?;
+        crate::functions::register(&context);
         context.register_udtf("changes", Arc::new(changes::ChangesFunction { engine: engine.clone() }));
 
         let entries = Catalog::load_entries(&engine.store)?;

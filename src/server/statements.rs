@@ -207,6 +207,15 @@ impl VelocityHook {
         // DataFusion plans the columns and constraints; the options are Velocity's.
         let mut plain = ct.clone();
         plain.table_options = CreateTableOptions::None;
+        // JSON columns are text marked as JSON (see `functions::json`).
+        let mut json_columns = Vec::new();
+        for (i, column) in plain.columns.iter_mut().enumerate() {
+            use datafusion::sql::sqlparser::ast::DataType as SqlType;
+            if matches!(column.data_type, SqlType::JSON | SqlType::JSONB) {
+                column.data_type = SqlType::Text;
+                json_columns.push(i);
+            }
+        }
         let plan = logical_plan(ctx, &Statement::CreateTable(plain), None).await?;
         let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {
             return Err(pg_error("0A000", "this form of CREATE TABLE is not supported"));
@@ -238,7 +247,10 @@ impl VelocityHook {
             .fields()
             .iter()
             .enumerate()
-            .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() && !primary_key.contains(&i)))
+            .map(|(i, f)| {
+                let f = f.as_ref().clone().with_nullable(f.is_nullable() && !primary_key.contains(&i));
+                if json_columns.contains(&i) { crate::functions::json::json_field(f.name(), f.is_nullable()) } else { f }
+            })
             .collect();
         let id = restore.unwrap_or_else(|| self.engine.catalog.write().expect("catalog lock").allocate_id());
         let relation = Relation {
@@ -330,6 +342,20 @@ impl VelocityHook {
                 .into_iter()
                 .zip(&cv.columns)
                 .map(|(c, alias)| Expr::Column(c).alias(alias.name.value.clone()))
+                .collect();
+            plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(plan)).map_err(df_err)?);
+        }
+        // `SELECT after.id FROM changes(t)` names its column `id`, as Postgres does for a field
+        // of a composite; DataFusion would call it `changes().after[id]`.
+        if cv.columns.is_empty() && plan.schema().fields().iter().any(|f| field_access_name(f.name()).is_some()) {
+            let exprs: Vec<Expr> = plan
+                .schema()
+                .columns()
+                .into_iter()
+                .map(|c| match field_access_name(&c.name).map(str::to_string) {
+                    Some(short) => Expr::Column(c).alias(short),
+                    None => Expr::Column(c),
+                })
                 .collect();
             plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(plan)).map_err(df_err)?);
         }
@@ -663,11 +689,11 @@ impl VelocityHook {
                             s.transactions.to_string(),
                             s.events.to_string(),
                             s.errors.to_string(),
-                            s.lag_bytes.to_string(),
+                            format!("{} {}", s.lag, s.lag_unit),
                         ]
                     })
                     .collect();
-                text_rows(&["name", "connector", "status", "position", "transactions", "events", "errors", "lag_bytes"], rows)
+                text_rows(&["name", "connector", "status", "position", "transactions", "events", "errors", "lag"], rows)
             }
             V::DropSource { name, if_exists, cascade } => {
                 let exists = self.engine.catalog.read().expect("catalog lock").get(name).is_some_and(|r| r.kind == RelationKind::Source);
@@ -774,4 +800,11 @@ fn rebind_scan(plan: LogicalPlan, table: &str, rows: RecordBatch) -> datafusion:
         other => Ok(Transformed::no(other)),
     })
     .map(|t| t.data)
+}
+
+/// The field name of a column DataFusion named after a field access (`expr[field]`).
+fn field_access_name(name: &str) -> Option<&str> {
+    let inner = name.strip_suffix(']')?;
+    let (_, field) = inner.rsplit_once('[')?;
+    (!field.is_empty() && field.chars().all(|c| c.is_alphanumeric() || c == '_')).then_some(field)
 }

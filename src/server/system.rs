@@ -67,6 +67,8 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry) 
         Field::new("kind", DataType::Utf8, false),
         Field::new("rows", DataType::Int64, false),
         Field::new("last_change_tick", DataType::Int64, true),
+        // Time from the upstream commit to the tick of the last source transaction that changed it.
+        Field::new("freshness_ms", DataType::Int64, true),
         Field::new("definition", DataType::Utf8, false),
     ]));
     let fill: Fill = Box::new(|engine: &Engine| {
@@ -79,6 +81,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry) 
             Arc::new(StringArray::from_iter_values(rels.iter().map(|r| r.kind.sql_name()))),
             Arc::new(Int64Array::from_iter_values(rels.iter().map(|r| stats.view_rows.get(&r.id).copied().unwrap_or(0)))),
             Arc::new(Int64Array::from_iter(rels.iter().map(|r| stats.last_change.get(&r.id).map(|t| *t as i64)))),
+            Arc::new(Int64Array::from_iter(rels.iter().map(|r| stats.freshness_ms.get(&r.id).map(|t| *t as i64)))),
             Arc::new(StringArray::from_iter_values(rels.iter().map(|r| r.create_sql.clone()))),
         ])
     });
@@ -94,7 +97,8 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry) 
         Field::new("events", DataType::Int64, false),
         Field::new("errors", DataType::Int64, false),
         Field::new("pending_records", DataType::Int64, false),
-        Field::new("lag_bytes", DataType::Int64, false),
+        Field::new("lag", DataType::Int64, false),
+        Field::new("lag_unit", DataType::Utf8, false),
     ]));
     let fill: Fill = Box::new(move |engine: &Engine| {
         let catalog = engine.catalog.read().expect("catalog lock");
@@ -115,7 +119,8 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry) 
             int(&|s| s.events),
             int(&|s| s.errors),
             int(&|s| s.pending),
-            int(&|s| s.lag_bytes),
+            int(&|s| s.lag),
+            text(&|s| s.lag_unit.to_string()),
         ])
     });
     schema.register_table("sources".into(), Arc::new(SystemTable { engine: engine.clone(), schema: source_schema, fill }))?;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::txn::{Position, Stream};
+use super::txn::{Position, Stream, TxnBoundaries};
 
 /// One raw record: Debezium JSON bytes, or `None` for a tombstone (a Kafka record without value).
 #[derive(Debug, Clone)]
@@ -41,6 +41,12 @@ pub trait Connector: Send {
     /// `upstream = '...'`: the upstream itself, or for Kafka the topic's last two parts.
     fn collection(&self, upstream: &str) -> String {
         upstream.to_string()
+    }
+
+    /// How transactions end in this connector's records, when the connector decides it (it
+    /// writes END markers itself) rather than the source's `transactions` option.
+    fn boundaries(&self) -> Option<TxnBoundaries> {
+        None
     }
 
     /// (Re)start reading for tables bound to `upstreams`. `resume` has, per stream, the next

@@ -9,6 +9,9 @@
 
 pub mod connector;
 pub mod debezium;
+pub mod file;
+pub mod generator;
+pub mod logistics;
 pub mod postgres;
 pub mod runner;
 pub mod txn;

@@ -61,7 +61,7 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use super::connector::{Connector, Lag, LagUnit, SourceRecord};
-use super::txn::{Position, Stream};
+use super::txn::{Position, Stream, TxnBoundaries};
 
 /// The resume stream of a Postgres source: the replication slot's WAL.
 pub const WAL_STREAM: &str = "wal";
@@ -90,6 +90,9 @@ pub struct PostgresCdcConfig {
 }
 
 impl PostgresCdcConfig {
+    /// The connector's own `WITH (...)` options.
+    pub const OPTIONS: &'static [&'static str] = &["connection", "publication", "slot"];
+
     /// Read and check the options (`connection` is required).
     pub fn from_options(get: impl Fn(&str) -> Option<String>) -> Result<PostgresCdcConfig, String> {
         let connection = get("connection").ok_or("the postgres-cdc connector needs connection = '...'")?;
@@ -177,10 +180,12 @@ pub struct PostgresCdc {
 }
 
 impl PostgresCdc {
-    pub fn new(config: PostgresCdcConfig) -> anyhow::Result<PostgresCdc> {
-        let pg = tokio_postgres::Config::from_str(&config.connection).context("connection")?;
+    /// A connector for `config` (checked by [`PostgresCdcConfig::from_options`]; a connection
+    /// string that does not parse fails at `open`).
+    pub fn new(config: PostgresCdcConfig) -> PostgresCdc {
+        let pg = tokio_postgres::Config::from_str(&config.connection).unwrap_or_else(|_| tokio_postgres::Config::new());
         let database = pg.get_dbname().or(pg.get_user()).unwrap_or("postgres").to_string();
-        Ok(PostgresCdc {
+        PostgresCdc {
             config,
             pg,
             database,
@@ -196,7 +201,7 @@ impl PostgresCdc {
             sent_up_to: 0,
             last_commit: 0,
             confirmed: 0,
-        })
+        }
     }
 
     /// A plain session with the connector's session settings.
@@ -582,6 +587,10 @@ impl Connector for PostgresCdc {
         "postgres-cdc"
     }
 
+    fn boundaries(&self) -> Option<TxnBoundaries> {
+        Some(TxnBoundaries::Metadata)
+    }
+
     async fn open(&mut self, upstreams: &[String], resume: &HashMap<Stream, u64>) -> anyhow::Result<()> {
         if let Some(mut old) = self.repl.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), old.shutdown()).await;
@@ -598,7 +607,19 @@ impl Connector for PostgresCdc {
         {
             bail!("replication slot \"{}\" belongs to database \"{db}\", not \"{}\"", self.config.slot, self.database);
         }
+        tokio_postgres::Config::from_str(&self.config.connection).context("connection")?;
         let mut resume_from = resume.get(WAL_STREAM).copied();
+        // Tables bound to a running source: the runner resumes at the oldest position of any
+        // bound table, which for a new table is "from the beginning". Replay from the slot
+        // (the runner applies to each table only what it has not seen) and snapshot the new
+        // tables on their own.
+        let bound_later = !self.upstreams.is_empty() && upstreams.iter().any(|u| !self.upstreams.contains(u));
+        if resume_from.is_none()
+            && bound_later
+            && let Some((_, confirmed)) = &slot
+        {
+            resume_from = Some(*confirmed);
+        }
         // A resume position right below the slot's start: a snapshot interrupted between batches.
         if let (Some(r), Some((_, confirmed))) = (resume_from, &slot)
             && r + 1 == *confirmed

@@ -6,14 +6,17 @@
 //! lost or applied twice.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::txn::{AssemblerOutput, DeadLetter, Position, TableBinding, TxnAssembler, TxnBoundaries};
+use super::connector::{Connector, LagUnit, SourceRecord};
 use super::debezium::Decoder;
+use super::file::{FileConfig, FileConnector};
+use super::generator::{GeneratorConfig, GeneratorConnector};
+use super::postgres::{PostgresCdc, PostgresCdcConfig};
+use super::txn::{AssemblerOutput, CompleteTxn, DeadLetter, Stream, TableBinding, TxnAssembler, TxnBoundaries};
 use crate::catalog::RelationKind;
 use crate::engine::{Commit, Engine, KeyedChanges};
 use crate::storage::keyspace;
@@ -21,25 +24,25 @@ use crate::storage::keyspace;
 /// What `CREATE SOURCE ... WITH (...)` declared.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
-    pub connector: Connector,
+    pub connector: ConnectorConfig,
     pub boundaries: TxnBoundaries,
 }
 
+/// One variant per connector, holding its options.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Connector {
-    /// JSON-lines files: one file, or every `*.jsonl`/`*.json` file of a directory in name order.
-    File { path: PathBuf },
+pub enum ConnectorConfig {
+    File(FileConfig),
+    Generator(GeneratorConfig),
+    PostgresCdc(PostgresCdcConfig),
 }
+
+/// Options every connector takes.
+const COMMON_OPTIONS: &[&str] = &["connector", "format", "transactions"];
 
 impl SourceConfig {
     /// Validate `WITH (...)` options.
     pub fn from_options(options: &[(String, String)]) -> Result<SourceConfig, String> {
         let get = |k: &str| options.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        for (k, _) in options {
-            if !["connector", "path", "format", "transactions"].contains(&k.as_str()) {
-                return Err(format!("unknown source option \"{k}\""));
-            }
-        }
         let format = get("format").unwrap_or_else(|| "debezium-json".into());
         if format != "debezium-json" {
             return Err(format!("format \"{format}\" is not supported; use 'debezium-json'"));
@@ -49,14 +52,32 @@ impl SourceConfig {
             Some("metadata") => TxnBoundaries::Metadata,
             Some(other) => return Err(format!("transactions must be 'txid' or 'metadata', not \"{other}\"")),
         };
-        let connector = match get("connector").as_deref() {
-            Some("file") => Connector::File {
-                path: get("path").ok_or("the file connector needs path = '...'")?.into(),
-            },
-            Some(other) => return Err(format!("connector \"{other}\" is not available yet (available: file)")),
+        let (connector, own_options): (ConnectorConfig, &[&str]) = match get("connector").as_deref() {
+            Some("file") => (
+                ConnectorConfig::File(FileConfig { path: get("path").ok_or("the file connector needs path = '...'")?.into() }),
+                &["path"],
+            ),
+            Some("generator") => (ConnectorConfig::Generator(GeneratorConfig::from_options(get)?), GeneratorConfig::OPTIONS),
+            Some("postgres-cdc") => {
+                (ConnectorConfig::PostgresCdc(PostgresCdcConfig::from_options(get)?), PostgresCdcConfig::OPTIONS)
+            }
+            Some(other) => {
+                return Err(format!("unknown connector \"{other}\" (available: file, generator, postgres-cdc)"));
+            }
             None => return Err("missing option connector = '...'".into()),
         };
+        if let Some((k, _)) = options.iter().find(|(k, _)| !COMMON_OPTIONS.contains(&k.as_str()) && !own_options.contains(&k.as_str())) {
+            return Err(format!("unknown option \"{k}\" for this connector"));
+        }
         Ok(SourceConfig { connector, boundaries })
+    }
+
+    fn connect(&self) -> Box<dyn Connector> {
+        match &self.connector {
+            ConnectorConfig::File(c) => Box::new(FileConnector::new(c.clone())),
+            ConnectorConfig::Generator(c) => Box::new(GeneratorConnector::new(c.clone())),
+            ConnectorConfig::PostgresCdc(c) => Box::new(PostgresCdc::new(c.clone())),
+        }
     }
 }
 
@@ -71,8 +92,9 @@ pub struct SourceStatus {
     pub errors: u64,
     /// Records seen but not yet applied (waiting for their transaction to complete).
     pub pending: u64,
-    /// Input not read yet, in bytes (files).
-    pub lag_bytes: u64,
+    /// Input available upstream and not read yet, in `lag_unit`s.
+    pub lag: u64,
+    pub lag_unit: &'static str,
     /// True when everything available has been read and applied.
     pub caught_up: bool,
     /// Passes over the input so far; FLUSH waits for a pass that started after it.
@@ -84,30 +106,48 @@ pub type SourceRegistry = Arc<RwLock<HashMap<String, SourceStatus>>>;
 
 /// Where a source resumes: stored with every commit it makes.
 ///
-/// Kept per table: a table bound to a source that has already moved on starts from the
-/// beginning of the input, while tables that have seen a transaction skip it.
+/// Kept per stream and table: a table bound to a source that has already moved on reads the
+/// input from the beginning, while tables that have applied a transaction skip it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Offsets {
-    /// Next line to apply, per file and table id.
-    files: HashMap<String, HashMap<u32, u64>>,
+    /// Next offset not applied, per stream and table id.
+    #[serde(alias = "files")]
+    streams: HashMap<Stream, HashMap<u32, u64>>,
 }
 
 impl Offsets {
-    fn next_line(&self, file: &str, table: u32) -> u64 {
-        self.files.get(file).and_then(|t| t.get(&table)).copied().unwrap_or(0)
+    fn next(&self, stream: &str, table: u32) -> u64 {
+        self.streams.get(stream).and_then(|t| t.get(&table)).copied().unwrap_or(0)
     }
 
-    /// Where to start reading `file` so that every table in `tables` sees what it has not.
-    fn read_from(&self, file: &str, tables: &[u32]) -> u64 {
-        tables.iter().map(|t| self.next_line(file, *t)).min().unwrap_or(0)
+    /// Where to read each stream from so that every table in `tables` sees what it has not.
+    fn resume(&self, tables: &[u32]) -> HashMap<Stream, u64> {
+        self.streams
+            .keys()
+            .filter_map(|s| Some((s.clone(), tables.iter().map(|t| self.next(s, *t)).min()?)))
+            .filter(|(_, next)| *next > 0)
+            .collect()
     }
 
-    fn advance(&mut self, file: &str, tables: &[u32], next: u64) {
-        let per_table = self.files.entry(file.to_string()).or_default();
-        for t in tables {
-            let e = per_table.entry(*t).or_insert(0);
-            *e = (*e).max(next);
+    /// Move `tables` forward to `to` in each stream; true if anything moved.
+    fn advance(&mut self, to: &HashMap<Stream, u64>, tables: &[u32]) -> bool {
+        let mut moved = false;
+        for (stream, next) in to {
+            let per_table = self.streams.entry(stream.clone()).or_default();
+            for t in tables {
+                let e = per_table.entry(*t).or_insert(0);
+                if *e < *next {
+                    *e = *next;
+                    moved = true;
+                }
+            }
         }
+        moved
+    }
+
+    /// Whether `table` has not applied `txn` yet.
+    fn applies(&self, txn: &CompleteTxn, table: u32) -> bool {
+        txn.stream_starts.iter().any(|p| self.next(&p.stream(), table) <= p.offset())
     }
 }
 
@@ -139,12 +179,19 @@ pub struct StoredDeadLetter {
 /// Start the task that runs source `name` until the source is dropped.
 pub fn spawn(engine: Engine, registry: SourceRegistry, id: u32, name: String, config: SourceConfig) {
     tokio::spawn(async move {
-        let mut runner = Runner { engine, registry, id, name: name.clone(), config, offsets: Offsets::default() };
-        if let Err(e) = runner.run().await {
-            tracing::error!("source {name} stopped: {e}");
-            if let Some(s) = runner.registry.write().expect("registry lock").get_mut(&name) {
-                s.state = format!("error: {e}");
-            }
+        let connector = config.connect();
+        let registry_handle = registry.clone();
+        let mut runner = Runner { engine, registry, id, name: name.clone(), config, connector, offsets: Offsets::default() };
+        // A bug in a connector stops its source, visibly, not the server.
+        let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(runner.run())).await;
+        let error = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "the source task panicked".to_string(),
+        };
+        tracing::error!("source {name} stopped: {error}");
+        if let Some(s) = registry_handle.write().expect("registry lock").get_mut(&name) {
+            s.state = format!("error: {error}");
         }
     });
 }
@@ -155,11 +202,12 @@ struct Runner {
     id: u32,
     name: String,
     config: SourceConfig,
+    connector: Box<dyn Connector>,
     offsets: Offsets,
 }
 
-/// Tables bound to a source: binding for the assembler, relation id for the engine.
-fn bound_tables(engine: &Engine, source: &str) -> Vec<(TableBinding, u32)> {
+/// Tables bound to a source: upstream name and relation id, in id order.
+fn bound_tables(engine: &Engine, source: &str) -> Vec<(String, u32, TableBinding)> {
     let catalog = engine.catalog.read().expect("catalog lock");
     catalog
         .iter()
@@ -167,36 +215,41 @@ fn bound_tables(engine: &Engine, source: &str) -> Vec<(TableBinding, u32)> {
         .filter_map(|r| {
             let b = r.binding.as_ref()?;
             (b.source == source).then(|| {
-                (TableBinding { collection: b.upstream.clone(), schema: r.schema.clone(), primary_key: r.primary_key.clone() }, r.id)
+                let binding = TableBinding {
+                    collection: b.upstream.clone(),
+                    schema: r.schema.clone(),
+                    primary_key: r.primary_key.clone(),
+                };
+                (b.upstream.clone(), r.id, binding)
             })
         })
         .collect()
 }
 
-/// After this long without new input, a transaction still open at the end of the input
-/// is taken as complete (a file writer that stopped mid-stream).
-const IDLE_FLUSH: Duration = Duration::from_secs(1);
+/// How long one poll waits for input before the runner looks at its tables again.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// The assembler and what it has read, rebuilt whenever the bound tables change.
+struct Reading {
+    assembler: TxnAssembler,
+    /// Relation id per collection.
+    tables: HashMap<String, u32>,
+    ids: Vec<u32>,
+    /// Per stream, the offset after the last record read.
+    read_to: HashMap<Stream, u64>,
+    last_input: Instant,
+}
 
 impl Runner {
-    fn files(&self) -> Vec<PathBuf> {
-        let Connector::File { path } = &self.config.connector;
-        if path.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-                .unwrap_or_default();
-            files.retain(|p| p.extension().is_some_and(|e| e == "jsonl" || e == "json"));
-            files.sort();
-            files
-        } else {
-            vec![path.clone()]
-        }
-    }
-
     fn status(&self, f: impl FnOnce(&mut SourceStatus)) {
         let mut registry = self.registry.write().expect("registry lock");
         let s = registry.entry(self.name.clone()).or_default();
-        s.connector = "file".into();
+        s.connector = self.connector.kind().into();
         f(s);
+    }
+
+    fn dropped(&self) -> bool {
+        !self.engine.catalog.read().expect("catalog lock").get(&self.name).is_some_and(|r| r.kind == RelationKind::Source)
     }
 
     async fn run(&mut self) -> anyhow::Result<()> {
@@ -205,134 +258,138 @@ impl Runner {
         }
         self.status(|s| s.state = "running".into());
         let mut decoder = Decoder::new();
-        let mut bindings: Vec<(TableBinding, u32)> = Vec::new();
-        let mut assembler: Option<TxnAssembler> = None;
-        // Lines read but not yet applied, per file: reading restarts from the stored offsets
-        // whenever the assembler is rebuilt.
-        let mut read_to: HashMap<String, u64> = HashMap::new();
-        let mut last_input = Instant::now();
+        let mut reading: Option<Reading> = None;
         loop {
-            if !self.engine.catalog.read().expect("catalog lock").get(&self.name).is_some_and(|r| r.kind == RelationKind::Source) {
+            if self.dropped() {
                 self.registry.write().expect("registry lock").remove(&self.name);
                 return Ok(());
             }
-            let current = bound_tables(&self.engine, &self.name);
-            let ids = |b: &[(TableBinding, u32)]| b.iter().map(|(_, id)| *id).collect::<Vec<_>>();
-            if assembler.is_none() || ids(&current) != ids(&bindings) {
-                bindings = current;
-                assembler = Some(TxnAssembler::new(bindings.iter().map(|(b, _)| b.clone()).collect(), self.config.boundaries)?);
-                let tables = ids(&bindings);
-                read_to = self.files().iter().map(|f| {
-                    let key = f.display().to_string();
-                    let from = self.offsets.read_from(&key, &tables);
-                    (key, from)
-                }).collect();
+            let bound = bound_tables(&self.engine, &self.name);
+            let ids: Vec<u32> = bound.iter().map(|(_, id, _)| *id).collect();
+            if reading.as_ref().is_none_or(|r| r.ids != ids) {
+                reading = Some(self.start_reading(bound, ids).await?);
             }
-            let asm = assembler.as_mut().expect("assembler built above");
+            let r = reading.as_mut().expect("reading started above");
+            if r.ids.is_empty() {
+                self.status(|s| {
+                    s.caught_up = true;
+                    s.rounds += 1;
+                });
+                tokio::time::sleep(POLL_WAIT).await;
+                continue;
+            }
+            let records = self.connector.poll(POLL_WAIT).await?;
+            let read_any = !records.is_empty();
             let mut outputs = Vec::new();
-            let mut lag = 0u64;
-            let mut read_any = false;
-            if !bindings.is_empty() {
-                for file in self.files() {
-                    let key = file.display().to_string();
-                    let Ok(text) = tokio::fs::read(&file).await else { continue };
-                    let start = read_to.get(&key).copied().unwrap_or(0);
-                    let mut line_no = 0u64;
-                    for line in text.split_inclusive(|b| *b == b'\n') {
-                        if !line.ends_with(b"\n") {
-                            // A line still being written: read it next time.
-                            lag += line.len() as u64;
-                            break;
-                        }
-                        if line_no >= start {
-                            let raw = line.strip_suffix(b"\n").unwrap_or(line);
-                            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-                            if !raw.iter().all(u8::is_ascii_whitespace) {
-                                let record = decoder.decode(Some(raw));
-                                outputs.extend(asm.push(Position::File { path: key.clone(), line: line_no }, raw, record));
-                                read_any = true;
-                            }
-                        }
-                        line_no += 1;
-                    }
-                    read_to.insert(key, line_no.max(start));
-                }
+            for SourceRecord { position, payload } in records {
+                let next = position.offset() + 1;
+                let e = r.read_to.entry(position.stream()).or_insert(next);
+                *e = (*e).max(next);
+                let raw = payload.as_deref().unwrap_or_default();
+                let record = decoder.decode(payload.as_deref());
+                outputs.extend(r.assembler.push(position, raw, record));
             }
             if read_any {
-                last_input = Instant::now();
-            } else if asm.pending() > 0 && last_input.elapsed() >= IDLE_FLUSH {
-                outputs.extend(asm.flush());
+                r.last_input = Instant::now();
+            } else if r.assembler.pending() > 0
+                && self.connector.idle_flush().is_some_and(|idle| r.last_input.elapsed() >= idle)
+            {
+                outputs.extend(r.assembler.flush());
             }
-            let pending = asm.pending() as u64;
-            self.apply(outputs, &bindings, &read_to, pending == 0).await?;
+            self.apply(outputs, r).await?;
+            let pending = r.assembler.pending() as u64;
+            let lag = self.connector.lag();
             self.status(|s| {
                 s.pending = pending;
-                s.lag_bytes = lag;
+                s.lag = lag.amount;
+                s.lag_unit = match lag.unit {
+                    LagUnit::Bytes => "bytes",
+                    LagUnit::Messages => "messages",
+                };
                 s.caught_up = !read_any && pending == 0;
                 s.rounds += 1;
             });
-            tokio::time::sleep(Duration::from_millis(if read_any { 0 } else { 50 })).await;
         }
     }
 
-    /// Commit released transactions and dead letters, each with the source's new offsets.
-    async fn apply(
-        &mut self,
-        outputs: Vec<AssemblerOutput>,
-        bindings: &[(TableBinding, u32)],
-        read_to: &HashMap<String, u64>,
-        nothing_pending: bool,
-    ) -> anyhow::Result<()> {
-        let table_id: HashMap<&str, u32> = bindings.iter().map(|(b, id)| (b.collection.as_str(), *id)).collect();
+    async fn start_reading(&mut self, bound: Vec<(String, u32, TableBinding)>, ids: Vec<u32>) -> anyhow::Result<Reading> {
+        let upstreams: Vec<String> = bound.iter().map(|(u, _, _)| u.clone()).collect();
+        let mut tables = HashMap::new();
+        let mut bindings = Vec::new();
+        for (upstream, id, mut binding) in bound {
+            binding.collection = self.connector.collection(&upstream);
+            tables.insert(binding.collection.clone(), id);
+            bindings.push(binding);
+        }
+        let boundaries = self.connector.boundaries().unwrap_or(self.config.boundaries);
+        let assembler = TxnAssembler::new(bindings, boundaries)?;
+        let resume = self.offsets.resume(&ids);
+        self.connector.open(&upstreams, &resume).await?;
+        Ok(Reading { assembler, tables, ids, read_to: resume, last_input: Instant::now() })
+    }
+
+    /// Commit released transactions one by one, each with the offsets that resume right
+    /// after it, then dead letters and the offsets past everything read but not pending.
+    async fn apply(&mut self, outputs: Vec<AssemblerOutput>, r: &Reading) -> anyhow::Result<()> {
         let mut dead: Vec<DeadLetter> = Vec::new();
+        let mut txns: Vec<CompleteTxn> = Vec::new();
         for output in outputs {
             match output {
                 AssemblerOutput::DeadLetter(d) => dead.push(d),
-                AssemblerOutput::CompleteTxn(txn) => {
-                    let Position::File { path, line } = &txn.last_position else { continue };
-                    // Tables that already applied this transaction (bound earlier) skip it.
-                    let keyed = txn
-                        .tables
-                        .into_iter()
-                        .filter_map(|(collection, net)| {
-                            let id = *table_id.get(collection.as_str())?;
-                            (self.offsets.next_line(path, id) <= *line)
-                                .then_some((id, KeyedChanges { upserts: net.upserts, deletes: net.deletes }))
-                        })
-                        .collect();
-                    // Resume after this transaction's last record.
-                    let tables: Vec<u32> = bindings.iter().map(|(_, id)| *id).collect();
-                    self.offsets.advance(path, &tables, line + 1);
-                    let events = txn.events as u64;
-                    // Only this transaction's end moves the offsets here, so a crash between two
-                    // commits resumes right after the last one applied.
-                    let commit = Commit { keyed, extra_writes: self.extra_writes(std::mem::take(&mut dead))?, ..Default::default() };
-                    self.engine.commit(commit).await?;
-                    let position = txn.last_position.to_string();
-                    self.status(|s| {
-                        s.transactions += 1;
-                        s.events += events;
-                        s.position = position;
-                    });
-                }
+                AssemblerOutput::CompleteTxn(txn) => txns.push(txn),
             }
         }
-        let tables: Vec<u32> = bindings.iter().map(|(_, id)| *id).collect();
-        if !dead.is_empty() || (nothing_pending && self.offsets_changed(read_to, &tables)) {
-            if nothing_pending {
-                // Everything read has been applied or dead-lettered: resume after all of it.
-                for (file, next) in read_to {
-                    self.offsets.advance(file, &tables, *next);
+        // Resume points once everything released here is applied: after all that was read,
+        // except where a transaction is still pending.
+        let mut settled = r.read_to.clone();
+        for (stream, start) in r.assembler.pending_starts() {
+            settled.insert(stream, start);
+        }
+        let committed_before = self.offsets.resume(&r.ids);
+        for i in 0..txns.len() {
+            // Transactions released after this one are not applied yet: resume at them.
+            let mut resume = settled.clone();
+            for later in &txns[i + 1..] {
+                for p in &later.stream_starts {
+                    let e = resume.entry(p.stream()).or_insert(u64::MAX);
+                    *e = (*e).min(p.offset());
                 }
             }
+            let txn = &txns[i];
+            let keyed: Vec<(u32, KeyedChanges)> = txn
+                .tables
+                .iter()
+                .filter_map(|(collection, net)| {
+                    let id = *r.tables.get(collection.as_str())?;
+                    self.offsets.applies(txn, id).then(|| {
+                        (id, KeyedChanges { upserts: net.upserts.clone(), deletes: net.deletes.clone() })
+                    })
+                })
+                .collect();
+            self.offsets.advance(&resume, &r.ids);
+            let commit = Commit {
+                keyed,
+                extra_writes: self.extra_writes(std::mem::take(&mut dead))?,
+                source_ts_ms: txn.source_ts_ms,
+                ..Default::default()
+            };
+            self.engine.commit(commit).await?;
+            let (events, position) = (txn.events as u64, txn.last_position.to_string());
+            self.status(|s| {
+                s.transactions += 1;
+                s.events += events;
+                s.position = position;
+            });
+        }
+        if self.offsets.advance(&settled, &r.ids) || !dead.is_empty() {
             let writes = self.extra_writes(dead)?;
             self.engine.commit(Commit { extra_writes: writes, ..Default::default() }).await?;
         }
+        let now = self.offsets.resume(&r.ids);
+        if now != committed_before {
+            self.connector.committed(&now).await?;
+        }
         Ok(())
-    }
-
-    fn offsets_changed(&self, read_to: &HashMap<String, u64>, tables: &[u32]) -> bool {
-        read_to.iter().any(|(k, v)| tables.iter().any(|t| self.offsets.next_line(k, *t) < *v))
     }
 
     /// Dead letters plus the source's offsets, as storage writes for the next commit.

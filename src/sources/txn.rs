@@ -108,6 +108,8 @@ pub enum Position {
     /// Postgres logical replication: the commit LSN of the record's transaction, shared by
     /// all its records (one stream: the slot).
     Postgres { lsn: u64 },
+    /// The load generator: the record's number (one stream).
+    Generator { record: u64 },
 }
 
 /// An ordered stream of records (a topic partition, a file, a replication slot), by name.
@@ -120,6 +122,7 @@ impl Position {
             Position::Kafka { topic, partition, .. } => format!("{topic}/{partition}"),
             Position::File { path, .. } => path.clone(),
             Position::Postgres { .. } => "wal".into(),
+            Position::Generator { .. } => "generator".into(),
         }
     }
 
@@ -132,6 +135,7 @@ impl Position {
                 .is_some_and(|p| p.parse() == Ok(*partition)),
             Position::File { path, .. } => path == stream,
             Position::Postgres { .. } => stream == "wal",
+            Position::Generator { .. } => stream == "generator",
         }
     }
 
@@ -141,6 +145,7 @@ impl Position {
             Position::Kafka { offset, .. } => u64::try_from(*offset).unwrap_or(0),
             Position::File { line, .. } => *line,
             Position::Postgres { lsn } => *lsn,
+            Position::Generator { record } => *record,
         }
     }
 }
@@ -151,6 +156,7 @@ impl std::fmt::Display for Position {
             Position::Kafka { topic, partition, offset } => write!(f, "{topic}/{partition}@{offset}"),
             Position::File { path, line } => write!(f, "{path}:{line}"),
             Position::Postgres { lsn } => write!(f, "{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff),
+            Position::Generator { record } => write!(f, "record {record}"),
         }
     }
 }
@@ -175,6 +181,8 @@ pub struct CompleteTxn {
     pub last_position: Position,
     /// The first record of the transaction in each stream that carried it.
     pub stream_starts: Vec<Position>,
+    /// When the upstream committed it (`ts_ms` of its events), ms since the epoch.
+    pub source_ts_ms: Option<i64>,
     /// Change events received for it, bound or not, including dead-lettered ones.
     pub events: usize,
     /// Events END announced for bound tables that never arrived; non-zero only for a
@@ -937,6 +945,7 @@ impl TxnAssembler {
             self.released_order.push_back(txn.id.clone());
         }
         let events = std::mem::take(&mut txn.events);
+        let source_ts_ms = events.iter().filter_map(|e| e.event.ts_ms).max();
         let mut events: Vec<Option<PendingEvent>> = if events.iter().all(|e| e.event.total_order.is_some()) {
             let mut events = events;
             events.sort_by_key(|e| e.event.total_order);
@@ -983,6 +992,7 @@ impl TxnAssembler {
             first_position: txn.first_position,
             last_position: txn.last_position,
             stream_starts: txn.stream_starts,
+            source_ts_ms,
             events: received,
             missing,
             tables,
@@ -1331,7 +1341,7 @@ fn bench_envelope_schema(table: &str, columns: &[(&str, &str, Option<&str>, Opti
 }
 
 /// Generated records with their positions: two table topics and a metadata topic.
-fn bench_records(events: usize) -> Vec<(Position, String)> {
+pub fn bench_records(events: usize) -> Vec<(Position, String)> {
     let decimal = |scale: &str| Some(serde_json::json!({"scale": scale, "connect.decimal.precision": "10"}));
     let shipments_schema = bench_envelope_schema(
         "shipments",

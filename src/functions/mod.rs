@@ -1,0 +1,9 @@
+//! Postgres functions DataFusion does not have, registered on every session and used by
+//! views exactly like built-in ones.
+
+pub mod json;
+
+/// Register every Velocity function with `ctx`.
+pub fn register(ctx: &datafusion::prelude::SessionContext) {
+    json::register(ctx);
+}
