@@ -364,3 +364,109 @@ async fn a_table_bound_later_is_snapshotted_at_its_own_point_in_the_stream() {
     assert!(lsn(&t1) < lsn(snapshot) && lsn(snapshot) < lsn(&txns[1]));
     p.quiet().await;
 }
+
+mod common;
+
+/// Poll `sql` on Velocity until it returns `expected` (sorted rows), for up to 20 s.
+async fn eventually(client: &Client, sql: &str, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: Vec<String> = common::rows(client, sql)
+            .await
+            .into_iter()
+            .map(|r| r.into_iter().map(|c| c.unwrap_or_else(|| "NULL".into())).collect::<Vec<_>>().join("|"))
+            .collect();
+        if got == expected {
+            return;
+        }
+        if Instant::now() > deadline {
+            let sources = common::rows(client, "SELECT * FROM velocity_catalog.sources").await;
+            panic!("{sql}: got {got:?}, expected {expected:?}; sources: {sources:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn current_lsn(db: &Client) -> u64 {
+    let text: String = db.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_applies_postgres_transactions_once_across_a_kill() {
+    let conn = fresh_database("cdc_server").await;
+    let db = connect(&conn).await;
+    db.batch_execute(TABLES).await.unwrap();
+    db.batch_execute("INSERT INTO shipments (id, status) VALUES (1, 'PLANNED'), (2, 'PLANNED'); INSERT INTO orders VALUES ('eu', 1, 10)")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::data_dir(&dir);
+    let server = common::ServerProcess::start(&data);
+    let v = common::connect(server.addr).await;
+    v.batch_execute(&format!(
+        "CREATE SOURCE tms WITH (connector = 'postgres-cdc', connection = '{conn}', publication = 'velocity', slot = 'cdc_server');
+         CREATE TABLE shipments (id BIGINT PRIMARY KEY, status TEXT) WITH (source = 'tms', upstream = 'public.shipments');
+         CREATE TABLE orders (region TEXT, id BIGINT, total BIGINT, PRIMARY KEY (region, id)) WITH (source = 'tms', upstream = 'public.orders');
+         CREATE MATERIALIZED VIEW per_status AS SELECT status, count(*) AS n FROM shipments GROUP BY status;
+         CREATE MATERIALIZED VIEW shipment_events AS SELECT op, COALESCE(after.id, before.id) AS id, after.status AS status FROM changes(shipments);"
+    ))
+    .await
+    .unwrap();
+    eventually(&v, "SELECT status, n FROM per_status", &["PLANNED|2"]).await;
+    eventually(&v, "SELECT region, id, total FROM orders", &["eu|1|10"]).await;
+
+    let before_txn = current_lsn(&db).await;
+    db.batch_execute(
+        "BEGIN;
+         DELETE FROM shipments WHERE id = 1; INSERT INTO shipments VALUES (1, 'LOADING');
+         UPDATE shipments SET status = 'X' WHERE id = 2; UPDATE shipments SET status = 'PLANNED' WHERE id = 2;
+         UPDATE orders SET total = 11;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    eventually(&v, "SELECT status, n FROM per_status", &["LOADING|1", "PLANNED|1"]).await;
+    eventually(&v, "SELECT region, id, total FROM orders", &["eu|1|11"]).await;
+    // The snapshot inserted 1 and 2; shipment 2 was changed and changed back in one
+    // transaction: no event for it.
+    eventually(&v, "SELECT op, id, status FROM shipment_events", &["insert|1|PLANNED", "insert|2|PLANNED", "update|1|LOADING"])
+        .await;
+    // The slot is confirmed past that transaction once Velocity has committed it, never
+    // beyond what Postgres has written.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while confirmed_flush_of(&db, "cdc_server").await <= before_txn {
+        assert!(Instant::now() < deadline, "slot not confirmed after the commit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(confirmed_flush_of(&db, "cdc_server").await <= current_lsn(&db).await);
+
+    // kill -9, write while Velocity is down, restart: each transaction applies exactly once.
+    server.kill9();
+    db.batch_execute("UPDATE shipments SET status = 'DEPARTED' WHERE id = 1; INSERT INTO shipments VALUES (3, 'PLANNED')")
+        .await
+        .unwrap();
+    let server = common::ServerProcess::start(&data);
+    let v = common::connect(server.addr).await;
+    eventually(&v, "SELECT status, n FROM per_status", &["DEPARTED|1", "PLANNED|2"]).await;
+    db.batch_execute("UPDATE orders SET total = 12").await.unwrap();
+    eventually(&v, "SELECT region, id, total FROM orders", &["eu|1|12"]).await;
+    eventually(
+        &v,
+        "SELECT op, id, status FROM shipment_events",
+        &["insert|1|PLANNED", "insert|2|PLANNED", "insert|3|PLANNED", "update|1|DEPARTED", "update|1|LOADING"],
+    )
+    .await;
+    server.terminate();
+}
+
+async fn confirmed_flush_of(db: &Client, slot: &str) -> u64 {
+    let text: String = db
+        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .unwrap()
+        .get(0);
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}

@@ -139,6 +139,8 @@ struct Snapshot {
     client: Client,
     /// Tables still to read, `(schema, table)`; the first one has an open cursor if `open`.
     tables: VecDeque<(String, String)>,
+    /// Every table of the snapshot, as `schema.table`.
+    all_tables: Vec<String>,
     cursor_open: bool,
     /// Column type OIDs of the table being read.
     columns: Vec<(String, u32)>,
@@ -309,6 +311,7 @@ impl PostgresCdc {
             .context("importing the slot's snapshot")?;
         let snapshot = Snapshot {
             client,
+            all_tables: tables.iter().map(|(s, t)| format!("{s}.{t}")).collect(),
             tables: tables.into(),
             cursor_open: false,
             columns: Vec::new(),
@@ -597,6 +600,12 @@ impl Connector for PostgresCdc {
         }
         self.txn = None;
         self.held_event = None;
+        if upstreams.is_empty() {
+            // Nothing bound (yet): leave the slot and publication as they are.
+            self.upstreams.clear();
+            self.snapshots.clear();
+            return Ok(());
+        }
         self.sent_up_to = 0;
         self.relations.clear();
         let client = self.connect_plain().await?;
@@ -613,7 +622,10 @@ impl Connector for PostgresCdc {
         // bound table, which for a new table is "from the beginning". Replay from the slot
         // (the runner applies to each table only what it has not seen) and snapshot the new
         // tables on their own.
-        let bound_later = !self.upstreams.is_empty() && upstreams.iter().any(|u| !self.upstreams.contains(u));
+        // (A snapshot still being read was partly lost with the runner's assembler: start over.)
+        let bound_later = !self.upstreams.is_empty()
+            && self.snapshots.is_empty()
+            && upstreams.iter().any(|u| !self.upstreams.contains(u));
         if resume_from.is_none()
             && bound_later
             && let Some((_, confirmed)) = &slot
@@ -657,11 +669,21 @@ impl Connector for PostgresCdc {
                     );
                 }
                 // Tables bound since the last open of this instance: snapshot them on their own.
-                let new: Vec<String> = if self.upstreams.is_empty() {
+                let mut new: Vec<String> = if self.upstreams.is_empty() {
                     Vec::new()
                 } else {
                     upstreams.iter().filter(|u| !self.upstreams.contains(*u)).cloned().collect()
                 };
+                // A snapshot still being read lost its records with the runner's assembler:
+                // take its tables again, at a new point.
+                for snapshot in self.snapshots.drain(..) {
+                    let _ = snapshot.client.batch_execute("ROLLBACK").await;
+                    for table in snapshot.all_tables {
+                        if upstreams.contains(&table) && !new.contains(&table) {
+                            new.push(table);
+                        }
+                    }
+                }
                 if !new.is_empty() {
                     let tables = new.iter().map(split).collect::<anyhow::Result<Vec<_>>>()?;
                     let temp = format!("{}_add_{}", self.config.slot, std::process::id());
