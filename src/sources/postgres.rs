@@ -40,9 +40,15 @@
 //! `cp2` are dropped (the snapshot has them), its rows are emitted as op `r` records at the point
 //! of the stream where commits reach `cp2`, and its later changes stream normally.
 //!
+//! The runner reopens with the oldest resume position of any bound table, which for the new
+//! table is none; the connector then replays from the slot's confirmed position (the runner
+//! applies to each table only what it has not applied) and snapshots the new table as above.
+//! A snapshot that was still being read when [`open`] is called again is taken again.
+//!
 //! Limitations: this needs the connector instance that ran before the new binding (after a
-//! restart, every upstream passed to [`open`] with a resume position counts as already read);
-//! a crash in the middle of such a table's snapshot is not detected. Unchanged TOASTed values
+//! restart, a resume position without `wal` means a new slot and a snapshot of every table);
+//! a crash in the middle of a later-bound table's snapshot is not detected; rows deleted
+//! upstream between an interrupted snapshot and its retake stay in Velocity. Unchanged TOASTed values
 //! of an UPDATE (pgoutput sends no value for them) are taken from the old tuple when the table
 //! has `REPLICA IDENTITY FULL` and are otherwise missing from `after` (the column becomes
 //! NULL); array columns arrive as their Postgres text. TRUNCATE becomes an op `t` record, which
@@ -148,9 +154,6 @@ struct Snapshot {
     consistent_point: u64,
     /// The row read last, held back so that the very last one can be marked `last`.
     held: Option<(String, String, Map<String, Value>)>,
-    /// `source.snapshot` of the last row: `last` for the initial snapshot, `true` for a table
-    /// bound later (its end does not end the source's snapshot).
-    last_marker: &'static str,
 }
 
 /// Reads a Postgres database's changes through a logical replication slot.
@@ -286,7 +289,6 @@ impl PostgresCdc {
         slot: &str,
         temporary: bool,
         tables: Vec<(String, String)>,
-        last_marker: &'static str,
     ) -> anyhow::Result<(ReplicationClient, Snapshot)> {
         let mut repl = ReplicationClient::connect_gated(self.replication_config(slot)?).await?;
         let temp = if temporary { " TEMPORARY" } else { "" };
@@ -317,7 +319,6 @@ impl PostgresCdc {
             columns: Vec::new(),
             consistent_point,
             held: None,
-            last_marker,
         };
         Ok((repl, snapshot))
     }
@@ -415,7 +416,7 @@ impl PostgresCdc {
         }
         if snap.tables.is_empty() {
             if let Some((s, t, held)) = snap.held.take() {
-                out.push(snapshot_record(&database, &s, &t, held, snap.consistent_point, snap.last_marker));
+                out.push(snapshot_record(&database, &s, &t, held, snap.consistent_point, "last"));
             }
             let _ = snap.client.batch_execute("COMMIT").await;
             self.snapshots.pop_front();
@@ -652,7 +653,7 @@ impl Connector for PostgresCdc {
                     self.drop_slot().await?;
                 }
                 let tables = upstreams.iter().map(split).collect::<anyhow::Result<Vec<_>>>()?;
-                let (mut repl, snapshot) = self.export_snapshot(&self.config.slot.clone(), false, tables, "last").await?;
+                let (mut repl, snapshot) = self.export_snapshot(&self.config.slot.clone(), false, tables).await?;
                 self.resume_from = snapshot.consistent_point;
                 self.snapshots.push_back(snapshot);
                 repl.start().await?;
@@ -687,7 +688,7 @@ impl Connector for PostgresCdc {
                 if !new.is_empty() {
                     let tables = new.iter().map(split).collect::<anyhow::Result<Vec<_>>>()?;
                     let temp = format!("{}_add_{}", self.config.slot, std::process::id());
-                    let (tmp, snapshot) = self.export_snapshot(&temp, true, tables, "true").await?;
+                    let (tmp, snapshot) = self.export_snapshot(&temp, true, tables).await?;
                     drop(tmp); // the temporary slot goes with its session; the snapshot is imported
                     for u in &new {
                         self.covered.insert(u.clone(), snapshot.consistent_point);
@@ -737,7 +738,7 @@ impl Connector for PostgresCdc {
     }
 
     fn lag(&self) -> Lag {
-        Lag { amount: self.server_wal_end.saturating_sub(self.last_commit.max(self.resume_from)), unit: LagUnit::Bytes }
+        Lag { amount: self.server_wal_end.saturating_sub(self.last_commit.max(self.resume_from).max(self.sent_up_to)), unit: LagUnit::Bytes }
     }
 
     fn idle_flush(&self) -> Option<Duration> {
