@@ -13,6 +13,7 @@ pub mod file;
 pub mod generator;
 pub mod kafka;
 pub mod logistics;
+pub mod postgres;
 pub mod runner;
 pub mod txn;
 

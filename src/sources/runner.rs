@@ -16,6 +16,7 @@ use super::debezium::Decoder;
 use super::file::{FileConfig, FileConnector};
 use super::generator::{GeneratorConfig, GeneratorConnector};
 use super::kafka::{KafkaConfig, KafkaConnector};
+use super::postgres::{PostgresCdc, PostgresCdcConfig};
 use super::txn::{AssemblerOutput, CompleteTxn, DeadLetter, Stream, TableBinding, TxnAssembler, TxnBoundaries};
 use crate::catalog::RelationKind;
 use crate::engine::{Commit, Engine, KeyedChanges};
@@ -34,6 +35,7 @@ pub enum ConnectorConfig {
     File(FileConfig),
     Generator(GeneratorConfig),
     Kafka(KafkaConfig),
+    PostgresCdc(PostgresCdcConfig),
 }
 
 /// Options every connector takes.
@@ -59,7 +61,10 @@ impl SourceConfig {
             ),
             Some("generator") => (ConnectorConfig::Generator(GeneratorConfig::from_options(get)?), GeneratorConfig::OPTIONS),
             Some("kafka") => (ConnectorConfig::Kafka(KafkaConfig::from_options(options)?), KafkaConfig::OPTIONS),
-            Some(other) => return Err(format!("unknown connector \"{other}\" (available: file, generator, kafka)")),
+            Some("postgres-cdc") => {
+                (ConnectorConfig::PostgresCdc(PostgresCdcConfig::from_options(get)?), PostgresCdcConfig::OPTIONS)
+            }
+            Some(other) => return Err(format!("unknown connector \"{other}\" (available: file, generator, kafka, postgres-cdc)")),
             None => return Err("missing option connector = '...'".into()),
         };
         let known = |k: &str| {
@@ -76,6 +81,7 @@ impl SourceConfig {
             ConnectorConfig::File(c) => Box::new(FileConnector::new(c.clone())),
             ConnectorConfig::Generator(c) => Box::new(GeneratorConnector::new(c.clone())),
             ConnectorConfig::Kafka(c) => Box::new(KafkaConnector::new(c.clone())),
+            ConnectorConfig::PostgresCdc(c) => Box::new(PostgresCdc::new(c.clone())),
         }
     }
 }
