@@ -4,9 +4,11 @@
 //! SELECTs run in DataFusion while holding the engine's gate for reading, so every
 //! relation a query reads comes from the same committed tick.
 
+pub mod auth;
 pub mod changes;
 pub mod error;
 pub mod metrics;
+pub mod pg_catalog;
 pub mod relation_table;
 pub mod statements;
 pub mod subscribe;
@@ -26,7 +28,6 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 use datafusion_postgres::hooks::QueryHook;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
-use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::Type;
@@ -65,6 +66,7 @@ impl Server {
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         let context = Arc::new(SessionContext::new_with_config(config));
         setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
+        pg_catalog::register(&context, &engine)?;
         let hook = Arc::new(VelocityHook::new(engine.clone()));
         system::register(&context, &engine, hook.sources.clone())?;
         context.register_udtf("changes", Arc::new(changes::ChangesFunction { engine: engine.clone() }));
@@ -99,17 +101,25 @@ impl Server {
         let hooks: Vec<Arc<dyn QueryHook>> = vec![hook.clone(), Arc::new(CursorStatementHook), Arc::new(SetShowHook)];
         let inner = Arc::new(DfSessionService::new_with_hooks(context.clone(), hooks));
         let service = Arc::new(VelocityService { inner, hook, engine: engine.clone() });
-        let handlers = Arc::new(Handlers { service, startup: Arc::new(StartupHandler) });
+        let handlers = Arc::new(Handlers { service, access: auth::Access::default() });
         Ok(Server { engine, context, handlers })
+    }
+
+    /// Accept connections as `access` says (passwords, TLS) instead of trusting everyone.
+    pub fn with_access(mut self, access: auth::Access) -> Server {
+        self.handlers = Arc::new(Handlers { service: self.handlers.service.clone(), access });
+        self
     }
 
     /// Accept connections until the listener fails.
     pub async fn serve(&self, listener: TcpListener) -> anyhow::Result<()> {
+        let tls = self.handlers.access.tls();
         loop {
             let (socket, addr) = listener.accept().await?;
             let handlers = self.handlers.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, None, handlers).await {
+                if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, tls, handlers).await {
                     tracing::debug!("connection {addr}: {e}");
                 }
             });
@@ -132,7 +142,7 @@ pub async fn spawn(data_dir: &Path, listener: TcpListener) -> anyhow::Result<(So
 
 struct Handlers {
     service: Arc<VelocityService>,
-    startup: Arc<StartupHandler>,
+    access: auth::Access,
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -142,16 +152,14 @@ impl PgWireServerHandlers for Handlers {
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
         self.service.clone()
     }
+    // Called once per connection: SCRAM keeps per-connection state.
     fn startup_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::auth::StartupHandler> {
-        self.startup.clone()
+        Arc::new(self.access.startup())
     }
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
         Arc::new(SqlStateErrors)
     }
 }
-
-struct StartupHandler;
-impl NoopStartupHandler for StartupHandler {}
 
 /// Gives DataFusion errors that reach the wire without a SQLSTATE their proper one.
 struct SqlStateErrors;
@@ -197,6 +205,9 @@ impl VelocityService {
         PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
     {
         use crate::sql::VelocityStatement as V;
+        if client.session_extensions().get::<auth::Authenticated>().is_none() {
+            return Err(auth::not_authenticated());
+        }
         if let Some(stmt) = crate::sql::parse_velocity(sql) {
             let cursors = client.session_extensions().get_or_insert_with(SubscribeCursors::default);
             let response = match stmt.map_err(from_sql)? {
@@ -311,6 +322,9 @@ impl ExtendedQueryHandler for VelocityService {
         C::Error: Debug,
         PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
     {
+        if client.session_extensions().get::<auth::Authenticated>().is_none() {
+            return Err(auth::not_authenticated());
+        }
         if portal.statement.statement.1.is_none() && crate::sql::parse_velocity(&portal.statement.statement.0).is_some() {
             // Velocity's statements take no parameters: run them as the simple protocol would.
             let mut responses = self.one(client, &portal.statement.statement.0).await?;
