@@ -143,7 +143,7 @@ async fn scram_passwords_are_required_and_checked() {
     assert!(out.status.success(), "psql with password: {}", String::from_utf8_lossy(&out.stderr));
     let out = tokio::task::spawn_blocking(move || psql(addr, "", "bad", "SELECT 1")).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("password authentication failed"), "psql wrong password: {stderr}");
+    assert!(!out.status.success() && stderr.to_lowercase().contains("password authentication failed"), "psql wrong password: {stderr}");
 }
 
 fn make_certificate(dir: &Path) -> (String, String) {

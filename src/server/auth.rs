@@ -149,27 +149,33 @@ impl Access {
     pub fn startup(&self) -> Startup {
         match &self.users {
             None => Startup::Trust(Parameters::default()),
-            Some(users) => {
-                let mut scram = ScramAuth::new(users.clone());
-                scram.set_iterations(SCRAM_ITERATIONS);
-                if let Some(pem) = &self.cert_pem {
-                    if let Err(e) = scram.configure_certificate(pem) {
-                        tracing::warn!("SCRAM channel binding disabled: {e}");
-                    }
-                }
-                let pids: Arc<dyn PidSecretKeyGenerator> = PIDS.clone();
-                Startup::Scram(
-                    SASLAuthStartupHandler::new(Arc::new(Parameters::default())).with_scram(scram).with_pid_secret_key_generator(pids),
-                )
-            }
+            Some(users) => Startup::Scram {
+                plain: scram_handler(users, None),
+                // Channel binding (SCRAM-SHA-256-PLUS) is offered only over TLS: libpq refuses
+                // a server that offers it on a plain connection.
+                tls: scram_handler(users, self.cert_pem.as_deref()),
+            },
         }
     }
+}
+
+fn scram_handler(users: &Arc<Users>, cert_pem: Option<&[u8]>) -> SASLAuthStartupHandler<Parameters> {
+    let mut scram = ScramAuth::new(users.clone());
+    scram.set_iterations(SCRAM_ITERATIONS);
+    if let Some(pem) = cert_pem {
+        if let Err(e) = scram.configure_certificate(pem) {
+            tracing::warn!("SCRAM channel binding disabled: {e}");
+        }
+    }
+    let pids: Arc<dyn PidSecretKeyGenerator> = PIDS.clone();
+    SASLAuthStartupHandler::new(Arc::new(Parameters::default())).with_scram(scram).with_pid_secret_key_generator(pids)
 }
 
 /// The startup phase of one connection.
 pub enum Startup {
     Trust(Parameters),
-    Scram(SASLAuthStartupHandler<Parameters>),
+    /// One handler per transport; a connection uses the one that matches it throughout.
+    Scram { plain: SASLAuthStartupHandler<Parameters>, tls: SASLAuthStartupHandler<Parameters> },
 }
 
 #[async_trait]
@@ -190,7 +196,10 @@ impl StartupHandler for Startup {
                     finish_authentication(client, parameters).await?;
                 }
             }
-            Startup::Scram(scram) => scram.on_startup(client, message).await?,
+            Startup::Scram { plain, tls } => {
+                let handler = if client.is_secure() { tls } else { plain };
+                handler.on_startup(client, message).await?
+            }
         }
         if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
             client.session_extensions().insert(Authenticated);

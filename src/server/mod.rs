@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod changes;
+pub mod client_queries;
 pub mod error;
 pub mod metrics;
 pub mod pg_catalog;
@@ -64,6 +65,8 @@ impl Server {
             .with_information_schema(true);
         // TEXT/VARCHAR columns as plain Utf8: what sources decode into and clients expect.
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        // TIMESTAMPTZ columns keep their zone (UTC), so clients receive timestamptz, not timestamp.
+        config.options_mut().execution.time_zone = Some("+00:00".to_string());
         let context = Arc::new(SessionContext::new_with_config(config));
         setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
         pg_catalog::register(&context, &engine)?;
@@ -256,7 +259,8 @@ impl SimpleQueryHandler for VelocityService {
         PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
     {
         let mut out = Vec::new();
-        for sql in crate::sql::split_statements(&crate::sql::quote_changes_arguments(query)) {
+        let query = client_queries::rewrite(query);
+        for sql in crate::sql::split_statements(&crate::sql::quote_changes_arguments(&query)) {
             match self.one(client, &sql).await {
                 Ok(mut responses) => {
                     let failed = responses.iter().any(|r| matches!(r, Response::Error(_)));
@@ -281,6 +285,22 @@ type ExtendedStatement = <DfSessionService as ExtendedQueryHandler>::Statement;
 /// executed by `VelocityService`; everything else is DataFusion's.
 struct VelocityParser {
     inner: Arc<Parser>,
+    engine: Engine,
+}
+
+/// Stands in for a Velocity statement whose rows are described by `rows_plan`; the SQL text
+/// next to it is what runs.
+fn rows_placeholder() -> Statement {
+    PostgresCompatibilityParser::new().parse("SELECT NULL").expect("constant parses").remove(0)
+}
+
+/// A plan with no rows and `schema`: only its schema is used, for the row description.
+fn rows_plan(schema: &arrow::datatypes::SchemaRef) -> PgWireResult<datafusion::logical_expr::LogicalPlan> {
+    let schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone()).map_err(|e| pg_error("XX000", e.to_string()))?;
+    Ok(datafusion::logical_expr::LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+        produce_one_row: false,
+        schema: Arc::new(schema),
+    }))
 }
 
 #[async_trait]
@@ -291,10 +311,26 @@ impl QueryParser for VelocityParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if crate::sql::parse_velocity(sql).is_some() {
-            return Ok(Some((sql.to_string(), None)));
+        if let Some(parsed) = crate::sql::parse_velocity(sql) {
+            // Rows of a subscription or a subscribe cursor get a row description at Describe
+            // time (drivers such as pgjdbc need one before the rows arrive).
+            use crate::sql::VelocityStatement as V;
+            let schema = match parsed {
+                Ok(V::Subscribe(s)) => subscribe::schema_of(&self.engine, &s),
+                Ok(V::Fetch { cursor, .. }) => match client.session_extensions().get::<SubscribeCursors>() {
+                    Some(cursors) => cursors.0.lock().await.get(&cursor).map(|c| c.schema()),
+                    None => None,
+                },
+                _ => None,
+            };
+            let described = match schema {
+                Some(schema) => Some((rows_placeholder(), rows_plan(&schema)?)),
+                None => None,
+            };
+            return Ok(Some((sql.to_string(), described)));
         }
-        self.inner.parse_sql(client, &crate::sql::quote_changes_arguments(sql), types).await
+        let sql = client_queries::rewrite(sql);
+        self.inner.parse_sql(client, &crate::sql::quote_changes_arguments(&sql), types).await
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
@@ -312,7 +348,7 @@ impl ExtendedQueryHandler for VelocityService {
     type QueryParser = VelocityParser;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
-        Arc::new(VelocityParser { inner: self.inner.query_parser() })
+        Arc::new(VelocityParser { inner: self.inner.query_parser(), engine: self.engine.clone() })
     }
 
     async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, max_rows: usize) -> PgWireResult<Response>
@@ -325,7 +361,12 @@ impl ExtendedQueryHandler for VelocityService {
         if client.session_extensions().get::<auth::Authenticated>().is_none() {
             return Err(auth::not_authenticated());
         }
-        if portal.statement.statement.1.is_none() && crate::sql::parse_velocity(&portal.statement.statement.0).is_some() {
+        let velocity_statement = match &portal.statement.statement.1 {
+            None => true,
+            Some((_, datafusion::logical_expr::LogicalPlan::EmptyRelation(_))) => true,
+            Some(_) => false,
+        };
+        if velocity_statement && crate::sql::parse_velocity(&portal.statement.statement.0).is_some() {
             // Velocity's statements take no parameters: run them as the simple protocol would.
             let mut responses = self.one(client, &portal.statement.statement.0).await?;
             return Ok(responses.pop().unwrap_or(Response::EmptyQuery));

@@ -40,6 +40,13 @@ pub async fn connect(addr: SocketAddr) -> Client {
     client
 }
 
+/// The binary to test: `$VELOCITY_BIN` if set (worktrees sharing one target directory
+/// overwrite each other's `target/debug/velocity`; point this at `target/debug/deps/velocity-HASH`),
+/// otherwise Cargo's.
+pub fn velocity_bin() -> PathBuf {
+    std::env::var_os("VELOCITY_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_velocity")))
+}
+
 /// A `velocity serve` child process, for restart and kill -9 tests.
 pub struct ServerProcess {
     pub child: Child,
@@ -57,7 +64,7 @@ impl ServerProcess {
     /// Like `start`, with extra `velocity serve` arguments (`--user`, `--metrics`, ...).
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> ServerProcess {
         use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_velocity"))
+        let mut child = Command::new(velocity_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
