@@ -13,7 +13,9 @@ use datafusion::catalog::SchemaProvider;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::{TableProvider, ViewTable, provider_as_source};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::{ColumnarValue, Expr, LogicalPlanBuilder, ScalarUDF, Volatility, create_udf};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
+};
 use datafusion::prelude::{SessionContext, col};
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -58,6 +60,13 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
     }
     ctx.register_udf(create_udf("to_regtype", vec![DataType::Utf8], DataType::Int64, Volatility::Stable, Arc::new(|_| {
         Ok(ColumnarValue::Scalar(ScalarValue::Int64(None)))
+    })));
+    // SQLAlchemy's column reflection asks for identity/serial/collation details Velocity
+    // does not have; these answer NULL ("none") and visible.
+    ctx.register_udf(ScalarUDF::from(NullFunction::new("json_build_object", Signature::variadic_any(Volatility::Stable), DataType::Utf8)));
+    ctx.register_udf(ScalarUDF::from(NullFunction::new("pg_get_serial_sequence", Signature::any(2, Volatility::Stable), DataType::Utf8)));
+    ctx.register_udf(create_udf("pg_collation_is_visible", vec![DataType::Int64], DataType::Boolean, Volatility::Stable, Arc::new(|_| {
+        Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))
     })));
     let relkind_engine = engine.clone();
     let relkind_udf = Arc::new(create_udf(
@@ -180,5 +189,34 @@ fn view_query(create_sql: &str) -> Option<String> {
     match PostgresCompatibilityParser::new().parse(create_sql).ok()?.into_iter().next()? {
         Statement::CreateView(v) => Some(format!("{};", v.query)),
         _ => None,
+    }
+}
+
+/// A catalog function Velocity has nothing to report for: any arguments, always NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NullFunction {
+    name: &'static str,
+    signature: Signature,
+    returns: DataType,
+}
+
+impl NullFunction {
+    fn new(name: &'static str, signature: Signature, returns: DataType) -> NullFunction {
+        NullFunction { name, signature, returns }
+    }
+}
+
+impl ScalarUDFImpl for NullFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(self.returns.clone())
+    }
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::try_from(&self.returns)?))
     }
 }
