@@ -36,9 +36,8 @@ views = insp.get_view_names()
 print("views:", views)
 
 # Not yet: insp.get_columns() / Table(autoload_with=...) / get_pk_constraint(). SQLAlchemy's
-# column reflection query plans after the catalog rewrites in src/server/client_queries.rs,
-# but its parameters inside correlated subqueries are not typed yet ("cannot parse integer
-# from empty string"). Column metadata is covered through information_schema below.
+# column reflection query uses correlated scalar subqueries inside CASE, which DataFusion
+# cannot plan. Column metadata is covered through information_schema below.
 # Superset previews data with a plain SELECT ... LIMIT.
 with engine.connect() as conn:
     rows = conn.execute(text("SELECT customer, total, orders FROM revenue LIMIT 100")).all()
