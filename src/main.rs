@@ -25,6 +25,19 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR/metrics.
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// A user allowed to connect, as NAME:PASSWORD (repeatable). With any user configured,
+        /// every connection must authenticate with SCRAM-SHA-256; with none, all are trusted.
+        #[arg(long = "user", value_name = "NAME:PASSWORD")]
+        users: Vec<String>,
+        /// A file of NAME:PASSWORD lines (blank lines and # comments skipped), like --user.
+        #[arg(long, value_name = "FILE")]
+        users_file: Option<PathBuf>,
+        /// PEM certificate chain: offer TLS (with --tls-key).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// The logistics track-and-trace pipeline (queries/velocity.sql), live on the embedded
     /// server, fed by the built-in TMS simulator.
@@ -58,9 +71,23 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Command::Serve { data_dir, listen, metrics } => runtime.block_on(async {
+        Command::Serve { data_dir, listen, metrics, users, users_file, tls_cert, tls_key } => runtime.block_on(async {
+            let mut user_secrets = velocity::server::auth::Users::default();
+            for spec in &users {
+                user_secrets.add_spec(spec)?;
+            }
+            if let Some(path) = &users_file {
+                user_secrets.add_file(path)?;
+            }
+            let mut access = velocity::server::auth::Access::default().with_users(user_secrets);
+            if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
+                access = access.with_tls(cert, key)?;
+            }
+            if !access.requires_password() && !listen.ip().is_loopback() {
+                tracing::warn!("no --user configured: every client that reaches {listen} is trusted");
+            }
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            let server = velocity::server::Server::open(&data_dir).await?;
+            let server = velocity::server::Server::open(&data_dir).await?.with_access(access);
             if let Some(addr) = metrics {
                 let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
                 println!("velocity: metrics on http://{}/metrics", metrics_listener.local_addr()?);

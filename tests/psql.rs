@@ -29,13 +29,13 @@ async fn psql_meta_commands_show_tables_and_views() {
         .unwrap();
     let addr = server.addr;
     let (dt, dv, d_view, select) = tokio::task::spawn_blocking(move || {
-        (psql(addr, "\\dt"), psql(addr, "\\dv"), psql(addr, "\\d per_status"), psql(addr, "SELECT * FROM per_status"))
+        (psql(addr, "\\dt"), psql(addr, "\\dm"), psql(addr, "\\d per_status"), psql(addr, "SELECT * FROM per_status"))
     })
     .await
     .unwrap();
     assert!(dt.contains("shipments"), "\\dt:\n{dt}");
     assert!(!dt.contains("per_status"), "\\dt lists only tables:\n{dt}");
-    assert!(dv.contains("per_status"), "\\dv:\n{dv}");
+    assert!(dv.contains("per_status"), "\\dm lists materialized views:\n{dv}");
     assert!(d_view.contains("status") && d_view.contains("n"), "\\d per_status:\n{d_view}");
     assert!(d_view.contains("bigint"), "\\d shows column types:\n{d_view}");
     assert!(select.contains("PLANNED") && select.contains("(1 row)"), "SELECT:\n{select}");

@@ -4,9 +4,12 @@
 //! SELECTs run in DataFusion while holding the engine's gate for reading, so every
 //! relation a query reads comes from the same committed tick.
 
+pub mod auth;
 pub mod changes;
+pub mod client_queries;
 pub mod error;
 pub mod metrics;
+pub mod pg_catalog;
 pub mod relation_table;
 pub mod statements;
 pub mod subscribe;
@@ -26,7 +29,6 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 use datafusion_postgres::hooks::QueryHook;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
-use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::Type;
@@ -63,8 +65,11 @@ impl Server {
             .with_information_schema(true);
         // TEXT/VARCHAR columns as plain Utf8: what sources decode into and clients expect.
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        // TIMESTAMPTZ columns keep their zone (UTC), so clients receive timestamptz, not timestamp.
+        config.options_mut().execution.time_zone = Some("+00:00".to_string());
         let context = Arc::new(SessionContext::new_with_config(config));
         setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
+        pg_catalog::register(&context, &engine)?;
         let hook = Arc::new(VelocityHook::new(engine.clone()));
         system::register(&context, &engine, hook.sources.clone())?;
         crate::functions::register(&context);
@@ -100,17 +105,25 @@ impl Server {
         let hooks: Vec<Arc<dyn QueryHook>> = vec![hook.clone(), Arc::new(CursorStatementHook), Arc::new(SetShowHook)];
         let inner = Arc::new(DfSessionService::new_with_hooks(context.clone(), hooks));
         let service = Arc::new(VelocityService { inner, hook, engine: engine.clone() });
-        let handlers = Arc::new(Handlers { service, startup: Arc::new(StartupHandler) });
+        let handlers = Arc::new(Handlers { service, access: auth::Access::default() });
         Ok(Server { engine, context, handlers })
+    }
+
+    /// Accept connections as `access` says (passwords, TLS) instead of trusting everyone.
+    pub fn with_access(mut self, access: auth::Access) -> Server {
+        self.handlers = Arc::new(Handlers { service: self.handlers.service.clone(), access });
+        self
     }
 
     /// Accept connections until the listener fails.
     pub async fn serve(&self, listener: TcpListener) -> anyhow::Result<()> {
+        let tls = self.handlers.access.tls();
         loop {
             let (socket, addr) = listener.accept().await?;
             let handlers = self.handlers.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, None, handlers).await {
+                if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, tls, handlers).await {
                     tracing::debug!("connection {addr}: {e}");
                 }
             });
@@ -133,7 +146,7 @@ pub async fn spawn(data_dir: &Path, listener: TcpListener) -> anyhow::Result<(So
 
 struct Handlers {
     service: Arc<VelocityService>,
-    startup: Arc<StartupHandler>,
+    access: auth::Access,
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -143,16 +156,14 @@ impl PgWireServerHandlers for Handlers {
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
         self.service.clone()
     }
+    // Called once per connection: SCRAM keeps per-connection state.
     fn startup_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::auth::StartupHandler> {
-        self.startup.clone()
+        Arc::new(self.access.startup())
     }
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
         Arc::new(SqlStateErrors)
     }
 }
-
-struct StartupHandler;
-impl NoopStartupHandler for StartupHandler {}
 
 /// Gives DataFusion errors that reach the wire without a SQLSTATE their proper one.
 struct SqlStateErrors;
@@ -198,6 +209,9 @@ impl VelocityService {
         PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
     {
         use crate::sql::VelocityStatement as V;
+        if client.session_extensions().get::<auth::Authenticated>().is_none() {
+            return Err(auth::not_authenticated());
+        }
         if let Some(stmt) = crate::sql::parse_velocity(sql) {
             let cursors = client.session_extensions().get_or_insert_with(SubscribeCursors::default);
             let response = match stmt.map_err(from_sql)? {
@@ -246,7 +260,8 @@ impl SimpleQueryHandler for VelocityService {
         PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
     {
         let mut out = Vec::new();
-        for sql in crate::sql::split_statements(&crate::sql::quote_changes_arguments(query)) {
+        let query = client_queries::rewrite(query);
+        for sql in crate::sql::split_statements(&crate::sql::quote_changes_arguments(&query)) {
             match self.one(client, &sql).await {
                 Ok(mut responses) => {
                     let failed = responses.iter().any(|r| matches!(r, Response::Error(_)));
@@ -271,6 +286,22 @@ type ExtendedStatement = <DfSessionService as ExtendedQueryHandler>::Statement;
 /// executed by `VelocityService`; everything else is DataFusion's.
 struct VelocityParser {
     inner: Arc<Parser>,
+    engine: Engine,
+}
+
+/// Stands in for a Velocity statement whose rows are described by `rows_plan`; the SQL text
+/// next to it is what runs.
+fn rows_placeholder() -> Statement {
+    PostgresCompatibilityParser::new().parse("SELECT NULL").expect("constant parses").remove(0)
+}
+
+/// A plan with no rows and `schema`: only its schema is used, for the row description.
+fn rows_plan(schema: &arrow::datatypes::SchemaRef) -> PgWireResult<datafusion::logical_expr::LogicalPlan> {
+    let schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone()).map_err(|e| pg_error("XX000", e.to_string()))?;
+    Ok(datafusion::logical_expr::LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+        produce_one_row: false,
+        schema: Arc::new(schema),
+    }))
 }
 
 #[async_trait]
@@ -281,10 +312,26 @@ impl QueryParser for VelocityParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if crate::sql::parse_velocity(sql).is_some() {
-            return Ok(Some((sql.to_string(), None)));
+        if let Some(parsed) = crate::sql::parse_velocity(sql) {
+            // Rows of a subscription or a subscribe cursor get a row description at Describe
+            // time (drivers such as pgjdbc need one before the rows arrive).
+            use crate::sql::VelocityStatement as V;
+            let schema = match parsed {
+                Ok(V::Subscribe(s)) => subscribe::schema_of(&self.engine, &s),
+                Ok(V::Fetch { cursor, .. }) => match client.session_extensions().get::<SubscribeCursors>() {
+                    Some(cursors) => cursors.0.lock().await.get(&cursor).map(|c| c.schema()),
+                    None => None,
+                },
+                _ => None,
+            };
+            let described = match schema {
+                Some(schema) => Some((rows_placeholder(), rows_plan(&schema)?)),
+                None => None,
+            };
+            return Ok(Some((sql.to_string(), described)));
         }
-        self.inner.parse_sql(client, &crate::sql::quote_changes_arguments(sql), types).await
+        let sql = client_queries::rewrite(sql);
+        self.inner.parse_sql(client, &crate::sql::quote_changes_arguments(&sql), types).await
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
@@ -302,7 +349,7 @@ impl ExtendedQueryHandler for VelocityService {
     type QueryParser = VelocityParser;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
-        Arc::new(VelocityParser { inner: self.inner.query_parser() })
+        Arc::new(VelocityParser { inner: self.inner.query_parser(), engine: self.engine.clone() })
     }
 
     async fn do_query<C>(&self, client: &mut C, portal: &Portal<Self::Statement>, max_rows: usize) -> PgWireResult<Response>
@@ -312,7 +359,15 @@ impl ExtendedQueryHandler for VelocityService {
         C::Error: Debug,
         PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
     {
-        if portal.statement.statement.1.is_none() && crate::sql::parse_velocity(&portal.statement.statement.0).is_some() {
+        if client.session_extensions().get::<auth::Authenticated>().is_none() {
+            return Err(auth::not_authenticated());
+        }
+        let velocity_statement = match &portal.statement.statement.1 {
+            None => true,
+            Some((_, datafusion::logical_expr::LogicalPlan::EmptyRelation(_))) => true,
+            Some(_) => false,
+        };
+        if velocity_statement && crate::sql::parse_velocity(&portal.statement.statement.0).is_some() {
             // Velocity's statements take no parameters: run them as the simple protocol would.
             let mut responses = self.one(client, &portal.statement.statement.0).await?;
             return Ok(responses.pop().unwrap_or(Response::EmptyQuery));

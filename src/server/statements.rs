@@ -38,6 +38,8 @@ struct OpenTransaction {
     active: bool,
     /// Changes applied as one commit at COMMIT.
     changes: Vec<(u32, ChangeBatch)>,
+    /// Open savepoints: name and how many of `changes` came before it.
+    savepoints: Vec<(String, usize)>,
 }
 
 pub struct VelocityHook {
@@ -131,6 +133,9 @@ impl VelocityHook {
         match stmt {
             Statement::StartTransaction { .. } => Some(self.begin(client)),
             Statement::Commit { .. } => Some(self.commit(client).await),
+            Statement::Rollback { savepoint: Some(name), .. } => Some(self.rollback_to(client, &name.value, aborted)),
+            Statement::Savepoint { name } if !aborted => Some(self.savepoint(client, &name.value)),
+            Statement::ReleaseSavepoint { name } if !aborted => Some(self.release(client, &name.value)),
             Statement::Rollback { .. } => {
                 *transaction(client).lock().expect("txn lock") = OpenTransaction::default();
                 Some(Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))))
@@ -158,6 +163,49 @@ impl VelocityHook {
         }
     }
 
+    /// `SAVEPOINT name`: remember how far the transaction's changes go.
+    fn savepoint(&self, client: &mut dyn HookClient, name: &str) -> PgWireResult<Response> {
+        let txn = transaction(client);
+        let mut txn = txn.lock().expect("txn lock");
+        if !txn.active {
+            return Err(pg_error("25P01", "SAVEPOINT can only be used in transaction blocks"));
+        }
+        let at = txn.changes.len();
+        txn.savepoints.push((name.to_string(), at));
+        Ok(Response::Execution(Tag::new("SAVEPOINT")))
+    }
+
+    fn find_savepoint(txn: &OpenTransaction, name: &str) -> PgWireResult<usize> {
+        txn.savepoints
+            .iter()
+            .rposition(|(n, _)| n == name)
+            .ok_or_else(|| pg_error("3B001", format!("savepoint \"{name}\" does not exist")))
+    }
+
+    /// `RELEASE SAVEPOINT name`: forget it (and later ones); its changes stay.
+    fn release(&self, client: &mut dyn HookClient, name: &str) -> PgWireResult<Response> {
+        let txn = transaction(client);
+        let mut txn = txn.lock().expect("txn lock");
+        let i = Self::find_savepoint(&txn, name)?;
+        txn.savepoints.truncate(i);
+        Ok(Response::Execution(Tag::new("RELEASE")))
+    }
+
+    /// `ROLLBACK TO SAVEPOINT name`: drop the changes made since it; it stays open.
+    fn rollback_to(&self, client: &mut dyn HookClient, name: &str, aborted: bool) -> PgWireResult<Response> {
+        if aborted {
+            // pgwire keeps a failed transaction's status until the block ends.
+            return Err(pg_error("0A000", "ROLLBACK TO SAVEPOINT after an error is not supported; ROLLBACK the transaction"));
+        }
+        let txn = transaction(client);
+        let mut txn = txn.lock().expect("txn lock");
+        let i = Self::find_savepoint(&txn, name)?;
+        let at = txn.savepoints[i].1;
+        txn.changes.truncate(at);
+        txn.savepoints.truncate(i + 1);
+        Ok(Response::Execution(Tag::new("ROLLBACK")))
+    }
+
     fn begin(&self, client: &mut dyn HookClient) -> PgWireResult<Response> {
         let txn = transaction(client);
         let mut txn = txn.lock().expect("txn lock");
@@ -165,7 +213,7 @@ impl VelocityHook {
             // Postgres warns and stays in the block.
             Ok(Response::Execution(Tag::new("BEGIN")))
         } else {
-            *txn = OpenTransaction { active: true, changes: Vec::new() };
+            *txn = OpenTransaction { active: true, changes: Vec::new(), savepoints: Vec::new() };
             Ok(Response::TransactionStart(Tag::new("BEGIN")))
         }
     }
@@ -763,6 +811,7 @@ impl QueryHook for VelocityHook {
     ) -> Option<PgWireResult<LogicalPlan>> {
         match statement {
             Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. } => Some(Ok(text_plan(&[]))),
+            Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => Some(Ok(text_plan(&[]))),
             Statement::CreateTable(_) | Statement::CreateView(_) | Statement::Drop { .. } => Some(Ok(text_plan(&[]))),
             Statement::ShowTables { .. } => Some(Ok(text_plan(&["name"]))),
             _ => None,

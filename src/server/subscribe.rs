@@ -73,6 +73,12 @@ fn progress_batch(schema: &SchemaRef, tick: u64) -> PgWireResult<RecordBatch> {
 }
 
 /// Open a changefeed on `request.name`.
+/// The row schema `SUBSCRIBE` returns for `request`, without opening it (for Describe).
+pub fn schema_of(engine: &Engine, request: &Subscribe) -> Option<SchemaRef> {
+    let catalog = engine.catalog.read().expect("catalog lock");
+    catalog.get(&request.name).map(|relation| feed_schema(relation, request.progress))
+}
+
 pub async fn open(engine: &Engine, request: &Subscribe) -> PgWireResult<Changefeed> {
     let relation = {
         let catalog = engine.catalog.read().expect("catalog lock");
@@ -236,6 +242,11 @@ pub struct SubscribeCursor {
 impl SubscribeCursor {
     pub fn new(feed: Changefeed) -> SubscribeCursor {
         SubscribeCursor { feed, buffered: VecDeque::new() }
+    }
+
+    /// The schema of the rows `fetch` returns.
+    pub fn schema(&self) -> SchemaRef {
+        self.feed.schema.clone()
     }
 
     /// Up to `count` rows (all available with `None`). Waits for the first row up to

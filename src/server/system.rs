@@ -17,13 +17,20 @@ use crate::catalog::RelationKind;
 use crate::engine::Engine;
 use crate::sources::runner::{SourceRegistry, SourceStatus};
 
-type Fill = Box<dyn Fn(&Engine) -> Result<Vec<ArrayRef>> + Send + Sync>;
+/// Computes a system table's columns from the engine's current state.
+pub type Fill = Box<dyn Fn(&Engine) -> Result<Vec<ArrayRef>> + Send + Sync>;
 
 /// A read-only table whose rows are computed when it is scanned.
 pub struct SystemTable {
     engine: Engine,
     schema: SchemaRef,
     fill: Fill,
+}
+
+impl SystemTable {
+    pub fn new(engine: Engine, schema: SchemaRef, fill: Fill) -> SystemTable {
+        SystemTable { engine, schema, fill }
+    }
 }
 
 impl std::fmt::Debug for SystemTable {

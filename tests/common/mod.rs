@@ -40,34 +40,53 @@ pub async fn connect(addr: SocketAddr) -> Client {
     client
 }
 
+/// The binary to test: `$VELOCITY_BIN` if set (worktrees sharing one target directory
+/// overwrite each other's `target/debug/velocity`; point this at `target/debug/deps/velocity-HASH`),
+/// otherwise Cargo's.
+pub fn velocity_bin() -> PathBuf {
+    std::env::var_os("VELOCITY_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_velocity")))
+}
+
 /// A `velocity serve` child process, for restart and kill -9 tests.
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when started with `--metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServerProcess {
     /// Start the real binary on `data_dir` and wait for its "listening on" line.
     pub fn start(data_dir: &Path) -> ServerProcess {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Like `start`, with extra `velocity serve` arguments (`--user`, `--metrics`, ...).
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> ServerProcess {
         use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_velocity"))
+        let mut child = Command::new(velocity_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn velocity");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut metrics = None;
         let addr = loop {
             let line = lines.next().expect("velocity exited before listening").expect("read stdout");
+            if let Some(rest) = line.strip_prefix("velocity: metrics on http://") {
+                metrics = Some(rest.trim().trim_end_matches("/metrics").parse().expect("metrics address"));
+            }
             if let Some(rest) = line.strip_prefix("velocity: listening on ") {
                 break rest.trim().parse().expect("address");
             }
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        ServerProcess { child, addr }
+        ServerProcess { child, addr, metrics }
     }
 
     pub fn kill9(mut self) {

@@ -1,0 +1,214 @@
+//! Who may connect, and how: SCRAM-SHA-256 passwords for the users configured at start
+//! (`--user name:password`, `--users-file`), trust when no user is configured, TLS when a
+//! certificate and key are given.
+//!
+//! Promise: no statement runs on a connection before its authentication has finished;
+//! `VelocityService` checks the `Authenticated` marker this module sets.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use datafusion_postgres::pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use datafusion_postgres::pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password, random_nonce};
+use datafusion_postgres::pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, ServerParameterProvider, StartupHandler,
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
+};
+use datafusion_postgres::pgwire::api::{ClientInfo, PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
+use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use futures::Sink;
+use tokio_rustls::TlsAcceptor;
+
+/// PBKDF2 iterations for stored SCRAM secrets (Postgres' default).
+const SCRAM_ITERATIONS: usize = 4096;
+
+/// Process ids and cancel keys for all connections (one counter, so ids are unique).
+static PIDS: LazyLock<Arc<RandomPidSecretKeyGenerator>> = LazyLock::new(Default::default);
+
+/// Marker in a connection's session extensions: authentication has finished.
+pub struct Authenticated;
+
+/// What `version()` and the `server_version` parameter report: a Postgres version first,
+/// so drivers that parse it keep working, then Velocity's own.
+pub fn server_version() -> String {
+    format!("16.6 (Velocity {})", env!("CARGO_PKG_VERSION"))
+}
+
+/// The full `SELECT version()` string.
+pub fn version_string() -> String {
+    format!("PostgreSQL {} on {}-{}", server_version(), std::env::consts::ARCH, std::env::consts::OS)
+}
+
+/// Parameters sent to clients after authentication (pgwire's defaults, Velocity's version).
+pub struct Parameters(DefaultServerParameterProvider);
+
+impl Default for Parameters {
+    fn default() -> Self {
+        let mut p = DefaultServerParameterProvider::default();
+        p.server_version = server_version();
+        Parameters(p)
+    }
+}
+
+impl ServerParameterProvider for Parameters {
+    fn server_parameters<C: ClientInfo>(&self, client: &C) -> Option<HashMap<String, String>> {
+        self.0.server_parameters(client)
+    }
+}
+
+/// Users and their SCRAM secrets (salted passwords; the plain password is not kept).
+#[derive(Debug, Default)]
+pub struct Users {
+    secrets: HashMap<String, Password>,
+}
+
+impl Users {
+    /// Add a user from `name:password` (the password may itself contain `:`).
+    pub fn add_spec(&mut self, spec: &str) -> anyhow::Result<()> {
+        let Some((name, password)) = spec.split_once(':') else {
+            anyhow::bail!("user {spec:?}: expected name:password");
+        };
+        anyhow::ensure!(!name.is_empty(), "user {spec:?}: empty name");
+        let salt = random_nonce().into_bytes();
+        let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+        self.secrets.insert(name.to_string(), Password::new(Some(salt), salted));
+        Ok(())
+    }
+
+    /// Add every `name:password` line of a file (blank lines and `#` comments are skipped).
+    pub fn add_file(&mut self, path: &Path) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("users file {}: {e}", path.display()))?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            self.add_spec(line).map_err(|e| anyhow::anyhow!("users file {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+}
+
+#[async_trait]
+impl AuthSource for Users {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        match login.user().and_then(|u| self.secrets.get(u)) {
+            Some(secret) => Ok(secret.clone()),
+            // An unknown user gets a secret nobody knows, so the exchange fails the same way
+            // (28P01) as a wrong password and does not reveal which users exist.
+            None => Ok(Password::new(Some(random_nonce().into_bytes()), random_nonce().into_bytes())),
+        }
+    }
+}
+
+/// How connections are accepted: the users (none: trust) and the TLS setup.
+#[derive(Default, Clone)]
+pub struct Access {
+    users: Option<Arc<Users>>,
+    tls: Option<TlsAcceptor>,
+    /// PEM of the server certificate, for SCRAM channel binding (SCRAM-SHA-256-PLUS).
+    cert_pem: Option<Vec<u8>>,
+}
+
+impl Access {
+    /// Require SCRAM-SHA-256 passwords for these users; no users means trust.
+    pub fn with_users(mut self, users: Users) -> Self {
+        self.users = if users.is_empty() { None } else { Some(Arc::new(users)) };
+        self
+    }
+
+    /// Offer TLS with this certificate chain and private key (PEM files).
+    pub fn with_tls(mut self, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        use tokio_rustls::rustls;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cert_pem = std::fs::read(cert).map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?;
+        let key_pem = std::fs::read(key).map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", key.display()))?;
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
+        anyhow::ensure!(!certs.is_empty(), "--tls-cert {}: no certificate found", cert.display());
+        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())?
+            .ok_or_else(|| anyhow::anyhow!("--tls-key {}: no private key found", key.display()))?;
+        let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
+        self.tls = Some(TlsAcceptor::from(Arc::new(config)));
+        self.cert_pem = Some(cert_pem);
+        Ok(self)
+    }
+
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.tls.clone()
+    }
+
+    pub fn requires_password(&self) -> bool {
+        self.users.is_some()
+    }
+
+    /// A startup handler for one new connection (SCRAM keeps per-connection state).
+    pub fn startup(&self) -> Startup {
+        match &self.users {
+            None => Startup::Trust(Parameters::default()),
+            Some(users) => Startup::Scram {
+                plain: scram_handler(users, None),
+                // Channel binding (SCRAM-SHA-256-PLUS) is offered only over TLS: libpq refuses
+                // a server that offers it on a plain connection.
+                tls: scram_handler(users, self.cert_pem.as_deref()),
+            },
+        }
+    }
+}
+
+fn scram_handler(users: &Arc<Users>, cert_pem: Option<&[u8]>) -> SASLAuthStartupHandler<Parameters> {
+    let mut scram = ScramAuth::new(users.clone());
+    scram.set_iterations(SCRAM_ITERATIONS);
+    if let Some(pem) = cert_pem {
+        if let Err(e) = scram.configure_certificate(pem) {
+            tracing::warn!("SCRAM channel binding disabled: {e}");
+        }
+    }
+    let pids: Arc<dyn PidSecretKeyGenerator> = PIDS.clone();
+    SASLAuthStartupHandler::new(Arc::new(Parameters::default())).with_scram(scram).with_pid_secret_key_generator(pids)
+}
+
+/// The startup phase of one connection.
+pub enum Startup {
+    Trust(Parameters),
+    /// One handler per transport; a connection uses the one that matches it throughout.
+    Scram { plain: SASLAuthStartupHandler<Parameters>, tls: SASLAuthStartupHandler<Parameters> },
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Trust(parameters) => {
+                if let PgWireFrontendMessage::Startup(ref startup) = message {
+                    protocol_negotiation(client, startup).await?;
+                    save_startup_parameters_to_metadata(client, startup);
+                    let (pid, secret) = PIDS.generate(client);
+                    client.set_pid_and_secret_key(pid, secret);
+                    finish_authentication(client, parameters).await?;
+                }
+            }
+            Startup::Scram { plain, tls } => {
+                let handler = if client.is_secure() { tls } else { plain };
+                handler.on_startup(client, message).await?
+            }
+        }
+        if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            client.session_extensions().insert(Authenticated);
+        }
+        Ok(())
+    }
+}
+
+/// The error for a statement on a connection that has not authenticated.
+pub fn not_authenticated() -> PgWireError {
+    super::error::pg_error("28000", "the connection has not authenticated".to_string())
+}

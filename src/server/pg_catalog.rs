@@ -1,0 +1,222 @@
+//! Velocity's additions to datafusion-pg-catalog's `pg_catalog`, so clients see what Velocity
+//! has: materialized views are relkind `m` in `pg_class` (psql `\dm`, SQLAlchemy
+//! `get_materialized_view_names`, JDBC `MATERIALIZED VIEW`) and rows of `pg_matviews`, and
+//! `version()` names Velocity.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::SchemaProvider;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::{TableProvider, ViewTable, provider_as_source};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
+};
+use datafusion::prelude::{SessionContext, col};
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+
+use super::system::{Fill, SystemTable};
+use crate::catalog::RelationKind;
+use crate::engine::Engine;
+
+/// Name of the function that turns `pg_class.relkind` `v` into `m` for materialized views.
+const RELKIND_UDF: &str = "velocity_relkind";
+
+/// Replace the `pg_catalog` schema with one that reports materialized views, and register
+/// `version()`.
+pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
+    let version = super::auth::version_string();
+    ctx.register_udf(create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(version.clone()))))),
+    ));
+    // psql `\df` and `\d+` of a view call these; Velocity defines no functions of its own
+    // and keeps view definitions in `pg_matviews`.
+    ctx.register_udf(create_udf("pg_function_is_visible", vec![DataType::Int64], DataType::Boolean, Volatility::Stable, Arc::new(|_| {
+        Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))
+    })));
+    for name in ["pg_get_function_result", "pg_get_function_arguments"] {
+        ctx.register_udf(create_udf(name, vec![DataType::Int64], DataType::Utf8, Volatility::Stable, Arc::new(|_| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(String::new()))))
+        })));
+    }
+    ctx.register_udf(create_udf("pg_get_viewdef", vec![DataType::Int64, DataType::Boolean], DataType::Utf8, Volatility::Stable, Arc::new(|_| {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(String::new()))))
+    })));
+    // Comments are not stored; types Velocity lacks (hstore, ...) resolve to NULL, which is
+    // how psycopg's and SQLAlchemy's type probes learn they are absent.
+    for (name, second) in [("col_description", DataType::Int64), ("obj_description", DataType::Utf8), ("shobj_description", DataType::Utf8)] {
+        ctx.register_udf(create_udf(name, vec![DataType::Int64, second], DataType::Utf8, Volatility::Stable, Arc::new(|_| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+        })));
+    }
+    ctx.register_udf(create_udf("to_regtype", vec![DataType::Utf8], DataType::Int64, Volatility::Stable, Arc::new(|_| {
+        Ok(ColumnarValue::Scalar(ScalarValue::Int64(None)))
+    })));
+    // SQLAlchemy's column reflection asks for identity/serial/collation details Velocity
+    // does not have; these answer NULL ("none") and visible.
+    ctx.register_udf(ScalarUDF::from(NullFunction::new("json_build_object", Signature::variadic_any(Volatility::Stable), DataType::Utf8)));
+    ctx.register_udf(ScalarUDF::from(NullFunction::new("pg_get_serial_sequence", Signature::any(2, Volatility::Stable), DataType::Utf8)));
+    ctx.register_udf(create_udf("pg_collation_is_visible", vec![DataType::Int64], DataType::Boolean, Volatility::Stable, Arc::new(|_| {
+        Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))
+    })));
+    let relkind_engine = engine.clone();
+    let relkind_udf = Arc::new(create_udf(
+        RELKIND_UDF,
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Volatile,
+        Arc::new(move |args| relkind(&relkind_engine, args)),
+    ));
+
+    let catalog = ctx.catalog(super::DATABASE).ok_or_else(|| anyhow::anyhow!("catalog {} missing", super::DATABASE))?;
+    let inner = catalog.schema("pg_catalog").ok_or_else(|| anyhow::anyhow!("pg_catalog schema missing"))?;
+    catalog.register_schema("pg_catalog", Arc::new(VelocityPgCatalog { inner, relkind_udf, matviews: matviews_table(engine) }))?;
+    Ok(())
+}
+
+/// `velocity_relkind(relname, relkind)`: `m` for a view that is one of Velocity's
+/// materialized views, otherwise `relkind` unchanged.
+fn relkind(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let as_str = |a: &ArrayRef| {
+        a.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| DataFusionError::Internal(format!("{RELKIND_UDF}: expected Utf8")))
+    };
+    let (names, kinds) = (as_str(&arrays[0])?, as_str(&arrays[1])?);
+    let matviews: HashSet<String> = {
+        let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        catalog.iter().filter(|r| r.kind == RelationKind::MaterializedView).map(|r| r.name.clone()).collect()
+    };
+    let out: StringArray = (0..kinds.len())
+        .map(|i| {
+            if kinds.is_null(i) {
+                return None;
+            }
+            let kind = kinds.value(i);
+            Some(if kind == "v" && !names.is_null(i) && matviews.contains(names.value(i)) { "m" } else { kind })
+        })
+        .collect();
+    Ok(ColumnarValue::Array(Arc::new(out)))
+}
+
+/// `pg_catalog` as datafusion-pg-catalog serves it, except `pg_class` (relkind `m`) and
+/// `pg_matviews` (Velocity's materialized views).
+#[derive(Debug)]
+struct VelocityPgCatalog {
+    inner: Arc<dyn SchemaProvider>,
+    relkind_udf: Arc<ScalarUDF>,
+    matviews: Arc<SystemTable>,
+}
+
+#[async_trait]
+impl SchemaProvider for VelocityPgCatalog {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        match name {
+            "pg_class" => {
+                let Some(pg_class) = self.inner.table(name).await? else { return Ok(None) };
+                Ok(Some(pg_class_with_matviews(pg_class, &self.relkind_udf)?))
+            }
+            "pg_matviews" => Ok(Some(self.matviews.clone())),
+            _ => self.inner.table(name).await,
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
+
+/// `pg_class` with `relkind` passed through `velocity_relkind`, as a view over the original.
+fn pg_class_with_matviews(pg_class: Arc<dyn TableProvider>, relkind_udf: &Arc<ScalarUDF>) -> Result<Arc<dyn TableProvider>> {
+    let schema = pg_class.schema();
+    let columns: Vec<Expr> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.name() == "relkind" {
+                relkind_udf.call(vec![col("relname"), col("relkind")]).alias("relkind")
+            } else {
+                col(f.name().as_str())
+            }
+        })
+        .collect();
+    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?.project(columns)?.build()?;
+    Ok(Arc::new(ViewTable::new(plan, None)))
+}
+
+/// `pg_matviews`: one row per materialized view, with its defining query.
+fn matviews_table(engine: &Engine) -> Arc<SystemTable> {
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("schemaname", DataType::Utf8, true),
+        Field::new("matviewname", DataType::Utf8, true),
+        Field::new("matviewowner", DataType::Utf8, true),
+        Field::new("tablespace", DataType::Utf8, true),
+        Field::new("hasindexes", DataType::Boolean, true),
+        Field::new("ispopulated", DataType::Boolean, true),
+        Field::new("definition", DataType::Utf8, true),
+    ]));
+    let fill: Fill = Box::new(|engine: &Engine| {
+        let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        let views: Vec<_> = catalog.iter().filter(|r| r.kind == RelationKind::MaterializedView).collect();
+        let n = views.len();
+        Ok(vec![
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("public", n))) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(views.iter().map(|r| r.name.clone()))),
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("velocity", n))),
+            Arc::new(StringArray::from(vec![None::<&str>; n])),
+            Arc::new(BooleanArray::from(vec![false; n])),
+            Arc::new(BooleanArray::from(vec![true; n])),
+            Arc::new(StringArray::from_iter(views.iter().map(|r| view_query(&r.create_sql)))),
+        ])
+    });
+    Arc::new(SystemTable::new(engine.clone(), schema, fill))
+}
+
+/// The query of a stored `CREATE MATERIALIZED VIEW ... AS query`.
+fn view_query(create_sql: &str) -> Option<String> {
+    match PostgresCompatibilityParser::new().parse(create_sql).ok()?.into_iter().next()? {
+        Statement::CreateView(v) => Some(format!("{};", v.query)),
+        _ => None,
+    }
+}
+
+/// A catalog function Velocity has nothing to report for: any arguments, always NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NullFunction {
+    name: &'static str,
+    signature: Signature,
+    returns: DataType,
+}
+
+impl NullFunction {
+    fn new(name: &'static str, signature: Signature, returns: DataType) -> NullFunction {
+        NullFunction { name, signature, returns }
+    }
+}
+
+impl ScalarUDFImpl for NullFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(self.returns.clone())
+    }
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::try_from(&self.returns)?))
+    }
+}

@@ -1,0 +1,125 @@
+// pgjdbc against Velocity: DatabaseMetaData, typed rows, transactions, SUBSCRIBE via a cursor.
+// Run by tests/clients.rs: java -cp /usr/share/java/postgresql.jar JdbcTest.java URL USER
+import java.math.BigDecimal;
+import java.sql.*;
+import java.util.*;
+
+public class JdbcTest {
+    static void check(boolean cond, String what) {
+        if (!cond) throw new AssertionError(what);
+    }
+
+    public static void main(String[] args) throws Exception {
+        String url = args[0];
+        Properties props = new Properties();
+        props.setProperty("user", args[1]);
+        if (args.length > 2) props.setProperty("password", args[2]);
+        try (Connection conn = DriverManager.getConnection(url, props)) {
+            DatabaseMetaData md = conn.getMetaData();
+            System.out.println("product: " + md.getDatabaseProductName() + " " + md.getDatabaseProductVersion());
+            try (Statement st = conn.createStatement()) {
+                try (ResultSet rs = st.executeQuery("SELECT version()")) {
+                    rs.next();
+                    check(rs.getString(1).contains("Velocity"), "version(): " + rs.getString(1));
+                }
+                st.execute("CREATE TABLE parcels (id BIGINT PRIMARY KEY, pieces INT, cost NUMERIC(10,2), kg DOUBLE PRECISION,"
+                    + " dest TEXT, express BOOLEAN, due DATE, scanned TIMESTAMP, scanned_tz TIMESTAMPTZ)");
+                st.execute("CREATE MATERIALIZED VIEW per_dest AS SELECT dest, count(*) AS n, sum(kg) AS kg FROM parcels GROUP BY dest");
+            }
+            try (PreparedStatement ps = conn.prepareStatement("INSERT INTO parcels VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")) {
+                ps.setLong(1, 1);
+                ps.setInt(2, 2);
+                ps.setBigDecimal(3, new BigDecimal("9.99"));
+                ps.setDouble(4, 1.5);
+                ps.setString(5, "Lyon");
+                ps.setBoolean(6, true);
+                ps.setDate(7, java.sql.Date.valueOf("2024-06-01"));
+                ps.setTimestamp(8, Timestamp.valueOf("2024-06-01 12:00:00"));
+                ps.setObject(9, java.time.OffsetDateTime.parse("2024-06-01T12:00:00Z"));
+                check(ps.executeUpdate() == 1, "insert count");
+            }
+            try (Statement st = conn.createStatement()) {
+                st.executeUpdate("INSERT INTO parcels (id, pieces) VALUES (2, NULL)");
+            }
+
+            // Transactions: autocommit off makes pgjdbc send BEGIN implicitly.
+            conn.setAutoCommit(false);
+            try (Statement st = conn.createStatement()) {
+                st.executeUpdate("INSERT INTO parcels (id, dest, kg) VALUES (3, 'Lyon', 2.5)");
+            }
+            conn.commit();
+            try (Statement st = conn.createStatement()) {
+                st.executeUpdate("INSERT INTO parcels (id, dest, kg) VALUES (4, 'Oslo', 1.0)");
+            }
+            conn.rollback();
+            conn.setAutoCommit(true);
+
+            try (Statement st = conn.createStatement(); ResultSet rs = st.executeQuery("SELECT * FROM parcels ORDER BY id")) {
+                check(rs.next(), "row 1");
+                check(rs.getLong("id") == 1, "bigint");
+                check(rs.getInt("pieces") == 2, "int");
+                check(rs.getBigDecimal("cost").compareTo(new BigDecimal("9.99")) == 0, "numeric " + rs.getBigDecimal("cost"));
+                check(rs.getDouble("kg") == 1.5, "double");
+                check(rs.getString("dest").equals("Lyon"), "text");
+                check(rs.getBoolean("express"), "bool");
+                check(rs.getDate("due").toString().equals("2024-06-01"), "date " + rs.getDate("due"));
+                check(rs.getTimestamp("scanned").equals(Timestamp.valueOf("2024-06-01 12:00:00")), "timestamp " + rs.getTimestamp("scanned"));
+                java.time.OffsetDateTime tz = rs.getObject("scanned_tz", java.time.OffsetDateTime.class);
+                check(tz.toInstant().equals(java.time.Instant.parse("2024-06-01T12:00:00Z")), "timestamptz " + tz);
+                ResultSetMetaData rsmd = rs.getMetaData();
+                List<String> types = new ArrayList<>();
+                for (int i = 1; i <= rsmd.getColumnCount(); i++) types.add(rsmd.getColumnTypeName(i));
+                System.out.println("result types: " + types);
+                check(rs.next(), "row 2");
+                check(rs.getObject("pieces") == null && rs.getObject("dest") == null && rs.getObject("scanned_tz") == null, "NULLs");
+                check(rs.next() && rs.getLong("id") == 3, "committed row 3");
+                check(!rs.next(), "rolled back row 4 is absent");
+            }
+
+            // DatabaseMetaData as IDEs and BI tools call it.
+            List<String> tables = new ArrayList<>();
+            try (ResultSet rs = md.getTables(null, "public", "%", new String[] {"TABLE"})) {
+                while (rs.next()) tables.add(rs.getString("TABLE_NAME"));
+            }
+            System.out.println("tables: " + tables);
+            check(tables.contains("parcels"), "getTables TABLE: " + tables);
+            Map<String, String> kinds = new TreeMap<>();
+            try (ResultSet rs = md.getTables(null, "public", "%", null)) {
+                while (rs.next()) kinds.put(rs.getString("TABLE_NAME"), rs.getString("TABLE_TYPE"));
+            }
+            System.out.println("all relations: " + kinds);
+            check("MATERIALIZED VIEW".equals(kinds.get("per_dest")), "per_dest is a MATERIALIZED VIEW: " + kinds);
+            List<String> cols = new ArrayList<>();
+            try (ResultSet rs = md.getColumns(null, "public", "parcels", "%")) {
+                while (rs.next()) cols.add(rs.getString("COLUMN_NAME") + ":" + rs.getString("TYPE_NAME"));
+            }
+            System.out.println("columns: " + cols);
+            check(cols.size() == 9 && cols.get(0).equals("id:int8") && cols.get(4).equals("dest:text"), "getColumns: " + cols);
+            try (ResultSet rs = md.getSchemas()) {
+                List<String> schemas = new ArrayList<>();
+                while (rs.next()) schemas.add(rs.getString(1));
+                System.out.println("schemas: " + schemas);
+                check(schemas.contains("public"), "getSchemas");
+            }
+
+            // SUBSCRIBE through DECLARE/FETCH.
+            try (Statement st = conn.createStatement()) {
+                st.execute("DECLARE feed CURSOR FOR SUBSCRIBE per_dest");
+                int snapshot = 0;
+                try (ResultSet rs = st.executeQuery("FETCH ALL feed WITH (timeout = '1s')")) {
+                    while (rs.next()) snapshot++;
+                }
+                check(snapshot == 2, "snapshot rows " + snapshot);
+                try (Connection writer = DriverManager.getConnection(url, props); Statement w = writer.createStatement()) {
+                    w.executeUpdate("INSERT INTO parcels (id, dest, kg) VALUES (5, 'Oslo', 3.0)");
+                }
+                try (ResultSet rs = st.executeQuery("FETCH ALL feed WITH (timeout = '5s')")) {
+                    check(rs.next(), "a change arrives");
+                    check(rs.getLong("diff") == 1 && "Oslo".equals(rs.getString("dest")), "change row");
+                }
+                st.execute("CLOSE feed");
+            }
+        }
+        System.out.println("pgjdbc: all checks passed");
+    }
+}

@@ -1,0 +1,130 @@
+"""psycopg 3 against Velocity: connect, introspect, typed rows, transactions, SUBSCRIBE.
+
+Run by tests/clients.rs with VELOCITY_DSN set; exits non-zero on the first mismatch.
+"""
+import datetime
+import decimal
+import os
+import threading
+
+import psycopg
+
+DSN = os.environ["VELOCITY_DSN"]
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+with psycopg.connect(DSN, autocommit=True) as conn:
+    version = conn.execute("SELECT version()").fetchone()[0]
+    check("Velocity" in version, f"version() names Velocity: {version!r}")
+    check(conn.info.server_version >= 120000, f"server_version parameter: {conn.info.server_version}")
+    conn.execute("SET application_name = 'psycopg-test'")
+    check(conn.execute("SHOW application_name").fetchone()[0] == "psycopg-test", "SHOW application_name")
+    conn.execute("SET search_path TO public")
+    conn.execute("SET TIME ZONE 'UTC'")
+    print("tx isolation:", conn.execute("SHOW transaction_isolation").fetchone()[0])
+    print("standard_conforming_strings:", conn.execute("SHOW standard_conforming_strings").fetchone()[0])
+    print("current_database:", conn.execute("SELECT current_database(), current_schema()").fetchone())
+
+    conn.execute(
+        "CREATE TABLE shipments (id BIGINT PRIMARY KEY, qty INT, price NUMERIC(10,2), weight DOUBLE PRECISION,"
+        " status TEXT, fragile BOOLEAN, ship_date DATE, created_at TIMESTAMP, updated_at TIMESTAMPTZ)"
+    )
+    # Parameters travel through the extended protocol (server-side binding).
+    conn.execute(
+        "INSERT INTO shipments VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (1, 3, decimal.Decimal("12.50"), 2.25, "PLANNED", True, datetime.date(2024, 5, 1),
+         datetime.datetime(2024, 5, 1, 8, 30, 0), datetime.datetime(2024, 5, 1, 8, 30, 0, tzinfo=datetime.timezone.utc)),
+    )
+    conn.execute("INSERT INTO shipments (id, status) VALUES (2, NULL)")
+    conn.execute(
+        "CREATE MATERIALIZED VIEW per_status AS SELECT status, count(*) AS n, sum(qty) AS qty FROM shipments GROUP BY status"
+    )
+
+    rows = conn.execute(
+        "SELECT id, qty, price, weight, status, fragile, ship_date, created_at, updated_at FROM shipments ORDER BY id"
+    ).fetchall()
+    check(len(rows) == 2, f"two rows: {rows}")
+    r = rows[0]
+    check(r[0] == 1 and isinstance(r[0], int), f"bigint: {r[0]!r}")
+    check(r[1] == 3 and isinstance(r[1], int), f"int: {r[1]!r}")
+    check(r[2] == decimal.Decimal("12.50"), f"numeric: {r[2]!r}")
+    check(r[3] == 2.25 and isinstance(r[3], float), f"double: {r[3]!r}")
+    check(r[4] == "PLANNED", f"text: {r[4]!r}")
+    check(r[5] is True, f"bool: {r[5]!r}")
+    check(r[6] == datetime.date(2024, 5, 1), f"date: {r[6]!r}")
+    check(r[7] == datetime.datetime(2024, 5, 1, 8, 30), f"timestamp: {r[7]!r}")
+    check(r[8] == datetime.datetime(2024, 5, 1, 8, 30, tzinfo=datetime.timezone.utc), f"timestamptz: {r[8]!r}")
+    check(rows[1][1:] == (None,) * 8, f"NULLs: {rows[1]!r}")
+
+    # Binary result format as well as text.
+    with conn.cursor(binary=True) as cur:
+        cur.execute("SELECT id, price, ship_date, fragile FROM shipments WHERE id = %s", (1,))
+        check(cur.fetchone() == (1, decimal.Decimal("12.50"), datetime.date(2024, 5, 1), True), "binary row")
+
+    names = [d.name for d in conn.execute("SELECT * FROM per_status").description]
+    check(names == ["status", "n", "qty"], f"view columns: {names}")
+    tables = {r[0] for r in conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'").fetchall()}
+    check({"shipments", "per_status"} <= tables, f"information_schema.tables: {tables}")
+
+# Default psycopg: implicit BEGIN before the first statement, COMMIT on commit().
+with psycopg.connect(DSN) as conn:
+    conn.execute("INSERT INTO shipments (id, qty, status) VALUES (3, 4, 'PLANNED')")
+    conn.commit()
+    with conn.transaction():
+        conn.execute("INSERT INTO shipments (id, qty, status) VALUES (4, 1, 'LOADED')")
+    try:
+        with conn.transaction():
+            conn.execute("INSERT INTO shipments (id, qty, status) VALUES (5, 1, 'LOST')")
+            raise RuntimeError("roll back")
+    except RuntimeError:
+        pass
+    conn.commit()
+    rows = conn.execute("SELECT status, n, qty FROM per_status ORDER BY status NULLS LAST").fetchall()
+    check(rows == [("LOADED", 1, 1), ("PLANNED", 2, 7), (None, 1, None)], f"per_status after transactions: {rows}")
+    conn.rollback()
+
+# SUBSCRIBE through a cursor: DECLARE ... FETCH with a timeout.
+with psycopg.connect(DSN, autocommit=True) as conn:
+    conn.execute("DECLARE feed CURSOR FOR SUBSCRIBE per_status")
+    snapshot = conn.execute("FETCH ALL feed WITH (timeout = '1s')").fetchall()
+    check(len(snapshot) == 3, f"snapshot rows: {snapshot}")
+    with psycopg.connect(DSN, autocommit=True) as writer:
+        writer.execute("INSERT INTO shipments (id, qty, status) VALUES (6, 10, 'LOADED')")
+    changes = conn.execute("FETCH ALL feed WITH (timeout = '5s')").fetchall()
+    print("cursor changes:", changes)
+    diffs = sorted((row[-3], row[1]) for row in changes)
+    check(diffs == [("LOADED", -1), ("LOADED", 1)], f"retraction + insertion: {changes}")
+    conn.execute("CLOSE feed")
+
+# SUBSCRIBE as COPY: read the snapshot, then a change committed by another connection.
+with psycopg.connect(DSN, autocommit=True) as conn:
+    got = []
+    def writer_later():
+        with psycopg.connect(DSN, autocommit=True) as writer:
+            writer.execute("INSERT INTO shipments (id, qty, status) VALUES (7, 1, 'DELIVERED')")
+    cur = conn.cursor()
+    copy_cm = cur.copy("COPY (SUBSCRIBE TO per_status WITH (SNAPSHOT = false)) TO STDOUT")
+    copy = copy_cm.__enter__()
+    t = threading.Timer(0.5, writer_later)
+    t.start()
+    buf = b""
+    while b"DELIVERED" not in buf:
+        data = copy.read()
+        check(data, "copy stream ended early")
+        buf += bytes(data)
+    t.join()
+    line = next(l for l in buf.decode().splitlines() if "DELIVERED" in l)
+    print("copy line:", line)
+    check(line.split("\t")[1] == "1", f"insert diff: {line!r}")
+    # A subscription never ends by itself: the subscriber leaves by closing the connection.
+    conn.close()
+
+with psycopg.connect(DSN, autocommit=True) as conn:
+    check(conn.execute("SELECT count(*) FROM per_status").fetchone()[0] == 4, "server fine after a subscriber left")
+
+print("psycopg: all checks passed")
