@@ -10,6 +10,7 @@ pub mod engine;
 pub mod functions;
 pub mod planner;
 pub mod server;
+pub mod simulate;
 pub mod sources;
 pub mod sql;
 pub mod storage;

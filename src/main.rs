@@ -56,6 +56,25 @@ enum Command {
         #[arg(long)]
         duration: Option<u64>,
     },
+    /// Run the TMS simulator into a real Postgres database or a Debezium JSON-lines file.
+    Simulate {
+        /// libpq connection string of the TMS database (tables are created if missing).
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        postgres: Option<String>,
+        /// Append Debezium JSON lines (with transaction END markers) to this file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, default_value_t = 10_000)]
+        transactions: u64,
+        /// Loads in flight at once.
+        #[arg(long, default_value_t = 200)]
+        scale: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Transactions per second; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
     /// Benchmarks; print a table and the command that reproduces it.
     Bench {
         #[command(subcommand)]
@@ -111,6 +130,16 @@ fn main() -> anyhow::Result<()> {
             scale,
             duration: duration.map(std::time::Duration::from_secs),
         })),
+        Command::Simulate { postgres, file, transactions, scale, seed, rate } => {
+            use velocity::simulate::{SimulateOptions, Target};
+            let target = match (postgres, file) {
+                (Some(conn), _) => Target::Postgres(conn),
+                (None, Some(path)) => Target::File(path),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let scenario = velocity::sources::logistics::Scenario { scale, seed };
+            runtime.block_on(velocity::simulate::run(SimulateOptions { target, scenario, transactions, rate }))
+        }
         Command::Bench { bench } => runtime.block_on(velocity::bench::run(bench)),
     }
 }

@@ -6,52 +6,19 @@
 //! database of its own, so tests can run in parallel.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+mod common;
 use velocity::sources::connector::Connector;
 use velocity::sources::postgres::{PostgresCdc, PostgresCdcConfig};
 use velocity::sources::{AssemblerOutput, CompleteTxn, Decoder, Position, TableBinding, TxnAssembler, TxnBoundaries};
 
-/// The test server's connection string (without dbname).
-fn postgres() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("VELOCITY_TEST_POSTGRES") {
-            return url;
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres-test.sh");
-        let out = std::process::Command::new(script).arg("start").output().expect("run scripts/postgres-test.sh");
-        assert!(out.status.success(), "postgres-test.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        stdout.lines().last().expect("connection string").trim().to_string()
-    })
-}
-
-fn without_dbname(conn: &str) -> String {
-    conn.split_whitespace().filter(|kv| !kv.starts_with("dbname=")).collect::<Vec<_>>().join(" ")
-}
-
-async fn connect(conn: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(conn, NoTls).await.unwrap_or_else(|e| panic!("{conn}: {e}"));
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
-
-/// A fresh database `name` (dropped first, with its slots); returns its connection string.
-async fn fresh_database(name: &str) -> String {
-    let admin = connect(&format!("{} dbname=postgres", without_dbname(postgres()))).await;
-    let drop_slots = format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{name}'");
-    for sql in [drop_slots, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("CREATE DATABASE {name}")] {
-        admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-    format!("{} dbname={name}", without_dbname(postgres()))
-}
+use common::{postgres_connect as connect, fresh_postgres_database as fresh_database};
 
 /// Slot names are cluster-wide: each test's slot is named after its database.
 fn config(conn: &str) -> PostgresCdcConfig {
@@ -365,7 +332,6 @@ async fn a_table_bound_later_is_snapshotted_at_its_own_point_in_the_stream() {
     p.quiet().await;
 }
 
-mod common;
 
 /// Poll `sql` on Velocity until it returns `expected` (sorted rows), for up to 20 s.
 async fn eventually(client: &Client, sql: &str, expected: &[&str]) {

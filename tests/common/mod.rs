@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_postgres::{Client, NoTls};
 
@@ -121,4 +121,42 @@ pub async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
     }
     out.sort();
     out
+}
+
+/// A real Postgres with `wal_level=logical`: `VELOCITY_TEST_POSTGRES`, or one started by
+/// `scripts/postgres-test.sh start` (left running for the next run).
+pub fn postgres() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("VELOCITY_TEST_POSTGRES") {
+            return url;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres-test.sh");
+        let out = std::process::Command::new(script).arg("start").output().expect("run scripts/postgres-test.sh");
+        assert!(out.status.success(), "postgres-test.sh start failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout.lines().last().expect("connection string").trim().to_string()
+    })
+}
+
+fn without_dbname(conn: &str) -> String {
+    conn.split_whitespace().filter(|kv| !kv.starts_with("dbname=")).collect::<Vec<_>>().join(" ")
+}
+
+pub async fn postgres_connect(conn: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(conn, NoTls).await.unwrap_or_else(|e| panic!("{conn}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// A fresh database `name` (dropped first, with its slots); returns its connection string.
+pub async fn fresh_postgres_database(name: &str) -> String {
+    let admin = postgres_connect(&format!("{} dbname=postgres", without_dbname(postgres()))).await;
+    let drop_slots = format!("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{name}'");
+    for sql in [drop_slots, format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("CREATE DATABASE {name}")] {
+        admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    format!("{} dbname={name}", without_dbname(postgres()))
 }
