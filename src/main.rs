@@ -59,11 +59,14 @@ enum Command {
     /// Run the TMS simulator into a real Postgres database or a Debezium JSON-lines file.
     Simulate {
         /// libpq connection string of the TMS database (tables are created if missing).
-        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        #[arg(long, group = "target")]
         postgres: Option<String>,
         /// Append Debezium JSON lines (with transaction END markers) to this file.
-        #[arg(long)]
+        #[arg(long, group = "target")]
         file: Option<PathBuf>,
+        /// Kafka brokers: Debezium topics `tms.public.<table>` and `tms.transaction`.
+        #[arg(long, group = "target")]
+        kafka: Option<String>,
         #[arg(long, default_value_t = 10_000)]
         transactions: u64,
         /// Loads in flight at once.
@@ -130,12 +133,13 @@ fn main() -> anyhow::Result<()> {
             scale,
             duration: duration.map(std::time::Duration::from_secs),
         })),
-        Command::Simulate { postgres, file, transactions, scale, seed, rate } => {
+        Command::Simulate { postgres, file, kafka, transactions, scale, seed, rate } => {
             use velocity::simulate::{SimulateOptions, Target};
-            let target = match (postgres, file) {
-                (Some(conn), _) => Target::Postgres(conn),
-                (None, Some(path)) => Target::File(path),
-                (None, None) => unreachable!("clap requires one"),
+            let target = match (postgres, file, kafka) {
+                (Some(conn), _, _) => Target::Postgres(conn),
+                (_, Some(path), _) => Target::File(path),
+                (_, _, Some(brokers)) => Target::Kafka(brokers),
+                _ => anyhow::bail!("say where to write: --postgres, --file or --kafka"),
             };
             let scenario = velocity::sources::logistics::Scenario { scale, seed };
             runtime.block_on(velocity::simulate::run(SimulateOptions { target, scenario, transactions, rate }))

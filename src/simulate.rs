@@ -14,6 +14,9 @@ pub enum Target {
     /// Debezium JSON lines with transaction END markers (read it with
     /// `CREATE SOURCE ... WITH (connector = 'file', path = '...', transactions = 'metadata')`).
     File(PathBuf),
+    /// Debezium JSON on Kafka, as Debezium's Postgres connector writes it: one topic per table
+    /// (`tms.public.<table>`, keyed by id) and END markers on `tms.transaction`.
+    Kafka(String),
 }
 
 pub struct SimulateOptions {
@@ -72,6 +75,34 @@ pub async fn run(options: SimulateOptions) -> anyhow::Result<()> {
                 let txn = simulator.next_txn();
                 events += txn.changes.len() as u64;
                 write_postgres_txn(&mut client, &txn).await?;
+                if done % 100 == 0 {
+                    report(done, events);
+                }
+                pace(done).await;
+            }
+        }
+        Target::Kafka(brokers) => {
+            use rdkafka::producer::{FutureProducer, FutureRecord};
+            let producer: FutureProducer =
+                rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create()?;
+            for done in 1..=options.transactions {
+                let txn = simulator.next_txn();
+                events += txn.changes.len() as u64;
+                let lines = txn.debezium(txn.commit_us / 1000);
+                let producer = &producer;
+                let mut sends = Vec::with_capacity(lines.len());
+                for (i, line) in lines.iter().enumerate() {
+                    let (topic, key) = match txn.changes.get(i) {
+                        Some(change) => (format!("tms.public.{}", change.table()), change.key().to_string()),
+                        None => ("tms.transaction".to_string(), txn.xid.to_string()),
+                    };
+                    sends.push(async move {
+                        producer.send(FutureRecord::to(&topic).key(&key).payload(line), Duration::from_secs(30)).await
+                    });
+                }
+                for sent in futures::future::join_all(sends).await {
+                    sent.map_err(|(e, _)| anyhow::anyhow!("producing to kafka: {e}"))?;
+                }
                 if done % 100 == 0 {
                     report(done, events);
                 }

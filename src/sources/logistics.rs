@@ -128,6 +128,15 @@ pub enum RowChange {
 }
 
 impl RowChange {
+    /// The row's primary key.
+    pub fn key(&self) -> i64 {
+        match self {
+            RowChange::Insert { row, .. } | RowChange::Update { after: row, .. } | RowChange::Delete { row, .. } => {
+                row.get("id").and_then(Value::as_i64).unwrap_or_default()
+            }
+        }
+    }
+
     pub fn table(&self) -> &'static str {
         match self {
             RowChange::Insert { table, .. } | RowChange::Update { table, .. } | RowChange::Delete { table, .. } => table,
