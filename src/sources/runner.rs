@@ -263,7 +263,11 @@ impl Runner {
         if let Some(v) = self.engine.store.get(&offsets_key(self.id))? {
             self.offsets = serde_json::from_slice(&v)?;
         }
-        self.status(|s| s.state = "running".into());
+        let stored_errors = self.engine.store.scan_prefix(&dead_letter_prefix(self.id))?.len() as u64;
+        self.status(|s| {
+            s.state = "running".into();
+            s.errors = stored_errors;
+        });
         let mut decoder = Decoder::new();
         let mut reading: Option<Reading> = None;
         loop {
@@ -408,11 +412,17 @@ impl Runner {
     fn extra_writes(&mut self, dead: Vec<DeadLetter>) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut writes = Vec::with_capacity(dead.len() + 1);
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
-        let errors = dead.len() as u64;
+        let mut errors = 0u64;
         for d in dead {
             let position = d.position.to_string();
             let mut key = dead_letter_prefix(self.id);
             key.extend_from_slice(position.as_bytes());
+            // Input read again (tables bound later, a restart) dead-letters the same record
+            // again: keep and count it once.
+            if self.engine.store.get(&key)?.is_some() {
+                continue;
+            }
+            errors += 1;
             let stored = StoredDeadLetter {
                 source: self.name.clone(),
                 collection: d.collection,
