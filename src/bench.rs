@@ -32,6 +32,16 @@ pub enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         events: usize,
     },
+    /// Update one stop of a load in a nested entity view over many loads; time from the
+    /// UPDATE to a SUBSCRIBE client receiving the new load row.
+    Subscribe {
+        /// Loads (trips) in the view, 4 stops each.
+        #[arg(long, default_value_t = 100_000)]
+        loads: usize,
+        /// Stop updates to time.
+        #[arg(long, default_value_t = 300)]
+        updates: usize,
+    },
     /// The whole logistics pipeline (queries/velocity.sql) fed by the TMS simulator as fast as
     /// it goes, against recomputing every view from scratch every 5 seconds.
     Velocity {
@@ -66,20 +76,19 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         }
         Bench::Source { events } => source(events).await,
         Bench::Velocity { scale, events } => pipeline(scale, events).await,
+        Bench::Subscribe { loads, updates } => subscribe_latency(loads, updates).await,
     }
 }
 
-/// A server on a free loopback port over `data_dir`, and a client connected to it.
-async fn local_server(data_dir: &std::path::Path) -> anyhow::Result<(Arc<Server>, tokio_postgres::Client)> {
+/// A server on a free loopback port over `data_dir`, a client connected to it, and its
+/// connection string for more clients.
+async fn local_server(data_dir: &std::path::Path) -> anyhow::Result<(Arc<Server>, tokio_postgres::Client, String)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let (addr, server) = crate::server::spawn(data_dir, listener).await?;
-    let (client, connection) = tokio_postgres::connect(
-        &format!("host={} port={} user=velocity dbname=velocity", addr.ip(), addr.port()),
-        tokio_postgres::NoTls,
-    )
-    .await?;
+    let conn = format!("host={} port={} user=velocity dbname=velocity", addr.ip(), addr.port());
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    Ok((server, client))
+    Ok((server, client, conn))
 }
 
 /// `velocity bench source`: how fast Debezium traffic becomes applied transactions.
@@ -101,7 +110,7 @@ async fn source(events: usize) -> anyhow::Result<()> {
     }
     out.flush()?;
     drop(records);
-    let (_server, client) = local_server(&dir.path().join("data")).await?;
+    let (_server, client, _) = local_server(&dir.path().join("data")).await?;
     client
         .batch_execute(&format!(
             "CREATE SOURCE traffic WITH (connector = 'file', path = '{}', transactions = 'metadata');
@@ -330,7 +339,7 @@ fn dir_size(path: &std::path::Path) -> u64 {
 async fn pipeline(scale: usize, events: u64) -> anyhow::Result<()> {
     println!("velocity bench velocity --scale {scale} --events {events}");
     let dir = tempfile::tempdir()?;
-    let (server, client) = local_server(&dir.path().join("data")).await?;
+    let (server, client, _) = local_server(&dir.path().join("data")).await?;
     for statement in crate::sql::split_statements(&crate::demo::pipeline_sql(scale, 0.0)) {
         client.batch_execute(&statement).await?;
     }
@@ -393,5 +402,83 @@ async fn pipeline(scale: usize, events: u64) -> anyhow::Result<()> {
         5000.0 + recompute_s * 1000.0
     );
     println!("\none full recompute of the {} views at the end took {:.0} ms", views.len(), recompute_s * 1000.0);
+    Ok(())
+}
+
+/// `velocity bench subscribe`: commit-to-subscriber latency of one changed load row.
+async fn subscribe_latency(loads: usize, updates: usize) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    println!("velocity bench subscribe --loads {loads} --updates {updates}");
+    let dir = tempfile::tempdir()?;
+    let (_server, client, conn) = local_server(&dir.path().join("data")).await?;
+    let stops = loads * 4;
+    let started = Instant::now();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE trips (id BIGINT PRIMARY KEY, ref TEXT, status TEXT);
+             CREATE TABLE stops (id BIGINT PRIMARY KEY, trip_id BIGINT, seq BIGINT, city TEXT, arrived BOOLEAN);
+             INSERT INTO trips SELECT value, 'LOAD-' || value, 'DEPARTED' FROM generate_series(0, {}) AS t;
+             INSERT INTO stops SELECT value, value / 4, value % 4, 'city-' || (value % 97), false FROM generate_series(0, {}) AS t;",
+            loads - 1,
+            stops - 1
+        ))
+        .await?;
+    eprintln!("loaded {loads} loads and {stops} stops in {:.1}s", started.elapsed().as_secs_f64());
+    let started = Instant::now();
+    client
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW loads AS
+             SELECT t.id, t.ref, t.status,
+                    json_agg(json_build_object('seq', s.seq, 'city', s.city, 'arrived', s.arrived) ORDER BY s.seq) AS stops
+             FROM trips t JOIN stops s ON s.trip_id = t.id GROUP BY t.id, t.ref, t.status",
+        )
+        .await?;
+    eprintln!("entity view over {loads} loads created in {:.1}s", started.elapsed().as_secs_f64());
+
+    let (subscriber, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let stream = subscriber.copy_out("COPY (SUBSCRIBE TO loads WITH (SNAPSHOT = false)) TO STDOUT").await?;
+    let (rows_tx, mut rows_rx) = tokio::sync::mpsc::unbounded_channel::<(i64, Instant)>();
+    tokio::spawn(async move {
+        let mut stream = Box::pin(stream);
+        let mut buffered = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            let at = Instant::now();
+            buffered.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(nl) = buffered.find('\n') {
+                let line: String = buffered.drain(..=nl).collect();
+                let mut fields = line.split('\t');
+                let (_tick, diff, id) = (fields.next(), fields.next(), fields.next());
+                if diff == Some("1") && let Some(id) = id.and_then(|v| v.parse().ok()) {
+                    let _ = rows_tx.send((id, at));
+                }
+            }
+        }
+    });
+    let mut rng = Rng(0x5DEECE66D);
+    let mut latencies = Vec::with_capacity(updates);
+    for _ in 0..updates {
+        let stop = (rng.next() % stops as u64) as i64;
+        let trip = stop / 4;
+        let sent = Instant::now();
+        client.execute("UPDATE stops SET arrived = NOT arrived WHERE id = $1", &[&stop]).await?;
+        loop {
+            let (id, at) = rows_rx.recv().await.ok_or_else(|| anyhow::anyhow!("the subscription ended"))?;
+            if id == trip {
+                latencies.push(at.duration_since(sent));
+                break;
+            }
+        }
+    }
+    latencies.sort();
+    println!("\n| loads in the view | updates | update -> subscriber p50 ms | p99 ms | max ms | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {loads} | {updates} | {:.2} | {:.2} | {:.2} | {} |",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
+        peak_rss_mib()
+    );
     Ok(())
 }
