@@ -34,6 +34,12 @@ const VIEWS: &[(&str, &str)] = &[
     ("anti", "SELECT b.id, b.k FROM b WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.k = b.k)"),
     ("top2", "SELECT k, v, id, rn FROM (SELECT k, v, id, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC NULLS LAST, id) AS rn FROM a) x WHERE rn <= 2"),
     ("expr_filter", "SELECT id, CASE WHEN v IS NULL THEN 'none' ELSE concat('v', v) END AS label, k * 10 AS k10 FROM c WHERE k IS NULL OR k <> 1"),
+    (
+        "nested_entity",
+        "SELECT a.k, json_agg(json_build_object('id', a.id, 'v', a.v, 'c', c.v) ORDER BY a.id, c.id) AS items, \
+         string_agg(CAST(a.id AS TEXT), ',' ORDER BY a.id DESC, c.id) AS ids, array_agg(c.id ORDER BY c.id, a.id) AS cids \
+         FROM a JOIN c ON a.k = c.k GROUP BY a.k",
+    ),
 ];
 
 #[derive(Clone)]

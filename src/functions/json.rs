@@ -219,16 +219,23 @@ impl ScalarUDFImpl for ToJson {
 }
 
 /// `json_agg(value [ORDER BY ...])` and `jsonb_agg`: a JSON array of the group's values,
-/// NULLs included, in the aggregate's order; NULL for an empty group.
+/// NULLs included, in the aggregate's order; NULL for an empty group. DataFusion's
+/// `array_agg` does the collecting and the ordering (so it behaves exactly like
+/// `array_agg(... ORDER BY ...)`); the result is rendered as JSON.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct JsonAgg {
     signature: Signature,
     aliases: Vec<String>,
+    array_agg: AggregateUDF,
 }
 
 impl JsonAgg {
     fn new() -> JsonAgg {
-        JsonAgg { signature: Signature::any(1, Volatility::Immutable), aliases: vec!["jsonb_agg".into()] }
+        JsonAgg::around(datafusion::functions_aggregate::array_agg::array_agg_udaf().as_ref().clone())
+    }
+
+    fn around(array_agg: AggregateUDF) -> JsonAgg {
+        JsonAgg { signature: Signature::any(1, Volatility::Immutable), aliases: vec!["jsonb_agg".into()], array_agg }
     }
 }
 
@@ -249,60 +256,53 @@ impl AggregateUDFImpl for JsonAgg {
         Ok(Arc::new(json_field(self.name(), true)))
     }
     fn order_sensitivity(&self) -> AggregateOrderSensitivity {
-        AggregateOrderSensitivity::HardRequirement
+        self.array_agg.inner().order_sensitivity()
+    }
+    fn with_beneficial_ordering(self: Arc<Self>, beneficial: bool) -> Result<Option<Arc<dyn AggregateUDFImpl>>> {
+        let inner = self.array_agg.inner().clone().with_beneficial_ordering(beneficial)?;
+        Ok(inner.map(|i| Arc::new(JsonAgg::around(AggregateUDF::new_from_shared_impl(i))) as _))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        let item = Field::new_list_field(DataType::Utf8, true);
-        Ok(vec![Arc::new(Field::new(format!("{}[elements]", args.name), DataType::List(Arc::new(item)), true))])
+        self.array_agg.inner().state_fields(args)
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(JsonAggAccumulator { field: args.expr_fields[0].clone(), elements: Vec::new() }))
+        let item = args.expr_fields[0].clone();
+        Ok(Box::new(JsonAggAccumulator { item, array_agg: self.array_agg.inner().accumulator(args)? }))
     }
 }
 
-/// The group's elements, each already rendered as JSON text.
+/// `array_agg`'s accumulator, rendering its list as a JSON array.
 #[derive(Debug)]
 struct JsonAggAccumulator {
-    field: FieldRef,
-    elements: Vec<String>,
+    item: FieldRef,
+    array_agg: Box<dyn Accumulator>,
 }
 
 impl Accumulator for JsonAggAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        self.elements.extend(to_json_values(&values[0], &self.field)?.into_iter().map(|v| v.to_string()));
-        Ok(())
+        self.array_agg.update_batch(values)
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let lists = states[0].as_list::<i32>();
-        for i in 0..lists.len() {
-            if lists.is_null(i) {
-                continue;
-            }
-            let items = lists.value(i);
-            self.elements.extend(items.as_string::<i32>().iter().map(|s| s.unwrap_or("null").to_string()));
-        }
-        Ok(())
+        self.array_agg.merge_batch(states)
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let items: ArrayRef = Arc::new(StringArray::from_iter_values(&self.elements));
-        Ok(vec![ScalarValue::List(Arc::new(ListArray::new(
-            Arc::new(Field::new_list_field(DataType::Utf8, true)),
-            arrow::buffer::OffsetBuffer::from_lengths([items.len()]),
-            items,
-            None,
-        )))])
+        self.array_agg.state()
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        if self.elements.is_empty() {
+        let ScalarValue::List(list) = self.array_agg.evaluate()? else {
+            return exec_err!("json_agg: array_agg returned something other than a list");
+        };
+        if list.is_null(0) || list.value_length(0) == 0 {
             return Ok(ScalarValue::Utf8(None));
         }
-        Ok(ScalarValue::Utf8(Some(format!("[{}]", self.elements.join(",")))))
+        let items = to_json_values(&list.value(0), &self.item)?;
+        Ok(ScalarValue::Utf8(Some(Value::Array(items).to_string())))
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.elements.iter().map(|e| e.capacity() + 24).sum::<usize>()
+        std::mem::size_of_val(self) + self.array_agg.size()
     }
 }
