@@ -12,8 +12,9 @@ use super::connector::{Connector, SourceRecord};
 use super::logistics::{Scenario, Simulator};
 use super::txn::{Position, Stream, TxnBoundaries};
 
-/// Transactions generated per poll at most, so a fast generator still yields to the runner.
-const MAX_TXNS_PER_POLL: u64 = 500;
+/// Transactions generated per poll at most, so a fast generator still yields to the runner,
+/// and freshness (measured from generation) is not dominated by a long queue.
+const MAX_TXNS_PER_POLL: u64 = 50;
 
 /// `WITH (connector = 'generator', scenario = 'logistics', scale = .., rate = .., ...)`.
 #[derive(Debug, Clone, PartialEq)]
