@@ -116,6 +116,16 @@ async fn tms_through_postgres_cdc_equals_references() {
         client.batch_execute(&statement).await.unwrap_or_else(|e| panic!("{statement}: {e:?}"));
     }
 
+    // Write only once the slot exists and publishes every table: what commits before is in a
+    // snapshot, as rows without their history, and that history's events would not be derived.
+    let started = Instant::now();
+    let ready = "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'velocity_pipeline' \
+                 AND (SELECT count(*) FROM pg_publication_tables WHERE pubname = 'velocity') = 8";
+    while text_rows(&pg, ready).await.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the source created no replication slot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let mut simulator = Simulator::new(Scenario { scale: 30, seed: 7 });
     let history: Vec<SimTxn> = (0..TRANSACTIONS).map(|_| simulator.next_txn()).collect();
     for txn in &history {
