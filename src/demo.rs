@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::server::Server;
 
 /// The pipeline, as shipped in `queries/velocity.sql`.
 pub const PIPELINE_SQL: &str = include_str!("../queries/velocity.sql");
@@ -33,10 +32,7 @@ pub struct DemoOptions<'a> {
 
 pub async fn run(options: DemoOptions<'_>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
-    let addr = listener.local_addr()?;
-    let server = std::sync::Arc::new(Server::open(options.data_dir).await?);
-    let serving = server.clone();
-    tokio::spawn(async move { serving.serve(listener).await });
+    let (addr, server) = crate::server::spawn(options.data_dir, listener).await?;
     let (client, connection) = tokio_postgres::connect(
         &format!("host={} port={} user=velocity dbname=velocity", addr.ip(), addr.port()),
         tokio_postgres::NoTls,

@@ -292,10 +292,19 @@ impl Runner {
             let records = self.connector.poll(POLL_WAIT).await?;
             let read_any = !records.is_empty();
             let mut outputs = Vec::new();
+            // Records come in runs from one stream: name the stream once per run.
+            let mut stream = Stream::new();
             for SourceRecord { position, payload } in records {
+                if !position.is_in(&stream) {
+                    stream = position.stream();
+                }
                 let next = position.offset() + 1;
-                let e = r.read_to.entry(position.stream()).or_insert(next);
-                *e = (*e).max(next);
+                match r.read_to.get_mut(&stream) {
+                    Some(e) => *e = (*e).max(next),
+                    None => {
+                        r.read_to.insert(stream.clone(), next);
+                    }
+                }
                 let raw = payload.as_deref().unwrap_or_default();
                 let record = decoder.decode(payload.as_deref());
                 outputs.extend(r.assembler.push(position, raw, record));
