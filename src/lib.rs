@@ -11,6 +11,7 @@ pub mod functions;
 pub mod planner;
 pub mod server;
 pub mod simulate;
+pub mod sinks;
 pub mod sources;
 pub mod sql;
 pub mod storage;

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -20,36 +19,6 @@ use velocity::sources::Position;
 use velocity::sources::connector::{Connector, LagUnit, SourceRecord};
 use velocity::sources::kafka::{KafkaConfig, KafkaConnector};
 
-/// The broker address: from the environment, or a tansu started for this test process.
-fn broker() -> String {
-    static BROKER: OnceLock<String> = OnceLock::new();
-    BROKER
-        .get_or_init(|| {
-            if let Ok(b) = std::env::var("VELOCITY_TEST_KAFKA") {
-                return b;
-            }
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka-test.sh");
-            let out = std::process::Command::new("bash")
-                .args([script, "start", "--owner", &std::process::id().to_string()])
-                .output()
-                .expect("run scripts/kafka-test.sh");
-            assert!(
-                out.status.success(),
-                "no Kafka broker: set VELOCITY_TEST_KAFKA=host:port or install tansu \
-                 (cargo install tansu --features dynostore --locked): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).lines().last().expect("address").trim().to_string()
-        })
-        .clone()
-}
-
-/// A name no other test run uses: tests share one broker.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{prefix}{}x{nanos}", std::process::id())
-}
-
 struct Kafka {
     brokers: String,
     producer: FutureProducer,
@@ -58,7 +27,7 @@ struct Kafka {
 
 impl Kafka {
     fn new() -> Kafka {
-        let brokers = broker();
+        let brokers = common::kafka_broker();
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &brokers).set("message.timeout.ms", "10000");
         // One message per record batch: tansu (memory storage) returns nothing when a consumer
@@ -128,7 +97,7 @@ fn expected(values: &[Option<&str>]) -> Vec<(i64, Option<String>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connector_reads_every_partition_in_order_and_resumes_from_offsets() {
     let kafka = Kafka::new();
-    let prefix = unique("t");
+    let prefix = common::unique_name("t");
     let shipments = format!("{prefix}.public.shipments");
     let txns = format!("{prefix}.transaction");
     kafka.create_topic(&shipments, 2).await;
@@ -142,7 +111,7 @@ async fn connector_reads_every_partition_in_order_and_resumes_from_offsets() {
     kafka.send(&shipments, 1, "b", Some("third")).await;
     kafka.send(&txns, 0, "x", Some("BEGIN")).await;
 
-    let group = unique("g");
+    let group = common::unique_name("g");
     let mut connector = kafka.connector(Some(&txns), &group);
     assert_eq!(connector.kind(), "kafka");
     assert_eq!(connector.collection(&shipments), "public.shipments");
@@ -201,10 +170,10 @@ async fn connector_reads_every_partition_in_order_and_resumes_from_offsets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connector_waits_for_topics_that_do_not_exist_yet() {
     let kafka = Kafka::new();
-    let prefix = unique("w");
+    let prefix = common::unique_name("w");
     let stops = format!("{prefix}.public.stops");
     let notes = format!("{prefix}.public.notes");
-    let mut connector = kafka.connector(None, &unique("g"));
+    let mut connector = kafka.connector(None, &common::unique_name("g"));
     connector.open(std::slice::from_ref(&stops), &HashMap::new()).await.expect("a missing topic is not an error");
     assert!(connector.poll(Duration::from_millis(300)).await.unwrap().is_empty());
     let state = connector.state().unwrap_or_default();
@@ -401,7 +370,7 @@ async fn eventually(client: &tokio_postgres::Client, sql: &str, want: Vec<Vec<Op
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_source_applies_whole_transactions_across_topics() {
     let kafka = Kafka::new();
-    let db = Debezium { prefix: unique("tx") };
+    let db = Debezium { prefix: common::unique_name("tx") };
     setup_accounts(&kafka, &db).await;
     let server = common::TestServer::start().await;
     let client = server.client().await;
@@ -501,7 +470,7 @@ async fn kafka_source_applies_whole_transactions_across_topics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_source_dead_letters_malformed_records() {
     let kafka = Kafka::new();
-    let db = Debezium { prefix: unique("dl") };
+    let db = Debezium { prefix: common::unique_name("dl") };
     setup_accounts(&kafka, &db).await;
     let server = common::TestServer::start().await;
     let client = server.client().await;
@@ -534,7 +503,7 @@ async fn kafka_source_dead_letters_malformed_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_source_resumes_after_kill9_without_applying_twice() {
     let kafka = Kafka::new();
-    let db = Debezium { prefix: unique("rs") };
+    let db = Debezium { prefix: common::unique_name("rs") };
     setup_accounts(&kafka, &db).await;
     // 1 + 400 transactions, produced before the server reads them; a model keeps the balances.
     let mut balances = [0i64, 250, 250, 250, 250];

@@ -18,6 +18,8 @@ pub enum RelationKind {
     MaterializedView,
     /// A source: a connection whose changes feed the tables bound to it. Not queryable.
     Source,
+    /// A sink: delivers every change of the relation it depends on. Not queryable.
+    Sink,
 }
 
 impl RelationKind {
@@ -26,6 +28,7 @@ impl RelationKind {
             RelationKind::Table => "table",
             RelationKind::MaterializedView => "materialized view",
             RelationKind::Source => "source",
+            RelationKind::Sink => "sink",
         }
     }
 }

@@ -48,6 +48,11 @@ impl Dataflow {
         direct.chain(self.changelogs.iter().map(|c| c.relation))
     }
 
+    /// The earliest time an operator must run without input (a temporal filter's next expiry).
+    pub fn wakeup_at(&self) -> Option<i64> {
+        self.nodes.iter().filter_map(|n| n.operator.wakeup_at()).min()
+    }
+
     /// Run one tick. `changes` holds this tick's consolidated changes per relation.
     /// With `hydrate`, every node runs even without input (used once, at creation).
     /// Returns the consolidated output changes.
@@ -78,7 +83,8 @@ impl Dataflow {
         let node_schemas: Vec<SchemaRef> = self.nodes.iter().map(|n| n.operator.schema()).collect();
         let mut outputs: Vec<Option<ChangeBatch>> = Vec::with_capacity(self.nodes.len());
         for node in &mut self.nodes {
-            let mut any = hydrate;
+            node.operator.advance_to(tick.committed_at_micros);
+            let mut any = hydrate || node.operator.wakeup_at().is_some_and(|t| t <= tick.committed_at_micros);
             let inputs: Vec<ChangeBatch> = node
                 .inputs
                 .iter()

@@ -13,6 +13,7 @@ pub mod filter;
 pub mod graph;
 pub mod join;
 pub mod project;
+pub mod temporal;
 pub mod topk;
 pub mod union;
 
@@ -47,6 +48,15 @@ pub trait Operator: Send {
     /// Process one tick: `inputs[i]` holds the consolidated changes on input port `i`
     /// (possibly empty). State changes go to memory and to `writes`; returns the output changes.
     fn step(&mut self, inputs: Vec<ChangeBatch>, writes: &mut TickWrites) -> Result<ChangeBatch>;
+
+    /// The tick's time (µs since the epoch), given before `step`, for operators that
+    /// change with time alone.
+    fn advance_to(&mut self, _now_micros: i64) {}
+
+    /// When the operator must run even without input (µs since the epoch).
+    fn wakeup_at(&self) -> Option<i64> {
+        None
+    }
 
     /// Reload committed state from storage (at startup, or after a failed tick).
     fn restore(&mut self, _store: &Store) -> Result<()> {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::catalog::{Catalog, Relation, RelationKind};
 use crate::dataflow::graph::{Dataflow, TickInfo};
 use crate::dataflow::{ChangeBatch, DataflowError};
+use crate::sinks::{SinkEncoder, SinkError};
 use crate::storage::{StorageError, Store, TickWrites, keyspace};
 
 pub use contents::Contents;
@@ -40,6 +41,8 @@ pub enum EngineError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -81,7 +84,10 @@ enum Request {
     Commit(Commit, oneshot::Sender<Result<u64>>),
     CreateTable { relation: Relation, restore: bool, reply: oneshot::Sender<Result<()>> },
     CreateView { relation: Relation, dataflow: Box<Dataflow>, restore: bool, reply: oneshot::Sender<Result<()>> },
+    CreateSink { relation: Relation, encoder: Box<SinkEncoder>, restore: bool, reply: oneshot::Sender<Result<()>> },
     Drop { names: Vec<String>, reply: oneshot::Sender<Result<()>> },
+    /// The clock ticked: run the dataflows whose operators are due (temporal filters).
+    Wake,
 }
 
 /// Counters readable while the engine runs.
@@ -141,8 +147,19 @@ impl Engine {
             stats: engine.stats.clone(),
             contents: HashMap::new(),
             dataflows: BTreeMap::new(),
+            sinks: BTreeMap::new(),
             tick,
         };
+        // Weak, so the engine still stops once every handle is gone.
+        let clock = engine.requests.downgrade();
+        std::thread::Builder::new()
+            .name("velocity-clock".into())
+            .spawn(move || {
+                while clock.upgrade().is_some_and(|tx| tx.send(Request::Wake).is_ok()) {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+            })
+            .map_err(|e| StorageError::Corrupt { what: "clock thread".into(), detail: e.to_string() })?;
         std::thread::Builder::new()
             .name("velocity-engine".into())
             .spawn(move || state.run(rx))
@@ -169,6 +186,12 @@ impl Engine {
         self.call(|reply| Request::CreateView { relation, dataflow: Box::new(dataflow), restore, reply }).await
     }
 
+    /// Create a sink: from the next tick on, every change of the encoder's relation goes
+    /// to the sink's outbox; a new sink starts with the relation's current rows.
+    pub async fn create_sink(&self, relation: Relation, encoder: SinkEncoder, restore: bool) -> Result<()> {
+        self.call(|reply| Request::CreateSink { relation, encoder: Box::new(encoder), restore, reply }).await
+    }
+
     /// Drop relations, given dependents first.
     pub async fn drop(&self, names: Vec<String>) -> Result<()> {
         self.call(|reply| Request::Drop { names, reply }).await
@@ -188,6 +211,8 @@ struct EngineThread {
     contents: HashMap<u32, Contents>,
     /// By view id: ids grow with creation, so this order is a dependency order.
     dataflows: BTreeMap<u32, Dataflow>,
+    /// By sink id.
+    sinks: BTreeMap<u32, SinkEncoder>,
     tick: u64,
 }
 
@@ -196,10 +221,12 @@ impl EngineThread {
         while let Some(first) = rx.blocking_recv() {
             // Group every commit already waiting into one tick, for throughput.
             let mut commits = Vec::new();
+            let mut woken = false;
             let mut next = Some(first);
             while let Some(req) = next.take() {
                 match req {
                     Request::Commit(c, reply) => commits.push((c, reply)),
+                    Request::Wake => woken = true,
                     other => {
                         let pending = std::mem::take(&mut commits);
                         self.guarded(|engine| engine.run_commits(pending));
@@ -211,6 +238,19 @@ impl EngineThread {
                 }
             }
             self.guarded(|engine| engine.run_commits(commits));
+            if woken {
+                self.guarded(|engine| engine.run_due());
+            }
+        }
+    }
+
+    /// A tick without input for the dataflows whose time-dependent operators are due.
+    fn run_due(&mut self) {
+        let now = self.next_tick_info().committed_at_micros;
+        if self.dataflows.values().any(|d| d.wakeup_at().is_some_and(|t| t <= now)) {
+            if let Err(e) = self.propagate(HashMap::new(), contents::Overlay::new(), Vec::new()) {
+                tracing::error!("expiring rows of temporal filters: {e}");
+            }
         }
     }
 
@@ -232,10 +272,13 @@ impl EngineThread {
             Request::CreateView { relation, dataflow, restore, reply } => {
                 let _ = reply.send(self.create_view(relation, *dataflow, restore));
             }
+            Request::CreateSink { relation, encoder, restore, reply } => {
+                let _ = reply.send(self.create_sink(relation, *encoder, restore));
+            }
             Request::Drop { names, reply } => {
                 let _ = reply.send(self.drop(names));
             }
-            Request::Commit(..) => unreachable!("commits are batched by run()"),
+            Request::Commit(..) | Request::Wake => unreachable!("commits and wake-ups are batched by run()"),
         }
     }
 
@@ -300,6 +343,31 @@ impl EngineThread {
         Ok(())
     }
 
+    fn create_sink(&mut self, relation: Relation, encoder: SinkEncoder, restore: bool) -> Result<()> {
+        if !restore {
+            let contents = self
+                .contents
+                .get(&encoder.relation)
+                .ok_or_else(|| EngineError::UndefinedObject(format!("relation {}", encoder.relation)))?;
+            let info = self.next_tick_info();
+            let snapshot = contents.scan(&self.store)?;
+            let mut writes = TickWrites::default();
+            if !snapshot.is_empty() {
+                let messages = encoder.encode(&snapshot, info.tick, info.committed_at_micros)?;
+                writes.put(&crate::sinks::outbox_key(relation.id, info.tick), &crate::sinks::encode_outbox(&messages));
+            }
+            self.catalog.write().expect("catalog lock").insert(relation.clone(), Some(&mut writes));
+            if let Err(e) = self.commit_writes(writes, HashMap::new()) {
+                self.catalog.write().expect("catalog lock").remove(&relation.name, &mut TickWrites::default());
+                return Err(e);
+            }
+        } else {
+            self.catalog.write().expect("catalog lock").insert(relation.clone(), None);
+        }
+        self.sinks.insert(relation.id, encoder);
+        Ok(())
+    }
+
     fn drop(&mut self, names: Vec<String>) -> Result<()> {
         let mut writes = TickWrites::default();
         let mut catalog = self.catalog.write().expect("catalog lock");
@@ -313,6 +381,11 @@ impl EngineThread {
                 let mut p = vec![keyspace::STATE];
                 p.extend_from_slice(&rel.id.to_be_bytes());
                 writes.delete_prefix(&self.store, &p)?;
+            }
+            if rel.kind == RelationKind::Sink {
+                writes.delete_prefix(&self.store, &crate::sinks::outbox_prefix(rel.id))?;
+                writes.delete(&crate::sinks::progress_key(rel.id));
+                self.sinks.remove(&rel.id);
             }
             self.contents.remove(&rel.id);
             self.dataflows.remove(&rel.id);
@@ -447,7 +520,8 @@ impl EngineThread {
         let mut failure = None;
         let info = self.next_tick_info();
         for (id, dataflow) in self.dataflows.iter_mut() {
-            if !dataflow.inputs().any(|i| changed.contains_key(&i)) {
+            let due = dataflow.wakeup_at().is_some_and(|t| t <= info.committed_at_micros);
+            if !due && !dataflow.inputs().any(|i| changed.contains_key(&i)) {
                 continue;
             }
             stepped.push(*id);
@@ -467,6 +541,18 @@ impl EngineThread {
                     failure = Some(e);
                     break;
                 }
+            }
+        }
+        if let Some(e) = failure {
+            self.restore_dataflows(&stepped);
+            return Err(e);
+        }
+        // Sinks' messages commit with the changes they carry.
+        for (id, encoder) in &self.sinks {
+            let Some(changes) = changed.get(&encoder.relation) else { continue };
+            match encoder.encode(changes, info.tick, info.committed_at_micros) {
+                Ok(messages) => writes.put(&crate::sinks::outbox_key(*id, info.tick), &crate::sinks::encode_outbox(&messages)),
+                Err(e) => failure = Some(e.into()),
             }
         }
         if let Some(e) = failure {

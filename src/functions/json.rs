@@ -44,7 +44,7 @@ pub fn register(ctx: &SessionContext) {
 }
 
 /// Values of `array` (of `field`) as JSON, row by row.
-fn to_json_values(array: &ArrayRef, field: &Field) -> Result<Vec<Value>> {
+pub(crate) fn to_json_values(array: &ArrayRef, field: &Field) -> Result<Vec<Value>> {
     if is_json(field) && let Some(strings) = array.as_string_opt::<i32>() {
         return Ok(strings
             .iter()

@@ -21,9 +21,12 @@ use crate::dataflow::filter::Filter;
 use crate::dataflow::graph::{Dataflow, Node, NodeInput};
 use crate::dataflow::join::{Join, JoinKind};
 use crate::dataflow::project::Project;
+use crate::dataflow::temporal::TemporalFilter;
 use crate::dataflow::topk::TopK;
 use crate::dataflow::union::Union;
 use crate::dataflow::{DataflowError, Operator};
+
+pub mod temporal;
 
 /// Errors raised while turning a query into a dataflow.
 #[derive(Debug, thiserror::Error)]
@@ -151,9 +154,18 @@ impl Builder<'_> {
                 if let Some(node) = self.plan_top_k(f)? {
                     return Ok(node);
                 }
-                let input = self.plan(&f.input)?;
-                let predicate = self.physical(&f.predicate, f.input.schema())?;
-                Ok(self.add(Filter::new(out_schema, predicate), vec![input]))
+                let mut node = self.plan(&f.input)?;
+                let (rest, windows) = temporal::extract_time_windows(&f.predicate);
+                if let Some(predicate) = rest {
+                    let predicate = self.physical(&predicate, f.input.schema())?;
+                    node = self.add(Filter::new(out_schema.clone(), predicate), vec![node]);
+                }
+                for window in windows {
+                    let time = self.physical(&window.time, f.input.schema())?;
+                    let op = TemporalFilter::new(out_schema.clone(), time, window.window_micros, self.dataflow_id, self.next_node_id())?;
+                    node = self.add(op, vec![node]);
+                }
+                Ok(node)
             }
             LogicalPlan::SubqueryAlias(a) => self.plan(&a.input),
             LogicalPlan::Sort(s) => {

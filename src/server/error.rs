@@ -88,7 +88,7 @@ pub fn from_engine(e: EngineError) -> PgWireError {
             EngineError::Dataflow(d) => d,
             _ => unreachable!(),
         }),
-        EngineError::Storage(_) | EngineError::Arrow(_) | EngineError::Stopped => "XX000",
+        EngineError::Storage(_) | EngineError::Arrow(_) | EngineError::Sink(_) | EngineError::Stopped => "XX000",
     };
     pg_error(code, e.to_string())
 }

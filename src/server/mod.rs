@@ -71,7 +71,7 @@ impl Server {
         setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
         pg_catalog::register(&context, &engine)?;
         let hook = Arc::new(VelocityHook::new(engine.clone()));
-        system::register(&context, &engine, hook.sources.clone())?;
+        system::register(&context, &engine, hook.sources.clone(), hook.sinks.clone())?;
         crate::functions::register(&context);
         context.register_udtf("changes", Arc::new(changes::ChangesFunction { engine: engine.clone() }));
 
@@ -85,6 +85,14 @@ impl Server {
                 hook.create_source(&name, &options, &entry.create_sql, Some(entry.id)).await.map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
                 continue;
             }
+            if entry.kind == RelationKind::Sink {
+                let Some(Ok(crate::sql::VelocityStatement::CreateSink { name, from, options })) = crate::sql::parse_velocity(&entry.create_sql)
+                else {
+                    anyhow::bail!("stored definition of sink {} does not parse", entry.name);
+                };
+                hook.create_sink(&name, &from, &options, &entry.create_sql, Some(entry.id)).await.map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
+                continue;
+            }
             let stmt = PostgresCompatibilityParser::new()
                 .parse(&entry.create_sql)
                 .map_err(|e| anyhow::anyhow!("stored definition of {}: {e}", entry.name))?
@@ -94,7 +102,7 @@ impl Server {
             let restored = match entry.kind {
                 RelationKind::Table => hook.create_table(&stmt, &context, Some(entry.id)).await,
                 RelationKind::MaterializedView => hook.create_view(&stmt, &context, Some(entry.id)).await,
-                RelationKind::Source => Ok(()),
+                RelationKind::Source | RelationKind::Sink => Ok(()),
             };
             restored.map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
         }

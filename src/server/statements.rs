@@ -26,6 +26,8 @@ use futures::stream;
 use super::error::{from_datafusion, from_engine, from_plan, pg_error};
 use super::relation_table::RelationTable;
 use crate::catalog::{Relation, RelationKind, SourceBinding};
+use crate::sinks::kafka::{SinkRegistry, SinkStatus};
+use crate::sinks::{SinkConfig, SinkEncoder, SinkError, SinkFormat};
 use crate::sources::runner::{SourceConfig, SourceRegistry};
 use crate::dataflow::ChangeBatch;
 use crate::engine::{Commit, Engine};
@@ -45,11 +47,12 @@ struct OpenTransaction {
 pub struct VelocityHook {
     engine: Engine,
     pub sources: SourceRegistry,
+    pub sinks: SinkRegistry,
 }
 
 impl VelocityHook {
     pub fn new(engine: Engine) -> VelocityHook {
-        VelocityHook { engine, sources: SourceRegistry::default() }
+        VelocityHook { engine, sources: SourceRegistry::default(), sinks: SinkRegistry::default() }
     }
 }
 
@@ -363,6 +366,54 @@ impl VelocityHook {
         Ok(())
     }
 
+    /// CREATE SINK; with `restore`, re-creates a stored sink under its old id. Starts its
+    /// delivery task.
+    pub async fn create_sink(&self, name: &str, from: &str, options: &[(String, String)], create_sql: &str, restore: Option<u32>) -> PgWireResult<()> {
+        let sink_error = |e: SinkError| match e {
+            SinkError::UnknownColumn(_) => pg_error("42703", e.to_string()),
+            other => pg_error("22023", other.to_string()),
+        };
+        let config = SinkConfig::from_options(options).map_err(sink_error)?;
+        let (id, relation) = {
+            let mut catalog = self.engine.catalog.write().expect("catalog lock");
+            if restore.is_none() && catalog.get(name).is_some() {
+                return Err(pg_error("42710", format!("relation \"{name}\" already exists")));
+            }
+            let relation = match catalog.get(from) {
+                Some(r) if matches!(r.kind, RelationKind::Table | RelationKind::MaterializedView) => r.clone(),
+                Some(r) => return Err(pg_error("42809", format!("\"{from}\" is a {}; a sink reads a table or materialized view", r.kind.sql_name()))),
+                None => return Err(pg_error("42P01", format!("relation \"{from}\" does not exist"))),
+            };
+            (restore.unwrap_or_else(|| catalog.allocate_id()), relation)
+        };
+        let encoder = SinkEncoder::new(id, name, &relation, &config).map_err(sink_error)?;
+        let sink = Relation {
+            id,
+            name: name.to_string(),
+            kind: RelationKind::Sink,
+            create_sql: create_sql.to_string(),
+            schema: Arc::new(Schema::empty()),
+            primary_key: vec![],
+            depends_on: vec![from.to_string()],
+            binding: None,
+        };
+        self.engine.create_sink(sink, encoder, restore.is_some()).await.map_err(from_engine)?;
+        let status = SinkStatus {
+            relation: from.to_string(),
+            topic: config.topic.clone(),
+            format: match config.format {
+                SinkFormat::UpsertJson => "upsert-json",
+                SinkFormat::DebeziumJson => "debezium-json",
+            }
+            .to_string(),
+            state: "starting".into(),
+            ..Default::default()
+        };
+        self.sinks.write().expect("registry lock").insert(name.to_string(), status);
+        crate::sinks::kafka::spawn(self.engine.clone(), self.sinks.clone(), id, name.to_string(), config);
+        Ok(())
+    }
+
     /// CREATE MATERIALIZED VIEW; with `restore`, re-creates a stored view and its dataflow
     /// under the old id, restoring operator state instead of recomputing it.
     pub async fn create_view(&self, stmt: &Statement, ctx: &SessionContext, restore: Option<u32>) -> PgWireResult<()> {
@@ -416,6 +467,7 @@ impl VelocityHook {
                 ));
             }
         }
+        let plan = crate::planner::temporal::rewrite_time_windows(plan).map_err(from_plan)?;
         let optimized = state.optimize(&plan).map_err(df_err)?;
         let id = restore.unwrap_or_else(|| self.engine.catalog.write().expect("catalog lock").allocate_id());
         let resolver = CatalogResolver { engine: &self.engine, used: Mutex::new(Vec::new()) };
@@ -720,6 +772,36 @@ impl VelocityHook {
                 );
                 self.create_source(name, options, &sql, None).await?;
                 Ok(Response::Execution(Tag::new("CREATE SOURCE")))
+            }
+            V::CreateSink { name, from, options } => {
+                let sql = format!(
+                    "CREATE SINK {name} FROM {from} WITH ({})",
+                    options.iter().map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''"))).collect::<Vec<_>>().join(", ")
+                );
+                self.create_sink(name, from, options, &sql, None).await?;
+                Ok(Response::Execution(Tag::new("CREATE SINK")))
+            }
+            V::ShowSinks => {
+                let catalog = self.engine.catalog.read().expect("catalog lock");
+                let sinks = self.sinks.read().expect("registry lock");
+                let rows = catalog
+                    .iter()
+                    .filter(|r| r.kind == RelationKind::Sink)
+                    .map(|r| {
+                        let s = sinks.get(&r.name).cloned().unwrap_or_default();
+                        vec![r.name.clone(), s.relation, s.topic, s.format, s.state, s.delivered_tick.to_string(), s.messages.to_string()]
+                    })
+                    .collect();
+                text_rows(&["name", "relation", "topic", "format", "status", "delivered_tick", "messages"], rows)
+            }
+            V::DropSink { name, if_exists } => {
+                let exists = self.engine.catalog.read().expect("catalog lock").get(name).is_some_and(|r| r.kind == RelationKind::Sink);
+                if exists {
+                    self.engine.drop(vec![name.clone()]).await.map_err(from_engine)?;
+                } else if !*if_exists {
+                    return Err(pg_error("42704", format!("sink \"{name}\" does not exist")));
+                }
+                Ok(Response::Execution(Tag::new("DROP SINK")))
             }
             V::ShowSources => {
                 let catalog = self.engine.catalog.read().expect("catalog lock");

@@ -15,6 +15,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::catalog::RelationKind;
 use crate::engine::Engine;
+use crate::sinks::kafka::{SinkRegistry, SinkStatus};
 use crate::sources::runner::{SourceRegistry, SourceStatus};
 
 /// Computes a system table's columns from the engine's current state.
@@ -62,7 +63,7 @@ impl TableProvider for SystemTable {
 }
 
 /// Register the `velocity_catalog` schema and its tables.
-pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry) -> Result<()> {
+pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, sinks: SinkRegistry) -> Result<()> {
     let schema = Arc::new(MemorySchemaProvider::new());
     let catalog = ctx.catalog(super::DATABASE).expect("default catalog exists");
     catalog.register_schema("velocity_catalog", schema.clone())?;
@@ -131,6 +132,46 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry) 
         ])
     });
     schema.register_table("sources".into(), Arc::new(SystemTable { engine: engine.clone(), schema: source_schema, fill }))?;
+
+    // One row per sink: where delivery got to and what is still waiting in the outbox.
+    let sink_schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("relation", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("format", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("delivered_tick", DataType::Int64, false),
+        Field::new("pending_ticks", DataType::Int64, false),
+        Field::new("messages", DataType::Int64, false),
+    ]));
+    let fill: Fill = Box::new(move |engine: &Engine| {
+        let catalog = engine.catalog.read().expect("catalog lock");
+        let registry = sinks.read().expect("registry lock");
+        let mut rows = Vec::new();
+        for r in catalog.iter().filter(|r| r.kind == RelationKind::Sink) {
+            let mut pending = 0i64;
+            engine
+                .store
+                .for_each_prefix(&crate::sinks::outbox_prefix(r.id), |_, _| {
+                    pending += 1;
+                    Ok(())
+                })
+                .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+            rows.push((r.name.clone(), registry.get(&r.name).cloned().unwrap_or_default(), pending));
+        }
+        let text = |f: &dyn Fn(&SinkStatus) -> String| Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, s, _)| f(s)))) as ArrayRef;
+        Ok(vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(n, _, _)| n.clone()))) as ArrayRef,
+            text(&|s| s.relation.clone()),
+            text(&|s| s.topic.clone()),
+            text(&|s| s.format.clone()),
+            text(&|s| s.state.clone()),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, s, _)| s.delivered_tick as i64))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, _, p)| *p))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, s, _)| s.messages as i64))),
+        ])
+    });
+    schema.register_table("sinks".into(), Arc::new(SystemTable { engine: engine.clone(), schema: sink_schema, fill }))?;
 
     // Every source record that could not be applied, kept raw with the reason.
     let dead_schema: SchemaRef = Arc::new(Schema::new(vec![

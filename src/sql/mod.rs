@@ -32,6 +32,12 @@ pub enum VelocityStatement {
     ShowSources,
     /// `DROP SOURCE [IF EXISTS] name [CASCADE]`
     DropSource { name: String, if_exists: bool, cascade: bool },
+    /// `CREATE SINK name FROM relation WITH (connector = 'kafka', ...)`
+    CreateSink { name: String, from: String, options: Vec<(String, String)> },
+    /// `SHOW SINKS`
+    ShowSinks,
+    /// `DROP SINK [IF EXISTS] name`
+    DropSink { name: String, if_exists: bool },
     /// `SUBSCRIBE [TO] name [WITH (SNAPSHOT = bool, PROGRESS = bool)]`
     Subscribe(Subscribe),
     /// `COPY (SUBSCRIBE ...) TO STDOUT`
@@ -131,7 +137,23 @@ fn parse_subscribe_body(p: &mut Parser) -> Result<Subscribe, SqlError> {
 }
 
 fn is_word(p: &Parser, word: &str) -> bool {
-    matches!(&p.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word))
+    is_words(p, &[word])
+}
+
+/// Whether the next tokens are `words`, without consuming them.
+fn is_words(p: &Parser, words: &[&str]) -> bool {
+    words.iter().enumerate().all(|(i, word)| matches!(&p.peek_nth_token(i).token, Token::Word(w) if w.value.eq_ignore_ascii_case(word)))
+}
+
+/// Consume `words` if they come next.
+fn parse_words(p: &mut Parser, words: &[&str]) -> bool {
+    let matched = is_words(p, words);
+    if matched {
+        for _ in words {
+            p.next_token();
+        }
+    }
+    matched
 }
 
 /// Parse `sql` if it is one of Velocity's own statements; `None` means "not ours".
@@ -149,8 +171,7 @@ pub fn parse_velocity(sql: &str) -> Option<Result<VelocityStatement, SqlError>> 
         }
     } else if p.parse_keyword(Keyword::FLUSH) {
         VelocityStatement::Flush
-    } else if p.parse_keyword(Keyword::SHOW) && is_word(&p, "sources") {
-        p.next_token();
+    } else if parse_words(&mut p, &["show", "sources"]) {
         VelocityStatement::ShowSources
     } else if p.parse_keywords(&[Keyword::CREATE, Keyword::SOURCE]) {
         let name = match p.parse_identifier() {
@@ -162,6 +183,32 @@ pub fn parse_velocity(sql: &str) -> Option<Result<VelocityStatement, SqlError>> 
             Ok(_) => return Some(Err(SqlError::Syntax("CREATE SOURCE needs WITH (connector = '...', ...)".into()))),
             Err(e) => return Some(Err(e)),
         }
+    } else if parse_words(&mut p, &["show", "sinks"]) {
+        VelocityStatement::ShowSinks
+    } else if parse_words(&mut p, &["create", "sink"]) {
+        let name = match p.parse_identifier() {
+            Ok(n) => n.value,
+            Err(e) => return Some(Err(syntax(e))),
+        };
+        if !p.parse_keyword(Keyword::FROM) {
+            return Some(Err(SqlError::Syntax("expected CREATE SINK name FROM relation WITH (...)".into())));
+        }
+        let from = match p.parse_identifier() {
+            Ok(n) => n.value,
+            Err(e) => return Some(Err(syntax(e))),
+        };
+        match parse_with_options(&mut p) {
+            Ok(options) if !options.is_empty() => VelocityStatement::CreateSink { name, from, options },
+            Ok(_) => return Some(Err(SqlError::Syntax("CREATE SINK needs WITH (connector = 'kafka', ...)".into()))),
+            Err(e) => return Some(Err(e)),
+        }
+    } else if parse_words(&mut p, &["drop", "sink"]) {
+        let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let name = match p.parse_identifier() {
+            Ok(n) => n.value,
+            Err(e) => return Some(Err(syntax(e))),
+        };
+        VelocityStatement::DropSink { name, if_exists }
     } else if p.parse_keywords(&[Keyword::DROP, Keyword::SOURCE]) {
         let if_exists = p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
         let name = match p.parse_identifier() {
@@ -338,6 +385,18 @@ mod tests {
             VelocityStatement::Fetch { cursor: "c".into(), count: Some(10), timeout: Some(std::time::Duration::from_secs(1)) }
         );
         assert!(parse_velocity("DECLARE c CURSOR FOR SELECT 1").is_none());
+        assert_eq!(
+            parse_velocity("CREATE SINK s FROM v WITH (connector = 'kafka', topic = 't')").unwrap().unwrap(),
+            VelocityStatement::CreateSink {
+                name: "s".into(),
+                from: "v".into(),
+                options: vec![("connector".into(), "kafka".into()), ("topic".into(), "t".into())]
+            }
+        );
+        assert_eq!(parse_velocity("show sinks").unwrap().unwrap(), VelocityStatement::ShowSinks);
+        assert_eq!(parse_velocity("SHOW SOURCES").unwrap().unwrap(), VelocityStatement::ShowSources);
+        assert_eq!(parse_velocity("DROP SINK IF EXISTS s").unwrap().unwrap(), VelocityStatement::DropSink { name: "s".into(), if_exists: true });
+        assert!(parse_velocity("SHOW search_path").is_none());
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub mod keyspace {
     pub const META: u8 = b'm';
     /// Source records that could not be applied: `d` + source id + position.
     pub const DEAD_LETTERS: u8 = b'd';
+    /// Sink messages not yet delivered: `o` + sink id + tick.
+    pub const OUTBOX: u8 = b'o';
 }
 
 /// The database handle, shared by the engine (writer) and readers.
@@ -59,6 +61,19 @@ impl Store {
             out.push((k.to_vec(), v.to_vec()));
             Ok(())
         })?;
+        Ok(out)
+    }
+
+    /// Up to `limit` pairs under `prefix` whose key is at least `from`, in key order.
+    pub fn scan_from(&self, prefix: &[u8], from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(from, Direction::Forward)) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
         Ok(out)
     }
 

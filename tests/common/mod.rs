@@ -63,12 +63,18 @@ impl ServerProcess {
 
     /// Like `start`, with extra `velocity serve` arguments (`--user`, `--metrics`, ...).
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Like `start_with`, with extra environment variables (`VELOCITY_FAILPOINT`).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         use std::io::BufRead;
         let mut child = Command::new(velocity_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn velocity");
@@ -159,4 +165,36 @@ pub async fn fresh_postgres_database(name: &str) -> String {
         admin.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
     format!("{} dbname={name}", without_dbname(postgres()))
+}
+
+/// A Kafka-protocol broker: `$VELOCITY_TEST_KAFKA` when set (CI starts one), otherwise a
+/// tansu started through `scripts/kafka-test.sh` that stops when the test process exits.
+/// Without either the test fails: a skipped Kafka test would look like a passing one.
+pub fn kafka_broker() -> String {
+    static BROKER: OnceLock<String> = OnceLock::new();
+    BROKER
+        .get_or_init(|| {
+            if let Ok(b) = std::env::var("VELOCITY_TEST_KAFKA") {
+                return b;
+            }
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka-test.sh");
+            let out = Command::new("bash")
+                .args([script, "start", "--owner", &std::process::id().to_string()])
+                .output()
+                .expect("run scripts/kafka-test.sh");
+            assert!(
+                out.status.success(),
+                "no Kafka broker: set VELOCITY_TEST_KAFKA=host:port or install tansu \
+                 (cargo install tansu --features dynostore --locked): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).lines().last().expect("address").trim().to_string()
+        })
+        .clone()
+}
+
+/// A name no other test run uses: tests share one broker.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}{}x{nanos}", std::process::id())
 }
