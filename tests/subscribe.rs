@@ -137,6 +137,60 @@ async fn declare_fetch_with_timeout() {
     reader.batch_execute("CLOSE c").await.unwrap();
 }
 
+/// The SQLSTATE of a failed statement.
+fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.code().map(|c| c.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_ends_a_subscription_and_keeps_the_session() {
+    let server = common::TestServer::start().await;
+    let writer = setup(&server).await;
+    let reader = server.client().await;
+
+    // A COPY OUT of SUBSCRIBE that is streaming: the snapshot row has arrived.
+    let mut stream = Box::pin(reader.copy_out("COPY (SUBSCRIBE TO active) TO STDOUT").await.unwrap());
+    let first = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.expect("snapshot arrives").unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("PLANNED"), "{first:?}");
+    reader.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break Some(e),
+                None => break None,
+            }
+        }
+    })
+    .await
+    .expect("the cancelled COPY ends");
+    let e = ended.expect("the COPY ends with an error, not CopyDone");
+    assert_eq!(sqlstate(&e), Some("57014"), "{e:?}");
+    drop(stream);
+    // The session takes the next statement.
+    let n: i64 = reader.query_one("SELECT count(*) FROM active", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+
+    // A FETCH that would wait a minute for rows is cancelled too; the cursor stays open.
+    reader.batch_execute("DECLARE c CURSOR FOR SUBSCRIBE active WITH (SNAPSHOT = false)").await.unwrap();
+    let token = reader.cancel_token();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let e = reader.simple_query("FETCH ALL c WITH (timeout = '60s')").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("57014"), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "cancelled, not timed out");
+    cancel.await.unwrap();
+    writer.batch_execute("INSERT INTO shipments VALUES (2, 'LOADING')").await.unwrap();
+    let rows = common::rows(&reader, "FETCH ALL c WITH (timeout = '5s')").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    // A cancel with no statement running changes nothing.
+    reader.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    assert_eq!(common::rows(&reader, "SELECT id FROM active").await.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_never_stalls_writers() {
     let server = common::TestServer::start().await;

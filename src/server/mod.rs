@@ -29,6 +29,7 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 use datafusion_postgres::hooks::QueryHook;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::Type;
@@ -162,6 +163,11 @@ impl PgWireServerHandlers for Handlers {
     }
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
         Arc::new(SqlStateErrors)
+    }
+    // pgwire races each statement against its connection's cancel signal and answers 57014;
+    // this matches a CancelRequest's key to that connection.
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.access.connections()))
     }
 }
 
