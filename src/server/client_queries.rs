@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectNamePart, Query, SelectItem, SetExpr, Statement, TableFactor, TableWithJoins, Value,
-    visit_expressions_mut,
+    visit_expressions, visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -34,8 +34,22 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
             out = Cow::Owned(rewritten);
         }
     }
+    if out.trim().trim_end_matches(';').trim().eq_ignore_ascii_case("show timezone") {
+        // Metabase's spelling; datafusion-postgres answers `SHOW TIME ZONE` only.
+        out = Cow::Borrowed("SHOW TIME ZONE");
+    }
     if out.contains("pg_table_is_visible") {
         if let Some(rewritten) = table_visibility_by_namespace(&out) {
+            out = Cow::Owned(rewritten);
+        }
+    }
+    if out.contains("_description(") || out.contains("_DESCRIPTION(") {
+        if let Some(rewritten) = descriptions_are_null(&out) {
+            out = Cow::Owned(rewritten);
+        }
+    }
+    if out.contains("\"$user\"") && out.contains("search_path") {
+        if let Some(rewritten) = search_path_as_array(&out) {
             out = Cow::Owned(rewritten);
         }
     }
@@ -189,13 +203,74 @@ fn table_visibility_by_namespace(sql: &str) -> Option<String> {
         };
         let visible = format!(
             "({namespace} IN (SELECT velocity_namespace.oid FROM pg_catalog.pg_namespace AS velocity_namespace \
-             WHERE velocity_namespace.nspname = ANY(pg_catalog.current_schemas(true))))"
+             WHERE velocity_namespace.nspname = 'pg_catalog' OR velocity_namespace.nspname = ANY(pg_catalog.current_schemas(false))))"
         );
         if let Ok(expr) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&visible).and_then(|mut p| p.parse_expr()) {
             *e = expr;
             changed = true;
         }
         ControlFlow::Continue(())
+    });
+    changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+}
+
+/// In `col_description(x, n)` / `obj_description(x, c)`, an `x` computed by casting a
+/// computed name to `regclass` becomes NULL. Velocity stores no comments, so these are NULL
+/// whatever `x` is; Metabase's field sync passes `CAST(CAST(format('%I.%I', schema, table)
+/// AS REGCLASS) AS OID)`, which DataFusion cannot evaluate (it resolves `'name'::regclass`
+/// literals only).
+fn descriptions_are_null(sql: &str) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut changed = false;
+    let _ = visit_expressions_mut(&mut statements, |e| {
+        let Expr::Function(f) = e else { return ControlFlow::<()>::Continue(()) };
+        let name = f.name.0.last().map(|p| p.to_string().to_ascii_lowercase());
+        if !matches!(name.as_deref(), Some("col_description" | "obj_description")) {
+            return ControlFlow::Continue(());
+        }
+        let FunctionArguments::List(list) = &mut f.args else { return ControlFlow::Continue(()) };
+        if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(first))) = list.args.first_mut() {
+            let computed_regclass = visit_expressions(&*first, |x| match x {
+                Expr::Cast { data_type, expr, .. }
+                    if data_type.to_string().eq_ignore_ascii_case("regclass") && !matches!(**expr, Expr::Value(_)) =>
+                {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            });
+            if computed_regclass.is_break() {
+                *first = Expr::value(Value::Null);
+                changed = true;
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+}
+
+/// Grafana's "schema is on the search path" test (its table and column pickers),
+/// `x IN (SELECT ... FROM generate_series(<array bounds>) AS i, string_to_array(
+/// current_setting('search_path'), ',') s)`, uses an array as a table in FROM, which
+/// DataFusion cannot plan, and sits in ORDER BY, where DataFusion takes no subqueries;
+/// datafusion-postgres would replace it with `''`, matching no schema. It becomes
+/// `array_has(<the search path as an array, "$user" resolved>, x)`: the same test without a
+/// subquery.
+fn search_path_as_array(sql: &str) -> Option<String> {
+    const SCHEMAS: &str = "array_replace(string_to_array(regexp_replace(trim(current_setting('search_path')), '\\s*,\\s*', ',', 'g'), ','), '\"$user\"', current_user)";
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut changed = false;
+    let _ = visit_expressions_mut(&mut statements, |e| {
+        if let Expr::InSubquery { expr, subquery, negated } = e {
+            let text = subquery.to_string();
+            if text.contains("'\"$user\"'") && text.contains("generate_series") && text.contains("current_setting('search_path')") {
+                let test = format!("{}array_has({SCHEMAS}, {expr})", if *negated { "NOT " } else { "" });
+                if let Ok(replaced) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&test).and_then(|mut p| p.parse_expr()) {
+                    *e = Expr::Nested(Box::new(replaced));
+                    changed = true;
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
     });
     changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
 }
@@ -258,6 +333,27 @@ mod tests {
         let out = super::rewrite(q);
         assert!(out.contains("AND (c.relnamespace IN (SELECT velocity_namespace.oid FROM pg_catalog.pg_namespace AS velocity_namespace WHERE"), "{out}");
         assert!(!out.contains("pg_table_is_visible"), "{out}");
+    }
+
+    #[test]
+    fn metabase_comment_of_a_computed_regclass() {
+        let q = r#"SELECT COL_DESCRIPTION(CAST(CAST(FORMAT('%I.%I', CAST("c"."table_schema" AS TEXT), CAST("c"."table_name" AS TEXT)) AS REGCLASS) AS OID), "c"."ordinal_position") AS "field-comment" FROM "information_schema"."columns" AS "c""#;
+        assert!(super::rewrite(q).starts_with(r#"SELECT COL_DESCRIPTION(NULL, "c"."ordinal_position") AS "field-comment""#), "{}", super::rewrite(q));
+        let psql = "SELECT pg_catalog.col_description(a.attrelid, a.attnum), pg_catalog.obj_description('orders'::regclass, 'pg_class') FROM pg_catalog.pg_attribute a";
+        assert_eq!(super::rewrite(psql), psql);
+    }
+
+    #[test]
+    fn grafana_search_path_as_an_array() {
+        let q = r#"SELECT 1 FROM information_schema.tables ORDER BY CASE WHEN quote_ident(table_schema) IN (
+          SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM generate_series(array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)) as i,
+            string_to_array(current_setting('search_path'),',') s) THEN 0 ELSE 1 END"#;
+        let out = super::rewrite(q);
+        assert!(out.contains("CASE WHEN (array_has(array_replace(string_to_array("), "{out}");
+        assert!(out.contains(", quote_ident(table_schema))) THEN 0"), "{out}");
+        assert!(!out.contains("generate_series"), "{out}");
     }
 
     #[test]
