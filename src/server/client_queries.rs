@@ -61,6 +61,11 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
     out
 }
 
+/// Statements as SQL text again, after a rewrite.
+fn to_sql(statements: &[Statement]) -> String {
+    statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n")
+}
+
 /// Alias of the copy of `pg_attribute` that `rekey_attribute_subqueries` joins into a subquery.
 const ATTRIBUTE_COPY: &str = "velocity_attribute";
 
@@ -98,7 +103,7 @@ fn rekey_attribute_subqueries(sql: &str) -> Option<String> {
             });
         }
     }
-    changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+    changed.then(|| to_sql(&statements))
 }
 
 /// The names a column of `pg_attribute` in `from` is qualified with (`a`, or
@@ -211,7 +216,7 @@ fn table_visibility_by_namespace(sql: &str) -> Option<String> {
         }
         ControlFlow::Continue(())
     });
-    changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+    changed.then(|| to_sql(&statements))
 }
 
 /// In `col_description(x, n)` / `obj_description(x, c)`, an `x` computed by casting a
@@ -245,7 +250,7 @@ fn descriptions_are_null(sql: &str) -> Option<String> {
         }
         ControlFlow::Continue(())
     });
-    changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+    changed.then(|| to_sql(&statements))
 }
 
 /// Grafana's "schema is on the search path" test (its table and column pickers),
@@ -272,7 +277,7 @@ fn search_path_as_array(sql: &str) -> Option<String> {
         }
         ControlFlow::<()>::Continue(())
     });
-    changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+    changed.then(|| to_sql(&statements))
 }
 
 /// `x LIKE p ESCAPE '/'` (SQLAlchemy's schema and table name filters) as
@@ -301,7 +306,7 @@ fn like_escape_to_backslash(sql: &str) -> Option<String> {
         }
         ControlFlow::<()>::Continue(())
     });
-    changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+    changed.then(|| to_sql(&statements))
 }
 
 #[cfg(test)]

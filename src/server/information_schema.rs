@@ -60,6 +60,10 @@ impl Kind {
 
     fn schema(self) -> SchemaRef {
         let text = |name: &str| Field::new(name, DataType::Utf8, true);
+        // The fields that name a constraint and its table, first in both constraint tables.
+        let constraint_fields = || {
+            ["constraint_catalog", "constraint_schema", "constraint_name", "table_catalog", "table_schema", "table_name"].map(text).to_vec()
+        };
         let number = |name: &str| Field::new(name, DataType::Int32, true);
         let fields = match self {
             Kind::Columns => vec![
@@ -87,30 +91,13 @@ impl Kind {
                 text("generation_expression"),
                 text("is_updatable"),
             ],
-            Kind::TableConstraints => vec![
-                text("constraint_catalog"),
-                text("constraint_schema"),
-                text("constraint_name"),
-                text("table_catalog"),
-                text("table_schema"),
-                text("table_name"),
-                text("constraint_type"),
-                text("is_deferrable"),
-                text("initially_deferred"),
-                text("enforced"),
-                text("nulls_distinct"),
-            ],
-            Kind::KeyColumnUsage => vec![
-                text("constraint_catalog"),
-                text("constraint_schema"),
-                text("constraint_name"),
-                text("table_catalog"),
-                text("table_schema"),
-                text("table_name"),
-                text("column_name"),
-                number("ordinal_position"),
-                number("position_in_unique_constraint"),
-            ],
+            Kind::TableConstraints => {
+                let kind = ["constraint_type", "is_deferrable", "initially_deferred", "enforced", "nulls_distinct"].map(text);
+                [constraint_fields(), kind.to_vec()].concat()
+            }
+            Kind::KeyColumnUsage => {
+                [constraint_fields(), vec![text("column_name"), number("ordinal_position"), number("position_in_unique_constraint")]].concat()
+            }
         };
         Arc::new(Schema::new(fields))
     }
