@@ -186,6 +186,15 @@ async fn cancel_request_ends_a_subscription_and_keeps_the_session() {
     writer.batch_execute("INSERT INTO shipments VALUES (2, 'LOADING')").await.unwrap();
     let rows = common::rows(&reader, "FETCH ALL c WITH (timeout = '5s')").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
+    // The same over the extended protocol (drivers such as pgjdbc and node-postgres).
+    let token = reader.cancel_token();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let e = reader.query("FETCH ALL c WITH (timeout = '60s')", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("57014"), "{e:?}");
+    cancel.await.unwrap();
     // A cancel with no statement running changes nothing.
     reader.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
     assert_eq!(common::rows(&reader, "SELECT id FROM active").await.len(), 2);
