@@ -81,7 +81,7 @@ async fn copy_out_streams_exact_diffs_in_tick_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psql_streams_copy_subscribe() {
+async fn psql_streams_copy_subscribe_until_ctrl_c() {
     let server = common::TestServer::start().await;
     let writer = setup(&server).await;
     // psql block-buffers stdout into a pipe (a terminal gets every line at once); stdbuf
@@ -90,6 +90,7 @@ async fn psql_streams_copy_subscribe() {
         .args(["-oL", "psql", "-X", "-h", "127.0.0.1", "-p", &server.addr.port().to_string(), "-U", "velocity", "velocity"])
         .args(["-c", "COPY (SUBSCRIBE TO active WITH (SNAPSHOT = false)) TO STDOUT"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("psql");
     let stdout = psql.stdout.take().unwrap();
@@ -114,8 +115,20 @@ async fn psql_streams_copy_subscribe() {
     let (_, diff, id, status) = parse(&line);
     assert_eq!((diff, status.as_str()), (1, "LOADING"));
     assert!(id.parse::<i64>().unwrap() >= 100, "snapshot was skipped: {line}");
-    let _ = psql.kill();
-    let _ = psql.wait();
+    // Ctrl-C: psql sends a cancel request on a new connection and reports the server's answer.
+    let interrupted = Command::new("kill").args(["-INT", &psql.id().to_string()]).status().expect("kill");
+    assert!(interrupted.success());
+    // Should the cancel be ignored, psql would stream forever: end it after a while.
+    let pid = psql.id().to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut psql.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = psql.wait().unwrap();
+    assert!(stderr.contains("canceling statement due to user request"), "psql stderr: {stderr}");
+    assert!(!status.success(), "psql reports the cancelled COPY as failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
