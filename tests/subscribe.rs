@@ -119,14 +119,19 @@ async fn psql_streams_copy_subscribe_until_ctrl_c() {
     let interrupted = Command::new("kill").args(["-INT", &psql.id().to_string()]).status().expect("kill");
     assert!(interrupted.success());
     // Should the cancel be ignored, psql would stream forever: end it after a while.
-    let pid = psql.id().to_string();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(30));
-        let _ = Command::new("kill").args(["-KILL", &pid]).status();
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = psql.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = psql.kill();
+            break psql.wait().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut psql.stderr.take().unwrap(), &mut stderr).unwrap();
-    let status = psql.wait().unwrap();
     assert!(stderr.contains("canceling statement due to user request"), "psql stderr: {stderr}");
     assert!(!status.success(), "psql reports the cancelled COPY as failed");
 }
