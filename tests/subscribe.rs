@@ -81,7 +81,7 @@ async fn copy_out_streams_exact_diffs_in_tick_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psql_streams_copy_subscribe() {
+async fn psql_streams_copy_subscribe_until_ctrl_c() {
     let server = common::TestServer::start().await;
     let writer = setup(&server).await;
     // psql block-buffers stdout into a pipe (a terminal gets every line at once); stdbuf
@@ -90,6 +90,7 @@ async fn psql_streams_copy_subscribe() {
         .args(["-oL", "psql", "-X", "-h", "127.0.0.1", "-p", &server.addr.port().to_string(), "-U", "velocity", "velocity"])
         .args(["-c", "COPY (SUBSCRIBE TO active WITH (SNAPSHOT = false)) TO STDOUT"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("psql");
     let stdout = psql.stdout.take().unwrap();
@@ -114,8 +115,25 @@ async fn psql_streams_copy_subscribe() {
     let (_, diff, id, status) = parse(&line);
     assert_eq!((diff, status.as_str()), (1, "LOADING"));
     assert!(id.parse::<i64>().unwrap() >= 100, "snapshot was skipped: {line}");
-    let _ = psql.kill();
-    let _ = psql.wait();
+    // Ctrl-C: psql sends a cancel request on a new connection and reports the server's answer.
+    let interrupted = Command::new("kill").args(["-INT", &psql.id().to_string()]).status().expect("kill");
+    assert!(interrupted.success());
+    // Should the cancel be ignored, psql would stream forever: end it after a while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = psql.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = psql.kill();
+            break psql.wait().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut psql.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("canceling statement due to user request"), "psql stderr: {stderr}");
+    assert!(!status.success(), "psql reports the cancelled COPY as failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,6 +153,69 @@ async fn declare_fetch_with_timeout() {
     let rest = common::rows(&reader, "FETCH ALL c WITH (timeout = '1s')").await;
     assert_eq!(rest.len(), 1);
     reader.batch_execute("CLOSE c").await.unwrap();
+}
+
+/// The SQLSTATE of a failed statement.
+fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.code().map(|c| c.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_ends_a_subscription_and_keeps_the_session() {
+    let server = common::TestServer::start().await;
+    let writer = setup(&server).await;
+    let reader = server.client().await;
+
+    // A COPY OUT of SUBSCRIBE that is streaming: the snapshot row has arrived.
+    let mut stream = Box::pin(reader.copy_out("COPY (SUBSCRIBE TO active) TO STDOUT").await.unwrap());
+    let first = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.expect("snapshot arrives").unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("PLANNED"), "{first:?}");
+    reader.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break Some(e),
+                None => break None,
+            }
+        }
+    })
+    .await
+    .expect("the cancelled COPY ends");
+    let e = ended.expect("the COPY ends with an error, not CopyDone");
+    assert_eq!(sqlstate(&e), Some("57014"), "{e:?}");
+    drop(stream);
+    // The session takes the next statement.
+    let n: i64 = reader.query_one("SELECT count(*) FROM active", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+
+    // A FETCH that would wait a minute for rows is cancelled too; the cursor stays open.
+    reader.batch_execute("DECLARE c CURSOR FOR SUBSCRIBE active WITH (SNAPSHOT = false)").await.unwrap();
+    let token = reader.cancel_token();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let e = reader.simple_query("FETCH ALL c WITH (timeout = '60s')").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("57014"), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "cancelled, not timed out");
+    cancel.await.unwrap();
+    writer.batch_execute("INSERT INTO shipments VALUES (2, 'LOADING')").await.unwrap();
+    let rows = common::rows(&reader, "FETCH ALL c WITH (timeout = '5s')").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    // The same over the extended protocol (drivers such as pgjdbc and node-postgres).
+    let token = reader.cancel_token();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let e = reader.query("FETCH ALL c WITH (timeout = '60s')", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("57014"), "{e:?}");
+    cancel.await.unwrap();
+    // A cancel with no statement running changes nothing.
+    reader.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    assert_eq!(common::rows(&reader, "SELECT id FROM active").await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

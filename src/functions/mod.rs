@@ -1,9 +1,11 @@
 //! Postgres functions DataFusion does not have, registered on every session and used by
 //! views exactly like built-in ones.
 
+pub mod format;
 pub mod json;
 
 /// Register every Velocity function with `ctx`.
 pub fn register(ctx: &datafusion::prelude::SessionContext) {
+    format::register(ctx);
     json::register(ctx);
 }

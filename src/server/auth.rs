@@ -17,7 +17,9 @@ use datafusion_postgres::pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, ServerParameterProvider, StartupHandler,
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
 };
-use datafusion_postgres::pgwire::api::{ClientInfo, PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
+use datafusion_postgres::pgwire::api::{
+    ClientInfo, ConnectionHandle, ConnectionManager, PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
+};
 use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use futures::Sink;
@@ -109,6 +111,9 @@ impl AuthSource for Users {
 #[derive(Default, Clone)]
 pub struct Access {
     users: Option<Arc<Users>>,
+    /// Every authenticated connection by process id and secret key, so a CancelRequest
+    /// (sent on a new connection) finds the statement to cancel.
+    connections: Arc<ConnectionManager>,
     tls: Option<TlsAcceptor>,
     /// PEM of the server certificate, for SCRAM channel binding (SCRAM-SHA-256-PLUS).
     cert_pem: Option<Vec<u8>>,
@@ -141,6 +146,11 @@ impl Access {
         self.tls.clone()
     }
 
+    /// The registry CancelRequests are matched against.
+    pub fn connections(&self) -> Arc<ConnectionManager> {
+        self.connections.clone()
+    }
+
     pub fn requires_password(&self) -> bool {
         self.users.is_some()
     }
@@ -148,18 +158,18 @@ impl Access {
     /// A startup handler for one new connection (SCRAM keeps per-connection state).
     pub fn startup(&self) -> Startup {
         match &self.users {
-            None => Startup::Trust(Parameters::default()),
+            None => Startup::Trust(Parameters::default(), self.connections.clone()),
             Some(users) => Startup::Scram {
-                plain: scram_handler(users, None),
+                plain: scram_handler(users, None, &self.connections),
                 // Channel binding (SCRAM-SHA-256-PLUS) is offered only over TLS: libpq refuses
                 // a server that offers it on a plain connection.
-                tls: scram_handler(users, self.cert_pem.as_deref()),
+                tls: scram_handler(users, self.cert_pem.as_deref(), &self.connections),
             },
         }
     }
 }
 
-fn scram_handler(users: &Arc<Users>, cert_pem: Option<&[u8]>) -> SASLAuthStartupHandler<Parameters> {
+fn scram_handler(users: &Arc<Users>, cert_pem: Option<&[u8]>, connections: &Arc<ConnectionManager>) -> SASLAuthStartupHandler<Parameters> {
     let mut scram = ScramAuth::new(users.clone());
     scram.set_iterations(SCRAM_ITERATIONS);
     if let Some(pem) = cert_pem {
@@ -168,12 +178,15 @@ fn scram_handler(users: &Arc<Users>, cert_pem: Option<&[u8]>) -> SASLAuthStartup
         }
     }
     let pids: Arc<dyn PidSecretKeyGenerator> = PIDS.clone();
-    SASLAuthStartupHandler::new(Arc::new(Parameters::default())).with_scram(scram).with_pid_secret_key_generator(pids)
+    SASLAuthStartupHandler::new(Arc::new(Parameters::default()))
+        .with_scram(scram)
+        .with_pid_secret_key_generator(pids)
+        .with_connection_manager(connections.clone())
 }
 
 /// The startup phase of one connection.
 pub enum Startup {
-    Trust(Parameters),
+    Trust(Parameters, Arc<ConnectionManager>),
     /// One handler per transport; a connection uses the one that matches it throughout.
     Scram { plain: SASLAuthStartupHandler<Parameters>, tls: SASLAuthStartupHandler<Parameters> },
 }
@@ -187,12 +200,16 @@ impl StartupHandler for Startup {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         match self {
-            Startup::Trust(parameters) => {
+            Startup::Trust(parameters, connections) => {
                 if let PgWireFrontendMessage::Startup(ref startup) = message {
                     protocol_negotiation(client, startup).await?;
                     save_startup_parameters_to_metadata(client, startup);
                     let (pid, secret) = PIDS.generate(client);
-                    client.set_pid_and_secret_key(pid, secret);
+                    client.set_pid_and_secret_key(pid, secret.clone());
+                    // The guard unregisters the connection when its session ends.
+                    let (handle, guard) = connections.register(pid, secret);
+                    client.session_extensions().insert::<Arc<ConnectionHandle>>(handle);
+                    client.session_extensions().insert(guard);
                     finish_authentication(client, parameters).await?;
                 }
             }

@@ -4,7 +4,10 @@
 use std::borrow::Cow;
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions_mut};
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectNamePart, Query, SelectItem, SetExpr, Statement, TableFactor, TableWithJoins, Value,
+    visit_expressions, visit_expressions_mut,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
@@ -26,12 +29,255 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
             out = Cow::Owned(out.replace(from, to));
         }
     }
+    if out.contains("pg_attribute") && out.contains("(SELECT") {
+        if let Some(rewritten) = rekey_attribute_subqueries(&out) {
+            out = Cow::Owned(rewritten);
+        }
+    }
+    if out.trim().trim_end_matches(';').trim().eq_ignore_ascii_case("show timezone") {
+        // Metabase's spelling; datafusion-postgres answers `SHOW TIME ZONE` only.
+        out = Cow::Borrowed("SHOW TIME ZONE");
+    }
+    if out.contains("pg_table_is_visible") {
+        if let Some(rewritten) = table_visibility_by_namespace(&out) {
+            out = Cow::Owned(rewritten);
+        }
+    }
+    if out.contains("_description(") || out.contains("_DESCRIPTION(") {
+        if let Some(rewritten) = descriptions_are_null(&out) {
+            out = Cow::Owned(rewritten);
+        }
+    }
+    if out.contains("\"$user\"") && out.contains("search_path") {
+        if let Some(rewritten) = search_path_as_array(&out) {
+            out = Cow::Owned(rewritten);
+        }
+    }
     if out.to_ascii_lowercase().contains("escape") {
         if let Some(rewritten) = like_escape_to_backslash(&out) {
             out = Cow::Owned(rewritten);
         }
     }
     out
+}
+
+/// Statements as SQL text again, after a rewrite.
+fn to_sql(statements: &[Statement]) -> String {
+    statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n")
+}
+
+/// Alias of the copy of `pg_attribute` that `rekey_attribute_subqueries` joins into a subquery.
+const ATTRIBUTE_COPY: &str = "velocity_attribute";
+
+/// Aggregates a scalar subquery may already use; it is not wrapped in `max` again.
+const AGGREGATES: &[&str] = &["max", "min", "count", "sum", "avg", "array_agg", "string_agg", "bool_and", "bool_or"];
+
+/// Column reflection over `pg_catalog.pg_attribute` (SQLAlchemy's `get_columns`) reads the
+/// default, identity and collation of each column with scalar subqueries in the select list
+/// that refer to the outer `pg_attribute` row anywhere: in conditions of their own
+/// (`WHERE pg_attribute.atthasdef AND ...`), inside the selected expression, in joins on
+/// functions of it. DataFusion decorrelates a scalar subquery only when it is aggregated and
+/// correlated by plain column equalities, so each such subquery is rewritten to the
+/// equivalent that has that shape:
+///
+/// * the outer row is read from a copy of `pg_attribute` inside the subquery, joined on its
+///   key `(attrelid, attnum)`: the only correlation left is those two equalities;
+/// * the selected expression is wrapped in `max`: it matches at most one row (one default,
+///   one sequence, one type per column), so `max` of it is that row's value or NULL.
+///
+/// None when no subquery refers to an outer `pg_attribute` or the text does not parse.
+fn rekey_attribute_subqueries(sql: &str) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut changed = false;
+    for statement in &mut statements {
+        let Statement::Query(query) = statement else { continue };
+        let SetExpr::Select(select) = query.body.as_mut() else { continue };
+        let Some(outer) = attribute_qualifiers(&select.from) else { continue };
+        for item in &mut select.projection {
+            let (SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. }) = item else { continue };
+            let _ = visit_expressions_mut(expr, |e| {
+                if let Expr::Subquery(subquery) = e {
+                    changed |= rekey_subquery(subquery, &outer);
+                }
+                ControlFlow::<()>::Continue(())
+            });
+        }
+    }
+    changed.then(|| to_sql(&statements))
+}
+
+/// The names a column of `pg_attribute` in `from` is qualified with (`a`, or
+/// `pg_catalog.pg_attribute` and `pg_attribute` when it has no alias).
+fn attribute_qualifiers(from: &[TableWithJoins]) -> Option<Vec<Vec<String>>> {
+    let tables = from.iter().flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)));
+    for table in tables {
+        let TableFactor::Table { name, alias, .. } = table else { continue };
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| match p {
+                ObjectNamePart::Identifier(i) => i.value.to_ascii_lowercase(),
+                other => other.to_string(),
+            })
+            .collect();
+        let is_attribute = match parts.as_slice() {
+            [table] | [_, table] => table == "pg_attribute" && (parts.len() == 1 || parts[0] == "pg_catalog"),
+            _ => false,
+        };
+        if !is_attribute {
+            continue;
+        }
+        return Some(match alias {
+            Some(a) => vec![vec![a.name.value.to_ascii_lowercase()]],
+            None => vec![parts.clone(), vec!["pg_attribute".to_string()]],
+        });
+    }
+    None
+}
+
+/// Rewrite one scalar subquery as `rekey_attribute_subqueries` describes; false (and left
+/// alone) when it does not refer to the outer row or has another shape.
+fn rekey_subquery(subquery: &mut Query, outer: &[Vec<String>]) -> bool {
+    let SetExpr::Select(select) = subquery.body.as_mut() else { return false };
+    if select.projection.len() != 1 || attribute_qualifiers(&select.from).is_some_and(|inner| inner.iter().any(|q| outer.contains(q))) {
+        return false;
+    }
+    let mut outer_column = None;
+    let mut references = 0;
+    let _ = visit_expressions_mut(select, |e| {
+        if let Expr::CompoundIdentifier(parts) = e {
+            let (column, qualifier) = parts.split_last().expect("compound identifiers have parts");
+            let qualifier: Vec<String> = qualifier.iter().map(|i| i.value.to_ascii_lowercase()).collect();
+            if outer.contains(&qualifier) {
+                outer_column.get_or_insert_with(|| parts[..parts.len() - 1].to_vec());
+                *parts = vec![Ident::new(ATTRIBUTE_COPY), column.clone()];
+                references += 1;
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let Some(outer_name) = outer_column else { return false };
+    let outer_name = outer_name.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(".");
+    let parse_expr = |text: &str| Parser::new(&PostgreSqlDialect {}).try_with_sql(text).and_then(|mut p| p.parse_expr());
+    let key = parse_expr(&format!(
+        "{ATTRIBUTE_COPY}.attrelid = {outer_name}.attrelid AND {ATTRIBUTE_COPY}.attnum = {outer_name}.attnum"
+    ));
+    let copy = Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT 1 FROM pg_catalog.pg_attribute AS {ATTRIBUTE_COPY}"));
+    let (Ok(key), Ok(mut copy)) = (key, copy) else { return false };
+    let Some(Statement::Query(copy)) = copy.pop() else { return false };
+    let SetExpr::Select(copy) = *copy.body else { return false };
+    select.from.extend(copy.from);
+    select.selection = Some(match select.selection.take() {
+        Some(w) => Expr::BinaryOp { left: Box::new(Expr::Nested(Box::new(w))), op: BinaryOperator::And, right: Box::new(key) },
+        None => key,
+    });
+    if let SelectItem::UnnamedExpr(expr) | SelectItem::ExprWithAlias { expr, .. } = &mut select.projection[0] {
+        let aggregated = matches!(&*expr, Expr::Function(f) if f.name.0.last().is_some_and(|p| AGGREGATES.contains(&p.to_string().to_ascii_lowercase().as_str())));
+        if !aggregated {
+            match parse_expr(&format!("max({expr})")) {
+                Ok(wrapped) => *expr = wrapped,
+                Err(_) => return false,
+            }
+        }
+    }
+    references > 0
+}
+
+/// `pg_table_is_visible(c.oid)` as `c.relnamespace IN (<namespaces on the search path>)`.
+/// datafusion-pg-catalog's `pg_table_is_visible` is true for every relation, so listings
+/// filtered by it (psql `\dv`, SQLAlchemy `get_view_names`) showed `velocity_catalog`'s
+/// system tables as the user's own. The argument is a `pg_class.oid` column in the queries
+/// clients send; other arguments are left alone.
+fn table_visibility_by_namespace(sql: &str) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut changed = false;
+    let _ = visit_expressions_mut(&mut statements, |e| {
+        let Expr::Function(f) = e else { return ControlFlow::<()>::Continue(()) };
+        if !f.name.0.last().is_some_and(|p| p.to_string().eq_ignore_ascii_case("pg_table_is_visible")) {
+            return ControlFlow::Continue(());
+        }
+        let FunctionArguments::List(list) = &f.args else { return ControlFlow::Continue(()) };
+        let [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] = list.args.as_slice() else { return ControlFlow::Continue(()) };
+        let namespace = match arg {
+            Expr::Identifier(i) if i.value.eq_ignore_ascii_case("oid") => "relnamespace".to_string(),
+            Expr::CompoundIdentifier(parts) if parts.last().is_some_and(|i| i.value.eq_ignore_ascii_case("oid")) => {
+                let qualifier = parts[..parts.len() - 1].iter().map(|i| i.to_string()).collect::<Vec<_>>().join(".");
+                format!("{qualifier}.relnamespace")
+            }
+            _ => return ControlFlow::Continue(()),
+        };
+        let visible = format!(
+            "({namespace} IN (SELECT velocity_namespace.oid FROM pg_catalog.pg_namespace AS velocity_namespace \
+             WHERE velocity_namespace.nspname = 'pg_catalog' OR velocity_namespace.nspname = ANY(pg_catalog.current_schemas(false))))"
+        );
+        if let Ok(expr) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&visible).and_then(|mut p| p.parse_expr()) {
+            *e = expr;
+            changed = true;
+        }
+        ControlFlow::Continue(())
+    });
+    changed.then(|| to_sql(&statements))
+}
+
+/// In `col_description(x, n)` / `obj_description(x, c)`, an `x` computed by casting a
+/// computed name to `regclass` becomes NULL. Velocity stores no comments, so these are NULL
+/// whatever `x` is; Metabase's field sync passes `CAST(CAST(format('%I.%I', schema, table)
+/// AS REGCLASS) AS OID)`, which DataFusion cannot evaluate (it resolves `'name'::regclass`
+/// literals only).
+fn descriptions_are_null(sql: &str) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut changed = false;
+    let _ = visit_expressions_mut(&mut statements, |e| {
+        let Expr::Function(f) = e else { return ControlFlow::<()>::Continue(()) };
+        let name = f.name.0.last().map(|p| p.to_string().to_ascii_lowercase());
+        if !matches!(name.as_deref(), Some("col_description" | "obj_description")) {
+            return ControlFlow::Continue(());
+        }
+        let FunctionArguments::List(list) = &mut f.args else { return ControlFlow::Continue(()) };
+        if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(first))) = list.args.first_mut() {
+            let computed_regclass = visit_expressions(&*first, |x| match x {
+                Expr::Cast { data_type, expr, .. }
+                    if data_type.to_string().eq_ignore_ascii_case("regclass") && !matches!(**expr, Expr::Value(_)) =>
+                {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            });
+            if computed_regclass.is_break() {
+                *first = Expr::value(Value::Null);
+                changed = true;
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    changed.then(|| to_sql(&statements))
+}
+
+/// Grafana's "schema is on the search path" test (its table and column pickers),
+/// `x IN (SELECT ... FROM generate_series(<array bounds>) AS i, string_to_array(
+/// current_setting('search_path'), ',') s)`, uses an array as a table in FROM, which
+/// DataFusion cannot plan, and sits in ORDER BY, where DataFusion takes no subqueries;
+/// datafusion-postgres would replace it with `''`, matching no schema. It becomes
+/// `array_has(<the search path as an array, "$user" resolved>, x)`: the same test without a
+/// subquery.
+fn search_path_as_array(sql: &str) -> Option<String> {
+    const SCHEMAS: &str = "array_replace(string_to_array(regexp_replace(trim(current_setting('search_path')), '\\s*,\\s*', ',', 'g'), ','), '\"$user\"', current_user)";
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut changed = false;
+    let _ = visit_expressions_mut(&mut statements, |e| {
+        if let Expr::InSubquery { expr, subquery, negated } = e {
+            let text = subquery.to_string();
+            if text.contains("'\"$user\"'") && text.contains("generate_series") && text.contains("current_setting('search_path')") {
+                let test = format!("{}array_has({SCHEMAS}, {expr})", if *negated { "NOT " } else { "" });
+                if let Ok(replaced) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&test).and_then(|mut p| p.parse_expr()) {
+                    *e = Expr::Nested(Box::new(replaced));
+                    changed = true;
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    changed.then(|| to_sql(&statements))
 }
 
 /// `x LIKE p ESCAPE '/'` (SQLAlchemy's schema and table name filters) as
@@ -60,7 +306,7 @@ fn like_escape_to_backslash(sql: &str) -> Option<String> {
         }
         ControlFlow::<()>::Continue(())
     });
-    changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+    changed.then(|| to_sql(&statements))
 }
 
 #[cfg(test)]
@@ -69,6 +315,50 @@ mod tests {
     fn psql_describe_plus_options() {
         let q = "SELECT c.relispartition, pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ')\n, c.reltablespace";
         assert_eq!(super::rewrite(q), "SELECT c.relispartition, ''\n, c.reltablespace");
+    }
+
+    #[test]
+    fn attribute_subqueries_read_a_keyed_copy() {
+        let q = "SELECT pg_catalog.pg_attribute.attname, CASE WHEN pg_catalog.pg_attribute.atthasdef THEN (SELECT pg_catalog.pg_get_expr(pg_catalog.pg_attrdef.adbin, pg_catalog.pg_attrdef.adrelid) FROM pg_catalog.pg_attrdef WHERE pg_catalog.pg_attribute.atthasdef AND pg_catalog.pg_attrdef.adnum = pg_catalog.pg_attribute.attnum) ELSE NULL END AS d FROM pg_catalog.pg_class JOIN pg_catalog.pg_attribute ON pg_catalog.pg_class.oid = pg_catalog.pg_attribute.attrelid";
+        let out = super::rewrite(q);
+        assert!(
+            out.contains("(SELECT max(pg_catalog.pg_get_expr(pg_catalog.pg_attrdef.adbin, pg_catalog.pg_attrdef.adrelid)) FROM pg_catalog.pg_attrdef, pg_catalog.pg_attribute AS velocity_attribute WHERE (velocity_attribute.atthasdef AND pg_catalog.pg_attrdef.adnum = velocity_attribute.attnum) AND velocity_attribute.attrelid = pg_catalog.pg_attribute.attrelid AND velocity_attribute.attnum = pg_catalog.pg_attribute.attnum)"),
+            "{out}"
+        );
+        assert!(out.starts_with("SELECT pg_catalog.pg_attribute.attname, CASE WHEN pg_catalog.pg_attribute.atthasdef THEN"), "{out}");
+        let aliased = "SELECT (SELECT t.typname FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid) FROM pg_catalog.pg_attribute a";
+        assert!(super::rewrite(aliased).contains("SELECT max(t.typname) FROM pg_catalog.pg_type t, pg_catalog.pg_attribute AS velocity_attribute WHERE (t.oid = velocity_attribute.atttypid) AND velocity_attribute.attrelid = a.attrelid"), "{}", super::rewrite(aliased));
+        let uncorrelated = "SELECT (SELECT count(*) FROM pg_catalog.pg_class) FROM pg_catalog.pg_attribute a";
+        assert_eq!(super::rewrite(uncorrelated), uncorrelated);
+    }
+
+    #[test]
+    fn table_visibility_follows_the_search_path() {
+        let q = "SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relkind = 'v' AND pg_catalog.pg_table_is_visible(c.oid)";
+        let out = super::rewrite(q);
+        assert!(out.contains("AND (c.relnamespace IN (SELECT velocity_namespace.oid FROM pg_catalog.pg_namespace AS velocity_namespace WHERE"), "{out}");
+        assert!(!out.contains("pg_table_is_visible"), "{out}");
+    }
+
+    #[test]
+    fn metabase_comment_of_a_computed_regclass() {
+        let q = r#"SELECT COL_DESCRIPTION(CAST(CAST(FORMAT('%I.%I', CAST("c"."table_schema" AS TEXT), CAST("c"."table_name" AS TEXT)) AS REGCLASS) AS OID), "c"."ordinal_position") AS "field-comment" FROM "information_schema"."columns" AS "c""#;
+        assert!(super::rewrite(q).starts_with(r#"SELECT COL_DESCRIPTION(NULL, "c"."ordinal_position") AS "field-comment""#), "{}", super::rewrite(q));
+        let psql = "SELECT pg_catalog.col_description(a.attrelid, a.attnum), pg_catalog.obj_description('orders'::regclass, 'pg_class') FROM pg_catalog.pg_attribute a";
+        assert_eq!(super::rewrite(psql), psql);
+    }
+
+    #[test]
+    fn grafana_search_path_as_an_array() {
+        let q = r#"SELECT 1 FROM information_schema.tables ORDER BY CASE WHEN quote_ident(table_schema) IN (
+          SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM generate_series(array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)) as i,
+            string_to_array(current_setting('search_path'),',') s) THEN 0 ELSE 1 END"#;
+        let out = super::rewrite(q);
+        assert!(out.contains("CASE WHEN (array_has(array_replace(string_to_array("), "{out}");
+        assert!(out.contains(", quote_ident(table_schema))) THEN 0"), "{out}");
+        assert!(!out.contains("generate_series"), "{out}");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub fn datafusion_code(e: &DataFusionError) -> &'static str {
             let m = m.to_ascii_lowercase();
             if m.contains("table") && (m.contains("not found") || m.contains("doesn't exist") || m.contains("does not exist")) {
                 "42P01"
+            } else if m.contains("unrecognized configuration parameter") {
+                "42704"
             } else if m.contains("unique expression names") {
                 "42701"
             } else if m.contains("invalid function") || m.contains("no function matches") {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod changes;
 pub mod client_queries;
 pub mod error;
+pub mod information_schema;
 pub mod metrics;
 pub mod pg_catalog;
 pub mod relation_table;
@@ -29,6 +30,7 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 use datafusion_postgres::hooks::QueryHook;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::Type;
@@ -62,7 +64,8 @@ impl Server {
         let engine = Engine::open(data_dir)?;
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, "public")
-            .with_information_schema(true);
+            // Off: `information_schema::register` serves it in Postgres' shape instead.
+            .with_information_schema(false);
         // TEXT/VARCHAR columns as plain Utf8: what sources decode into and clients expect.
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
         // TIMESTAMPTZ columns keep their zone (UTC), so clients receive timestamptz, not timestamp.
@@ -70,6 +73,7 @@ impl Server {
         let context = Arc::new(SessionContext::new_with_config(config));
         setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
         pg_catalog::register(&context, &engine)?;
+        information_schema::register(&context, &engine)?;
         let hook = Arc::new(VelocityHook::new(engine.clone()));
         system::register(&context, &engine, hook.sources.clone(), hook.sinks.clone())?;
         crate::functions::register(&context);
@@ -170,6 +174,11 @@ impl PgWireServerHandlers for Handlers {
     }
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
         Arc::new(SqlStateErrors)
+    }
+    // pgwire races each statement against its connection's cancel signal and answers 57014;
+    // this matches a CancelRequest's key to that connection.
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.access.connections()))
     }
 }
 

@@ -68,6 +68,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
     ctx.register_udf(create_udf("pg_collation_is_visible", vec![DataType::Int64], DataType::Boolean, Volatility::Stable, Arc::new(|_| {
         Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))
     })));
+    ctx.register_udf(ScalarUDF::from(CurrentSetting::new()));
     let relkind_engine = engine.clone();
     let relkind_udf = Arc::new(create_udf(
         RELKIND_UDF,
@@ -189,6 +190,86 @@ fn view_query(create_sql: &str) -> Option<String> {
     match PostgresCompatibilityParser::new().parse(create_sql).ok()?.into_iter().next()? {
         Statement::CreateView(v) => Some(format!("{};", v.query)),
         _ => None,
+    }
+}
+
+/// `current_setting(name [, missing_ok])`: the server-wide settings clients probe (Grafana
+/// reads `server_version_num` and `search_path`). Unknown names fail with 42704, or give
+/// NULL with `missing_ok`, as in Postgres. Per-session values (`application_name`, a `SET
+/// TIME ZONE`) are not visible to a function and report the server's.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentSetting {
+    signature: Signature,
+}
+
+impl CurrentSetting {
+    fn new() -> CurrentSetting {
+        let signature = Signature::one_of(
+            vec![
+                datafusion::logical_expr::TypeSignature::Exact(vec![DataType::Utf8]),
+                datafusion::logical_expr::TypeSignature::Exact(vec![DataType::Utf8, DataType::Boolean]),
+            ],
+            Volatility::Stable,
+        );
+        CurrentSetting { signature }
+    }
+}
+
+/// The value of a server setting, by its case-insensitive name.
+fn setting(name: &str) -> Option<String> {
+    let version = super::auth::server_version();
+    Some(match name.to_ascii_lowercase().as_str() {
+        "server_version" => version,
+        "server_version_num" => {
+            let number = version.split_whitespace().next().unwrap_or_default();
+            let mut parts = number.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            (major * 10_000 + minor).to_string()
+        }
+        "search_path" => "public".to_string(),
+        "timezone" => "UTC".to_string(),
+        "datestyle" => "ISO, MDY".to_string(),
+        "client_encoding" | "server_encoding" => "UTF8".to_string(),
+        "standard_conforming_strings" | "integer_datetimes" => "on".to_string(),
+        "max_identifier_length" => "63".to_string(),
+        "transaction_isolation" | "default_transaction_isolation" => "read committed".to_string(),
+        _ => return None,
+    })
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+        let missing_ok = match arrays.get(1) {
+            Some(a) => Some(datafusion::common::cast::as_boolean_array(a)?.clone()),
+            None => None,
+        };
+        let mut out = Vec::with_capacity(rows);
+        for i in 0..names.len() {
+            if names.is_null(i) {
+                out.push(None);
+                continue;
+            }
+            match setting(names.value(i)) {
+                Some(v) => out.push(Some(v)),
+                None if missing_ok.as_ref().is_some_and(|m| !m.is_null(i) && m.value(i)) => out.push(None),
+                None => {
+                    return Err(DataFusionError::Plan(format!("unrecognized configuration parameter \"{}\"", names.value(i))));
+                }
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))))
     }
 }
 

@@ -34,10 +34,32 @@ print("materialized views:", matviews)
 check("revenue" in matviews, f"get_materialized_view_names: {matviews}")
 views = insp.get_view_names()
 print("views:", views)
+check(views == [], f"get_view_names lists the user's plain views only (there are none): {views}")
+check(not any(v in tables + matviews for v in ("relations", "sources", "dead_letters")),
+      f"velocity_catalog's system tables are not the user's: {tables} {matviews}")
 
-# Not yet: insp.get_columns() / Table(autoload_with=...) / get_pk_constraint(). SQLAlchemy's
-# column reflection query uses correlated scalar subqueries inside CASE, which DataFusion
-# cannot plan. Column metadata is covered through information_schema below.
+# Column reflection: names, types and nullability, for a table and a materialized view.
+def columns(name):
+    return [(c["name"], type(c["type"]).__name__, c["nullable"], c["default"]) for c in insp.get_columns(name)]
+
+order_columns = columns("orders")
+print("orders columns:", order_columns)
+check(order_columns == [
+    ("id", "BIGINT", False, None),
+    ("customer", "TEXT", False, None),
+    ("amount", "NUMERIC", True, None),
+    ("placed", "DATE", True, None),
+    ("at", "TIMESTAMP", True, None),
+    ("paid", "BOOLEAN", True, None),
+], f"get_columns(orders): {order_columns}")
+check(insp.get_columns("orders")[4]["type"].timezone, "TIMESTAMPTZ reflects with a time zone")
+revenue_columns = columns("revenue")
+print("revenue columns:", revenue_columns)
+check([(n, t) for n, t, _, _ in revenue_columns] == [("customer", "TEXT"), ("total", "NUMERIC"), ("orders", "BIGINT")],
+      f"get_columns(revenue): {revenue_columns}")
+# Not yet: get_pk_constraint() and Table(autoload_with=...), which reflect keys through
+# pg_constraint/pg_index; Velocity's primary keys are not in those catalogs.
+
 # Superset previews data with a plain SELECT ... LIMIT.
 with engine.connect() as conn:
     rows = conn.execute(text("SELECT customer, total, orders FROM revenue LIMIT 100")).all()
