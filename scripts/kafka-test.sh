@@ -5,8 +5,9 @@
 #   scripts/kafka-test.sh start [--owner PID]   prints the broker address (127.0.0.1:PORT)
 #   scripts/kafka-test.sh stop
 #
-# `start` reuses the broker already running for the same state directory. With `--owner`, a
-# broker this call starts stops by itself once process PID exits (tests start it that way).
+# `start` reuses the broker already running for the same state directory. With `--owner`, the
+# broker stops by itself once every process that started or reused it that way has exited
+# (test binaries do; several run one after another and share it).
 # State: $VELOCITY_KAFKA_STATE (default: $TMPDIR/velocity-kafka-test); tansu: $TANSU (default:
 # ~/.cargo/bin/tansu, installed by `cargo install tansu --features dynostore --locked`).
 set -euo pipefail
@@ -29,9 +30,11 @@ start() {
     exec 9>"$STATE/lock"
     flock 9
     if running; then
+        if [[ -n "$owner" && -f "$STATE/owners" ]]; then echo "$owner" >>"$STATE/owners"; fi
         cat "$STATE/address"
         return
     fi
+    rm -f "$STATE/owners"
     if [[ ! -x "$TANSU" ]]; then
         echo "kafka-test: $TANSU not found; install it: cargo install tansu --features dynostore --locked" >&2
         exit 1
@@ -51,8 +54,8 @@ start() {
                 echo "$pid" >"$STATE/pid"
                 echo "127.0.0.1:$port" >"$STATE/address"
                 if [[ -n "$owner" ]]; then
-                    setsid bash -c "while kill -0 $owner 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 1; done; kill $pid 2>/dev/null" \
-                        </dev/null >/dev/null 2>&1 9>&- &
+                    echo "$owner" >"$STATE/owners"
+                    setsid bash "$0" watch "$pid" </dev/null >/dev/null 2>&1 9>&- &
                 fi
                 cat "$STATE/address"
                 return
@@ -67,6 +70,27 @@ start() {
     exit 1
 }
 
+# Stop broker PID once no process listed in the owners file is alive (checked under the lock,
+# so a `start` that reuses the broker is never cut off).
+watch() {
+    local pid="$1"
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        exec 9>"$STATE/lock"
+        flock 9
+        local alive=""
+        while read -r owner; do
+            if kill -0 "$owner" 2>/dev/null; then alive=1; break; fi
+        done <"$STATE/owners"
+        if [[ -z "$alive" ]]; then
+            kill "$pid" 2>/dev/null || true
+            rm -f "$STATE/pid" "$STATE/address" "$STATE/owners"
+            return
+        fi
+        exec 9>&-
+    done
+}
+
 stop() {
     if running; then
         kill "$(cat "$STATE/pid")" 2>/dev/null || true
@@ -77,5 +101,6 @@ stop() {
 case "${1:-}" in
     start) shift; start "$@" ;;
     stop) stop ;;
+    watch) shift; watch "$@" ;;
     *) echo "usage: $0 start [--owner PID] | stop" >&2; exit 2 ;;
 esac
