@@ -115,34 +115,40 @@ LEFT JOIN load_notes n ON n.trip_id = t.id;
 
 -- 5. Business events, derived from committed state transitions with changes(): each fires
 --    once, in the transaction that made it true, never again while the state stays.
+--    Events stay queryable for 7 days (the time window), then leave the views by themselves.
 CREATE MATERIALIZED VIEW shipment_departed AS
 SELECT after.id AS shipment_id, after.reference, after.trip_id, committed_at
 FROM changes(shipments)
-WHERE after.status = 'DEPARTED' AND before.status IS DISTINCT FROM 'DEPARTED';
+WHERE after.status = 'DEPARTED' AND before.status IS DISTINCT FROM 'DEPARTED'
+  AND committed_at > now() - INTERVAL '7 days';
 
 CREATE MATERIALIZED VIEW shipment_delivered AS
 SELECT after.id AS shipment_id, after.reference, after.delivered_at, after.planned_delivery, committed_at
 FROM changes(shipments)
-WHERE after.status = 'DELIVERED' AND before.status IS DISTINCT FROM 'DELIVERED';
+WHERE after.status = 'DELIVERED' AND before.status IS DISTINCT FROM 'DELIVERED'
+  AND committed_at > now() - INTERVAL '7 days';
 
 -- A failed pickup, including a retry that fails again (its attempt number changed).
 CREATE MATERIALIZED VIEW pickup_failed AS
 SELECT after.id AS pickup_id, after.shipment_id, after.attempt, after.reason, committed_at
 FROM changes(pickups)
 WHERE after.status = 'FAILED'
-  AND ((before.status IS DISTINCT FROM 'FAILED') OR (before.attempt IS DISTINCT FROM after.attempt));
+  AND ((before.status IS DISTINCT FROM 'FAILED') OR (before.attempt IS DISTINCT FROM after.attempt))
+  AND committed_at > now() - INTERVAL '7 days';
 
 -- changes(view, 'key') pairs a view's old and new row of one key into an update.
 CREATE MATERIALIZED VIEW eta_changed AS
 SELECT after.trip_id, after.load_ref, before.eta AS previous_eta, after.eta, after.delay_minutes, committed_at
 FROM changes(trip_eta, 'trip_id')
-WHERE op = 'update' AND before.eta IS DISTINCT FROM after.eta;
+WHERE op = 'update' AND before.eta IS DISTINCT FROM after.eta
+  AND committed_at > now() - INTERVAL '7 days';
 
 -- 6. Threshold alerts: a trip's delay crossing 30 minutes upwards, once per crossing.
 CREATE MATERIALIZED VIEW delay_alerts AS
 SELECT after.trip_id, after.load_ref, after.delay_minutes, after.eta, committed_at
 FROM changes(trip_eta, 'trip_id')
-WHERE after.delay_minutes > 30 AND COALESCE(before.delay_minutes, 0) <= 30;
+WHERE after.delay_minutes > 30 AND COALESCE(before.delay_minutes, 0) <= 30
+  AND committed_at > now() - INTERVAL '7 days';
 
 -- Every event in one feed for consumers: kind, entity, payload, when it was committed.
 CREATE MATERIALIZED VIEW business_events AS
@@ -183,3 +189,10 @@ GROUP BY c.id, c.name, c.region;
 -- 8. Consumers: changefeeds over pgwire, e.g.
 --   COPY (SUBSCRIBE TO business_events) TO STDOUT;
 --   COPY (SUBSCRIBE TO loads WITH (SNAPSHOT = false)) TO STDOUT;
+-- and Kafka sinks where a broker runs (the demo has none), each change exactly once:
+--   CREATE SINK loads_out FROM loads WITH (connector = 'kafka', brokers = '127.0.0.1:9092',
+--       topic = 'loads', format = 'upsert-json', key = 'trip_id');
+--   CREATE SINK business_events_out FROM business_events WITH (connector = 'kafka',
+--       brokers = '127.0.0.1:9092', topic = 'business-events', format = 'debezium-json',
+--       key = 'kind, entity_id');
+-- (An event leaving the 7-day window reaches the debezium-json sink as a delete, op 'd'.)
