@@ -766,18 +766,12 @@ impl VelocityHook {
                 Ok(Response::Execution(Tag::new("FLUSH")))
             }
             V::CreateSource { name, options } => {
-                let sql = format!(
-                    "CREATE SOURCE {name} WITH ({})",
-                    options.iter().map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''"))).collect::<Vec<_>>().join(", ")
-                );
+                let sql = format!("CREATE SOURCE {name} {}", with_clause(options));
                 self.create_source(name, options, &sql, None).await?;
                 Ok(Response::Execution(Tag::new("CREATE SOURCE")))
             }
             V::CreateSink { name, from, options } => {
-                let sql = format!(
-                    "CREATE SINK {name} FROM {from} WITH ({})",
-                    options.iter().map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''"))).collect::<Vec<_>>().join(", ")
-                );
+                let sql = format!("CREATE SINK {name} FROM {from} {}", with_clause(options));
                 self.create_sink(name, from, options, &sql, None).await?;
                 Ok(Response::Execution(Tag::new("CREATE SINK")))
             }
@@ -851,6 +845,12 @@ impl VelocityHook {
             other => Err(pg_error("0A000", format!("{other:?} is not supported here"))),
         }
     }
+}
+
+/// `WITH (k = 'v', ...)` as stored in a definition, values quoted.
+fn with_clause(options: &[(String, String)]) -> String {
+    let options: Vec<String> = options.iter().map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''"))).collect();
+    format!("WITH ({})", options.join(", "))
 }
 
 fn not_null_error(relation: &Relation, columns: &[arrow::array::ArrayRef]) -> datafusion_postgres::pgwire::error::PgWireError {

@@ -31,6 +31,8 @@ use crate::storage::TickWrites;
 /// Outbox entries (ticks) sent per round at most.
 const TICKS_PER_ROUND: usize = 256;
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the read-back waits for more messages past the partitions' reported ends.
+const READBACK_QUIET: Duration = Duration::from_millis(500);
 const TICK_HEADER: &str = "velocity-tick";
 const SEQ_HEADER: &str = "velocity-seq";
 
@@ -130,8 +132,15 @@ impl<'a> Delivery<'a> {
             .await
             .map_err(|e| SinkError::Options(format!("reading the topic back: {e}")))??;
         let delivery = Delivery { engine, registry, id, name, topic: &config.topic, producer, partitions, progress, found };
+        tracing::info!(
+            "sink {name}: resuming after tick {} at offsets {:?}; already in the topic: {:?}",
+            delivery.progress.tick,
+            delivery.progress.next_offsets,
+            delivery.found
+        );
         // A new sink records where the topic ended before it sends anything.
         delivery.save_progress(&[])?;
+        failpoint("sink-after-readback");
         set_state(registry, name, "running".into());
         Ok(delivery)
     }
@@ -182,12 +191,12 @@ impl<'a> Delivery<'a> {
             if dropped(self.engine, self.name, self.id) {
                 return Ok(());
             }
-            // For the crash test: die where the topic is ahead of the recorded progress.
-            if sent > 0 && std::env::var("VELOCITY_FAILPOINT").is_ok_and(|v| v == "sink-after-delivery") {
-                std::process::abort();
+            if sent > 0 {
+                failpoint("sink-after-delivery");
             }
             self.progress.tick = delivered_ticks.last().map(|(_, t)| *t).unwrap_or(self.progress.tick);
             self.save_progress(&delivered_ticks)?;
+            tracing::debug!("sink {}: delivered up to tick {} at offsets {:?}", self.name, self.progress.tick, self.progress.next_offsets);
             if let Some(s) = self.registry.write().expect("registry lock").get_mut(self.name) {
                 s.delivered_tick = self.progress.tick;
                 s.messages += sent;
@@ -195,7 +204,8 @@ impl<'a> Delivery<'a> {
         }
     }
 
-    /// Enqueue one message; waits while librdkafka's queue is full.
+    /// Enqueue one message; waits while librdkafka's queue is full (it drains as the broker
+    /// acknowledges).
     async fn send(&self, message: SinkMessage, partition: i32, tick: u64, seq: usize) -> Result<rdkafka::producer::DeliveryFuture> {
         let (tick_text, seq_text) = (tick.to_string(), seq.to_string());
         let headers = OwnedHeaders::new()
@@ -208,11 +218,10 @@ impl<'a> Delivery<'a> {
         if let Some(v) = &message.value {
             record = record.payload(v.as_slice());
         }
-        let started = Instant::now();
         loop {
             match self.producer.send_result(record) {
                 Ok(future) => return Ok(future),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) if started.elapsed() < BROKER_TIMEOUT => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -255,36 +264,52 @@ fn read_topic(brokers: &str, topic: &str, stored: Option<Vec<u8>>) -> Result<(i3
     if partitions == 0 {
         return Err(SinkError::Options(format!("topic {topic} has no partitions")));
     }
-    let mut ends = BTreeMap::new();
-    for p in 0..partitions {
-        ends.insert(p, consumer.fetch_watermarks(topic, p, BROKER_TIMEOUT)?.1);
+    let ends_now = || -> Result<BTreeMap<i32, i64>> {
+        (0..partitions).map(|p| Ok((p, consumer.fetch_watermarks(topic, p, BROKER_TIMEOUT)?.1))).collect()
+    };
+    let mut ends = ends_now()?;
+    let stored_progress = stored.is_some();
+    // After a crash, the dead process's last produce requests may still be landing: read
+    // back only once the partitions' ends stand still.
+    if stored_progress {
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(500));
+            let again = ends_now()?;
+            if again == ends {
+                break;
+            }
+            ends = again;
+        }
     }
-    let mut progress = match stored {
+    let progress = match stored {
         Some(bytes) => serde_json::from_slice::<Progress>(&bytes).map_err(|e| SinkError::Options(format!("stored sink progress: {e}")))?,
         None => Progress { tick: 0, next_offsets: ends.clone() },
     };
-    // Read what was delivered after the recorded progress.
+    // Read what was delivered after the recorded progress: at least up to the ends, and on
+    // until nothing more arrives for a moment (tansu reports a partition's end before the
+    // last record batch is complete).
     let mut assignment = TopicPartitionList::new();
     let mut behind: HashMap<i32, i64> = HashMap::new();
     for (&p, &end) in &ends {
-        let from = *progress.next_offsets.entry(p).or_insert(0);
+        let from = progress.next_offsets.get(&p).copied().unwrap_or(0);
+        assignment.add_partition_offset(topic, p, Offset::Offset(from))?;
         if end > from {
-            assignment.add_partition_offset(topic, p, Offset::Offset(from))?;
             behind.insert(p, end);
         }
     }
     let mut found = HashMap::new();
-    if behind.is_empty() {
-        return Ok((partitions, progress, found));
+    if stored_progress {
+        consumer.assign(&assignment)?;
     }
-    consumer.assign(&assignment)?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !behind.is_empty() {
+    let mut last_message = Instant::now();
+    while stored_progress && (!behind.is_empty() || last_message.elapsed() < READBACK_QUIET) {
         if Instant::now() > deadline {
             return Err(SinkError::Options(format!("could not read back partitions {:?} of {topic}", behind.keys().collect::<Vec<_>>())));
         }
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(message) = consumer.poll(Duration::from_millis(50)) else { continue };
         let message = message?;
+        last_message = Instant::now();
         let header = |name: &str| -> Option<u64> {
             let headers = message.headers()?;
             headers.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
@@ -293,13 +318,23 @@ fn read_topic(brokers: &str, topic: &str, stored: Option<Vec<u8>>) -> Result<(i3
             let last = found.entry(message.partition()).or_insert((0, 0));
             *last = (*last).max((tick, seq as usize));
         }
+        // The recorded offsets stay as they are: until a round is recorded, a later restart
+        // must find these messages again.
         let p = message.partition();
-        progress.next_offsets.insert(p, message.offset() + 1);
         if behind.get(&p).is_some_and(|end| message.offset() + 1 >= *end) {
             behind.remove(&p);
         }
     }
     Ok((partitions, progress, found))
+}
+
+/// For the crash tests: abort the process at the point `VELOCITY_FAILPOINT` names. Here:
+/// after a round reached the topic but before it is recorded (`sink-after-delivery`), and
+/// right after a restart read the topic back (`sink-after-readback`).
+fn failpoint(name: &str) {
+    if std::env::var("VELOCITY_FAILPOINT").is_ok_and(|v| v == name) {
+        std::process::abort();
+    }
 }
 
 /// Kafka's murmur2 (the Java client's default partitioner), so other producers of the same
