@@ -576,3 +576,47 @@ async fn kafka_source_resumes_after_kill9_without_applying_twice() {
     assert_eq!(common::rows(&client, "SELECT sum(amount) FROM transfers").await, vec![row(&[&sum.to_string()])]);
     server.terminate();
 }
+
+/// A transaction that lost an event (END counts 3, 2 arrive) must not hold up the ones after
+/// it forever: under continuous input (so no idle flush) it is released incomplete after
+/// `stall_timeout`, and everything after it applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source_releases_a_transaction_that_lost_an_event_under_continuous_input() {
+    let kafka = Kafka::new();
+    let db = Debezium { prefix: common::unique_name("stall") };
+    setup_accounts(&kafka, &db).await;
+    let server = common::TestServer::start().await;
+    let client = server.client().await;
+    let sql = create_source_sql(&kafka, &db).replacen("group_id =", "stall_timeout = '2s', group_id =", 1);
+    client.batch_execute(&sql).await.unwrap();
+    let t1: Vec<Event> = (1..=4).map(|id| ev("accounts", "c", None, account(id, 250))).collect();
+    kafka.transaction(&db, 1, &t1).await;
+    let t2 = vec![
+        ev("accounts", "u", account(1, 250), account(1, 150)),
+        ev("accounts", "u", account(2, 250), account(2, 350)),
+        ev("transfers", "c", None, transfer_row(1, 1, 2, 100)),
+    ];
+    let json = db.events(2, &t2);
+    kafka.send(&db.transaction_topic(), 0, "2", Some(&Debezium::begin(2))).await;
+    kafka.send(&db.topic("accounts"), 0, "k", Some(&json[1])).await;
+    kafka.send(&db.topic("transfers"), 0, "k", Some(&json[2])).await;
+    kafka.send(&db.transaction_topic(), 0, "2", Some(&Debezium::end(2, &t2))).await;
+    // Later transactions keep coming, each complete.
+    let started = Instant::now();
+    let mut tx = 3;
+    loop {
+        let transfer = ev("transfers", "c", None, transfer_row(tx, 3, 4, 0));
+        kafka.transaction(&db, tx, &[transfer]).await;
+        let applied = common::rows(&client, "SELECT count(*) FROM transfers").await;
+        let account2 = common::rows(&client, "SELECT balance FROM accounts WHERE id = 2").await;
+        if account2 == vec![row(&["350"])] && applied[0][0].as_deref().unwrap().parse::<i64>().unwrap() >= tx - 3 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "still held up after {tx} transactions: {applied:?} {account2:?}");
+        tx += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The lost event's row kept its old value; the rest of T2 and everything after applied.
+    eventually(&client, "SELECT id, balance FROM accounts WHERE id <= 2", vec![row(&["1", "250"]), row(&["2", "350"])]).await;
+    eventually(&client, "SELECT count(*) FROM transfers", vec![row(&[&(tx - 1).to_string()])]).await;
+}

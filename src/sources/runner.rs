@@ -27,6 +27,9 @@ use crate::storage::keyspace;
 pub struct SourceConfig {
     pub connector: ConnectorConfig,
     pub boundaries: TxnBoundaries,
+    /// How long transactions may be pending with none released, while input goes on, before
+    /// those that cannot complete by themselves (a lost event or END) are released incomplete.
+    pub stall_timeout: Duration,
 }
 
 /// One variant per connector, holding its options.
@@ -39,7 +42,7 @@ pub enum ConnectorConfig {
 }
 
 /// Options every connector takes.
-const COMMON_OPTIONS: &[&str] = &["connector", "format", "transactions"];
+const COMMON_OPTIONS: &[&str] = &["connector", "format", "transactions", "stall_timeout"];
 
 impl SourceConfig {
     /// Validate `WITH (...)` options.
@@ -73,7 +76,11 @@ impl SourceConfig {
         if let Some((k, _)) = options.iter().find(|(k, _)| !known(k)) {
             return Err(format!("unknown option \"{k}\" for this connector"));
         }
-        Ok(SourceConfig { connector, boundaries })
+        let stall_timeout = match get("stall_timeout") {
+            Some(t) => crate::sql::parse_duration(&t).map_err(|e| e.to_string())?,
+            None => Duration::from_secs(30),
+        };
+        Ok(SourceConfig { connector, boundaries, stall_timeout })
     }
 
     fn connect(&self) -> Box<dyn Connector> {
@@ -245,6 +252,9 @@ struct Reading {
     /// Per stream, the offset after the last record read.
     read_to: HashMap<Stream, u64>,
     last_input: Instant,
+    /// Since when transactions have been pending with none released.
+    stalled_since: Option<Instant>,
+    released: u64,
 }
 
 impl Runner {
@@ -316,6 +326,16 @@ impl Runner {
             {
                 outputs.extend(r.assembler.flush());
             }
+            // Under continuous input the idle flush never comes: a transaction that lost an
+            // event would hold up every later one. Release what cannot complete after a while.
+            let released = r.assembler.stats().released;
+            if r.assembler.pending() == 0 || released != r.released {
+                r.released = released;
+                r.stalled_since = None;
+            } else if r.stalled_since.get_or_insert_with(Instant::now).elapsed() >= self.config.stall_timeout {
+                outputs.extend(r.assembler.release_stalled());
+                r.stalled_since = None;
+            }
             self.apply(outputs, r).await?;
             let pending = r.assembler.pending() as u64;
             let lag = self.connector.lag();
@@ -347,7 +367,7 @@ impl Runner {
         let assembler = TxnAssembler::new(bindings, boundaries)?;
         let resume = self.offsets.resume(&ids);
         self.connector.open(&upstreams, &resume).await?;
-        Ok(Reading { assembler, tables, ids, read_to: resume, last_input: Instant::now() })
+        Ok(Reading { assembler, tables, ids, read_to: resume, last_input: Instant::now(), stalled_since: None, released: 0 })
     }
 
     /// Commit released transactions one by one, each with the offsets that resume right
