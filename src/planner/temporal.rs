@@ -53,7 +53,7 @@ impl ScalarUDFImpl for WithinWindow {
     }
 }
 
-pub fn now_micros() -> i64 {
+fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
 }
 

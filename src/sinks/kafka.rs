@@ -5,9 +5,9 @@
 //! so changes of one key stay in order. After a round is acknowledged the task records the
 //! tick it reached and each partition's next offset, then deletes the delivered outbox
 //! entries. After a crash or a broker error it reads every partition from the recorded offset
-//! to the end and skips the messages it finds there: with one request in flight, what reached
-//! a partition is a prefix of what was sent to it. This needs no Kafka transactions, which
-//! the test broker (tansu) does not have.
+//! to the end (once the ends stand still) and skips the messages it finds there: with one
+//! request in flight, what reached a partition is a prefix of what was sent to it. This needs
+//! no Kafka transactions, which the test broker (tansu) does not have.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -44,7 +44,7 @@ pub struct SinkStatus {
     pub relation: String,
     pub topic: String,
     pub format: String,
-    /// `starting`, `running`, or `retrying: <error>`.
+    /// `starting`, `running`, `waiting for the broker`, or `retrying: <error>`.
     pub state: String,
     /// Every change up to this tick is in the topic.
     pub delivered_tick: u64,
