@@ -1,5 +1,6 @@
 //! `velocity bench ...`: benchmarks that print a table and the command that reproduces it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,21 @@ pub enum Bench {
         #[arg(long, default_value_t = 300)]
         updates: usize,
     },
+    /// A Kafka sink: rows through the outbox to a real broker (throughput), then single-row
+    /// updates from commit to a Kafka consumer receiving them (latency).
+    Sink {
+        /// Bootstrap servers of a Kafka-protocol broker.
+        #[arg(long)]
+        brokers: String,
+        /// Rows inserted, in transactions of `--batch` rows.
+        #[arg(long, default_value_t = 200_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Single-row updates to time.
+        #[arg(long, default_value_t = 300)]
+        updates: usize,
+    },
     /// The whole logistics pipeline (queries/velocity.sql) fed by the TMS simulator as fast as
     /// it goes, against recomputing every view from scratch every 5 seconds.
     Velocity {
@@ -77,6 +93,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Source { events } => source(events).await,
         Bench::Velocity { scale, events } => pipeline(scale, events).await,
         Bench::Subscribe { loads, updates } => subscribe_latency(loads, updates).await,
+        Bench::Sink { brokers, rows, batch, updates } => sink(&brokers, rows, batch, updates).await,
     }
 }
 
@@ -503,6 +520,93 @@ async fn subscribe_latency(loads: usize, updates: usize) -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     println!(
         "| {loads} | {updates} | {:.2} | {:.2} | {:.2} | {} |",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
+        peak_rss_mib()
+    );
+    Ok(())
+}
+
+/// `velocity bench sink`: see [`Bench::Sink`].
+async fn sink(brokers: &str, rows: usize, batch: usize, updates: usize) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    println!("velocity bench sink --brokers {brokers} --rows {rows} --batch {batch} --updates {updates}");
+    let dir = tempfile::tempdir()?;
+    let (_server, client, _) = local_server(&dir.path().join("data")).await?;
+    let topic = format!("velocity-bench-sink-{}", std::process::id());
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE counters (id BIGINT PRIMARY KEY, label TEXT, n BIGINT);
+             CREATE SINK counters_out FROM counters WITH (connector = 'kafka', brokers = '{brokers}', topic = '{topic}', partitions = 3)"
+        ))
+        .await?;
+    // Every message's (id, n) and when it arrived, read by a plain consumer.
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<((i64, i64), Instant)>();
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let started = Instant::now();
+    while consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))?.topics().first().is_none_or(|t| t.partitions().len() < 3) {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the sink did not create topic {topic}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..3 {
+        assignment.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    std::thread::spawn(move || {
+        loop {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
+            let at = Instant::now();
+            let Some(v) = m.payload().and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()) else { continue };
+            if let (Some(id), Some(n)) = (v["id"].as_i64(), v["n"].as_i64()) && arrived_tx.send(((id, n), at)).is_err() {
+                return;
+            }
+        }
+    });
+
+    let started = Instant::now();
+    for first in (0..rows).step_by(batch) {
+        let last = (first + batch).min(rows) - 1;
+        client
+            .batch_execute(&format!("INSERT INTO counters SELECT value, 'counter-' || value, 0 FROM generate_series({first}, {last}) AS t"))
+            .await?;
+    }
+    let committed_s = started.elapsed().as_secs_f64();
+    for _ in 0..rows {
+        arrived.recv().await.ok_or_else(|| anyhow::anyhow!("the consumer stopped"))?;
+    }
+    let delivered_s = started.elapsed().as_secs_f64();
+
+    let mut rng = Rng(0x5DEECE66D);
+    let mut versions: HashMap<i64, i64> = HashMap::new();
+    let mut latencies = Vec::with_capacity(updates);
+    for _ in 0..updates {
+        let id = (rng.next() % rows as u64) as i64;
+        let n = versions.entry(id).or_insert(0);
+        *n += 1;
+        let sent = Instant::now();
+        client.execute("UPDATE counters SET n = $2 WHERE id = $1", &[&id, &*n]).await?;
+        loop {
+            let (key, at) = arrived.recv().await.ok_or_else(|| anyhow::anyhow!("the consumer stopped"))?;
+            if key == (id, *n) {
+                latencies.push(at.duration_since(sent));
+                break;
+            }
+        }
+    }
+    latencies.sort();
+    println!("\n| rows | committed in s | all in the topic after s | messages/s | update to consumer p50 ms | p99 ms | max ms | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {rows} | {committed_s:.1} | {delivered_s:.1} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+        rows as f64 / delivered_s,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0),
