@@ -348,6 +348,24 @@ fn transfer_row(id: i64, from: i64, to: i64, amount: i64) -> Option<String> {
     Some(format!(r#"{{"id":{id},"from_id":{from},"to_id":{to},"amount":{amount}}}"#))
 }
 
+/// T1: four accounts of 250. T2: 100 from account 1 to 2, its events spread over three
+/// streams, sent complete with BEGIN and END except for the event of account 1, returned.
+async fn send_t1_and_t2_but_one_event(kafka: &Kafka, db: &Debezium) -> String {
+    let t1: Vec<Event> = (1..=4).map(|id| ev("accounts", "c", None, account(id, 250))).collect();
+    kafka.transaction(db, 1, &t1).await;
+    let t2 = vec![
+        ev("accounts", "u", account(1, 250), account(1, 150)),
+        ev("accounts", "u", account(2, 250), account(2, 350)),
+        ev("transfers", "c", None, transfer_row(1, 1, 2, 100)),
+    ];
+    let mut json = db.events(2, &t2);
+    kafka.send(&db.transaction_topic(), 0, "2", Some(&Debezium::begin(2))).await;
+    kafka.send(&db.topic("accounts"), 0, "k", Some(&json[1])).await;
+    kafka.send(&db.topic("transfers"), 0, "k", Some(&json[2])).await;
+    kafka.send(&db.transaction_topic(), 0, "2", Some(&Debezium::end(2, &t2))).await;
+    json.swap_remove(0)
+}
+
 /// Wait until `sql` returns `want`.
 async fn eventually(client: &tokio_postgres::Client, sql: &str, want: Vec<Vec<Option<String>>>) {
     let start = Instant::now();
@@ -403,21 +421,9 @@ async fn kafka_source_applies_whole_transactions_across_topics() {
         states
     });
 
-    // T1: four accounts of 250.
-    let t1: Vec<Event> = (1..=4).map(|id| ev("accounts", "c", None, account(id, 250))).collect();
-    kafka.transaction(&db, 1, &t1).await;
-    // T2: 100 from account 1 to 2, events spread over three streams, and END arrives before
-    // the event of account 1: nothing of T2 may show until that event arrives.
-    let t2 = vec![
-        ev("accounts", "u", account(1, 250), account(1, 150)),
-        ev("accounts", "u", account(2, 250), account(2, 350)),
-        ev("transfers", "c", None, transfer_row(1, 1, 2, 100)),
-    ];
-    let json = db.events(2, &t2);
-    kafka.send(&db.transaction_topic(), 0, "2", Some(&Debezium::begin(2))).await;
-    kafka.send(&db.topic("accounts"), 0, "k", Some(&json[1])).await;
-    kafka.send(&db.topic("transfers"), 0, "k", Some(&json[2])).await;
-    kafka.send(&db.transaction_topic(), 0, "2", Some(&Debezium::end(2, &t2))).await;
+    // T2's END arrives before the event of account 1: nothing of T2 may show until that
+    // event arrives.
+    let account_1_event = send_t1_and_t2_but_one_event(&kafka, &db).await;
     eventually(&client, "SELECT total, n FROM totals", vec![row(&["1000", "4"])]).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -426,7 +432,7 @@ async fn kafka_source_applies_whole_transactions_across_topics() {
         "T2 is incomplete: none of it is visible"
     );
     assert!(common::rows(&client, "SELECT * FROM transfers").await.is_empty());
-    kafka.send(&db.topic("accounts"), 1, "k", Some(&json[0])).await;
+    kafka.send(&db.topic("accounts"), 1, "k", Some(&account_1_event)).await;
 
     // T3: account 3 deleted and re-inserted (net: an update), account 4 updated three times
     // back and forth (net: one update), 50 moved from 3 to 4.
@@ -589,18 +595,8 @@ async fn kafka_source_releases_a_transaction_that_lost_an_event_under_continuous
     let client = server.client().await;
     let sql = create_source_sql(&kafka, &db).replacen("group_id =", "stall_timeout = '2s', group_id =", 1);
     client.batch_execute(&sql).await.unwrap();
-    let t1: Vec<Event> = (1..=4).map(|id| ev("accounts", "c", None, account(id, 250))).collect();
-    kafka.transaction(&db, 1, &t1).await;
-    let t2 = vec![
-        ev("accounts", "u", account(1, 250), account(1, 150)),
-        ev("accounts", "u", account(2, 250), account(2, 350)),
-        ev("transfers", "c", None, transfer_row(1, 1, 2, 100)),
-    ];
-    let json = db.events(2, &t2);
-    kafka.send(&db.transaction_topic(), 0, "2", Some(&Debezium::begin(2))).await;
-    kafka.send(&db.topic("accounts"), 0, "k", Some(&json[1])).await;
-    kafka.send(&db.topic("transfers"), 0, "k", Some(&json[2])).await;
-    kafka.send(&db.transaction_topic(), 0, "2", Some(&Debezium::end(2, &t2))).await;
+    // The event of account 1 never comes.
+    send_t1_and_t2_but_one_event(&kafka, &db).await;
     // Later transactions keep coming, each complete.
     let started = Instant::now();
     let mut tx = 3;
