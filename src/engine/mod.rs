@@ -349,13 +349,9 @@ impl EngineThread {
                 .contents
                 .get(&encoder.relation)
                 .ok_or_else(|| EngineError::UndefinedObject(format!("relation {}", encoder.relation)))?;
-            let info = self.next_tick_info();
             let snapshot = contents.scan(&self.store)?;
             let mut writes = TickWrites::default();
-            if !snapshot.is_empty() {
-                let messages = encoder.encode(&snapshot, info.tick, info.committed_at_micros)?;
-                writes.put(&crate::sinks::outbox_key(relation.id, info.tick), &crate::sinks::encode_outbox(&messages));
-            }
+            encoder.write_outbox(&snapshot, self.next_tick_info(), &mut writes)?;
             self.catalog.write().expect("catalog lock").insert(relation.clone(), Some(&mut writes));
             if let Err(e) = self.commit_writes(writes, HashMap::new()) {
                 self.catalog.write().expect("catalog lock").remove(&relation.name, &mut TickWrites::default());
@@ -548,11 +544,10 @@ impl EngineThread {
             return Err(e);
         }
         // Sinks' messages commit with the changes they carry.
-        for (id, encoder) in &self.sinks {
+        for encoder in self.sinks.values() {
             let Some(changes) = changed.get(&encoder.relation) else { continue };
-            match encoder.encode(changes, info.tick, info.committed_at_micros) {
-                Ok(messages) => writes.put(&crate::sinks::outbox_key(*id, info.tick), &crate::sinks::encode_outbox(&messages)),
-                Err(e) => failure = Some(e.into()),
+            if let Err(e) = encoder.write_outbox(changes, info, &mut writes) {
+                failure = Some(e.into());
             }
         }
         if let Some(e) = failure {

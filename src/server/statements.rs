@@ -27,7 +27,7 @@ use super::error::{from_datafusion, from_engine, from_plan, pg_error};
 use super::relation_table::RelationTable;
 use crate::catalog::{Relation, RelationKind, SourceBinding};
 use crate::sinks::kafka::{SinkRegistry, SinkStatus};
-use crate::sinks::{SinkConfig, SinkEncoder, SinkError, SinkFormat};
+use crate::sinks::{SinkConfig, SinkEncoder, SinkError};
 use crate::sources::runner::{SourceConfig, SourceRegistry};
 use crate::dataflow::ChangeBatch;
 use crate::engine::{Commit, Engine};
@@ -401,11 +401,7 @@ impl VelocityHook {
         let status = SinkStatus {
             relation: from.to_string(),
             topic: config.topic.clone(),
-            format: match config.format {
-                SinkFormat::UpsertJson => "upsert-json",
-                SinkFormat::DebeziumJson => "debezium-json",
-            }
-            .to_string(),
+            format: config.format.name().to_string(),
             state: "starting".into(),
             ..Default::default()
         };

@@ -123,14 +123,14 @@ impl<'a> Delivery<'a> {
         for result in admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(BROKER_TIMEOUT))).await? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, e)) => return Err(SinkError::Kafka(KafkaError::AdminOp(e)).context(&t)),
+                Err((t, e)) => return Err(SinkError::Delivery(format!("creating topic {t}: {e}"))),
             }
         }
         let (brokers, topic_name) = (config.brokers.clone(), config.topic.clone());
         let stored = engine.store.get(&progress_key(id))?;
         let (partitions, progress, found) = tokio::task::spawn_blocking(move || read_topic(&brokers, &topic_name, stored))
             .await
-            .map_err(|e| SinkError::Options(format!("reading the topic back: {e}")))??;
+            .map_err(|e| SinkError::Delivery(format!("reading the topic back: {e}")))??;
         let delivery = Delivery { engine, registry, id, name, topic: &config.topic, producer, partitions, progress, found };
         tracing::info!(
             "sink {name}: resuming after tick {} at offsets {:?}; already in the topic: {:?}",
@@ -183,7 +183,7 @@ impl<'a> Delivery<'a> {
             };
             set_state(self.registry, self.name, "running".into());
             for delivered in results {
-                let delivered = delivered.map_err(|_| SinkError::Options("the producer was closed".into()))?;
+                let delivered = delivered.map_err(|_| SinkError::Delivery("the producer was closed".into()))?;
                 let d = delivered.map_err(|(e, _)| SinkError::Kafka(e))?;
                 let next = self.progress.next_offsets.entry(d.partition).or_insert(0);
                 *next = (*next).max(d.offset + 1);
@@ -262,29 +262,28 @@ fn read_topic(brokers: &str, topic: &str, stored: Option<Vec<u8>>) -> Result<(i3
     let metadata = consumer.fetch_metadata(Some(topic), BROKER_TIMEOUT)?;
     let partitions = metadata.topics().first().map(|t| t.partitions().len() as i32).unwrap_or(0);
     if partitions == 0 {
-        return Err(SinkError::Options(format!("topic {topic} has no partitions")));
+        return Err(SinkError::Delivery(format!("topic {topic} has no partitions")));
     }
     let ends_now = || -> Result<BTreeMap<i32, i64>> {
         (0..partitions).map(|p| Ok((p, consumer.fetch_watermarks(topic, p, BROKER_TIMEOUT)?.1))).collect()
     };
     let mut ends = ends_now()?;
-    let stored_progress = stored.is_some();
+    // A new sink starts where the topic ends and has nothing to read back.
+    let Some(stored) = stored else {
+        return Ok((partitions, Progress { tick: 0, next_offsets: ends }, HashMap::new()));
+    };
+    let progress: Progress =
+        serde_json::from_slice(&stored).map_err(|e| SinkError::Delivery(format!("stored sink progress: {e}")))?;
     // After a crash, the dead process's last produce requests may still be landing: read
     // back only once the partitions' ends stand still.
-    if stored_progress {
-        for _ in 0..20 {
-            std::thread::sleep(Duration::from_millis(500));
-            let again = ends_now()?;
-            if again == ends {
-                break;
-            }
-            ends = again;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        let again = ends_now()?;
+        if again == ends {
+            break;
         }
+        ends = again;
     }
-    let progress = match stored {
-        Some(bytes) => serde_json::from_slice::<Progress>(&bytes).map_err(|e| SinkError::Options(format!("stored sink progress: {e}")))?,
-        None => Progress { tick: 0, next_offsets: ends.clone() },
-    };
     // Read what was delivered after the recorded progress: at least up to the ends, and on
     // until nothing more arrives for a moment (tansu reports a partition's end before the
     // last record batch is complete).
@@ -298,14 +297,12 @@ fn read_topic(brokers: &str, topic: &str, stored: Option<Vec<u8>>) -> Result<(i3
         }
     }
     let mut found = HashMap::new();
-    if stored_progress {
-        consumer.assign(&assignment)?;
-    }
+    consumer.assign(&assignment)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last_message = Instant::now();
-    while stored_progress && (!behind.is_empty() || last_message.elapsed() < READBACK_QUIET) {
+    while !behind.is_empty() || last_message.elapsed() < READBACK_QUIET {
         if Instant::now() > deadline {
-            return Err(SinkError::Options(format!("could not read back partitions {:?} of {topic}", behind.keys().collect::<Vec<_>>())));
+            return Err(SinkError::Delivery(format!("could not read back partitions {:?} of {topic}", behind.keys().collect::<Vec<_>>())));
         }
         let Some(message) = consumer.poll(Duration::from_millis(50)) else { continue };
         let message = message?;
@@ -361,12 +358,6 @@ fn murmur2(data: &[u8]) -> i32 {
     h = h.wrapping_mul(M);
     h ^= h >> 15;
     h as i32
-}
-
-impl SinkError {
-    fn context(self, what: &str) -> SinkError {
-        SinkError::Options(format!("{what}: {self}"))
-    }
 }
 
 #[cfg(test)]

@@ -9,13 +9,13 @@
 pub mod kafka;
 
 use arrow::array::AsArray;
-use arrow::datatypes::DataType;
 use serde_json::{Map, Value};
 
 use crate::catalog::Relation;
 use crate::dataflow::ChangeBatch;
 use crate::dataflow::changelog::ChangelogSpec;
-use crate::storage::{StorageError, keyspace};
+use crate::dataflow::graph::TickInfo;
+use crate::storage::{StorageError, TickWrites, keyspace};
 
 /// Errors of a sink: its definition, its encoding or its delivery.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,8 @@ pub enum SinkError {
     UnknownColumn(String),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{0}")]
+    Delivery(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("encoding changes: {0}")]
@@ -44,6 +46,16 @@ pub enum SinkFormat {
     UpsertJson,
     /// Key as above; value: a Debezium envelope `{before, after, op, ts_ms, source}`.
     DebeziumJson,
+}
+
+impl SinkFormat {
+    /// The name `format = '...'` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkFormat::UpsertJson => "upsert-json",
+            SinkFormat::DebeziumJson => "debezium-json",
+        }
+    }
 }
 
 /// `CREATE SINK name FROM relation WITH (...)`.
@@ -76,12 +88,12 @@ impl SinkConfig {
                 )));
             }
         }
-        let format = match get("format").as_deref() {
-            None | Some("upsert-json") => SinkFormat::UpsertJson,
-            Some("debezium-json") => SinkFormat::DebeziumJson,
-            Some(other) => {
-                return Err(SinkError::Options(format!("unknown sink format '{other}' (expected upsert-json or debezium-json)")));
-            }
+        let format = match get("format") {
+            None => SinkFormat::UpsertJson,
+            Some(name) => [SinkFormat::UpsertJson, SinkFormat::DebeziumJson]
+                .into_iter()
+                .find(|f| f.name() == name)
+                .ok_or_else(|| SinkError::Options(format!("unknown sink format '{name}' (expected upsert-json or debezium-json)")))?,
         };
         let partitions = match get("partitions") {
             None => 1,
@@ -149,13 +161,21 @@ impl SinkEncoder {
         })
     }
 
+    /// Put one tick's messages for `changes` into the sink's outbox, in the tick's writes.
+    pub fn write_outbox(&self, changes: &ChangeBatch, tick: TickInfo, writes: &mut TickWrites) -> Result<()> {
+        let messages = self.encode(changes, tick.tick, tick.committed_at_micros)?;
+        if !messages.is_empty() {
+            writes.put(&outbox_key(self.sink, tick.tick), &encode_outbox(&messages));
+        }
+        Ok(())
+    }
+
     /// The messages of one tick, in the order they must be delivered.
     pub fn encode(&self, changes: &ChangeBatch, tick: u64, committed_at_micros: i64) -> Result<Vec<SinkMessage>> {
         let encode_err = |e: &dyn std::fmt::Display| SinkError::Encode(e.to_string());
         let rows = self.changelog.rows(changes, tick, committed_at_micros).map_err(|e| encode_err(&e))?.rows;
         let ops = rows.column(0).as_string::<i32>();
         let side = |i: usize| -> Result<Vec<Value>> {
-            let DataType::Struct(_) = rows.schema().field(i).data_type() else { unreachable!("changelog sides are structs") };
             crate::functions::json::to_json_values(rows.column(i), rows.schema().field(i)).map_err(|e| encode_err(&e))
         };
         let (before, after) = (side(1)?, side(2)?);
@@ -258,7 +278,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use arrow::datatypes::{Field, Schema};
+    use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::scalar::ScalarValue;
 
     use crate::catalog::RelationKind;

@@ -56,12 +56,7 @@ impl Store {
 
     /// All `(key, value)` pairs whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
-        self.for_each_prefix(prefix, |k, v| {
-            out.push((k.to_vec(), v.to_vec()));
-            Ok(())
-        })?;
-        Ok(out)
+        self.scan_from(prefix, prefix, usize::MAX)
     }
 
     /// Up to `limit` pairs under `prefix` whose key is at least `from`, in key order.
