@@ -58,6 +58,20 @@ pub enum Bench {
         #[arg(long, default_value_t = 300)]
         updates: usize,
     },
+    /// queries/velocity.sql fed from a Debezium JSON-lines file written by the TMS simulator,
+    /// once per step limit: throughput, step latency and transactions per step, against the
+    /// same binary decoding and deduplicating the same file in memory.
+    Steps {
+        /// Simulated TMS transactions in the file.
+        #[arg(long, default_value_t = 15_000)]
+        transactions: u64,
+        /// Loads in flight in the simulator.
+        #[arg(long, default_value_t = 1_000)]
+        scale: usize,
+        /// Most transactions per engine step, one run each; 0 is the adaptive default.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000,0")]
+        limits: Vec<usize>,
+    },
     /// The whole logistics pipeline (queries/velocity.sql) fed by the TMS simulator as fast as
     /// it goes, against recomputing every view from scratch every 5 seconds.
     Velocity {
@@ -67,6 +81,13 @@ pub enum Bench {
         /// Stop after this many change events.
         #[arg(long, default_value_t = 5_000_000)]
         events: u64,
+        /// Offered load in simulated transactions per second; 0: as fast as it goes.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Seconds between full recomputes of every view (the MicroBatch way) in the same
+        /// run; 0: none.
+        #[arg(long, default_value_t = 5)]
+        recompute_every: u64,
     },
 }
 
@@ -91,7 +112,8 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             Ok(())
         }
         Bench::Source { events } => source(events).await,
-        Bench::Velocity { scale, events } => pipeline(scale, events).await,
+        Bench::Velocity { scale, events, rate, recompute_every } => pipeline(scale, events, rate, recompute_every).await,
+        Bench::Steps { transactions, scale, limits } => steps(transactions, scale, &limits).await,
         Bench::Subscribe { loads, updates } => subscribe_latency(loads, updates).await,
         Bench::Sink { brokers, rows, batch, updates } => sink(&brokers, rows, batch, updates).await,
     }
@@ -353,11 +375,11 @@ fn dir_size(path: &std::path::Path) -> u64 {
 }
 
 /// `velocity bench velocity`: the pipeline incrementally vs. recomputed every 5 s.
-async fn pipeline(scale: usize, events: u64) -> anyhow::Result<()> {
-    println!("velocity bench velocity --scale {scale} --events {events}");
+async fn pipeline(scale: usize, events: u64, rate: f64, recompute_every: u64) -> anyhow::Result<()> {
+    println!("velocity bench velocity --scale {scale} --events {events} --rate {rate} --recompute-every {recompute_every}");
     let dir = tempfile::tempdir()?;
     let (server, client, _) = local_server(&dir.path().join("data")).await?;
-    for statement in crate::sql::split_statements(&crate::demo::pipeline_sql(scale, 0.0)) {
+    for statement in crate::sql::split_statements(&crate::demo::pipeline_sql(scale, rate)) {
         client.batch_execute(&statement).await?;
     }
     let views: Vec<(String, String)> = client
@@ -379,9 +401,13 @@ async fn pipeline(scale: usize, events: u64) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let recomputes = tokio::spawn(async move {
         let mut rounds: Vec<Duration> = Vec::new();
+        if recompute_every == 0 {
+            let _ = stop_rx.await;
+            return rounds;
+        }
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(recompute_every)) => {}
                 _ = &mut stop_rx => return rounds,
             }
             let t = Instant::now();
@@ -429,7 +455,7 @@ async fn pipeline(scale: usize, events: u64) -> anyhow::Result<()> {
     println!("\n| approach | events | transactions | events/s | freshness p50 | p99 | max | peak RSS MiB | RocksDB MiB |");
     println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| incremental (per transaction) | {done} | {txns} | {:.0} | {} ms | {} ms | {} ms | {} | {} |",
+        "| incremental (batched steps) | {done} | {txns} | {:.0} | {} ms | {} ms | {} ms | {} | {} |",
         done as f64 / secs,
         at(0.5),
         at(0.99),
@@ -437,16 +463,140 @@ async fn pipeline(scale: usize, events: u64) -> anyhow::Result<()> {
         peak_rss_mib(),
         dir_size(dir.path()) / (1024 * 1024)
     );
-    // A MicroBatch view is as old as the wait for the next round plus the round itself.
-    let recompute = |p: f64| if rounds.is_empty() { 0.0 } else { percentile(&rounds, p) };
-    println!(
-        "| recompute every 5 s (MicroBatch), {} rounds | | | | {:.0} ms (2.5 s + recompute p50) | {:.0} ms (5 s + recompute p99) | {:.0} ms | | |",
-        rounds.len(),
-        2500.0 + recompute(0.5),
-        5000.0 + recompute(0.99),
-        5000.0 + recompute(1.0)
+    if !rounds.is_empty() {
+        // A MicroBatch view is as old as the wait for the next round plus the round itself.
+        let every_ms = recompute_every as f64 * 1000.0;
+        let recompute = |p: f64| percentile(&rounds, p);
+        println!(
+            "| recompute every {recompute_every} s (MicroBatch), {} rounds | | | | {:.0} ms (half the period + recompute p50) | {:.0} ms (period + recompute p99) | {:.0} ms | | |",
+            rounds.len(),
+            every_ms / 2.0 + recompute(0.5),
+            every_ms + recompute(0.99),
+            every_ms + recompute(1.0)
+        );
+        println!("\none recompute of the {} views (p50 / p99 / max): {:.0} / {:.0} / {:.0} ms", views.len(), recompute(0.5), recompute(0.99), recompute(1.0));
+    }
+    Ok(())
+}
+
+/// One run of `velocity bench steps`.
+struct StepsRun {
+    limit: usize,
+    secs: f64,
+    steps: usize,
+    step_p50_ms: f64,
+    step_p99_ms: f64,
+    step_max_ms: f64,
+}
+
+/// `velocity bench steps`: the pipeline from a Debezium file at several step sizes.
+async fn steps(transactions: u64, scale: usize, limits: &[usize]) -> anyhow::Result<()> {
+    use crate::sources::logistics::{Scenario, Simulator};
+    use crate::sources::txn::{AssemblerOutput, Position, TxnAssembler, TxnBoundaries};
+    use std::io::Write;
+    let limit_list = limits.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",");
+    println!("velocity bench steps --transactions {transactions} --scale {scale} --limits {limit_list}");
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tms.jsonl");
+    let mut lines = Vec::new();
+    let mut simulator = Simulator::new(Scenario { scale, seed: 42 });
+    let mut events = 0usize;
+    for _ in 0..transactions {
+        let txn = simulator.next_txn();
+        events += txn.changes.len();
+        lines.extend(txn.debezium(txn.commit_us / 1000));
+    }
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        for line in &lines {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+    }
+    let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
+    eprintln!("{transactions} transactions, {events} events, {:.1} MB of Debezium JSON", bytes as f64 / 1e6);
+    let sql = crate::demo::pipeline_sql(scale, 0.0).replace(
+        &format!("connector = 'generator', scenario = 'logistics', scale = {scale}, rate = 0"),
+        &format!("connector = 'file', path = '{}', transactions = 'metadata'", file.display()),
     );
-    println!("\none recompute of the {} views (p50 / p99 / max): {:.0} / {:.0} / {:.0} ms", views.len(), recompute(0.5), recompute(0.99), recompute(1.0));
+    anyhow::ensure!(sql.contains("connector = 'file'"), "the pipeline's CREATE SOURCE was not replaced");
+
+    let mut runs = Vec::new();
+    let mut bindings = Vec::new();
+    for &limit in limits {
+        let data = tempfile::tempdir_in(dir.path())?;
+        let (server, client, _) = local_server(data.path()).await?;
+        server.engine.set_step_limit(limit);
+        for statement in crate::sql::split_statements(&sql) {
+            client.batch_execute(&statement).await?;
+        }
+        let started = Instant::now();
+        loop {
+            let row = client.query_one("SELECT transactions FROM velocity_catalog.sources WHERE name = 'tms'", &[]).await?;
+            let done: i64 = row.get(0);
+            eprint!("\rstep limit {limit}: {done}/{transactions} transactions, {:.0} s", started.elapsed().as_secs_f64());
+            if done as u64 >= transactions {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!();
+        let mut latencies: Vec<Duration> =
+            server.engine.stats.read().expect("stats lock").tick_latencies_us.iter().map(|us| Duration::from_micros(*us)).collect();
+        latencies.sort();
+        anyhow::ensure!(!latencies.is_empty(), "no step was timed");
+        runs.push(StepsRun {
+            limit,
+            secs,
+            steps: latencies.len(),
+            step_p50_ms: percentile(&latencies, 0.5),
+            step_p99_ms: percentile(&latencies, 0.99),
+            step_max_ms: percentile(&latencies, 1.0),
+        });
+        if bindings.is_empty() {
+            bindings = crate::sources::runner::table_bindings(&server.engine, "tms");
+        }
+        drop(client);
+        drop(server);
+    }
+
+    // The same file decoded and deduplicated in memory by the same binary: the ceiling.
+    let mut assembler = TxnAssembler::new(bindings, TxnBoundaries::Metadata)?;
+    let mut decoder = crate::sources::debezium::Decoder::new();
+    let path = file.display().to_string();
+    let started = Instant::now();
+    let mut released = 0usize;
+    for (line, raw) in lines.iter().enumerate() {
+        let record = decoder.decode(Some(raw.as_bytes()));
+        let position = Position::File { path: path.clone(), line: line as u64 };
+        for output in assembler.push(position, raw.as_bytes(), record) {
+            if let AssemblerOutput::CompleteTxn(_) = output {
+                released += 1;
+            }
+        }
+    }
+    let decode_secs = started.elapsed().as_secs_f64().max(1e-9);
+    let decode_eps = events as f64 / decode_secs;
+    println!("\nin memory, decode + transaction dedup of the same file: {decode_eps:.0} events/s ({released} transactions)");
+    println!("\n| step limit (transactions) | events/s | transactions/s | x in-memory decode | steps | transactions per step | step p50 ms | step p99 ms | step max ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in &runs {
+        let eps = events as f64 / r.secs;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2}x | {} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            if r.limit == 0 { "adaptive".to_string() } else { r.limit.to_string() },
+            eps,
+            transactions as f64 / r.secs,
+            eps / decode_eps,
+            r.steps,
+            transactions as f64 / r.steps.max(1) as f64,
+            r.step_p50_ms,
+            r.step_p99_ms,
+            r.step_max_ms,
+        );
+    }
+    println!("\npeak RSS {} MiB (the largest run)", peak_rss_mib());
     Ok(())
 }
 

@@ -718,7 +718,7 @@ impl Aggregate {
                     match extreme {
                         Some((row, _)) => {
                             indices.push(Some(found.len() as u32));
-                            found.push(row.clone());
+                            found.push(row.to_vec());
                         }
                         None => indices.push(None),
                     }
@@ -764,7 +764,7 @@ impl Aggregate {
                 .codec
                 .as_ref()
                 .ok_or_else(|| DataflowError::Internal("missing codec".into()))?;
-            let decoded = codec.decode(multiset.keys().map(|k| k.as_slice()))?;
+            let decoded = codec.decode(multiset.keys())?;
             let mut idx: Vec<u32> = Vec::new();
             for (i, &m) in multiset.values().enumerate() {
                 if m < 0 {

@@ -1,9 +1,9 @@
 //! `changes(relation)`: a relation's committed net changes as an append-only relation.
 //!
-//! Each tick's consolidated changes become rows `(op, before, after, tick, committed_at)`.
+//! Each transaction's consolidated changes become rows `(op, before, after, tick, committed_at)`.
 //! With a key (a table's primary key, or columns named in `changes(view, 'col, ...')`)
-//! a retraction and an insertion of the same key in one tick pair up as one `update`;
-//! otherwise they are a `delete` and an `insert`. A tick that leaves a row as it was
+//! a retraction and an insertion of the same key in one transaction pair up as one `update`;
+//! otherwise they are a `delete` and an `insert`. A transaction that leaves a row as it was
 //! consolidates to nothing, so events derived from this fire only on real state changes.
 
 use std::collections::HashMap;
@@ -13,6 +13,7 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, StructArray, 
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
+use super::graph::TickInfo;
 use super::{ChangeBatch, Result, RowCodec};
 
 /// One `changes(...)` input of a dataflow.
@@ -47,9 +48,29 @@ pub fn changelog_input_id(relation: u32, key: &[usize]) -> u32 {
 }
 
 impl ChangelogSpec {
-    /// The changelog rows of one tick's consolidated `changes`, each with weight +1.
-    pub fn rows(&self, changes: &ChangeBatch, tick: u64, committed_at_micros: i64) -> Result<ChangeBatch> {
+    /// The changelog rows of one transaction's consolidated `changes`, each with weight +1.
+    pub fn rows(&self, changes: &ChangeBatch, time: TickInfo) -> Result<ChangeBatch> {
+        self.rows_over(&[(time, changes)])
+    }
+
+    /// The changelog rows of several transactions at once (each transaction's consolidated
+    /// changes with its time): pairs form within a transaction, never across.
+    pub fn rows_over(&self, per_time: &[(TickInfo, &ChangeBatch)]) -> Result<ChangeBatch> {
         let schema = changelog_schema(&self.relation_schema);
+        let concatenated;
+        let changes = match per_time {
+            [(_, only)] => *only,
+            many => {
+                let batches: Vec<ChangeBatch> = many.iter().map(|(_, c)| (*c).clone()).collect();
+                concatenated = ChangeBatch::concat(&self.relation_schema, &batches)?;
+                &concatenated
+            }
+        };
+        // The time of each input row.
+        let mut row_time: Vec<u32> = Vec::with_capacity(changes.len());
+        for (t, (_, c)) in per_time.iter().enumerate() {
+            row_time.extend(std::iter::repeat_n(t as u32, c.len()));
+        }
         // (before index, after index) per output row.
         let mut pairs: Vec<(Option<u32>, Option<u32>)> = Vec::new();
         let unpaired = |i: usize, w: i64, pairs: &mut Vec<(Option<u32>, Option<u32>)>| {
@@ -65,11 +86,11 @@ impl ChangelogSpec {
             let keys = changes.rows.project(&self.key)?;
             let codec = RowCodec::new(keys.schema())?;
             let encoded = codec.encode(&keys)?;
-            let mut by_key: HashMap<&[u8], (Vec<usize>, Vec<usize>)> = HashMap::new();
-            let mut order: Vec<&[u8]> = Vec::new();
+            let mut by_key: HashMap<(u32, &[u8]), (Vec<usize>, Vec<usize>)> = HashMap::new();
+            let mut order: Vec<(u32, &[u8])> = Vec::new();
             for (i, k) in encoded.iter().enumerate() {
-                let entry = by_key.entry(k.as_slice()).or_insert_with(|| {
-                    order.push(k.as_slice());
+                let entry = by_key.entry((row_time[i], k.as_slice())).or_insert_with(|| {
+                    order.push((row_time[i], k.as_slice()));
                     (Vec::new(), Vec::new())
                 });
                 let w = changes.weights.value(i);
@@ -78,14 +99,13 @@ impl ChangelogSpec {
                 }
             }
             for k in order {
-                let (minus, plus) = &by_key[k];
+                let (minus, plus) = &by_key[&k];
                 let n = minus.len().max(plus.len());
                 for j in 0..n {
                     pairs.push((minus.get(j).map(|&i| i as u32), plus.get(j).map(|&i| i as u32)));
                 }
             }
         }
-        let n = pairs.len();
         let op: StringArray = pairs
             .iter()
             .map(|p| Some(match p {
@@ -108,13 +128,10 @@ impl ChangelogSpec {
         };
         let before = side(|p| p.0)?;
         let after = side(|p| p.1)?;
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(op),
-            before,
-            after,
-            Arc::new(Int64Array::from(vec![tick as i64; n])),
-            Arc::new(TimestampMicrosecondArray::from(vec![committed_at_micros; n]).with_timezone("+00:00")),
-        ];
+        let time_of = |p: &(Option<u32>, Option<u32>)| per_time[row_time[p.0.or(p.1).unwrap_or(0) as usize] as usize].0;
+        let ticks: Int64Array = pairs.iter().map(|p| Some(time_of(p).tick as i64)).collect();
+        let committed: TimestampMicrosecondArray = pairs.iter().map(|p| Some(time_of(p).committed_at_micros)).collect();
+        let columns: Vec<ArrayRef> = vec![Arc::new(op), before, after, Arc::new(ticks), Arc::new(committed.with_timezone("+00:00"))];
         let rows = RecordBatch::try_new(schema, columns)?;
         Ok(ChangeBatch::uniform(rows, 1))
     }
@@ -135,7 +152,7 @@ mod tests {
             vec![(-1, row(1, "LOADING")), (1, row(1, "DEPARTED")), (1, row(2, "PLANNED")), (-1, row(3, "X"))],
         );
         let spec = ChangelogSpec { input: changelog_input_id(7, &[0]), relation: 7, key: vec![0], relation_schema: schema };
-        let out = spec.rows(&changes, 5, 1_000).unwrap();
+        let out = spec.rows(&changes, TickInfo { tick: 5, committed_at_micros: 1_000 }).unwrap();
         let ops = out.rows.column(0).as_any().downcast_ref::<StringArray>().unwrap();
         let ops: Vec<&str> = ops.iter().map(|o| o.unwrap()).collect();
         assert_eq!(ops, vec!["update", "insert", "delete"]);

@@ -113,7 +113,7 @@ impl SideState {
                     total = add(total, *w)?;
                 }
                 if total != 0 {
-                    counts.insert(key.clone(), total);
+                    counts.insert(key.to_vec(), total);
                 }
             }
         }
@@ -398,7 +398,7 @@ impl Join {
             if let Some(rows) = self.sides[other].rows.get(key) {
                 let start = other_rows.len();
                 for (row, w) in rows {
-                    other_rows.push(row.clone());
+                    other_rows.push(row.to_vec());
                     other_mult.push(*w);
                     other_key.push(ki);
                 }

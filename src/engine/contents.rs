@@ -22,8 +22,58 @@ pub struct Contents {
     key: Option<(Vec<usize>, RowCodec)>,
 }
 
-/// This tick's not-yet-committed contents writes, read before the store.
-pub type Overlay = HashMap<Vec<u8>, Option<Vec<u8>>>;
+/// This step's not-yet-committed contents writes, read before the store. While a journal
+/// is open, its writes can be rolled back: one rejected commit of a step leaves the others'
+/// writes as they were, without copying the overlay per commit.
+#[derive(Default)]
+pub struct Overlay {
+    entries: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Each journaled write's key and the entry it replaced (`None`: there was none).
+    journal: Option<Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>>,
+}
+
+impl Overlay {
+    pub fn new() -> Overlay {
+        Overlay::default()
+    }
+
+    /// `Some(None)`: deleted in this step; `None`: not written in this step.
+    fn get(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.entries.get(key)
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        match &mut self.journal {
+            Some(journal) => {
+                let previous = self.entries.insert(key.clone(), value);
+                journal.push((key, previous));
+            }
+            None => {
+                self.entries.insert(key, value);
+            }
+        }
+    }
+
+    /// Start recording writes so that [`Overlay::rollback`] can undo them.
+    pub fn begin(&mut self) {
+        self.journal = Some(Vec::new());
+    }
+
+    /// Keep the writes since [`Overlay::begin`].
+    pub fn keep(&mut self) {
+        self.journal = None;
+    }
+
+    /// Undo the writes since [`Overlay::begin`].
+    pub fn rollback(&mut self) {
+        for (key, previous) in self.journal.take().unwrap_or_default().into_iter().rev() {
+            match previous {
+                Some(v) => self.entries.insert(key, v),
+                None => self.entries.remove(&key),
+            };
+        }
+    }
+}
 
 impl Contents {
     pub fn new(id: u32, name: &str, schema: SchemaRef, primary_key: &[usize]) -> Result<Contents> {
@@ -197,7 +247,7 @@ impl Contents {
 
 /// Move an overlay into the tick's writes.
 pub fn flush_overlay(overlay: Overlay, writes: &mut TickWrites) {
-    for (k, v) in overlay {
+    for (k, v) in overlay.entries {
         match v {
             Some(v) => writes.put(&k, &v),
             None => writes.delete(&k),

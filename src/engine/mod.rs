@@ -1,21 +1,25 @@
 //! The engine: owns storage, the catalog and every dataflow, and advances in ticks.
 //!
-//! A tick takes the pending commits, applies them to table contents, pushes the changes
-//! through every dataflow in dependency order and commits contents, operator state and
-//! catalog changes in one RocksDB `WriteBatch`. Readers hold the [`Engine::gate`] while
-//! they copy data, so they never observe half a tick.
+//! A step takes the pending commits (many source and client transactions under load),
+//! applies them to table contents in order, pushes the changes through every dataflow in
+//! dependency order and commits contents, operator state, source offsets and catalog
+//! changes in one RocksDB `WriteBatch` with one fsync (group commit). Each transaction keeps
+//! its own tick number (its logical time) inside the step, so `changes()` sees each one's
+//! own before and after. Readers hold the [`Engine::gate`] while they copy data, so they
+//! never observe part of a step.
 
 pub mod contents;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{Catalog, Relation, RelationKind};
-use crate::dataflow::graph::{Dataflow, TickInfo};
+use crate::dataflow::graph::{Dataflow, StepChanges, TickInfo};
 use crate::dataflow::{ChangeBatch, DataflowError};
 use crate::sinks::{SinkEncoder, SinkError};
 use crate::storage::{StorageError, Store, TickWrites, keyspace};
@@ -61,7 +65,39 @@ pub struct Commit {
     pub extra_writes: Vec<(Vec<u8>, Vec<u8>)>,
     /// When the upstream committed this transaction (ms since the epoch), for freshness.
     pub source_ts_ms: Option<i64>,
+    /// The ordered commits of one source: once one fails, the engine refuses the rest, so a
+    /// source's stored offsets never move past a transaction that was not applied.
+    pub chain: Option<CommitChain>,
 }
+
+impl Commit {
+    /// Rows this commit changes, for sizing steps.
+    fn rows(&self) -> usize {
+        let keyed: usize = self.keyed.iter().map(|(_, k)| k.upserts.num_rows() + k.deletes.num_rows()).sum();
+        let changes: usize = self.changes.iter().map(|(_, c)| c.len()).sum();
+        keyed + changes + 1
+    }
+}
+
+/// Shared by the commits of one source, in submission order (see [`Commit::chain`]).
+#[derive(Clone, Default)]
+pub struct CommitChain(Arc<AtomicBool>);
+
+impl CommitChain {
+    fn broken(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn break_off(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Rows one step takes at most (with at least one commit): big enough to amortise a step's
+/// fixed cost, small enough to keep a step's latency and memory bounded.
+const STEP_ROW_BUDGET: usize = 200_000;
+/// Commits one step takes at most.
+const STEP_COMMIT_BUDGET: usize = 8192;
 
 /// Final rows and deleted keys of one table in one source transaction.
 pub struct KeyedChanges {
@@ -71,7 +107,8 @@ pub struct KeyedChanges {
     pub deletes: arrow::array::RecordBatch,
 }
 
-/// What a committed tick produced, for changefeeds.
+/// What a committed step produced, for changefeeds: the net change of every relation over
+/// all the step's transactions, stamped with the tick of its last one.
 #[derive(Clone)]
 pub struct TickOutput {
     pub tick: u64,
@@ -117,6 +154,8 @@ pub struct Engine {
     pub gate: Arc<tokio::sync::RwLock<()>>,
     pub ticks: tokio::sync::broadcast::Sender<TickOutput>,
     pub stats: Arc<RwLock<EngineStats>>,
+    /// Most commits per step; 0: the default budget.
+    step_limit: Arc<AtomicUsize>,
 }
 
 impl Engine {
@@ -138,6 +177,7 @@ impl Engine {
             gate: Arc::new(tokio::sync::RwLock::new(())),
             ticks,
             stats: Arc::new(RwLock::new(EngineStats { tick, ..Default::default() })),
+            step_limit: Arc::new(AtomicUsize::new(0)),
         };
         let state = EngineThread {
             store,
@@ -149,6 +189,7 @@ impl Engine {
             dataflows: BTreeMap::new(),
             sinks: BTreeMap::new(),
             tick,
+            step_limit: engine.step_limit.clone(),
         };
         // Weak, so the engine still stops once every handle is gone.
         let clock = engine.requests.downgrade();
@@ -178,6 +219,20 @@ impl Engine {
         self.call(|reply| Request::Commit(commit, reply)).await
     }
 
+    /// Queue a transaction without waiting for it: commits are applied in submission order,
+    /// and the returned future resolves once this one is durable. Lets a source decode the
+    /// next transactions while the engine applies these.
+    pub fn submit(&self, commit: Commit) -> impl Future<Output = Result<u64>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.requests.send(Request::Commit(commit, tx)).is_ok();
+        async move {
+            if !sent {
+                return Err(EngineError::Stopped);
+            }
+            rx.await.map_err(|_| EngineError::Stopped)?
+        }
+    }
+
     pub async fn create_table(&self, relation: Relation, restore: bool) -> Result<()> {
         self.call(|reply| Request::CreateTable { relation, restore, reply }).await
     }
@@ -197,6 +252,11 @@ impl Engine {
         self.call(|reply| Request::Drop { names, reply }).await
     }
 
+    /// Cap the commits one step takes (0: the default budget), for measuring batch sizes.
+    pub fn set_step_limit(&self, commits: usize) {
+        self.step_limit.store(commits, Ordering::Relaxed);
+    }
+
     pub fn current_tick(&self) -> u64 {
         self.stats.read().map(|s| s.tick).unwrap_or(0)
     }
@@ -214,26 +274,37 @@ struct EngineThread {
     /// By sink id.
     sinks: BTreeMap<u32, SinkEncoder>,
     tick: u64,
+    step_limit: Arc<AtomicUsize>,
 }
 
 impl EngineThread {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
         while let Some(first) = rx.blocking_recv() {
-            // Group every commit already waiting into one tick, for throughput.
+            // Group the commits already waiting into one step, up to the step's budget: the
+            // more is waiting, the larger the step (latency stays near one step's work).
             let mut commits = Vec::new();
+            let mut rows = 0;
+            let limit = match self.step_limit.load(Ordering::Relaxed) {
+                0 => STEP_COMMIT_BUDGET,
+                n => n,
+            };
             let mut woken = false;
             let mut next = Some(first);
             while let Some(req) = next.take() {
                 match req {
-                    Request::Commit(c, reply) => commits.push((c, reply)),
+                    Request::Commit(c, reply) => {
+                        rows += c.rows();
+                        commits.push((c, reply));
+                    }
                     Request::Wake => woken = true,
                     other => {
                         let pending = std::mem::take(&mut commits);
+                        rows = 0;
                         self.guarded(|engine| engine.run_commits(pending));
                         self.guarded(|engine| engine.handle_ddl(other));
                     }
                 }
-                if commits.len() < 4096 {
+                if commits.len() < limit && rows < STEP_ROW_BUDGET {
                     next = rx.try_recv().ok();
                 }
             }
@@ -248,7 +319,8 @@ impl EngineThread {
     fn run_due(&mut self) {
         let now = self.next_tick_info().committed_at_micros;
         if self.dataflows.values().any(|d| d.wakeup_at().is_some_and(|t| t <= now)) {
-            if let Err(e) = self.propagate(HashMap::new(), contents::Overlay::new(), Vec::new()) {
+            let step = StepChanges::new(vec![self.next_tick_info()]);
+            if let Err(e) = self.propagate(step, contents::Overlay::new(), Vec::new()) {
                 tracing::error!("expiring rows of temporal filters: {e}");
             }
         }
@@ -289,7 +361,7 @@ impl EngineThread {
         if !restore {
             catalog.insert(relation.clone(), Some(&mut writes));
             drop(catalog);
-            self.commit_writes(writes, HashMap::new())?;
+            self.commit_writes(writes, HashMap::new(), 1)?;
         } else {
             catalog.insert(relation.clone(), None);
             drop(catalog);
@@ -322,17 +394,14 @@ impl EngineThread {
                 inputs.insert(id, c.scan(&self.store)?);
             }
             let mut writes = TickWrites::default();
-            let out = match dataflow.step(&inputs, self.next_tick_info(), &mut writes, true) {
-                Ok(out) => out,
-                Err(e) => return Err(e.into()),
-            };
+            let out = dataflow.hydrate(&inputs, self.next_tick_info(), &mut writes)?;
             let mut overlay = contents::Overlay::new();
             contents.apply(&self.store, &mut overlay, &out)?;
             contents::flush_overlay(overlay, &mut writes);
             self.catalog.write().expect("catalog lock").insert(relation.clone(), Some(&mut writes));
             let mut changed = HashMap::new();
             changed.insert(relation.id, out);
-            if let Err(e) = self.commit_writes(writes, changed) {
+            if let Err(e) = self.commit_writes(writes, changed, 1) {
                 self.catalog.write().expect("catalog lock").remove(&relation.name, &mut TickWrites::default());
                 return Err(e);
             }
@@ -340,7 +409,21 @@ impl EngineThread {
         self.restore_row_count(relation.id)?;
         self.contents.insert(relation.id, contents);
         self.dataflows.insert(relation.id, dataflow);
+        self.mark_timed();
         Ok(())
+    }
+
+    /// A view read by `changes(...)`, and every view it reads, must run once per transaction
+    /// time; the others run once per step. Ids grow with creation, so a view's inputs have
+    /// smaller ids: one pass from the newest view settles every flag.
+    fn mark_timed(&mut self) {
+        let mut needed: HashSet<u32> = self.dataflows.values().flat_map(|d| d.changelog_relations()).collect();
+        for (id, dataflow) in self.dataflows.iter_mut().rev() {
+            dataflow.timed = needed.contains(id);
+            if dataflow.timed {
+                needed.extend(dataflow.inputs());
+            }
+        }
     }
 
     fn create_sink(&mut self, relation: Relation, encoder: SinkEncoder, restore: bool) -> Result<()> {
@@ -353,7 +436,7 @@ impl EngineThread {
             let mut writes = TickWrites::default();
             encoder.write_outbox(&snapshot, self.next_tick_info(), &mut writes)?;
             self.catalog.write().expect("catalog lock").insert(relation.clone(), Some(&mut writes));
-            if let Err(e) = self.commit_writes(writes, HashMap::new()) {
+            if let Err(e) = self.commit_writes(writes, HashMap::new(), 1) {
                 self.catalog.write().expect("catalog lock").remove(&relation.name, &mut TickWrites::default());
                 return Err(e);
             }
@@ -387,44 +470,41 @@ impl EngineThread {
             self.dataflows.remove(&rel.id);
         }
         drop(catalog);
-        self.commit_writes(writes, HashMap::new())
+        self.mark_timed();
+        self.commit_writes(writes, HashMap::new(), 1)
     }
 
-    /// Run a group of commits as one tick; if the tick fails, retry them one by one so
+    /// Run a group of commits as one step; if the step fails, retry them one by one so
     /// that only the offending transaction is rejected.
     fn run_commits(&mut self, commits: Vec<(Commit, oneshot::Sender<Result<u64>>)>) {
         if commits.is_empty() {
             return;
         }
         let started = Instant::now();
-        let (accepted, mut rejected) = self.try_tick(commits.iter().map(|(c, _)| c).collect());
-        match accepted {
-            Ok(tick) => {
-                let source_ts_ms =
-                    commits.iter().enumerate().filter(|(i, _)| !rejected.contains_key(i)).filter_map(|(_, (c, _))| c.source_ts_ms).min();
+        let reply = |commit: &Commit, reply: oneshot::Sender<Result<u64>>, result: Result<u64>| {
+            if let (Err(_), Some(chain)) = (&result, &commit.chain) {
+                chain.break_off();
+            }
+            let _ = reply.send(result);
+        };
+        match self.try_step(commits.iter().map(|(c, _)| c).collect()) {
+            Ok(results) => {
+                let source_ts_ms = commits.iter().zip(&results).filter(|(_, r)| r.is_ok()).filter_map(|((c, _), _)| c.source_ts_ms).min();
                 if let Some(ts) = source_ts_ms {
-                    self.record_freshness(tick, ts);
+                    self.record_freshness(self.tick, ts);
                 }
-                for (i, (_, reply)) in commits.into_iter().enumerate() {
-                    let _ = reply.send(match rejected.remove(&i) {
-                        Some(e) => Err(e),
-                        None => Ok(tick),
-                    });
+                for ((commit, tx), result) in commits.into_iter().zip(results) {
+                    reply(&commit, tx, result);
                 }
             }
             Err(e) if commits.len() == 1 => {
-                let _ = commits.into_iter().next().map(|(_, reply)| reply.send(Err(e)));
+                let (commit, tx) = commits.into_iter().next().expect("one commit");
+                reply(&commit, tx, Err(e));
             }
             Err(_) => {
-                for (c, reply) in commits {
-                    let result = self.try_tick(vec![&c]);
-                    let _ = reply.send(match result {
-                        (Ok(tick), rejected) => match rejected.into_values().next() {
-                            Some(e) => Err(e),
-                            None => Ok(tick),
-                        },
-                        (Err(e), _) => Err(e),
-                    });
+                for (commit, tx) in commits {
+                    let result = self.try_step(vec![&commit]).and_then(|mut r| r.pop().unwrap_or(Err(EngineError::Stopped)));
+                    reply(&commit, tx, result);
                 }
             }
         }
@@ -453,112 +533,127 @@ impl EngineThread {
         }
     }
 
-    /// Apply commits as one tick. Commits that violate table constraints are rejected
-    /// individually (second value); an error in a dataflow fails the whole tick.
-    fn try_tick(&mut self, commits: Vec<&Commit>) -> (Result<u64>, HashMap<usize, EngineError>) {
-        let mut rejected = HashMap::new();
+    /// Apply commits as one step, each at its own time (tick), in order. Commits that
+    /// violate table constraints, and later commits of their source, are rejected
+    /// individually (the per-commit results); an error in a dataflow fails the whole step.
+    fn try_step(&mut self, commits: Vec<&Commit>) -> Result<Vec<Result<u64>>> {
+        let mut results = Vec::with_capacity(commits.len());
         let mut overlay = contents::Overlay::new();
-        let mut table_changes: HashMap<u32, Vec<ChangeBatch>> = HashMap::new();
-        let mut extra_writes = Vec::new();
-        for (i, commit) in commits.iter().enumerate() {
-            let mut attempt = overlay.clone();
+        let mut accepted: Vec<Vec<(u32, ChangeBatch)>> = Vec::new();
+        let mut extra_writes = HashMap::new();
+        let first_tick = self.tick + 1;
+        for commit in commits {
+            if commit.chain.as_ref().is_some_and(CommitChain::broken) {
+                results.push(Err(EngineError::SerializationFailure(
+                    "an earlier transaction of this source was not applied".into(),
+                )));
+                continue;
+            }
+            overlay.begin();
+            let attempt = &mut overlay;
             let mut resolved = Vec::new();
             let applied = (|| {
                 for (id, keyed) in &commit.keyed {
                     let c = self.contents.get(id).ok_or_else(|| EngineError::UndefinedObject(format!("relation {id} was dropped")))?;
-                    let changes = c.resolve_keyed(&self.store, &attempt, keyed)?;
-                    c.apply(&self.store, &mut attempt, &changes)?;
+                    let changes = c.resolve_keyed(&self.store, attempt, keyed)?;
+                    c.apply(&self.store, attempt, &changes)?;
                     resolved.push((*id, changes));
                 }
                 for (id, changes) in &commit.changes {
                     let c = self.contents.get(id).ok_or_else(|| EngineError::UndefinedObject(format!("relation {id} was dropped")))?;
-                    c.apply(&self.store, &mut attempt, changes)?;
+                    c.apply(&self.store, attempt, changes)?;
                     resolved.push((*id, changes.clone()));
                 }
                 Ok::<(), EngineError>(())
             })();
             match applied {
                 Ok(()) => {
-                    overlay = attempt;
-                    for (id, changes) in resolved {
-                        table_changes.entry(id).or_default().push(changes);
-                    }
+                    overlay.keep();
+                    results.push(Ok(first_tick + accepted.len() as u64));
+                    accepted.push(resolved);
+                    // Later writes of a key (a source's offsets) replace earlier ones.
                     extra_writes.extend(commit.extra_writes.iter().cloned());
                 }
                 Err(e) => {
-                    rejected.insert(i, e);
+                    overlay.rollback();
+                    if let Some(chain) = &commit.chain {
+                        chain.break_off();
+                    }
+                    results.push(Err(e));
                 }
             }
         }
-        if table_changes.is_empty() && extra_writes.is_empty() {
-            return (Ok(self.tick), rejected);
+        if accepted.iter().all(Vec::is_empty) && extra_writes.is_empty() {
+            // Nothing to write: no tick.
+            return Ok(results.into_iter().map(|r| r.map(|_| self.tick)).collect());
         }
-        let result = self.propagate(table_changes, overlay, extra_writes);
-        (result, rejected)
-    }
-
-    fn propagate(
-        &mut self,
-        table_changes: HashMap<u32, Vec<ChangeBatch>>,
-        mut overlay: contents::Overlay,
-        extra_writes: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<u64> {
-        let mut changed: HashMap<u32, ChangeBatch> = HashMap::new();
-        for (id, batches) in table_changes {
-            let schema = self.contents[&id].schema().clone();
-            let merged = ChangeBatch::concat(&schema, &batches)?.consolidate()?;
-            if !merged.is_empty() {
-                changed.insert(id, merged);
+        let committed_at = self.next_tick_info().committed_at_micros;
+        let times = (0..accepted.len()).map(|k| TickInfo { tick: first_tick + k as u64, committed_at_micros: committed_at }).collect();
+        let mut step = StepChanges::new(times);
+        for (time, changes) in accepted.into_iter().enumerate() {
+            let mut by_relation: BTreeMap<u32, Vec<ChangeBatch>> = BTreeMap::new();
+            for (id, c) in changes {
+                by_relation.entry(id).or_default().push(c);
+            }
+            for (id, batches) in by_relation {
+                step.push(id, time, ChangeBatch::concat(&batches[0].schema(), &batches)?.consolidate()?);
             }
         }
+        self.propagate(step, overlay, extra_writes.into_iter().collect())?;
+        Ok(results)
+    }
+
+    fn propagate(&mut self, mut step: StepChanges, mut overlay: contents::Overlay, extra_writes: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64> {
         let mut writes = TickWrites::default();
         let mut stepped = Vec::new();
         let mut failure = None;
-        let info = self.next_tick_info();
+        let last = *step.times.last().expect("a step has a time");
         for (id, dataflow) in self.dataflows.iter_mut() {
-            let due = dataflow.wakeup_at().is_some_and(|t| t <= info.committed_at_micros);
-            if !due && !dataflow.inputs().any(|i| changed.contains_key(&i)) {
+            let due = dataflow.wakeup_at().is_some_and(|t| t <= last.committed_at_micros);
+            if !due && !dataflow.inputs().any(|i| step.changed(i)) {
                 continue;
             }
             stepped.push(*id);
-            let out = dataflow
-                .step(&changed, info, &mut writes, false)
-                .map_err(EngineError::from)
-                .and_then(|out| {
-                    self.contents[id].apply(&self.store, &mut overlay, &out)?;
-                    Ok(out)
-                });
-            match out {
-                Ok(out) if !out.is_empty() => {
-                    changed.insert(*id, out);
+            let outputs = dataflow.step(&mut step, &mut writes).map_err(EngineError::from).and_then(|outputs| {
+                for (_, out) in &outputs {
+                    self.contents[id].apply(&self.store, &mut overlay, out)?;
                 }
-                Ok(_) => {}
+                Ok(outputs)
+            });
+            match outputs {
+                Ok(outputs) => {
+                    for (time, out) in outputs {
+                        step.push(*id, time, out);
+                    }
+                }
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
             }
         }
-        if let Some(e) = failure {
-            self.restore_dataflows(&stepped);
-            return Err(e);
-        }
+        let times = step.times.len() as u64;
+        let changed = match failure {
+            None => step.into_merged().map_err(EngineError::from),
+            Some(e) => Err(e),
+        };
         // Sinks' messages commit with the changes they carry.
-        for encoder in self.sinks.values() {
-            let Some(changes) = changed.get(&encoder.relation) else { continue };
-            if let Err(e) = encoder.write_outbox(changes, info, &mut writes) {
-                failure = Some(e.into());
+        let changed = changed.and_then(|changed| {
+            for encoder in self.sinks.values() {
+                if let Some(changes) = changed.get(&encoder.relation) {
+                    encoder.write_outbox(changes, last, &mut writes)?;
+                }
             }
-        }
-        if let Some(e) = failure {
-            self.restore_dataflows(&stepped);
-            return Err(e);
-        }
-        contents::flush_overlay(overlay, &mut writes);
-        for (k, v) in &extra_writes {
-            writes.put(k, v);
-        }
-        if let Err(e) = self.commit_writes(writes, changed) {
+            Ok(changed)
+        });
+        let committed = changed.and_then(|changed| {
+            contents::flush_overlay(overlay, &mut writes);
+            for (k, v) in &extra_writes {
+                writes.put(k, v);
+            }
+            self.commit_writes(writes, changed, times)
+        });
+        if let Err(e) = committed {
             self.restore_dataflows(&stepped);
             return Err(e);
         }
@@ -582,8 +677,9 @@ impl EngineThread {
         }
     }
 
-    fn commit_writes(&mut self, mut writes: TickWrites, changed: HashMap<u32, ChangeBatch>) -> Result<()> {
-        let tick = self.tick + 1;
+    /// Commit a step of `times` transactions (DDL: one) and publish it.
+    fn commit_writes(&mut self, mut writes: TickWrites, changed: HashMap<u32, ChangeBatch>, times: u64) -> Result<()> {
+        let tick = self.tick + times;
         writes.put(&meta_key(b"tick"), &tick.to_le_bytes());
         // Row counts persist with the tick, so system tables are right after a restart.
         let counts: Vec<(u32, i64)> = {

@@ -78,6 +78,7 @@ pub fn plan_dataflow(plan: &LogicalPlan, dataflow_id: u32, resolver: &dyn Relati
         relation_schemas: builder.relation_schemas,
         changelogs: builder.changelogs,
         schema,
+        timed: false,
     })
 }
 

@@ -80,6 +80,7 @@ impl Server {
         context.register_udtf("changes", Arc::new(changes::ChangesFunction { engine: engine.clone() }));
 
         let entries = Catalog::load_entries(&engine.store)?;
+        let mut sources = Vec::new();
         for entry in &entries {
             if entry.kind == RelationKind::Source {
                 let Some(Ok(crate::sql::VelocityStatement::CreateSource { name, options })) = crate::sql::parse_velocity(&entry.create_sql)
@@ -87,6 +88,7 @@ impl Server {
                     anyhow::bail!("stored definition of source {} does not parse", entry.name);
                 };
                 hook.create_source(&name, &options, &entry.create_sql, Some(entry.id)).await.map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
+                sources.push((entry.id, name, options));
                 continue;
             }
             if entry.kind == RelationKind::Sink {
@@ -109,6 +111,10 @@ impl Server {
                 RelationKind::Source | RelationKind::Sink => Ok(()),
             };
             restored.map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
+        }
+        // Every table and view is back: only now may sources apply transactions.
+        for (id, name, options) in sources {
+            hook.start_source(id, &name, &options).map_err(|e| anyhow::anyhow!("starting source {name}: {e}"))?;
         }
         if !entries.is_empty() {
             tracing::info!("restored {} relations at tick {}", entries.len(), engine.current_tick());

@@ -362,6 +362,17 @@ impl VelocityHook {
             binding: None,
         };
         self.engine.create_table(relation, restore.is_some()).await.map_err(from_engine)?;
+        // A restored source starts once everything after it in the catalog is restored too:
+        // a view restored late would miss the transactions applied before it.
+        if restore.is_none() {
+            crate::sources::runner::spawn(self.engine.clone(), self.sources.clone(), id, name.to_string(), config);
+        }
+        Ok(())
+    }
+
+    /// Start the task of a source restored at startup.
+    pub fn start_source(&self, id: u32, name: &str, options: &[(String, String)]) -> PgWireResult<()> {
+        let config = SourceConfig::from_options(options).map_err(|e| pg_error("22023", e))?;
         crate::sources::runner::spawn(self.engine.clone(), self.sources.clone(), id, name.to_string(), config);
         Ok(())
     }
@@ -734,10 +745,17 @@ impl VelocityHook {
             V::ShowCreate { name } => self.show_create(name),
             // Client commits are applied synchronously; sources are waited for until they have
             // applied everything they can read.
+            // FLUSH waits as long as sources make progress (a bulk load can be waited for)
+            // and gives up after 60 s in which no waited-for source applied anything.
             V::Flush => {
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                const STALLED: std::time::Duration = std::time::Duration::from_secs(60);
                 let started: std::collections::HashMap<String, u64> =
                     self.sources.read().expect("registry lock").iter().map(|(n, s)| (n.clone(), s.rounds)).collect();
+                let progress = |waiting: &[String]| -> Vec<(u64, u64)> {
+                    let sources = self.sources.read().expect("registry lock");
+                    waiting.iter().filter_map(|n| sources.get(n)).map(|s| (s.events, s.pending)).collect()
+                };
+                let mut last_progress = (Vec::new(), std::time::Instant::now());
                 loop {
                     let waiting: Vec<String> = {
                         let sources = self.sources.read().expect("registry lock");
@@ -754,8 +772,14 @@ impl VelocityHook {
                     if waiting.is_empty() {
                         break;
                     }
-                    if std::time::Instant::now() > deadline {
-                        return Err(pg_error("57014", format!("FLUSH timed out waiting for sources: {}", waiting.join(", "))));
+                    let now = progress(&waiting);
+                    if now != last_progress.0 {
+                        last_progress = (now, std::time::Instant::now());
+                    } else if last_progress.1.elapsed() > STALLED {
+                        return Err(pg_error(
+                            "57014",
+                            format!("FLUSH gave up: sources made no progress for {} s: {}", STALLED.as_secs(), waiting.join(", ")),
+                        ));
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }

@@ -173,7 +173,7 @@ impl SinkEncoder {
     /// The messages of one tick, in the order they must be delivered.
     pub fn encode(&self, changes: &ChangeBatch, tick: u64, committed_at_micros: i64) -> Result<Vec<SinkMessage>> {
         let encode_err = |e: &dyn std::fmt::Display| SinkError::Encode(e.to_string());
-        let rows = self.changelog.rows(changes, tick, committed_at_micros).map_err(|e| encode_err(&e))?.rows;
+        let rows = self.changelog.rows(changes, crate::dataflow::graph::TickInfo { tick, committed_at_micros }).map_err(|e| encode_err(&e))?.rows;
         let ops = rows.column(0).as_string::<i32>();
         let side = |i: usize| -> Result<Vec<Value>> {
             crate::functions::json::to_json_values(rows.column(i), rows.schema().field(i)).map_err(|e| encode_err(&e))

@@ -3,9 +3,12 @@
 //! Each source runs as one task. A released transaction is committed as one engine commit
 //! together with the source's new position and any dead letters, in one RocksDB batch, so
 //! after a crash the source resumes exactly after the last applied transaction: nothing is
-//! lost or applied twice.
+//! lost or applied twice. Commits are submitted without waiting for each (a bounded number
+//! in flight), so the task reads and decodes ahead while the engine thread applies steps
+//! of many transactions; upstream is acknowledged only up to what is durable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,7 +22,7 @@ use super::kafka::{KafkaConfig, KafkaConnector};
 use super::postgres::{PostgresCdc, PostgresCdcConfig};
 use super::txn::{AssemblerOutput, CompleteTxn, DeadLetter, Stream, TableBinding, TxnAssembler, TxnBoundaries};
 use crate::catalog::RelationKind;
-use crate::engine::{Commit, Engine, KeyedChanges};
+use crate::engine::{Commit, CommitChain, Engine, KeyedChanges};
 use crate::storage::keyspace;
 
 /// What `CREATE SOURCE ... WITH (...)` declared.
@@ -195,7 +198,21 @@ pub fn spawn(engine: Engine, registry: SourceRegistry, id: u32, name: String, co
     tokio::spawn(async move {
         let connector = config.connect();
         let registry_handle = registry.clone();
-        let mut runner = Runner { engine, registry, id, name: name.clone(), config, connector, offsets: Offsets::default() };
+        let mut runner = Runner {
+            engine,
+            registry,
+            id,
+            name: name.clone(),
+            config,
+            connector,
+            offsets: Offsets::default(),
+            chain: CommitChain::default(),
+            in_flight: VecDeque::new(),
+            in_flight_events: 0,
+            durable: None,
+            acknowledged: HashMap::new(),
+            acknowledged_at: Instant::now(),
+        };
         // A bug in a connector stops its source, visibly, not the server.
         let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(runner.run())).await;
         let error = match outcome {
@@ -218,6 +235,37 @@ struct Runner {
     config: SourceConfig,
     connector: Box<dyn Connector>,
     offsets: Offsets,
+    /// Orders this source's commits: after a failed one the engine refuses the rest.
+    chain: CommitChain,
+    /// Submitted commits, oldest first, not yet known to be durable.
+    in_flight: VecDeque<InFlight>,
+    in_flight_events: usize,
+    /// Resume points of the newest durable commit, and what upstream was last told.
+    durable: Option<HashMap<Stream, u64>>,
+    acknowledged: HashMap<Stream, u64>,
+    acknowledged_at: Instant,
+}
+
+/// A commit submitted to the engine and not yet durable.
+struct InFlight {
+    done: Pin<Box<dyn Future<Output = crate::engine::Result<u64>> + Send>>,
+    transactions: u64,
+    events: u64,
+    position: Option<String>,
+    /// Where the source resumes once this commit is durable.
+    resume: HashMap<Stream, u64>,
+}
+
+/// Events submitted and not yet durable, at most: bounds memory and how far decoding runs
+/// ahead of the engine.
+const MAX_IN_FLIGHT_EVENTS: usize = 100_000;
+/// How often upstream (Kafka offsets, the Postgres slot) hears what is durable, under load.
+const ACKNOWLEDGE_EVERY: Duration = Duration::from_secs(1);
+
+/// How the tables bound to `source` are decoded (collections named by upstream, as the file
+/// and generator connectors name them), for measuring decoding apart from a running source.
+pub fn table_bindings(engine: &Engine, source: &str) -> Vec<TableBinding> {
+    bound_tables(engine, source).into_iter().map(|(_, _, binding)| binding).collect()
 }
 
 /// Tables bound to a source: upstream name and relation id, in id order.
@@ -282,12 +330,14 @@ impl Runner {
         let mut reading: Option<Reading> = None;
         loop {
             if self.dropped() {
+                self.settle_all().await?;
                 self.registry.write().expect("registry lock").remove(&self.name);
                 return Ok(());
             }
             let bound = bound_tables(&self.engine, &self.name);
             let ids: Vec<u32> = bound.iter().map(|(_, id, _)| *id).collect();
             if reading.as_ref().is_none_or(|r| r.ids != ids) {
+                self.settle_all().await?;
                 reading = Some(self.start_reading(bound, ids).await?);
             }
             let r = reading.as_mut().expect("reading started above");
@@ -337,6 +387,12 @@ impl Runner {
                 r.stalled_since = None;
             }
             self.apply(outputs, r).await?;
+            if !read_any {
+                // Input is idle: wait for what is in flight, so `caught_up` means applied.
+                self.settle_all().await?;
+            } else if self.acknowledged_at.elapsed() >= ACKNOWLEDGE_EVERY {
+                self.acknowledge().await;
+            }
             let pending = r.assembler.pending() as u64;
             let lag = self.connector.lag();
             let state = self.connector.state().unwrap_or_else(|| "running".into());
@@ -370,7 +426,7 @@ impl Runner {
         Ok(Reading { assembler, tables, ids, read_to: resume, last_input: Instant::now(), stalled_since: None, released: 0 })
     }
 
-    /// Commit released transactions one by one, each with the offsets that resume right
+    /// Submit released transactions one by one, each with the offsets that resume right
     /// after it, then dead letters and the offsets past everything read but not pending.
     async fn apply(&mut self, outputs: Vec<AssemblerOutput>, r: &Reading) -> anyhow::Result<()> {
         let mut dead: Vec<DeadLetter> = Vec::new();
@@ -387,17 +443,18 @@ impl Runner {
         for (stream, start) in r.assembler.pending_starts() {
             settled.insert(stream, start);
         }
-        let committed_before = self.offsets.resume(&r.ids);
-        for i in 0..txns.len() {
-            // Transactions released after this one are not applied yet: resume at them.
-            let mut resume = settled.clone();
-            for later in &txns[i + 1..] {
-                for p in &later.stream_starts {
-                    let e = resume.entry(p.stream()).or_insert(u64::MAX);
-                    *e = (*e).min(p.offset());
-                }
+        // Transactions released after one are not applied with it: it resumes at them.
+        let mut resumes = Vec::with_capacity(txns.len());
+        let mut resume = settled.clone();
+        for txn in txns.iter().rev() {
+            resumes.push(resume.clone());
+            for p in &txn.stream_starts {
+                let e = resume.entry(p.stream()).or_insert(u64::MAX);
+                *e = (*e).min(p.offset());
             }
-            let txn = &txns[i];
+        }
+        resumes.reverse();
+        for (txn, resume) in txns.iter().zip(resumes) {
             let keyed: Vec<(u32, KeyedChanges)> = txn
                 .tables
                 .iter()
@@ -415,26 +472,70 @@ impl Runner {
                 source_ts_ms: txn.source_ts_ms,
                 ..Default::default()
             };
-            self.engine.commit(commit).await?;
-            let (events, position) = (txn.events as u64, txn.last_position.to_string());
-            self.status(|s| {
-                s.transactions += 1;
-                s.events += events;
-                s.position = position;
-            });
+            let position = Some(txn.last_position.to_string());
+            self.submit(commit, 1, txn.events as u64, position, self.offsets.resume(&r.ids)).await?;
         }
         if self.offsets.advance(&settled, &r.ids) || !dead.is_empty() {
             let writes = self.extra_writes(dead)?;
-            self.engine.commit(Commit { extra_writes: writes, ..Default::default() }).await?;
-        }
-        let now = self.offsets.resume(&r.ids);
-        // Acknowledging upstream only lets it free what is applied; failing to is not fatal.
-        if now != committed_before
-            && let Err(e) = self.connector.committed(&now).await
-        {
-            tracing::warn!("source {}: acknowledging upstream: {e:#}", self.name);
+            let commit = Commit { extra_writes: writes, ..Default::default() };
+            self.submit(commit, 0, 0, None, self.offsets.resume(&r.ids)).await?;
         }
         Ok(())
+    }
+
+    /// Queue a commit behind the ones in flight; wait for the oldest while too many are.
+    async fn submit(
+        &mut self,
+        mut commit: Commit,
+        transactions: u64,
+        events: u64,
+        position: Option<String>,
+        resume: HashMap<Stream, u64>,
+    ) -> anyhow::Result<()> {
+        commit.chain = Some(self.chain.clone());
+        let done = Box::pin(self.engine.submit(commit));
+        self.in_flight.push_back(InFlight { done, transactions, events, position, resume });
+        self.in_flight_events += events as usize;
+        while self.in_flight_events > MAX_IN_FLIGHT_EVENTS {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the oldest commit in flight to be durable, and count it.
+    async fn settle_one(&mut self) -> anyhow::Result<bool> {
+        let Some(entry) = self.in_flight.pop_front() else { return Ok(false) };
+        entry.done.await?;
+        self.in_flight_events -= entry.events as usize;
+        self.status(|s| {
+            s.transactions += entry.transactions;
+            s.events += entry.events;
+            if let Some(p) = entry.position {
+                s.position = p;
+            }
+        });
+        self.durable = Some(entry.resume);
+        Ok(true)
+    }
+
+    /// Wait until every submitted commit is durable, then acknowledge upstream.
+    async fn settle_all(&mut self) -> anyhow::Result<()> {
+        while self.settle_one().await? {}
+        self.acknowledge().await;
+        Ok(())
+    }
+
+    /// Tell upstream how far it may free input: only what is durable here.
+    async fn acknowledge(&mut self) {
+        self.acknowledged_at = Instant::now();
+        let Some(durable) = self.durable.take() else { return };
+        // Acknowledging only lets upstream free what is applied; failing to is not fatal.
+        if durable != self.acknowledged {
+            if let Err(e) = self.connector.committed(&durable).await {
+                tracing::warn!("source {}: acknowledging upstream: {e:#}", self.name);
+            }
+            self.acknowledged = durable;
+        }
     }
 
     /// Dead letters plus the source's offsets, as storage writes for the next commit.
