@@ -10,7 +10,9 @@
 //! Two transaction identities appear in Postgres events and must not be confused:
 //! `source.txId` is the server's transaction number (`555`), while `transaction.id` is the
 //! string Debezium uses for the transaction metadata topic (`"555:24023128"`, txId and LSN).
-//! Markers on the metadata topic carry `transaction.id`, never `source.txId`.
+//! Markers on the metadata topic carry `transaction.id`, never `source.txId`. Postgres puts
+//! each record's own LSN in `transaction.id`, so the assembler groups by its txId part (see
+//! the `txn_id` module); events keep the id as written, with `source.connector`.
 //!
 //! [`rows_to_batch`] turns `before`/`after` row images into a `RecordBatch` of a declared schema,
 //! column by name, and returns the rows it cannot convert separately with a reason. Debezium's
@@ -98,6 +100,8 @@ pub struct ChangeEvent {
     pub data_collection_order: Option<u64>,
     /// `source.txId`: the server's transaction number (not `transaction.id`).
     pub source_tx_id: Option<i64>,
+    /// `source.connector` (`postgresql`, `mysql`, ...): it says how to read `transaction.id`.
+    pub connector: Option<String>,
     /// `source.lsn`.
     pub lsn: Option<i64>,
     /// `source.ts_ms` (commit time at the server), or the envelope's `ts_ms` if absent.
@@ -135,6 +139,8 @@ pub struct EventContext {
     pub total_order: Option<u64>,
     pub data_collection_order: Option<u64>,
     pub source_tx_id: Option<i64>,
+    /// `source.connector`.
+    pub connector: Option<String>,
     /// True when the record was part of a snapshot (it belongs to no streamed transaction).
     pub snapshot: bool,
 }
@@ -413,6 +419,7 @@ fn decode_payload(payload: Value, field_types: Option<Arc<FieldTypes>>) -> Resul
         }
     };
     let source_tx_id = source.get("txId").and_then(lenient_i64);
+    let connector = context.connector.clone();
     let lsn = source.get("lsn").and_then(lenient_i64);
     let ts_ms = source.get("ts_ms").and_then(lenient_i64).or_else(|| p.get("ts_ms").and_then(lenient_i64));
     let mut snapshot = snapshot_phase(source.get("snapshot"));
@@ -442,6 +449,7 @@ fn decode_payload(payload: Value, field_types: Option<Arc<FieldTypes>>) -> Resul
         total_order,
         data_collection_order,
         source_tx_id,
+        connector,
         lsn,
         ts_ms,
         snapshot,
@@ -465,6 +473,7 @@ fn event_context(p: &Map<String, Value>) -> EventContext {
         total_order: transaction.and_then(|t| t.get("total_order")).and_then(lenient_u64),
         data_collection_order: transaction.and_then(|t| t.get("data_collection_order")).and_then(lenient_u64),
         source_tx_id: source.and_then(|s| s.get("txId")).and_then(lenient_i64),
+        connector: text("connector").map(str::to_string),
         snapshot,
     }
 }
@@ -505,6 +514,8 @@ struct FastPayload<'a> {
 
 #[derive(serde::Deserialize)]
 struct FastSource<'a> {
+    #[serde(borrow)]
+    connector: Option<Cow<'a, str>>,
     #[serde(borrow)]
     db: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -566,6 +577,7 @@ impl FastPayload<'_> {
             total_order,
             data_collection_order,
             source_tx_id: source.tx_id,
+            connector: source.connector.map(Cow::into_owned),
             lsn: source.lsn,
             ts_ms: source.ts_ms.or(self.ts_ms),
             snapshot,

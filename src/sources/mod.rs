@@ -16,6 +16,7 @@ pub mod logistics;
 pub mod postgres;
 pub mod runner;
 pub mod txn;
+mod txn_id;
 
 pub use debezium::{
     ChangeEvent, ChangeOp, DecodeError, Decoder, EventContext, FieldType, FieldTypes, Record, SnapshotPhase, decode,

@@ -5,10 +5,11 @@
 //!
 //! * [`TxnBoundaries::Metadata`] (the connector runs with `provide.transaction.metadata=true`):
 //!   events carry `transaction.id`, and the metadata topic carries an END marker with the
-//!   number of events per table. A transaction is complete once its END has been seen and every
-//!   bound table has received as many distinct events (by `transaction.total_order`) as END
-//!   announced for it; tables with no binding are not waited for, since their topics are
-//!   usually not consumed. (Without `data_collections`, END's total `event_count` is compared
+//!   number of events per table. Events and markers are grouped by the part of the id that
+//!   names the transaction (the txId of Postgres' `"txId:LSN"`, see the `txn_id` module). A
+//!   transaction is complete once its END has been seen and every bound table has received as
+//!   many distinct events (by `transaction.total_order`) as END announced for it; tables with
+//!   no binding are not waited for, since their topics are usually not consumed. (Without `data_collections`, END's total `event_count` is compared
 //!   with all events received.) Events and END may arrive in any order, from any topic. A
 //!   redelivered event (same `total_order`) is counted once; an event of a transaction already
 //!   released is ignored if that transaction was complete, and dead-lettered otherwise.
@@ -73,6 +74,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::debezium::{ChangeEvent, ChangeOp, DecodeError, Decoder, FieldTypes, Record, SnapshotPhase, rows_to_batch};
+use super::txn_id::{TxnKeys, postgres_tx_part};
 use super::{Result, SourceError};
 
 /// Snapshot reads released as one unit, at most (see the module doc).
@@ -176,7 +178,8 @@ pub enum AssemblerOutput {
 /// A whole source transaction, as net changes per table.
 #[derive(Debug, Clone)]
 pub struct CompleteTxn {
-    /// `transaction.id` (Metadata mode), `source.txId` (TxId mode), `snapshot-N` or `untracked-N`.
+    /// `transaction.id` (Metadata mode: the END marker's, else the first event's), `source.txId`
+    /// (TxId mode), `snapshot-N` or `untracked-N`.
     pub id: String,
     /// First and last record of the transaction to arrive (events and markers).
     pub first_position: Position,
@@ -260,7 +263,12 @@ struct End {
 
 /// A transaction being assembled.
 struct PendingTxn {
+    /// What it is grouped by (see the `txn_id` module).
+    key: String,
+    /// The id to report: the END marker's `transaction.id`, else the first one seen.
     id: String,
+    /// The id of its BEGIN or END marker, if one was seen.
+    marker_id: Option<String>,
     /// Arrival number of its first record, to release END-less transactions in arrival order.
     first_seen: u64,
     first_position: Position,
@@ -284,9 +292,11 @@ struct PendingTxn {
 }
 
 impl PendingTxn {
-    fn new(id: String, position: &Position, first_seen: u64) -> PendingTxn {
+    fn new(key: String, id: String, position: &Position, first_seen: u64) -> PendingTxn {
         PendingTxn {
+            key,
             id,
+            marker_id: None,
             first_seen,
             first_position: position.clone(),
             last_position: position.clone(),
@@ -417,6 +427,7 @@ pub struct TxnAssembler {
     /// Released transaction ids -> whether they were complete.
     released: HashMap<String, bool>,
     released_order: VecDeque<String>,
+    keys: TxnKeys,
     next_end_seq: u64,
     arrivals: u64,
     next_group: u64,
@@ -466,6 +477,7 @@ impl TxnAssembler {
             orphans: VecDeque::new(),
             released: HashMap::new(),
             released_order: VecDeque::new(),
+            keys: TxnKeys::default(),
             next_end_seq: 0,
             arrivals: 0,
             next_group: 0,
@@ -546,7 +558,7 @@ impl TxnAssembler {
                 .open
                 .values()
                 .filter(|t| t.end.is_none() && !t.streams.is_empty() && t.streams.iter().all(|(_, moved)| *moved))
-                .map(|t| (t.first_seen, t.id.clone()))
+                .map(|t| (t.first_seen, t.key.clone()))
                 .collect();
             abandoned.sort();
             for (_, id) in abandoned {
@@ -577,11 +589,17 @@ impl TxnAssembler {
         }
     }
 
-    fn route(&self, snapshot: bool, txn_id: Option<&str>, source_tx_id: Option<i64>) -> Route {
+    fn route(
+        &mut self,
+        snapshot: bool,
+        txn_id: Option<&str>,
+        connector: Option<&str>,
+        source_tx_id: Option<i64>,
+    ) -> Route {
         match self.mode {
             // An event with a transaction block is counted by its END, whatever else it says.
             TxnBoundaries::Metadata => match txn_id {
-                Some(id) => Route::Txn(id.to_string()),
+                Some(id) => Route::Txn(self.event_key(id, connector, source_tx_id)),
                 None if snapshot => Route::Snapshot,
                 None => Route::Untracked,
             },
@@ -591,8 +609,37 @@ impl TxnAssembler {
         }
     }
 
+    /// The key of an event's transaction in Metadata mode.
+    fn event_key(&mut self, id: &str, connector: Option<&str>, source_tx_id: Option<i64>) -> String {
+        let key = self.keys.of_event(id, connector, source_tx_id);
+        // A marker that came before any event was keyed the Postgres way; an event of another
+        // connector with that very id belongs to it all the same.
+        if key == id
+            && !self.open.contains_key(id)
+            && let Some(tx) = postgres_tx_part(id)
+            && self.open.get(tx).is_some_and(|t| t.marker_id.as_deref() == Some(id))
+        {
+            return tx.to_string();
+        }
+        key.to_string()
+    }
+
+    /// The id to report for a transaction first seen in an event: its `transaction.id` in
+    /// Metadata mode, the txId in TxId mode.
+    fn reported_id<'a>(&self, txn_id: Option<&'a str>, key: &'a str) -> &'a str {
+        match self.mode {
+            TxnBoundaries::Metadata => txn_id.unwrap_or(key),
+            TxnBoundaries::TxId => key,
+        }
+    }
+
     fn on_event(&mut self, position: Position, raw: &[u8], event: ChangeEvent, out: &mut Vec<AssemblerOutput>) {
-        let route = self.route(event.snapshot != SnapshotPhase::Streaming, event.txn_id.as_deref(), event.source_tx_id);
+        let route = self.route(
+            event.snapshot != SnapshotPhase::Streaming,
+            event.txn_id.as_deref(),
+            event.connector.as_deref(),
+            event.source_tx_id,
+        );
         let table = self.by_collection.get(&event.collection).copied();
         match route {
             Route::Snapshot => {
@@ -606,7 +653,7 @@ impl TxnAssembler {
                 if self.snapshot.is_none() {
                     self.next_group += 1;
                     let id = format!("snapshot-{}", self.next_group);
-                    self.snapshot = Some(PendingTxn::new(id, &position, self.arrivals));
+                    self.snapshot = Some(PendingTxn::new(id.clone(), id, &position, self.arrivals));
                 }
                 let Some(group) = self.snapshot.as_mut() else {
                     return;
@@ -627,19 +674,25 @@ impl TxnAssembler {
                 };
                 self.stats.events += 1;
                 self.next_group += 1;
-                let mut txn = PendingTxn::new(format!("untracked-{}", self.next_group), &position, self.arrivals);
+                let id = format!("untracked-{}", self.next_group);
+                let mut txn = PendingTxn::new(id.clone(), id, &position, self.arrivals);
                 txn.received = 1;
                 txn.events.push(PendingEvent { position, raw: raw.to_vec(), event, table });
                 self.queue.push_back(Queued::Ready(txn));
             }
-            Route::Txn(id) => {
+            Route::Txn(key) => {
                 self.close_snapshot();
-                let stream = self.advance_stream(&position, Cursor::Txn(id.clone()));
-                if self.is_late(&id, &position, raw, Some(event.collection.as_str()), out) {
+                let stream = self.advance_stream(&position, Cursor::Txn(key.clone()));
+                let id = event.txn_id.as_deref().unwrap_or(&key);
+                if self.is_late(&key, id, &position, raw, Some(event.collection.as_str()), out) {
                     return;
                 }
                 let arrivals = self.arrivals;
-                let txn = self.open.entry(id).or_insert_with_key(|id| PendingTxn::new(id.clone(), &position, arrivals));
+                let id = self.reported_id(event.txn_id.as_deref(), &key).to_string();
+                let txn = self
+                    .open
+                    .entry(key)
+                    .or_insert_with_key(|key| PendingTxn::new(key.clone(), id, &position, arrivals));
                 txn.saw(&position);
                 txn.carried_by(stream);
                 if !txn.count(event.total_order, Counted::of(table, true)) {
@@ -664,8 +717,9 @@ impl TxnAssembler {
             return;
         }
         self.close_snapshot();
-        self.advance_stream(position, Cursor::Txn(id.clone()));
-        if self.released.contains_key(&id) {
+        let key = self.keys.of_marker(&id).to_string();
+        self.advance_stream(position, Cursor::Txn(key.clone()));
+        if self.released.contains_key(&key) {
             self.stats.duplicates += u64::from(end.is_some());
             return;
         }
@@ -673,16 +727,21 @@ impl TxnAssembler {
             dc.iter().filter_map(|(c, n)| Some((self.binding_for_data_collection(c)?, *n))).collect::<Vec<_>>()
         });
         let arrivals = self.arrivals;
-        let txn = self.open.entry(id.clone()).or_insert_with(|| PendingTxn::new(id.clone(), position, arrivals));
+        let txn = self
+            .open
+            .entry(key.clone())
+            .or_insert_with_key(|key| PendingTxn::new(key.clone(), id.clone(), position, arrivals));
         txn.saw(position);
+        txn.marker_id.get_or_insert_with(|| id.clone());
         if let Some((event_count, _)) = end {
             if txn.end.is_some() {
                 self.stats.duplicates += 1;
                 return;
             }
+            txn.id = id;
             txn.end = Some(End { seq: self.next_end_seq, event_count, expected });
             self.next_end_seq += 1;
-            self.queue.push_back(Queued::Waiting(id));
+            self.queue.push_back(Queued::Waiting(key));
         }
     }
 
@@ -716,18 +775,26 @@ impl TxnAssembler {
             return;
         };
         let unbound = context.collection.as_ref().is_some_and(|c| !self.by_collection.contains_key(c));
-        let route = self.route(context.snapshot, context.txn_id.as_deref(), context.source_tx_id);
+        let route = self.route(
+            context.snapshot,
+            context.txn_id.as_deref(),
+            context.connector.as_deref(),
+            context.source_tx_id,
+        );
         let collection = context.collection.clone();
         match route {
             Route::Snapshot | Route::Untracked => {
                 self.advance_stream(&position, Cursor::Untracked);
             }
-            Route::Txn(id) => {
-                let stream = self.advance_stream(&position, Cursor::Txn(id.clone()));
-                if !self.released.contains_key(&id) {
+            Route::Txn(key) => {
+                let stream = self.advance_stream(&position, Cursor::Txn(key.clone()));
+                if !self.released.contains_key(&key) {
                     let arrivals = self.arrivals;
-                    let txn =
-                        self.open.entry(id).or_insert_with_key(|id| PendingTxn::new(id.clone(), &position, arrivals));
+                    let id = self.reported_id(context.txn_id.as_deref(), &key).to_string();
+                    let txn = self
+                        .open
+                        .entry(key)
+                        .or_insert_with_key(|key| PendingTxn::new(key.clone(), id, &position, arrivals));
                     txn.saw(&position);
                     txn.carried_by(stream);
                     let table = collection.as_ref().and_then(|c| self.by_collection.get(c).copied());
@@ -761,6 +828,7 @@ impl TxnAssembler {
     /// complete, otherwise an event that came too late to be applied with it.
     fn is_late(
         &mut self,
+        key: &str,
         id: &str,
         position: &Position,
         raw: &[u8],
@@ -770,7 +838,7 @@ impl TxnAssembler {
         if self.mode != TxnBoundaries::Metadata {
             return false;
         }
-        match self.released.get(id) {
+        match self.released.get(key) {
             None => false,
             Some(true) => {
                 self.stats.duplicates += 1;
@@ -890,7 +958,7 @@ impl TxnAssembler {
         });
         match (short.next(), short.next()) {
             (None, _) => OrphanOwner::Nobody,
-            (Some(t), None) => OrphanOwner::Txn(t.id.clone()),
+            (Some(t), None) => OrphanOwner::Txn(t.key.clone()),
             _ => OrphanOwner::Unknown,
         }
     }
@@ -951,8 +1019,8 @@ impl TxnAssembler {
             {
                 self.released.remove(&oldest);
             }
-            self.released.insert(txn.id.clone(), missing == 0);
-            self.released_order.push_back(txn.id.clone());
+            self.released.insert(txn.key.clone(), missing == 0);
+            self.released_order.push_back(txn.key.clone());
         }
         let events = std::mem::take(&mut txn.events);
         let source_ts_ms = events.iter().filter_map(|e| e.event.ts_ms).max();
@@ -1350,7 +1418,8 @@ fn bench_envelope_schema(table: &str, columns: &[(&str, &str, Option<&str>, Opti
     ], "optional": false, "name": format!("fulfillment.public.{table}.Envelope"), "version": 1})
 }
 
-/// Generated records with their positions: two table topics and a metadata topic.
+/// Generated records with their positions: two table topics and a metadata topic. Ids are
+/// Postgres' `"txId:LSN"`, with each record's own LSN.
 pub fn bench_records(events: usize) -> Vec<(Position, String)> {
     let decimal = |scale: &str| Some(serde_json::json!({"scale": scale, "connect.decimal.precision": "10"}));
     let shipments_schema = bench_envelope_schema(
@@ -1409,7 +1478,6 @@ pub fn bench_records(events: usize) -> Vec<(Position, String)> {
     let (mut produced, mut tx_id, mut lsn) = (0usize, 1000i64, 24_000_000i64);
     while produced < events {
         tx_id += 1;
-        let txn_id = format!("{tx_id}:{lsn}");
         // (table, key, op): DELETE+INSERT pairs of one key, updates and inserts.
         let size = 3 + next(8) as usize;
         let mut plan: Vec<(usize, u64, &str)> = Vec::with_capacity(size + 1);
@@ -1460,7 +1528,7 @@ pub fn bench_records(events: usize) -> Vec<(Position, String)> {
             let (before, after) = if op == "d" { (row.as_str(), "null") } else { ("null", row.as_str()) };
             let table_name = ["shipments", "orders"][table];
             let payload = format!(
-                r#"{{"before":{before},"after":{after},"source":{{"version":"2.5.0.Final","connector":"postgresql","name":"fulfillment","ts_ms":1709280000000,"snapshot":"false","db":"fulfillment","sequence":"[\"{lsn}\",\"{lsn}\"]","schema":"public","table":"{table_name}","txId":{tx_id},"lsn":{lsn},"xmin":null}},"op":"{op}","ts_ms":1709280000123,"transaction":{{"id":"{txn_id}","total_order":{},"data_collection_order":{}}}}}"#,
+                r#"{{"before":{before},"after":{after},"source":{{"version":"2.5.0.Final","connector":"postgresql","name":"fulfillment","ts_ms":1709280000000,"snapshot":"false","db":"fulfillment","sequence":"[\"{lsn}\",\"{lsn}\"]","schema":"public","table":"{table_name}","txId":{tx_id},"lsn":{lsn},"xmin":null}},"op":"{op}","ts_ms":1709280000123,"transaction":{{"id":"{tx_id}:{lsn}","total_order":{},"data_collection_order":{}}}}}"#,
                 order + 1,
                 per_table[table]
             );
@@ -1472,8 +1540,10 @@ pub fn bench_records(events: usize) -> Vec<(Position, String)> {
             }
             produced += 1;
         }
+        // As Debezium's Postgres connector does, every record has its own LSN in its id.
+        lsn += 1;
         let end = format!(
-            r#"{{"status":"END","id":"{txn_id}","event_count":{},"data_collections":[{{"data_collection":"public.shipments","event_count":{}}},{{"data_collection":"public.orders","event_count":{}}}],"ts_ms":1709280000123}}"#,
+            r#"{{"status":"END","id":"{tx_id}:{lsn}","event_count":{},"data_collections":[{{"data_collection":"public.shipments","event_count":{}}},{{"data_collection":"public.orders","event_count":{}}}],"ts_ms":1709280000123}}"#,
             plan.len(),
             per_table[0],
             per_table[1]
@@ -1986,6 +2056,166 @@ mod tests {
         twice.extend(bind(vec![0]));
         let err = TxnAssembler::new(twice, TxnBoundaries::Metadata).err().unwrap();
         assert_eq!(err.to_string(), "table binding for \"public.t\": bound twice");
+    }
+
+    /// A change event exactly as Debezium's Postgres connector writes it: `transaction.id` is
+    /// `"txId:LSN"` with the event's own LSN, also in `source.lsn` and `source.sequence`.
+    fn pg_event(table: &str, op: &str, row: Value, tx: i64, lsn: i64, orders: (u64, u64)) -> String {
+        let (before, after) = if op == "d" { (row, Value::Null) } else { (Value::Null, row) };
+        json!({"before": before, "after": after,
+               "source": {"version": "2.5.0.Final", "connector": "postgresql", "name": "app", "ts_ms": 1700000000000i64,
+                          "snapshot": "false", "db": "app", "sequence": format!("[\"{}\",\"{lsn}\"]", lsn - 8),
+                          "schema": "public", "table": table, "txId": tx, "lsn": lsn, "xmin": null},
+               "op": op, "ts_ms": 1700000000100i64,
+               "transaction": {"id": format!("{tx}:{lsn}"), "total_order": orders.0, "data_collection_order": orders.1}})
+        .to_string()
+    }
+
+    /// A Postgres transaction as the connector emits it: BEGIN at 33000, events at increasing
+    /// LSNs, END at 34000, every record with its own `transaction.id`.
+    fn pg_transaction() -> (String, Vec<(&'static str, String)>, String) {
+        let begin = json!({"status": "BEGIN", "id": "571:33000", "event_count": null, "data_collections": null,
+                           "ts_ms": 1700000000000i64})
+        .to_string();
+        let events = vec![
+            ("shipments", pg_event("shipments", "d", json!({"id": 5, "status": "old"}), 571, 33100, (1, 1))),
+            ("shipments", pg_event("shipments", "c", json!({"id": 5, "status": "new"}), 571, 33200, (2, 2))),
+            ("orders", pg_event("orders", "u", json!({"region": "eu", "id": 9, "total": 7}), 571, 33300, (3, 1))),
+            ("shipments", pg_event("shipments", "u", json!({"id": 6, "status": "a"}), 571, 33400, (4, 3))),
+            ("shipments", pg_event("shipments", "u", json!({"id": 6, "status": "b"}), 571, 33500, (5, 4))),
+            ("shipments", pg_event("shipments", "d", json!({"id": 8}), 571, 33600, (6, 5))),
+        ];
+        let end = json!({"status": "END", "id": "571:34000", "event_count": 6, "ts_ms": 1700000000000i64,
+                         "data_collections": [{"data_collection": "public.shipments", "event_count": 5},
+                                              {"data_collection": "public.orders", "event_count": 1}]})
+        .to_string();
+        (begin, events, end)
+    }
+
+    fn assert_pg_transaction(txn: &CompleteTxn) {
+        assert_eq!((txn.id.as_str(), txn.events, txn.missing), ("571:34000", 6, 0));
+        let s = table(txn, "public.shipments");
+        assert_eq!(ids(&s.upserts, "id"), vec![5, 6]);
+        assert_eq!(strings(&s.upserts, "status"), vec![Some("new".into()), Some("b".into())]);
+        assert_eq!(ids(&s.deletes, "id"), vec![8]);
+        let o = table(txn, "public.orders");
+        assert_eq!(ids(&o.upserts, "total"), vec![7]);
+        assert_eq!(o.deletes.num_rows(), 0);
+    }
+
+    #[test]
+    fn postgres_transaction_ids_with_a_lsn_per_event_in_one_stream() {
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        let (begin, events, end) = pg_transaction();
+        let mut line = 0;
+        let mut next = || {
+            line += 1;
+            file(line)
+        };
+        assert_eq!(h.push(next(), &begin), 0);
+        for (_, event) in &events {
+            assert_eq!(h.push(next(), event), 0);
+        }
+        assert_eq!(h.assembler.pending(), 1);
+        assert_eq!(h.push(next(), &end), 1);
+        assert_eq!(h.assembler.pending(), 0);
+        assert_pg_transaction(&h.txns[0]);
+        assert_eq!(h.txns[0].first_position, file(1));
+        // The next transaction is one of its own, and a redelivered event of the first is
+        // recognised as such (keyed by txId 571, whatever its LSN).
+        assert_eq!(h.push(next(), &pg_event("shipments", "c", json!({"id": 1}), 572, 35100, (1, 1))), 0);
+        assert_eq!(h.push(next(), &events[2].1), 0);
+        let end2 = json!({"status": "END", "id": "572:35200", "event_count": 1,
+                          "data_collections": [{"data_collection": "public.shipments", "event_count": 1}]});
+        assert_eq!(h.push(next(), &end2.to_string()), 1);
+        assert_eq!((h.txns[1].id.as_str(), h.txns[1].events), ("572:35200", 1));
+        assert_eq!(h.assembler.stats().duplicates, 1);
+        assert!(h.dead.is_empty(), "{:?}", h.dead);
+    }
+
+    #[test]
+    fn postgres_transaction_ids_with_the_end_marker_in_its_own_stream() {
+        let (begin, events, end) = pg_transaction();
+        // END first, then the table topics; and events first, END last.
+        for end_first in [true, false] {
+            let mut h = Harness::new(TxnBoundaries::Metadata);
+            let mut offsets: HashMap<&str, i64> = HashMap::new();
+            let mut at = |topic: &'static str| {
+                let o = offsets.entry(topic).or_default();
+                *o += 1;
+                kafka(topic, *o)
+            };
+            assert_eq!(h.push(at("app.transaction"), &begin), 0);
+            if end_first {
+                assert_eq!(h.push(at("app.transaction"), &end), 0);
+            }
+            for (topic, event) in &events {
+                let topic = if *topic == "shipments" { "app.public.shipments" } else { "app.public.orders" };
+                h.push(at(topic), event);
+            }
+            if !end_first {
+                assert_eq!(h.txns.len(), 0);
+                assert_eq!(h.push(at("app.transaction"), &end), 1);
+            }
+            assert_eq!((h.txns.len(), h.assembler.pending()), (1, 0), "end first: {end_first}");
+            assert_pg_transaction(&h.txns[0]);
+            let mut starts: Vec<String> = h.txns[0].stream_starts.iter().map(Position::stream).collect();
+            starts.sort();
+            assert_eq!(starts, vec!["app.public.orders/0", "app.public.shipments/0", "app.transaction/0"]);
+            assert!(h.dead.is_empty(), "{:?}", h.dead);
+        }
+    }
+
+    #[test]
+    fn postgres_end_marker_still_checks_the_event_counts() {
+        let (begin, events, end) = pg_transaction();
+        let mut h = Harness::new(TxnBoundaries::Metadata);
+        h.push(kafka("txn", 1), &begin);
+        h.push(kafka("txn", 2), &end);
+        // One shipments event short: END's data_collections hold the transaction back.
+        for (i, (_, event)) in events.iter().enumerate().skip(1) {
+            h.push(kafka("s", i as i64), event);
+        }
+        assert_eq!((h.txns.len(), h.assembler.pending()), (0, 1));
+        h.push(kafka("s", 9), &events[0].1);
+        assert_eq!(h.txns.len(), 1);
+        assert_pg_transaction(&h.txns[0]);
+    }
+
+    #[test]
+    fn stable_transaction_ids_of_other_connectors_are_used_as_they_are() {
+        /// A MySQL event: `source.db` names the table's namespace, no txId, and the same
+        /// `transaction.id` on every event of the transaction.
+        fn mysql_event(id: &str, row: Value, order: u64) -> String {
+            json!({"before": null, "after": row, "op": "c", "ts_ms": 1,
+                   "source": {"version": "2.5.0.Final", "connector": "mysql", "name": "app", "ts_ms": 1,
+                              "snapshot": "false", "db": "public", "table": "shipments", "server_id": 223344,
+                              "gtid": null, "file": "file.000003", "pos": 1234, "row": 0, "thread": 7},
+                   "transaction": {"id": id, "total_order": order, "data_collection_order": order}})
+            .to_string()
+        }
+        for id in ["file.000003:1234", "3E11FA47-71CA-11E1-9E33-C80AA9429562:23", "77:88"] {
+            for end_first in [true, false] {
+                let mut h = Harness::new(TxnBoundaries::Metadata);
+                let end = end(id, &[("public.shipments", 2)]);
+                if end_first {
+                    assert_eq!(h.push(kafka("txn", 1), &end), 0);
+                }
+                assert_eq!(h.push(kafka("s", 1), &mysql_event(id, json!({"id": 1}), 1)), 0);
+                // Another transaction of the same binlog file is not mistaken for this one.
+                let other = if id == "77:88" { "77:99".to_string() } else { format!("{id}0") };
+                assert_eq!(h.push(kafka("s", 2), &mysql_event(&other, json!({"id": 3}), 1)), 0);
+                let released = h.push(kafka("s", 3), &mysql_event(id, json!({"id": 2}), 2));
+                if !end_first {
+                    assert_eq!(released, 0);
+                    assert_eq!(h.push(kafka("txn", 1), &end), 1);
+                }
+                assert_eq!(h.txns.len(), 1, "{id}, end first: {end_first}");
+                assert_eq!((h.txns[0].id.as_str(), h.txns[0].events), (id, 2));
+                assert_eq!(ids(&table(&h.txns[0], "public.shipments").upserts, "id"), vec![1, 2]);
+                assert_eq!(h.assembler.pending(), 1, "{other} is still open");
+            }
+        }
     }
 
     #[test]
