@@ -64,6 +64,11 @@ impl ChangeBatch {
         Ok(ChangeBatch::new(rows, weights))
     }
 
+    /// Rows `offset..offset + len`, without copying.
+    pub fn slice(&self, offset: usize, len: usize) -> ChangeBatch {
+        ChangeBatch { rows: self.rows.slice(offset, len), weights: self.weights.slice(offset, len) }
+    }
+
     /// Keep the rows where `mask` is true.
     pub fn filter(&self, mask: &arrow::array::BooleanArray) -> Result<ChangeBatch> {
         let rows = filter_record_batch(&self.rows, mask)?;

@@ -133,44 +133,71 @@ impl Contents {
         Ok(Some(self.codec.decode(rows.iter().map(|r| r.as_slice()))?))
     }
 
-    /// Turn keyed net changes into row changes: for every key written or deleted, retract
-    /// the current row (if any) and insert the new one (if any). A key whose new row equals
-    /// the current one produces nothing.
-    pub fn resolve_keyed(&self, store: &Store, overlay: &Overlay, keyed: &super::KeyedChanges) -> Result<ChangeBatch> {
+    /// Resolve and apply the keyed net changes of consecutive transactions of one step, in
+    /// order and in one pass: their rows are encoded together and decoded as one batch,
+    /// sliced per transaction. Returns each transaction's row changes with its time.
+    pub fn apply_keyed_run(
+        &self,
+        store: &Store,
+        overlay: &mut Overlay,
+        run: &[(usize, &super::KeyedChanges)],
+    ) -> Result<Vec<(usize, ChangeBatch)>> {
         let Some((key_cols, key_codec)) = &self.key else {
             return Err(EngineError::UndefinedObject(format!("table \"{}\" has no primary key to apply source changes by", self.name)));
         };
-        let current = |key: &[u8]| -> Result<Option<Vec<u8>>> {
-            let skey = self.storage_key(key);
-            let value = match overlay.get(&skey) {
+        let upserts = arrow::compute::concat_batches(self.schema(), run.iter().map(|(_, k)| &k.upserts))?;
+        let new_rows = self.codec.encode(&upserts)?;
+        let new_keys = key_codec.encode(&upserts.project(key_cols)?)?;
+        let deleted_keys = match run.iter().map(|(_, k)| &k.deletes).find(|d| d.num_rows() > 0) {
+            Some(first) => key_codec.encode(&arrow::compute::concat_batches(&first.schema(), run.iter().map(|(_, k)| &k.deletes))?)?,
+            None => Vec::new(),
+        };
+        let current = |overlay: &Overlay, skey: &[u8]| -> Result<Option<Vec<u8>>> {
+            let value = match overlay.get(skey) {
                 Some(v) => v.clone(),
-                None => store.get(&skey)?,
+                None => store.get(skey)?,
             };
             Ok(value.map(|v| split_value(&v).1.to_vec()))
         };
         let mut rows: Vec<Vec<u8>> = Vec::new();
-        let mut weights = Vec::new();
-        let new_rows = self.codec.encode(&keyed.upserts)?;
-        let new_keys = key_codec.encode(&keyed.upserts.project(key_cols)?)?;
-        for (row, key) in new_rows.into_iter().zip(new_keys) {
-            match current(&key)? {
-                Some(old) if old == row => continue,
-                Some(old) => {
+        let mut weights: Vec<i64> = Vec::new();
+        let mut ends: Vec<(usize, usize)> = Vec::with_capacity(run.len());
+        let (mut next_upsert, mut next_delete) = (new_rows.into_iter().zip(new_keys), deleted_keys.into_iter());
+        for (time, keyed) in run {
+            for (row, key) in next_upsert.by_ref().take(keyed.upserts.num_rows()) {
+                let skey = self.storage_key(&key);
+                let old = current(overlay, &skey)?;
+                if old.as_deref() == Some(row.as_slice()) {
+                    continue;
+                }
+                if let Some(old) = old {
                     rows.push(old);
                     weights.push(-1);
                 }
-                None => {}
+                overlay.insert(skey, Some(join_value(1, &row)));
+                rows.push(row);
+                weights.push(1);
             }
-            rows.push(row);
-            weights.push(1);
-        }
-        for key in key_codec.encode(&keyed.deletes)? {
-            if let Some(old) = current(&key)? {
-                rows.push(old);
-                weights.push(-1);
+            for key in next_delete.by_ref().take(keyed.deletes.num_rows()) {
+                let skey = self.storage_key(&key);
+                if let Some(old) = current(overlay, &skey)? {
+                    rows.push(old);
+                    weights.push(-1);
+                    overlay.insert(skey, None);
+                }
             }
+            ends.push((*time, rows.len()));
         }
-        Ok(self.codec.decode_changes(rows.iter().map(|r| r.as_slice()).zip(weights))?)
+        let changes = self.codec.decode_changes(rows.iter().map(|r| r.as_slice()).zip(weights))?;
+        let mut start = 0;
+        let mut out = Vec::new();
+        for (time, end) in ends {
+            if end > start {
+                out.push((time, changes.slice(start, end - start)));
+            }
+            start = end;
+        }
+        Ok(out)
     }
 
     pub fn key_columns(&self) -> Option<&[usize]> {

@@ -539,68 +539,102 @@ impl EngineThread {
     fn try_step(&mut self, commits: Vec<&Commit>) -> Result<Vec<Result<u64>>> {
         let mut results = Vec::with_capacity(commits.len());
         let mut overlay = contents::Overlay::new();
-        let mut accepted: Vec<Vec<(u32, ChangeBatch)>> = Vec::new();
+        // Each accepted commit's table changes, by time; source commits are resolved in runs.
+        let mut table_changes: Vec<(u32, usize, ChangeBatch)> = Vec::new();
+        let mut run: Vec<(usize, &Commit)> = Vec::new();
+        let mut times = 0usize;
         let mut extra_writes = HashMap::new();
         let first_tick = self.tick + 1;
         for commit in commits {
             if commit.chain.as_ref().is_some_and(CommitChain::broken) {
-                results.push(Err(EngineError::SerializationFailure(
-                    "an earlier transaction of this source was not applied".into(),
-                )));
+                results.push(Err(EngineError::SerializationFailure("an earlier transaction of this source was not applied".into())));
                 continue;
             }
+            let refuse = |e: EngineError| {
+                if let Some(chain) = &commit.chain {
+                    chain.break_off();
+                }
+                Err(e)
+            };
+            if let Some((id, _)) = commit.keyed.iter().find(|(id, _)| !self.contents.contains_key(id)) {
+                results.push(refuse(EngineError::UndefinedObject(format!("relation {id} was dropped"))));
+                continue;
+            }
+            if commit.changes.is_empty() {
+                // A source transaction: net changes by key never conflict, so it is accepted
+                // now and resolved with the run it belongs to.
+                results.push(Ok(first_tick + times as u64));
+                run.push((times, commit));
+                times += 1;
+                extra_writes.extend(commit.extra_writes.iter().cloned());
+                continue;
+            }
+            self.apply_keyed_run(std::mem::take(&mut run), &mut overlay, &mut table_changes)?;
             overlay.begin();
-            let attempt = &mut overlay;
-            let mut resolved = Vec::new();
-            let applied = (|| {
-                for (id, keyed) in &commit.keyed {
-                    let c = self.contents.get(id).ok_or_else(|| EngineError::UndefinedObject(format!("relation {id} was dropped")))?;
-                    let changes = c.resolve_keyed(&self.store, attempt, keyed)?;
-                    c.apply(&self.store, attempt, &changes)?;
-                    resolved.push((*id, changes));
-                }
-                for (id, changes) in &commit.changes {
-                    let c = self.contents.get(id).ok_or_else(|| EngineError::UndefinedObject(format!("relation {id} was dropped")))?;
-                    c.apply(&self.store, attempt, changes)?;
-                    resolved.push((*id, changes.clone()));
-                }
-                Ok::<(), EngineError>(())
-            })();
-            match applied {
+            let applied = commit.changes.iter().try_for_each(|(id, changes)| {
+                let c = self.contents.get(id).ok_or_else(|| EngineError::UndefinedObject(format!("relation {id} was dropped")))?;
+                c.apply(&self.store, &mut overlay, changes)
+            });
+            match applied.and_then(|()| self.apply_keyed_run(vec![(times, commit)], &mut overlay, &mut table_changes)) {
                 Ok(()) => {
                     overlay.keep();
-                    results.push(Ok(first_tick + accepted.len() as u64));
-                    accepted.push(resolved);
+                    let mut by_relation: BTreeMap<u32, Vec<ChangeBatch>> = BTreeMap::new();
+                    for (id, c) in &commit.changes {
+                        by_relation.entry(*id).or_default().push(c.clone());
+                    }
+                    for (id, batches) in by_relation {
+                        table_changes.push((id, times, ChangeBatch::concat(&batches[0].schema(), &batches)?.consolidate()?));
+                    }
+                    results.push(Ok(first_tick + times as u64));
+                    times += 1;
                     // Later writes of a key (a source's offsets) replace earlier ones.
                     extra_writes.extend(commit.extra_writes.iter().cloned());
                 }
                 Err(e) => {
                     overlay.rollback();
-                    if let Some(chain) = &commit.chain {
-                        chain.break_off();
-                    }
-                    results.push(Err(e));
+                    results.push(refuse(e));
                 }
             }
         }
-        if accepted.iter().all(Vec::is_empty) && extra_writes.is_empty() {
+        self.apply_keyed_run(run, &mut overlay, &mut table_changes)?;
+        if table_changes.is_empty() && extra_writes.is_empty() {
             // Nothing to write: no tick.
             return Ok(results.into_iter().map(|r| r.map(|_| self.tick)).collect());
         }
         let committed_at = self.next_tick_info().committed_at_micros;
-        let times = (0..accepted.len()).map(|k| TickInfo { tick: first_tick + k as u64, committed_at_micros: committed_at }).collect();
-        let mut step = StepChanges::new(times);
-        for (time, changes) in accepted.into_iter().enumerate() {
-            let mut by_relation: BTreeMap<u32, Vec<ChangeBatch>> = BTreeMap::new();
-            for (id, c) in changes {
-                by_relation.entry(id).or_default().push(c);
-            }
-            for (id, batches) in by_relation {
-                step.push(id, time, ChangeBatch::concat(&batches[0].schema(), &batches)?.consolidate()?);
-            }
+        let mut step = StepChanges::new(
+            (0..times.max(1)).map(|k| TickInfo { tick: first_tick + k as u64, committed_at_micros: committed_at }).collect(),
+        );
+        // Per relation, times must arrive in order: runs and client commits were resolved in
+        // commit order, but a run's tables come out one after another.
+        table_changes.sort_by_key(|(id, time, _)| (*id, *time));
+        for (id, time, changes) in table_changes {
+            step.push(id, time, changes);
         }
         self.propagate(step, overlay, extra_writes.into_iter().collect())?;
         Ok(results)
+    }
+
+    /// Resolve a run of source transactions (time, commit) against the tables, table by table.
+    fn apply_keyed_run(
+        &self,
+        run: Vec<(usize, &Commit)>,
+        overlay: &mut contents::Overlay,
+        table_changes: &mut Vec<(u32, usize, ChangeBatch)>,
+    ) -> Result<()> {
+        let mut by_table: BTreeMap<u32, Vec<(usize, &KeyedChanges)>> = BTreeMap::new();
+        for (time, commit) in run {
+            for (id, keyed) in &commit.keyed {
+                by_table.entry(*id).or_default().push((time, keyed));
+            }
+        }
+        for (id, keyed) in by_table {
+            let c = self.contents.get(&id).ok_or_else(|| EngineError::UndefinedObject(format!("relation {id} was dropped")))?;
+            for (time, changes) in c.apply_keyed_run(&self.store, overlay, &keyed)? {
+                table_changes.push((id, time, changes));
+            }
+        }
+        Ok(())
     }
 
     fn propagate(&mut self, mut step: StepChanges, mut overlay: contents::Overlay, extra_writes: Vec<(Vec<u8>, Vec<u8>)>) -> Result<u64> {
@@ -608,18 +642,22 @@ impl EngineThread {
         let mut stepped = Vec::new();
         let mut failure = None;
         let last = *step.times.last().expect("a step has a time");
+        // Where a step's time goes, per view (RUST_LOG=velocity::engine=debug).
+        let mut timings: Vec<(u32, bool, std::time::Duration)> = Vec::new();
         for (id, dataflow) in self.dataflows.iter_mut() {
             let due = dataflow.wakeup_at().is_some_and(|t| t <= last.committed_at_micros);
             if !due && !dataflow.inputs().any(|i| step.changed(i)) {
                 continue;
             }
             stepped.push(*id);
+            let started = Instant::now();
             let outputs = dataflow.step(&mut step, &mut writes).map_err(EngineError::from).and_then(|outputs| {
                 for (_, out) in &outputs {
                     self.contents[id].apply(&self.store, &mut overlay, out)?;
                 }
                 Ok(outputs)
             });
+            timings.push((*id, dataflow.timed, started.elapsed()));
             match outputs {
                 Ok(outputs) => {
                     for (time, out) in outputs {
@@ -633,6 +671,19 @@ impl EngineThread {
             }
         }
         let times = step.times.len() as u64;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            timings.sort_by_key(|(_, _, d)| std::cmp::Reverse(*d));
+            let catalog = self.catalog.read().expect("catalog lock");
+            let slowest: Vec<String> = timings
+                .iter()
+                .take(5)
+                .map(|(id, timed, d)| {
+                    let name = catalog.iter().find(|r| r.id == *id).map_or("?", |r| r.name.as_str());
+                    format!("{name}{} {:.1} ms", if *timed { " (timed)" } else { "" }, d.as_secs_f64() * 1e3)
+                })
+                .collect();
+            tracing::debug!("step of {times} transactions: views {}", slowest.join(", "));
+        }
         let changed = match failure {
             None => step.into_merged().map_err(EngineError::from),
             Some(e) => Err(e),
