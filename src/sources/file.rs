@@ -62,15 +62,16 @@ impl FileConnector {
         }
     }
 
-    /// Complete lines of `file` after its cursor, advancing the cursor.
-    async fn read_new(&mut self, file: &PathBuf, out: &mut Vec<SourceRecord>) -> std::io::Result<()> {
+    /// Complete lines of `file` after its cursor, advancing the cursor. Returns whether the
+    /// cursor moved.
+    async fn read_new(&mut self, file: &PathBuf, out: &mut Vec<SourceRecord>) -> std::io::Result<bool> {
         let stream = file.display().to_string();
         let cursor = self.cursors.entry(stream.clone()).or_default();
-        let Ok(mut f) = tokio::fs::File::open(file).await else { return Ok(()) };
+        let Ok(mut f) = tokio::fs::File::open(file).await else { return Ok(false) };
         let len = f.metadata().await?.len();
         let start = cursor.byte;
         if start >= len {
-            return Ok(());
+            return Ok(false);
         }
         f.seek(SeekFrom::Start(start)).await?;
         let mut buf = Vec::new();
@@ -97,7 +98,7 @@ impl FileConnector {
         cursor.byte = start + consumed as u64;
         // The file may have grown while it was read.
         self.lag += len.saturating_sub(cursor.byte);
-        Ok(())
+        Ok(consumed > 0)
     }
 }
 
@@ -116,11 +117,19 @@ impl Connector for FileConnector {
         let deadline = Instant::now() + max_wait;
         loop {
             let mut out = Vec::new();
+            let mut moved = false;
             self.lag = 0;
             for file in self.files() {
-                self.read_new(&file, &mut out).await?;
+                moved |= self.read_new(&file, &mut out).await?;
             }
-            if !out.is_empty() || Instant::now() >= deadline {
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            // Lines skipped on the way to the resume point are not the end of the input.
+            if moved {
+                continue;
+            }
+            if Instant::now() >= deadline {
                 return Ok(out);
             }
             tokio::time::sleep(POLL_INTERVAL.min(deadline.saturating_duration_since(Instant::now()))).await;

@@ -195,6 +195,8 @@ pub struct StoredDeadLetter {
 
 /// Start the task that runs source `name` until the source is dropped.
 pub fn spawn(engine: Engine, registry: SourceRegistry, id: u32, name: String, config: SourceConfig) {
+    // Registered before the task runs, so a FLUSH right after startup waits for this source.
+    registry.write().expect("registry lock").entry(name.clone()).or_default().state = "running".into();
     tokio::spawn(async move {
         let connector = config.connect();
         let registry_handle = registry.clone();
