@@ -94,19 +94,34 @@ pub enum Bench {
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Incremental { rows, transactions, recomputes } => {
-            println!("velocity bench incremental --rows {} --transactions {transactions} --recomputes {recomputes}",
-                rows.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(","));
-            println!("view: SELECT c.region, p.category, count(*), sum(o.qty) FROM orders o JOIN customers c ON o.customer_id = c.id JOIN products p ON o.product_id = p.id GROUP BY c.region, p.category\n");
+            println!(
+                "velocity bench incremental --rows {} --transactions {transactions} --recomputes {recomputes}",
+                rows.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")
+            );
+            println!(
+                "view: SELECT c.region, p.category, count(*), sum(o.qty) FROM orders o JOIN customers c ON o.customer_id = c.id JOIN products p ON o.product_id = p.id GROUP BY c.region, p.category\n"
+            );
             let mut results = Vec::new();
             for n in rows {
                 results.push(incremental(n, transactions, recomputes).await?);
             }
-            println!("\n| base rows | load s | view create s | txn p50 ms | txn p99 ms | txn max ms | recompute ms (median) | recompute / txn p50 | peak RSS MiB | RocksDB MiB |");
+            println!(
+                "\n| base rows | load s | view create s | txn p50 ms | txn p99 ms | txn max ms | recompute ms (median) | recompute / txn p50 | peak RSS MiB | RocksDB MiB |"
+            );
             println!("|---|---|---|---|---|---|---|---|---|---|");
             for r in &results {
                 println!(
                     "| {} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0}x | {} | {} |",
-                    r.rows, r.load_s, r.create_s, r.p50_ms, r.p99_ms, r.max_ms, r.recompute_ms, r.recompute_ms / r.p50_ms, r.rss_mib, r.db_mib
+                    r.rows,
+                    r.load_s,
+                    r.create_s,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.max_ms,
+                    r.recompute_ms,
+                    r.recompute_ms / r.p50_ms,
+                    r.rss_mib,
+                    r.db_mib
                 );
             }
             Ok(())
@@ -177,7 +192,10 @@ async fn source(events: usize) -> anyhow::Result<()> {
     eprintln!();
     println!("\n| stage | events | transactions | MB | events/s | MB/s | transactions/s |");
     println!("|---|---|---|---|---|---|---|");
-    println!("| decode + dedup (in memory) | {events} | {transactions} | {:.0} | {decode_eps:.0} | {decode_mbps:.1} | |", bytes as f64 / 1e6);
+    println!(
+        "| decode + dedup (in memory) | {events} | {transactions} | {:.0} | {decode_eps:.0} | {decode_mbps:.1} | |",
+        bytes as f64 / 1e6
+    );
     println!(
         "| file source -> tables + view (synced commit per transaction) | {events} | {transactions} | {:.0} | {:.0} | {:.1} | {:.0} |",
         bytes as f64 / 1e6,
@@ -256,14 +274,24 @@ async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow
         let rows = RecordBatch::try_new(schema, batch).expect("bench batch");
         server.engine.commit(Commit { changes: vec![(id, ChangeBatch::uniform(rows, 1))], ..Default::default() })
     };
-    load(ids[0], schemas[0].clone(), vec![
-        Arc::new(Int64Array::from_iter_values(0..customers as i64)),
-        Arc::new(StringArray::from_iter_values((0..customers).map(|i| format!("region-{}", i % 50)))),
-    ]).await?;
-    load(ids[1], schemas[1].clone(), vec![
-        Arc::new(Int64Array::from_iter_values(0..products as i64)),
-        Arc::new(StringArray::from_iter_values((0..products).map(|i| format!("category-{}", i % 20)))),
-    ]).await?;
+    load(
+        ids[0],
+        schemas[0].clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..customers as i64)),
+            Arc::new(StringArray::from_iter_values((0..customers).map(|i| format!("region-{}", i % 50)))),
+        ],
+    )
+    .await?;
+    load(
+        ids[1],
+        schemas[1].clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..products as i64)),
+            Arc::new(StringArray::from_iter_values((0..products).map(|i| format!("category-{}", i % 20)))),
+        ],
+    )
+    .await?;
     let mut rng = Rng(0x9E3779B97F4A7C15);
     let mut qty = Vec::with_capacity(n);
     let mut customer_of = Vec::with_capacity(n);
@@ -276,12 +304,17 @@ async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow
     let chunk = 200_000;
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
-        load(ids[2], schemas[2].clone(), vec![
-            Arc::new(Int64Array::from_iter_values(start as i64..end as i64)),
-            Arc::new(Int64Array::from(customer_of[start..end].to_vec())),
-            Arc::new(Int64Array::from(product_of[start..end].to_vec())),
-            Arc::new(Int64Array::from(qty[start..end].to_vec())),
-        ]).await?;
+        load(
+            ids[2],
+            schemas[2].clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(start as i64..end as i64)),
+                Arc::new(Int64Array::from(customer_of[start..end].to_vec())),
+                Arc::new(Int64Array::from(product_of[start..end].to_vec())),
+                Arc::new(Int64Array::from(qty[start..end].to_vec())),
+            ],
+        )
+        .await?;
         eprint!("\rloading {n} orders: {end}/{n}");
     }
     eprintln!();
@@ -299,12 +332,15 @@ async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow
     // Small transactions: update one order's quantity and move another to a new customer.
     let mut latencies = Vec::with_capacity(transactions);
     let order_row = |i: usize, customer: i64, q: i64| {
-        RecordBatch::try_new(schemas[2].clone(), vec![
-            Arc::new(Int64Array::from(vec![i as i64])),
-            Arc::new(Int64Array::from(vec![customer])),
-            Arc::new(Int64Array::from(vec![product_of[i]])),
-            Arc::new(Int64Array::from(vec![q])),
-        ])
+        RecordBatch::try_new(
+            schemas[2].clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![i as i64])),
+                Arc::new(Int64Array::from(vec![customer])),
+                Arc::new(Int64Array::from(vec![product_of[i]])),
+                Arc::new(Int64Array::from(vec![q])),
+            ],
+        )
     };
     for _ in 0..transactions {
         let i = (rng.next() % n as u64) as usize;
@@ -342,7 +378,13 @@ async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow
     let count = |b: &[RecordBatch]| b.iter().map(|b| b.num_rows()).sum::<usize>();
     let view_rows = sql(&server, "SELECT * FROM sales").await?;
     anyhow::ensure!(count(&view_rows) == count(expected.as_deref().unwrap_or_default()), "view and recompute differ in size");
-    let diff = sql(&server, &format!("SELECT count(*) AS n FROM ((SELECT * FROM sales EXCEPT ALL ({query})) UNION ALL (({query}) EXCEPT ALL SELECT * FROM sales)) d")).await?;
+    let diff = sql(
+        &server,
+        &format!(
+            "SELECT count(*) AS n FROM ((SELECT * FROM sales EXCEPT ALL ({query})) UNION ALL (({query}) EXCEPT ALL SELECT * FROM sales)) d"
+        ),
+    )
+    .await?;
     let mismatches = diff[0].column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)).unwrap_or(-1);
     anyhow::ensure!(mismatches == 0, "view differs from recompute in {mismatches} rows");
 
@@ -474,7 +516,13 @@ async fn pipeline(scale: usize, events: u64, rate: f64, recompute_every: u64) ->
             every_ms + recompute(0.99),
             every_ms + recompute(1.0)
         );
-        println!("\none recompute of the {} views (p50 / p99 / max): {:.0} / {:.0} / {:.0} ms", views.len(), recompute(0.5), recompute(0.99), recompute(1.0));
+        println!(
+            "\none recompute of the {} views (p50 / p99 / max): {:.0} / {:.0} / {:.0} ms",
+            views.len(),
+            recompute(0.5),
+            recompute(0.99),
+            recompute(1.0)
+        );
     }
     Ok(())
 }
@@ -579,7 +627,9 @@ async fn steps(transactions: u64, scale: usize, limits: &[usize]) -> anyhow::Res
     let decode_secs = started.elapsed().as_secs_f64().max(1e-9);
     let decode_eps = events as f64 / decode_secs;
     println!("\nin memory, decode + transaction dedup of the same file: {decode_eps:.0} events/s ({released} transactions)");
-    println!("\n| step limit (transactions) | events/s | transactions/s | x in-memory decode | steps | transactions per step | step p50 ms | step p99 ms | step max ms |");
+    println!(
+        "\n| step limit (transactions) | events/s | transactions/s | x in-memory decode | steps | transactions per step | step p50 ms | step p99 ms | step max ms |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in &runs {
         let eps = events as f64 / r.secs;
@@ -644,7 +694,9 @@ async fn subscribe_latency(loads: usize, updates: usize) -> anyhow::Result<()> {
                 let line: String = buffered.drain(..=nl).collect();
                 let mut fields = line.split('\t');
                 let (_tick, diff, id) = (fields.next(), fields.next(), fields.next());
-                if diff == Some("1") && let Some(id) = id.and_then(|v| v.parse().ok()) {
+                if diff == Some("1")
+                    && let Some(id) = id.and_then(|v| v.parse().ok())
+                {
                     let _ = rows_tx.send((id, at));
                 }
             }
@@ -715,7 +767,9 @@ async fn sink(brokers: &str, rows: usize, batch: usize, updates: usize) -> anyho
             let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
             let at = Instant::now();
             let Some(v) = m.payload().and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()) else { continue };
-            if let (Some(id), Some(n)) = (v["id"].as_i64(), v["n"].as_i64()) && arrived_tx.send(((id, n), at)).is_err() {
+            if let (Some(id), Some(n)) = (v["id"].as_i64(), v["n"].as_i64())
+                && arrived_tx.send(((id, n), at)).is_err()
+            {
                 return;
             }
         }
@@ -752,7 +806,9 @@ async fn sink(brokers: &str, rows: usize, batch: usize, updates: usize) -> anyho
         }
     }
     latencies.sort();
-    println!("\n| rows | committed in s | all in the topic after s | messages/s | update to consumer p50 ms | p99 ms | max ms | peak RSS MiB |");
+    println!(
+        "\n| rows | committed in s | all in the topic after s | messages/s | update to consumer p50 ms | p99 ms | max ms | peak RSS MiB |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     println!(
         "| {rows} | {committed_s:.1} | {delivered_s:.1} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",

@@ -6,16 +6,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-
 /// The pipeline, as shipped in `queries/velocity.sql`.
 pub const PIPELINE_SQL: &str = include_str!("../queries/velocity.sql");
 
 /// The pipeline with the simulator's source options replaced.
 pub fn pipeline_sql(scale: usize, rate: f64) -> String {
-    PIPELINE_SQL.replace(
-        "scenario = 'logistics', scale = 200, rate = 50",
-        &format!("scenario = 'logistics', scale = {scale}, rate = {rate}"),
-    )
+    PIPELINE_SQL
+        .replace("scenario = 'logistics', scale = 200, rate = 50", &format!("scenario = 'logistics', scale = {scale}, rate = {rate}"))
 }
 
 /// What `velocity demo` was asked for.
@@ -33,11 +30,9 @@ pub struct DemoOptions<'a> {
 pub async fn run(options: DemoOptions<'_>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     let (addr, server) = crate::server::spawn(options.data_dir, listener).await?;
-    let (client, connection) = tokio_postgres::connect(
-        &format!("host={} port={} user=velocity dbname=velocity", addr.ip(), addr.port()),
-        tokio_postgres::NoTls,
-    )
-    .await?;
+    let (client, connection) =
+        tokio_postgres::connect(&format!("host={} port={} user=velocity dbname=velocity", addr.ip(), addr.port()), tokio_postgres::NoTls)
+            .await?;
     tokio::spawn(connection);
 
     let exists = client.query("SELECT 1 FROM velocity_catalog.relations WHERE name = 'loads'", &[]).await?;
@@ -56,7 +51,10 @@ pub async fn run(options: DemoOptions<'_>) -> anyhow::Result<()> {
     println!("velocity demo: listening on {addr}, data in {}", options.data_dir.display());
     println!("try, in another terminal:");
     println!("  psql -h {} -p {port} -U velocity velocity -c 'SELECT * FROM loads LIMIT 5'", addr.ip());
-    println!("  psql -h {} -p {port} -U velocity velocity -c 'SELECT * FROM customer_kpis ORDER BY open_shipments DESC LIMIT 10'", addr.ip());
+    println!(
+        "  psql -h {} -p {port} -U velocity velocity -c 'SELECT * FROM customer_kpis ORDER BY open_shipments DESC LIMIT 10'",
+        addr.ip()
+    );
     println!("  psql -h {} -p {port} -U velocity velocity -c 'COPY (SUBSCRIBE TO business_events) TO STDOUT'", addr.ip());
     println!("  psql -h {} -p {port} -U velocity velocity -c 'SELECT name, rows, freshness_ms FROM velocity_catalog.relations'", addr.ip());
 

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "velocity", version, about = "A SQL-first streaming database: CDC in, incrementally maintained views out, over the Postgres wire protocol")]
+#[command(
+    name = "velocity",
+    version,
+    about = "A SQL-first streaming database: CDC in, incrementally maintained views out, over the Postgres wire protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

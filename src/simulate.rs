@@ -83,8 +83,7 @@ pub async fn run(options: SimulateOptions) -> anyhow::Result<()> {
         }
         Target::Kafka(brokers) => {
             use rdkafka::producer::{FutureProducer, FutureRecord};
-            let producer: FutureProducer =
-                rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create()?;
+            let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create()?;
             for done in 1..=options.transactions {
                 let txn = simulator.next_txn();
                 events += txn.changes.len() as u64;
@@ -96,9 +95,9 @@ pub async fn run(options: SimulateOptions) -> anyhow::Result<()> {
                         Some(change) => (format!("tms.public.{}", change.table()), change.key().to_string()),
                         None => ("tms.transaction".to_string(), txn.xid.to_string()),
                     };
-                    sends.push(async move {
-                        producer.send(FutureRecord::to(&topic).key(&key).payload(line), Duration::from_secs(30)).await
-                    });
+                    sends.push(
+                        async move { producer.send(FutureRecord::to(&topic).key(&key).payload(line), Duration::from_secs(30)).await },
+                    );
                 }
                 for sent in futures::future::join_all(sends).await {
                     sent.map_err(|(e, _)| anyhow::anyhow!("producing to kafka: {e}"))?;

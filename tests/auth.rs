@@ -164,10 +164,8 @@ fn make_certificate(dir: &Path) -> (String, String) {
 fn tls_with_scram_and_channel_binding() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = make_certificate(dir.path());
-    let server = common::ServerProcess::start_with(
-        &dir.path().join("data"),
-        &["--user", "alice:s3cret", "--tls-cert", &cert, "--tls-key", &key],
-    );
+    let server =
+        common::ServerProcess::start_with(&dir.path().join("data"), &["--user", "alice:s3cret", "--tls-cert", &cert, "--tls-key", &key]);
     for extra in ["sslmode=require", "sslmode=require channel_binding=require", &format!("sslmode=verify-ca sslrootcert={cert}")] {
         let out = psql(server.addr, extra, "s3cret", "\\conninfo");
         let stdout = String::from_utf8_lossy(&out.stdout);

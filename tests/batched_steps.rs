@@ -11,11 +11,9 @@ use velocity::engine::{Commit, KeyedChanges};
 
 /// A source-style transaction: shipment `id` is now in `status`.
 fn set_status(table: u32, schema: &arrow::datatypes::SchemaRef, id: i64, status: &str) -> Commit {
-    let upserts = RecordBatch::try_new(
-        schema.clone(),
-        vec![Arc::new(Int64Array::from(vec![id])), Arc::new(StringArray::from(vec![status]))],
-    )
-    .unwrap();
+    let upserts =
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![id])), Arc::new(StringArray::from(vec![status]))])
+            .unwrap();
     let key_schema = Arc::new(schema.project(&[0]).unwrap());
     let deletes = RecordBatch::new_empty(key_schema);
     Commit { keyed: vec![(table, KeyedChanges { upserts, deletes })], ..Default::default() }
@@ -84,13 +82,16 @@ async fn two_transitions_in_one_step_are_two_events() {
             .await
             .unwrap();
         let got: Vec<(String, String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-        let want = vec![
-            ("LOADING".to_string(), "DEPARTED".to_string(), t1 as i64),
-            ("DEPARTED".to_string(), "ARRIVED".to_string(), t2 as i64),
-        ];
+        let want =
+            vec![("LOADING".to_string(), "DEPARTED".to_string(), t1 as i64), ("DEPARTED".to_string(), "ARRIVED".to_string(), t2 as i64)];
         assert_eq!(got, want, "{view}");
     }
-    let state: Vec<(i64, String)> =
-        client.query("SELECT id, status FROM shipment_state ORDER BY id", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    let state: Vec<(i64, String)> = client
+        .query("SELECT id, status FROM shipment_state ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     assert_eq!(state, vec![(1, "ARRIVED".to_string()), (2, "LOADING".to_string())]);
 }

@@ -96,8 +96,7 @@ const METABASE_TABLES: &str = r#"SELECT "n"."nspname" AS "schema", "c"."relname"
 const METABASE_FIELDS: &str = r#"SELECT "c"."column_name" AS "name", CASE WHEN "c"."udt_schema" IN ('public', 'pg_catalog') THEN FORMAT('%s', "c"."udt_name") ELSE FORMAT('"%s"."%s"', "c"."udt_schema", "c"."udt_name") END AS "database-type", "c"."ordinal_position" - 1 AS "database-position", "c"."table_schema" AS "table-schema", "c"."table_name" AS "table-name", "pk"."column_name" IS NOT NULL AS "pk?", COL_DESCRIPTION(CAST(CAST(FORMAT('%I.%I', CAST("c"."table_schema" AS TEXT), CAST("c"."table_name" AS TEXT)) AS REGCLASS) AS OID), "c"."ordinal_position") AS "field-comment", (("column_default" IS NULL) OR (LOWER("column_default") = 'null')) AND ("is_nullable" = 'NO') AND NOT ((("column_default" IS NOT NULL) AND ("column_default" LIKE '%nextval(%')) OR ("is_identity" <> 'NO')) AS "database-required", (("column_default" IS NOT NULL) AND ("column_default" LIKE '%nextval(%')) OR ("is_identity" <> 'NO') AS "database-is-auto-increment" FROM "information_schema"."columns" AS "c" LEFT JOIN (SELECT "tc"."table_schema", "tc"."table_name", "kc"."column_name" FROM "information_schema"."table_constraints" AS "tc" INNER JOIN "information_schema"."key_column_usage" AS "kc" ON ("tc"."constraint_name" = "kc"."constraint_name") AND ("tc"."table_schema" = "kc"."table_schema") AND ("tc"."table_name" = "kc"."table_name") WHERE "tc"."constraint_type" = 'PRIMARY KEY') AS "pk" ON ("c"."table_schema" = "pk"."table_schema") AND ("c"."table_name" = "pk"."table_name") AND ("c"."column_name" = "pk"."column_name") WHERE c.table_schema !~ '^information_schema|catalog_history|pg_' AND ("c"."table_schema" IN ($1)) AND ("c"."table_name" IN ($2, $3)) UNION ALL SELECT "pa"."attname" AS "name", CASE WHEN "ptn"."nspname" IN ('public', 'pg_catalog') THEN FORMAT('%s', "pt"."typname") ELSE FORMAT('"%s"."%s"', "ptn"."nspname", "pt"."typname") END AS "database-type", "pa"."attnum" - 1 AS "database-position", "pn"."nspname" AS "table-schema", "pc"."relname" AS "table-name", FALSE AS "pk?", NULL AS "field-comment", FALSE AS "database-required", FALSE AS "database-is-auto-increment" FROM "pg_catalog"."pg_class" AS "pc" INNER JOIN "pg_catalog"."pg_namespace" AS "pn" ON "pn"."oid" = "pc"."relnamespace" INNER JOIN "pg_catalog"."pg_attribute" AS "pa" ON "pa"."attrelid" = "pc"."oid" INNER JOIN "pg_catalog"."pg_type" AS "pt" ON "pt"."oid" = "pa"."atttypid" INNER JOIN "pg_catalog"."pg_namespace" AS "ptn" ON "ptn"."oid" = "pt"."typnamespace" WHERE ("pc"."relkind" = 'm') AND ("pa"."attnum" >= 1) AND ("pn"."nspname" IN ($4)) AND ("pc"."relname" IN ($5, $6)) ORDER BY "table-schema" ASC, "table-name" ASC, "database-position" ASC"#;
 
 /// Metabase `enum-types`, before field sync.
-const METABASE_ENUMS: &str =
-    "SELECT nspname, typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid IN (SELECT DISTINCT enumtypid FROM pg_enum e)";
+const METABASE_ENUMS: &str = "SELECT nspname, typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid IN (SELECT DISTINCT enumtypid FROM pg_enum e)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metabase_connect_and_sync() {
@@ -120,7 +119,8 @@ async fn metabase_connect_and_sync() {
     assert!(schemas.contains(&vec![s("public"), s("velocity")]), "{schemas:?}");
 
     let privileges = simple(&client, METABASE_PRIVILEGES).await;
-    let mut privileged: Vec<&str> = privileges.iter().filter(|r| r[1].as_deref() == Some("public")).filter_map(|r| r[2].as_deref()).collect();
+    let mut privileged: Vec<&str> =
+        privileges.iter().filter(|r| r[1].as_deref() == Some("public")).filter_map(|r| r[2].as_deref()).collect();
     privileged.sort();
     assert_eq!(privileged, ["orders", "revenue"], "{privileges:?}");
     assert!(privileges.iter().all(|r| r[4].as_deref() == Some("true") || r[4].as_deref() == Some("t")), "select privilege: {privileges:?}");
@@ -133,7 +133,10 @@ async fn metabase_connect_and_sync() {
 
     let fields = text_rows(&client, METABASE_FIELDS, &[&"public", &"orders", &"revenue", &"public", &"orders", &"revenue"]).await;
     // (name, database-type, database-position, table-name, pk?, database-required, auto-increment)
-    let got: Vec<Vec<Option<String>>> = fields.iter().map(|r| vec![r[0].clone(), r[1].clone(), r[2].clone(), r[4].clone(), r[5].clone(), r[7].clone(), r[8].clone()]).collect();
+    let got: Vec<Vec<Option<String>>> = fields
+        .iter()
+        .map(|r| vec![r[0].clone(), r[1].clone(), r[2].clone(), r[4].clone(), r[5].clone(), r[7].clone(), r[8].clone()])
+        .collect();
     let row = |name: &str, ty: &str, pos: &str, table: &str, pk: &str, required: &str| {
         vec![s(name), s(ty), s(pos), s(table), s(pk), s(required), s("false")]
     };

@@ -73,10 +73,7 @@ fn dsn(server: &common::ServerProcess) -> String {
 #[test]
 fn psycopg3() {
     let (_dir, server) = start_server();
-    let out = run(
-        "psycopg",
-        Command::new(python()).arg(clients_dir().join("psycopg_client.py")).env("VELOCITY_DSN", dsn(&server)),
-    );
+    let out = run("psycopg", Command::new(python()).arg(clients_dir().join("psycopg_client.py")).env("VELOCITY_DSN", dsn(&server)));
     assert!(out.contains("psycopg: all checks passed"), "{out}");
 }
 
@@ -91,10 +88,7 @@ fn sqlalchemy_inspection() {
 #[test]
 fn node_postgres() {
     let node_dir = clients_dir().join("node");
-    assert!(
-        node_dir.join("node_modules/pg").exists(),
-        "node-postgres is missing: run .ci/run, or (cd tests/clients/node && npm install)"
-    );
+    assert!(node_dir.join("node_modules/pg").exists(), "node-postgres is missing: run .ci/run, or (cd tests/clients/node && npm install)");
     let (_dir, server) = start_server();
     let out = run(
         "node-postgres",
@@ -116,10 +110,8 @@ fn pgjdbc() {
     assert!(Path::new(PGJDBC).exists(), "{PGJDBC} is missing: apt-get install libpostgresql-jdbc-java (see .ci/run)");
     let (_dir, server) = start_server();
     let url = format!("jdbc:postgresql://{}:{}/velocity", server.addr.ip(), server.addr.port());
-    let out = run(
-        "pgjdbc",
-        Command::new("java").args(["-cp", PGJDBC]).arg(clients_dir().join("JdbcTest.java")).args([url.as_str(), "velocity"]),
-    );
+    let out =
+        run("pgjdbc", Command::new("java").args(["-cp", PGJDBC]).arg(clients_dir().join("JdbcTest.java")).args([url.as_str(), "velocity"]));
     assert!(out.contains("pgjdbc: all checks passed"), "{out}");
 }
 

@@ -28,12 +28,21 @@ const VIEWS: &[(&str, &str)] = &[
     ("distinct_k", "SELECT DISTINCT k FROM b"),
     ("over_view", "SELECT k, n, mx FROM grouped WHERE n > 1"),
     ("union_all", "SELECT k, v FROM a UNION ALL SELECT k, v FROM c WHERE v > 2"),
-    ("join_agg", "SELECT b.k, count(DISTINCT a.v) AS dv, avg(b.v) AS av, bool_or(a.v > b.v) AS bigger FROM a JOIN b ON a.k = b.k GROUP BY b.k HAVING count(*) > 1"),
+    (
+        "join_agg",
+        "SELECT b.k, count(DISTINCT a.v) AS dv, avg(b.v) AS av, bool_or(a.v > b.v) AS bigger FROM a JOIN b ON a.k = b.k GROUP BY b.k HAVING count(*) > 1",
+    ),
     ("global", "SELECT count(*) AS n, max(v) AS m, sum(k) AS s FROM c"),
     ("semi", "SELECT a.id FROM a WHERE EXISTS (SELECT 1 FROM c WHERE c.k = a.k)"),
     ("anti", "SELECT b.id, b.k FROM b WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.k = b.k)"),
-    ("top2", "SELECT k, v, id, rn FROM (SELECT k, v, id, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC NULLS LAST, id) AS rn FROM a) x WHERE rn <= 2"),
-    ("expr_filter", "SELECT id, CASE WHEN v IS NULL THEN 'none' ELSE concat('v', v) END AS label, k * 10 AS k10 FROM c WHERE k IS NULL OR k <> 1"),
+    (
+        "top2",
+        "SELECT k, v, id, rn FROM (SELECT k, v, id, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC NULLS LAST, id) AS rn FROM a) x WHERE rn <= 2",
+    ),
+    (
+        "expr_filter",
+        "SELECT id, CASE WHEN v IS NULL THEN 'none' ELSE concat('v', v) END AS label, k * 10 AS k10 FROM c WHERE k IS NULL OR k <> 1",
+    ),
     (
         "nested_entity",
         "SELECT a.k, json_agg(json_build_object('id', a.id, 'v', a.v, 'c', c.v) ORDER BY a.id, c.id) AS items, \
@@ -108,7 +117,8 @@ async fn check_views(client: &tokio_postgres::Client, history: &[Txn]) -> Result
         let view = common::rows(client, &format!("SELECT * FROM {name}")).await;
         let oracle = common::rows(client, query).await;
         prop_assert_eq!(
-            &view, &oracle,
+            &view,
+            &oracle,
             "view {} diverged from its query after:\n{}\n-- view: {}",
             name,
             history.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join("\n"),

@@ -86,12 +86,21 @@ async fn file_source_dedups_transactions_and_keeps_dead_letters() {
     // Restart: nothing is applied twice, and new lines continue from where the source stopped.
     drop(client);
     server.kill9();
-    append(&file, &[event("shipments", "u", 103, &s(3, "PLANNED"), &s(3, "LOADING")), event("stops", "c", 103, "null", r#"{"id":11,"shipment_id":3,"city":"Kiel"}"#)]);
+    append(
+        &file,
+        &[
+            event("shipments", "u", 103, &s(3, "PLANNED"), &s(3, "LOADING")),
+            event("stops", "c", 103, "null", r#"{"id":11,"shipment_id":3,"city":"Kiel"}"#),
+        ],
+    );
     let server = common::ServerProcess::start(&data);
     let client = common::connect(server.addr).await;
     client.batch_execute("FLUSH").await.unwrap();
     // A table bound after the source moved on still gets the whole history.
-    client.batch_execute("CREATE TABLE notes (id BIGINT PRIMARY KEY, text TEXT) WITH (source = 'tms', upstream = 'public.notes'); FLUSH;").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE notes (id BIGINT PRIMARY KEY, text TEXT) WITH (source = 'tms', upstream = 'public.notes'); FLUSH;")
+        .await
+        .unwrap();
     assert_eq!(common::rows(&client, "SELECT id, text FROM notes").await, vec![row(&["7", "fragile"])]);
     // One table per upstream table and source.
     client

@@ -135,7 +135,10 @@ async fn sinks_carry_every_change_once_in_order_per_key() {
 
     let rows = by_key(&consume(&rows_topic, 7), "id");
     let states = |key: &str| -> Vec<Option<(String, i64)>> {
-        rows[key].iter().map(|m| m.value.as_ref().map(|v| (v["status"].as_str().unwrap().to_string(), v["eta"].as_i64().unwrap()))).collect()
+        rows[key]
+            .iter()
+            .map(|m| m.value.as_ref().map(|v| (v["status"].as_str().unwrap().to_string(), v["eta"].as_i64().unwrap())))
+            .collect()
     };
     let s = |status: &str, eta: i64| Some((status.to_string(), eta));
     assert_eq!(states("1"), vec![s("PLANNED", 10), s("LOADING", 10), s("DEPARTED", 10), None]);
@@ -194,7 +197,9 @@ async fn sink_neither_loses_nor_repeats_across_kill9() {
     exec(&client, "CREATE TABLE counters (id BIGINT PRIMARY KEY, version BIGINT)").await;
     exec(
         &client,
-        &format!("CREATE SINK counters_out FROM counters WITH (connector = 'kafka', brokers = '{brokers}', topic = '{topic}', partitions = 3)"),
+        &format!(
+            "CREATE SINK counters_out FROM counters WITH (connector = 'kafka', brokers = '{brokers}', topic = '{topic}', partitions = 3)"
+        ),
     )
     .await;
     exec(&client, "INSERT INTO counters VALUES (0, 1)").await;

@@ -32,8 +32,7 @@ impl Kafka {
         config.set("bootstrap.servers", &brokers).set("message.timeout.ms", "10000");
         // One message per record batch: tansu (memory storage) returns nothing when a consumer
         // resumes at an offset inside a batch, which real Kafka brokers serve.
-        let producer: FutureProducer =
-            config.clone().set("linger.ms", "0").set("batch.num.messages", "1").create().expect("producer");
+        let producer: FutureProducer = config.clone().set("linger.ms", "0").set("batch.num.messages", "1").create().expect("producer");
         let admin = config.create().expect("admin client");
         Kafka { brokers, producer, admin }
     }
@@ -83,9 +82,7 @@ fn by_stream(records: &[SourceRecord]) -> HashMap<String, Vec<(i64, Option<Strin
     let mut out: HashMap<String, Vec<(i64, Option<String>)>> = HashMap::new();
     for r in records {
         let Position::Kafka { offset, .. } = &r.position else { panic!("not a Kafka position: {:?}", r.position) };
-        out.entry(r.position.stream())
-            .or_default()
-            .push((*offset, r.payload.as_ref().map(|p| String::from_utf8(p.clone()).unwrap())));
+        out.entry(r.position.stream()).or_default().push((*offset, r.payload.as_ref().map(|p| String::from_utf8(p.clone()).unwrap())));
     }
     out
 }
@@ -136,8 +133,7 @@ async fn connector_reads_every_partition_in_order_and_resumes_from_offsets() {
     // Durable offsets reach the consumer group, for Kafka's lag tools.
     let resume: HashMap<String, u64> = [(format!("{shipments}/0"), 7u64), (format!("{shipments}/1"), 3), (format!("{txns}/0"), 1)].into();
     connector.committed(&resume).await.unwrap();
-    let checker: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).set("group.id", &group).create().unwrap();
+    let checker: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).set("group.id", &group).create().unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&shipments, 0);
     tpl.add_partition(&shipments, 1);
@@ -146,7 +142,9 @@ async fn connector_reads_every_partition_in_order_and_resumes_from_offsets() {
         // Commits are asynchronous and rate-limited: polling sends the latest one.
         let _ = connector.poll(Duration::from_millis(300)).await.unwrap();
         let committed = checker.committed_offsets(tpl.clone(), Duration::from_secs(5)).unwrap().to_topic_map();
-        if committed.get(&(shipments.clone(), 0)) == Some(&Offset::Offset(7)) && committed.get(&(shipments.clone(), 1)) == Some(&Offset::Offset(3)) {
+        if committed.get(&(shipments.clone(), 0)) == Some(&Offset::Offset(7))
+            && committed.get(&(shipments.clone(), 1)) == Some(&Offset::Offset(3))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "group offsets not committed: {committed:?}");
@@ -281,10 +279,7 @@ impl Debezium {
                 None => per_table.push((e.table, 1)),
             }
         }
-        let dc: Vec<String> = per_table
-            .iter()
-            .map(|(t, n)| format!(r#"{{"data_collection":"public.{t}","event_count":{n}}}"#))
-            .collect();
+        let dc: Vec<String> = per_table.iter().map(|(t, n)| format!(r#"{{"data_collection":"public.{t}","event_count":{n}}}"#)).collect();
         format!(
             r#"{{"status":"END","id":"{}","event_count":{},"data_collections":[{}],"ts_ms":1700000000000}}"#,
             Self::txn_id(tx),
@@ -456,7 +451,12 @@ async fn kafka_source_applies_whole_transactions_across_topics() {
 
     let want_accounts = vec![row(&["1", "150"]), row(&["2", "350"]), row(&["3", "200"]), row(&["4", "300"])];
     eventually(&client, "SELECT id, balance FROM accounts", want_accounts).await;
-    eventually(&client, "SELECT id, from_id, to_id, amount FROM transfers", vec![row(&["1", "1", "2", "100"]), row(&["2", "3", "4", "50"])]).await;
+    eventually(
+        &client,
+        "SELECT id, from_id, to_id, amount FROM transfers",
+        vec![row(&["1", "1", "2", "100"]), row(&["2", "3", "4", "50"])],
+    )
+    .await;
     assert_eq!(common::rows(&client, "SELECT total, n FROM totals").await, vec![row(&["1000", "4"])]);
     // DELETE+INSERT of account 3 was one update; transfer 3 never existed.
     assert_eq!(common::rows(&client, "SELECT op, id FROM transfer_log").await, vec![row(&["insert", "1"]), row(&["insert", "2"])]);
@@ -496,12 +496,20 @@ async fn kafka_source_dead_letters_malformed_records() {
     ];
     kafka.transaction(&db, 2, &t2).await;
 
-    eventually(&client, "SELECT id, balance FROM accounts", vec![row(&["1", "200"]), row(&["2", "300"]), row(&["3", "250"]), row(&["4", "250"])]).await;
+    eventually(
+        &client,
+        "SELECT id, balance FROM accounts",
+        vec![row(&["1", "200"]), row(&["2", "300"]), row(&["3", "250"]), row(&["4", "250"])],
+    )
+    .await;
     eventually(&client, "SELECT id, amount FROM transfers", vec![row(&["1", "50"])]).await;
     eventually(&client, "SELECT count(*) FROM velocity_catalog.dead_letters", vec![row(&["3"])]).await;
     let dead = common::rows(&client, "SELECT position, raw, reason FROM velocity_catalog.dead_letters").await;
     let accounts_p0 = format!("{}/0@", db.topic("accounts"));
-    assert!(dead.iter().any(|r| r[0].as_deref().unwrap().starts_with(&accounts_p0) && r[1].as_deref().unwrap().contains("garbage")), "{dead:?}");
+    assert!(
+        dead.iter().any(|r| r[0].as_deref().unwrap().starts_with(&accounts_p0) && r[1].as_deref().unwrap().contains("garbage")),
+        "{dead:?}"
+    );
     assert!(dead.iter().any(|r| r[1].as_deref().unwrap().contains("abc") && r[2].as_deref().unwrap().contains("id")), "{dead:?}");
     eventually(&client, "SELECT name, errors FROM velocity_catalog.sources", vec![row(&["tms_kafka", "3"])]).await;
 }
@@ -538,7 +546,11 @@ async fn kafka_source_resumes_after_kill9_without_applying_twice() {
     let mut sends = Vec::new();
     for batch in &batches {
         for (topic, partition, json) in batch {
-            sends.push(kafka.producer.send(FutureRecord::<str, str>::to(topic).partition(*partition).key("k").payload(json), Duration::from_secs(30)));
+            sends.push(
+                kafka
+                    .producer
+                    .send(FutureRecord::<str, str>::to(topic).partition(*partition).key("k").payload(json), Duration::from_secs(30)),
+            );
         }
     }
     for s in futures::future::join_all(sends).await {

@@ -171,8 +171,11 @@ async fn tms_through_postgres_cdc_equals_references() {
     // Business events equal those derived from the history itself.
     let reference = reference_events(&history);
     for (view, column) in [("shipment_departed", "shipment_id"), ("shipment_delivered", "shipment_id"), ("pickup_failed", "shipment_id")] {
-        let mut got: Vec<i64> =
-            text_rows(&client, &format!("SELECT {column} FROM {view}")).await.iter().map(|r| r[0].as_deref().unwrap().parse().unwrap()).collect();
+        let mut got: Vec<i64> = text_rows(&client, &format!("SELECT {column} FROM {view}"))
+            .await
+            .iter()
+            .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+            .collect();
         got.sort();
         let want = reference.get(view).cloned().unwrap_or_default();
         assert!(!want.is_empty(), "the history has {view} events");

@@ -18,7 +18,7 @@ use velocity::sources::connector::Connector;
 use velocity::sources::postgres::{PostgresCdc, PostgresCdcConfig};
 use velocity::sources::{AssemblerOutput, CompleteTxn, Decoder, Position, TableBinding, TxnAssembler, TxnBoundaries};
 
-use common::{postgres_connect as connect, fresh_postgres_database as fresh_database};
+use common::{fresh_postgres_database as fresh_database, postgres_connect as connect};
 
 /// Slot names are cluster-wide: each test's slot is named after its database.
 fn config(conn: &str) -> PostgresCdcConfig {
@@ -131,14 +131,10 @@ fn table<'a>(t: &'a CompleteTxn, name: &str) -> Option<&'a velocity::sources::Ne
 /// Rows of a batch as text, sorted.
 fn rows(batch: &RecordBatch) -> Vec<String> {
     let options = arrow::util::display::FormatOptions::default().with_null("NULL");
-    let formatters: Vec<_> = batch
-        .columns()
-        .iter()
-        .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
-        .collect();
-    let mut out: Vec<String> = (0..batch.num_rows())
-        .map(|r| formatters.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|"))
-        .collect();
+    let formatters: Vec<_> =
+        batch.columns().iter().map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options).unwrap()).collect();
+    let mut out: Vec<String> =
+        (0..batch.num_rows()).map(|r| formatters.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|")).collect();
     out.sort();
     out
 }
@@ -150,10 +146,8 @@ fn ids(batch: &RecordBatch) -> Vec<i64> {
 }
 
 async fn confirmed_flush(db: &Client) -> u64 {
-    let row = db
-        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = current_database()", &[])
-        .await
-        .unwrap();
+    let row =
+        db.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = current_database()", &[]).await.unwrap();
     let text: String = row.get(0);
     let (hi, lo) = text.split_once('/').unwrap();
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
@@ -200,10 +194,7 @@ async fn snapshot_then_whole_transactions_as_net_changes_and_exact_resume() {
     let s = table(&snapshot[0], "public.shipments").unwrap();
     assert_eq!(
         rows(&s.upserts),
-        vec![
-            "1|LOADING|12.50|2024-03-01|2024-03-01T08:00:00.250Z|true|0.5",
-            "2|LOADING|NULL|NULL|NULL|NULL|NULL",
-        ]
+        vec!["1|LOADING|12.50|2024-03-01|2024-03-01T08:00:00.250Z|true|0.5", "2|LOADING|NULL|NULL|NULL|NULL|NULL",]
     );
     assert_eq!(rows(&table(&snapshot[0], "public.orders").unwrap().upserts), vec!["eu|1|100"]);
     // Positioned so that, once applied, the resume position is the slot's consistent point.
@@ -233,9 +224,7 @@ async fn snapshot_then_whole_transactions_as_net_changes_and_exact_resume() {
     .unwrap();
     // A transaction that touches only an unbound table releases nothing.
     db.batch_execute("INSERT INTO audit (note) VALUES ('only unbound')").await.unwrap();
-    db.batch_execute("BEGIN; UPDATE shipments SET score = 2.25 WHERE id = 3; UPDATE orders SET total = 8; COMMIT;")
-        .await
-        .unwrap();
+    db.batch_execute("BEGIN; UPDATE shipments SET score = 2.25 WHERE id = 3; UPDATE orders SET total = 8; COMMIT;").await.unwrap();
 
     let txns = p.released(2).await;
     let (t1, t2) = (&txns[0], &txns[1]);
@@ -243,10 +232,7 @@ async fn snapshot_then_whole_transactions_as_net_changes_and_exact_resume() {
     let s1 = table(t1, "public.shipments").unwrap();
     assert_eq!(
         rows(&s1.upserts),
-        vec![
-            "1|DEPARTED|13.00|2024-03-01|2024-03-01T08:00:00.250Z|true|0.5",
-            "2|REPLACED|NULL|NULL|NULL|NULL|NULL"
-        ]
+        vec!["1|DEPARTED|13.00|2024-03-01|2024-03-01T08:00:00.250Z|true|0.5", "2|REPLACED|NULL|NULL|NULL|NULL|NULL"]
     );
     assert_eq!(s1.deletes.num_rows(), 0);
     let o1 = table(t1, "public.orders").unwrap();
@@ -301,15 +287,11 @@ async fn a_table_bound_later_is_snapshotted_at_its_own_point_in_the_stream() {
     let conn = fresh_database("cdc_bound_later").await;
     let db = connect(&conn).await;
     db.batch_execute(TABLES).await.unwrap();
-    db.batch_execute("INSERT INTO shipments (id, status) VALUES (1, 'a'); INSERT INTO orders VALUES ('eu', 1, 1)")
-        .await
-        .unwrap();
+    db.batch_execute("INSERT INTO shipments (id, status) VALUES (1, 'a'); INSERT INTO orders VALUES ('eu', 1, 1)").await.unwrap();
     let mut p = Pipeline::open(&conn, vec![shipments()], &HashMap::new()).await;
     assert_eq!(ids(&table(&p.released(1).await[0], "public.shipments").unwrap().upserts), vec![1]);
     // Orders change while unbound (and unpublished).
-    db.batch_execute("BEGIN; INSERT INTO shipments (id, status) VALUES (2, 'b'); UPDATE orders SET total = 2; COMMIT")
-        .await
-        .unwrap();
+    db.batch_execute("BEGIN; INSERT INTO shipments (id, status) VALUES (2, 'b'); UPDATE orders SET total = 2; COMMIT").await.unwrap();
     let t1 = p.released(1).await.remove(0);
     assert!(table(&t1, "public.orders").is_none());
 
@@ -318,9 +300,7 @@ async fn a_table_bound_later_is_snapshotted_at_its_own_point_in_the_stream() {
     let upstreams = vec!["public.shipments".to_string(), "public.orders".to_string()];
     p.connector.open(&upstreams, &resume).await.unwrap();
     p.assembler = TxnAssembler::new(vec![shipments(), orders()], TxnBoundaries::Metadata).unwrap();
-    db.batch_execute("BEGIN; UPDATE orders SET total = 3; INSERT INTO shipments (id, status) VALUES (3, 'c'); COMMIT")
-        .await
-        .unwrap();
+    db.batch_execute("BEGIN; UPDATE orders SET total = 3; INSERT INTO shipments (id, status) VALUES (3, 'c'); COMMIT").await.unwrap();
     let txns = p.released(2).await;
     let snapshot = &txns[0];
     assert!(snapshot.id.starts_with("snapshot-"), "{}", snapshot.id);
@@ -331,7 +311,6 @@ async fn a_table_bound_later_is_snapshotted_at_its_own_point_in_the_stream() {
     assert!(lsn(&t1) < lsn(snapshot) && lsn(snapshot) < lsn(&txns[1]));
     p.quiet().await;
 }
-
 
 /// Poll `sql` on Velocity until it returns `expected` (sorted rows), for up to 20 s.
 async fn eventually(client: &Client, sql: &str, expected: &[&str]) {
@@ -397,8 +376,7 @@ async fn server_applies_postgres_transactions_once_across_a_kill() {
     eventually(&v, "SELECT region, id, total FROM orders", &["eu|1|11"]).await;
     // The snapshot inserted 1 and 2; shipment 2 was changed and changed back in one
     // transaction: no event for it.
-    eventually(&v, "SELECT op, id, status FROM shipment_events", &["insert|1|PLANNED", "insert|2|PLANNED", "update|1|LOADING"])
-        .await;
+    eventually(&v, "SELECT op, id, status FROM shipment_events", &["insert|1|PLANNED", "insert|2|PLANNED", "update|1|LOADING"]).await;
     // The slot is confirmed past that transaction once Velocity has committed it, never
     // beyond what Postgres has written.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -410,9 +388,7 @@ async fn server_applies_postgres_transactions_once_across_a_kill() {
 
     // kill -9, write while Velocity is down, restart: each transaction applies exactly once.
     server.kill9();
-    db.batch_execute("UPDATE shipments SET status = 'DEPARTED' WHERE id = 1; INSERT INTO shipments VALUES (3, 'PLANNED')")
-        .await
-        .unwrap();
+    db.batch_execute("UPDATE shipments SET status = 'DEPARTED' WHERE id = 1; INSERT INTO shipments VALUES (3, 'PLANNED')").await.unwrap();
     let server = common::ServerProcess::start(&data);
     let v = common::connect(server.addr).await;
     eventually(&v, "SELECT status, n FROM per_status", &["DEPARTED|1", "PLANNED|2"]).await;
@@ -428,11 +404,8 @@ async fn server_applies_postgres_transactions_once_across_a_kill() {
 }
 
 async fn confirmed_flush_of(db: &Client, slot: &str) -> u64 {
-    let text: String = db
-        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .unwrap()
-        .get(0);
+    let text: String =
+        db.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().get(0);
     let (hi, lo) = text.split_once('/').unwrap();
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }

@@ -6,7 +6,20 @@ use std::process::Command;
 
 fn psql(addr: std::net::SocketAddr, command: &str) -> String {
     let out = Command::new("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", &addr.ip().to_string(), "-p", &addr.port().to_string(), "-U", "velocity", "velocity", "-c", command])
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            &addr.ip().to_string(),
+            "-p",
+            &addr.port().to_string(),
+            "-U",
+            "velocity",
+            "velocity",
+            "-c",
+            command,
+        ])
         .output()
         .expect("psql is installed (postgresql-client)");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -86,10 +99,8 @@ async fn restart_keeps_tables_views_and_contents() {
     // Maintenance continues from the restored state.
     client.batch_execute("INSERT INTO legs VALUES (4, 2, 5); DELETE FROM legs WHERE id = 1;").await.unwrap();
     let after = common::rows(&client, "SELECT trip, km, legs FROM trip_km").await;
-    let expected: Vec<Vec<Option<String>>> = vec![
-        vec![Some("1".into()), Some("50".into()), Some("1".into())],
-        vec![Some("2".into()), Some("15".into()), Some("2".into())],
-    ];
+    let expected: Vec<Vec<Option<String>>> =
+        vec![vec![Some("1".into()), Some("50".into()), Some("1".into())], vec![Some("2".into()), Some("15".into()), Some("2".into())]];
     assert_eq!(after, expected);
     server.terminate();
 }

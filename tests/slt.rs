@@ -85,9 +85,7 @@ async fn sqllogictest_files() {
     for file in &files {
         let server = common::TestServer::start().await;
         let addr = server.addr;
-        let mut runner = sqllogictest::Runner::new(move || async move {
-            Ok(Velocity { client: common::connect(addr).await })
-        });
+        let mut runner = sqllogictest::Runner::new(move || async move { Ok(Velocity { client: common::connect(addr).await }) });
         match runner.run_file_async(file).await {
             Ok(()) => println!("ok   {}", file.display()),
             Err(e) => {

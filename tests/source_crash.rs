@@ -90,8 +90,7 @@ impl History {
             for line in self.transaction(tx) {
                 writeln!(out, "{line}").unwrap();
             }
-            self.expected_after_rows +=
-                self.shipments.iter().filter(|(id, row)| before.get(id) != Some(row)).count();
+            self.expected_after_rows += self.shipments.iter().filter(|(id, row)| before.get(id) != Some(row)).count();
         }
     }
 }
@@ -131,7 +130,13 @@ async fn kill9_during_ingestion_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tms.jsonl");
     let data = dir.path().join("data");
-    let mut history = History { rng: 0x9E37_79B9_7F4A_7C15, shipments: BTreeMap::new(), stops: BTreeMap::new(), versions: BTreeMap::new(), expected_after_rows: 0 };
+    let mut history = History {
+        rng: 0x9E37_79B9_7F4A_7C15,
+        shipments: BTreeMap::new(),
+        stops: BTreeMap::new(),
+        versions: BTreeMap::new(),
+        expected_after_rows: 0,
+    };
     std::fs::write(&file, "").unwrap();
 
     let server = common::ServerProcess::start(&data);
@@ -183,13 +188,19 @@ async fn kill9_during_ingestion_loses_and_repeats_nothing() {
 fn many_views(partitions: i64) -> Vec<(String, String)> {
     let mut views = Vec::new();
     for i in 0..partitions {
-        views.push((format!("agg_{i}"), format!("SELECT status, count(*) AS n, sum(version) AS versions FROM shipments WHERE id % {partitions} = {i} GROUP BY status")));
+        views.push((
+            format!("agg_{i}"),
+            format!("SELECT status, count(*) AS n, sum(version) AS versions FROM shipments WHERE id % {partitions} = {i} GROUP BY status"),
+        ));
         views.push((
             format!("joined_{i}"),
             format!("SELECT s.id, s.status, st.id AS stop_id, st.status AS stop_status FROM shipments s JOIN stops st ON st.shipment_id = s.id WHERE s.id % {partitions} = {i}"),
         ));
         views.push((format!("over_{i}"), format!("SELECT status, n * 2 AS twice FROM agg_{i} WHERE n > 1")));
-        views.push((format!("events_{i}"), format!("SELECT after.id, after.version FROM changes(shipments) WHERE after.id IS NOT NULL AND after.id % {partitions} = {i}")));
+        views.push((
+            format!("events_{i}"),
+            format!("SELECT after.id, after.version FROM changes(shipments) WHERE after.id IS NOT NULL AND after.id % {partitions} = {i}"),
+        ));
     }
     views
 }
@@ -204,7 +215,13 @@ async fn restarts_with_a_backlog_restore_every_view_before_the_source_runs() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tms.jsonl");
     let data = dir.path().join("data");
-    let mut history = History { rng: 0x2545_F491_4F6C_DD1D, shipments: BTreeMap::new(), stops: BTreeMap::new(), versions: BTreeMap::new(), expected_after_rows: 0 };
+    let mut history = History {
+        rng: 0x2545_F491_4F6C_DD1D,
+        shipments: BTreeMap::new(),
+        stops: BTreeMap::new(),
+        versions: BTreeMap::new(),
+        expected_after_rows: 0,
+    };
     history.write(&file, 0, BACKLOG);
     let views = many_views(PARTITIONS);
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{Store, StorageError, TickWrites, keyspace};
+use crate::storage::{StorageError, Store, TickWrites, keyspace};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RelationKind {
@@ -133,12 +133,8 @@ impl Catalog {
 
     pub fn insert(&mut self, relation: Relation, writes: Option<&mut TickWrites>) {
         if let Some(writes) = writes {
-            let entry = StoredEntry {
-                id: relation.id,
-                name: relation.name.clone(),
-                kind: relation.kind,
-                create_sql: relation.create_sql.clone(),
-            };
+            let entry =
+                StoredEntry { id: relation.id, name: relation.name.clone(), kind: relation.kind, create_sql: relation.create_sql.clone() };
             let value = serde_json::to_vec(&entry).expect("catalog entries serialize");
             writes.put(&entry_key(relation.id), &value);
         }

@@ -35,14 +35,14 @@ use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
-    RecordBatchOptions, UInt32Array, UInt64Array, new_empty_array, new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array, UInt64Array,
+    new_empty_array, new_null_array,
 };
 use arrow::buffer::NullBuffer;
 use arrow::compute::{SortColumn, SortOptions, cast, lexsort_to_indices, take};
 use arrow::datatypes::{
-    DataType, Field, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Schema, SchemaRef,
-    UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    DataType, Field, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Schema, SchemaRef, UInt8Type, UInt16Type, UInt32Type,
+    UInt64Type,
 };
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::execution_props::ExecutionProps;
@@ -73,10 +73,7 @@ pub struct AggregateSpec {
 /// Lower a logical `Aggregate` node into the group expressions and aggregates that
 /// [`Aggregate::new`] takes, exactly as DataFusion's physical planner does. The expressions
 /// are over `agg.input`'s schema. Grouping sets (ROLLUP, CUBE, GROUPING SETS) are not supported.
-pub fn lower_aggregate(
-    agg: &LogicalAggregate,
-    props: &ExecutionProps,
-) -> Result<(Vec<Arc<dyn PhysicalExpr>>, Vec<AggregateSpec>)> {
+pub fn lower_aggregate(agg: &LogicalAggregate, props: &ExecutionProps) -> Result<(Vec<Arc<dyn PhysicalExpr>>, Vec<AggregateSpec>)> {
     let input_dfschema = agg.input.schema();
     let input_schema = input_dfschema.as_arrow();
     let planning_ctx = PhysicalPlanningContext::default();
@@ -85,32 +82,19 @@ pub fn lower_aggregate(
         .iter()
         .map(|e| {
             if matches!(e, Expr::GroupingSet(_)) {
-                return Err(DataflowError::DataFusion(
-                    datafusion::error::DataFusionError::NotImplemented(
-                        "GROUPING SETS, ROLLUP and CUBE are not supported in materialized views"
-                            .into(),
-                    ),
-                ));
+                return Err(DataflowError::DataFusion(datafusion::error::DataFusionError::NotImplemented(
+                    "GROUPING SETS, ROLLUP and CUBE are not supported in materialized views".into(),
+                )));
             }
-            Ok(create_physical_expr(
-                e,
-                input_dfschema,
-                props,
-                &planning_ctx,
-            )?)
+            Ok(create_physical_expr(e, input_dfschema, props, &planning_ctx)?)
         })
         .collect::<Result<Vec<_>>>()?;
     let aggs = agg
         .aggr_expr
         .iter()
         .map(|e| {
-            let lowered =
-                LoweredAggregateBuilder::new(e, input_dfschema, input_schema, props, &planning_ctx)
-                    .build()?;
-            Ok(AggregateSpec {
-                expr: lowered.aggregate,
-                filter: lowered.filter,
-            })
+            let lowered = LoweredAggregateBuilder::new(e, input_dfschema, input_schema, props, &planning_ctx).build()?;
+            Ok(AggregateSpec { expr: lowered.aggregate, filter: lowered.filter })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((groups, aggs))
@@ -145,10 +129,7 @@ enum Kind {
 
 impl Kind {
     fn uses_multiset(self) -> bool {
-        matches!(
-            self,
-            Kind::CountDistinct | Kind::Min | Kind::Max | Kind::Generic
-        )
+        matches!(self, Kind::CountDistinct | Kind::Min | Kind::Max | Kind::Generic)
     }
 }
 
@@ -252,10 +233,7 @@ struct GroupState {
 }
 
 fn corrupt(detail: impl Into<String>) -> DataflowError {
-    DataflowError::Storage(StorageError::Corrupt {
-        what: "aggregate state".into(),
-        detail: detail.into(),
-    })
+    DataflowError::Storage(StorageError::Corrupt { what: "aggregate state".into(), detail: detail.into() })
 }
 
 struct Reader<'a> {
@@ -265,10 +243,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N]> {
         if self.buf.len() < N {
-            return Err(corrupt(format!(
-                "truncated group state ({} bytes left, {N} wanted)",
-                self.buf.len()
-            )));
+            return Err(corrupt(format!("truncated group state ({} bytes left, {N} wanted)", self.buf.len())));
         }
         let (head, rest) = self.buf.split_at(N);
         self.buf = rest;
@@ -354,10 +329,7 @@ impl Aggregate {
         let group_codec = if n_groups == 0 {
             None
         } else {
-            let fields: Vec<Field> = output_schema.fields()[..n_groups]
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect();
+            let fields: Vec<Field> = output_schema.fields()[..n_groups].iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
             Some(RowCodec::new(Arc::new(Schema::new(fields)))?)
         };
         let plans = aggs
@@ -380,17 +352,10 @@ impl Aggregate {
         })
     }
 
-    fn plan_aggregate(
-        input_schema: &Schema,
-        spec: AggregateSpec,
-        out_type: DataType,
-    ) -> Result<AggPlan> {
+    fn plan_aggregate(input_schema: &Schema, spec: AggregateSpec, out_type: DataType) -> Result<AggPlan> {
         let expr = spec.expr;
         let args = expr.expressions();
-        let arg_types = args
-            .iter()
-            .map(|a| a.data_type(input_schema))
-            .collect::<Result<Vec<_>, _>>()?;
+        let arg_types = args.iter().map(|a| a.data_type(input_schema)).collect::<Result<Vec<_>, _>>()?;
         let ret = expr.field().data_type().clone();
         let name = expr.fun().name().to_string();
         let distinct = expr.is_distinct();
@@ -400,27 +365,17 @@ impl Aggregate {
             "count" if !distinct => Kind::Count,
             "count" if arg_types.len() == 1 => Kind::CountDistinct,
             "sum" if !distinct && one(&DataType::Int64) && ret == DataType::Int64 => Kind::SumInt,
-            "sum" if !distinct && one(&DataType::UInt64) && ret == DataType::UInt64 => {
-                Kind::SumUInt
-            }
-            "sum" if !distinct && one(&DataType::Float64) && ret == DataType::Float64 => {
-                Kind::SumFloat
-            }
-            "avg" if !distinct && one(&DataType::Float64) && ret == DataType::Float64 => {
-                match args[0].downcast_ref::<CastExpr>() {
-                    Some(c) if is_integer(&c.expr().data_type(input_schema)?) => {
-                        inputs = vec![c.expr().clone()];
-                        Kind::AvgInt
-                    }
-                    _ => Kind::AvgFloat,
+            "sum" if !distinct && one(&DataType::UInt64) && ret == DataType::UInt64 => Kind::SumUInt,
+            "sum" if !distinct && one(&DataType::Float64) && ret == DataType::Float64 => Kind::SumFloat,
+            "avg" if !distinct && one(&DataType::Float64) && ret == DataType::Float64 => match args[0].downcast_ref::<CastExpr>() {
+                Some(c) if is_integer(&c.expr().data_type(input_schema)?) => {
+                    inputs = vec![c.expr().clone()];
+                    Kind::AvgInt
                 }
-            }
-            "min" if arg_types.len() == 1 && arg_types[0] == ret && minmax_fast_type(&ret) => {
-                Kind::Min
-            }
-            "max" if arg_types.len() == 1 && arg_types[0] == ret && minmax_fast_type(&ret) => {
-                Kind::Max
-            }
+                _ => Kind::AvgFloat,
+            },
+            "min" if arg_types.len() == 1 && arg_types[0] == ret && minmax_fast_type(&ret) => Kind::Min,
+            "max" if arg_types.len() == 1 && arg_types[0] == ret && minmax_fast_type(&ret) => Kind::Max,
             "bool_and" if one(&DataType::Boolean) && ret == DataType::Boolean => Kind::BoolAnd,
             "bool_or" if one(&DataType::Boolean) && ret == DataType::Boolean => Kind::BoolOr,
             _ => Kind::Generic,
@@ -438,28 +393,13 @@ impl Aggregate {
             let fields = inputs
                 .iter()
                 .enumerate()
-                .map(|(i, e)| {
-                    Ok(Field::new(
-                        format!("c{i}"),
-                        e.data_type(input_schema)?,
-                        true,
-                    ))
-                })
+                .map(|(i, e)| Ok(Field::new(format!("c{i}"), e.data_type(input_schema)?, true)))
                 .collect::<Result<Vec<_>>>()?;
             Some(RowCodec::new(Arc::new(Schema::new(fields)))?)
         } else {
             None
         };
-        Ok(AggPlan {
-            kind,
-            expr,
-            inputs,
-            filter: spec.filter,
-            codec,
-            n_args,
-            sort_options,
-            out_type,
-        })
+        Ok(AggPlan { kind, expr, inputs, filter: spec.filter, codec, n_args, sort_options, out_type })
     }
 
     fn is_global(&self) -> bool {
@@ -467,11 +407,7 @@ impl Aggregate {
     }
 
     fn new_state(&self) -> GroupState {
-        GroupState {
-            count: 0,
-            accs: vec![Acc::default(); self.aggs.len()],
-            emitted: None,
-        }
+        GroupState { count: 0, accs: vec![Acc::default(); self.aggs.len()], emitted: None }
     }
 
     fn encode_state(&self, state: &GroupState) -> Vec<u8> {
@@ -543,11 +479,7 @@ impl Aggregate {
             1 => Some(r.buf.to_vec()),
             _ => return Err(corrupt("bad emitted-row flag")),
         };
-        Ok(GroupState {
-            count,
-            accs,
-            emitted,
-        })
+        Ok(GroupState { count, accs, emitted })
     }
 
     /// Key of the multiset of aggregate `agg` in group `group_key`.
@@ -576,23 +508,14 @@ impl Aggregate {
                 let m = f.evaluate(batch)?.into_array(n)?;
                 let m = m
                     .as_boolean_opt()
-                    .ok_or_else(|| {
-                        DataflowError::Internal(format!(
-                            "aggregate filter is {}, not boolean",
-                            m.data_type()
-                        ))
-                    })?
+                    .ok_or_else(|| DataflowError::Internal(format!("aggregate filter is {}, not boolean", m.data_type())))?
                     .clone();
                 Some(m)
             }
             None => None,
         };
         let included = |i: usize| mask.as_ref().is_none_or(|m| m.is_valid(i) && m.value(i));
-        let values = plan
-            .inputs
-            .iter()
-            .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let values = plan.inputs.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<ArrayRef>>>()?;
         let nulls: Vec<Option<NullBuffer>> = values.iter().map(|v| v.logical_nulls()).collect();
         let valid = |c: usize, i: usize| nulls[c].as_ref().is_none_or(|b| b.is_valid(i));
 
@@ -616,9 +539,9 @@ impl Aggregate {
                 })?;
             }
             Kind::SumFloat | Kind::AvgFloat => {
-                let arr = values[0].as_primitive_opt::<Float64Type>().ok_or_else(|| {
-                    DataflowError::Internal("float aggregate input is not Float64".into())
-                })?;
+                let arr = values[0]
+                    .as_primitive_opt::<Float64Type>()
+                    .ok_or_else(|| DataflowError::Internal("float aggregate input is not Float64".into()))?;
                 for i in 0..n {
                     if included(i) && valid(0, i) {
                         states[row_group[i]].accs[a].add_float(arr.value(i), weights[i]);
@@ -626,9 +549,8 @@ impl Aggregate {
                 }
             }
             Kind::BoolAnd | Kind::BoolOr => {
-                let arr = values[0].as_boolean_opt().ok_or_else(|| {
-                    DataflowError::Internal("boolean aggregate input is not Boolean".into())
-                })?;
+                let arr =
+                    values[0].as_boolean_opt().ok_or_else(|| DataflowError::Internal("boolean aggregate input is not Boolean".into()))?;
                 for i in 0..n {
                     if included(i) && valid(0, i) {
                         let acc = &mut states[row_group[i]].accs[a];
@@ -641,10 +563,7 @@ impl Aggregate {
                 }
             }
             Kind::CountDistinct | Kind::Min | Kind::Max | Kind::Generic => {
-                let codec = plan
-                    .codec
-                    .as_ref()
-                    .ok_or_else(|| DataflowError::Internal("missing codec".into()))?;
+                let codec = plan.codec.as_ref().ok_or_else(|| DataflowError::Internal("missing codec".into()))?;
                 let skip_nulls = plan.kind != Kind::Generic;
                 let rows = codec.encode_columns(&values)?;
                 for (i, row) in rows.into_iter().enumerate() {
@@ -660,61 +579,30 @@ impl Aggregate {
     }
 
     /// The output column of aggregate `a` for the given groups (`keys`/`states` in step order).
-    fn output_column(
-        &self,
-        a: usize,
-        out_groups: &[usize],
-        keys: &[Vec<u8>],
-        states: &[GroupState],
-    ) -> Result<ArrayRef> {
+    fn output_column(&self, a: usize, out_groups: &[usize], keys: &[Vec<u8>], states: &[GroupState]) -> Result<ArrayRef> {
         let plan = &self.aggs[a];
         let accs = || out_groups.iter().map(|&g| &states[g].accs[a]);
         let col: ArrayRef = match plan.kind {
             Kind::Count => Arc::new(Int64Array::from_iter_values(accs().map(|acc| acc.n))),
-            Kind::CountDistinct => {
-                Arc::new(Int64Array::from_iter_values(out_groups.iter().map(|&g| {
-                    self.multisets
-                        .get(&Self::multiset_key(a, &keys[g]))
-                        .map_or(0, |m| m.len() as i64)
-                })))
-            }
-            Kind::SumInt => Arc::new(Int64Array::from_iter(
-                accs().map(|acc| (acc.n > 0).then_some(acc.isum as i64)),
+            Kind::CountDistinct => Arc::new(Int64Array::from_iter_values(
+                out_groups.iter().map(|&g| self.multisets.get(&Self::multiset_key(a, &keys[g])).map_or(0, |m| m.len() as i64)),
             )),
-            Kind::SumUInt => Arc::new(UInt64Array::from_iter(
-                accs().map(|acc| (acc.n > 0).then_some(acc.isum as u64)),
-            )),
-            Kind::AvgInt => Arc::new(Float64Array::from_iter(
-                accs().map(|acc| (acc.n > 0).then(|| acc.isum as f64 / acc.n as f64)),
-            )),
+            Kind::SumInt => Arc::new(Int64Array::from_iter(accs().map(|acc| (acc.n > 0).then_some(acc.isum as i64)))),
+            Kind::SumUInt => Arc::new(UInt64Array::from_iter(accs().map(|acc| (acc.n > 0).then_some(acc.isum as u64)))),
+            Kind::AvgInt => Arc::new(Float64Array::from_iter(accs().map(|acc| (acc.n > 0).then(|| acc.isum as f64 / acc.n as f64)))),
             Kind::SumFloat => Arc::new(Float64Array::from_iter(accs().map(|acc| acc.float_sum()))),
-            Kind::AvgFloat => Arc::new(Float64Array::from_iter(
-                accs().map(|acc| acc.float_sum().map(|s| s / acc.n as f64)),
-            )),
-            Kind::BoolAnd => Arc::new(BooleanArray::from_iter(
-                accs().map(|acc| (acc.t > 0 || acc.f > 0).then_some(acc.f <= 0)),
-            )),
-            Kind::BoolOr => Arc::new(BooleanArray::from_iter(
-                accs().map(|acc| (acc.t > 0 || acc.f > 0).then_some(acc.t > 0)),
-            )),
+            Kind::AvgFloat => Arc::new(Float64Array::from_iter(accs().map(|acc| acc.float_sum().map(|s| s / acc.n as f64)))),
+            Kind::BoolAnd => Arc::new(BooleanArray::from_iter(accs().map(|acc| (acc.t > 0 || acc.f > 0).then_some(acc.f <= 0)))),
+            Kind::BoolOr => Arc::new(BooleanArray::from_iter(accs().map(|acc| (acc.t > 0 || acc.f > 0).then_some(acc.t > 0)))),
             Kind::Min | Kind::Max => {
-                let codec = plan
-                    .codec
-                    .as_ref()
-                    .ok_or_else(|| DataflowError::Internal("missing codec".into()))?;
+                let codec = plan.codec.as_ref().ok_or_else(|| DataflowError::Internal("missing codec".into()))?;
                 let mut found: Vec<Vec<u8>> = Vec::new();
                 let mut indices: Vec<Option<u32>> = Vec::with_capacity(out_groups.len());
                 for &g in out_groups {
                     let extreme = self
                         .multisets
                         .get(&Self::multiset_key(a, &keys[g]))
-                        .and_then(|m| {
-                            if plan.kind == Kind::Min {
-                                m.first_key_value()
-                            } else {
-                                m.last_key_value()
-                            }
-                        });
+                        .and_then(|m| if plan.kind == Kind::Min { m.first_key_value() } else { m.last_key_value() });
                     match extreme {
                         Some((row, _)) => {
                             indices.push(Some(found.len() as u32));
@@ -727,30 +615,19 @@ impl Aggregate {
                     new_null_array(&plan.out_type, out_groups.len())
                 } else {
                     let decoded = codec.decode(found.iter().map(|r| r.as_slice()))?;
-                    take(
-                        decoded.column(0).as_ref(),
-                        &UInt32Array::from(indices),
-                        None,
-                    )?
+                    take(decoded.column(0).as_ref(), &UInt32Array::from(indices), None)?
                 }
             }
             Kind::Generic => {
                 if out_groups.is_empty() {
                     new_empty_array(&plan.out_type)
                 } else {
-                    let values = out_groups
-                        .iter()
-                        .map(|&g| self.evaluate_generic(a, &keys[g]))
-                        .collect::<Result<Vec<_>>>()?;
+                    let values = out_groups.iter().map(|&g| self.evaluate_generic(a, &keys[g])).collect::<Result<Vec<_>>>()?;
                     ScalarValue::iter_to_array(values)?
                 }
             }
         };
-        Ok(if col.data_type() != &plan.out_type {
-            cast(&col, &plan.out_type)?
-        } else {
-            col
-        })
+        Ok(if col.data_type() != &plan.out_type { cast(&col, &plan.out_type)? } else { col })
     }
 
     /// Recompute a generic aggregate over the current multiset of its argument rows.
@@ -760,44 +637,28 @@ impl Aggregate {
         if let Some(multiset) = self.multisets.get(&Self::multiset_key(a, group_key))
             && !multiset.is_empty()
         {
-            let codec = plan
-                .codec
-                .as_ref()
-                .ok_or_else(|| DataflowError::Internal("missing codec".into()))?;
+            let codec = plan.codec.as_ref().ok_or_else(|| DataflowError::Internal("missing codec".into()))?;
             let decoded = codec.decode(multiset.keys())?;
             let mut idx: Vec<u32> = Vec::new();
             for (i, &m) in multiset.values().enumerate() {
                 if m < 0 {
-                    return Err(DataflowError::Internal(format!(
-                        "negative multiplicity {m} in aggregate state"
-                    )));
+                    return Err(DataflowError::Internal(format!("negative multiplicity {m} in aggregate state")));
                 }
                 idx.extend(std::iter::repeat_n(i as u32, m as usize));
             }
             let mut idx = UInt32Array::from(idx);
             if !plan.sort_options.is_empty() {
-                let expanded: Vec<ArrayRef> = decoded.columns()[plan.n_args..]
-                    .iter()
-                    .map(|c| take(c.as_ref(), &idx, None))
-                    .collect::<Result<_, _>>()?;
+                let expanded: Vec<ArrayRef> =
+                    decoded.columns()[plan.n_args..].iter().map(|c| take(c.as_ref(), &idx, None)).collect::<Result<_, _>>()?;
                 let sort_columns: Vec<SortColumn> = expanded
                     .into_iter()
                     .zip(&plan.sort_options)
-                    .map(|(values, options)| SortColumn {
-                        values,
-                        options: Some(*options),
-                    })
+                    .map(|(values, options)| SortColumn { values, options: Some(*options) })
                     .collect();
                 let order = lexsort_to_indices(&sort_columns, None)?;
-                idx = take(&idx, &order, None)?
-                    .as_primitive::<UInt32Type>()
-                    .clone();
+                idx = take(&idx, &order, None)?.as_primitive::<UInt32Type>().clone();
             }
-            let columns: Vec<ArrayRef> = decoded
-                .columns()
-                .iter()
-                .map(|c| take(c.as_ref(), &idx, None))
-                .collect::<Result<_, _>>()?;
+            let columns: Vec<ArrayRef> = decoded.columns().iter().map(|c| take(c.as_ref(), &idx, None)).collect::<Result<_, _>>()?;
             acc.update_batch(&columns)?;
         }
         Ok(acc.evaluate()?)
@@ -826,9 +687,7 @@ fn for_each_int(arr: &ArrayRef, mut f: impl FnMut(usize, i128)) -> Result<()> {
         DataType::UInt32 => each!(UInt32Type),
         DataType::UInt64 => each!(UInt64Type),
         dt => {
-            return Err(DataflowError::Internal(format!(
-                "integer aggregate over {dt}"
-            )));
+            return Err(DataflowError::Internal(format!("integer aggregate over {dt}")));
         }
     }
     Ok(())
@@ -839,16 +698,8 @@ impl Operator for Aggregate {
         self.output_schema.clone()
     }
 
-    fn step(
-        &mut self,
-        mut inputs: Vec<ChangeBatch>,
-        writes: &mut TickWrites,
-    ) -> Result<ChangeBatch> {
-        let input = if inputs.is_empty() {
-            ChangeBatch::empty(self.input_schema.clone())
-        } else {
-            inputs.swap_remove(0)
-        };
+    fn step(&mut self, mut inputs: Vec<ChangeBatch>, writes: &mut TickWrites) -> Result<ChangeBatch> {
+        let input = if inputs.is_empty() { ChangeBatch::empty(self.input_schema.clone()) } else { inputs.swap_remove(0) };
         let global = self.is_global();
         let first_global = global && self.groups.get(&[]).is_none();
         if input.is_empty() && !first_global {
@@ -871,19 +722,11 @@ impl Operator for Aggregate {
                 .zip(codec.schema().fields())
                 .map(|(e, f)| {
                     let c = e.evaluate(batch)?.into_array(n)?;
-                    Ok(if c.data_type() != f.data_type() {
-                        cast(&c, f.data_type())?
-                    } else {
-                        c
-                    })
+                    Ok(if c.data_type() != f.data_type() { cast(&c, f.data_type())? } else { c })
                 })
                 .collect::<Result<Vec<_>>>()?;
             let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
-            for (i, key) in codec
-                .encode_columns(&group_columns)?
-                .into_iter()
-                .enumerate()
-            {
+            for (i, key) in codec.encode_columns(&group_columns)?.into_iter().enumerate() {
                 match index.entry(key) {
                     Entry::Occupied(e) => row_group.push(*e.get()),
                     Entry::Vacant(e) => {
@@ -909,10 +752,7 @@ impl Operator for Aggregate {
             .collect::<Result<Vec<_>>>()?;
         for (i, &g) in row_group.iter().enumerate() {
             let s = &mut states[g];
-            s.count = s
-                .count
-                .checked_add(weights[i])
-                .ok_or_else(|| DataflowError::Internal("group multiplicity overflow".into()))?;
+            s.count = s.count.checked_add(weights[i]).ok_or_else(|| DataflowError::Internal("group multiplicity overflow".into()))?;
         }
         let mut pending: HashMap<(usize, usize, Vec<u8>), i64> = HashMap::new();
         for a in 0..self.aggs.len() {
@@ -920,8 +760,7 @@ impl Operator for Aggregate {
         }
         for ((a, g, row), diff) in pending {
             if diff != 0 {
-                self.multisets
-                    .update(&Self::multiset_key(a, &keys[g]), &row, diff, writes)?;
+                self.multisets.update(&Self::multiset_key(a, &keys[g]), &row, diff, writes)?;
             }
         }
 
@@ -951,13 +790,7 @@ impl Operator for Aggregate {
         let columns = columns
             .into_iter()
             .zip(self.output_schema.fields())
-            .map(|(c, f)| {
-                Ok(if c.data_type() != f.data_type() {
-                    cast(&c, f.data_type())?
-                } else {
-                    c
-                })
-            })
+            .map(|(c, f)| Ok(if c.data_type() != f.data_type() { cast(&c, f.data_type())? } else { c }))
             .collect::<Result<Vec<_>>>()?;
         let new_rows = RecordBatch::try_new_with_options(
             self.output_schema.clone(),
@@ -991,9 +824,7 @@ impl Operator for Aggregate {
             }
         }
 
-        let retracted = self
-            .out_codec
-            .decode(retractions.iter().map(|r| r.as_slice()))?;
+        let retracted = self.out_codec.decode(retractions.iter().map(|r| r.as_slice()))?;
         let retracted = ChangeBatch::uniform(retracted, -1);
         let inserted = ChangeBatch::uniform(new_rows, 1).filter(&BooleanArray::from(emit_new))?;
         ChangeBatch::concat(&self.output_schema, &[retracted, inserted])
@@ -1021,13 +852,7 @@ mod tests {
     use super::*;
 
     /// A row of `t(g, x, b, s, f)`; `f` is stored in quarters so rows stay `Ord`.
-    type Row = (
-        Option<i64>,
-        Option<i64>,
-        Option<bool>,
-        Option<String>,
-        Option<i64>,
-    );
+    type Row = (Option<i64>, Option<i64>, Option<bool>, Option<String>, Option<i64>);
 
     fn table_schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -1044,18 +869,11 @@ mod tests {
             Arc::new(Int64Array::from_iter(rows.iter().map(|(r, _)| r.0))),
             Arc::new(Int64Array::from_iter(rows.iter().map(|(r, _)| r.1))),
             Arc::new(BooleanArray::from_iter(rows.iter().map(|(r, _)| r.2))),
-            Arc::new(StringArray::from_iter(
-                rows.iter().map(|(r, _)| r.3.clone()),
-            )),
-            Arc::new(Float64Array::from_iter(
-                rows.iter().map(|(r, _)| r.4.map(|q| q as f64 / 4.0)),
-            )),
+            Arc::new(StringArray::from_iter(rows.iter().map(|(r, _)| r.3.clone()))),
+            Arc::new(Float64Array::from_iter(rows.iter().map(|(r, _)| r.4.map(|q| q as f64 / 4.0)))),
         ];
         let batch = RecordBatch::try_new(table_schema(), columns).unwrap();
-        ChangeBatch::new(
-            batch,
-            Int64Array::from_iter_values(rows.iter().map(|(_, w)| *w)),
-        )
+        ChangeBatch::new(batch, Int64Array::from_iter_values(rows.iter().map(|(_, w)| *w)))
     }
 
     struct Rng(u64);
@@ -1087,18 +905,8 @@ mod tests {
 
     /// What the planner does: plan with DataFusion (analyzed, not optimized, so the aggregate
     /// sits right on the scan), take the Aggregate node and lower it.
-    async fn plan(
-        sql: &str,
-    ) -> (
-        SchemaRef,
-        Vec<Arc<dyn PhysicalExpr>>,
-        Vec<AggregateSpec>,
-        SchemaRef,
-    ) {
-        let state = SessionStateBuilder::new()
-            .with_default_features()
-            .with_optimizer_rules(vec![])
-            .build();
+    async fn plan(sql: &str) -> (SchemaRef, Vec<Arc<dyn PhysicalExpr>>, Vec<AggregateSpec>, SchemaRef) {
+        let state = SessionStateBuilder::new().with_default_features().with_optimizer_rules(vec![]).build();
         let ctx = SessionContext::new_with_state(state);
         let empty = MemTable::try_new(table_schema(), vec![vec![]]).unwrap();
         ctx.register_table("t", Arc::new(empty)).unwrap();
@@ -1114,20 +922,9 @@ mod tests {
         .unwrap();
         let agg = found.unwrap_or_else(|| panic!("no aggregate in plan of {sql}:\n{plan}"));
         let input_schema: SchemaRef = Arc::new(agg.input.schema().as_arrow().clone());
-        let input_types: Vec<_> = input_schema
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
-        let table_types: Vec<_> = table_schema()
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
-        assert_eq!(
-            input_types, table_types,
-            "aggregate input is not the scan of t:\n{plan}"
-        );
+        let input_types: Vec<_> = input_schema.fields().iter().map(|f| f.data_type().clone()).collect();
+        let table_types: Vec<_> = table_schema().fields().iter().map(|f| f.data_type().clone()).collect();
+        assert_eq!(input_types, table_types, "aggregate input is not the scan of t:\n{plan}");
         let (groups, aggs) = lower_aggregate(&agg, &ExecutionProps::new()).unwrap();
         let output_schema: SchemaRef = Arc::new(agg.schema.as_arrow().clone());
         (input_schema, groups, aggs, output_schema)
@@ -1135,34 +932,19 @@ mod tests {
 
     fn batch_rows(batch: &RecordBatch) -> Vec<String> {
         (0..batch.num_rows())
-            .map(|i| {
-                batch
-                    .columns()
-                    .iter()
-                    .map(|c| array_value_to_string(c, i).unwrap())
-                    .collect::<Vec<_>>()
-                    .join("|")
-            })
+            .map(|i| batch.columns().iter().map(|c| array_value_to_string(c, i).unwrap()).collect::<Vec<_>>().join("|"))
             .collect()
     }
 
     /// DataFusion's (non-incremental) answer over the current contents.
-    async fn reference(
-        sql: &str,
-        contents: &BTreeMap<Row, i64>,
-    ) -> (Vec<DataType>, BTreeMap<String, i64>) {
+    async fn reference(sql: &str, contents: &BTreeMap<Row, i64>) -> (Vec<DataType>, BTreeMap<String, i64>) {
         let rows: Vec<(Row, i64)> = contents.iter().map(|(r, c)| (r.clone(), *c)).collect();
         let batch = to_batch(&rows).expand_positive().unwrap();
         let ctx = SessionContext::new();
         let table = MemTable::try_new(table_schema(), vec![vec![batch]]).unwrap();
         ctx.register_table("t", Arc::new(table)).unwrap();
         let df = ctx.sql(sql).await.unwrap();
-        let types = df
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
+        let types = df.schema().fields().iter().map(|f| f.data_type().clone()).collect();
         let mut out = BTreeMap::new();
         for b in df.collect().await.unwrap() {
             for r in batch_rows(&b) {
@@ -1177,32 +959,15 @@ mod tests {
             *view.entry(r).or_insert(0) += w;
         }
         view.retain(|_, c| *c != 0);
-        assert!(
-            view.values().all(|c| *c > 0),
-            "negative view multiplicity: {view:?}"
-        );
+        assert!(view.values().all(|c| *c > 0), "negative view multiplicity: {view:?}");
     }
 
     /// Feed random deltas through the operator (restoring from storage along the way, and
     /// replaying ticks whose writes were dropped) and compare with DataFusion after every step.
     async fn check(sql: &str, reference_sql: &str, seeds: &[u64], steps: usize) {
         let (input_schema, groups, aggs, output_schema) = plan(sql).await;
-        let make = || {
-            Aggregate::new(
-                input_schema.clone(),
-                groups.clone(),
-                aggs.clone(),
-                output_schema.clone(),
-                7,
-                3,
-            )
-            .unwrap()
-        };
-        let out_types: Vec<DataType> = output_schema
-            .fields()
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
+        let make = || Aggregate::new(input_schema.clone(), groups.clone(), aggs.clone(), output_schema.clone(), 7, 3).unwrap();
+        let out_types: Vec<DataType> = output_schema.fields().iter().map(|f| f.data_type().clone()).collect();
         for &seed in seeds {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(dir.path()).unwrap();
@@ -1228,12 +993,10 @@ mod tests {
                             .filter(|(_, c)| *c > 0)
                             .collect();
                         if live.is_empty() || rng.below(5) < 3 {
-                            *delta.entry(random_row(&mut rng)).or_insert(0) +=
-                                1 + rng.below(2) as i64;
+                            *delta.entry(random_row(&mut rng)).or_insert(0) += 1 + rng.below(2) as i64;
                         } else {
                             let (r, c) = &live[rng.below(live.len() as u64) as usize];
-                            *delta.entry(r.clone()).or_insert(0) -=
-                                1 + rng.below((*c).min(2) as u64) as i64;
+                            *delta.entry(r.clone()).or_insert(0) -= 1 + rng.below((*c).min(2) as u64) as i64;
                         }
                     }
                 }
@@ -1264,18 +1027,12 @@ mod tests {
                 apply_output(&mut view, &out);
 
                 let (types, expected) = reference(reference_sql, &contents).await;
-                assert_eq!(
-                    types, out_types,
-                    "output types differ from DataFusion's for {sql}"
-                );
+                assert_eq!(types, out_types, "output types differ from DataFusion's for {sql}");
                 assert_eq!(
                     view,
                     expected,
                     "{sql}: seed {seed} step {step}, contents {contents:?}, last output {:?}",
-                    batch_rows(&out.rows)
-                        .into_iter()
-                        .zip(out.weights.values())
-                        .collect::<Vec<_>>()
+                    batch_rows(&out.rows).into_iter().zip(out.weights.values()).collect::<Vec<_>>()
                 );
             }
         }
@@ -1340,58 +1097,35 @@ mod tests {
 
     #[tokio::test]
     async fn distinct_and_group_expressions() {
-        check(
-            "SELECT g, s FROM t GROUP BY g, s",
-            "SELECT DISTINCT g, s FROM t",
-            &[1, 2, 3],
-            40,
-        )
-        .await;
-        check_sql("SELECT g % 2, x IS NULL, count(*), sum(x) FROM t GROUP BY g % 2, x IS NULL")
-            .await;
+        check("SELECT g, s FROM t GROUP BY g, s", "SELECT DISTINCT g, s FROM t", &[1, 2, 3], 40).await;
+        check_sql("SELECT g % 2, x IS NULL, count(*), sum(x) FROM t GROUP BY g % 2, x IS NULL").await;
     }
 
     /// The global row exists from the very first (empty) step, and survives deleting everything.
     #[tokio::test]
     async fn global_over_empty_input() {
-        let (input_schema, groups, aggs, output_schema) =
-            plan("SELECT count(*), sum(x) FROM t").await;
-        let mut op =
-            Aggregate::new(input_schema.clone(), groups, aggs, output_schema, 1, 1).unwrap();
+        let (input_schema, groups, aggs, output_schema) = plan("SELECT count(*), sum(x) FROM t").await;
+        let mut op = Aggregate::new(input_schema.clone(), groups, aggs, output_schema, 1, 1).unwrap();
         let mut writes = TickWrites::default();
-        let out = op
-            .step(vec![ChangeBatch::empty(input_schema.clone())], &mut writes)
-            .unwrap();
+        let out = op.step(vec![ChangeBatch::empty(input_schema.clone())], &mut writes).unwrap();
         assert_eq!(batch_rows(&out.rows), vec!["0|".to_string()]);
         assert_eq!(out.weights.values().to_vec(), vec![1]);
-        let out = op
-            .step(vec![ChangeBatch::empty(input_schema.clone())], &mut writes)
-            .unwrap();
+        let out = op.step(vec![ChangeBatch::empty(input_schema.clone())], &mut writes).unwrap();
         assert!(out.is_empty());
         let row: Row = (Some(1), Some(5), None, None, None);
-        let out = op
-            .step(vec![to_batch(&[(row.clone(), 2)])], &mut writes)
-            .unwrap();
-        let got: Vec<_> = batch_rows(&out.rows)
-            .into_iter()
-            .zip(out.weights.values().to_vec())
-            .collect();
+        let out = op.step(vec![to_batch(&[(row.clone(), 2)])], &mut writes).unwrap();
+        let got: Vec<_> = batch_rows(&out.rows).into_iter().zip(out.weights.values().to_vec()).collect();
         assert_eq!(got, vec![("0|".to_string(), -1), ("2|10".to_string(), 1)]);
         let out = op.step(vec![to_batch(&[(row, -2)])], &mut writes).unwrap();
-        let got: Vec<_> = batch_rows(&out.rows)
-            .into_iter()
-            .zip(out.weights.values().to_vec())
-            .collect();
+        let got: Vec<_> = batch_rows(&out.rows).into_iter().zip(out.weights.values().to_vec()).collect();
         assert_eq!(got, vec![("2|10".to_string(), -1), ("0|".to_string(), 1)]);
     }
 
     /// Float sums survive cancellation: adding then removing a huge value leaves the small ones.
     #[tokio::test]
     async fn float_sum_retraction_is_stable() {
-        let (input_schema, groups, aggs, output_schema) =
-            plan("SELECT sum(f), avg(f) FROM t").await;
-        let mut op =
-            Aggregate::new(input_schema.clone(), groups, aggs, output_schema, 1, 1).unwrap();
+        let (input_schema, groups, aggs, output_schema) = plan("SELECT sum(f), avg(f) FROM t").await;
+        let mut op = Aggregate::new(input_schema.clone(), groups, aggs, output_schema, 1, 1).unwrap();
         let mut writes = TickWrites::default();
         let mk = |f: f64, w: i64| {
             let cb = to_batch(&[((None, None, None, None, Some(0)), w)]);
@@ -1402,26 +1136,13 @@ mod tests {
                 cb.rows.column(3).clone(),
                 Arc::new(Float64Array::from(vec![f])) as ArrayRef,
             ];
-            ChangeBatch::new(
-                RecordBatch::try_new(table_schema(), cols).unwrap(),
-                cb.weights,
-            )
+            ChangeBatch::new(RecordBatch::try_new(table_schema(), cols).unwrap(), cb.weights)
         };
-        for (f, w) in [
-            (1e20, 1),
-            (1.0, 3),
-            (f64::INFINITY, 1),
-            (1e20, -1),
-            (f64::INFINITY, -1),
-            (2.5, 1),
-        ] {
+        for (f, w) in [(1e20, 1), (1.0, 3), (f64::INFINITY, 1), (1e20, -1), (f64::INFINITY, -1), (2.5, 1)] {
             let _ = op.step(vec![mk(f, w)], &mut writes).unwrap();
         }
         let state = op.decode_state(op.groups.get(&[]).unwrap()).unwrap();
-        let row = op
-            .out_codec
-            .decode([state.emitted.as_deref().unwrap()])
-            .unwrap();
+        let row = op.out_codec.decode([state.emitted.as_deref().unwrap()]).unwrap();
         assert_eq!(batch_rows(&row), vec!["5.5|1.375".to_string()]);
     }
 }

@@ -140,10 +140,7 @@ impl Arrangement {
         self.entries.clear();
         let plen = self.prefix.len();
         store.for_each_prefix(&self.prefix, |k, v| {
-            let corrupt = || crate::storage::StorageError::Corrupt {
-                what: "arrangement".into(),
-                detail: format!("{} byte key", k.len()),
-            };
+            let corrupt = || crate::storage::StorageError::Corrupt { what: "arrangement".into(), detail: format!("{} byte key", k.len()) };
             let (key, row) = split_segment(&k[plen..]).ok_or_else(corrupt)?;
             let w = i64::from_le_bytes(v.try_into().map_err(|_| corrupt())?);
             self.entries.entry(key.into()).or_default().add(row, w);

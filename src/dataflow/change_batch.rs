@@ -73,25 +73,20 @@ impl ChangeBatch {
     pub fn filter(&self, mask: &arrow::array::BooleanArray) -> Result<ChangeBatch> {
         let rows = filter_record_batch(&self.rows, mask)?;
         let weights = arrow::compute::filter(&self.weights, mask)?;
-        let weights = weights.as_any().downcast_ref::<Int64Array>().cloned().ok_or_else(|| {
-            DataflowError::Internal("weight column is not Int64".into())
-        })?;
+        let weights = weights
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .cloned()
+            .ok_or_else(|| DataflowError::Internal("weight column is not Int64".into()))?;
         Ok(ChangeBatch::new(rows, weights))
     }
 
     /// Take rows by index, with the given weights.
     pub fn take_rows(&self, indices: &arrow::array::UInt32Array, weights: Int64Array) -> Result<ChangeBatch> {
-        let columns = self
-            .rows
-            .columns()
-            .iter()
-            .map(|c| take(c.as_ref(), indices, None))
-            .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
-        let rows = RecordBatch::try_new_with_options(
-            self.rows.schema(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(indices.len())),
-        )?;
+        let columns =
+            self.rows.columns().iter().map(|c| take(c.as_ref(), indices, None)).collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+        let rows =
+            RecordBatch::try_new_with_options(self.rows.schema(), columns, &RecordBatchOptions::new().with_row_count(Some(indices.len())))?;
         Ok(ChangeBatch::new(rows, weights))
     }
 
@@ -171,19 +166,9 @@ impl RowCodec {
         let columns = columns
             .into_iter()
             .zip(self.schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    arrow::compute::cast(&c, f.data_type())
-                }
-            })
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow::compute::cast(&c, f.data_type()) })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new_with_options(
-            self.schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(n)),
-        )?)
+        Ok(RecordBatch::try_new_with_options(self.schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(n)))?)
     }
 
     /// Decode `(row, weight)` pairs into a change batch.

@@ -108,11 +108,13 @@ impl ChangelogSpec {
         }
         let op: StringArray = pairs
             .iter()
-            .map(|p| Some(match p {
-                (Some(_), Some(_)) => "update",
-                (Some(_), None) => "delete",
-                _ => "insert",
-            }))
+            .map(|p| {
+                Some(match p {
+                    (Some(_), Some(_)) => "update",
+                    (Some(_), None) => "delete",
+                    _ => "insert",
+                })
+            })
             .collect();
         let side = |pick: fn(&(Option<u32>, Option<u32>)) -> Option<u32>| -> Result<ArrayRef> {
             let idx: UInt32Array = pairs.iter().map(pick).collect();

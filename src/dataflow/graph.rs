@@ -208,7 +208,13 @@ impl Dataflow {
 
     /// One pass over the nodes with `changes` by input id (relations and changelogs).
     /// With `hydrate`, every node runs even without input. Returns the consolidated output.
-    fn run_nodes(&mut self, changes: &HashMap<u32, ChangeBatch>, now_micros: i64, writes: &mut TickWrites, hydrate: bool) -> Result<ChangeBatch> {
+    fn run_nodes(
+        &mut self,
+        changes: &HashMap<u32, ChangeBatch>,
+        now_micros: i64,
+        writes: &mut TickWrites,
+        hydrate: bool,
+    ) -> Result<ChangeBatch> {
         let node_schemas: Vec<SchemaRef> = self.nodes.iter().map(|n| n.operator.schema()).collect();
         let mut outputs: Vec<Option<ChangeBatch>> = Vec::with_capacity(self.nodes.len());
         for node in &mut self.nodes {

@@ -26,10 +26,7 @@ use std::collections::hash_map::Entry;
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array,
-    new_null_array,
-};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, UInt32Array, new_null_array};
 use arrow::compute::{CastOptions, cast_with_options, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::logical_expr::type_coercion::binary::comparison_coercion;
@@ -56,31 +53,21 @@ const RIGHT: usize = 1;
 impl JoinKind {
     /// Whether matched (left, right) pairs are part of the output.
     fn emits_pairs(self) -> bool {
-        matches!(
-            self,
-            JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full
-        )
+        matches!(self, JoinKind::Inner | JoinKind::Left | JoinKind::Right | JoinKind::Full)
     }
 
     /// Whether the rows of `side` appear in the output on their own (padded or not),
     /// depending on whether they have matches.
     fn preserves(self, side: usize) -> bool {
         match side {
-            LEFT => matches!(
-                self,
-                JoinKind::Left | JoinKind::Full | JoinKind::LeftSemi | JoinKind::LeftAnti
-            ),
+            LEFT => matches!(self, JoinKind::Left | JoinKind::Full | JoinKind::LeftSemi | JoinKind::LeftAnti),
             _ => matches!(self, JoinKind::Right | JoinKind::Full),
         }
     }
 
     /// Whether a preserved row with `matches` matching rows on the other side is emitted.
     fn emits_preserved(self, matches: i64) -> bool {
-        if self == JoinKind::LeftSemi {
-            matches > 0
-        } else {
-            matches <= 0
-        }
+        if self == JoinKind::LeftSemi { matches > 0 } else { matches <= 0 }
     }
 
     fn is_semi_or_anti(self) -> bool {
@@ -154,58 +141,33 @@ impl Join {
         node: u32,
     ) -> Result<Join> {
         if left_keys.len() != right_keys.len() {
-            return Err(DataflowError::Internal(format!(
-                "join has {} left keys but {} right keys",
-                left_keys.len(),
-                right_keys.len()
-            )));
+            return Err(DataflowError::Internal(format!("join has {} left keys but {} right keys", left_keys.len(), right_keys.len())));
         }
         let mut key_types = Vec::with_capacity(left_keys.len());
         for (l, r) in left_keys.iter().zip(&right_keys) {
             let lt = l.data_type(&left_schema)?;
             let rt = r.data_type(&right_schema)?;
-            let common = comparison_coercion(&lt, &rt).ok_or_else(|| {
-                DataflowError::Internal(format!("cannot compare join keys of types {lt} and {rt}"))
-            })?;
+            let common = comparison_coercion(&lt, &rt)
+                .ok_or_else(|| DataflowError::Internal(format!("cannot compare join keys of types {lt} and {rt}")))?;
             key_types.push(value_type(&common));
         }
         let key_codec = if key_types.is_empty() {
             None
         } else {
-            let fields: Vec<Field> = key_types
-                .iter()
-                .enumerate()
-                .map(|(i, t)| Field::new(format!("k{i}"), t.clone(), true))
-                .collect();
+            let fields: Vec<Field> = key_types.iter().enumerate().map(|(i, t)| Field::new(format!("k{i}"), t.clone(), true)).collect();
             Some(RowCodec::new(Arc::new(Schema::new(fields)))?)
         };
 
-        let pair_fields: Vec<_> = left_schema
-            .fields()
-            .iter()
-            .chain(right_schema.fields().iter())
-            .cloned()
-            .collect();
+        let pair_fields: Vec<_> = left_schema.fields().iter().chain(right_schema.fields().iter()).cloned().collect();
         let pair_schema = Arc::new(Schema::new(pair_fields));
         let expected: Vec<&DataType> = if kind.is_semi_or_anti() {
             left_schema.fields().iter().map(|f| f.data_type()).collect()
         } else {
             pair_schema.fields().iter().map(|f| f.data_type()).collect()
         };
-        let actual: Vec<&DataType> = output_schema
-            .fields()
-            .iter()
-            .map(|f| f.data_type())
-            .collect();
-        if expected.len() != actual.len()
-            || expected
-                .iter()
-                .zip(&actual)
-                .any(|(e, a)| !e.equals_datatype(a))
-        {
-            return Err(DataflowError::Internal(format!(
-                "{kind:?} join output schema {output_schema:?} does not match its inputs"
-            )));
+        let actual: Vec<&DataType> = output_schema.fields().iter().map(|f| f.data_type()).collect();
+        if expected.len() != actual.len() || expected.iter().zip(&actual).any(|(e, a)| !e.equals_datatype(a)) {
+            return Err(DataflowError::Internal(format!("{kind:?} join output schema {output_schema:?} does not match its inputs")));
         }
 
         let has_filter = filter.is_some();
@@ -213,17 +175,13 @@ impl Join {
             rows: Arrangement::new(state_prefix(dataflow, node, rows_slot)),
             store_rows: kind.emits_pairs() || has_filter || kind.preserves(s),
             counts: (kind.preserves(1 - s) && !has_filter).then(HashMap::new),
-            matches: (kind.preserves(s) && has_filter)
-                .then(|| Arrangement::new(state_prefix(dataflow, node, matches_slot))),
+            matches: (kind.preserves(s) && has_filter).then(|| Arrangement::new(state_prefix(dataflow, node, matches_slot))),
         };
         let sides = [side(LEFT, 0, 2), side(RIGHT, 1, 3)];
 
         Ok(Join {
             kind,
-            row_codecs: [
-                RowCodec::new(left_schema.clone())?,
-                RowCodec::new(right_schema.clone())?,
-            ],
+            row_codecs: [RowCodec::new(left_schema.clone())?, RowCodec::new(right_schema.clone())?],
             schemas: [left_schema, right_schema],
             output_schema,
             pair_schema,
@@ -248,10 +206,7 @@ impl Join {
             let array = if array.data_type() == key_type {
                 array
             } else {
-                let options = CastOptions {
-                    safe: false,
-                    ..Default::default()
-                };
+                let options = CastOptions { safe: false, ..Default::default() };
                 cast_with_options(&array, key_type, &options)?
             };
             if let Some(nulls) = array.logical_nulls() {
@@ -264,11 +219,7 @@ impl Join {
             columns.push(array);
         }
         let encoded = codec.encode_columns(&columns)?;
-        Ok(encoded
-            .into_iter()
-            .zip(valid)
-            .map(|(k, v)| v.then_some(k))
-            .collect())
+        Ok(encoded.into_iter().zip(valid).map(|(k, v)| v.then_some(k)).collect())
     }
 
     /// Columns of the candidate pairs `(this_rows[i], other_rows[j])`, in left ++ right order.
@@ -282,22 +233,12 @@ impl Join {
     ) -> Result<Vec<ArrayRef>> {
         let this_cols = take_columns(this_rows, this_idx)?;
         let other_cols = take_columns(other_rows, other_idx)?;
-        Ok(if this == LEFT {
-            this_cols.into_iter().chain(other_cols).collect()
-        } else {
-            other_cols.into_iter().chain(this_cols).collect()
-        })
+        Ok(if this == LEFT { this_cols.into_iter().chain(other_cols).collect() } else { other_cols.into_iter().chain(this_cols).collect() })
     }
 
     /// Output rows for preserved rows `indices` of `batch` (rows of `side`): the rows themselves
     /// for semi/anti joins, padded with NULLs on the other side for outer joins.
-    fn preserved_output(
-        &self,
-        side: usize,
-        batch: &RecordBatch,
-        indices: Vec<u32>,
-        weights: Vec<i64>,
-    ) -> Result<ChangeBatch> {
+    fn preserved_output(&self, side: usize, batch: &RecordBatch, indices: Vec<u32>, weights: Vec<i64>) -> Result<ChangeBatch> {
         let indices = UInt32Array::from(indices);
         let n = indices.len();
         let taken = take_columns(batch, &indices)?;
@@ -306,35 +247,19 @@ impl Join {
         } else {
             let fields = self.output_schema.fields();
             let left_width = self.schemas[LEFT].fields().len();
-            let nulls = |range: Range<usize>| {
-                fields[range]
-                    .iter()
-                    .map(|f| new_null_array(f.data_type(), n))
-            };
+            let nulls = |range: Range<usize>| fields[range].iter().map(|f| new_null_array(f.data_type(), n));
             if side == LEFT {
-                taken
-                    .into_iter()
-                    .chain(nulls(left_width..fields.len()))
-                    .collect()
+                taken.into_iter().chain(nulls(left_width..fields.len())).collect()
             } else {
                 nulls(0..left_width).chain(taken).collect()
             }
         };
-        Ok(ChangeBatch::new(
-            batch_with_rows(self.output_schema.clone(), columns, n)?,
-            weights.into(),
-        ))
+        Ok(ChangeBatch::new(batch_with_rows(self.output_schema.clone(), columns, n)?, weights.into()))
     }
 
     /// Process the changes of side `this` against the current state of the other side,
     /// then apply them to this side's state.
-    fn process_delta(
-        &mut self,
-        this: usize,
-        delta: &ChangeBatch,
-        writes: &mut TickWrites,
-        out: &mut Vec<ChangeBatch>,
-    ) -> Result<()> {
+    fn process_delta(&mut self, this: usize, delta: &ChangeBatch, writes: &mut TickWrites, out: &mut Vec<ChangeBatch>) -> Result<()> {
         if delta.is_empty() {
             return Ok(());
         }
@@ -349,8 +274,7 @@ impl Join {
         let has_filter = self.filter.is_some();
         let this_preserved = kind.preserves(this);
         let other_preserved = kind.preserves(other);
-        let pairs_needed =
-            kind.emits_pairs() || (has_filter && (this_preserved || other_preserved));
+        let pairs_needed = kind.emits_pairs() || (has_filter && (this_preserved || other_preserved));
 
         // Net change of this side's multiplicity per distinct non-NULL key.
         let mut distinct: Vec<&[u8]> = Vec::new();
@@ -370,10 +294,7 @@ impl Join {
         // match status flips because this side's count for the key crosses zero.
         let mut flips: Vec<(&[u8], i64)> = Vec::new();
         if other_preserved && !has_filter {
-            let counts = self.sides[this]
-                .counts
-                .as_ref()
-                .ok_or_else(|| missing("key counts"))?;
+            let counts = self.sides[this].counts.as_ref().ok_or_else(|| missing("key counts"))?;
             for key in &distinct {
                 let old = counts.get(*key).copied().unwrap_or(0);
                 let new = add(old, key_delta[key])?;
@@ -385,11 +306,7 @@ impl Join {
         }
 
         // Decode the other side's rows under the keys we need, once per key.
-        let needed: Vec<&[u8]> = if pairs_needed {
-            distinct.clone()
-        } else {
-            flips.iter().map(|(k, _)| *k).collect()
-        };
+        let needed: Vec<&[u8]> = if pairs_needed { distinct.clone() } else { flips.iter().map(|(k, _)| *k).collect() };
         let mut other_rows: Vec<Vec<u8>> = Vec::new();
         let mut other_mult: Vec<i64> = Vec::new();
         let mut other_key: Vec<usize> = Vec::new();
@@ -431,23 +348,15 @@ impl Join {
         }
         let mut mask: Option<BooleanArray> = None;
         if !pair_this.is_empty() {
-            let (this_idx, other_idx) = (
-                UInt32Array::from(pair_this.clone()),
-                UInt32Array::from(pair_other.clone()),
-            );
-            let columns =
-                self.pair_columns(this, &delta.rows, &other_batch, &this_idx, &other_idx)?;
+            let (this_idx, other_idx) = (UInt32Array::from(pair_this.clone()), UInt32Array::from(pair_other.clone()));
+            let columns = self.pair_columns(this, &delta.rows, &other_batch, &this_idx, &other_idx)?;
             if let Some(filter) = &self.filter {
-                let pairs =
-                    batch_with_rows(self.pair_schema.clone(), columns.clone(), pair_this.len())?;
+                let pairs = batch_with_rows(self.pair_schema.clone(), columns.clone(), pair_this.len())?;
                 mask = Some(filter_mask(filter, &pairs)?);
             }
             if kind.emits_pairs() {
                 let weights = Int64Array::from(pair_weight);
-                let pairs = ChangeBatch::new(
-                    batch_with_rows(self.output_schema.clone(), columns, pair_this.len())?,
-                    weights,
-                );
+                let pairs = ChangeBatch::new(batch_with_rows(self.output_schema.clone(), columns, pair_this.len())?, weights);
                 out.push(match &mask {
                     Some(mask) => pairs.filter(mask)?,
                     None => pairs,
@@ -468,19 +377,11 @@ impl Join {
                     }
                 }
             } else {
-                let counts = self.sides[other]
-                    .counts
-                    .as_ref()
-                    .ok_or_else(|| missing("key counts"))?;
-                this_matches = keys
-                    .iter()
-                    .map(|k| k.as_ref().and_then(|k| counts.get(k)).copied().unwrap_or(0))
-                    .collect();
+                let counts = self.sides[other].counts.as_ref().ok_or_else(|| missing("key counts"))?;
+                this_matches = keys.iter().map(|k| k.as_ref().and_then(|k| counts.get(k)).copied().unwrap_or(0)).collect();
             }
-            let (idx, w): (Vec<u32>, Vec<i64>) = (0..n)
-                .filter(|&i| kind.emits_preserved(this_matches[i]))
-                .map(|i| (i as u32, weights[i]))
-                .unzip();
+            let (idx, w): (Vec<u32>, Vec<i64>) =
+                (0..n).filter(|&i| kind.emits_preserved(this_matches[i])).map(|i| (i as u32, weights[i])).unzip();
             if !idx.is_empty() {
                 out.push(self.preserved_output(this, &delta.rows, idx, w)?);
             }
@@ -497,21 +398,14 @@ impl Join {
                         diff[j] = add(diff[j], weights[pair_this[p] as usize])?;
                     }
                 }
-                let matches = self.sides[other]
-                    .matches
-                    .as_mut()
-                    .ok_or_else(|| missing("match counts"))?;
+                let matches = self.sides[other].matches.as_mut().ok_or_else(|| missing("match counts"))?;
                 for (j, d) in diff.into_iter().enumerate() {
                     if d == 0 {
                         continue;
                     }
                     let key = needed[other_key[j]];
                     let row = &other_rows[j];
-                    let old = matches
-                        .get(key)
-                        .and_then(|m| m.get(row))
-                        .copied()
-                        .unwrap_or(0);
+                    let old = matches.get(key).and_then(|m| m.get(row)).copied().unwrap_or(0);
                     let new = matches.update(key, row, d, writes)?;
                     let (was, is) = (kind.emits_preserved(old), kind.emits_preserved(new));
                     if was != is {
@@ -536,11 +430,7 @@ impl Join {
 
         // Apply the delta to this side's state.
         let store_rows = self.sides[this].store_rows;
-        let encoded = if store_rows {
-            self.row_codecs[this].encode(&delta.rows)?
-        } else {
-            Vec::new()
-        };
+        let encoded = if store_rows { self.row_codecs[this].encode(&delta.rows)? } else { Vec::new() };
         let side = &mut self.sides[this];
         for (i, key) in keys.iter().enumerate() {
             let Some(key) = key else { continue };
@@ -555,11 +445,7 @@ impl Join {
             }
             if let Some(matches) = &mut side.matches {
                 let target = if mult > 0 { this_matches[i] } else { 0 };
-                let current = matches
-                    .get(key)
-                    .and_then(|m| m.get(row))
-                    .copied()
-                    .unwrap_or(0);
+                let current = matches.get(key).and_then(|m| m.get(row)).copied().unwrap_or(0);
                 matches.update(key, row, target - current, writes)?;
             }
         }
@@ -572,16 +458,9 @@ impl Operator for Join {
         self.output_schema.clone()
     }
 
-    fn step(
-        &mut self,
-        mut inputs: Vec<ChangeBatch>,
-        writes: &mut TickWrites,
-    ) -> Result<ChangeBatch> {
+    fn step(&mut self, mut inputs: Vec<ChangeBatch>, writes: &mut TickWrites) -> Result<ChangeBatch> {
         if inputs.len() != 2 {
-            return Err(DataflowError::Internal(format!(
-                "join expects 2 inputs, got {}",
-                inputs.len()
-            )));
+            return Err(DataflowError::Internal(format!("join expects 2 inputs, got {}", inputs.len())));
         }
         let right = inputs.pop().expect("two inputs").consolidate()?;
         let left = inputs.pop().expect("two inputs").consolidate()?;
@@ -615,41 +494,27 @@ fn filter_mask(filter: &Arc<dyn PhysicalExpr>, pairs: &RecordBatch) -> Result<Bo
     let mask = value
         .as_any()
         .downcast_ref::<BooleanArray>()
-        .ok_or_else(|| {
-            DataflowError::Internal(format!("join filter returned {}", value.data_type()))
-        })?;
+        .ok_or_else(|| DataflowError::Internal(format!("join filter returned {}", value.data_type())))?;
     Ok(match mask.nulls() {
-        Some(nulls) if nulls.null_count() > 0 => {
-            BooleanArray::new(mask.values() & nulls.inner(), None)
-        }
+        Some(nulls) if nulls.null_count() > 0 => BooleanArray::new(mask.values() & nulls.inner(), None),
         _ => BooleanArray::new(mask.values().clone(), None),
     })
 }
 
 fn take_columns(batch: &RecordBatch, indices: &UInt32Array) -> Result<Vec<ArrayRef>> {
-    Ok(batch
-        .columns()
-        .iter()
-        .map(|c| take(c.as_ref(), indices, None))
-        .collect::<std::result::Result<_, _>>()?)
+    Ok(batch.columns().iter().map(|c| take(c.as_ref(), indices, None)).collect::<std::result::Result<_, _>>()?)
 }
 
 fn batch_with_rows(schema: SchemaRef, columns: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
-    Ok(RecordBatch::try_new_with_options(
-        schema,
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(rows)),
-    )?)
+    Ok(RecordBatch::try_new_with_options(schema, columns, &RecordBatchOptions::new().with_row_count(Some(rows)))?)
 }
 
 fn add(a: i64, b: i64) -> Result<i64> {
-    a.checked_add(b)
-        .ok_or_else(|| DataflowError::Internal("join multiplicity overflow".into()))
+    a.checked_add(b).ok_or_else(|| DataflowError::Internal("join multiplicity overflow".into()))
 }
 
 fn mul(a: i64, b: i64) -> Result<i64> {
-    a.checked_mul(b)
-        .ok_or_else(|| DataflowError::Internal("join multiplicity overflow".into()))
+    a.checked_mul(b).ok_or_else(|| DataflowError::Internal("join multiplicity overflow".into()))
 }
 
 fn missing(what: &str) -> DataflowError {
@@ -699,12 +564,7 @@ mod tests {
     }
 
     fn schema(fields: &[(&str, DataType)]) -> SchemaRef {
-        Arc::new(Schema::new(
-            fields
-                .iter()
-                .map(|(n, t)| Field::new(*n, t.clone(), true))
-                .collect::<Vec<_>>(),
-        ))
+        Arc::new(Schema::new(fields.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect::<Vec<_>>()))
     }
 
     fn simple(kind: JoinKind, filter: bool) -> Case {
@@ -720,16 +580,8 @@ mod tests {
     fn mixed(kind: JoinKind) -> Case {
         Case {
             kind,
-            left: schema(&[
-                ("a", DataType::Int32),
-                ("b", DataType::Int64),
-                ("v", DataType::Int64),
-            ]),
-            right: schema(&[
-                ("a", DataType::Int64),
-                ("b", DataType::Int16),
-                ("w", DataType::Int64),
-            ]),
+            left: schema(&[("a", DataType::Int32), ("b", DataType::Int64), ("v", DataType::Int64)]),
+            right: schema(&[("a", DataType::Int64), ("b", DataType::Int16), ("w", DataType::Int64)]),
             key_cols: vec![(0, 0), (1, 1)],
             filter: None,
         }
@@ -738,41 +590,19 @@ mod tests {
     impl Case {
         fn output_schema(&self) -> SchemaRef {
             let fields: Vec<Field> = if self.kind.is_semi_or_anti() {
-                self.left
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect()
+                self.left.fields().iter().map(|f| f.as_ref().clone()).collect()
             } else {
-                let l = self
-                    .left
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone().with_name(format!("l_{}", f.name())));
-                let r = self
-                    .right
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone().with_name(format!("r_{}", f.name())));
+                let l = self.left.fields().iter().map(|f| f.as_ref().clone().with_name(format!("l_{}", f.name())));
+                let r = self.right.fields().iter().map(|f| f.as_ref().clone().with_name(format!("r_{}", f.name())));
                 l.chain(r).collect()
             };
             Arc::new(Schema::new(fields))
         }
 
         fn operator(&self) -> Join {
-            let col = |s: &SchemaRef, i: usize| -> Arc<dyn PhysicalExpr> {
-                Arc::new(Column::new(s.field(i).name(), i))
-            };
-            let left_keys = self
-                .key_cols
-                .iter()
-                .map(|(l, _)| col(&self.left, *l))
-                .collect();
-            let right_keys = self
-                .key_cols
-                .iter()
-                .map(|(_, r)| col(&self.right, *r))
-                .collect();
+            let col = |s: &SchemaRef, i: usize| -> Arc<dyn PhysicalExpr> { Arc::new(Column::new(s.field(i).name(), i)) };
+            let left_keys = self.key_cols.iter().map(|(l, _)| col(&self.left, *l)).collect();
+            let right_keys = self.key_cols.iter().map(|(_, r)| col(&self.right, *r)).collect();
             let width = self.left.fields().len();
             let filter = self.filter.map(|(l, r)| -> Arc<dyn PhysicalExpr> {
                 Arc::new(BinaryExpr::new(
@@ -781,38 +611,17 @@ mod tests {
                     Arc::new(Column::new(self.right.field(r).name(), width + r)),
                 ))
             });
-            Join::new(
-                self.kind,
-                self.left.clone(),
-                self.right.clone(),
-                left_keys,
-                right_keys,
-                filter,
-                self.output_schema(),
-                7,
-                3,
-            )
-            .unwrap()
+            Join::new(self.kind, self.left.clone(), self.right.clone(), left_keys, right_keys, filter, self.output_schema(), 7, 3).unwrap()
         }
 
         fn sql(&self) -> String {
             let mut on: Vec<String> = self
                 .key_cols
                 .iter()
-                .map(|(l, r)| {
-                    format!(
-                        "l.{} = r.{}",
-                        self.left.field(*l).name(),
-                        self.right.field(*r).name()
-                    )
-                })
+                .map(|(l, r)| format!("l.{} = r.{}", self.left.field(*l).name(), self.right.field(*r).name()))
                 .collect();
             if let Some((l, r)) = self.filter {
-                on.push(format!(
-                    "l.{} < r.{}",
-                    self.left.field(l).name(),
-                    self.right.field(r).name()
-                ));
+                on.push(format!("l.{} < r.{}", self.left.field(l).name(), self.right.field(r).name()));
             }
             if on.is_empty() {
                 on.push("true".into());
@@ -846,41 +655,22 @@ mod tests {
 
     fn changes(schema: &SchemaRef, delta: &BTreeMap<Row, i64>) -> ChangeBatch {
         let rows: Vec<&Row> = delta.keys().collect();
-        ChangeBatch::new(
-            batch(schema, &rows),
-            delta.values().copied().collect::<Vec<_>>().into(),
-        )
+        ChangeBatch::new(batch(schema, &rows), delta.values().copied().collect::<Vec<_>>().into())
     }
 
     /// Random changes to a table, applied to `contents`: inserts and deletes, weights ±1/±2,
     /// small keys with some NULLs, so keys repeat and rows duplicate.
-    fn random_delta(
-        rng: &mut Rng,
-        contents: &mut BTreeMap<Row, i64>,
-        width: usize,
-    ) -> BTreeMap<Row, i64> {
+    fn random_delta(rng: &mut Rng, contents: &mut BTreeMap<Row, i64>, width: usize) -> BTreeMap<Row, i64> {
         let mut delta: BTreeMap<Row, i64> = BTreeMap::new();
         for _ in 0..rng.below(5) {
             let weight = 1 + rng.below(2) as i64;
             if contents.is_empty() || rng.below(5) < 3 {
-                let row: Row = (0..width)
-                    .map(|_| {
-                        if rng.below(7) == 0 {
-                            None
-                        } else {
-                            Some(rng.below(4) as i64)
-                        }
-                    })
-                    .collect();
+                let row: Row = (0..width).map(|_| if rng.below(7) == 0 { None } else { Some(rng.below(4) as i64) }).collect();
                 *contents.entry(row.clone()).or_default() += weight;
                 *delta.entry(row).or_default() += weight;
             } else {
                 let i = rng.below(contents.len() as u64) as usize;
-                let (row, have) = contents
-                    .iter()
-                    .nth(i)
-                    .map(|(r, w)| (r.clone(), *w))
-                    .unwrap();
+                let (row, have) = contents.iter().nth(i).map(|(r, w)| (r.clone(), *w)).unwrap();
                 let weight = weight.min(have);
                 *contents.get_mut(&row).unwrap() -= weight;
                 if contents[&row] == 0 {
@@ -897,39 +687,25 @@ mod tests {
     fn multiset(batch: &ChangeBatch) -> BTreeMap<Vec<String>, i64> {
         let mut out = BTreeMap::new();
         for i in 0..batch.len() {
-            let row = batch
-                .rows
-                .columns()
-                .iter()
-                .map(|c| ScalarValue::try_from_array(c, i).unwrap().to_string())
-                .collect();
+            let row = batch.rows.columns().iter().map(|c| ScalarValue::try_from_array(c, i).unwrap().to_string()).collect();
             *out.entry(row).or_default() += batch.weights.value(i);
         }
         out.retain(|_, w| *w != 0);
         out
     }
 
-    fn expected(
-        rt: &tokio::runtime::Runtime,
-        case: &Case,
-        l: &BTreeMap<Row, i64>,
-        r: &BTreeMap<Row, i64>,
-    ) -> BTreeMap<Vec<String>, i64> {
+    fn expected(rt: &tokio::runtime::Runtime, case: &Case, l: &BTreeMap<Row, i64>, r: &BTreeMap<Row, i64>) -> BTreeMap<Vec<String>, i64> {
         let table = |schema: &SchemaRef, contents: &BTreeMap<Row, i64>| {
             // Each row repeated by its multiplicity (`ChangeBatch::expand_positive` without
             // depending on it).
-            let rows: Vec<&Row> = contents
-                .iter()
-                .flat_map(|(row, w)| std::iter::repeat_n(row, *w as usize))
-                .collect();
+            let rows: Vec<&Row> = contents.iter().flat_map(|(row, w)| std::iter::repeat_n(row, *w as usize)).collect();
             let rows = batch(schema, &rows);
             Arc::new(MemTable::try_new(schema.clone(), vec![vec![rows]]).unwrap())
         };
         let ctx = SessionContext::new();
         ctx.register_table("l", table(&case.left, l)).unwrap();
         ctx.register_table("r", table(&case.right, r)).unwrap();
-        let batches =
-            rt.block_on(async { ctx.sql(&case.sql()).await.unwrap().collect().await.unwrap() });
+        let batches = rt.block_on(async { ctx.sql(&case.sql()).await.unwrap().collect().await.unwrap() });
         let mut out = BTreeMap::new();
         for b in batches {
             for (row, w) in multiset(&ChangeBatch::uniform(b, 1)) {
@@ -943,9 +719,7 @@ mod tests {
     /// DataFusion after each one. With `restore_every`, state is committed to a store and the
     /// operator is periodically rebuilt from it (and ticks are sometimes aborted and redone).
     fn run(case: &Case, seed: u64, steps: usize, restore_every: Option<usize>) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = restore_every.map(|_| Store::open(dir.path()).unwrap());
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -974,30 +748,14 @@ mod tests {
             if let Some(store) = &store {
                 store.commit(writes).unwrap();
             }
-            acc = ChangeBatch::concat(&out_schema, &[acc, out])
-                .unwrap()
-                .consolidate()
-                .unwrap();
+            acc = ChangeBatch::concat(&out_schema, &[acc, out]).unwrap().consolidate().unwrap();
             let got = multiset(&acc);
             let want = expected(&rt, case, &l, &r);
-            assert_eq!(
-                got,
-                want,
-                "{:?} step {step}\nleft {l:?}\nright {r:?}\nsql {}",
-                case.kind,
-                case.sql()
-            );
+            assert_eq!(got, want, "{:?} step {step}\nleft {l:?}\nright {r:?}\nsql {}", case.kind, case.sql());
         }
     }
 
-    const KINDS: [JoinKind; 6] = [
-        JoinKind::Inner,
-        JoinKind::Left,
-        JoinKind::Right,
-        JoinKind::Full,
-        JoinKind::LeftSemi,
-        JoinKind::LeftAnti,
-    ];
+    const KINDS: [JoinKind; 6] = [JoinKind::Inner, JoinKind::Left, JoinKind::Right, JoinKind::Full, JoinKind::LeftSemi, JoinKind::LeftAnti];
 
     #[test]
     fn random_changes_match_datafusion() {
@@ -1048,17 +806,9 @@ mod tests {
         let mut op = case.operator();
         let l = BTreeMap::from([(vec![Some(1), Some(10)], 2)]);
         let r = BTreeMap::from([(vec![Some(1), Some(20)], 3)]);
-        let out = op
-            .step(
-                vec![changes(&case.left, &l), changes(&case.right, &r)],
-                &mut TickWrites::default(),
-            )
-            .unwrap();
+        let out = op.step(vec![changes(&case.left, &l), changes(&case.right, &r)], &mut TickWrites::default()).unwrap();
         let got = multiset(&out);
-        assert_eq!(
-            got,
-            BTreeMap::from([(vec!["1".into(), "10".into(), "1".into(), "20".into()], 6)])
-        );
+        assert_eq!(got, BTreeMap::from([(vec!["1".into(), "10".into(), "1".into(), "20".into()], 6)]));
     }
 
     #[test]
@@ -1067,17 +817,9 @@ mod tests {
         let mut op = case.operator();
         let l = BTreeMap::from([(vec![None, Some(1)], 1)]);
         let r = BTreeMap::from([(vec![None, Some(2)], 1)]);
-        let out = op
-            .step(
-                vec![changes(&case.left, &l), changes(&case.right, &r)],
-                &mut TickWrites::default(),
-            )
-            .unwrap();
+        let out = op.step(vec![changes(&case.left, &l), changes(&case.right, &r)], &mut TickWrites::default()).unwrap();
         let n = || "NULL".to_string();
-        let want = BTreeMap::from([
-            (vec![n(), "1".into(), n(), n()], 1),
-            (vec![n(), n(), n(), "2".into()], 1),
-        ]);
+        let want = BTreeMap::from([(vec![n(), "1".into(), n(), n()], 1), (vec![n(), n(), n(), "2".into()], 1)]);
         assert_eq!(multiset(&out), want);
     }
 }

@@ -31,11 +31,7 @@ pub fn evaluate_exprs(schema: &SchemaRef, exprs: &[Arc<dyn PhysicalExpr>], batch
             Ok(if col.data_type() != f.data_type() { arrow::compute::cast(&col, f.data_type())? } else { col })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(n)),
-    )?)
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(n)))?)
 }
 
 impl Operator for Project {

@@ -116,7 +116,8 @@ impl Operator for TemporalFilter {
         let plen = self.prefix.len();
         let mut rows = BTreeMap::new();
         store.for_each_prefix(&self.prefix, |k, v| {
-            let corrupt = || crate::storage::StorageError::Corrupt { what: "temporal filter".into(), detail: format!("{} byte key", k.len()) };
+            let corrupt =
+                || crate::storage::StorageError::Corrupt { what: "temporal filter".into(), detail: format!("{} byte key", k.len()) };
             let expiry = u64::from_be_bytes(k.get(plen..plen + 8).ok_or_else(corrupt)?.try_into().expect("8 bytes")) ^ (1 << 63);
             let count = i64::from_le_bytes(v.try_into().map_err(|_| corrupt())?);
             rows.insert((expiry as i64, k[plen + 8..].to_vec()), count);
@@ -142,7 +143,10 @@ mod tests {
         ]));
         let mut op = TemporalFilter::new(schema.clone(), Arc::new(Column::new("at", 1)), 100, 1, 0).unwrap();
         let row = |id: i64, at: Option<i64>| vec![ScalarValue::Int64(Some(id)), ScalarValue::TimestampMicrosecond(at, None)];
-        let batch = super::super::change_batch::from_rows(schema.clone(), vec![(1, row(1, Some(1_000))), (1, row(2, Some(950))), (1, row(3, None)), (1, row(4, Some(1_050)))]);
+        let batch = super::super::change_batch::from_rows(
+            schema.clone(),
+            vec![(1, row(1, Some(1_000))), (1, row(2, Some(950))), (1, row(3, None)), (1, row(4, Some(1_050)))],
+        );
         let mut writes = TickWrites::default();
         op.advance_to(1_060);
         let out = op.step(vec![batch], &mut writes).unwrap();

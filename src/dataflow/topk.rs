@@ -83,31 +83,16 @@ impl TopK {
         node: u32,
     ) -> Result<TopK> {
         // Output = input columns (+ the row number).
-        let expected: Vec<&DataType> = input_schema
-            .fields()
-            .iter()
-            .map(|f| f.data_type())
-            .collect();
-        let actual: Vec<&DataType> = output_schema
-            .fields()
-            .iter()
-            .map(|f| f.data_type())
-            .collect();
+        let expected: Vec<&DataType> = input_schema.fields().iter().map(|f| f.data_type()).collect();
+        let actual: Vec<&DataType> = output_schema.fields().iter().map(|f| f.data_type()).collect();
         let width = expected.len() + usize::from(emit_row_number);
         let columns_match = actual.len() == width
-            && expected
-                .iter()
-                .zip(&actual)
-                .all(|(e, a)| e.equals_datatype(a))
+            && expected.iter().zip(&actual).all(|(e, a)| e.equals_datatype(a))
             && (!emit_row_number || actual[width - 1] == &DataType::UInt64);
         if !columns_match {
             return Err(DataflowError::Internal(format!(
                 "top-k output schema {output_schema:?} does not match its input {input_schema:?}{}",
-                if emit_row_number {
-                    " plus a UInt64 row number"
-                } else {
-                    ""
-                }
+                if emit_row_number { " plus a UInt64 row number" } else { "" }
             )));
         }
 
@@ -117,13 +102,7 @@ impl TopK {
             let fields = partition_by
                 .iter()
                 .enumerate()
-                .map(|(i, e)| {
-                    Ok(Field::new(
-                        format!("p{i}"),
-                        e.data_type(&input_schema)?,
-                        true,
-                    ))
-                })
+                .map(|(i, e)| Ok(Field::new(format!("p{i}"), e.data_type(&input_schema)?, true)))
                 .collect::<Result<Vec<_>>>()?;
             Some(RowCodec::new(Arc::new(Schema::new(fields)))?)
         };
@@ -132,12 +111,7 @@ impl TopK {
         } else {
             let fields = order_by
                 .iter()
-                .map(|s| {
-                    Ok(SortField::new_with_options(
-                        s.expr.data_type(&input_schema)?,
-                        s.options,
-                    ))
-                })
+                .map(|s| Ok(SortField::new_with_options(s.expr.data_type(&input_schema)?, s.options)))
                 .collect::<Result<Vec<_>>>()?;
             Some(RowConverter::new(fields)?)
         };
@@ -161,11 +135,7 @@ impl TopK {
         let Some(codec) = &self.partition_codec else {
             return Ok(vec![Vec::new(); n]);
         };
-        let columns = self
-            .partition_by
-            .iter()
-            .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let columns = self.partition_by.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<ArrayRef>>>()?;
         codec.encode_columns(&columns)
     }
 
@@ -175,11 +145,7 @@ impl TopK {
         let Some(converter) = &self.sort_converter else {
             return Ok(vec![Vec::new(); n]);
         };
-        let columns = self
-            .order_by
-            .iter()
-            .map(|s| Ok(s.expr.evaluate(batch)?.into_array(n)?))
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let columns = self.order_by.iter().map(|s| Ok(s.expr.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<ArrayRef>>>()?;
         let rows = converter.convert_columns(&columns)?;
         Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
     }
@@ -196,16 +162,10 @@ impl TopK {
                 break;
             }
             if mult <= 0 {
-                return Err(DataflowError::Internal(format!(
-                    "top-k state holds a row with multiplicity {mult}"
-                )));
+                return Err(DataflowError::Internal(format!("top-k state holds a row with multiplicity {mult}")));
             }
             let count = (mult as u64).min(self.k - taken);
-            out.push(Ranked {
-                row: row_of(entry)?.to_vec(),
-                first: taken + 1,
-                count,
-            });
+            out.push(Ranked { row: row_of(entry)?.to_vec(), first: taken + 1, count });
             taken += count;
         }
         Ok(out)
@@ -281,19 +241,10 @@ impl TopK {
         let columns = columns
             .into_iter()
             .zip(self.output_schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    Ok(cast(&c, f.data_type())?)
-                }
-            })
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { Ok(cast(&c, f.data_type())?) })
             .collect::<Result<Vec<_>>>()?;
-        let rows = RecordBatch::try_new_with_options(
-            self.output_schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(n)),
-        )?;
+        let rows =
+            RecordBatch::try_new_with_options(self.output_schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(n)))?;
         Ok(ChangeBatch::new(rows, out.weights.into()))
     }
 }
@@ -304,9 +255,8 @@ impl Operator for TopK {
     }
 
     fn step(&mut self, inputs: Vec<ChangeBatch>, writes: &mut TickWrites) -> Result<ChangeBatch> {
-        let [input] = <[ChangeBatch; 1]>::try_from(inputs).map_err(|inputs| {
-            DataflowError::Internal(format!("top-k expects 1 input, got {}", inputs.len()))
-        })?;
+        let [input] = <[ChangeBatch; 1]>::try_from(inputs)
+            .map_err(|inputs| DataflowError::Internal(format!("top-k expects 1 input, got {}", inputs.len())))?;
         let delta = input.consolidate()?;
         if delta.is_empty() {
             return Ok(ChangeBatch::empty(self.output_schema.clone()));
@@ -352,8 +302,7 @@ impl Operator for TopK {
 
 /// The stored entry of a row: `sort key ++ row ++ u32 BE length of the sort key`.
 fn make_entry(sort_key: &[u8], row: &[u8]) -> Result<Vec<u8>> {
-    let len = u32::try_from(sort_key.len())
-        .map_err(|_| DataflowError::Internal("top-k sort key longer than 4 GiB".into()))?;
+    let len = u32::try_from(sort_key.len()).map_err(|_| DataflowError::Internal("top-k sort key longer than 4 GiB".into()))?;
     let mut entry = Vec::with_capacity(sort_key.len() + row.len() + LEN_SUFFIX);
     entry.extend_from_slice(sort_key);
     entry.extend_from_slice(row);
@@ -363,8 +312,7 @@ fn make_entry(sort_key: &[u8], row: &[u8]) -> Result<Vec<u8>> {
 
 /// The encoded row of a stored entry.
 fn row_of(entry: &[u8]) -> Result<&[u8]> {
-    let corrupt =
-        || DataflowError::Internal(format!("corrupt top-k entry of {} bytes", entry.len()));
+    let corrupt = || DataflowError::Internal(format!("corrupt top-k entry of {} bytes", entry.len()));
     let body_len = entry.len().checked_sub(LEN_SUFFIX).ok_or_else(corrupt)?;
     let (body, suffix) = entry.split_at(body_len);
     let key_len = u32::from_be_bytes(suffix.try_into().map_err(|_| corrupt())?) as usize;
@@ -450,12 +398,7 @@ mod tests {
         }
 
         fn output_schema(&self) -> SchemaRef {
-            let mut fields: Vec<Field> = self
-                .input_schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
+            let mut fields: Vec<Field> = self.input_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
             if self.emit_row_number {
                 fields.push(Field::new("rn", DataType::UInt64, false));
             }
@@ -464,34 +407,14 @@ mod tests {
 
         fn operator(&self) -> TopK {
             let schema = self.input_schema();
-            let col = |i: usize| -> Arc<dyn PhysicalExpr> {
-                Arc::new(Column::new(schema.field(i).name(), i))
-            };
+            let col = |i: usize| -> Arc<dyn PhysicalExpr> { Arc::new(Column::new(schema.field(i).name(), i)) };
             let partition_by = self.partition.iter().map(|&i| col(i)).collect();
             let order_by = self
                 .order
                 .iter()
-                .map(|&(i, descending, nulls_first)| {
-                    PhysicalSortExpr::new(
-                        col(i),
-                        SortOptions {
-                            descending,
-                            nulls_first,
-                        },
-                    )
-                })
+                .map(|&(i, descending, nulls_first)| PhysicalSortExpr::new(col(i), SortOptions { descending, nulls_first }))
                 .collect();
-            TopK::new(
-                schema.clone(),
-                partition_by,
-                order_by,
-                self.k,
-                self.emit_row_number,
-                self.output_schema(),
-                5,
-                2,
-            )
-            .unwrap()
+            TopK::new(schema.clone(), partition_by, order_by, self.k, self.emit_row_number, self.output_schema(), 5, 2).unwrap()
         }
 
         fn order_sql(&self) -> String {
@@ -512,11 +435,7 @@ mod tests {
 
         fn sql(&self) -> String {
             let schema = self.input_schema();
-            let partition: Vec<&str> = self
-                .partition
-                .iter()
-                .map(|&i| schema.field(i).name().as_str())
-                .collect();
+            let partition: Vec<&str> = self.partition.iter().map(|&i| schema.field(i).name().as_str()).collect();
             if self.distinct_on {
                 assert_eq!(self.k, 1);
                 return format!(
@@ -526,15 +445,8 @@ mod tests {
                     self.order_sql()
                 );
             }
-            let partition = if partition.is_empty() {
-                String::new()
-            } else {
-                format!("PARTITION BY {}", partition.join(", "))
-            };
-            let window = format!(
-                "SELECT *, ROW_NUMBER() OVER ({partition} ORDER BY {}) AS rn FROM t",
-                self.order_sql()
-            );
+            let partition = if partition.is_empty() { String::new() } else { format!("PARTITION BY {}", partition.join(", ")) };
+            let window = format!("SELECT *, ROW_NUMBER() OVER ({partition} ORDER BY {}) AS rn FROM t", self.order_sql());
             let select = if self.emit_row_number { "*" } else { "p, o, v" };
             format!("SELECT {select} FROM ({window}) WHERE rn <= {}", self.k)
         }
@@ -559,28 +471,16 @@ mod tests {
                 arrow::compute::cast(&ints, schema.field(c).data_type()).unwrap()
             })
             .collect();
-        RecordBatch::try_new_with_options(
-            schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(rows.len())),
-        )
-        .unwrap()
+        RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(rows.len()))).unwrap()
     }
 
     fn changes(schema: &SchemaRef, delta: &BTreeMap<Row, i64>) -> ChangeBatch {
         let rows: Vec<&Row> = delta.keys().collect();
-        ChangeBatch::new(
-            batch(schema, &rows),
-            delta.values().copied().collect::<Vec<_>>().into(),
-        )
+        ChangeBatch::new(batch(schema, &rows), delta.values().copied().collect::<Vec<_>>().into())
     }
 
     /// Random changes to the table, applied to `contents`: inserts and deletes, weights ±1/±2.
-    fn random_delta(
-        rng: &mut Rng,
-        case: &Case,
-        contents: &mut BTreeMap<Row, i64>,
-    ) -> BTreeMap<Row, i64> {
+    fn random_delta(rng: &mut Rng, case: &Case, contents: &mut BTreeMap<Row, i64>) -> BTreeMap<Row, i64> {
         let mut delta: BTreeMap<Row, i64> = BTreeMap::new();
         for _ in 0..rng.below(6) {
             let weight = 1 + rng.below(2) as i64;
@@ -590,11 +490,7 @@ mod tests {
                 *delta.entry(row).or_default() += weight;
             } else {
                 let i = rng.below(contents.len() as u64) as usize;
-                let (row, have) = contents
-                    .iter()
-                    .nth(i)
-                    .map(|(r, w)| (r.clone(), *w))
-                    .unwrap();
+                let (row, have) = contents.iter().nth(i).map(|(r, w)| (r.clone(), *w)).unwrap();
                 let weight = weight.min(have);
                 *contents.get_mut(&row).unwrap() -= weight;
                 if contents[&row] == 0 {
@@ -611,33 +507,20 @@ mod tests {
     fn multiset(batch: &ChangeBatch) -> BTreeMap<Vec<String>, i64> {
         let mut out = BTreeMap::new();
         for i in 0..batch.len() {
-            let row = batch
-                .rows
-                .columns()
-                .iter()
-                .map(|c| ScalarValue::try_from_array(c, i).unwrap().to_string())
-                .collect();
+            let row = batch.rows.columns().iter().map(|c| ScalarValue::try_from_array(c, i).unwrap().to_string()).collect();
             *out.entry(row).or_default() += batch.weights.value(i);
         }
         out.retain(|_, w| *w != 0);
         out
     }
 
-    fn expected(
-        rt: &tokio::runtime::Runtime,
-        case: &Case,
-        contents: &BTreeMap<Row, i64>,
-    ) -> BTreeMap<Vec<String>, i64> {
+    fn expected(rt: &tokio::runtime::Runtime, case: &Case, contents: &BTreeMap<Row, i64>) -> BTreeMap<Vec<String>, i64> {
         let schema = case.input_schema();
-        let rows: Vec<&Row> = contents
-            .iter()
-            .flat_map(|(row, w)| std::iter::repeat_n(row, *w as usize))
-            .collect();
+        let rows: Vec<&Row> = contents.iter().flat_map(|(row, w)| std::iter::repeat_n(row, *w as usize)).collect();
         let table = MemTable::try_new(schema.clone(), vec![vec![batch(&schema, &rows)]]).unwrap();
         let ctx = SessionContext::new();
         ctx.register_table("t", Arc::new(table)).unwrap();
-        let batches =
-            rt.block_on(async { ctx.sql(&case.sql()).await.unwrap().collect().await.unwrap() });
+        let batches = rt.block_on(async { ctx.sql(&case.sql()).await.unwrap().collect().await.unwrap() });
         let mut out = BTreeMap::new();
         for b in batches {
             for (row, w) in multiset(&ChangeBatch::uniform(b, 1)) {
@@ -651,9 +534,7 @@ mod tests {
     /// DataFusion after each one. With `restore_every`, state is committed to a store and the
     /// operator is periodically rebuilt from it (and ticks are sometimes aborted and redone).
     fn run(case: &Case, seed: u64, steps: usize, restore_every: Option<usize>) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = restore_every.map(|_| Store::open(dir.path()).unwrap());
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -682,22 +563,11 @@ mod tests {
             if let Some(store) = &store {
                 store.commit(writes).unwrap();
             }
-            acc = ChangeBatch::concat(&out_schema, &[acc, out])
-                .unwrap()
-                .consolidate()
-                .unwrap();
+            acc = ChangeBatch::concat(&out_schema, &[acc, out]).unwrap().consolidate().unwrap();
             let got = multiset(&acc);
-            assert!(
-                got.values().all(|w| *w > 0),
-                "negative multiplicity at step {step}: {got:?}"
-            );
+            assert!(got.values().all(|w| *w > 0), "negative multiplicity at step {step}: {got:?}");
             let want = expected(&rt, case, &contents);
-            assert_eq!(
-                got,
-                want,
-                "step {step}\ncontents {contents:?}\nsql {}",
-                case.sql()
-            );
+            assert_eq!(got, want, "step {step}\ncontents {contents:?}\nsql {}", case.sql());
         }
     }
 
@@ -816,19 +686,10 @@ mod tests {
         ]);
         let out = op.step(vec![changes(&schema, &rows)], &mut w).unwrap();
         let s = |v: [&str; 4]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            multiset(&out),
-            BTreeMap::from([(s(["1", "5", "10", "1"]), 1)])
-        );
+        assert_eq!(multiset(&out), BTreeMap::from([(s(["1", "5", "10", "1"]), 1)]));
         let del = BTreeMap::from([(vec![Some(1), Some(5), Some(10)], -1)]);
         let out = op.step(vec![changes(&schema, &del)], &mut w).unwrap();
-        assert_eq!(
-            multiset(&out),
-            BTreeMap::from([
-                (s(["1", "5", "10", "1"]), -1),
-                (s(["1", "5", "20", "1"]), 1)
-            ])
-        );
+        assert_eq!(multiset(&out), BTreeMap::from([(s(["1", "5", "10", "1"]), -1), (s(["1", "5", "20", "1"]), 1)]));
     }
 
     #[test]
@@ -837,25 +698,15 @@ mod tests {
         let schema = c.input_schema();
         let mut op = c.operator();
         let mut w = TickWrites::default();
-        let ins = BTreeMap::from([
-            (vec![Some(1), Some(1), Some(0)], 2),
-            (vec![Some(1), Some(2), Some(0)], 5),
-        ]);
+        let ins = BTreeMap::from([(vec![Some(1), Some(1), Some(0)], 2), (vec![Some(1), Some(2), Some(0)], 5)]);
         let out = op.step(vec![changes(&schema, &ins)], &mut w).unwrap();
         let s = |v: [&str; 4]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             multiset(&out),
-            BTreeMap::from([
-                (s(["1", "1", "0", "1"]), 1),
-                (s(["1", "1", "0", "2"]), 1),
-                (s(["1", "2", "0", "3"]), 1),
-            ])
+            BTreeMap::from([(s(["1", "1", "0", "1"]), 1), (s(["1", "1", "0", "2"]), 1), (s(["1", "2", "0", "3"]), 1),])
         );
         // Beyond the top 3, and in the same place: no output.
-        let more = BTreeMap::from([
-            (vec![Some(1), Some(3), Some(0)], 1),
-            (vec![Some(1), Some(2), Some(0)], -2),
-        ]);
+        let more = BTreeMap::from([(vec![Some(1), Some(3), Some(0)], 1), (vec![Some(1), Some(2), Some(0)], -2)]);
         let out = op.step(vec![changes(&schema, &more)], &mut w).unwrap();
         assert!(out.is_empty(), "{:?}", multiset(&out));
     }
@@ -878,9 +729,7 @@ mod tests {
         let schema = c.input_schema();
         let mut op = c.operator();
         let ins = BTreeMap::from([(vec![Some(1), Some(1), Some(1)], 1)]);
-        let out = op
-            .step(vec![changes(&schema, &ins)], &mut TickWrites::default())
-            .unwrap();
+        let out = op.step(vec![changes(&schema, &ins)], &mut TickWrites::default()).unwrap();
         assert!(out.is_empty());
         let bad = TopK::new(schema.clone(), vec![], vec![], 1, true, schema, 1, 1);
         assert!(bad.is_err());

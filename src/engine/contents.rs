@@ -298,11 +298,7 @@ fn describe_key(keys: &RecordBatch, row: usize) -> String {
     let values: Vec<String> = keys
         .columns()
         .iter()
-        .map(|c| {
-            datafusion::scalar::ScalarValue::try_from_array(c, row)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|_| "?".into())
-        })
+        .map(|c| datafusion::scalar::ScalarValue::try_from_array(c, row).map(|v| v.to_string()).unwrap_or_else(|_| "?".into()))
         .collect();
     format!("({})=({})", names.join(", "), values.join(", "))
 }

@@ -119,10 +119,27 @@ pub struct TickOutput {
 
 enum Request {
     Commit(Commit, oneshot::Sender<Result<u64>>),
-    CreateTable { relation: Relation, restore: bool, reply: oneshot::Sender<Result<()>> },
-    CreateView { relation: Relation, dataflow: Box<Dataflow>, restore: bool, reply: oneshot::Sender<Result<()>> },
-    CreateSink { relation: Relation, encoder: Box<SinkEncoder>, restore: bool, reply: oneshot::Sender<Result<()>> },
-    Drop { names: Vec<String>, reply: oneshot::Sender<Result<()>> },
+    CreateTable {
+        relation: Relation,
+        restore: bool,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    CreateView {
+        relation: Relation,
+        dataflow: Box<Dataflow>,
+        restore: bool,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    CreateSink {
+        relation: Relation,
+        encoder: Box<SinkEncoder>,
+        restore: bool,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Drop {
+        names: Vec<String>,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// The clock ticked: run the dataflows whose operators are due (temporal filters).
     Wake,
 }
@@ -163,11 +180,7 @@ impl Engine {
     pub fn open(dir: &Path) -> Result<Engine> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::Corrupt { what: dir.display().to_string(), detail: e.to_string() })?;
         let store = Store::open(dir)?;
-        let tick = store
-            .get(&meta_key(b"tick"))?
-            .and_then(|v| v.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
+        let tick = store.get(&meta_key(b"tick"))?.and_then(|v| v.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
         let (tx, rx) = mpsc::unbounded_channel();
         let (ticks, _) = tokio::sync::broadcast::channel(1024);
         let engine = Engine {
@@ -773,4 +786,3 @@ fn meta_key(name: &[u8]) -> Vec<u8> {
     k.extend_from_slice(name);
     k
 }
-

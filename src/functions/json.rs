@@ -16,8 +16,8 @@ use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::AggregateOrderSensitivity;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
 };
 use datafusion::prelude::SessionContext;
 use serde_json::Value;
@@ -28,8 +28,7 @@ const EXTENSION_KEY: &str = "ARROW:extension:name";
 
 /// A Utf8 field marked as JSON.
 pub fn json_field(name: &str, nullable: bool) -> Field {
-    Field::new(name, DataType::Utf8, nullable)
-        .with_metadata(HashMap::from([(EXTENSION_KEY.to_string(), JSON_EXTENSION.to_string())]))
+    Field::new(name, DataType::Utf8, nullable).with_metadata(HashMap::from([(EXTENSION_KEY.to_string(), JSON_EXTENSION.to_string())]))
 }
 
 pub fn is_json(field: &Field) -> bool {
@@ -45,7 +44,9 @@ pub fn register(ctx: &SessionContext) {
 
 /// Values of `array` (of `field`) as JSON, row by row.
 pub(crate) fn to_json_values(array: &ArrayRef, field: &Field) -> Result<Vec<Value>> {
-    if is_json(field) && let Some(strings) = array.as_string_opt::<i32>() {
+    if is_json(field)
+        && let Some(strings) = array.as_string_opt::<i32>()
+    {
         return Ok(strings
             .iter()
             .map(|s| s.map_or(Value::Null, |s| serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))))
@@ -101,8 +102,7 @@ pub(crate) fn to_json_values(array: &ArrayRef, field: &Field) -> Result<Vec<Valu
         }
         DataType::Struct(fields) => {
             let s = array.as_struct();
-            let columns: Vec<Vec<Value>> =
-                fields.iter().zip(s.columns()).map(|(f, c)| to_json_values(c, f)).collect::<Result<_>>()?;
+            let columns: Vec<Vec<Value>> = fields.iter().zip(s.columns()).map(|(f, c)| to_json_values(c, f)).collect::<Result<_>>()?;
             (0..n)
                 .map(|i| {
                     if null(i) {
@@ -162,8 +162,7 @@ impl ScalarUDFImpl for BuildObject {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
         let columns = arrays(&args.args, rows)?;
-        let values: Vec<Vec<Value>> =
-            columns.iter().zip(&args.arg_fields).map(|(c, f)| to_json_values(c, f)).collect::<Result<_>>()?;
+        let values: Vec<Vec<Value>> = columns.iter().zip(&args.arg_fields).map(|(c, f)| to_json_values(c, f)).collect::<Result<_>>()?;
         let mut out = StringBuilder::new();
         for row in 0..rows {
             let mut object = serde_json::Map::new();

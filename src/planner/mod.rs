@@ -113,8 +113,7 @@ impl Builder<'_> {
                 if scan.fetch.is_some() {
                     return Err(PlanError::Unsupported("LIMIT".into()));
                 }
-                let resolved =
-                    self.resolver.resolve(scan).ok_or_else(|| PlanError::UnknownRelation(scan.table_name.to_string()))?;
+                let resolved = self.resolver.resolve(scan).ok_or_else(|| PlanError::UnknownRelation(scan.table_name.to_string()))?;
                 let (id, schema) = match resolved {
                     ResolvedScan::Relation { id, schema } => (id, schema),
                     ResolvedScan::Changes { relation, key, relation_schema } => {
@@ -236,9 +235,9 @@ impl Builder<'_> {
                 let node = self.next_node_id();
                 Ok(self.add(Constant::new(rows, self.dataflow_id, node), vec![]))
             }
-            LogicalPlan::Window(_) => Err(PlanError::Unsupported(
-                "window functions other than ROW_NUMBER() bounded by a filter (rn <= k)".into(),
-            )),
+            LogicalPlan::Window(_) => {
+                Err(PlanError::Unsupported("window functions other than ROW_NUMBER() bounded by a filter (rn <= k)".into()))
+            }
             LogicalPlan::RecursiveQuery(_) => Err(PlanError::Unsupported("WITH RECURSIVE".into())),
             LogicalPlan::Unnest(_) => Err(PlanError::Unsupported("UNNEST".into())),
             other => Err(PlanError::Unsupported(format!("the plan node {}", other.display()))),
@@ -252,12 +251,10 @@ impl Builder<'_> {
         use datafusion::logical_expr::{BinaryExpr, Operator as Op};
         let (projection, window) = match f.input.as_ref() {
             LogicalPlan::Window(w) => (None, w),
-            LogicalPlan::Projection(p) if p.expr.iter().all(|e| matches!(e.clone().unalias(), Expr::Column(_))) => {
-                match p.input.as_ref() {
-                    LogicalPlan::Window(w) => (Some(p), w),
-                    _ => return Ok(None),
-                }
-            }
+            LogicalPlan::Projection(p) if p.expr.iter().all(|e| matches!(e.clone().unalias(), Expr::Column(_))) => match p.input.as_ref() {
+                LogicalPlan::Window(w) => (Some(p), w),
+                _ => return Ok(None),
+            },
             _ => return Ok(None),
         };
         if window.window_expr.len() != 1 {
@@ -302,12 +299,7 @@ impl Builder<'_> {
         let Some(k) = k else { return Ok(None) };
         let input = self.plan(&window.input)?;
         let input_schema: SchemaRef = Arc::new(window.input.schema().as_arrow().clone());
-        let partition_by = wf
-            .params
-            .partition_by
-            .iter()
-            .map(|e| self.physical(e, window.input.schema()))
-            .collect::<Result<Vec<_>>>()?;
+        let partition_by = wf.params.partition_by.iter().map(|e| self.physical(e, window.input.schema())).collect::<Result<Vec<_>>>()?;
         let order_by = wf
             .params
             .order_by

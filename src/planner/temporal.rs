@@ -14,8 +14,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{
-    BinaryExpr, ColumnarValue, Expr, LogicalPlan, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
+    BinaryExpr, ColumnarValue, Expr, LogicalPlan, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
 use super::PlanError;
@@ -107,9 +106,7 @@ pub fn rewrite_time_windows(plan: LogicalPlan) -> Result<LogicalPlan, PlanError>
     })
     .map_err(PlanError::DataFusion)?;
     if stray {
-        return Err(PlanError::Unsupported(
-            "now() outside a time window (write `WHERE ts > now() - INTERVAL '...'`)".into(),
-        ));
+        return Err(PlanError::Unsupported("now() outside a time window (write `WHERE ts > now() - INTERVAL '...'`)".into()));
     }
     Ok(plan)
 }

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use datafusion_postgres::pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use datafusion_postgres::pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password, random_nonce};
 use datafusion_postgres::pgwire::api::auth::{
-    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, ServerParameterProvider, StartupHandler,
-    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, ServerParameterProvider, StartupHandler, finish_authentication,
+    protocol_negotiation, save_startup_parameters_to_metadata,
 };
 use datafusion_postgres::pgwire::api::{
     ClientInfo, ConnectionHandle, ConnectionManager, PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
@@ -188,7 +188,10 @@ fn scram_handler(users: &Arc<Users>, cert_pem: Option<&[u8]>, connections: &Arc<
 pub enum Startup {
     Trust(Parameters, Arc<ConnectionManager>),
     /// One handler per transport; a connection uses the one that matches it throughout.
-    Scram { plain: SASLAuthStartupHandler<Parameters>, tls: SASLAuthStartupHandler<Parameters> },
+    Scram {
+        plain: SASLAuthStartupHandler<Parameters>,
+        tls: SASLAuthStartupHandler<Parameters>,
+    },
 }
 
 #[async_trait]

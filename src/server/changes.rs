@@ -41,9 +41,7 @@ pub struct ChangesTable {
 
 fn string_arg(e: &Expr) -> Option<String> {
     match e {
-        Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => {
-            Some(s.clone())
-        }
+        Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => Some(s.clone()),
         Expr::Column(c) => Some(c.name.clone()),
         _ => None,
     }
@@ -67,10 +65,7 @@ impl TableFunctionImpl for ChangesFunction {
                 list.split(',')
                     .map(|c| {
                         let c = c.trim();
-                        relation
-                            .schema
-                            .index_of(c)
-                            .or_else(|_| plan_err!("changes({name}, ...): no column named \"{c}\""))
+                        relation.schema.index_of(c).or_else(|_| plan_err!("changes({name}, ...): no column named \"{c}\""))
                     })
                     .collect::<Result<Vec<_>>>()?
             }

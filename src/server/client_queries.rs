@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectNamePart, Query, SelectItem, SetExpr, Statement, TableFactor, TableWithJoins, Value,
-    visit_expressions, visit_expressions_mut,
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectNamePart, Query, SelectItem, SetExpr, Statement,
+    TableFactor, TableWithJoins, Value, visit_expressions, visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -159,9 +159,7 @@ fn rekey_subquery(subquery: &mut Query, outer: &[Vec<String>]) -> bool {
     let Some(outer_name) = outer_column else { return false };
     let outer_name = outer_name.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(".");
     let parse_expr = |text: &str| Parser::new(&PostgreSqlDialect {}).try_with_sql(text).and_then(|mut p| p.parse_expr());
-    let key = parse_expr(&format!(
-        "{ATTRIBUTE_COPY}.attrelid = {outer_name}.attrelid AND {ATTRIBUTE_COPY}.attnum = {outer_name}.attnum"
-    ));
+    let key = parse_expr(&format!("{ATTRIBUTE_COPY}.attrelid = {outer_name}.attrelid AND {ATTRIBUTE_COPY}.attnum = {outer_name}.attnum"));
     let copy = Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT 1 FROM pg_catalog.pg_attribute AS {ATTRIBUTE_COPY}"));
     let (Ok(key), Ok(mut copy)) = (key, copy) else { return false };
     let Some(Statement::Query(copy)) = copy.pop() else { return false };
@@ -336,14 +334,21 @@ mod tests {
     fn table_visibility_follows_the_search_path() {
         let q = "SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relkind = 'v' AND pg_catalog.pg_table_is_visible(c.oid)";
         let out = super::rewrite(q);
-        assert!(out.contains("AND (c.relnamespace IN (SELECT velocity_namespace.oid FROM pg_catalog.pg_namespace AS velocity_namespace WHERE"), "{out}");
+        assert!(
+            out.contains("AND (c.relnamespace IN (SELECT velocity_namespace.oid FROM pg_catalog.pg_namespace AS velocity_namespace WHERE"),
+            "{out}"
+        );
         assert!(!out.contains("pg_table_is_visible"), "{out}");
     }
 
     #[test]
     fn metabase_comment_of_a_computed_regclass() {
         let q = r#"SELECT COL_DESCRIPTION(CAST(CAST(FORMAT('%I.%I', CAST("c"."table_schema" AS TEXT), CAST("c"."table_name" AS TEXT)) AS REGCLASS) AS OID), "c"."ordinal_position") AS "field-comment" FROM "information_schema"."columns" AS "c""#;
-        assert!(super::rewrite(q).starts_with(r#"SELECT COL_DESCRIPTION(NULL, "c"."ordinal_position") AS "field-comment""#), "{}", super::rewrite(q));
+        assert!(
+            super::rewrite(q).starts_with(r#"SELECT COL_DESCRIPTION(NULL, "c"."ordinal_position") AS "field-comment""#),
+            "{}",
+            super::rewrite(q)
+        );
         let psql = "SELECT pg_catalog.col_description(a.attrelid, a.attnum), pg_catalog.obj_description('orders'::regclass, 'pg_class') FROM pg_catalog.pg_attribute a";
         assert_eq!(super::rewrite(psql), psql);
     }

@@ -86,10 +86,12 @@ pub fn from_engine(e: EngineError) -> PgWireError {
         EngineError::SerializationFailure(_) => "40001",
         EngineError::DependentObjects(_) => "2BP01",
         EngineError::UndefinedObject(_) => "42P01",
-        EngineError::Dataflow(_) => return from_dataflow(match e {
-            EngineError::Dataflow(d) => d,
-            _ => unreachable!(),
-        }),
+        EngineError::Dataflow(_) => {
+            return from_dataflow(match e {
+                EngineError::Dataflow(d) => d,
+                _ => unreachable!(),
+            });
+        }
         EngineError::Storage(_) | EngineError::Arrow(_) | EngineError::Sink(_) | EngineError::Stopped => "XX000",
     };
     pg_error(code, e.to_string())

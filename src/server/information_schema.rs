@@ -96,7 +96,8 @@ impl Kind {
                 [constraint_fields(), kind.to_vec()].concat()
             }
             Kind::KeyColumnUsage => {
-                [constraint_fields(), vec![text("column_name"), number("ordinal_position"), number("position_in_unique_constraint")]].concat()
+                [constraint_fields(), vec![text("column_name"), number("ordinal_position"), number("position_in_unique_constraint")]]
+                    .concat()
             }
         };
         Arc::new(Schema::new(fields))
@@ -127,7 +128,12 @@ impl SchemaProvider for PgInformationSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         match Kind::named(&name.to_ascii_lowercase()) {
-            Some(kind) => Ok(Some(Arc::new(InformationTable { kind, schema: kind.schema(), catalogs: self.catalogs.clone(), engine: self.engine.clone() }))),
+            Some(kind) => Ok(Some(Arc::new(InformationTable {
+                kind,
+                schema: kind.schema(),
+                catalogs: self.catalogs.clone(),
+                engine: self.engine.clone(),
+            }))),
             None => self.datafusion.table(name).await,
         }
     }
@@ -161,7 +167,13 @@ impl TableProvider for InformationTable {
         TableType::View
     }
 
-    async fn scan(&self, _state: &dyn Session, projection: Option<&Vec<usize>>, _filters: &[Expr], _limit: Option<usize>) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let rows = match self.kind {
             Kind::Columns => self.columns().await?,
             Kind::TableConstraints | Kind::KeyColumnUsage => self.primary_keys()?,
@@ -298,7 +310,11 @@ impl InformationTable {
                 _ => {
                     for (position, &column) in relation.primary_key.iter().enumerate() {
                         let mut row = prefix();
-                        row.extend([text(relation.schema.field(column).name()), Value::Number(Some(position as i32 + 1)), Value::Number(None)]);
+                        row.extend([
+                            text(relation.schema.field(column).name()),
+                            Value::Number(Some(position as i32 + 1)),
+                            Value::Number(None),
+                        ]);
                         rows.push(row);
                     }
                 }

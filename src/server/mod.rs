@@ -30,12 +30,12 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 use datafusion_postgres::hooks::QueryHook;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::pgwire::api::Type;
 use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
-use datafusion_postgres::pgwire::api::stmt::QueryParser;
-use datafusion_postgres::pgwire::api::Type;
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::{FieldInfo, Response, Tag};
+use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
 use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, ErrorHandler, PgWireServerHandlers};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
@@ -87,16 +87,21 @@ impl Server {
                 else {
                     anyhow::bail!("stored definition of source {} does not parse", entry.name);
                 };
-                hook.create_source(&name, &options, &entry.create_sql, Some(entry.id)).await.map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
+                hook.create_source(&name, &options, &entry.create_sql, Some(entry.id))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
                 sources.push((entry.id, name, options));
                 continue;
             }
             if entry.kind == RelationKind::Sink {
-                let Some(Ok(crate::sql::VelocityStatement::CreateSink { name, from, options })) = crate::sql::parse_velocity(&entry.create_sql)
+                let Some(Ok(crate::sql::VelocityStatement::CreateSink { name, from, options })) =
+                    crate::sql::parse_velocity(&entry.create_sql)
                 else {
                     anyhow::bail!("stored definition of sink {} does not parse", entry.name);
                 };
-                hook.create_sink(&name, &from, &options, &entry.create_sql, Some(entry.id)).await.map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
+                hook.create_sink(&name, &from, &options, &entry.create_sql, Some(entry.id))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
                 continue;
             }
             let stmt = PostgresCompatibilityParser::new()

@@ -40,34 +40,59 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
     ));
     // psql `\df` and `\d+` of a view call these; Velocity defines no functions of its own
     // and keeps view definitions in `pg_matviews`.
-    ctx.register_udf(create_udf("pg_function_is_visible", vec![DataType::Int64], DataType::Boolean, Volatility::Stable, Arc::new(|_| {
-        Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))
-    })));
+    ctx.register_udf(create_udf(
+        "pg_function_is_visible",
+        vec![DataType::Int64],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
+    ));
     for name in ["pg_get_function_result", "pg_get_function_arguments"] {
-        ctx.register_udf(create_udf(name, vec![DataType::Int64], DataType::Utf8, Volatility::Stable, Arc::new(|_| {
-            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(String::new()))))
-        })));
+        ctx.register_udf(create_udf(
+            name,
+            vec![DataType::Int64],
+            DataType::Utf8,
+            Volatility::Stable,
+            Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(String::new()))))),
+        ));
     }
-    ctx.register_udf(create_udf("pg_get_viewdef", vec![DataType::Int64, DataType::Boolean], DataType::Utf8, Volatility::Stable, Arc::new(|_| {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(String::new()))))
-    })));
+    ctx.register_udf(create_udf(
+        "pg_get_viewdef",
+        vec![DataType::Int64, DataType::Boolean],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(String::new()))))),
+    ));
     // Comments are not stored; types Velocity lacks (hstore, ...) resolve to NULL, which is
     // how psycopg's and SQLAlchemy's type probes learn they are absent.
-    for (name, second) in [("col_description", DataType::Int64), ("obj_description", DataType::Utf8), ("shobj_description", DataType::Utf8)] {
-        ctx.register_udf(create_udf(name, vec![DataType::Int64, second], DataType::Utf8, Volatility::Stable, Arc::new(|_| {
-            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
-        })));
+    for (name, second) in [("col_description", DataType::Int64), ("obj_description", DataType::Utf8), ("shobj_description", DataType::Utf8)]
+    {
+        ctx.register_udf(create_udf(
+            name,
+            vec![DataType::Int64, second],
+            DataType::Utf8,
+            Volatility::Stable,
+            Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
+        ));
     }
-    ctx.register_udf(create_udf("to_regtype", vec![DataType::Utf8], DataType::Int64, Volatility::Stable, Arc::new(|_| {
-        Ok(ColumnarValue::Scalar(ScalarValue::Int64(None)))
-    })));
+    ctx.register_udf(create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int64,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Int64(None)))),
+    ));
     // SQLAlchemy's column reflection asks for identity/serial/collation details Velocity
     // does not have; these answer NULL ("none") and visible.
     ctx.register_udf(ScalarUDF::from(NullFunction::new("json_build_object", Signature::variadic_any(Volatility::Stable), DataType::Utf8)));
     ctx.register_udf(ScalarUDF::from(NullFunction::new("pg_get_serial_sequence", Signature::any(2, Volatility::Stable), DataType::Utf8)));
-    ctx.register_udf(create_udf("pg_collation_is_visible", vec![DataType::Int64], DataType::Boolean, Volatility::Stable, Arc::new(|_| {
-        Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))
-    })));
+    ctx.register_udf(create_udf(
+        "pg_collation_is_visible",
+        vec![DataType::Int64],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
+    ));
     ctx.register_udf(ScalarUDF::from(CurrentSetting::new()));
     let relkind_engine = engine.clone();
     let relkind_udf = Arc::new(create_udf(

@@ -26,12 +26,12 @@ use futures::stream;
 use super::error::{from_datafusion, from_engine, from_plan, pg_error};
 use super::relation_table::RelationTable;
 use crate::catalog::{Relation, RelationKind, SourceBinding};
-use crate::sinks::kafka::{SinkRegistry, SinkStatus};
-use crate::sinks::{SinkConfig, SinkEncoder, SinkError};
-use crate::sources::runner::{SourceConfig, SourceRegistry};
 use crate::dataflow::ChangeBatch;
 use crate::engine::{Commit, Engine};
 use crate::planner::{RelationResolver, ResolvedScan, plan_dataflow};
+use crate::sinks::kafka::{SinkRegistry, SinkStatus};
+use crate::sinks::{SinkConfig, SinkEncoder, SinkError};
+use crate::sources::runner::{SourceConfig, SourceRegistry};
 
 /// A session's transaction block. Tracked here rather than read from pgwire's status,
 /// which only changes once a whole multi-statement query string has run.
@@ -74,11 +74,9 @@ async fn logical_plan(ctx: &SessionContext, stmt: &Statement, plan: Option<&Logi
 
 /// A one-column text result (SHOW ...).
 pub fn text_rows(columns: &[&str], rows: Vec<Vec<String>>) -> PgWireResult<Response> {
-    let schema: SchemaRef =
-        Arc::new(Schema::new(columns.iter().map(|c| Field::new(*c, DataType::Utf8, true)).collect::<Vec<_>>()));
-    let arrays = (0..columns.len())
-        .map(|c| Arc::new(StringArray::from(rows.iter().map(|r| r[c].clone()).collect::<Vec<_>>())) as _)
-        .collect();
+    let schema: SchemaRef = Arc::new(Schema::new(columns.iter().map(|c| Field::new(*c, DataType::Utf8, true)).collect::<Vec<_>>()));
+    let arrays =
+        (0..columns.len()).map(|c| Arc::new(StringArray::from(rows.iter().map(|r| r[c].clone()).collect::<Vec<_>>())) as _).collect();
     let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| pg_error("XX000", e.to_string()))?;
     let fields = Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None)?);
     let rows: Vec<_> = encode_recordbatch(fields.clone(), batch).collect();
@@ -143,24 +141,18 @@ impl VelocityHook {
                 *transaction(client).lock().expect("txn lock") = OpenTransaction::default();
                 Some(Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))))
             }
-            _ if aborted => Some(Err(pg_error(
-                "25P02",
-                "current transaction is aborted, commands ignored until end of transaction block",
-            ))),
-            Statement::CreateTable(_) => Some(self.create_table(stmt, ctx, None).await.map(|_| Response::Execution(Tag::new("CREATE TABLE")))),
-            Statement::CreateView(cv) if cv.materialized => Some(
-                self.create_view(stmt, ctx, None).await.map(|_| Response::Execution(Tag::new("CREATE MATERIALIZED VIEW"))),
-            ),
-            Statement::CreateView(_) => Some(Err(pg_error(
-                "0A000",
-                "CREATE VIEW is not supported; use CREATE MATERIALIZED VIEW",
-            ))),
+            _ if aborted => Some(Err(pg_error("25P02", "current transaction is aborted, commands ignored until end of transaction block"))),
+            Statement::CreateTable(_) => {
+                Some(self.create_table(stmt, ctx, None).await.map(|_| Response::Execution(Tag::new("CREATE TABLE"))))
+            }
+            Statement::CreateView(cv) if cv.materialized => {
+                Some(self.create_view(stmt, ctx, None).await.map(|_| Response::Execution(Tag::new("CREATE MATERIALIZED VIEW"))))
+            }
+            Statement::CreateView(_) => Some(Err(pg_error("0A000", "CREATE VIEW is not supported; use CREATE MATERIALIZED VIEW"))),
             Statement::Drop { object_type, if_exists, names, cascade, .. } => {
                 Some(self.drop(*object_type, *if_exists, names, *cascade, ctx).await)
             }
-            Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => {
-                Some(self.dml(stmt, plan, params, ctx, client).await)
-            }
+            Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => Some(self.dml(stmt, plan, params, ctx, client).await),
             Statement::ShowTables { .. } => Some(self.show_relations(RelationKind::Table)),
             _ => None,
         }
@@ -179,10 +171,7 @@ impl VelocityHook {
     }
 
     fn find_savepoint(txn: &OpenTransaction, name: &str) -> PgWireResult<usize> {
-        txn.savepoints
-            .iter()
-            .rposition(|(n, _)| n == name)
-            .ok_or_else(|| pg_error("3B001", format!("savepoint \"{name}\" does not exist")))
+        txn.savepoints.iter().rposition(|(n, _)| n == name).ok_or_else(|| pg_error("3B001", format!("savepoint \"{name}\" does not exist")))
     }
 
     /// `RELEASE SAVEPOINT name`: forget it (and later ones); its changes stay.
@@ -329,7 +318,8 @@ impl VelocityHook {
             return Err(pg_error("42601", format!("unknown table option \"{k}\" (expected source, upstream)")));
         }
         let source = get("source").ok_or_else(|| pg_error("42601", "a table bound to a source needs source = '...'"))?;
-        let upstream = get("upstream").ok_or_else(|| pg_error("42601", "a table bound to a source needs upstream = '...' (schema.table)"))?;
+        let upstream =
+            get("upstream").ok_or_else(|| pg_error("42601", "a table bound to a source needs upstream = '...' (schema.table)"))?;
         let catalog = self.engine.catalog.read().expect("catalog lock");
         if !catalog.get(&source).is_some_and(|r| r.kind == RelationKind::Source) {
             return Err(pg_error("42704", format!("source \"{source}\" does not exist")));
@@ -345,7 +335,13 @@ impl VelocityHook {
     }
 
     /// CREATE SOURCE; with `restore`, re-creates a stored source under its old id. Starts it.
-    pub async fn create_source(&self, name: &str, options: &[(String, String)], create_sql: &str, restore: Option<u32>) -> PgWireResult<()> {
+    pub async fn create_source(
+        &self,
+        name: &str,
+        options: &[(String, String)],
+        create_sql: &str,
+        restore: Option<u32>,
+    ) -> PgWireResult<()> {
         let config = SourceConfig::from_options(options).map_err(|e| pg_error("22023", e))?;
         if restore.is_none() && self.engine.catalog.read().expect("catalog lock").get(name).is_some() {
             return Err(pg_error("42710", format!("source \"{name}\" already exists")));
@@ -379,7 +375,14 @@ impl VelocityHook {
 
     /// CREATE SINK; with `restore`, re-creates a stored sink under its old id. Starts its
     /// delivery task.
-    pub async fn create_sink(&self, name: &str, from: &str, options: &[(String, String)], create_sql: &str, restore: Option<u32>) -> PgWireResult<()> {
+    pub async fn create_sink(
+        &self,
+        name: &str,
+        from: &str,
+        options: &[(String, String)],
+        create_sql: &str,
+        restore: Option<u32>,
+    ) -> PgWireResult<()> {
         let sink_error = |e: SinkError| match e {
             SinkError::UnknownColumn(_) => pg_error("42703", e.to_string()),
             other => pg_error("22023", other.to_string()),
@@ -392,7 +395,12 @@ impl VelocityHook {
             }
             let relation = match catalog.get(from) {
                 Some(r) if matches!(r.kind, RelationKind::Table | RelationKind::MaterializedView) => r.clone(),
-                Some(r) => return Err(pg_error("42809", format!("\"{from}\" is a {}; a sink reads a table or materialized view", r.kind.sql_name()))),
+                Some(r) => {
+                    return Err(pg_error(
+                        "42809",
+                        format!("\"{from}\" is a {}; a sink reads a table or materialized view", r.kind.sql_name()),
+                    ));
+                }
                 None => return Err(pg_error("42P01", format!("relation \"{from}\" does not exist"))),
             };
             (restore.unwrap_or_else(|| catalog.allocate_id()), relation)
@@ -434,10 +442,8 @@ impl VelocityHook {
             return Err(pg_error("42P07", format!("relation \"{name}\" already exists")));
         }
         let state = ctx.state();
-        let mut plan = state
-            .statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(cv.query.clone()))))
-            .await
-            .map_err(df_err)?;
+        let mut plan =
+            state.statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(cv.query.clone())))).await.map_err(df_err)?;
         if !cv.columns.is_empty() {
             if cv.columns.len() != plan.schema().fields().len() {
                 return Err(pg_error("42601", "CREATE MATERIALIZED VIEW specifies a different number of columns than the query"));
@@ -535,8 +541,7 @@ impl VelocityHook {
                 }
                 let dependents = catalog.dependents(&name);
                 if !dependents.is_empty() && !cascade {
-                    let list: Vec<String> =
-                        dependents.iter().map(|d| format!("{} \"{}\"", d.kind.sql_name(), d.name)).collect();
+                    let list: Vec<String> = dependents.iter().map(|d| format!("{} \"{}\"", d.kind.sql_name(), d.name)).collect();
                     return Err(pg_error(
                         "2BP01",
                         format!(
@@ -625,17 +630,17 @@ impl VelocityHook {
                 // One pass computes old and new rows side by side.
                 let width = schema.fields().len();
                 let old: Vec<Expr> = p.input.schema().columns().into_iter().take(width).map(Expr::Column).collect();
-                let new: Vec<Expr> = p
-                    .expr
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| e.clone().unalias().alias(format!("__velocity_new_{i}")))
-                    .collect();
-                let both = LogicalPlan::Projection(
-                    Projection::try_new(old.into_iter().chain(new).collect(), p.input.clone()).map_err(df_err)?,
-                );
+                let new: Vec<Expr> =
+                    p.expr.iter().enumerate().map(|(i, e)| e.clone().unalias().alias(format!("__velocity_new_{i}"))).collect();
+                let both =
+                    LogicalPlan::Projection(Projection::try_new(old.into_iter().chain(new).collect(), p.input.clone()).map_err(df_err)?);
                 let wide: SchemaRef = Arc::new(Schema::new(
-                    schema.fields().iter().chain(schema.fields().iter()).map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+                    schema
+                        .fields()
+                        .iter()
+                        .chain(schema.fields().iter())
+                        .map(|f| f.as_ref().clone().with_nullable(true))
+                        .collect::<Vec<_>>(),
                 ));
                 let pairs = self.evaluate(ctx, &both, &wide, &relation, pending).await?;
                 let n = pairs.weights.values().iter().sum::<i64>() as usize;
@@ -680,8 +685,12 @@ impl VelocityHook {
         let committed = self.collect(ctx, plan.clone(), schema).await?;
         let mut parts = vec![ChangeBatch::uniform(committed, 1)];
         if let Some(delta) = pending {
-            let inserted = delta.filter(&arrow::compute::kernels::cmp::gt(&delta.weights, &arrow::array::Int64Array::new_scalar(0)).map_err(internal)?).map_err(internal)?;
-            let removed = delta.filter(&arrow::compute::kernels::cmp::lt(&delta.weights, &arrow::array::Int64Array::new_scalar(0)).map_err(internal)?).map_err(internal)?;
+            let inserted = delta
+                .filter(&arrow::compute::kernels::cmp::gt(&delta.weights, &arrow::array::Int64Array::new_scalar(0)).map_err(internal)?)
+                .map_err(internal)?;
+            let removed = delta
+                .filter(&arrow::compute::kernels::cmp::lt(&delta.weights, &arrow::array::Int64Array::new_scalar(0)).map_err(internal)?)
+                .map_err(internal)?;
             for (rows, sign) in [(inserted, 1), (removed.negate(), -1)] {
                 if rows.is_empty() {
                     continue;
@@ -854,7 +863,10 @@ impl VelocityHook {
                         let list: Vec<String> = dependents.iter().map(|d| format!("{} \"{}\"", d.kind.sql_name(), d.name)).collect();
                         return Err(pg_error(
                             "2BP01",
-                            format!("cannot drop source \"{name}\" because other objects depend on it: {} (use DROP ... CASCADE)", list.join(", ")),
+                            format!(
+                                "cannot drop source \"{name}\" because other objects depend on it: {} (use DROP ... CASCADE)",
+                                list.join(", ")
+                            ),
                         ));
                     }
                     catalog.drop_order(name).into_iter().map(|r| r.name).collect::<Vec<_>>()

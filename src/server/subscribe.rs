@@ -16,12 +16,12 @@ use datafusion_postgres::pgwire::api::portal::Format;
 use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
-use datafusion_postgres::pgwire::messages::copy::{CopyDone, CopyOutResponse};
-use datafusion_postgres::pgwire::messages::data::RowDescription;
-use futures::{Sink, SinkExt};
 use datafusion_postgres::pgwire::messages::copy::CopyData;
+use datafusion_postgres::pgwire::messages::copy::{CopyDone, CopyOutResponse};
 use datafusion_postgres::pgwire::messages::data::DataRow;
+use datafusion_postgres::pgwire::messages::data::RowDescription;
 use futures::stream::{self, BoxStream, StreamExt};
+use futures::{Sink, SinkExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::pg_error;
@@ -92,11 +92,8 @@ pub async fn open(engine: &Engine, request: &Subscribe) -> PgWireResult<Changefe
         let _gate = engine.gate.read().await;
         let receiver = engine.ticks.subscribe();
         let tick = engine.current_tick();
-        let snapshot = if request.snapshot {
-            Some(contents.scan(&engine.store).map_err(|e| pg_error("XX000", e.to_string()))?)
-        } else {
-            None
-        };
+        let snapshot =
+            if request.snapshot { Some(contents.scan(&engine.store).map_err(|e| pg_error("XX000", e.to_string()))?) } else { None };
         (snapshot, receiver, tick)
     };
     let mut first = Vec::new();
@@ -126,10 +123,7 @@ pub async fn open(engine: &Engine, request: &Subscribe) -> PgWireResult<Changefe
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
-                    let err = pg_error(
-                        "53400",
-                        format!("subscriber fell {n} ticks behind and was disconnected; resubscribe to continue"),
-                    );
+                    let err = pg_error("53400", format!("subscriber fell {n} ticks behind and was disconnected; resubscribe to continue"));
                     return Some((stream::iter(vec![Err(err)]), None));
                 }
                 Err(RecvError::Closed) => return None,
@@ -284,8 +278,7 @@ impl SubscribeCursor {
             }
         }
         let fields = pg_fields(&self.feed.schema)?;
-        let rows: Vec<PgWireResult<DataRow>> =
-            taken.into_iter().flat_map(|b| data_rows(fields.clone(), Ok(b))).collect();
+        let rows: Vec<PgWireResult<DataRow>> = taken.into_iter().flat_map(|b| data_rows(fields.clone(), Ok(b))).collect();
         Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows))))
     }
 }

@@ -116,8 +116,10 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
             .filter(|r| r.kind == RelationKind::Source)
             .map(|r| (r.name.clone(), registry.get(&r.name).cloned().unwrap_or_default()))
             .collect();
-        let text = |f: &dyn Fn(&SourceStatus) -> String| Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, s)| f(s)))) as ArrayRef;
-        let int = |f: &dyn Fn(&SourceStatus) -> u64| Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, s)| f(s) as i64))) as ArrayRef;
+        let text =
+            |f: &dyn Fn(&SourceStatus) -> String| Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, s)| f(s)))) as ArrayRef;
+        let int =
+            |f: &dyn Fn(&SourceStatus) -> u64| Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, s)| f(s) as i64))) as ArrayRef;
         Ok(vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|(n, _)| n.clone()))) as ArrayRef,
             text(&|s| s.connector.clone()),
@@ -159,7 +161,8 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
                 .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
             rows.push((r.name.clone(), registry.get(&r.name).cloned().unwrap_or_default(), pending));
         }
-        let text = |f: &dyn Fn(&SinkStatus) -> String| Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, s, _)| f(s)))) as ArrayRef;
+        let text =
+            |f: &dyn Fn(&SinkStatus) -> String| Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, s, _)| f(s)))) as ArrayRef;
         Ok(vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|(n, _, _)| n.clone()))) as ArrayRef,
             text(&|s| s.relation.clone()),
@@ -183,8 +186,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
         Field::new("received_at_ms", DataType::Int64, false),
     ]));
     let fill: Fill = Box::new(|engine: &Engine| {
-        let dead = crate::sources::runner::dead_letters(engine)
-            .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+        let dead = crate::sources::runner::dead_letters(engine).map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
         Ok(vec![
             Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.source.clone()))) as ArrayRef,
             Arc::new(StringArray::from_iter(dead.iter().map(|d| d.collection.clone()))),

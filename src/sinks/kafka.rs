@@ -104,7 +104,13 @@ struct Delivery<'a> {
 }
 
 impl<'a> Delivery<'a> {
-    async fn connect(engine: &'a Engine, registry: &'a SinkRegistry, id: u32, name: &'a str, config: &'a SinkConfig) -> Result<Delivery<'a>> {
+    async fn connect(
+        engine: &'a Engine,
+        registry: &'a SinkRegistry,
+        id: u32,
+        name: &'a str,
+        config: &'a SinkConfig,
+    ) -> Result<Delivery<'a>> {
         let mut client = ClientConfig::new();
         for (k, v) in &config.properties {
             client.set(k, v);
@@ -272,8 +278,7 @@ fn read_topic(brokers: &str, topic: &str, stored: Option<Vec<u8>>) -> Result<(i3
     let Some(stored) = stored else {
         return Ok((partitions, Progress { tick: 0, next_offsets: ends }, HashMap::new()));
     };
-    let progress: Progress =
-        serde_json::from_slice(&stored).map_err(|e| SinkError::Delivery(format!("stored sink progress: {e}")))?;
+    let progress: Progress = serde_json::from_slice(&stored).map_err(|e| SinkError::Delivery(format!("stored sink progress: {e}")))?;
     // After a crash, the dead process's last produce requests may still be landing: read
     // back only once the partitions' ends stand still.
     for _ in 0..20 {

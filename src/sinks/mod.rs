@@ -97,7 +97,11 @@ impl SinkConfig {
         };
         let partitions = match get("partitions") {
             None => 1,
-            Some(p) => p.parse().ok().filter(|n| *n > 0).ok_or_else(|| SinkError::Options(format!("partitions must be a positive number, got '{p}'")))?,
+            Some(p) => p
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| SinkError::Options(format!("partitions must be a positive number, got '{p}'")))?,
         };
         Ok(SinkConfig {
             brokers: get("brokers").ok_or_else(|| SinkError::Options("a Kafka sink needs brokers = 'host:port'".into()))?,
@@ -105,10 +109,7 @@ impl SinkConfig {
             format,
             key: get("key").map(|k| k.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()).unwrap_or_default(),
             partitions,
-            properties: options
-                .iter()
-                .filter_map(|(k, v)| k.strip_prefix("properties.").map(|p| (p.to_string(), v.clone())))
-                .collect(),
+            properties: options.iter().filter_map(|(k, v)| k.strip_prefix("properties.").map(|p| (p.to_string(), v.clone()))).collect(),
         })
     }
 }
@@ -138,11 +139,7 @@ impl SinkEncoder {
         let key: Vec<usize> = if config.key.is_empty() {
             relation.primary_key.clone()
         } else {
-            config
-                .key
-                .iter()
-                .map(|c| schema.index_of(c).map_err(|_| SinkError::UnknownColumn(c.clone())))
-                .collect::<Result<_>>()?
+            config.key.iter().map(|c| schema.index_of(c).map_err(|_| SinkError::UnknownColumn(c.clone()))).collect::<Result<_>>()?
         };
         if key.is_empty() && config.format == SinkFormat::UpsertJson {
             return Err(SinkError::Options(format!(
@@ -173,7 +170,8 @@ impl SinkEncoder {
     /// The messages of one tick, in the order they must be delivered.
     pub fn encode(&self, changes: &ChangeBatch, tick: u64, committed_at_micros: i64) -> Result<Vec<SinkMessage>> {
         let encode_err = |e: &dyn std::fmt::Display| SinkError::Encode(e.to_string());
-        let rows = self.changelog.rows(changes, crate::dataflow::graph::TickInfo { tick, committed_at_micros }).map_err(|e| encode_err(&e))?.rows;
+        let rows =
+            self.changelog.rows(changes, crate::dataflow::graph::TickInfo { tick, committed_at_micros }).map_err(|e| encode_err(&e))?.rows;
         let ops = rows.column(0).as_string::<i32>();
         let side = |i: usize| -> Result<Vec<Value>> {
             crate::functions::json::to_json_values(rows.column(i), rows.schema().field(i)).map_err(|e| encode_err(&e))
@@ -321,10 +319,7 @@ mod tests {
         let got: Vec<_> = out.iter().map(|m| (text(&m.key), text(&m.value))).collect();
         assert_eq!(
             got,
-            vec![
-                (Some(r#"{"id":1}"#.into()), Some(r#"{"id":1,"status":"DEPARTED"}"#.into())),
-                (Some(r#"{"id":2}"#.into()), None),
-            ]
+            vec![(Some(r#"{"id":1}"#.into()), Some(r#"{"id":1,"status":"DEPARTED"}"#.into())), (Some(r#"{"id":2}"#.into()), None),]
         );
         assert_eq!(decode_outbox(9, &encode_outbox(&out)).unwrap(), out);
     }

@@ -25,19 +25,16 @@ use std::sync::Arc;
 
 use arrow::array::timezone::Tz;
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanArray, BooleanBuilder, LargeBinaryBuilder, LargeListArray, LargeStringBuilder,
-    ListArray, PrimitiveBuilder, RecordBatch, RecordBatchOptions, StringBuilder, UInt32Array, new_null_array,
+    ArrayRef, BinaryBuilder, BooleanArray, BooleanBuilder, LargeBinaryBuilder, LargeListArray, LargeStringBuilder, ListArray,
+    PrimitiveBuilder, RecordBatch, RecordBatchOptions, StringBuilder, UInt32Array, new_null_array,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
-use arrow::compute::kernels::cast_utils::{
-    Parser, parse_interval_month_day_nano, string_to_datetime, string_to_time_nanoseconds,
-};
+use arrow::compute::kernels::cast_utils::{Parser, parse_interval_month_day_nano, string_to_datetime, string_to_time_nanoseconds};
 use arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, FieldRef, Float32Type, Float64Type, Int8Type, Int16Type,
-    Int32Type, Int64Type, IntervalMonthDayNano, IntervalMonthDayNanoType, IntervalUnit, SchemaRef,
-    Time32MillisecondType, Time32SecondType, Time64MicrosecondType, Time64NanosecondType, TimeUnit,
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type,
-    UInt16Type, UInt32Type, UInt64Type,
+    ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, FieldRef, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
+    Int64Type, IntervalMonthDayNano, IntervalMonthDayNanoType, IntervalUnit, SchemaRef, Time32MillisecondType, Time32SecondType,
+    Time64MicrosecondType, Time64NanosecondType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
@@ -309,10 +306,8 @@ fn skip_value(bytes: &[u8], i: usize) -> Option<usize> {
             }
         }
         _ => {
-            let end = bytes[i..]
-                .iter()
-                .position(|b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace())
-                .map_or(bytes.len(), |n| i + n);
+            let end =
+                bytes[i..].iter().position(|b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace()).map_or(bytes.len(), |n| i + n);
             (end > i).then_some(end)
         }
     }
@@ -407,11 +402,7 @@ fn decode_payload(payload: Value, field_types: Option<Arc<FieldTypes>>) -> Resul
     let (txn_id, total_order, data_collection_order) = match p.get("transaction") {
         None | Some(Value::Null) => (None, None, None),
         Some(Value::Object(t)) => match t.get("id").and_then(id_string) {
-            Some(id) => (
-                Some(id),
-                t.get("total_order").and_then(lenient_u64),
-                t.get("data_collection_order").and_then(lenient_u64),
-            ),
+            Some(id) => (Some(id), t.get("total_order").and_then(lenient_u64), t.get("data_collection_order").and_then(lenient_u64)),
             None => return Err(invalid("transaction block has no \"id\"".into(), context)),
         },
         Some(other) => {
@@ -433,10 +424,7 @@ fn decode_payload(payload: Value, field_types: Option<Arc<FieldTypes>>) -> Resul
             return Err(invalid(format!("{op:?} event without an \"after\" row image"), context));
         }
         ChangeOp::Delete if before.is_none() => {
-            return Err(invalid(
-                "delete event without a \"before\" row image: cannot tell which key to delete".into(),
-                context,
-            ));
+            return Err(invalid("delete event without a \"before\" row image: cannot tell which key to delete".into(), context));
         }
         _ => {}
     }
@@ -462,8 +450,7 @@ fn decode_payload(payload: Value, field_types: Option<Arc<FieldTypes>>) -> Resul
 fn event_context(p: &Map<String, Value>) -> EventContext {
     let source = p.get("source").and_then(Value::as_object);
     let text = |key: &str| source.and_then(|s| s.get(key)).and_then(Value::as_str).filter(|s| !s.is_empty());
-    let collection =
-        text("table").and_then(|table| text("schema").or_else(|| text("db")).map(|ns| format!("{ns}.{table}")));
+    let collection = text("table").and_then(|table| text("schema").or_else(|| text("db")).map(|ns| format!("{ns}.{table}")));
     let transaction = p.get("transaction").and_then(Value::as_object);
     let snapshot = snapshot_phase(source.and_then(|s| s.get("snapshot"))) != SnapshotPhase::Streaming
         || p.get("op").and_then(Value::as_str) == Some("r");
@@ -586,17 +573,11 @@ impl FastPayload<'_> {
     }
 }
 
-fn take_image(
-    p: &mut Map<String, Value>,
-    key: &str,
-    context: &EventContext,
-) -> Result<Option<Map<String, Value>>, DecodeError> {
+fn take_image(p: &mut Map<String, Value>, key: &str, context: &EventContext) -> Result<Option<Map<String, Value>>, DecodeError> {
     match p.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(row)) => Ok(Some(row)),
-        Some(other) => {
-            Err(invalid(format!("field \"{key}\": expected an object or null, got {}", show(&other)), context.clone()))
-        }
+        Some(other) => Err(invalid(format!("field \"{key}\": expected an object or null, got {}", show(&other)), context.clone())),
     }
 }
 
@@ -623,10 +604,7 @@ fn decode_marker(p: &Map<String, Value>) -> Result<Record, DecodeError> {
                             (Some(name), Some(count)) => data_collections.push((name.to_string(), count)),
                             _ => {
                                 return Err(invalid(
-                                    format!(
-                                        "END marker of transaction {id}: malformed data_collections entry {}",
-                                        show(entry)
-                                    ),
+                                    format!("END marker of transaction {id}: malformed data_collections entry {}", show(entry)),
                                     context,
                                 ));
                             }
@@ -651,9 +629,8 @@ fn decode_marker(p: &Map<String, Value>) -> Result<Record, DecodeError> {
 /// A schema of another shape yields `None`: values are then read by the columns' Arrow types.
 fn parse_field_types(schema: &Value) -> Option<FieldTypes> {
     let fields = schema.get("fields")?.as_array()?;
-    let image = ["after", "before"]
-        .iter()
-        .find_map(|name| fields.iter().find(|f| f.get("field").and_then(Value::as_str) == Some(*name)))?;
+    let image =
+        ["after", "before"].iter().find_map(|name| fields.iter().find(|f| f.get("field").and_then(Value::as_str) == Some(*name)))?;
     let columns = image.get("fields")?.as_array()?;
     Some(columns.iter().filter_map(|c| Some((c.get("field")?.as_str()?.to_string(), parse_field_type(c)))).collect())
 }
@@ -662,12 +639,7 @@ fn parse_field_type(v: &Value) -> FieldType {
     let parameters = v
         .get("parameters")
         .and_then(Value::as_object)
-        .map(|params| {
-            params
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-                .collect()
-        })
+        .map(|params| params.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))).collect())
         .unwrap_or_default();
     FieldType {
         connect_type: v.get("type").and_then(Value::as_str).unwrap_or_default().to_string(),
@@ -736,11 +708,7 @@ pub fn rows_to_batch(
 }
 
 /// Drop the failed rows from the columns and assemble the batch.
-fn finish_batch(
-    schema: &SchemaRef,
-    columns: Vec<ArrayRef>,
-    reasons: Vec<Option<String>>,
-) -> (RecordBatch, Vec<(usize, String)>) {
+fn finish_batch(schema: &SchemaRef, columns: Vec<ArrayRef>, reasons: Vec<Option<String>>) -> (RecordBatch, Vec<(usize, String)>) {
     let good = reasons.iter().filter(|r| r.is_none()).count();
     let columns = if good == reasons.len() {
         Ok(columns)
@@ -749,11 +717,7 @@ fn finish_batch(
         columns.iter().map(|c| arrow::compute::filter(c, &mask)).collect::<Result<Vec<_>, _>>()
     };
     let batch = columns.and_then(|columns| {
-        RecordBatch::try_new_with_options(
-            schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(good)),
-        )
+        RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(good)))
     });
     let failed: Vec<(usize, String)> = reasons.iter().enumerate().filter_map(|(i, r)| Some((i, r.clone()?))).collect();
     match batch {
@@ -805,9 +769,7 @@ fn encoding_of(field_type: Option<&FieldType>) -> Encoding {
         | "io.debezium.time.Timestamp"
         | "org.apache.kafka.connect.data.Time"
         | "org.apache.kafka.connect.data.Timestamp" => epoch(NANOS_PER_MILLI),
-        "io.debezium.time.MicroTime" | "io.debezium.time.MicroTimestamp" | "io.debezium.time.MicroDuration" => {
-            epoch(NANOS_PER_MICRO)
-        }
+        "io.debezium.time.MicroTime" | "io.debezium.time.MicroTimestamp" | "io.debezium.time.MicroDuration" => epoch(NANOS_PER_MICRO),
         "io.debezium.time.NanoTime" | "io.debezium.time.NanoTimestamp" | "io.debezium.time.NanoDuration" => epoch(1),
         "org.apache.kafka.connect.data.Decimal" => {
             let scale = field_type.and_then(|t| t.parameters.get("scale")).and_then(|s| s.parse::<i32>().ok());
@@ -825,11 +787,7 @@ fn encoding_of(field_type: Option<&FieldType>) -> Encoding {
 type Failures = Vec<(usize, String)>;
 
 /// Build one column from its cells (`None` = null or missing), nulls where a value fails.
-fn build_column(
-    data_type: &DataType,
-    field_type: Option<&FieldType>,
-    cells: &[Option<&Value>],
-) -> (ArrayRef, Failures) {
+fn build_column(data_type: &DataType, field_type: Option<&FieldType>, cells: &[Option<&Value>]) -> (ArrayRef, Failures) {
     let enc = encoding_of(field_type);
     match data_type {
         DataType::Boolean => {
@@ -934,9 +892,7 @@ fn build_column(
         DataType::Interval(IntervalUnit::MonthDayNano) => {
             primitive::<IntervalMonthDayNanoType>(data_type, cells, |v| read_interval(v, enc))
         }
-        DataType::List(item) | DataType::LargeList(item) => {
-            build_list(data_type, item, field_type.and_then(|t| t.items.as_deref()), cells)
-        }
+        DataType::List(item) | DataType::LargeList(item) => build_list(data_type, item, field_type.and_then(|t| t.items.as_deref()), cells),
         other => {
             let failures = cells
                 .iter()
@@ -970,12 +926,7 @@ fn primitive<T: ArrowPrimitiveType>(
 
 /// Lists: convert all elements as one child column, then drop the elements of rows that failed
 /// (a failed row becomes a null list, and is removed from the batch by the caller).
-fn build_list(
-    data_type: &DataType,
-    item: &FieldRef,
-    item_type: Option<&FieldType>,
-    cells: &[Option<&Value>],
-) -> (ArrayRef, Failures) {
+fn build_list(data_type: &DataType, item: &FieldRef, item_type: Option<&FieldType>, cells: &[Option<&Value>]) -> (ArrayRef, Failures) {
     let mut failures: Failures = Vec::new();
     let mut elements: Vec<Option<&Value>> = Vec::new();
     let mut owner: Vec<usize> = Vec::new();
@@ -1022,31 +973,24 @@ fn build_list(
         }
         offsets.push(keep.len());
     }
-    let list = if keep.len() == elements.len() {
-        Ok(child)
-    } else {
-        arrow::compute::take(&child, &UInt32Array::from(keep), None)
-    }
-    .and_then(|child| {
-        let nulls = Some(NullBuffer::from(valid));
-        Ok(match data_type {
-            DataType::LargeList(_) => {
-                let offsets = OffsetBuffer::new(offsets.iter().map(|&o| o as i64).collect());
-                Arc::new(LargeListArray::try_new(item.clone(), offsets, child, nulls)?) as ArrayRef
-            }
-            _ => {
-                let offsets = OffsetBuffer::new(offsets.iter().map(|&o| o as i32).collect());
-                Arc::new(ListArray::try_new(item.clone(), offsets, child, nulls)?) as ArrayRef
-            }
-        })
-    });
+    let list = if keep.len() == elements.len() { Ok(child) } else { arrow::compute::take(&child, &UInt32Array::from(keep), None) }
+        .and_then(|child| {
+            let nulls = Some(NullBuffer::from(valid));
+            Ok(match data_type {
+                DataType::LargeList(_) => {
+                    let offsets = OffsetBuffer::new(offsets.iter().map(|&o| o as i64).collect());
+                    Arc::new(LargeListArray::try_new(item.clone(), offsets, child, nulls)?) as ArrayRef
+                }
+                _ => {
+                    let offsets = OffsetBuffer::new(offsets.iter().map(|&o| o as i32).collect());
+                    Arc::new(ListArray::try_new(item.clone(), offsets, child, nulls)?) as ArrayRef
+                }
+            })
+        });
     match list {
         Ok(array) => (array, failures),
         Err(e) => {
-            let all = (0..cells.len())
-                .filter(|&i| cells[i].is_some())
-                .map(|i| (i, format!("cannot build list: {e}")))
-                .collect();
+            let all = (0..cells.len()).filter(|&i| cells[i].is_some()).map(|i| (i, format!("cannot build list: {e}"))).collect();
             (new_null_array(data_type, cells.len()), all)
         }
     }
@@ -1086,9 +1030,7 @@ fn read_int<N: TryFrom<i128>>(v: &Value, enc: Encoding, data_type: &DataType) ->
             (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e38 => f as i128,
             _ => return Err(format!("expected an integer, got {n}")),
         },
-        (Value::String(s), _) => {
-            s.trim().parse::<i128>().map_err(|_| format!("expected an integer, got {}", show(v)))?
-        }
+        (Value::String(s), _) => s.trim().parse::<i128>().map_err(|_| format!("expected an integer, got {}", show(v)))?,
         (other, _) => return Err(format!("expected an integer, got {}", show(other))),
     };
     N::try_from(wide).map_err(|_| format!("value {wide} is out of range for {data_type}"))
@@ -1140,13 +1082,9 @@ fn read_decimal(v: &Value, enc: Encoding) -> Result<(i128, i32), String> {
         }
         // VariableScaleDecimal, recognised by shape even without an envelope schema.
         (Value::Object(o), _) => {
-            let scale = o
-                .get("scale")
-                .and_then(lenient_i64)
-                .and_then(|s| i32::try_from(s).ok())
-                .filter(|s| (-MAX_SCALE..=MAX_SCALE).contains(s));
-            let unscaled =
-                o.get("value").and_then(Value::as_str).and_then(base64_decode).and_then(|b| twos_complement(&b));
+            let scale =
+                o.get("scale").and_then(lenient_i64).and_then(|s| i32::try_from(s).ok()).filter(|s| (-MAX_SCALE..=MAX_SCALE).contains(s));
+            let unscaled = o.get("value").and_then(Value::as_str).and_then(base64_decode).and_then(|b| twos_complement(&b));
             match (scale, unscaled) {
                 (Some(scale), Some(unscaled)) => Ok((unscaled, scale)),
                 _ => Err(format!("expected a decimal, got {}", show(v))),
@@ -1184,8 +1122,7 @@ fn parse_decimal(s: &str) -> Option<(i128, i32)> {
         }
         unscaled = unscaled.checked_mul(10)?.checked_add((b - b'0') as i128)?;
     }
-    let scale =
-        i32::try_from(frac_part.len()).ok()?.checked_sub(exponent).filter(|s| (-MAX_SCALE..=MAX_SCALE).contains(s))?;
+    let scale = i32::try_from(frac_part.len()).ok()?.checked_sub(exponent).filter(|s| (-MAX_SCALE..=MAX_SCALE).contains(s))?;
     Some((if negative { -unscaled } else { unscaled }, scale))
 }
 
@@ -1219,8 +1156,7 @@ fn format_decimal(unscaled: i128, scale: i32) -> String {
     }
     let digits = unscaled.unsigned_abs().to_string();
     let scale = scale as usize;
-    let padded =
-        if digits.len() <= scale { format!("{}{digits}", "0".repeat(scale - digits.len() + 1)) } else { digits };
+    let padded = if digits.len() <= scale { format!("{}{digits}", "0".repeat(scale - digits.len() + 1)) } else { digits };
     let (int_part, frac_part) = padded.split_at(padded.len() - scale);
     format!("{}{int_part}.{frac_part}", if unscaled < 0 { "-" } else { "" })
 }
@@ -1292,9 +1228,7 @@ fn read_instant(v: &Value, enc: Encoding, plain_unit: i128) -> Result<i128, Stri
             };
             n.as_i64().map(|x| x as i128 * per).ok_or_else(|| format!("expected an integer time value, got {n}"))
         }
-        Value::String(s) => {
-            parse_instant(s).ok_or_else(|| format!("expected an ISO-8601 date or timestamp, got {}", show(v)))
-        }
+        Value::String(s) => parse_instant(s).ok_or_else(|| format!("expected an ISO-8601 date or timestamp, got {}", show(v))),
         other => Err(format!("expected a date or timestamp, got {}", show(other))),
     }
 }
@@ -1520,7 +1454,8 @@ mod tests {
     #[test]
     fn every_op() {
         let row = json!({"id": 1});
-        let base = |op: &str, before: Value, after: Value| json!({"before": before, "after": after, "source": source(), "op": op, "ts_ms": 1});
+        let base =
+            |op: &str, before: Value, after: Value| json!({"before": before, "after": after, "source": source(), "op": op, "ts_ms": 1});
         assert_eq!(change(&base("c", Value::Null, row.clone())).op, ChangeOp::Create);
         let u = change(&base("u", row.clone(), row.clone()));
         assert_eq!(u.op, ChangeOp::Update);
@@ -1562,8 +1497,7 @@ mod tests {
         ];
         for sample in samples {
             let payload = sample.as_object().unwrap().clone();
-            let fast =
-                serde_json::from_str::<FastPayload<'_>>(&sample.to_string()).ok().and_then(|f| f.into_event(&None));
+            let fast = serde_json::from_str::<FastPayload<'_>>(&sample.to_string()).ok().and_then(|f| f.into_event(&None));
             let general = decode_payload(Value::Object(payload), None).unwrap();
             match fast {
                 Some(fast) => assert_eq!(Record::Change(fast), general),
@@ -1592,9 +1526,7 @@ mod tests {
     #[test]
     fn transaction_markers_plain_and_enveloped() {
         assert_eq!(
-            decode(Some(
-                br#"{"status":"BEGIN","id":"571:53195829","event_count":null,"data_collections":null,"ts_ms":1}"#
-            )),
+            decode(Some(br#"{"status":"BEGIN","id":"571:53195829","event_count":null,"data_collections":null,"ts_ms":1}"#)),
             Ok(Record::TxnBegin { id: "571:53195829".into() })
         );
         let end = json!({"status": "END", "id": "571:53195832", "event_count": 3, "ts_ms": 2,
@@ -1636,8 +1568,7 @@ mod tests {
     fn envelope_fast_path_and_its_fallbacks() {
         let mut decoder = Decoder::new();
         let payload = json!({"after": {"id": 1}, "source": source(), "op": "c"});
-        let schema =
-            json!({"fields": [{"field": "after", "fields": [{"field": "id", "type": "int64", "name": "x.Y"}]}]});
+        let schema = json!({"fields": [{"field": "after", "fields": [{"field": "id", "type": "int64", "name": "x.Y"}]}]});
         // Strings in the schema that look like structure, and whitespace around the parts.
         let tricky = json!({"doc": "}\"{[", "fields": schema["fields"].clone()});
         let record = format!(" {{ \"schema\" : {tricky} ,\n \"payload\" : {payload} }} ");
@@ -1712,11 +1643,9 @@ mod tests {
         let (batch, failed) = rows_to_batch(&s, &rows(&values), Some(&ft), &[]);
         assert!(failed.is_empty(), "{failed:?}");
         assert_eq!(batch.column(0).as_primitive::<Date32Type>().value(0), 19783);
-        let times: Vec<i64> =
-            (1..5).map(|c| batch.column(c).as_primitive::<Time64MicrosecondType>().value(0)).collect();
+        let times: Vec<i64> = (1..5).map(|c| batch.column(c).as_primitive::<Time64MicrosecondType>().value(0)).collect();
         assert_eq!(times, vec![45_296_789_000, 45_296_789_012, 45_296_789_012, 45_296_789_012]);
-        let stamps: Vec<i64> =
-            (5..9).map(|c| batch.column(c).as_primitive::<TimestampMicrosecondType>().value(0)).collect();
+        let stamps: Vec<i64> = (5..9).map(|c| batch.column(c).as_primitive::<TimestampMicrosecondType>().value(0)).collect();
         assert_eq!(stamps, vec![us / 1000 * 1000, us, us, us]);
         assert_eq!(batch.column(8).data_type(), &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())));
         let dur = batch.column(9).as_any().downcast_ref::<IntervalMonthDayNanoArray>().unwrap().value(0);

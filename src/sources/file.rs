@@ -51,9 +51,8 @@ impl FileConnector {
     fn files(&self) -> Vec<PathBuf> {
         let path = &self.config.path;
         if path.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-                .unwrap_or_default();
+            let mut files: Vec<PathBuf> =
+                std::fs::read_dir(path).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
             files.retain(|p| p.extension().is_some_and(|e| e == "jsonl" || e == "json"));
             files.sort();
             files

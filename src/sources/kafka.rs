@@ -16,12 +16,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientContext;
 use serde::Deserialize;
 
 use super::connector::{Connector, Lag, LagUnit, SourceRecord};
@@ -69,10 +69,8 @@ impl KafkaConfig {
         if let Some(t) = &transaction_topic {
             valid_topic(t)?;
         }
-        let properties = options
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("properties.")?.to_string(), v.clone())))
-            .collect::<Vec<_>>();
+        let properties =
+            options.iter().filter_map(|(k, v)| Some((k.strip_prefix("properties.")?.to_string(), v.clone()))).collect::<Vec<_>>();
         for (k, _) in &properties {
             if OWNED_PROPERTIES.contains(&k.as_str()) {
                 return Err(format!("properties.{k} cannot be set: the kafka connector manages it"));
@@ -393,10 +391,7 @@ impl KafkaConnector {
     }
 
     /// Run `f` on the consumer on a blocking thread.
-    async fn blocking<T: Send + 'static>(
-        &mut self,
-        f: impl FnOnce(&mut Inner) -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
+    async fn blocking<T: Send + 'static>(&mut self, f: impl FnOnce(&mut Inner) -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
         let mut inner = self.inner.take().ok_or_else(|| anyhow::anyhow!("kafka connector is not open"))?;
         let (inner, result) = tokio::task::spawn_blocking(move || {
             let result = f(&mut inner);
@@ -549,12 +544,10 @@ mod tests {
 
     #[test]
     fn options_choose_transaction_boundaries() {
-        let c = KafkaConfig::from_options(&opts(&[("brokers", "127.0.0.1:9092"), ("transaction_topic", "tms.transaction")]))
-            .unwrap();
+        let c = KafkaConfig::from_options(&opts(&[("brokers", "127.0.0.1:9092"), ("transaction_topic", "tms.transaction")])).unwrap();
         assert_eq!(c.boundaries(), TxnBoundaries::Metadata);
         assert_eq!(c.group_id, "velocity");
-        let c = KafkaConfig::from_options(&opts(&[("brokers", "b:1"), ("group_id", "g"), ("properties.fetch.max.bytes", "1000")]))
-            .unwrap();
+        let c = KafkaConfig::from_options(&opts(&[("brokers", "b:1"), ("group_id", "g"), ("properties.fetch.max.bytes", "1000")])).unwrap();
         assert_eq!(c.boundaries(), TxnBoundaries::TxId);
         assert_eq!(c.properties, vec![("fetch.max.bytes".to_string(), "1000".to_string())]);
         assert!(KafkaConfig::from_options(&opts(&[])).unwrap_err().contains("brokers"));

@@ -182,10 +182,8 @@ impl SimTxn {
             });
             out.push(event.to_string());
         }
-        let collections: Vec<Value> = per_table
-            .iter()
-            .map(|(t, n)| json!({"data_collection": format!("public.{t}"), "event_count": n}))
-            .collect();
+        let collections: Vec<Value> =
+            per_table.iter().map(|(t, n)| json!({"data_collection": format!("public.{t}"), "event_count": n})).collect();
         out.push(
             json!({"status": "END", "id": id, "event_count": self.changes.len(), "data_collections": collections, "ts_ms": ts_ms})
                 .to_string(),
@@ -241,8 +239,18 @@ impl Default for Scenario {
 
 const REGIONS: [&str; 5] = ["north", "south", "east", "west", "central"];
 const CITIES: [&str; 12] = [
-    "Hamburg", "Berlin", "Munich", "Cologne", "Frankfurt", "Stuttgart", "Leipzig", "Dortmund", "Bremen", "Hanover",
-    "Nuremberg", "Dresden",
+    "Hamburg",
+    "Berlin",
+    "Munich",
+    "Cologne",
+    "Frankfurt",
+    "Stuttgart",
+    "Leipzig",
+    "Dortmund",
+    "Bremen",
+    "Hanover",
+    "Nuremberg",
+    "Dresden",
 ];
 const CARRIERS: [&str; 6] = ["Nordfracht", "RheinLog", "AlpTrans", "Elbe Cargo", "Spree Express", "MainLine"];
 const FAILURE_REASONS: [&str; 4] = ["NO_SHOW", "SITE_CLOSED", "NOT_READY", "REFUSED"];
@@ -475,7 +483,13 @@ impl Simulator {
                 ]));
             }
         }
-        for table_rows in [("legs", &load.legs), ("stops", &load.stops), ("shipments", &load.shipments), ("pickups", &load.pickups), ("handling_units", &load.units)] {
+        for table_rows in [
+            ("legs", &load.legs),
+            ("stops", &load.stops),
+            ("shipments", &load.shipments),
+            ("pickups", &load.pickups),
+            ("handling_units", &load.units),
+        ] {
             for r in table_rows.1 {
                 changes.push(RowChange::Insert { table: table_rows.0, row: r.clone() });
             }
@@ -519,10 +533,30 @@ impl Simulator {
                     if failed {
                         all_done = false;
                         let reason = FAILURE_REASONS[self.rand(FAILURE_REASONS.len() as u64) as usize];
-                        self.update("pickups", &mut pickup, &[("attempt", json!(attempt)), ("status", json!("FAILED")), ("reason", json!(reason)), ("actual_at", now.clone())], changes);
-                        self.update("shipments", &mut shipment, &[("status", json!("PICKUP_FAILED")), ("updated_at", now.clone())], changes);
+                        self.update(
+                            "pickups",
+                            &mut pickup,
+                            &[
+                                ("attempt", json!(attempt)),
+                                ("status", json!("FAILED")),
+                                ("reason", json!(reason)),
+                                ("actual_at", now.clone()),
+                            ],
+                            changes,
+                        );
+                        self.update(
+                            "shipments",
+                            &mut shipment,
+                            &[("status", json!("PICKUP_FAILED")), ("updated_at", now.clone())],
+                            changes,
+                        );
                     } else {
-                        self.update("pickups", &mut pickup, &[("attempt", json!(attempt)), ("status", json!("DONE")), ("reason", Value::Null), ("actual_at", now.clone())], changes);
+                        self.update(
+                            "pickups",
+                            &mut pickup,
+                            &[("attempt", json!(attempt)), ("status", json!("DONE")), ("reason", Value::Null), ("actual_at", now.clone())],
+                            changes,
+                        );
                         // Status first, then the weight measured at the dock: the row twice.
                         self.update("shipments", &mut shipment, &[("status", json!("LOADING")), ("updated_at", now.clone())], changes);
                         let weight = shipment.get("weight_kg").and_then(Value::as_f64).unwrap_or(0.0) + self.rand(50) as f64 / 10.0;
@@ -540,10 +574,20 @@ impl Simulator {
             }
             1 => {
                 let mut trip = load.trip.clone();
-                self.update("trips", &mut trip, &[("status", json!("DEPARTED")), ("actual_departure", now.clone()), ("updated_at", now.clone())], changes);
+                self.update(
+                    "trips",
+                    &mut trip,
+                    &[("status", json!("DEPARTED")), ("actual_departure", now.clone()), ("updated_at", now.clone())],
+                    changes,
+                );
                 load.trip = trip;
                 let mut first = load.stops[0].clone();
-                self.update("stops", &mut first, &[("status", json!("DEPARTED")), ("arrived_at", now.clone()), ("departed_at", now.clone())], changes);
+                self.update(
+                    "stops",
+                    &mut first,
+                    &[("status", json!("DEPARTED")), ("arrived_at", now.clone()), ("departed_at", now.clone())],
+                    changes,
+                );
                 load.stops[0] = first;
                 for k in 0..load.shipments.len() {
                     let mut s = load.shipments[k].clone();
@@ -565,7 +609,12 @@ impl Simulator {
                 let last = k == stops - 1;
                 let status = if last { "ARRIVED" } else { "DEPARTED" };
                 let departed = if last { Value::Null } else { ts(arrived + 20 * 60_000_000) };
-                self.update("stops", &mut stop, &[("status", json!(status)), ("arrived_at", ts(arrived)), ("departed_at", departed)], changes);
+                self.update(
+                    "stops",
+                    &mut stop,
+                    &[("status", json!(status)), ("arrived_at", ts(arrived)), ("departed_at", departed)],
+                    changes,
+                );
                 load.stops[k] = stop;
                 if load.delay_min > 45 && self.rand(2) == 0 {
                     self.note(&mut load, "Traffic jam, customer informed", changes);
@@ -576,7 +625,12 @@ impl Simulator {
                     load.trip = trip;
                     for j in 0..load.shipments.len() {
                         let mut s = load.shipments[j].clone();
-                        self.update("shipments", &mut s, &[("status", json!("DELIVERED")), ("delivered_at", ts(arrived)), ("updated_at", now.clone())], changes);
+                        self.update(
+                            "shipments",
+                            &mut s,
+                            &[("status", json!("DELIVERED")), ("delivered_at", ts(arrived)), ("updated_at", now.clone())],
+                            changes,
+                        );
                         load.shipments[j] = s;
                     }
                     self.complete(load, changes);

@@ -19,13 +19,9 @@ pub mod txn;
 mod txn_id;
 
 pub use debezium::{
-    ChangeEvent, ChangeOp, DecodeError, Decoder, EventContext, FieldType, FieldTypes, Record, SnapshotPhase, decode,
-    rows_to_batch,
+    ChangeEvent, ChangeOp, DecodeError, Decoder, EventContext, FieldType, FieldTypes, Record, SnapshotPhase, decode, rows_to_batch,
 };
-pub use txn::{
-    AssemblerOutput, AssemblerStats, CompleteTxn, DeadLetter, NetChanges, Position, TableBinding, TxnAssembler,
-    TxnBoundaries,
-};
+pub use txn::{AssemblerOutput, AssemblerStats, CompleteTxn, DeadLetter, NetChanges, Position, TableBinding, TxnAssembler, TxnBoundaries};
 
 /// Errors of the sources layer that stop a source (as opposed to per-record problems, which
 /// become dead letters).

@@ -80,8 +80,7 @@ const MAX_POLL_RECORDS: usize = 4096;
 
 /// Session settings that make values render the same on every session: UTC timestamps with
 /// ISO dates, Postgres-style intervals, floats that round-trip.
-const SESSION_OPTIONS: &str =
-    "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3";
+const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3";
 
 /// Milliseconds between the Unix epoch and the Postgres epoch (2000-01-01).
 const PG_EPOCH_MS: i64 = 946_684_800_000;
@@ -214,10 +213,8 @@ impl PostgresCdc {
         let mut cfg = self.pg.clone();
         cfg.options(SESSION_OPTIONS);
         cfg.application_name("velocity");
-        let (client, connection) = cfg
-            .connect(NoTls)
-            .await
-            .with_context(|| format!("cannot connect to Postgres ({})", self.config.connection))?;
+        let (client, connection) =
+            cfg.connect(NoTls).await.with_context(|| format!("cannot connect to Postgres ({})", self.config.connection))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("postgres-cdc session ended: {e}");
@@ -255,10 +252,7 @@ impl PostgresCdc {
         let tables: Vec<String> = upstreams.iter().map(|u| qualified(u)).collect::<anyhow::Result<_>>()?;
         let Some(row) = row else {
             let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(publication), tables.join(", "));
-            client
-                .batch_execute(&sql)
-                .await
-                .with_context(|| format!("publication \"{publication}\" is missing and cannot be created"))?;
+            client.batch_execute(&sql).await.with_context(|| format!("publication \"{publication}\" is missing and cannot be created"))?;
             return Ok(());
         };
         if row.get::<_, bool>(0) {
@@ -274,9 +268,10 @@ impl PostgresCdc {
         let missing: Vec<&String> = upstreams.iter().filter(|u| !present.contains(*u)).collect();
         for upstream in missing {
             let sql = format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), qualified(upstream)?);
-            client.batch_execute(&sql).await.with_context(|| {
-                format!("publication \"{publication}\" does not include {upstream}, and it cannot be added")
-            })?;
+            client
+                .batch_execute(&sql)
+                .await
+                .with_context(|| format!("publication \"{publication}\" does not include {upstream}, and it cannot be added"))?;
         }
         Ok(())
     }
@@ -298,8 +293,7 @@ impl PostgresCdc {
             .with_context(|| format!("creating replication slot \"{slot}\""))?;
         let text = |i: usize| -> anyhow::Result<String> {
             let cell = rows.first().and_then(|r| r.get(i)).and_then(|c| c.as_ref());
-            Ok(String::from_utf8_lossy(cell.ok_or_else(|| anyhow!("CREATE_REPLICATION_SLOT: no column {i}"))?)
-                .into_owned())
+            Ok(String::from_utf8_lossy(cell.ok_or_else(|| anyhow!("CREATE_REPLICATION_SLOT: no column {i}"))?).into_owned())
         };
         let consistent_point = Lsn::parse(&text(1)?).map_err(|e| anyhow!("consistent point: {e}"))?.as_u64();
         let snapshot_name = text(2)?;
@@ -326,10 +320,7 @@ impl PostgresCdc {
     /// The slot's database and confirmed position, if it exists.
     async fn slot_state(&self, client: &Client) -> anyhow::Result<Option<(String, u64)>> {
         let row = client
-            .query_opt(
-                "SELECT database, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&self.config.slot],
-            )
+            .query_opt("SELECT database, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&self.config.slot])
             .await
             .context("reading pg_replication_slots")?;
         Ok(row.map(|r| {
@@ -451,11 +442,8 @@ impl PostgresCdc {
                 if let Some(txn) = self.txn.take() {
                     self.last_commit = txn.commit_lsn;
                     if !txn.skip && txn.total > 0 {
-                        let collections: Vec<Value> = txn
-                            .per_table
-                            .iter()
-                            .map(|(c, n)| json!({"data_collection": c, "event_count": n}))
-                            .collect();
+                        let collections: Vec<Value> =
+                            txn.per_table.iter().map(|(c, n)| json!({"data_collection": c, "event_count": n})).collect();
                         let end = json!({
                             "status": "END",
                             "id": txn.id,
@@ -502,8 +490,7 @@ impl PostgresCdc {
             }
             b'I' | b'U' | b'D' => {
                 let id = r.u32()?;
-                let relation =
-                    self.relations.get(&id).ok_or_else(|| anyhow!("pgoutput: change of unknown relation {id}"))?;
+                let relation = self.relations.get(&id).ok_or_else(|| anyhow!("pgoutput: change of unknown relation {id}"))?;
                 let mut old = None;
                 let mut new = None;
                 while !r.0.is_empty() {
@@ -624,9 +611,7 @@ impl Connector for PostgresCdc {
         // (the runner applies to each table only what it has not seen) and snapshot the new
         // tables on their own.
         // (A snapshot still being read was partly lost with the runner's assembler: start over.)
-        let bound_later = !self.upstreams.is_empty()
-            && self.snapshots.is_empty()
-            && upstreams.iter().any(|u| !self.upstreams.contains(u));
+        let bound_later = !self.upstreams.is_empty() && self.snapshots.is_empty() && upstreams.iter().any(|u| !self.upstreams.contains(u));
         if resume_from.is_none()
             && bound_later
             && let Some((_, confirmed)) = &slot
@@ -738,7 +723,10 @@ impl Connector for PostgresCdc {
     }
 
     fn lag(&self) -> Lag {
-        Lag { amount: self.server_wal_end.saturating_sub(self.last_commit.max(self.resume_from).max(self.sent_up_to)), unit: LagUnit::Bytes }
+        Lag {
+            amount: self.server_wal_end.saturating_sub(self.last_commit.max(self.resume_from).max(self.sent_up_to)),
+            unit: LagUnit::Bytes,
+        }
     }
 
     fn idle_flush(&self) -> Option<Duration> {
@@ -880,11 +868,9 @@ pub fn text_to_json(oid: u32, text: &str) -> Value {
         // int8, int2, int4, oid, xid
         20 | 21 | 23 | 26 | 28 => text.parse::<i64>().map_or_else(|_| Value::String(text.into()), Value::from),
         // float4, float8: NaN and infinities stay strings
-        700 | 701 => text
-            .parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-            .map_or_else(|| Value::String(text.into()), Value::Number),
+        700 | 701 => {
+            text.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map_or_else(|| Value::String(text.into()), Value::Number)
+        }
         // bytea, hex format
         17 => match text.strip_prefix("\\x").and_then(hex_decode) {
             Some(bytes) => Value::String(base64_encode(&bytes)),

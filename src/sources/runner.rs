@@ -61,20 +61,19 @@ impl SourceConfig {
             Some(other) => return Err(format!("transactions must be 'txid' or 'metadata', not \"{other}\"")),
         };
         let (connector, own_options): (ConnectorConfig, &[&str]) = match get("connector").as_deref() {
-            Some("file") => (
-                ConnectorConfig::File(FileConfig { path: get("path").ok_or("the file connector needs path = '...'")?.into() }),
-                &["path"],
-            ),
+            Some("file") => {
+                (ConnectorConfig::File(FileConfig { path: get("path").ok_or("the file connector needs path = '...'")?.into() }), &["path"])
+            }
             Some("generator") => (ConnectorConfig::Generator(GeneratorConfig::from_options(get)?), GeneratorConfig::OPTIONS),
             Some("kafka") => (ConnectorConfig::Kafka(KafkaConfig::from_options(options)?), KafkaConfig::OPTIONS),
-            Some("postgres-cdc") => {
-                (ConnectorConfig::PostgresCdc(PostgresCdcConfig::from_options(get)?), PostgresCdcConfig::OPTIONS)
-            }
+            Some("postgres-cdc") => (ConnectorConfig::PostgresCdc(PostgresCdcConfig::from_options(get)?), PostgresCdcConfig::OPTIONS),
             Some(other) => return Err(format!("unknown connector \"{other}\" (available: file, generator, kafka, postgres-cdc)")),
             None => return Err("missing option connector = '...'".into()),
         };
         let known = |k: &str| {
-            COMMON_OPTIONS.contains(&k) || own_options.contains(&k) || (matches!(connector, ConnectorConfig::Kafka(_)) && super::kafka::is_option(k))
+            COMMON_OPTIONS.contains(&k)
+                || own_options.contains(&k)
+                || (matches!(connector, ConnectorConfig::Kafka(_)) && super::kafka::is_option(k))
         };
         if let Some((k, _)) = options.iter().find(|(k, _)| !known(k)) {
             return Err(format!("unknown option \"{k}\" for this connector"));
@@ -279,11 +278,7 @@ fn bound_tables(engine: &Engine, source: &str) -> Vec<(String, u32, TableBinding
         .filter_map(|r| {
             let b = r.binding.as_ref()?;
             (b.source == source).then(|| {
-                let binding = TableBinding {
-                    collection: b.upstream.clone(),
-                    schema: r.schema.clone(),
-                    primary_key: r.primary_key.clone(),
-                };
+                let binding = TableBinding { collection: b.upstream.clone(), schema: r.schema.clone(), primary_key: r.primary_key.clone() };
                 (b.upstream.clone(), r.id, binding)
             })
         })
@@ -373,9 +368,7 @@ impl Runner {
             }
             if read_any {
                 r.last_input = Instant::now();
-            } else if r.assembler.pending() > 0
-                && self.connector.idle_flush().is_some_and(|idle| r.last_input.elapsed() >= idle)
-            {
+            } else if r.assembler.pending() > 0 && self.connector.idle_flush().is_some_and(|idle| r.last_input.elapsed() >= idle) {
                 outputs.extend(r.assembler.flush());
             }
             // Under continuous input the idle flush never comes: a transaction that lost an
@@ -462,9 +455,7 @@ impl Runner {
                 .iter()
                 .filter_map(|(collection, net)| {
                     let id = *r.tables.get(collection.as_str())?;
-                    self.offsets.applies(txn, id).then(|| {
-                        (id, KeyedChanges { upserts: net.upserts.clone(), deletes: net.deletes.clone() })
-                    })
+                    self.offsets.applies(txn, id).then(|| (id, KeyedChanges { upserts: net.upserts.clone(), deletes: net.deletes.clone() }))
                 })
                 .collect();
             self.offsets.advance(&resume, &r.ids);

@@ -107,13 +107,24 @@ pub enum TxnBoundaries {
 /// Where a record came from: a stream and an offset in it, to resume from or to report.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Position {
-    Kafka { topic: String, partition: i32, offset: i64 },
-    File { path: String, line: u64 },
+    Kafka {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    File {
+        path: String,
+        line: u64,
+    },
     /// Postgres logical replication: the commit LSN of the record's transaction, shared by
     /// all its records (one stream: the slot).
-    Postgres { lsn: u64 },
+    Postgres {
+        lsn: u64,
+    },
     /// The load generator: the record's number (one stream).
-    Generator { record: u64 },
+    Generator {
+        record: u64,
+    },
 }
 
 /// An ordered stream of records (a topic partition, a file, a replication slot), by name.
@@ -133,10 +144,9 @@ impl Position {
     /// Whether this position is in `stream` (without building the stream's name).
     pub fn is_in(&self, stream: &str) -> bool {
         match self {
-            Position::Kafka { topic, partition, .. } => stream
-                .strip_prefix(topic.as_str())
-                .and_then(|rest| rest.strip_prefix('/'))
-                .is_some_and(|p| p.parse() == Ok(*partition)),
+            Position::Kafka { topic, partition, .. } => {
+                stream.strip_prefix(topic.as_str()).and_then(|rest| rest.strip_prefix('/')).is_some_and(|p| p.parse() == Ok(*partition))
+            }
             Position::File { path, .. } => path == stream,
             Position::Postgres { .. } => stream == "wal",
             Position::Generator { .. } => stream == "generator",
@@ -441,8 +451,7 @@ impl TxnAssembler {
         let mut by_collection = HashMap::new();
         let mut bound = Vec::with_capacity(bindings.len());
         for b in bindings {
-            let problem =
-                |reason: &str| SourceError::InvalidBinding { collection: b.collection.clone(), reason: reason.into() };
+            let problem = |reason: &str| SourceError::InvalidBinding { collection: b.collection.clone(), reason: reason.into() };
             if b.primary_key.is_empty() {
                 return Err(problem("a primary key is required to compute net changes"));
             }
@@ -453,15 +462,8 @@ impl TxnAssembler {
                 return Err(problem("bound twice"));
             }
             let key_schema = Arc::new(b.schema.project(&b.primary_key)?);
-            let keys =
-                RowConverter::new(key_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
-            bound.push(Binding {
-                collection: b.collection,
-                schema: b.schema,
-                primary_key: b.primary_key,
-                key_schema,
-                keys,
-            });
+            let keys = RowConverter::new(key_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+            bound.push(Binding { collection: b.collection, schema: b.schema, primary_key: b.primary_key, key_schema, keys });
         }
         Ok(TxnAssembler {
             mode,
@@ -494,12 +496,7 @@ impl TxnAssembler {
     /// Take one record: `raw` is its bytes (kept for dead letters), `record` its decoding.
     /// Returns what became ready, in order: dead letters as soon as they are known, complete
     /// transactions in commit order.
-    pub fn push(
-        &mut self,
-        position: Position,
-        raw: &[u8],
-        record: Result<Record, DecodeError>,
-    ) -> Vec<AssemblerOutput> {
+    pub fn push(&mut self, position: Position, raw: &[u8], record: Result<Record, DecodeError>) -> Vec<AssemblerOutput> {
         let mut out = Vec::new();
         self.arrivals += 1;
         match record {
@@ -518,9 +515,7 @@ impl TxnAssembler {
 
     /// Transactions (and snapshot batches) received but not yet released.
     pub fn pending(&self) -> usize {
-        self.open.len()
-            + self.queue.iter().filter(|q| matches!(q, Queued::Ready(_))).count()
-            + usize::from(self.snapshot.is_some())
+        self.open.len() + self.queue.iter().filter(|q| matches!(q, Queued::Ready(_))).count() + usize::from(self.snapshot.is_some())
     }
 
     /// The first record, per stream, of everything received but not released: a reader that
@@ -589,13 +584,7 @@ impl TxnAssembler {
         }
     }
 
-    fn route(
-        &mut self,
-        snapshot: bool,
-        txn_id: Option<&str>,
-        connector: Option<&str>,
-        source_tx_id: Option<i64>,
-    ) -> Route {
+    fn route(&mut self, snapshot: bool, txn_id: Option<&str>, connector: Option<&str>, source_tx_id: Option<i64>) -> Route {
         match self.mode {
             // An event with a transaction block is counted by its END, whatever else it says.
             TxnBoundaries::Metadata => match txn_id {
@@ -634,12 +623,8 @@ impl TxnAssembler {
     }
 
     fn on_event(&mut self, position: Position, raw: &[u8], event: ChangeEvent, out: &mut Vec<AssemblerOutput>) {
-        let route = self.route(
-            event.snapshot != SnapshotPhase::Streaming,
-            event.txn_id.as_deref(),
-            event.connector.as_deref(),
-            event.source_tx_id,
-        );
+        let route =
+            self.route(event.snapshot != SnapshotPhase::Streaming, event.txn_id.as_deref(), event.connector.as_deref(), event.source_tx_id);
         let table = self.by_collection.get(&event.collection).copied();
         match route {
             Route::Snapshot => {
@@ -689,10 +674,7 @@ impl TxnAssembler {
                 }
                 let arrivals = self.arrivals;
                 let id = self.reported_id(event.txn_id.as_deref(), &key).to_string();
-                let txn = self
-                    .open
-                    .entry(key)
-                    .or_insert_with_key(|key| PendingTxn::new(key.clone(), id, &position, arrivals));
+                let txn = self.open.entry(key).or_insert_with_key(|key| PendingTxn::new(key.clone(), id, &position, arrivals));
                 txn.saw(&position);
                 txn.carried_by(stream);
                 if !txn.count(event.total_order, Counted::of(table, true)) {
@@ -723,14 +705,12 @@ impl TxnAssembler {
             self.stats.duplicates += u64::from(end.is_some());
             return;
         }
-        let expected = end.as_ref().filter(|(_, dc)| !dc.is_empty()).map(|(_, dc)| {
-            dc.iter().filter_map(|(c, n)| Some((self.binding_for_data_collection(c)?, *n))).collect::<Vec<_>>()
-        });
+        let expected = end
+            .as_ref()
+            .filter(|(_, dc)| !dc.is_empty())
+            .map(|(_, dc)| dc.iter().filter_map(|(c, n)| Some((self.binding_for_data_collection(c)?, *n))).collect::<Vec<_>>());
         let arrivals = self.arrivals;
-        let txn = self
-            .open
-            .entry(key.clone())
-            .or_insert_with_key(|key| PendingTxn::new(key.clone(), id.clone(), position, arrivals));
+        let txn = self.open.entry(key.clone()).or_insert_with_key(|key| PendingTxn::new(key.clone(), id.clone(), position, arrivals));
         txn.saw(position);
         txn.marker_id.get_or_insert_with(|| id.clone());
         if let Some((event_count, _)) = end {
@@ -775,12 +755,7 @@ impl TxnAssembler {
             return;
         };
         let unbound = context.collection.as_ref().is_some_and(|c| !self.by_collection.contains_key(c));
-        let route = self.route(
-            context.snapshot,
-            context.txn_id.as_deref(),
-            context.connector.as_deref(),
-            context.source_tx_id,
-        );
+        let route = self.route(context.snapshot, context.txn_id.as_deref(), context.connector.as_deref(), context.source_tx_id);
         let collection = context.collection.clone();
         match route {
             Route::Snapshot | Route::Untracked => {
@@ -791,10 +766,7 @@ impl TxnAssembler {
                 if !self.released.contains_key(&key) {
                     let arrivals = self.arrivals;
                     let id = self.reported_id(context.txn_id.as_deref(), &key).to_string();
-                    let txn = self
-                        .open
-                        .entry(key)
-                        .or_insert_with_key(|key| PendingTxn::new(key.clone(), id, &position, arrivals));
+                    let txn = self.open.entry(key).or_insert_with_key(|key| PendingTxn::new(key.clone(), id, &position, arrivals));
                     txn.saw(&position);
                     txn.carried_by(stream);
                     let table = collection.as_ref().and_then(|c| self.by_collection.get(c).copied());
@@ -812,14 +784,7 @@ impl TxnAssembler {
         }
     }
 
-    fn dead_letter(
-        &mut self,
-        position: Position,
-        raw: &[u8],
-        reason: String,
-        collection: Option<String>,
-        out: &mut Vec<AssemblerOutput>,
-    ) {
+    fn dead_letter(&mut self, position: Position, raw: &[u8], reason: String, collection: Option<String>, out: &mut Vec<AssemblerOutput>) {
         self.stats.dead_letters += 1;
         out.push(AssemblerOutput::DeadLetter(DeadLetter { position, raw: raw.to_vec(), reason, collection }));
     }
@@ -953,9 +918,8 @@ impl TxnAssembler {
             },
             _ => 0,
         };
-        let mut short = self.open.values().filter(|t| {
-            t.end.as_ref().is_some_and(|e| (lo..=hi).contains(&e.seq)) && t.missing().is_some_and(|m| m > 0)
-        });
+        let mut short =
+            self.open.values().filter(|t| t.end.as_ref().is_some_and(|e| (lo..=hi).contains(&e.seq)) && t.missing().is_some_and(|m| m > 0));
         match (short.next(), short.next()) {
             (None, _) => OrphanOwner::Nobody,
             (Some(t), None) => OrphanOwner::Txn(t.key.clone()),
@@ -1044,8 +1008,7 @@ impl TxnAssembler {
                 continue;
             }
             let binding = &self.bindings[table];
-            let table_events: Vec<&ChangeEvent> =
-                indices.iter().filter_map(|&i| events[i].as_ref().map(|e| &e.event)).collect();
+            let table_events: Vec<&ChangeEvent> = indices.iter().filter_map(|&i| events[i].as_ref().map(|e| &e.event)).collect();
             let (changes, failed) = net_changes(binding, &table_events);
             dead.extend(failed.into_iter().map(|(k, reason)| (indices[k], reason)));
             if changes.upserts.num_rows() + changes.deletes.num_rows() > 0 {
@@ -1216,10 +1179,7 @@ fn has_key(binding: &Binding, row: &Map<String, Value>) -> bool {
 }
 
 fn empty_changes(binding: &Binding) -> NetChanges {
-    NetChanges {
-        upserts: RecordBatch::new_empty(binding.schema.clone()),
-        deletes: RecordBatch::new_empty(binding.key_schema.clone()),
-    }
+    NetChanges { upserts: RecordBatch::new_empty(binding.schema.clone()), deletes: RecordBatch::new_empty(binding.key_schema.clone()) }
 }
 
 fn take_rows(batch: &RecordBatch, rows: Vec<u32>) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
@@ -1227,13 +1187,8 @@ fn take_rows(batch: &RecordBatch, rows: Vec<u32>) -> std::result::Result<RecordB
         return Ok(batch.clone());
     }
     let indices = UInt32Array::from(rows);
-    let columns =
-        batch.columns().iter().map(|c| take(c.as_ref(), &indices, None)).collect::<std::result::Result<Vec<_>, _>>()?;
-    RecordBatch::try_new_with_options(
-        batch.schema(),
-        columns,
-        &arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len())),
-    )
+    let columns = batch.columns().iter().map(|c| take(c.as_ref(), &indices, None)).collect::<std::result::Result<Vec<_>, _>>()?;
+    RecordBatch::try_new_with_options(batch.schema(), columns, &arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len())))
 }
 
 /// Row images converted to one batch.
@@ -1247,11 +1202,7 @@ struct Converted {
 
 /// Convert row images with [`rows_to_batch`], one call per distinct envelope schema (almost
 /// always one per transaction: a schema changes only with DDL).
-fn convert(
-    schema: &SchemaRef,
-    primary_key: &[usize],
-    images: &[(&Map<String, Value>, Option<&Arc<FieldTypes>>)],
-) -> Converted {
+fn convert(schema: &SchemaRef, primary_key: &[usize], images: &[(&Map<String, Value>, Option<&Arc<FieldTypes>>)]) -> Converted {
     let same = |a: Option<&Arc<FieldTypes>>, b: Option<&Arc<FieldTypes>>| match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
@@ -1661,26 +1612,14 @@ mod tests {
         h.push(kafka("txn", 1), &begin("571:5001"));
         let with = |o: u64| Some(("571:5001", o));
         assert_eq!(
-            h.push(
-                kafka("shipments", 1),
-                &event("shipments", "c", Value::Null, json!({"id": 1, "status": "new"}), with(1), 571)
-            ),
+            h.push(kafka("shipments", 1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "new"}), with(1), 571)),
             0
         );
         assert_eq!(
-            h.push(
-                kafka("orders", 1),
-                &event("orders", "c", Value::Null, json!({"region": "eu", "id": 9, "total": 5}), with(2), 571)
-            ),
+            h.push(kafka("orders", 1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 9, "total": 5}), with(2), 571)),
             0
         );
-        assert_eq!(
-            h.push(
-                kafka("shipments", 2),
-                &event("shipments", "u", Value::Null, json!({"id": 2, "status": "x"}), with(3), 571)
-            ),
-            0
-        );
+        assert_eq!(h.push(kafka("shipments", 2), &event("shipments", "u", Value::Null, json!({"id": 2, "status": "x"}), with(3), 571)), 0);
         assert_eq!(h.assembler.pending(), 1);
         assert_eq!(h.push(kafka("txn", 2), &end("571:5001", &[("public.shipments", 2), ("public.orders", 1)])), 1);
         assert_eq!(h.assembler.pending(), 0);
@@ -1700,33 +1639,21 @@ mod tests {
         let mut h = Harness::new(TxnBoundaries::Metadata);
         assert_eq!(h.push(kafka("txn", 1), &end("600:1", &[("public.shipments", 2), ("public.orders", 1)])), 0);
         assert_eq!(
-            h.push(
-                kafka("orders", 1),
-                &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1}), Some(("600:1", 3)), 600)
-            ),
+            h.push(kafka("orders", 1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1}), Some(("600:1", 3)), 600)),
             0
         );
         assert_eq!(
-            h.push(
-                kafka("shipments", 1),
-                &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), Some(("600:1", 2)), 600)
-            ),
+            h.push(kafka("shipments", 1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), Some(("600:1", 2)), 600)),
             0
         );
         // A redelivered event (same total_order) does not count twice.
         assert_eq!(
-            h.push(
-                kafka("shipments", 2),
-                &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), Some(("600:1", 2)), 600)
-            ),
+            h.push(kafka("shipments", 2), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), Some(("600:1", 2)), 600)),
             0
         );
         assert_eq!(h.assembler.stats().duplicates, 1);
         assert_eq!(
-            h.push(
-                kafka("shipments", 3),
-                &event("shipments", "u", Value::Null, json!({"id": 1, "status": "b"}), Some(("600:1", 1)), 600)
-            ),
+            h.push(kafka("shipments", 3), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "b"}), Some(("600:1", 1)), 600)),
             1
         );
         // total_order decides the final state, not arrival: order 2 ("a") comes after order 1 ("b").
@@ -1741,17 +1668,11 @@ mod tests {
         h.push(kafka("txn", 2), &end("2:2", &[("public.shipments", 1)]));
         // The later transaction is complete first, but waits for the earlier one.
         assert_eq!(
-            h.push(
-                kafka("s", 1),
-                &event("shipments", "u", Value::Null, json!({"id": 1, "status": "second"}), Some(("2:2", 1)), 2)
-            ),
+            h.push(kafka("s", 1), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "second"}), Some(("2:2", 1)), 2)),
             0
         );
         assert_eq!(
-            h.push(
-                kafka("s", 2),
-                &event("shipments", "u", Value::Null, json!({"id": 1, "status": "first"}), Some(("1:1", 1)), 1)
-            ),
+            h.push(kafka("s", 2), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "first"}), Some(("1:1", 1)), 1)),
             2
         );
         assert_eq!(h.txns.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec!["1:1", "2:2"]);
@@ -1763,10 +1684,7 @@ mod tests {
         let id = "700:1";
         h.push(file(1), &event("shipments", "d", json!({"id": 5, "status": null}), Value::Null, Some((id, 1)), 700));
         h.push(file(2), "");
-        h.push(
-            file(3),
-            &event("shipments", "c", Value::Null, json!({"id": 5, "status": "re-inserted"}), Some((id, 2)), 700),
-        );
+        h.push(file(3), &event("shipments", "c", Value::Null, json!({"id": 5, "status": "re-inserted"}), Some((id, 2)), 700));
         h.push(file(4), &event("shipments", "d", json!({"id": 6}), Value::Null, Some((id, 3)), 700));
         assert_eq!(h.push(file(5), &end(id, &[("public.shipments", 3)])), 1);
         let s = table(&h.txns[0], "public.shipments");
@@ -1805,35 +1723,15 @@ mod tests {
         let mut h = Harness::new(TxnBoundaries::Metadata);
         let id = "900:1";
         for (order, status) in [(1, "a"), (2, "b"), (3, "c")] {
-            h.push(
-                file(order),
-                &event("shipments", "u", Value::Null, json!({"id": 1, "status": status}), Some((id, order)), 900),
-            );
+            h.push(file(order), &event("shipments", "u", Value::Null, json!({"id": 1, "status": status}), Some((id, order)), 900));
         }
         // REPLICA IDENTITY FULL update that changes the key from 7 to 8.
         h.push(
             file(4),
-            &event(
-                "shipments",
-                "u",
-                json!({"id": 7, "status": "old"}),
-                json!({"id": 8, "status": "moved"}),
-                Some((id, 4)),
-                900,
-            ),
+            &event("shipments", "u", json!({"id": 7, "status": "old"}), json!({"id": 8, "status": "moved"}), Some((id, 4)), 900),
         );
         // ... and one that keeps its key: the before image does not delete it.
-        h.push(
-            file(5),
-            &event(
-                "shipments",
-                "u",
-                json!({"id": 9, "status": "p"}),
-                json!({"id": 9, "status": "q"}),
-                Some((id, 5)),
-                900,
-            ),
-        );
+        h.push(file(5), &event("shipments", "u", json!({"id": 9, "status": "p"}), json!({"id": 9, "status": "q"}), Some((id, 5)), 900));
         assert_eq!(h.push(file(6), &end(id, &[("public.shipments", 5)])), 1);
         let s = table(&h.txns[0], "public.shipments");
         assert_eq!(ids(&s.upserts, "id"), vec![1, 8, 9]);
@@ -1845,18 +1743,9 @@ mod tests {
     fn composite_keys_and_unbound_collections() {
         let mut h = Harness::new(TxnBoundaries::Metadata);
         let id = "950:1";
-        h.push(
-            file(1),
-            &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1, "total": 1}), Some((id, 1)), 950),
-        );
-        h.push(
-            file(2),
-            &event("orders", "c", Value::Null, json!({"region": "us", "id": 1, "total": 2}), Some((id, 2)), 950),
-        );
-        h.push(
-            file(3),
-            &event("orders", "u", Value::Null, json!({"region": "eu", "id": 1, "total": 3}), Some((id, 3)), 950),
-        );
+        h.push(file(1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1, "total": 1}), Some((id, 1)), 950));
+        h.push(file(2), &event("orders", "c", Value::Null, json!({"region": "us", "id": 1, "total": 2}), Some((id, 2)), 950));
+        h.push(file(3), &event("orders", "u", Value::Null, json!({"region": "eu", "id": 1, "total": 3}), Some((id, 3)), 950));
         h.push(file(4), &event("audit_log", "c", Value::Null, json!({"id": 1}), Some((id, 4)), 950));
         // END counts the unbound table too; it is not waited for.
         assert_eq!(h.push(file(5), &end(id, &[("public.orders", 3), ("public.audit_log", 2)])), 1);
@@ -1870,28 +1759,16 @@ mod tests {
     fn data_collections_named_with_a_database_prefix_are_waited_for() {
         let mut h = Harness::new(TxnBoundaries::Metadata);
         h.push(file(1), &end("1400:1", &[("app.public.shipments", 2), ("app.public.orders", 0)]));
-        assert_eq!(
-            h.push(file(2), &event("shipments", "c", Value::Null, json!({"id": 1}), Some(("1400:1", 1)), 1400)),
-            0
-        );
-        assert_eq!(
-            h.push(file(3), &event("shipments", "c", Value::Null, json!({"id": 2}), Some(("1400:1", 2)), 1400)),
-            1
-        );
+        assert_eq!(h.push(file(2), &event("shipments", "c", Value::Null, json!({"id": 1}), Some(("1400:1", 1)), 1400)), 0);
+        assert_eq!(h.push(file(3), &event("shipments", "c", Value::Null, json!({"id": 2}), Some(("1400:1", 2)), 1400)), 1);
     }
 
     #[test]
     fn txid_mode_completes_on_a_later_txid_and_on_flush() {
         let mut h = Harness::new(TxnBoundaries::TxId);
-        assert_eq!(
-            h.push(file(1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), None, 10)),
-            0
-        );
+        assert_eq!(h.push(file(1), &event("shipments", "c", Value::Null, json!({"id": 1, "status": "a"}), None, 10)), 0);
         assert_eq!(h.push(file(2), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1}), None, 10)), 0);
-        assert_eq!(
-            h.push(file(3), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "b"}), None, 10)),
-            0
-        );
+        assert_eq!(h.push(file(3), &event("shipments", "u", Value::Null, json!({"id": 1, "status": "b"}), None, 10)), 0);
         // Transaction markers do not matter in TxId mode.
         assert_eq!(h.push(file(4), &end("10:1", &[("public.shipments", 9)])), 0);
         assert_eq!(h.push(file(5), &event("shipments", "d", json!({"id": 1}), Value::Null, None, 11)), 1);
@@ -1911,10 +1788,7 @@ mod tests {
         h.push(kafka("shipments", 1), &event("shipments", "c", Value::Null, json!({"id": 1}), None, 20));
         h.push(kafka("orders", 1), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 1}), None, 20));
         assert_eq!(h.push(kafka("shipments", 2), &event("shipments", "c", Value::Null, json!({"id": 2}), None, 21)), 0);
-        assert_eq!(
-            h.push(kafka("orders", 2), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 2}), None, 21)),
-            1
-        );
+        assert_eq!(h.push(kafka("orders", 2), &event("orders", "c", Value::Null, json!({"region": "eu", "id": 2}), None, 21)), 1);
         assert_eq!(h.txns[0].id, "20");
         assert_eq!(h.txns[0].tables.len(), 2);
     }
@@ -1936,8 +1810,7 @@ mod tests {
         assert_eq!(h.txns[0].id, "snapshot-1");
         assert!(h.txns[2].id.starts_with("untracked-"));
         // The last snapshot record closes the batch at once.
-        let mut last: Value =
-            serde_json::from_str(&event("shipments", "r", Value::Null, json!({"id": 4}), None, 5)).unwrap();
+        let mut last: Value = serde_json::from_str(&event("shipments", "r", Value::Null, json!({"id": 4}), None, 5)).unwrap();
         last["source"]["snapshot"] = json!("last");
         assert_eq!(h.push(file(5), &last.to_string()), 1);
     }
@@ -2047,9 +1920,7 @@ mod tests {
     #[test]
     fn invalid_bindings_are_rejected() {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-        let bind = |pk: Vec<usize>| {
-            vec![TableBinding { collection: "public.t".into(), schema: schema.clone(), primary_key: pk }]
-        };
+        let bind = |pk: Vec<usize>| vec![TableBinding { collection: "public.t".into(), schema: schema.clone(), primary_key: pk }];
         assert!(TxnAssembler::new(bind(vec![]), TxnBoundaries::Metadata).is_err());
         assert!(TxnAssembler::new(bind(vec![3]), TxnBoundaries::Metadata).is_err());
         let mut twice = bind(vec![0]);
@@ -2235,19 +2106,14 @@ mod tests {
         let ends = records.iter().filter(|(_, r)| r.contains("\"END\"")).count();
         assert_eq!((txns.len(), assembler.pending()), (ends, 0));
         assert!(assembler.stats().tombstones > 0);
-        let shipments: Vec<&RecordBatch> = txns
-            .iter()
-            .flat_map(|t| &t.tables)
-            .filter(|(c, _)| c == "public.shipments")
-            .map(|(_, n)| &n.upserts)
-            .collect();
+        let shipments: Vec<&RecordBatch> =
+            txns.iter().flat_map(|t| &t.tables).filter(|(c, _)| c == "public.shipments").map(|(_, n)| &n.upserts).collect();
         let batch = concat_batches(&shipments[0].schema(), shipments.iter().copied()).unwrap();
         assert!(batch.num_rows() > 50);
         assert_eq!(batch.column_by_name("weight").unwrap().null_count(), 0);
         let due = batch.column_by_name("due").unwrap().as_primitive::<arrow::datatypes::Date32Type>();
         assert!(due.values().iter().all(|d| (19_700..19_900).contains(d)));
-        let at =
-            batch.column_by_name("updated_at").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        let at = batch.column_by_name("updated_at").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
         assert!(at.values().iter().all(|t| (1_709_251_200_000_000..1_711_929_600_000_000).contains(t)));
     }
 
@@ -2278,11 +2144,7 @@ mod tests {
         println!("| stage | change events | events/s | MB/s |");
         println!("|---|---|---|---|");
         println!("| decode only | {events} | {:.0} | {:.1} |", events as f64 / decode_s, bytes as f64 / 1e6 / decode_s);
-        println!(
-            "| assembly only | {events} | {:.0} | {:.1} |",
-            events as f64 / assembly_s,
-            bytes as f64 / 1e6 / assembly_s
-        );
+        println!("| assembly only | {events} | {:.0} | {:.1} |", events as f64 / assembly_s, bytes as f64 / 1e6 / assembly_s);
         println!("| decode + assembly | {events} | {eps:.0} | {mbps:.1} |");
     }
 }

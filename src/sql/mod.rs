@@ -229,10 +229,7 @@ pub fn parse_velocity(sql: &str) -> Option<Result<VelocityStatement, SqlError>> 
             Ok(s) => s,
             Err(e) => return Some(Err(e)),
         };
-        if p.expect_token(&Token::RParen).is_err()
-            || !p.parse_keyword(Keyword::TO)
-            || !p.parse_keyword(Keyword::STDOUT)
-        {
+        if p.expect_token(&Token::RParen).is_err() || !p.parse_keyword(Keyword::TO) || !p.parse_keyword(Keyword::STDOUT) {
             return Some(Err(SqlError::Syntax("expected COPY (SUBSCRIBE ...) TO STDOUT".into())));
         }
         // Accept (and ignore) COPY's own options such as WITH (FORMAT text).
@@ -305,9 +302,7 @@ pub fn quote_changes_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
     }
     let dialect = PostgreSqlDialect {};
     let Ok(mut tokens) = Tokenizer::new(&dialect, sql).tokenize() else { return sql.into() };
-    let significant = |tokens: &[Token], from: usize| {
-        (from..tokens.len()).find(|&i| !matches!(tokens[i], Token::Whitespace(_)))
-    };
+    let significant = |tokens: &[Token], from: usize| (from..tokens.len()).find(|&i| !matches!(tokens[i], Token::Whitespace(_)));
     let mut changed = false;
     for i in 0..tokens.len() {
         let is_changes = matches!(&tokens[i], Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("changes"));
@@ -363,10 +358,7 @@ mod tests {
     fn parses_velocity_statements() {
         assert_eq!(parse_velocity("SHOW MATERIALIZED VIEWS").unwrap().unwrap(), VelocityStatement::ShowMaterializedViews);
         assert_eq!(parse_velocity("flush;").unwrap().unwrap(), VelocityStatement::Flush);
-        assert_eq!(
-            parse_velocity("SHOW CREATE MATERIALIZED VIEW v").unwrap().unwrap(),
-            VelocityStatement::ShowCreate { name: "v".into() }
-        );
+        assert_eq!(parse_velocity("SHOW CREATE MATERIALIZED VIEW v").unwrap().unwrap(), VelocityStatement::ShowCreate { name: "v".into() });
         assert!(parse_velocity("SELECT 1").is_none());
         assert!(parse_velocity("SHOW MATERIALIZED VIEWS extra").unwrap().is_err());
         assert_eq!(
@@ -395,7 +387,10 @@ mod tests {
         );
         assert_eq!(parse_velocity("show sinks").unwrap().unwrap(), VelocityStatement::ShowSinks);
         assert_eq!(parse_velocity("SHOW SOURCES").unwrap().unwrap(), VelocityStatement::ShowSources);
-        assert_eq!(parse_velocity("DROP SINK IF EXISTS s").unwrap().unwrap(), VelocityStatement::DropSink { name: "s".into(), if_exists: true });
+        assert_eq!(
+            parse_velocity("DROP SINK IF EXISTS s").unwrap().unwrap(),
+            VelocityStatement::DropSink { name: "s".into(), if_exists: true }
+        );
         assert!(parse_velocity("SHOW search_path").is_none());
     }
 

@@ -73,11 +73,7 @@ impl Store {
     }
 
     /// Visit every pair under `prefix` without collecting them.
-    pub fn for_each_prefix(
-        &self,
-        prefix: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    pub fn for_each_prefix(&self, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
         let iter = self.db.iterator(IteratorMode::From(prefix, Direction::Forward));
         for item in iter {
             let (k, v) = item?;
@@ -99,11 +95,7 @@ impl Store {
 
     /// Approximate on-disk size in bytes.
     pub fn size_bytes(&self) -> u64 {
-        self.db
-            .property_int_value("rocksdb.total-sst-files-size")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
+        self.db.property_int_value("rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0)
     }
 }
 
