@@ -77,11 +77,6 @@ impl StepChanges {
         self.by_relation.contains_key(&relation)
     }
 
-    /// The relations that changed.
-    pub fn relations(&self) -> impl Iterator<Item = u32> + '_ {
-        self.by_relation.keys().copied()
-    }
-
     /// The change of `relation` at one time.
     pub fn at(&self, relation: u32, time: usize) -> Option<&ChangeBatch> {
         let per_time = self.by_relation.get(&relation)?;
