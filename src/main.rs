@@ -65,7 +65,8 @@ enum Command {
         /// libpq connection string of the TMS database (tables are created if missing).
         #[arg(long, group = "target")]
         postgres: Option<String>,
-        /// Append Debezium JSON lines (with transaction END markers) to this file.
+        /// Append Debezium JSON lines (with BEGIN/END markers) to this file; to an existing
+        /// directory: one file per topic (`tms.public.<table>.jsonl`, `tms.transaction.jsonl`).
         #[arg(long, group = "target")]
         file: Option<PathBuf>,
         /// Kafka brokers: Debezium topics `tms.public.<table>` and `tms.transaction`.

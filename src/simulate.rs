@@ -5,17 +5,19 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::sources::logistics::{Scenario, SimTxn, Simulator, postgres_ddl};
+use crate::sources::logistics::{DEFAULT_REPLICA_IDENTITY, Scenario, SimTxn, Simulator, postgres_ddl};
 
 /// Where simulated transactions go.
 pub enum Target {
     /// A libpq connection string; the TMS tables are created if missing.
     Postgres(String),
-    /// Debezium JSON lines with transaction END markers (read it with
-    /// `CREATE SOURCE ... WITH (connector = 'file', path = '...', transactions = 'metadata')`).
+    /// Debezium JSON lines with BEGIN/END markers (read it with `CREATE SOURCE ... WITH
+    /// (connector = 'file', path = '...', transactions = 'metadata')`): one stream in a file,
+    /// or, given a directory, one file per topic as Kafka would deliver them.
     File(PathBuf),
     /// Debezium JSON on Kafka, as Debezium's Postgres connector writes it: one topic per table
-    /// (`tms.public.<table>`, keyed by id) and END markers on `tms.transaction`.
+    /// (`tms.public.<table>`, keyed by id, a tombstone after each delete) and BEGIN/END markers
+    /// on `tms.transaction`.
     Kafka(String),
 }
 
@@ -27,15 +29,16 @@ pub struct SimulateOptions {
     pub rate: f64,
 }
 
-/// Create the TMS tables in Postgres (if missing), with full replica identity so deletes and
-/// updates carry whole rows.
+/// Create the TMS tables in Postgres (if missing), with the replica identity the simulated
+/// Debezium output assumes (`FULL` but for [`DEFAULT_REPLICA_IDENTITY`]).
 pub async fn create_postgres_tables(client: &tokio_postgres::Client) -> anyhow::Result<()> {
     for statement in postgres_ddl().lines().filter(|l| !l.trim().is_empty()) {
         let statement = statement.replacen("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1);
         client.batch_execute(&statement).await?;
     }
     for (table, _) in crate::sources::logistics::TABLES {
-        client.batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL")).await?;
+        let identity = if DEFAULT_REPLICA_IDENTITY.contains(table) { "DEFAULT" } else { "FULL" };
+        client.batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY {identity}")).await?;
     }
     Ok(())
 }
@@ -87,17 +90,22 @@ pub async fn run(options: SimulateOptions) -> anyhow::Result<()> {
             for done in 1..=options.transactions {
                 let txn = simulator.next_txn();
                 events += txn.changes.len() as u64;
-                let lines = txn.debezium(txn.commit_us / 1000);
+                let records = txn.debezium_records(txn.commit_us / 1000);
                 let producer = &producer;
-                let mut sends = Vec::with_capacity(lines.len());
-                for (i, line) in lines.iter().enumerate() {
-                    let (topic, key) = match txn.changes.get(i) {
-                        Some(change) => (format!("tms.public.{}", change.table()), change.key().to_string()),
-                        None => ("tms.transaction".to_string(), txn.xid.to_string()),
+                let mut sends = Vec::with_capacity(records.len());
+                for record in &records {
+                    let topic = match record.table {
+                        Some(table) => format!("tms.public.{table}"),
+                        None => "tms.transaction".to_string(),
                     };
-                    sends.push(
-                        async move { producer.send(FutureRecord::to(&topic).key(&key).payload(line), Duration::from_secs(30)).await },
-                    );
+                    sends.push(async move {
+                        let message = FutureRecord::to(&topic).key(&record.key);
+                        let message = match &record.value {
+                            Some(value) => message.payload(value),
+                            None => message,
+                        };
+                        producer.send(message, Duration::from_secs(30)).await
+                    });
                 }
                 for sent in futures::future::join_all(sends).await {
                     sent.map_err(|(e, _)| anyhow::anyhow!("producing to kafka: {e}"))?;
@@ -109,25 +117,61 @@ pub async fn run(options: SimulateOptions) -> anyhow::Result<()> {
             }
         }
         Target::File(path) => {
-            let mut out = std::io::BufWriter::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?);
+            let mut files = DebeziumFiles::new(path)?;
             for done in 1..=options.transactions {
                 let txn = simulator.next_txn();
                 events += txn.changes.len() as u64;
-                for line in txn.debezium(txn.commit_us / 1000) {
-                    writeln!(out, "{line}")?;
-                }
+                files.write(&txn)?;
                 if options.rate > 0.0 {
-                    out.flush()?;
+                    files.flush()?;
                 }
                 if done % 1000 == 0 {
                     report(done, events);
                 }
                 pace(done).await;
             }
-            out.flush()?;
+            files.flush()?;
         }
     }
     report(options.transactions, events);
     eprintln!();
     Ok(())
+}
+
+/// Simulated Debezium records as JSON-lines files: all in one file, or one file per topic in
+/// a directory (`tms.public.<table>.jsonl`, `tms.transaction.jsonl`). Tombstones are `null`.
+pub struct DebeziumFiles {
+    dir: Option<PathBuf>,
+    /// Open files by topic (`""` for the single file).
+    files: std::collections::HashMap<String, std::io::BufWriter<std::fs::File>>,
+    single: PathBuf,
+}
+
+impl DebeziumFiles {
+    pub fn new(path: &std::path::Path) -> std::io::Result<DebeziumFiles> {
+        let dir = path.is_dir().then(|| path.to_path_buf());
+        Ok(DebeziumFiles { dir, files: Default::default(), single: path.to_path_buf() })
+    }
+
+    pub fn write(&mut self, txn: &SimTxn) -> std::io::Result<()> {
+        for record in txn.debezium_records(txn.commit_us / 1000) {
+            let path = match (&self.dir, record.table) {
+                (None, _) => self.single.clone(),
+                (Some(dir), Some(table)) => dir.join(format!("tms.public.{table}.jsonl")),
+                (Some(dir), None) => dir.join("tms.transaction.jsonl"),
+            };
+            let out = match self.files.entry(path.display().to_string()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(std::io::BufWriter::new(std::fs::OpenOptions::new().create(true).append(true).open(&path)?))
+                }
+            };
+            writeln!(out, "{}", record.value.as_deref().unwrap_or("null"))?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.files.values_mut().try_for_each(std::io::Write::flush)
+    }
 }

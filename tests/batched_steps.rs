@@ -16,7 +16,7 @@ fn set_status(table: u32, schema: &arrow::datatypes::SchemaRef, id: i64, status:
             .unwrap();
     let key_schema = Arc::new(schema.project(&[0]).unwrap());
     let deletes = RecordBatch::new_empty(key_schema);
-    Commit { keyed: vec![(table, KeyedChanges { upserts, deletes })], ..Default::default() }
+    Commit { keyed: vec![(table, KeyedChanges { upserts, deletes, truncate: false })], ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

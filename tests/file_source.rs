@@ -25,20 +25,29 @@ const SETUP: &str = "
     CREATE MATERIALIZED VIEW shipment_changes AS SELECT op, COALESCE(after.id, before.id) AS id, tick FROM changes(shipments);
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn file_source_dedups_transactions_and_keeps_dead_letters() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tms.jsonl");
-    let s = |id: i64, status: &str| format!(r#"{{"id":{id},"status":"{status}","customer":"acme"}}"#);
-    std::fs::write(&file, "").unwrap();
-    let data = dir.path().join("data");
-    let server = common::ServerProcess::start(&data);
-    let client = common::connect(server.addr).await;
+fn shipment(id: i64, status: &str) -> String {
+    format!(r#"{{"id":{id},"status":"{status}","customer":"acme"}}"#)
+}
+
+/// A file source reading `file`, and the tables and views of `SETUP`.
+async fn declare(client: &tokio_postgres::Client, file: &std::path::Path) {
     client
         .batch_execute(&format!("CREATE SOURCE tms WITH (connector = 'file', path = '{}', format = 'debezium-json')", file.display()))
         .await
         .unwrap();
     client.batch_execute(SETUP).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_source_dedups_transactions_and_keeps_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tms.jsonl");
+    let s = shipment;
+    std::fs::write(&file, "").unwrap();
+    let data = dir.path().join("data");
+    let server = common::ServerProcess::start(&data);
+    let client = common::connect(server.addr).await;
+    declare(&client, &file).await;
     // The pipeline is declared; now the change stream arrives.
     append(
         &file,
@@ -115,4 +124,147 @@ async fn file_source_dedups_transactions_and_keeps_dead_letters() {
     let inserts = common::rows(&client, "SELECT count(*) FROM shipment_changes WHERE op = 'insert'").await;
     assert_eq!(inserts, vec![row(&["3"])], "no transaction was applied twice");
     server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_removes_every_row_in_its_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tms.jsonl");
+    let s = shipment;
+    std::fs::write(&file, "").unwrap();
+    let server = common::TestServer::start().await;
+    let client = server.client().await;
+    declare(&client, &file).await;
+    append(
+        &file,
+        &[
+            event("shipments", "c", 100, "null", &s(1, "PLANNED")),
+            event("shipments", "c", 100, "null", &s(2, "PLANNED")),
+            event("stops", "c", 100, "null", r#"{"id":10,"shipment_id":1,"city":"Hamburg"}"#),
+            // TRUNCATE shipments, then one new row, in one transaction; stops are untouched.
+            event("shipments", "u", 101, &s(2, "PLANNED"), &s(2, "LOADING")),
+            event("shipments", "t", 101, "null", "null"),
+            event("shipments", "c", 101, "null", &s(3, "PLANNED")),
+        ],
+    );
+    client.batch_execute("FLUSH").await.unwrap();
+    let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+    assert_eq!(common::rows(&client, "SELECT id, status FROM shipments").await, vec![row(&["3", "PLANNED"])]);
+    assert_eq!(common::rows(&client, "SELECT id FROM stops").await, vec![row(&["10"])]);
+    assert_eq!(common::rows(&client, "SELECT status, n FROM per_status").await, vec![row(&["PLANNED", "1"])]);
+    // changes() sees the truncate as the removal of each row, in the tick of its transaction.
+    let ops = common::rows(&client, "SELECT op, id FROM shipment_changes WHERE tick = (SELECT max(tick) FROM shipment_changes)").await;
+    assert_eq!(ops, vec![row(&["delete", "1"]), row(&["delete", "2"]), row(&["insert", "3"])]);
+    assert!(common::rows(&client, "SELECT * FROM velocity_catalog.dead_letters").await.is_empty());
+}
+
+/// A source that cannot read as configured says so, and recovers once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misconfigured_sources_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("later.jsonl");
+    let server = common::TestServer::start().await;
+    let client = server.client().await;
+    client.batch_execute(&format!("CREATE SOURCE tms WITH (connector = 'file', path = '{}')", file.display())).await.unwrap();
+    // A typo in one upstream name: the table never receives anything.
+    client
+        .batch_execute(
+            "CREATE TABLE shipments (id BIGINT PRIMARY KEY, status TEXT, customer TEXT) WITH (source = 'tms', upstream = 'public.shipment');
+             CREATE TABLE stops (id BIGINT PRIMARY KEY, shipment_id BIGINT, city TEXT) WITH (source = 'tms', upstream = 'public.stops');",
+        )
+        .await
+        .unwrap();
+    let status = "SELECT status, reason FROM velocity_catalog.sources";
+    let started = std::time::Instant::now();
+    let missing = loop {
+        let rows = common::rows(&client, status).await;
+        if rows[0][0].as_deref() == Some("error") {
+            break rows[0][1].clone().unwrap_or_default();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{rows:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(missing.contains("later.jsonl"), "{missing}");
+    // FLUSH does not wait for a source that cannot read.
+    client.batch_execute("FLUSH").await.unwrap();
+
+    // The file appears: the source reads it without being recreated.
+    append(
+        &file,
+        &[
+            event("shipments", "c", 100, "null", r#"{"id":1,"status":"PLANNED","customer":"acme"}"#),
+            event("stops", "c", 100, "null", r#"{"id":10,"shipment_id":1,"city":"Hamburg"}"#),
+        ],
+    );
+    let started = std::time::Instant::now();
+    while common::rows(&client, status).await != vec![vec![Some("running".into()), None]] {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the source did not recover");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    client.batch_execute("FLUSH").await.unwrap();
+    let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+    assert_eq!(common::rows(&client, "SELECT id FROM stops").await, vec![row(&["10"])]);
+    // The misspelt binding and the collection nobody reads both show.
+    let collections =
+        common::rows(&client, "SELECT collection, events, table_name, upstream FROM velocity_catalog.source_collections").await;
+    assert_eq!(
+        collections,
+        vec![
+            vec![Some("public.shipment".into()), Some("0".into()), Some("shipments".into()), Some("public.shipment".into())],
+            vec![Some("public.shipments".into()), Some("1".into()), None, None],
+            row(&["public.stops", "1", "stops", "public.stops"]),
+        ]
+    );
+
+    // Brokers that refuse connections: an error with the reason, not `running`.
+    client
+        .batch_execute(
+            "CREATE SOURCE down WITH (connector = 'kafka', brokers = '127.0.0.1:1', transaction_topic = 'tx');
+             CREATE TABLE t (id BIGINT PRIMARY KEY) WITH (source = 'down', upstream = 'db.public.t');",
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let rows = common::rows(&client, "SELECT status, reason FROM velocity_catalog.sources WHERE name = 'down'").await;
+        if rows[0][0].as_deref() == Some("error") {
+            assert!(rows[0][1].as_deref().unwrap_or("").contains("brokers"), "{rows:?}");
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "{rows:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// FLUSH waits while a source has input to apply, until the session's statement_timeout or a
+/// cancel request ends the wait (57014); the session and the server go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_ends_on_statement_timeout_and_on_cancel() {
+    let server = common::TestServer::start().await;
+    let client = server.client().await;
+    // An unthrottled generator: input to apply for much longer than this test runs.
+    client
+        .batch_execute(
+            "CREATE SOURCE busy WITH (connector = 'generator', scenario = 'logistics', rate = 0, max_transactions = 100000000);
+             CREATE TABLE trips (id BIGINT PRIMARY KEY, load_ref TEXT, carrier TEXT, vehicle TEXT, status TEXT,
+                 planned_departure TIMESTAMP, actual_departure TIMESTAMP, updated_at TIMESTAMP)
+                 WITH (source = 'busy', upstream = 'public.trips');",
+        )
+        .await
+        .unwrap();
+    client.batch_execute("SET statement_timeout = '300ms'").await.unwrap();
+    let e = client.batch_execute("FLUSH").await.expect_err("FLUSH cannot finish while the generator runs");
+    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
+    client.batch_execute("SET statement_timeout = 0").await.unwrap();
+
+    let cancel = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let e = client.batch_execute("FLUSH").await.expect_err("cancelled");
+    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
+    canceller.await.unwrap();
+    let trips = common::rows(&client, "SELECT count(*) > 0 FROM trips").await;
+    assert_eq!(trips, vec![vec![Some("t".into())]]);
 }

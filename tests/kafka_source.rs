@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use velocity::sources::Position;
-use velocity::sources::connector::{Connector, LagUnit, SourceRecord};
+use velocity::sources::connector::{Connector, Health, LagUnit, SourceRecord};
 use velocity::sources::kafka::{KafkaConfig, KafkaConnector};
 
 struct Kafka {
@@ -120,7 +120,7 @@ async fn connector_reads_every_partition_in_order_and_resumes_from_offsets() {
     assert_eq!(streams[&format!("{shipments}/0")], expected(&p0_values));
     assert_eq!(streams[&format!("{shipments}/1")], expected(&[Some("first"), None, Some("third")]), "a tombstone has no payload");
     assert_eq!(streams[&format!("{txns}/0")], expected(&[Some("BEGIN")]), "the transaction topic is read too");
-    assert_eq!(connector.state(), None);
+    assert_eq!(connector.health(), None);
 
     // Caught up: once statistics arrived (every second), lag is zero messages.
     let start = Instant::now();
@@ -174,14 +174,14 @@ async fn connector_waits_for_topics_that_do_not_exist_yet() {
     let mut connector = kafka.connector(None, &common::unique_name("g"));
     connector.open(std::slice::from_ref(&stops), &HashMap::new()).await.expect("a missing topic is not an error");
     assert!(connector.poll(Duration::from_millis(300)).await.unwrap().is_empty());
-    let state = connector.state().unwrap_or_default();
+    let Some(Health::Waiting(state)) = connector.health() else { panic!("{:?}", connector.health()) };
     assert!(state.contains("waiting for topic") && state.contains(&stops), "{state}");
 
     kafka.create_topic(&stops, 1).await;
     kafka.send(&stops, 0, "1", Some("one")).await;
     let records = read(&mut connector, 1, Duration::from_secs(30)).await;
     assert_eq!(by_stream(&records)[&format!("{stops}/0")], expected(&[Some("one")]));
-    assert_eq!(connector.state(), None);
+    assert_eq!(connector.health(), None);
 
     // A second upstream appears while the first is being read; both partitions of it are
     // found and read from their beginning. (tansu cannot add partitions to a topic; new
@@ -190,7 +190,7 @@ async fn connector_waits_for_topics_that_do_not_exist_yet() {
     kafka.send(&stops, 0, "2", Some("two")).await;
     let records = read(&mut connector, 1, Duration::from_secs(30)).await;
     assert_eq!(by_stream(&records)[&format!("{stops}/0")], vec![(1, Some("two".to_string()))]);
-    assert!(connector.state().unwrap_or_default().contains(&notes));
+    assert!(matches!(connector.health(), Some(Health::Waiting(w)) if w.contains(&notes)));
     kafka.create_topic(&notes, 2).await;
     kafka.send(&notes, 1, "a", Some("n1")).await;
     kafka.send(&notes, 0, "b", Some("n0")).await;
@@ -201,7 +201,7 @@ async fn connector_waits_for_topics_that_do_not_exist_yet() {
     assert_eq!(streams[&format!("{notes}/0")], expected(&[Some("n0")]));
     assert_eq!(streams[&format!("{notes}/1")], expected(&[Some("n1")]));
     assert_eq!(streams[&format!("{stops}/0")], vec![(2, Some("three".to_string()))]);
-    assert_eq!(connector.state(), None);
+    assert_eq!(connector.health(), None);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,20 +13,6 @@ use velocity::sources::logistics::{RowChange, Scenario, SimTxn, Simulator, TABLE
 
 const TRANSACTIONS: usize = 800;
 
-/// Each TMS table's rows in a form both Postgres and Velocity print the same way.
-fn canonical_select(table: &str, columns: &[(&str, &str)], postgres: bool) -> String {
-    let cols: Vec<String> = columns
-        .iter()
-        .map(|(c, t)| match (*t, postgres) {
-            ("TIMESTAMP", true) => format!("CAST(extract(epoch FROM {c}) AS BIGINT)"),
-            ("TIMESTAMP", false) => format!("to_unixtime({c})"),
-            ("DOUBLE PRECISION", _) => format!("CAST(round({c} * 10) AS BIGINT)"),
-            _ => c.to_string(),
-        })
-        .collect();
-    format!("SELECT {} FROM {table} ORDER BY id", cols.join(", "))
-}
-
 async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
     let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     messages
@@ -135,9 +121,9 @@ async fn tms_through_postgres_cdc_equals_references() {
     // Caught up once every table equals Postgres.
     let started = Instant::now();
     for (table, columns) in TABLES {
-        let want = text_rows(&pg, &canonical_select(table, columns, true)).await;
+        let want = text_rows(&pg, &common::canonical_select(table, columns, true)).await;
         loop {
-            let got = text_rows(&client, &canonical_select(table, columns, false)).await;
+            let got = text_rows(&client, &common::canonical_select(table, columns, false)).await;
             if got == want {
                 break;
             }

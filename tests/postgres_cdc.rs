@@ -409,3 +409,41 @@ async fn confirmed_flush_of(db: &Client, slot: &str) -> u64 {
     let (hi, lo) = text.split_once('/').unwrap();
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_in_postgres_empties_the_table_in_its_transaction() {
+    let conn = fresh_database("cdc_truncate").await;
+    let db = connect(&conn).await;
+    db.batch_execute(TABLES).await.unwrap();
+    db.batch_execute("INSERT INTO shipments (id, status) VALUES (1, 'PLANNED'), (2, 'PLANNED'); INSERT INTO orders VALUES ('eu', 1, 10)")
+        .await
+        .unwrap();
+    let server = common::TestServer::start().await;
+    let v = server.client().await;
+    v.batch_execute(&format!(
+        "CREATE SOURCE tms WITH (connector = 'postgres-cdc', connection = '{conn}', publication = 'velocity', slot = 'cdc_truncate');
+         CREATE TABLE shipments (id BIGINT PRIMARY KEY, status TEXT) WITH (source = 'tms', upstream = 'public.shipments');
+         CREATE TABLE orders (region TEXT, id BIGINT, total BIGINT, PRIMARY KEY (region, id)) WITH (source = 'tms', upstream = 'public.orders');
+         CREATE MATERIALIZED VIEW per_status AS SELECT status, count(*) AS n FROM shipments GROUP BY status;
+         CREATE MATERIALIZED VIEW shipment_events AS SELECT op, COALESCE(after.id, before.id) AS id FROM changes(shipments);"
+    ))
+    .await
+    .unwrap();
+    eventually(&v, "SELECT status, n FROM per_status", &["PLANNED|2"]).await;
+    db.batch_execute("INSERT INTO shipments (id, status) VALUES (3, 'LOADING')").await.unwrap();
+    db.batch_execute(
+        "BEGIN; TRUNCATE shipments; INSERT INTO shipments (id, status) VALUES (4, 'NEW'); UPDATE orders SET total = 11; COMMIT",
+    )
+    .await
+    .unwrap();
+    eventually(&v, "SELECT id, status FROM shipments", &["4|NEW"]).await;
+    eventually(&v, "SELECT status, n FROM per_status", &["NEW|1"]).await;
+    eventually(&v, "SELECT region, id, total FROM orders", &["eu|1|11"]).await;
+    eventually(
+        &v,
+        "SELECT op, id FROM shipment_events",
+        &["delete|1", "delete|2", "delete|3", "insert|1", "insert|2", "insert|3", "insert|4"],
+    )
+    .await;
+    assert!(common::rows(&v, "SELECT * FROM velocity_catalog.dead_letters").await.is_empty());
+}

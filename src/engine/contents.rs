@@ -164,6 +164,13 @@ impl Contents {
         let mut ends: Vec<(usize, usize)> = Vec::with_capacity(run.len());
         let (mut next_upsert, mut next_delete) = (new_rows.into_iter().zip(new_keys), deleted_keys.into_iter());
         for (time, keyed) in run {
+            if keyed.truncate {
+                for (skey, old) in self.current_rows(store, overlay)? {
+                    rows.push(old);
+                    weights.push(-1);
+                    overlay.insert(skey, None);
+                }
+            }
             for (row, key) in next_upsert.by_ref().take(keyed.upserts.num_rows()) {
                 let skey = self.storage_key(&key);
                 let old = current(overlay, &skey)?;
@@ -198,6 +205,26 @@ impl Contents {
             start = end;
         }
         Ok(out)
+    }
+
+    /// Every row as of `overlay` over the store, with its storage key (for a TRUNCATE).
+    fn current_rows(&self, store: &Store, overlay: &Overlay) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let prefix = Contents::prefix(self.id);
+        let mut rows = Vec::new();
+        store.for_each_prefix(&prefix, |k, v| {
+            if overlay.get(k).is_none() {
+                rows.push((k.to_vec(), split_value(v).1.to_vec()));
+            }
+            Ok(())
+        })?;
+        for (k, v) in &overlay.entries {
+            if let Some(v) = v
+                && k.starts_with(&prefix)
+            {
+                rows.push((k.clone(), split_value(v).1.to_vec()));
+            }
+        }
+        Ok(rows)
     }
 
     pub fn key_columns(&self) -> Option<&[usize]> {

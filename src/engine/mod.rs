@@ -105,6 +105,8 @@ pub struct KeyedChanges {
     pub upserts: arrow::array::RecordBatch,
     /// Keys deleted by the transaction (primary-key columns only).
     pub deletes: arrow::array::RecordBatch,
+    /// Remove every row the table had before `upserts` and `deletes` (a TRUNCATE).
+    pub truncate: bool,
 }
 
 /// What a committed step produced, for changefeeds: the net change of every relation over

@@ -223,6 +223,13 @@ struct VelocityService {
     engine: Engine,
 }
 
+/// The session's `statement_timeout`, as datafusion-postgres keeps it in the client's metadata
+/// (its `SET` hook stores milliseconds under this key; 0 or absent: none).
+fn statement_timeout<C: ClientInfo>(client: &C) -> Option<std::time::Duration> {
+    let ms: u64 = client.metadata().get("statement_timeout_ms")?.parse().ok()?;
+    (ms > 0).then(|| std::time::Duration::from_millis(ms))
+}
+
 fn error_info(mut e: PgWireError) -> ErrorInfo {
     assign_sqlstate(&mut e);
     e.into()
@@ -258,6 +265,14 @@ impl VelocityService {
                         None => return SimpleQueryHandler::do_query(&*self.inner, client, sql).await,
                     }
                 }
+                // FLUSH waits for the sources as long as they progress: the session's
+                // statement_timeout (or a cancel request) ends the wait with 57014.
+                V::Flush => match statement_timeout(client) {
+                    Some(limit) => tokio::time::timeout(limit, self.hook.velocity_statement(&V::Flush))
+                        .await
+                        .map_err(|_| pg_error("57014", "canceling statement due to statement timeout"))??,
+                    None => self.hook.velocity_statement(&V::Flush).await?,
+                },
                 other => self.hook.velocity_statement(&other).await?,
             };
             return Ok(vec![response]);

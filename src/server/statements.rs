@@ -843,10 +843,11 @@ impl VelocityHook {
                             s.events.to_string(),
                             s.errors.to_string(),
                             format!("{} {}", s.lag, s.lag_unit),
+                            s.reason,
                         ]
                     })
                     .collect();
-                text_rows(&["name", "connector", "status", "position", "transactions", "events", "errors", "lag"], rows)
+                text_rows(&["name", "connector", "status", "position", "transactions", "events", "errors", "lag", "reason"], rows)
             }
             V::DropSource { name, if_exists, cascade } => {
                 let exists = self.engine.catalog.read().expect("catalog lock").get(name).is_some_and(|r| r.kind == RelationKind::Source);

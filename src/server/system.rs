@@ -95,11 +95,15 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
     });
     schema.register_table("relations".into(), Arc::new(SystemTable { engine: engine.clone(), schema: relations, fill }))?;
 
+    let collections_registry = sources.clone();
     // One row per source: status, position and counters.
     let source_schema: SchemaRef = Arc::new(Schema::new(vec![
         Field::new("name", DataType::Utf8, false),
         Field::new("connector", DataType::Utf8, false),
+        // running, waiting or error.
         Field::new("status", DataType::Utf8, false),
+        // Why it is waiting or failing (NULL while running).
+        Field::new("reason", DataType::Utf8, true),
         Field::new("position", DataType::Utf8, false),
         Field::new("transactions", DataType::Int64, false),
         Field::new("events", DataType::Int64, false),
@@ -124,6 +128,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
             Arc::new(StringArray::from_iter_values(rows.iter().map(|(n, _)| n.clone()))) as ArrayRef,
             text(&|s| s.connector.clone()),
             text(&|s| s.state.clone()),
+            Arc::new(StringArray::from_iter(rows.iter().map(|(_, s)| Some(s.reason.clone()).filter(|r| !r.is_empty())))),
             text(&|s| s.position.clone()),
             int(&|s| s.transactions),
             int(&|s| s.events),
@@ -134,6 +139,35 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
         ])
     });
     schema.register_table("sources".into(), Arc::new(SystemTable { engine: engine.clone(), schema: source_schema, fill }))?;
+
+    // One row per upstream collection a source has seen, and per bound table whose collection
+    // it has not: a table bound to a misspelt upstream shows here with 0 events.
+    let collection_schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("collection", DataType::Utf8, false),
+        Field::new("events", DataType::Int64, false),
+        // The bound table and its upstream option; NULL when no table is bound to it.
+        Field::new("table_name", DataType::Utf8, true),
+        Field::new("upstream", DataType::Utf8, true),
+    ]));
+    let fill: Fill = Box::new(move |engine: &Engine| {
+        let catalog = engine.catalog.read().expect("catalog lock");
+        let registry = collections_registry.read().expect("registry lock");
+        let rows: Vec<(String, crate::sources::runner::CollectionStatus)> = catalog
+            .iter()
+            .filter(|r| r.kind == RelationKind::Source)
+            .flat_map(|r| registry.get(&r.name).into_iter().flat_map(|s| s.collections.iter().map(|c| (r.name.clone(), c.clone()))))
+            .collect();
+        Ok(vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(s, _)| s.clone()))) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, c)| c.collection.clone()))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, c)| c.events as i64))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|(_, c)| c.table.as_ref().map(|t| t.0.clone())))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|(_, c)| c.table.as_ref().map(|t| t.1.clone())))),
+        ])
+    });
+    schema
+        .register_table("source_collections".into(), Arc::new(SystemTable { engine: engine.clone(), schema: collection_schema, fill }))?;
 
     // One row per sink: where delivery got to and what is still waiting in the outbox.
     let sink_schema: SchemaRef = Arc::new(Schema::new(vec![

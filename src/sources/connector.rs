@@ -77,9 +77,19 @@ pub trait Connector: Send {
         Ok(())
     }
 
-    /// What the connector is waiting for or struggling with (a topic that does not exist yet,
-    /// an unreachable broker), for the source's status; `None` when all is well.
-    fn state(&self) -> Option<String> {
+    /// What the connector is waiting for or struggling with, for the source's status; `None`
+    /// when all is well.
+    fn health(&self) -> Option<Health> {
         None
     }
+}
+
+/// A connector's state when it is not simply reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Configured right, waiting for input to appear (a topic not created yet).
+    Waiting(String),
+    /// Cannot read as configured (a path that does not exist, brokers that refuse
+    /// connections); the connector keeps trying.
+    Error(String),
 }

@@ -65,6 +65,8 @@ pub enum ChangeOp {
     Delete,
     /// `r`: a row read by a snapshot.
     Read,
+    /// `t`: TRUNCATE; every row of the table is removed (no row images).
+    Truncate,
 }
 
 /// Where an event stands with respect to the connector's snapshot (`source.snapshot`).
@@ -382,7 +384,7 @@ fn decode_payload(payload: Value, field_types: Option<Arc<FieldTypes>>) -> Resul
             "u" => ChangeOp::Update,
             "d" => ChangeOp::Delete,
             "r" => ChangeOp::Read,
-            "t" => return Err(DecodeError::Unsupported { what: "truncate".into(), context }),
+            "t" => ChangeOp::Truncate,
             "m" => return Err(DecodeError::Unsupported { what: "logical decoding message".into(), context }),
             other => return Err(invalid(format!("unknown op \"{other}\""), context)),
         },
@@ -1471,10 +1473,9 @@ mod tests {
 
         let mut truncate = base("t", Value::Null, Value::Null);
         truncate["transaction"] = json!({"id": "600:1", "total_order": 1, "data_collection_order": 1});
-        let err = decode(Some(truncate.to_string().as_bytes())).unwrap_err();
-        assert_eq!(err.to_string(), "truncate events are not supported");
-        let ctx = err.context().unwrap();
-        assert_eq!((ctx.collection.as_deref(), ctx.txn_id.as_deref()), (Some("public.shipments"), Some("600:1")));
+        let t = change(&truncate);
+        assert_eq!((t.op, t.collection.as_str(), t.txn_id.as_deref()), (ChangeOp::Truncate, "public.shipments", Some("600:1")));
+        assert!(t.before.is_none() && t.after.is_none());
 
         let err = decode(Some(base("x", Value::Null, row.clone()).to_string().as_bytes())).unwrap_err();
         assert_eq!(err.to_string(), "unknown op \"x\"");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::connector::{Connector, Lag, SourceRecord};
+use super::connector::{Connector, Health, Lag, SourceRecord};
 use super::txn::{Position, Stream};
 
 /// Bytes read from one file per poll, at most: bounds memory on a large backlog.
@@ -41,32 +41,45 @@ pub struct FileConnector {
     config: FileConfig,
     cursors: HashMap<Stream, Cursor>,
     lag: u64,
+    health: Option<Health>,
 }
 
 impl FileConnector {
     pub fn new(config: FileConfig) -> FileConnector {
-        FileConnector { config, cursors: HashMap::new(), lag: 0 }
+        FileConnector { config, cursors: HashMap::new(), lag: 0, health: None }
     }
 
-    fn files(&self) -> Vec<PathBuf> {
+    /// The files to read, in name order; says in `health` why there are none.
+    fn files(&mut self) -> Vec<PathBuf> {
         let path = &self.config.path;
-        if path.is_dir() {
-            let mut files: Vec<PathBuf> =
-                std::fs::read_dir(path).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
-            files.retain(|p| p.extension().is_some_and(|e| e == "jsonl" || e == "json"));
-            files.sort();
-            files
-        } else {
-            vec![path.clone()]
-        }
+        let (files, health) = match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                let mut files: Vec<PathBuf> =
+                    std::fs::read_dir(path).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+                files.retain(|p| p.extension().is_some_and(|e| e == "jsonl" || e == "json"));
+                files.sort();
+                let health = files.is_empty().then(|| Health::Waiting(format!("no .jsonl or .json files in {}", path.display())));
+                (files, health)
+            }
+            Ok(_) => (vec![path.clone()], None),
+            Err(e) => (Vec::new(), Some(Health::Error(format!("cannot read {}: {e}", path.display())))),
+        };
+        self.health = health;
+        files
     }
 
     /// Complete lines of `file` after its cursor, advancing the cursor. Returns whether the
     /// cursor moved.
     async fn read_new(&mut self, file: &PathBuf, out: &mut Vec<SourceRecord>) -> std::io::Result<bool> {
         let stream = file.display().to_string();
+        let mut f = match tokio::fs::File::open(file).await {
+            Ok(f) => f,
+            Err(e) => {
+                self.health = Some(Health::Error(format!("cannot read {stream}: {e}")));
+                return Ok(false);
+            }
+        };
         let cursor = self.cursors.entry(stream.clone()).or_default();
-        let Ok(mut f) = tokio::fs::File::open(file).await else { return Ok(false) };
         let len = f.metadata().await?.len();
         let start = cursor.byte;
         if start >= len {
@@ -137,5 +150,9 @@ impl Connector for FileConnector {
 
     fn lag(&self) -> Lag {
         Lag { amount: self.lag, ..Lag::default() }
+    }
+
+    fn health(&self) -> Option<Health> {
+        self.health.clone()
     }
 }

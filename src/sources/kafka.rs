@@ -10,7 +10,7 @@
 //! never an error.
 //!
 //! librdkafka calls block, so every call runs on a blocking thread with the consumer's state
-//! moved there and back ([`Inner`]); the async side only holds what `lag` and `state` report.
+//! moved there and back ([`Inner`]); the async side only holds what `lag` and `health` report.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
-use super::connector::{Connector, Lag, LagUnit, SourceRecord};
+use super::connector::{Connector, Health, Lag, LagUnit, SourceRecord};
 use super::txn::{Position, Stream, TxnBoundaries};
 
 /// Records returned by one `poll` at most.
@@ -40,7 +40,7 @@ const DISCOVER_MISSING_EVERY: Duration = Duration::from_secs(1);
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 /// Timeout of one metadata request.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `CREATE SOURCE ... WITH (connector = 'kafka', ...)`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,7 +354,7 @@ pub struct KafkaConnector {
     watermarks: Arc<Mutex<Watermarks>>,
     resume: HashMap<Stream, u64>,
     lag: u64,
-    state: Option<String>,
+    health: Option<Health>,
 }
 
 impl KafkaConnector {
@@ -365,7 +365,7 @@ impl KafkaConnector {
             watermarks: Arc::default(),
             resume: HashMap::new(),
             lag: 0,
-            state: Some("not started".into()),
+            health: Some(Health::Waiting("connecting to the brokers".into())),
         }
     }
 
@@ -399,10 +399,14 @@ impl KafkaConnector {
         })
         .await?;
         self.lag = inner.lag(&self.watermarks);
-        self.state = if let Some(p) = &inner.problem {
-            Some(p.clone())
+        self.health = if let Some(p) = &inner.problem {
+            Some(Health::Error(p.clone()))
         } else if !inner.missing.is_empty() {
-            Some(format!("waiting for topic{} {}", if inner.missing.len() > 1 { "s" } else { "" }, inner.missing.join(", ")))
+            Some(Health::Waiting(format!(
+                "waiting for topic{} {}",
+                if inner.missing.len() > 1 { "s" } else { "" },
+                inner.missing.join(", ")
+            )))
         } else {
             None
         };
@@ -435,7 +439,7 @@ impl Connector for KafkaConnector {
                 inner.topics.clear();
                 inner.missing.clear();
             }
-            self.state = None;
+            self.health = None;
             self.lag = 0;
             return Ok(());
         }
@@ -521,8 +525,8 @@ impl Connector for KafkaConnector {
         inner.commit(false)
     }
 
-    fn state(&self) -> Option<String> {
-        self.state.clone()
+    fn health(&self) -> Option<Health> {
+        self.health.clone()
     }
 }
 

@@ -151,44 +151,121 @@ pub struct SimTxn {
     pub xid: u64,
     /// Simulated commit time, microseconds since the epoch.
     pub commit_us: i64,
+    /// WAL position of the transaction's BEGIN; its events and commit follow (see [`SimTxn::lsn`]).
+    pub begin_lsn: u64,
+    /// Commit LSN of the transaction before it (Debezium's `source.sequence` names it).
+    pub prev_commit_lsn: u64,
     pub changes: Vec<RowChange>,
 }
 
+/// Tables the simulated database keeps with `REPLICA IDENTITY DEFAULT`: the WAL carries only
+/// the key of a deleted row and no old row of an update, so Debezium writes `before` with the
+/// key columns only (deletes) or `null` (updates). The other tables are `FULL`.
+pub const DEFAULT_REPLICA_IDENTITY: [&str; 2] = ["handling_units", "notes"];
+
+/// Bytes of WAL per simulated record: LSNs grow by this much from record to record.
+const WAL_RECORD: u64 = 0x48;
+
+/// One record as Debezium's Postgres connector (`provide.transaction.metadata = true`)
+/// writes it to Kafka.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DebeziumRecord {
+    /// The table whose topic carries it; `None`: the transaction metadata topic.
+    pub table: Option<&'static str>,
+    /// The message key: the row's id, or the txId for BEGIN/END.
+    pub key: String,
+    /// The message value; `None` is the tombstone that follows a delete.
+    pub value: Option<String>,
+}
+
 impl SimTxn {
-    /// The transaction as Debezium JSON events (with a `transaction` block) followed by its
-    /// END marker, exactly what the assembler's Metadata mode expects. `ts_ms` is the commit
-    /// time to report (the simulated one, or the wall clock when generated live).
-    pub fn debezium(&self, ts_ms: i64) -> Vec<String> {
-        let id = format!("{}:{}", self.xid, self.xid);
+    /// LSN of the transaction's `n`th record: 0 is BEGIN, 1..=events its change events, then
+    /// the commit (END).
+    pub fn lsn(&self, n: usize) -> u64 {
+        self.begin_lsn + n as u64 * WAL_RECORD
+    }
+
+    /// The row changes as Debezium sees them: an update of the primary key is a delete of the
+    /// old key and a create of the new one.
+    fn events(&self) -> Vec<(&'static str, &'static str, Option<&Row>, Option<&Row>)> {
+        let mut out = Vec::with_capacity(self.changes.len());
+        for change in &self.changes {
+            match change {
+                RowChange::Insert { table, row } => out.push((*table, "c", None, Some(row))),
+                RowChange::Update { table, before, after } if before.get("id") != after.get("id") => {
+                    out.push((*table, "d", Some(before), None));
+                    out.push((*table, "c", None, Some(after)));
+                }
+                RowChange::Update { table, before, after } => out.push((*table, "u", Some(before), Some(after))),
+                RowChange::Delete { table, row } => out.push((*table, "d", Some(row), None)),
+            }
+        }
+        out
+    }
+
+    /// The commit LSN: the END marker's.
+    pub fn commit_lsn(&self) -> u64 {
+        self.lsn(self.events().len() + 1)
+    }
+
+    /// The transaction exactly as Debezium's Postgres connector writes it: a BEGIN marker,
+    /// each change event with `transaction.id` `"txId:LSN"` of its own LSN, `source.lsn`,
+    /// `source.sequence`, a tombstone after each delete, `before` as the table's replica
+    /// identity allows, and the END marker at the commit LSN. `ts_ms` is the commit time to
+    /// report (the simulated one, or the wall clock when generated live).
+    pub fn debezium_records(&self, ts_ms: i64) -> Vec<DebeziumRecord> {
+        let events = self.events();
+        let marker = |status: &str, lsn: u64, counts: Option<(usize, &BTreeMap<&str, u64>)>| {
+            let (event_count, collections) = match counts {
+                Some((n, per_table)) => {
+                    (json!(n), per_table.iter().map(|(t, n)| json!({"data_collection": format!("public.{t}"), "event_count": n})).collect())
+                }
+                None => (Value::Null, Value::Null),
+            };
+            let id = format!("{}:{lsn}", self.xid);
+            let value = json!({"status": status, "id": id, "ts_ms": ts_ms, "event_count": event_count, "data_collections": collections});
+            DebeziumRecord { table: None, key: self.xid.to_string(), value: Some(value.to_string()) }
+        };
         let mut per_table: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut out = Vec::with_capacity(self.changes.len() + 1);
-        for (i, change) in self.changes.iter().enumerate() {
-            let table = change.table();
+        let mut out = Vec::with_capacity(events.len() * 2 + 2);
+        out.push(marker("BEGIN", self.lsn(0), None));
+        for (i, (table, op, before, after)) in events.iter().enumerate() {
             let n = per_table.entry(table).or_default();
             *n += 1;
-            let (op, before, after) = match change {
-                RowChange::Insert { row, .. } => ("c", Value::Null, Value::Object(row.clone())),
-                RowChange::Update { before, after, .. } => ("u", Value::Object(before.clone()), Value::Object(after.clone())),
-                RowChange::Delete { row, .. } => ("d", Value::Object(row.clone()), Value::Null),
+            let lsn = self.lsn(i + 1);
+            let row_key = after.or(*before).and_then(|r| r.get("id")).map_or(String::new(), Value::to_string);
+            let default_identity = DEFAULT_REPLICA_IDENTITY.contains(table);
+            let before = match (before, *op) {
+                (Some(_), "u") if default_identity => Value::Null,
+                (Some(row), "d") if default_identity => {
+                    Value::Object(row.iter().map(|(k, v)| (k.clone(), if k == "id" { v.clone() } else { Value::Null })).collect())
+                }
+                (Some(row), _) => Value::Object((*row).clone()),
+                (None, _) => Value::Null,
             };
             let event = json!({
                 "before": before,
-                "after": after,
-                "source": {"connector": "postgresql", "db": "tms", "schema": "public", "table": table,
-                           "txId": self.xid, "lsn": self.xid * 1000 + i as u64, "ts_ms": ts_ms, "snapshot": "false"},
+                "after": after.map_or(Value::Null, |r| Value::Object(r.clone())),
+                "source": {"version": "2.5.0.Final", "connector": "postgresql", "name": "tms", "ts_ms": ts_ms,
+                           "snapshot": "false", "db": "tms",
+                           "sequence": json!([self.prev_commit_lsn.to_string(), lsn.to_string()]).to_string(),
+                           "schema": "public", "table": table, "txId": self.xid, "lsn": lsn, "xmin": Value::Null},
                 "op": op,
                 "ts_ms": ts_ms,
-                "transaction": {"id": id, "total_order": i + 1, "data_collection_order": *n},
+                "transaction": {"id": format!("{}:{lsn}", self.xid), "total_order": i + 1, "data_collection_order": *n},
             });
-            out.push(event.to_string());
+            out.push(DebeziumRecord { table: Some(table), key: row_key.clone(), value: Some(event.to_string()) });
+            if *op == "d" {
+                out.push(DebeziumRecord { table: Some(table), key: row_key, value: None });
+            }
         }
-        let collections: Vec<Value> =
-            per_table.iter().map(|(t, n)| json!({"data_collection": format!("public.{t}"), "event_count": n})).collect();
-        out.push(
-            json!({"status": "END", "id": id, "event_count": self.changes.len(), "data_collections": collections, "ts_ms": ts_ms})
-                .to_string(),
-        );
+        out.push(marker("END", self.lsn(events.len() + 1), Some((events.len(), &per_table))));
         out
+    }
+
+    /// [`SimTxn::debezium_records`] as JSON lines of one stream: tombstones are `null`.
+    pub fn debezium(&self, ts_ms: i64) -> Vec<String> {
+        self.debezium_records(ts_ms).into_iter().map(|r| r.value.unwrap_or_else(|| "null".into())).collect()
     }
 
     /// The transaction as SQL statements for Postgres (without BEGIN/COMMIT).
@@ -285,6 +362,8 @@ pub struct Simulator {
     customers: i64,
     active: Vec<Load>,
     completed: VecDeque<Load>,
+    /// Commit LSN of the last transaction.
+    last_commit_lsn: u64,
 }
 
 fn ts(us: i64) -> Value {
@@ -327,6 +406,7 @@ impl Simulator {
             customers: 0,
             active: Vec::new(),
             completed: VecDeque::new(),
+            last_commit_lsn: 0x1_6B37_4D48,
         }
     }
 
@@ -356,7 +436,11 @@ impl Simulator {
             let i = self.rand(self.active.len() as u64) as usize;
             self.advance(i, &mut changes);
         }
-        SimTxn { xid: self.xid, commit_us: self.now_us, changes }
+        // Other databases' transactions share the WAL: a gap between ours.
+        let begin_lsn = self.last_commit_lsn + WAL_RECORD * (1 + self.rand(16));
+        let txn = SimTxn { xid: self.xid, commit_us: self.now_us, begin_lsn, prev_commit_lsn: self.last_commit_lsn, changes };
+        self.last_commit_lsn = txn.commit_lsn();
+        txn
     }
 
     fn create_customers(&mut self, changes: &mut Vec<RowChange>) {
@@ -597,6 +681,9 @@ impl Simulator {
                 if self.rand(4) == 0 {
                     self.note(&mut load, "Departed with a short delay at the dock", changes);
                 }
+                if !load.units.is_empty() && self.rand(3) == 0 {
+                    self.relabel(&mut load, changes);
+                }
                 load.step = 2;
             }
             step => {
@@ -640,6 +727,19 @@ impl Simulator {
             }
         }
         self.active.push(load);
+    }
+
+    /// A damaged label is replaced at departure: the unit gets a new SSCC, and the legacy TMS
+    /// keys units by their label number, so this updates the primary key.
+    fn relabel(&mut self, load: &mut Load, changes: &mut Vec<RowChange>) {
+        let k = self.rand(load.units.len() as u64) as usize;
+        let unit_id = self.id("handling_units");
+        let before = load.units[k].clone();
+        let mut after = before.clone();
+        after.insert("id".into(), json!(unit_id));
+        after.insert("sscc".into(), json!(format!("34012345{unit_id:010}")));
+        changes.push(RowChange::Update { table: "handling_units", before, after: after.clone() });
+        load.units[k] = after;
     }
 
     fn note(&mut self, load: &mut Load, body: &str, changes: &mut Vec<RowChange>) {
@@ -738,8 +838,12 @@ mod tests {
         });
         assert!(delete_insert);
         assert!(a.iter().any(|t| t.changes.iter().filter(|c| matches!(c, RowChange::Delete { table: "trips", .. })).count() > 0));
+        let relabel = |c: &RowChange| matches!(c, RowChange::Update { before, after, .. } if before.get("id") != after.get("id"));
+        assert!(a.iter().any(|t| t.changes.iter().any(relabel)), "primary keys are updated");
+        for pair in a.windows(2) {
+            assert!(pair[0].commit_lsn() < pair[1].begin_lsn && pair[1].prev_commit_lsn == pair[0].commit_lsn());
+        }
         let events = a[5].debezium(a[5].commit_us / 1000);
-        assert!(events.last().unwrap().contains("\"END\""));
-        assert_eq!(events.len(), a[5].changes.len() + 1);
+        assert!(events.first().unwrap().contains("\"BEGIN\"") && events.last().unwrap().contains("\"END\""));
     }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::connector::{Connector, LagUnit, SourceRecord};
-use super::debezium::Decoder;
+use super::connector::{Connector, Health, LagUnit, SourceRecord};
+use super::debezium::{Decoder, Record};
 use super::file::{FileConfig, FileConnector};
 use super::generator::{GeneratorConfig, GeneratorConnector};
 use super::kafka::{KafkaConfig, KafkaConnector};
@@ -99,7 +99,10 @@ impl SourceConfig {
 #[derive(Debug, Clone, Default)]
 pub struct SourceStatus {
     pub connector: String,
+    /// `running`, `waiting` (for input to appear) or `error` (see `reason`).
     pub state: String,
+    /// Why the source is waiting or failing; empty while it runs.
+    pub reason: String,
     pub position: String,
     pub transactions: u64,
     pub events: u64,
@@ -113,6 +116,19 @@ pub struct SourceStatus {
     pub caught_up: bool,
     /// Passes over the input so far; FLUSH waits for a pass that started after it.
     pub rounds: u64,
+    /// Upstream collections seen since the source started, and those bound but never seen.
+    pub collections: Vec<CollectionStatus>,
+}
+
+/// One upstream collection of a source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CollectionStatus {
+    /// `schema.table` as Debezium names it.
+    pub collection: String,
+    /// Change events read for it since the source started (bound or not, dead-lettered too).
+    pub events: u64,
+    /// The table bound to it and its `upstream` option; `None` if no table is.
+    pub table: Option<(String, String)>,
 }
 
 /// Status of every running source, by name.
@@ -213,6 +229,7 @@ pub fn spawn(engine: Engine, registry: SourceRegistry, id: u32, name: String, co
             durable: None,
             acknowledged: HashMap::new(),
             acknowledged_at: Instant::now(),
+            seen: HashMap::new(),
         };
         // A bug in a connector stops its source, visibly, not the server.
         let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(runner.run())).await;
@@ -223,7 +240,8 @@ pub fn spawn(engine: Engine, registry: SourceRegistry, id: u32, name: String, co
         };
         tracing::error!("source {name} stopped: {error}");
         if let Some(s) = registry_handle.write().expect("registry lock").get_mut(&name) {
-            s.state = format!("error: {error}");
+            s.state = "error".into();
+            s.reason = format!("stopped: {error}");
         }
     });
 }
@@ -245,6 +263,8 @@ struct Runner {
     durable: Option<HashMap<Stream, u64>>,
     acknowledged: HashMap<Stream, u64>,
     acknowledged_at: Instant,
+    /// Change events read per upstream collection, since the source started.
+    seen: HashMap<String, u64>,
 }
 
 /// A commit submitted to the engine and not yet durable.
@@ -266,11 +286,18 @@ const ACKNOWLEDGE_EVERY: Duration = Duration::from_secs(1);
 /// How the tables bound to `source` are decoded (collections named by upstream, as the file
 /// and generator connectors name them), for measuring decoding apart from a running source.
 pub fn table_bindings(engine: &Engine, source: &str) -> Vec<TableBinding> {
-    bound_tables(engine, source).into_iter().map(|(_, _, binding)| binding).collect()
+    bound_tables(engine, source).into_iter().map(|t| t.binding).collect()
+}
+
+struct BoundTable {
+    upstream: String,
+    id: u32,
+    name: String,
+    binding: TableBinding,
 }
 
 /// Tables bound to a source: upstream name and relation id, in id order.
-fn bound_tables(engine: &Engine, source: &str) -> Vec<(String, u32, TableBinding)> {
+fn bound_tables(engine: &Engine, source: &str) -> Vec<BoundTable> {
     let catalog = engine.catalog.read().expect("catalog lock");
     catalog
         .iter()
@@ -279,7 +306,7 @@ fn bound_tables(engine: &Engine, source: &str) -> Vec<(String, u32, TableBinding
             let b = r.binding.as_ref()?;
             (b.source == source).then(|| {
                 let binding = TableBinding { collection: b.upstream.clone(), schema: r.schema.clone(), primary_key: r.primary_key.clone() };
-                (b.upstream.clone(), r.id, binding)
+                BoundTable { upstream: b.upstream.clone(), id: r.id, name: r.name.clone(), binding }
             })
         })
         .collect()
@@ -287,6 +314,9 @@ fn bound_tables(engine: &Engine, source: &str) -> Vec<(String, u32, TableBinding
 
 /// How long one poll waits for input before the runner looks at its tables again.
 const POLL_WAIT: Duration = Duration::from_millis(100);
+/// Waits before opening a failed connector again: doubling from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(16);
 
 /// The assembler and what it has read, rebuilt whenever the bound tables change.
 struct Reading {
@@ -294,6 +324,8 @@ struct Reading {
     /// Relation id per collection.
     tables: HashMap<String, u32>,
     ids: Vec<u32>,
+    /// Per bound collection: the table's name and `upstream` option.
+    bound: Vec<(String, String, String)>,
     /// Per stream, the offset after the last record read.
     read_to: HashMap<Stream, u64>,
     last_input: Instant,
@@ -325,6 +357,7 @@ impl Runner {
         });
         let mut decoder = Decoder::new();
         let mut reading: Option<Reading> = None;
+        let mut retry_in = RETRY_FIRST;
         loop {
             if self.dropped() {
                 self.settle_all().await?;
@@ -332,10 +365,16 @@ impl Runner {
                 return Ok(());
             }
             let bound = bound_tables(&self.engine, &self.name);
-            let ids: Vec<u32> = bound.iter().map(|(_, id, _)| *id).collect();
+            let ids: Vec<u32> = bound.iter().map(|t| t.id).collect();
             if reading.as_ref().is_none_or(|r| r.ids != ids) {
                 self.settle_all().await?;
-                reading = Some(self.start_reading(bound, ids).await?);
+                match self.start_reading(bound, ids).await {
+                    Ok(r) => reading = Some(r),
+                    Err(e) => {
+                        retry_in = self.connector_failed(&e, retry_in).await;
+                        continue;
+                    }
+                }
             }
             let r = reading.as_mut().expect("reading started above");
             if r.ids.is_empty() {
@@ -346,7 +385,17 @@ impl Runner {
                 tokio::time::sleep(POLL_WAIT).await;
                 continue;
             }
-            let records = self.connector.poll(POLL_WAIT).await?;
+            let records = match self.connector.poll(POLL_WAIT).await {
+                Ok(records) => records,
+                Err(e) => {
+                    // Start over from what is applied, once the connector can read again.
+                    reading = None;
+                    self.settle_all().await?;
+                    retry_in = self.connector_failed(&e, retry_in).await;
+                    continue;
+                }
+            };
+            retry_in = RETRY_FIRST;
             let read_any = !records.is_empty();
             let mut outputs = Vec::new();
             // Records come in runs from one stream: name the stream once per run.
@@ -364,6 +413,19 @@ impl Runner {
                 }
                 let raw = payload.as_deref().unwrap_or_default();
                 let record = decoder.decode(payload.as_deref());
+                let collection = match &record {
+                    Ok(Record::Change(e)) => Some(&e.collection),
+                    Err(e) => e.context().and_then(|c| c.collection.as_ref()),
+                    Ok(_) => None,
+                };
+                if let Some(c) = collection {
+                    match self.seen.get_mut(c) {
+                        Some(n) => *n += 1,
+                        None => {
+                            self.seen.insert(c.clone(), 1);
+                        }
+                    }
+                }
                 outputs.extend(r.assembler.push(position, raw, record));
             }
             if read_any {
@@ -390,9 +452,16 @@ impl Runner {
             }
             let pending = r.assembler.pending() as u64;
             let lag = self.connector.lag();
-            let state = self.connector.state().unwrap_or_else(|| "running".into());
+            let (state, reason) = match self.connector.health() {
+                None => ("running", String::new()),
+                Some(Health::Waiting(reason)) => ("waiting", reason),
+                Some(Health::Error(reason)) => ("error", reason),
+            };
+            let collections = self.collections(&r.bound);
             self.status(|s| {
-                s.state = state;
+                s.state = state.into();
+                s.reason = reason;
+                s.collections = collections;
                 s.pending = pending;
                 s.lag = lag.amount;
                 s.lag_unit = match lag.unit {
@@ -405,20 +474,50 @@ impl Runner {
         }
     }
 
-    async fn start_reading(&mut self, bound: Vec<(String, u32, TableBinding)>, ids: Vec<u32>) -> anyhow::Result<Reading> {
-        let upstreams: Vec<String> = bound.iter().map(|(u, _, _)| u.clone()).collect();
+    /// The connector could not open or read: say why, wait, and let the loop try again.
+    /// Returns the wait for the next failure.
+    async fn connector_failed(&mut self, error: &anyhow::Error, wait: Duration) -> Duration {
+        tracing::warn!("source {}: {error:#}; retrying in {} s", self.name, wait.as_secs());
+        self.status(|s| {
+            s.state = "error".into();
+            s.reason = format!("{error:#} (retrying)");
+            s.caught_up = false;
+            s.rounds += 1;
+        });
+        tokio::time::sleep(wait).await;
+        (wait * 2).min(RETRY_MAX)
+    }
+
+    /// Collections seen, with their tables, and bound collections never seen.
+    fn collections(&self, bound: &[(String, String, String)]) -> Vec<CollectionStatus> {
+        let table = |c: &str| bound.iter().find(|(b, _, _)| b == c).map(|(_, name, upstream)| (name.clone(), upstream.clone()));
+        let mut out: Vec<CollectionStatus> =
+            self.seen.iter().map(|(c, n)| CollectionStatus { collection: c.clone(), events: *n, table: table(c) }).collect();
+        for (c, name, upstream) in bound {
+            if !self.seen.contains_key(c) {
+                out.push(CollectionStatus { collection: c.clone(), events: 0, table: Some((name.clone(), upstream.clone())) });
+            }
+        }
+        out.sort_by(|a, b| a.collection.cmp(&b.collection));
+        out
+    }
+
+    async fn start_reading(&mut self, bound: Vec<BoundTable>, ids: Vec<u32>) -> anyhow::Result<Reading> {
+        let upstreams: Vec<String> = bound.iter().map(|t| t.upstream.clone()).collect();
         let mut tables = HashMap::new();
         let mut bindings = Vec::new();
-        for (upstream, id, mut binding) in bound {
+        let mut names = Vec::new();
+        for BoundTable { upstream, id, name, mut binding } in bound {
             binding.collection = self.connector.collection(&upstream);
             tables.insert(binding.collection.clone(), id);
+            names.push((binding.collection.clone(), name, upstream));
             bindings.push(binding);
         }
         let boundaries = self.connector.boundaries().unwrap_or(self.config.boundaries);
         let assembler = TxnAssembler::new(bindings, boundaries)?;
         let resume = self.offsets.resume(&ids);
         self.connector.open(&upstreams, &resume).await?;
-        Ok(Reading { assembler, tables, ids, read_to: resume, last_input: Instant::now(), stalled_since: None, released: 0 })
+        Ok(Reading { assembler, tables, ids, bound: names, read_to: resume, last_input: Instant::now(), stalled_since: None, released: 0 })
     }
 
     /// Submit released transactions one by one, each with the offsets that resume right
@@ -455,7 +554,9 @@ impl Runner {
                 .iter()
                 .filter_map(|(collection, net)| {
                     let id = *r.tables.get(collection.as_str())?;
-                    self.offsets.applies(txn, id).then(|| (id, KeyedChanges { upserts: net.upserts.clone(), deletes: net.deletes.clone() }))
+                    self.offsets
+                        .applies(txn, id)
+                        .then(|| (id, KeyedChanges { upserts: net.upserts.clone(), deletes: net.deletes.clone(), truncate: net.truncate }))
                 })
                 .collect();
             self.offsets.advance(&resume, &r.ids);

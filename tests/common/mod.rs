@@ -129,6 +129,21 @@ pub async fn rows(client: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
     out
 }
 
+/// A TMS table's rows (`velocity::sources::logistics::TABLES`) in a form both Postgres and
+/// Velocity print the same way.
+pub fn canonical_select(table: &str, columns: &[(&str, &str)], postgres: bool) -> String {
+    let cols: Vec<String> = columns
+        .iter()
+        .map(|(c, t)| match (*t, postgres) {
+            ("TIMESTAMP", true) => format!("CAST(extract(epoch FROM {c}) AS BIGINT)"),
+            ("TIMESTAMP", false) => format!("to_unixtime({c})"),
+            ("DOUBLE PRECISION", _) => format!("CAST(round({c} * 10) AS BIGINT)"),
+            _ => c.to_string(),
+        })
+        .collect();
+    format!("SELECT {} FROM {table} ORDER BY id", cols.join(", "))
+}
+
 /// A real Postgres with `wal_level=logical`: `VELOCITY_TEST_POSTGRES`, or one started by
 /// `scripts/postgres-test.sh start` (left running for the next run).
 pub fn postgres() -> &'static str {
