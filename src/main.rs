@@ -42,6 +42,9 @@ enum Command {
         /// PEM private key for --tls-cert.
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Client connections at once; more are refused (53300), as by Postgres.
+        #[arg(long, default_value_t = velocity::server::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
     },
     /// The logistics track-and-trace pipeline (queries/velocity.sql), live on the embedded
     /// server, fed by the built-in TMS simulator.
@@ -98,7 +101,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Command::Serve { data_dir, listen, metrics, users, users_file, tls_cert, tls_key } => runtime.block_on(async {
+        Command::Serve { data_dir, listen, metrics, users, users_file, tls_cert, tls_key, max_connections } => runtime.block_on(async {
             let mut user_secrets = velocity::server::auth::Users::default();
             for spec in &users {
                 user_secrets.add_spec(spec)?;
@@ -114,7 +117,7 @@ fn main() -> anyhow::Result<()> {
                 tracing::warn!("no --user configured: every client that reaches {listen} is trusted");
             }
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            let server = velocity::server::Server::open(&data_dir).await?.with_access(access);
+            let server = velocity::server::Server::open(&data_dir).await?.with_access(access).with_max_connections(max_connections);
             if let Some(addr) = metrics {
                 let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
                 println!("velocity: metrics on http://{}/metrics", metrics_listener.local_addr()?);

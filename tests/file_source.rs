@@ -268,3 +268,62 @@ async fn flush_ends_on_statement_timeout_and_on_cancel() {
     let trips = common::rows(&client, "SELECT count(*) > 0 FROM trips").await;
     assert_eq!(trips, vec![vec![Some("t".into())]]);
 }
+
+/// A source transaction that makes a view fail (a division by zero) is kept as a dead letter
+/// with the reason; the transactions after it apply, and a restart does not retry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_a_view_cannot_take_is_dead_lettered_and_the_source_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("items.jsonl");
+    std::fs::write(&file, "").unwrap();
+    let data = dir.path().join("data");
+    let server = common::ServerProcess::start(&data);
+    let client = common::connect(server.addr).await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE tms WITH (connector = 'file', path = '{}');
+             CREATE TABLE items (id BIGINT PRIMARY KEY, qty BIGINT) WITH (source = 'tms', upstream = 'public.items');
+             CREATE MATERIALIZED VIEW per_unit AS SELECT id, 100 / qty AS share FROM items;",
+            file.display()
+        ))
+        .await
+        .unwrap();
+    let item = |id: i64, qty: i64| format!(r#"{{"id":{id},"qty":{qty}}}"#);
+    append(
+        &file,
+        &[
+            event("items", "c", 100, "null", &item(1, 2)),
+            event("items", "c", 101, "null", &item(2, 0)),
+            event("items", "u", 101, "null", &item(1, 4)),
+            event("items", "c", 102, "null", &item(3, 5)),
+        ],
+    );
+    client.batch_execute("FLUSH").await.unwrap();
+    let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+    let check = async |client: &tokio_postgres::Client| {
+        assert_eq!(common::rows(client, "SELECT id, qty FROM items").await, vec![row(&["1", "2"]), row(&["3", "5"])]);
+        assert_eq!(common::rows(client, "SELECT id, share FROM per_unit").await, vec![row(&["1", "50"]), row(&["3", "20"])]);
+        let dead = common::rows(client, "SELECT raw, reason FROM velocity_catalog.dead_letters").await;
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let (raw, reason) = (dead[0][0].as_deref().unwrap(), dead[0][1].as_deref().unwrap());
+        assert!(raw.contains("transaction 101") && raw.contains("public.items"), "{raw}");
+        assert!(reason.contains("per_unit") && reason.to_lowercase().contains("divide by zero"), "{reason}");
+        let status = common::rows(client, "SELECT status, errors FROM velocity_catalog.sources").await;
+        assert_eq!(status, vec![row(&["running", "1"])]);
+    };
+    check(&client).await;
+
+    // A client transaction the view cannot take fails with the view named (22012).
+    client.batch_execute("CREATE TABLE stock (id BIGINT PRIMARY KEY, qty BIGINT); CREATE MATERIALIZED VIEW stock_share AS SELECT 10 / qty AS s FROM stock").await.unwrap();
+    let e = client.batch_execute("INSERT INTO stock VALUES (1, 0)").await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("22012"), "{e:?}");
+    assert!(e.as_db_error().unwrap().message().contains("stock_share"), "{e:?}");
+
+    drop(client);
+    server.kill9();
+    let server = common::ServerProcess::start(&data);
+    let client = common::connect(server.addr).await;
+    client.batch_execute("FLUSH").await.unwrap();
+    check(&client).await;
+    server.terminate();
+}

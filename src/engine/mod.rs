@@ -41,6 +41,10 @@ pub enum EngineError {
     UndefinedObject(String),
     #[error("error maintaining views: {0}")]
     Dataflow(#[from] DataflowError),
+    /// A view cannot take the step's data: its expression failed on a row (division by zero,
+    /// an invalid cast, an overflow).
+    #[error("view \"{view}\": {error}")]
+    View { view: String, error: DataflowError },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -68,7 +72,14 @@ pub struct Commit {
     /// The ordered commits of one source: once one fails, the engine refuses the rest, so a
     /// source's stored offsets never move past a transaction that was not applied.
     pub chain: Option<CommitChain>,
+    /// For a source transaction a view cannot take ([`EngineError::View`]): the writes that
+    /// record it as a dead letter, given the reason. The engine then commits those and
+    /// `extra_writes` instead of the transaction, so the source goes on past it.
+    pub on_reject: Option<RejectWrites>,
 }
+
+/// See [`Commit::on_reject`].
+pub type RejectWrites = Box<dyn FnOnce(&str) -> Vec<(Vec<u8>, Vec<u8>)> + Send>;
 
 impl Commit {
     /// Rows this commit changes, for sizing steps.
@@ -513,12 +524,16 @@ impl EngineThread {
                 }
             }
             Err(e) if commits.len() == 1 => {
-                let (commit, tx) = commits.into_iter().next().expect("one commit");
-                reply(&commit, tx, Err(e));
+                let (mut commit, tx) = commits.into_iter().next().expect("one commit");
+                let result = self.reject_or_fail(&mut commit, e);
+                reply(&commit, tx, result);
             }
             Err(_) => {
-                for (commit, tx) in commits {
-                    let result = self.try_step(vec![&commit]).and_then(|mut r| r.pop().unwrap_or(Err(EngineError::Stopped)));
+                for (mut commit, tx) in commits {
+                    let result = match self.try_step(vec![&commit]).and_then(|mut r| r.pop().unwrap_or(Err(EngineError::Stopped))) {
+                        Err(e) => self.reject_or_fail(&mut commit, e),
+                        ok => ok,
+                    };
                     reply(&commit, tx, result);
                 }
             }
@@ -529,6 +544,22 @@ impl EngineThread {
                 s.tick_latencies_us.drain(..50_000);
             }
         }
+    }
+
+    /// A commit that failed alone: a source transaction a view cannot take is recorded as a
+    /// dead letter (with the source's offsets, so the source goes on); anything else fails.
+    fn reject_or_fail(&mut self, commit: &mut Commit, error: EngineError) -> Result<u64> {
+        let (EngineError::View { .. }, Some(on_reject)) = (&error, commit.on_reject.take()) else {
+            return Err(error);
+        };
+        let reason = format!("transaction not applied: {error}");
+        tracing::warn!("{reason}");
+        let mut writes = TickWrites::default();
+        for (k, v) in on_reject(&reason).iter().chain(&commit.extra_writes) {
+            writes.put(k, v);
+        }
+        self.commit_writes(writes, HashMap::new(), 1)?;
+        Ok(self.tick)
     }
 
     /// Time from the upstream commit of a source transaction to the tick that applied it,
@@ -678,6 +709,11 @@ impl EngineThread {
                     for (time, out) in outputs {
                         step.push(*id, time, out);
                     }
+                }
+                Err(EngineError::Dataflow(error @ (DataflowError::Arrow(_) | DataflowError::DataFusion(_)))) => {
+                    let view = self.catalog.read().expect("catalog lock").iter().find(|r| r.id == *id).map(|r| r.name.clone());
+                    failure = Some(EngineError::View { view: view.unwrap_or_else(|| id.to_string()), error });
+                    break;
                 }
                 Err(e) => {
                     failure = Some(e);

@@ -92,6 +92,14 @@ pub fn from_engine(e: EngineError) -> PgWireError {
                 _ => unreachable!(),
             });
         }
+        EngineError::View { .. } => {
+            let EngineError::View { view, error } = e else { unreachable!() };
+            let mut e = from_dataflow(error);
+            if let PgWireError::UserError(info) = &mut e {
+                info.message = format!("view \"{view}\": {}", info.message);
+            }
+            return e;
+        }
         EngineError::Storage(_) | EngineError::Arrow(_) | EngineError::Sink(_) | EngineError::Stopped => "XX000",
     };
     pg_error(code, e.to_string())

@@ -56,6 +56,7 @@ pub struct Server {
     pub engine: Engine,
     pub context: Arc<SessionContext>,
     handlers: Arc<Handlers>,
+    max_connections: usize,
 }
 
 impl Server {
@@ -129,7 +130,7 @@ impl Server {
         let inner = Arc::new(DfSessionService::new_with_hooks(context.clone(), hooks));
         let service = Arc::new(VelocityService { inner, hook, engine: engine.clone() });
         let handlers = Arc::new(Handlers { service, access: auth::Access::default() });
-        Ok(Server { engine, context, handlers })
+        Ok(Server { engine, context, handlers, max_connections: DEFAULT_MAX_CONNECTIONS })
     }
 
     /// Accept connections as `access` says (passwords, TLS) instead of trusting everyone.
@@ -138,20 +139,81 @@ impl Server {
         self
     }
 
-    /// Accept connections until the listener fails.
+    /// At most `n` client connections at once (default [`DEFAULT_MAX_CONNECTIONS`]); more are
+    /// refused with 53300, as Postgres does.
+    pub fn with_max_connections(mut self, n: usize) -> Server {
+        self.max_connections = n;
+        self
+    }
+
+    /// Accept connections for ever. A failed accept (out of file descriptors, say) is logged
+    /// and retried: the connections already open go on, and new ones are accepted again once
+    /// descriptors are free.
     pub async fn serve(&self, listener: TcpListener) -> anyhow::Result<()> {
         let tls = self.handlers.access.tls();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
         loop {
-            let (socket, addr) = listener.accept().await?;
+            let (socket, addr) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tokio::spawn(refuse_connection(socket, "53300", "sorry, too many clients already"));
+                continue;
+            };
             let handlers = self.handlers.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, tls, handlers).await {
                     tracing::debug!("connection {addr}: {e}");
                 }
             });
         }
     }
+}
+
+/// Postgres' default `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
+
+/// Answer a connection's startup packet with a FATAL error and close it, as Postgres does when
+/// it cannot take a client (SSL and GSS requests are declined first, so clients read the error).
+async fn refuse_connection(mut socket: tokio::net::TcpStream, code: &str, message: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SSL_REQUEST: u32 = 80_877_103;
+    const GSSENC_REQUEST: u32 = 80_877_104;
+    let startup = async {
+        loop {
+            let len = socket.read_u32().await? as usize;
+            // A startup packet is small; anything else is not a client worth reading.
+            let mut body = vec![0u8; len.clamp(4, 10_000) - 4];
+            socket.read_exact(&mut body).await?;
+            let request = body.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            if !matches!(request, Some(SSL_REQUEST | GSSENC_REQUEST)) {
+                return std::io::Result::Ok(());
+            }
+            socket.write_all(b"N").await?;
+        }
+    };
+    if !matches!(tokio::time::timeout(std::time::Duration::from_secs(5), startup).await, Ok(Ok(()))) {
+        return;
+    }
+    let mut fields = Vec::new();
+    for (tag, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', message)] {
+        fields.push(tag);
+        fields.extend_from_slice(value.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut packet = vec![b'E'];
+    packet.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+    packet.extend_from_slice(&fields);
+    let _ = socket.write_all(&packet).await;
+    let _ = socket.shutdown().await;
 }
 
 /// Start a server on an already-bound listener (tests bind `127.0.0.1:0`).

@@ -22,7 +22,7 @@ use super::kafka::{KafkaConfig, KafkaConnector};
 use super::postgres::{PostgresCdc, PostgresCdcConfig};
 use super::txn::{AssemblerOutput, CompleteTxn, DeadLetter, Stream, TableBinding, TxnAssembler, TxnBoundaries};
 use crate::catalog::RelationKind;
-use crate::engine::{Commit, CommitChain, Engine, KeyedChanges};
+use crate::engine::{Commit, CommitChain, Engine, KeyedChanges, RejectWrites};
 use crate::storage::keyspace;
 
 /// What `CREATE SOURCE ... WITH (...)` declared.
@@ -560,10 +560,12 @@ impl Runner {
                 })
                 .collect();
             self.offsets.advance(&resume, &r.ids);
+            let on_reject = self.rejected_txn_letter(txn);
             let commit = Commit {
                 keyed,
                 extra_writes: self.extra_writes(std::mem::take(&mut dead))?,
                 source_ts_ms: txn.source_ts_ms,
+                on_reject: Some(on_reject),
                 ..Default::default()
             };
             let position = Some(txn.last_position.to_string());
@@ -630,6 +632,43 @@ impl Runner {
             }
             self.acknowledged = durable;
         }
+    }
+
+    /// The dead letter of a transaction a view cannot take, written by the engine instead of
+    /// the transaction (see `Commit::on_reject`): its net changes, described, with the reason.
+    fn rejected_txn_letter(&self, txn: &CompleteTxn) -> RejectWrites {
+        let (registry, name, id) = (self.registry.clone(), self.name.clone(), self.id);
+        let (txn_id, first, last, events) = (txn.id.clone(), txn.first_position.to_string(), txn.last_position.to_string(), txn.events);
+        let tables = txn.tables.clone();
+        Box::new(move |reason: &str| {
+            /// Rows shown per table: enough to find the culprit, bounded for huge transactions.
+            const SHOWN: usize = 10;
+            let mut raw = format!("transaction {txn_id}: {events} events, {first} to {last}");
+            for (collection, net) in &tables {
+                let (upserts, deletes) = (net.upserts.num_rows(), net.deletes.num_rows());
+                raw +=
+                    &format!("\n{collection}: {upserts} rows written, {deletes} deleted{}", if net.truncate { ", truncated" } else { "" });
+                let shown = net.upserts.slice(0, upserts.min(SHOWN));
+                if let Ok(table) = arrow::util::pretty::pretty_format_batches(&[shown]) {
+                    raw += &format!("\n{table}");
+                }
+            }
+            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+            let letter = StoredDeadLetter {
+                source: name.clone(),
+                collection: None,
+                position: first.clone(),
+                raw,
+                reason: reason.into(),
+                received_at_ms: now_ms,
+            };
+            let mut key = dead_letter_prefix(id);
+            key.extend_from_slice(first.as_bytes());
+            if let Some(s) = registry.write().expect("registry lock").get_mut(&name) {
+                s.errors += 1;
+            }
+            serde_json::to_vec(&letter).map(|v| vec![(key, v)]).unwrap_or_default()
+        })
     }
 
     /// Dead letters plus the source's offsets, as storage writes for the next commit.

@@ -95,6 +95,10 @@ impl ServerProcess {
         ServerProcess { child, addr, metrics }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,80 @@
+//! The server under connection pressure: a connection limit refused with 53300 as Postgres
+//! refuses it, and an accept loop that survives running out of file descriptors.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+async fn try_connect(addr: std::net::SocketAddr) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(&common::conn_string(addr), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused_with_53300() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::ServerProcess::start_with(&common::data_dir(&dir), &["--max-connections", "3"]);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(try_connect(server.addr).await.expect("within the limit"));
+    }
+    let e = try_connect(server.addr).await.err().expect("a fourth connection is refused");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("53300"), "{e:?}");
+    // The open sessions are unaffected; a closed one frees its slot.
+    assert_eq!(common::rows(&open[0], "SELECT 1").await, vec![vec![Some("1".into())]]);
+    drop(open.pop());
+    let mut reconnected = None;
+    for _ in 0..50 {
+        match try_connect(server.addr).await {
+            Ok(c) => {
+                reconnected = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let client = reconnected.expect("a slot is free again");
+    assert_eq!(common::rows(&client, "SELECT 2").await, vec![vec![Some("2".into())]]);
+}
+
+/// Set the soft limit on open files of process `pid` (the hard limit stays: lowering it could
+/// not be undone without privileges); returns the soft limit it had.
+fn set_open_files_limit(pid: u32, limit: &str) -> String {
+    let prlimit = |args: &[&str]| {
+        let out = Command::new("prlimit").arg("--pid").arg(pid.to_string()).args(args).output().expect("prlimit");
+        assert!(out.status.success(), "prlimit {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = prlimit(&["--nofile", "--output", "SOFT", "--noheadings"]);
+    prlimit(&[&format!("--nofile={limit}:")]);
+    before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::ServerProcess::start(&common::data_dir(&dir));
+    let client = try_connect(server.addr).await.unwrap();
+    client.batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY); INSERT INTO t VALUES (1)").await.unwrap();
+    let in_use = std::fs::read_dir(format!("/proc/{}/fd", server.pid())).unwrap().count();
+    let soft = set_open_files_limit(server.pid(), &(in_use + 5).to_string());
+    // Far more connections than descriptors left: accept fails with EMFILE for the rest.
+    let flood: Vec<std::net::TcpStream> = (0..40).filter_map(|_| std::net::TcpStream::connect(server.addr).ok()).collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The session that was open keeps working.
+    assert_eq!(common::rows(&client, "SELECT id FROM t").await, vec![vec![Some("1".into())]]);
+    drop(flood);
+    set_open_files_limit(server.pid(), &soft);
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(c) = try_connect(server.addr).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = again.expect("the server accepts connections again");
+    assert_eq!(common::rows(&again, "SELECT count(*) FROM t").await, vec![vec![Some("1".into())]]);
+}
