@@ -78,3 +78,83 @@ async fn running_out_of_file_descriptors_does_not_stop_the_server() {
     let again = again.expect("the server accepts connections again");
     assert_eq!(common::rows(&again, "SELECT count(*) FROM t").await, vec![vec![Some("1".into())]]);
 }
+
+/// Frontend messages, written by hand: a client library would not send a malformed one.
+mod wire {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// Connect as `velocity` (trust) and read up to ReadyForQuery.
+    pub async fn startup(addr: std::net::SocketAddr) -> TcpStream {
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"user\0velocity\0database\0velocity\0\0");
+        let mut packet = (body.len() as u32 + 4).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        socket.write_all(&packet).await.unwrap();
+        read_until_ready(&mut socket).await;
+        socket
+    }
+
+    /// The SQLSTATEs of the ErrorResponses read up to ReadyForQuery.
+    pub async fn read_until_ready(socket: &mut TcpStream) -> Vec<String> {
+        let mut codes = Vec::new();
+        loop {
+            let tag = socket.read_u8().await.unwrap();
+            let len = socket.read_u32().await.unwrap() as usize;
+            let mut body = vec![0u8; len - 4];
+            socket.read_exact(&mut body).await.unwrap();
+            if tag == b'E' {
+                for field in body.split(|b| *b == 0) {
+                    if let Some(code) = field.strip_prefix(b"C") {
+                        codes.push(String::from_utf8_lossy(code).into_owned());
+                    }
+                }
+            }
+            if tag == b'Z' {
+                return codes;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_array_parameter_claiming_billions_of_elements_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::ServerProcess::start(&common::data_dir(&dir));
+    let mut socket = wire::startup(server.addr).await;
+    // Parse `SELECT $1::BIGINT[]` with the parameter typed int8[] (OID 1016).
+    let mut parse = b"\0SELECT $1::BIGINT[]\0".to_vec();
+    parse.extend_from_slice(&1i16.to_be_bytes());
+    parse.extend_from_slice(&1016u32.to_be_bytes());
+    // Bind it in binary: one dimension of 2^31-1 int8 elements, and no element data.
+    let mut array = Vec::new();
+    for v in [1i32, 0, 20, i32::MAX, 1] {
+        array.extend_from_slice(&v.to_be_bytes());
+    }
+    let mut bind = b"\0\0".to_vec();
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&(array.len() as i32).to_be_bytes());
+    bind.extend_from_slice(&array);
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut execute = b"\0".to_vec();
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    for m in [wire::message(b'P', &parse), wire::message(b'B', &bind), wire::message(b'E', &execute), wire::message(b'S', &[])] {
+        socket.write_all(&m).await.unwrap();
+    }
+    let codes = wire::read_until_ready(&mut socket).await;
+    assert_eq!(codes, vec!["08P01".to_string()]);
+    // The server is up, and so is this connection.
+    let client = try_connect(server.addr).await.unwrap();
+    assert_eq!(common::rows(&client, "SELECT 1").await, vec![vec![Some("1".into())]]);
+}

@@ -480,6 +480,30 @@ fn vector_param_to_scalar(
 ///
 /// This is a convenience wrapper that passes no server-decided parameter types
 /// (see [`deserialize_parameters_with_server_types`]).
+/// Velocity: refuse a binary array parameter whose header claims more elements than its bytes
+/// can hold (each element takes at least its 4-byte length). postgres-types sizes its `Vec`
+/// from the header, so a 76-byte Bind claiming 2^31-1 elements would allocate gigabytes.
+fn check_binary_array(raw: &[u8]) -> PgWireResult<()> {
+    let protocol_violation = |message: String| PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), "08P01".into(), message)));
+    let int = |at: usize| raw.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let ndim = int(0).ok_or_else(|| protocol_violation("insufficient data left in message".into()))?;
+    if !(0..=6).contains(&ndim) {
+        return Err(protocol_violation(format!("invalid number of array dimensions: {ndim}")));
+    }
+    let header = 12 + 8 * ndim as usize;
+    let mut elements: u64 = if ndim == 0 { 0 } else { 1 };
+    for d in 0..ndim as usize {
+        let len = int(12 + 8 * d).ok_or_else(|| protocol_violation("insufficient data left in message".into()))?;
+        let len = u64::try_from(len).map_err(|_| protocol_violation(format!("invalid array dimension length {len}")))?;
+        elements = elements.saturating_mul(len);
+    }
+    let room = raw.len().saturating_sub(header) as u64 / 4;
+    if elements > room {
+        return Err(protocol_violation(format!("array parameter claims {elements} elements; the message holds at most {room}")));
+    }
+    Ok(())
+}
+
 pub fn deserialize_parameters<S>(
     portal: &Portal<S>,
     inferenced_types: &[Option<&DataType>],
@@ -559,6 +583,14 @@ where
             let value: Option<VectorParam> = portal.parameter(i, &pg_type)?;
             deserialized_params.push(vector_param_to_scalar(value, inferenced_type)?);
             continue;
+        }
+
+        // Velocity: see `check_binary_array`.
+        if pg_type.name().starts_with('_')
+            && portal.parameter_format.is_binary(i)
+            && let Some(Some(raw)) = portal.parameters.get(i)
+        {
+            check_binary_array(raw)?;
         }
 
         match pg_type {
