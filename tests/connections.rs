@@ -158,3 +158,20 @@ async fn a_binary_array_parameter_claiming_billions_of_elements_is_refused() {
     let client = try_connect(server.addr).await.unwrap();
     assert_eq!(common::rows(&client, "SELECT 1").await, vec![vec![Some("1".into())]]);
 }
+
+/// statement_timeout stops a query that is still computing its rows, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_stops_a_running_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::ServerProcess::start(&common::data_dir(&dir));
+    let client = try_connect(server.addr).await.unwrap();
+    client.batch_execute("SET statement_timeout = '500ms'").await.unwrap();
+    let endless = "SELECT count(*) FROM generate_series(1, 9223372036854775807)";
+    let e = client.simple_query(endless).await.expect_err("stopped by the timeout");
+    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
+    // The extended protocol too.
+    let e = client.query(endless, &[]).await.expect_err("stopped by the timeout");
+    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
+    client.batch_execute("SET statement_timeout = 0").await.unwrap();
+    assert_eq!(common::rows(&client, "SELECT count(*) FROM generate_series(1, 1000)").await, vec![vec![Some("1000".into())]]);
+}

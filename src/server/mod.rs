@@ -292,6 +292,27 @@ fn statement_timeout<C: ClientInfo>(client: &C) -> Option<std::time::Duration> {
     (ms > 0).then(|| std::time::Duration::from_millis(ms))
 }
 
+/// A query's rows, ended with 57014 once `deadline` passes: DataFusion computes rows as they
+/// are pulled, so dropping the stream stops the execution (datafusion-postgres applies the
+/// timeout to planning only).
+fn until_deadline(response: Response, deadline: Option<tokio::time::Instant>) -> Response {
+    let (mut query, deadline) = match (response, deadline) {
+        (Response::Query(query), Some(deadline)) => (query, deadline),
+        (other, _) => return other,
+    };
+    let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+    let state = (Some(rows), Box::pin(tokio::time::sleep_until(deadline)));
+    query.data_rows = Box::pin(futures::stream::unfold(state, |(rows, mut expired)| async move {
+        let mut rows = rows?;
+        tokio::select! {
+            biased;
+            next = futures::StreamExt::next(&mut rows) => next.map(|row| (row, (Some(rows), expired))),
+            _ = &mut expired => Some((Err(pg_error("57014", "canceling statement due to statement timeout")), (None, expired))),
+        }
+    }));
+    Response::Query(query)
+}
+
 fn error_info(mut e: PgWireError) -> ErrorInfo {
     assign_sqlstate(&mut e);
     e.into()
@@ -347,8 +368,10 @@ impl VelocityService {
             }
         }
         if parsed.iter().any(|s| matches!(s, Statement::Query(_))) {
+            let deadline = statement_timeout(client).map(|t| tokio::time::Instant::now() + t);
             let _gate = self.engine.gate.read().await;
-            SimpleQueryHandler::do_query(&*self.inner, client, sql).await
+            let responses = SimpleQueryHandler::do_query(&*self.inner, client, sql).await?;
+            Ok(responses.into_iter().map(|r| until_deadline(r, deadline)).collect())
         } else {
             SimpleQueryHandler::do_query(&*self.inner, client, sql).await
         }
@@ -479,8 +502,9 @@ impl ExtendedQueryHandler for VelocityService {
         }
         let is_query = matches!(&portal.statement.statement.1, Some((Statement::Query(_), _)));
         if is_query {
+            let deadline = statement_timeout(client).map(|t| tokio::time::Instant::now() + t);
             let _gate = self.engine.gate.read().await;
-            ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
+            Ok(until_deadline(ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await?, deadline))
         } else {
             ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
         }
