@@ -68,9 +68,18 @@ impl Server {
             .with_information_schema(false);
         // TEXT/VARCHAR columns as plain Utf8: what sources decode into and clients expect.
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        // `1.005` is the exact numeric Postgres reads, not the nearest float64 (which would
+        // store 1.00 into a NUMERIC(12,2) column).
+        config.options_mut().sql_parser.parse_float_as_decimal = true;
+        // datafusion-postgres hands DataFusion the statement as text again: parse it as
+        // Postgres does (`SELECT top FROM t` names a column; there is no `SELECT TOP n`).
+        config.options_mut().sql_parser.dialect = datafusion::common::config::Dialect::PostgreSQL;
         // TIMESTAMPTZ columns keep their zone (UTC), so clients receive timestamptz, not timestamp.
         config.options_mut().execution.time_zone = Some("+00:00".to_string());
         let context = Arc::new(SessionContext::new_with_config(config));
+        for rule in crate::planner::analyzer::rules() {
+            context.add_analyzer_rule(rule);
+        }
         setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
         pg_catalog::register(&context, &engine)?;
         information_schema::register(&context, &engine)?;
