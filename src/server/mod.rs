@@ -220,6 +220,37 @@ fn assign_sqlstate(error: &mut PgWireError) {
     }
 }
 
+/// Stack that every thread running statements should have: planning a statement at the
+/// deepest nesting `sql::check_expression_depth` lets through recurses (clones, rewrites,
+/// prints its expression trees) once per level. `velocity serve` gives its threads this much.
+pub const STATEMENT_STACK: usize = 64 << 20;
+
+/// Polls a statement's future with at least half of [`STATEMENT_STACK`] free, switching to a
+/// fresh stack when the thread has less (a test runtime's 2 MB workers). Only long
+/// statements, which alone can nest deeply, are wrapped.
+struct LargeStack<F> {
+    inner: std::pin::Pin<Box<F>>,
+    wrap: bool,
+}
+
+impl<F: std::future::Future> LargeStack<F> {
+    fn new(sql: &str, inner: F) -> Self {
+        LargeStack { inner: Box::pin(inner), wrap: sql.len() > 256 }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for LargeStack<F> {
+    type Output = F::Output;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        if this.wrap {
+            stacker::maybe_grow(STATEMENT_STACK / 2, STATEMENT_STACK, || this.inner.as_mut().poll(cx))
+        } else {
+            this.inner.as_mut().poll(cx)
+        }
+    }
+}
+
 /// The session's open `DECLARE ... CURSOR FOR SUBSCRIBE` cursors.
 #[derive(Default)]
 struct SubscribeCursors(tokio::sync::Mutex<std::collections::HashMap<String, subscribe::SubscribeCursor>>);
@@ -249,6 +280,7 @@ impl VelocityService {
         if client.session_extensions().get::<auth::Authenticated>().is_none() {
             return Err(auth::not_authenticated());
         }
+        crate::sql::check_expression_depth(sql).map_err(from_sql)?;
         if let Some(stmt) = crate::sql::parse_velocity(sql) {
             let cursors = client.session_extensions().get_or_insert_with(SubscribeCursors::default);
             let response = match stmt.map_err(from_sql)? {
@@ -299,7 +331,7 @@ impl SimpleQueryHandler for VelocityService {
         let mut out = Vec::new();
         let query = client_queries::rewrite(query);
         for sql in crate::sql::split_statements(&crate::sql::quote_changes_arguments(&query)) {
-            match self.one(client, &sql).await {
+            match LargeStack::new(&sql, self.one(client, &sql)).await {
                 Ok(mut responses) => {
                     let failed = responses.iter().any(|r| matches!(r, Response::Error(_)));
                     out.append(&mut responses);
@@ -368,7 +400,9 @@ impl QueryParser for VelocityParser {
             return Ok(Some((sql.to_string(), described)));
         }
         let sql = client_queries::rewrite(sql);
-        self.inner.parse_sql(client, &crate::sql::quote_changes_arguments(&sql), types).await
+        crate::sql::check_expression_depth(&sql).map_err(from_sql)?;
+        let sql = crate::sql::quote_changes_arguments(&sql);
+        LargeStack::new(&sql, self.inner.parse_sql(client, &sql, types)).await
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
@@ -410,11 +444,14 @@ impl ExtendedQueryHandler for VelocityService {
             return Ok(responses.pop().unwrap_or(Response::EmptyQuery));
         }
         let is_query = matches!(&portal.statement.statement.1, Some((Statement::Query(_), _)));
-        if is_query {
-            let _gate = self.engine.gate.read().await;
-            ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
-        } else {
-            ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
-        }
+        let run = async {
+            if is_query {
+                let _gate = self.engine.gate.read().await;
+                ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
+            } else {
+                ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
+            }
+        };
+        LargeStack::new(&portal.statement.statement.0, run).await
     }
 }

@@ -15,6 +15,59 @@ pub enum SqlError {
     Syntax(String),
     #[error("{0} is not supported")]
     Unsupported(String),
+    /// SQLSTATE 54001, as Postgres answers when a statement would exhaust its stack.
+    #[error("statement too complex: expressions nest more than {0} levels deep")]
+    TooComplex(usize),
+}
+
+/// Statements whose expressions nest deeper than this are refused with 54001. Postgres, on
+/// its default 2 MB stack, evaluates `SELECT 1+1+...` with 3,000 terms and refuses 5,000.
+pub const MAX_EXPRESSION_DEPTH: usize = 4000;
+
+/// Counts expression nesting; stops descending past [`MAX_EXPRESSION_DEPTH`].
+#[derive(Default)]
+struct ExpressionDepth {
+    now: usize,
+}
+
+impl datafusion::sql::sqlparser::ast::Visitor for ExpressionDepth {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> std::ops::ControlFlow<()> {
+        self.now += 1;
+        if self.now > MAX_EXPRESSION_DEPTH { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+    }
+
+    fn post_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> std::ops::ControlFlow<()> {
+        self.now -= 1;
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+/// Refuse `sql` if its expressions nest deeper than [`MAX_EXPRESSION_DEPTH`] (a chain of
+/// 100,000 `+` or `OR`), before anything recursive (planning, cloning, printing) sees it.
+///
+/// sqlparser parses operator chains in a loop, but visiting and dropping the tree recurse
+/// once per level: that happens here on a stack sized for the statement. A statement of
+/// fewer tokens than the limit cannot nest deeper and is not parsed here at all. Text that
+/// does not parse passes; the real parse reports it.
+pub fn check_expression_depth(sql: &str) -> Result<(), SqlError> {
+    use datafusion::sql::sqlparser::ast::Visit;
+    use datafusion::sql::sqlparser::tokenizer::Tokenizer;
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else { return Ok(()) };
+    let significant = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).count();
+    if significant <= MAX_EXPRESSION_DEPTH {
+        return Ok(());
+    }
+    // Virtual memory: only the pages the recursion reaches are touched.
+    let stack = (64usize << 20).saturating_add(significant.saturating_mul(1024)).min(1 << 30);
+    stacker::grow(stack, move || {
+        let Ok(statements) = Parser::new(&dialect).with_tokens(tokens).parse_statements() else { return Ok(()) };
+        let too_deep = statements.visit(&mut ExpressionDepth::default()).is_break();
+        drop(statements);
+        if too_deep { Err(SqlError::TooComplex(MAX_EXPRESSION_DEPTH)) } else { Ok(()) }
+    })
 }
 
 /// A statement that plain sqlparser does not parse.
@@ -401,6 +454,18 @@ mod tests {
             "SELECT after.id FROM changes('shipments') WHERE x = 'changes(y)'"
         );
         assert_eq!(quote_changes_arguments("SELECT 1"), "SELECT 1");
+    }
+
+    #[test]
+    fn refuses_expressions_nested_too_deep() {
+        let chain = |n: usize, op: &str| format!("SELECT {}", vec!["1"; n].join(op));
+        assert!(check_expression_depth(&chain(3000, "+")).is_ok());
+        assert!(check_expression_depth(&chain(3000, " OR ")).is_ok());
+        assert!(matches!(check_expression_depth(&chain(MAX_EXPRESSION_DEPTH + 2, "+")), Err(SqlError::TooComplex(_))));
+        assert!(matches!(check_expression_depth(&chain(200_000, " OR ")), Err(SqlError::TooComplex(_))));
+        // Wide is not deep: many rows of shallow expressions pass.
+        let rows = vec!["(1 + 1, 'a')"; 5000].join(", ");
+        assert!(check_expression_depth(&format!("INSERT INTO t VALUES {rows}")).is_ok());
     }
 
     #[test]
