@@ -303,7 +303,11 @@ impl VelocityService {
             };
             return Ok(vec![response]);
         }
-        let parsed = PostgresCompatibilityParser::new().parse(sql).map_err(|e| pg_error("42601", e.to_string()))?;
+        let mut parsed = PostgresCompatibilityParser::new().parse(sql).map_err(|e| pg_error("42601", e.to_string()))?;
+        // DataFusion plans the text again: hand it the statement with DISTINCT ON ordinals resolved.
+        let resolved = crate::sql::resolve_distinct_on_ordinals(&mut parsed)
+            .then(|| parsed.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "));
+        let sql = resolved.as_deref().unwrap_or(sql);
         if let [Statement::Close { cursor: CloseCursor::Specific { name } }] = parsed.as_slice() {
             let cursors = client.session_extensions().get_or_insert_with(SubscribeCursors::default);
             if cursors.0.lock().await.remove(&name.value).is_some() {

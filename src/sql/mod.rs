@@ -346,6 +346,38 @@ pub fn parse_velocity(sql: &str) -> Option<Result<VelocityStatement, SqlError>> 
     Some(Ok(stmt))
 }
 
+/// Resolve ordinals in `DISTINCT ON (1, ...)` to the select-list expressions they name, as
+/// Postgres does (DataFusion reads `1` as a constant). Returns whether anything changed.
+pub fn resolve_distinct_on_ordinals(statements: &mut [datafusion::sql::sqlparser::ast::Statement]) -> bool {
+    use datafusion::sql::sqlparser::ast::{Distinct, Expr, Query, SelectItem, SetExpr, Value, VisitMut, VisitorMut};
+    struct Ordinals(bool);
+    impl VisitorMut for Ordinals {
+        type Break = ();
+        fn post_visit_query(&mut self, query: &mut Query) -> std::ops::ControlFlow<()> {
+            let SetExpr::Select(select) = query.body.as_mut() else { return std::ops::ControlFlow::Continue(()) };
+            let select = select.as_mut();
+            let Some(Distinct::On(on)) = &mut select.distinct else { return std::ops::ControlFlow::Continue(()) };
+            for e in on.iter_mut() {
+                let Expr::Value(v) = e else { continue };
+                let Value::Number(n, _) = &v.value else { continue };
+                let Some(item) = n.parse::<usize>().ok().and_then(|i| i.checked_sub(1)).and_then(|i| select.projection.get(i)) else {
+                    continue;
+                };
+                if let SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } = item {
+                    *e = x.clone();
+                    self.0 = true;
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut ordinals = Ordinals(false);
+    for statement in statements.iter_mut() {
+        let _ = statement.visit(&mut ordinals);
+    }
+    ordinals.0
+}
+
 /// `changes(shipments)` names a relation, but DataFusion plans table-function arguments
 /// as expressions; quote the name so it arrives as a string: `changes('shipments')`.
 pub fn quote_changes_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
@@ -466,6 +498,16 @@ mod tests {
         // Wide is not deep: many rows of shallow expressions pass.
         let rows = vec!["(1 + 1, 'a')"; 5000].join(", ");
         assert!(check_expression_depth(&format!("INSERT INTO t VALUES {rows}")).is_ok());
+    }
+
+    #[test]
+    fn resolves_distinct_on_ordinals() {
+        let dialect = PostgreSqlDialect {};
+        let mut s = Parser::parse_sql(&dialect, "SELECT DISTINCT ON (1) a + 1 AS x, b FROM t ORDER BY 1, 2").unwrap();
+        assert!(resolve_distinct_on_ordinals(&mut s));
+        assert_eq!(s[0].to_string(), "SELECT DISTINCT ON (a + 1) a + 1 AS x, b FROM t ORDER BY 1, 2");
+        let mut s = Parser::parse_sql(&dialect, "SELECT DISTINCT ON (a) a FROM t").unwrap();
+        assert!(!resolve_distinct_on_ordinals(&mut s));
     }
 
     #[test]
