@@ -99,7 +99,8 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new()?;
+    // Statements nested as deep as the server accepts are planned recursively.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(velocity::server::STATEMENT_STACK).build()?;
     match cli.command {
         Command::Serve { data_dir, listen, metrics, users, users_file, tls_cert, tls_key, max_connections } => runtime.block_on(async {
             let mut user_secrets = velocity::server::auth::Users::default();

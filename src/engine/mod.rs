@@ -229,6 +229,8 @@ impl Engine {
             .map_err(|e| StorageError::Corrupt { what: "clock thread".into(), detail: e.to_string() })?;
         std::thread::Builder::new()
             .name("velocity-engine".into())
+            // Views' expressions evaluate recursively, up to `sql::MAX_EXPRESSION_DEPTH` levels.
+            .stack_size(64 << 20)
             .spawn(move || state.run(rx))
             .map_err(|e| StorageError::Corrupt { what: "engine thread".into(), detail: e.to_string() })?;
         Ok(engine)

@@ -26,6 +26,7 @@ use crate::dataflow::topk::TopK;
 use crate::dataflow::union::Union;
 use crate::dataflow::{DataflowError, Operator};
 
+pub mod analyzer;
 pub mod temporal;
 
 /// Errors raised while turning a query into a dataflow.
@@ -227,11 +228,11 @@ impl Builder<'_> {
                 Ok(self.add(Constant::new(rows, self.dataflow_id, node), vec![]))
             }
             LogicalPlan::EmptyRelation(e) => {
-                let rows = RecordBatch::try_new_with_options(
-                    out_schema.clone(),
-                    vec![],
-                    &RecordBatchOptions::new().with_row_count(Some(usize::from(e.produce_one_row))),
-                )?;
+                // No rows (`WHERE false`), or one row of NULLs (one row of no columns, as in `SELECT 1`).
+                let n = usize::from(e.produce_one_row);
+                let columns = out_schema.fields().iter().map(|f| arrow::array::new_null_array(f.data_type(), n)).collect();
+                let rows =
+                    RecordBatch::try_new_with_options(out_schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(n)))?;
                 let node = self.next_node_id();
                 Ok(self.add(Constant::new(rows, self.dataflow_id, node), vec![]))
             }

@@ -119,6 +119,7 @@ pub fn from_sql(e: SqlError) -> PgWireError {
     let code = match &e {
         SqlError::Syntax(_) => "42601",
         SqlError::Unsupported(_) => "0A000",
+        SqlError::TooComplex(_) => "54001",
     };
     pg_error(code, e.to_string())
 }

@@ -69,9 +69,18 @@ impl Server {
             .with_information_schema(false);
         // TEXT/VARCHAR columns as plain Utf8: what sources decode into and clients expect.
         config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        // `1.005` is the exact numeric Postgres reads, not the nearest float64 (which would
+        // store 1.00 into a NUMERIC(12,2) column).
+        config.options_mut().sql_parser.parse_float_as_decimal = true;
+        // datafusion-postgres hands DataFusion the statement as text again: parse it as
+        // Postgres does (`SELECT top FROM t` names a column; there is no `SELECT TOP n`).
+        config.options_mut().sql_parser.dialect = datafusion::common::config::Dialect::PostgreSQL;
         // TIMESTAMPTZ columns keep their zone (UTC), so clients receive timestamptz, not timestamp.
         config.options_mut().execution.time_zone = Some("+00:00".to_string());
         let context = Arc::new(SessionContext::new_with_config(config));
+        for rule in crate::planner::analyzer::rules() {
+            context.add_analyzer_rule(rule);
+        }
         setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
         pg_catalog::register(&context, &engine)?;
         information_schema::register(&context, &engine)?;
@@ -273,6 +282,37 @@ fn assign_sqlstate(error: &mut PgWireError) {
     }
 }
 
+/// Stack that every thread running statements should have: planning a statement at the
+/// deepest nesting `sql::check_expression_depth` lets through recurses (clones, rewrites,
+/// prints its expression trees) once per level. `velocity serve` gives its threads this much.
+pub const STATEMENT_STACK: usize = 64 << 20;
+
+/// Polls a statement's future with at least half of [`STATEMENT_STACK`] free, switching to a
+/// fresh stack when the thread has less (a test runtime's 2 MB workers). Only long
+/// statements, which alone can nest deeply, are wrapped.
+struct LargeStack<F> {
+    inner: std::pin::Pin<Box<F>>,
+    wrap: bool,
+}
+
+impl<F: std::future::Future> LargeStack<F> {
+    fn new(sql: &str, inner: F) -> Self {
+        LargeStack { inner: Box::pin(inner), wrap: sql.len() > 256 }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for LargeStack<F> {
+    type Output = F::Output;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        if this.wrap {
+            stacker::maybe_grow(STATEMENT_STACK / 2, STATEMENT_STACK, || this.inner.as_mut().poll(cx))
+        } else {
+            this.inner.as_mut().poll(cx)
+        }
+    }
+}
+
 /// The session's open `DECLARE ... CURSOR FOR SUBSCRIBE` cursors.
 #[derive(Default)]
 struct SubscribeCursors(tokio::sync::Mutex<std::collections::HashMap<String, subscribe::SubscribeCursor>>);
@@ -330,6 +370,7 @@ impl VelocityService {
         if client.session_extensions().get::<auth::Authenticated>().is_none() {
             return Err(auth::not_authenticated());
         }
+        crate::sql::check_expression_depth(sql).map_err(from_sql)?;
         if let Some(stmt) = crate::sql::parse_velocity(sql) {
             let cursors = client.session_extensions().get_or_insert_with(SubscribeCursors::default);
             let response = match stmt.map_err(from_sql)? {
@@ -360,7 +401,11 @@ impl VelocityService {
             };
             return Ok(vec![response]);
         }
-        let parsed = PostgresCompatibilityParser::new().parse(sql).map_err(|e| pg_error("42601", e.to_string()))?;
+        let mut parsed = PostgresCompatibilityParser::new().parse(sql).map_err(|e| pg_error("42601", e.to_string()))?;
+        // DataFusion plans the text again: hand it the statement with DISTINCT ON ordinals resolved.
+        let resolved = crate::sql::resolve_distinct_on_ordinals(&mut parsed)
+            .then(|| parsed.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "));
+        let sql = resolved.as_deref().unwrap_or(sql);
         if let [Statement::Close { cursor: CloseCursor::Specific { name } }] = parsed.as_slice() {
             let cursors = client.session_extensions().get_or_insert_with(SubscribeCursors::default);
             if cursors.0.lock().await.remove(&name.value).is_some() {
@@ -390,7 +435,7 @@ impl SimpleQueryHandler for VelocityService {
         let mut out = Vec::new();
         let query = client_queries::rewrite(query);
         for sql in crate::sql::split_statements(&crate::sql::quote_changes_arguments(&query)) {
-            match self.one(client, &sql).await {
+            match LargeStack::new(&sql, self.one(client, &sql)).await {
                 Ok(mut responses) => {
                     let failed = responses.iter().any(|r| matches!(r, Response::Error(_)));
                     out.append(&mut responses);
@@ -459,7 +504,9 @@ impl QueryParser for VelocityParser {
             return Ok(Some((sql.to_string(), described)));
         }
         let sql = client_queries::rewrite(sql);
-        self.inner.parse_sql(client, &crate::sql::quote_changes_arguments(&sql), types).await
+        crate::sql::check_expression_depth(&sql).map_err(from_sql)?;
+        let sql = crate::sql::quote_changes_arguments(&sql);
+        LargeStack::new(&sql, self.inner.parse_sql(client, &sql, types)).await
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
@@ -501,12 +548,15 @@ impl ExtendedQueryHandler for VelocityService {
             return Ok(responses.pop().unwrap_or(Response::EmptyQuery));
         }
         let is_query = matches!(&portal.statement.statement.1, Some((Statement::Query(_), _)));
-        if is_query {
-            let deadline = statement_timeout(client).map(|t| tokio::time::Instant::now() + t);
-            let _gate = self.engine.gate.read().await;
-            Ok(until_deadline(ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await?, deadline))
-        } else {
-            ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
-        }
+        let deadline = statement_timeout(client).map(|t| tokio::time::Instant::now() + t);
+        let run = async {
+            if is_query {
+                let _gate = self.engine.gate.read().await;
+                Ok(until_deadline(ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await?, deadline))
+            } else {
+                ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
+            }
+        };
+        LargeStack::new(&portal.statement.statement.0, run).await
     }
 }

@@ -24,6 +24,8 @@ use crate::engine::{Contents, Engine};
 pub struct RelationTable {
     pub relation: Relation,
     constraints: Constraints,
+    /// `DEFAULT` expressions of a table's columns, by column name: what INSERT fills in.
+    column_defaults: std::collections::HashMap<String, Expr>,
     #[allow(dead_code)]
     engine: EngineRef,
 }
@@ -43,7 +45,13 @@ impl RelationTable {
         } else {
             Constraints::new_unverified(vec![Constraint::PrimaryKey(relation.primary_key.clone())])
         };
-        RelationTable { relation, constraints, engine: EngineRef(engine) }
+        RelationTable { relation, constraints, column_defaults: Default::default(), engine: EngineRef(engine) }
+    }
+
+    /// The table's `DEFAULT` expressions, by column name.
+    pub fn with_defaults(mut self, defaults: impl IntoIterator<Item = (String, Expr)>) -> RelationTable {
+        self.column_defaults = defaults.into_iter().collect();
+        self
     }
 
     fn contents(&self) -> Result<Contents> {
@@ -93,6 +101,10 @@ impl TableProvider for RelationTable {
 
     fn constraints(&self) -> Option<&Constraints> {
         Some(&self.constraints)
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.column_defaults.get(column)
     }
 
     fn table_type(&self) -> TableType {

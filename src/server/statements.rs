@@ -149,6 +149,11 @@ impl VelocityHook {
                 Some(self.create_view(stmt, ctx, None).await.map(|_| Response::Execution(Tag::new("CREATE MATERIALIZED VIEW"))))
             }
             Statement::CreateView(_) => Some(Err(pg_error("0A000", "CREATE VIEW is not supported; use CREATE MATERIALIZED VIEW"))),
+            Statement::CreateFunction(_) | Statement::DropFunction(_) => {
+                Some(Err(pg_error("0A000", "user-defined functions are not supported")))
+            }
+            Statement::CreateProcedure { .. } => Some(Err(pg_error("0A000", "procedures are not supported"))),
+            Statement::CreateTrigger(_) => Some(Err(pg_error("0A000", "triggers are not supported"))),
             Statement::Drop { object_type, if_exists, names, cascade, .. } => {
                 Some(self.drop(*object_type, *if_exists, names, *cascade, ctx).await)
             }
@@ -304,7 +309,9 @@ impl VelocityHook {
             binding,
         };
         self.engine.create_table(relation.clone(), restore.is_some()).await.map_err(from_engine)?;
-        ctx.register_table(name.as_str(), Arc::new(RelationTable::new(self.engine.clone(), relation))).map_err(df_err)?;
+        // DEFAULT clauses live in the stored definition; INSERT reads them from the provider.
+        let table = RelationTable::new(self.engine.clone(), relation).with_defaults(cmt.column_defaults.clone());
+        ctx.register_table(name.as_str(), Arc::new(table)).map_err(df_err)?;
         Ok(())
     }
 

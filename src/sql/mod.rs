@@ -15,6 +15,59 @@ pub enum SqlError {
     Syntax(String),
     #[error("{0} is not supported")]
     Unsupported(String),
+    /// SQLSTATE 54001, as Postgres answers when a statement would exhaust its stack.
+    #[error("statement too complex: expressions nest more than {0} levels deep")]
+    TooComplex(usize),
+}
+
+/// Statements whose expressions nest deeper than this are refused with 54001. Postgres, on
+/// its default 2 MB stack, evaluates `SELECT 1+1+...` with 3,000 terms and refuses 5,000.
+pub const MAX_EXPRESSION_DEPTH: usize = 4000;
+
+/// Counts expression nesting; stops descending past [`MAX_EXPRESSION_DEPTH`].
+#[derive(Default)]
+struct ExpressionDepth {
+    now: usize,
+}
+
+impl datafusion::sql::sqlparser::ast::Visitor for ExpressionDepth {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> std::ops::ControlFlow<()> {
+        self.now += 1;
+        if self.now > MAX_EXPRESSION_DEPTH { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+    }
+
+    fn post_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> std::ops::ControlFlow<()> {
+        self.now -= 1;
+        std::ops::ControlFlow::Continue(())
+    }
+}
+
+/// Refuse `sql` if its expressions nest deeper than [`MAX_EXPRESSION_DEPTH`] (a chain of
+/// 100,000 `+` or `OR`), before anything recursive (planning, cloning, printing) sees it.
+///
+/// sqlparser parses operator chains in a loop, but visiting and dropping the tree recurse
+/// once per level: that happens here on a stack sized for the statement. A statement of
+/// fewer tokens than the limit cannot nest deeper and is not parsed here at all. Text that
+/// does not parse passes; the real parse reports it.
+pub fn check_expression_depth(sql: &str) -> Result<(), SqlError> {
+    use datafusion::sql::sqlparser::ast::Visit;
+    use datafusion::sql::sqlparser::tokenizer::Tokenizer;
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else { return Ok(()) };
+    let significant = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).count();
+    if significant <= MAX_EXPRESSION_DEPTH {
+        return Ok(());
+    }
+    // Virtual memory: only the pages the recursion reaches are touched.
+    let stack = (64usize << 20).saturating_add(significant.saturating_mul(1024)).min(1 << 30);
+    stacker::grow(stack, move || {
+        let Ok(statements) = Parser::new(&dialect).with_tokens(tokens).parse_statements() else { return Ok(()) };
+        let too_deep = statements.visit(&mut ExpressionDepth::default()).is_break();
+        drop(statements);
+        if too_deep { Err(SqlError::TooComplex(MAX_EXPRESSION_DEPTH)) } else { Ok(()) }
+    })
 }
 
 /// A statement that plain sqlparser does not parse.
@@ -293,6 +346,38 @@ pub fn parse_velocity(sql: &str) -> Option<Result<VelocityStatement, SqlError>> 
     Some(Ok(stmt))
 }
 
+/// Resolve ordinals in `DISTINCT ON (1, ...)` to the select-list expressions they name, as
+/// Postgres does (DataFusion reads `1` as a constant). Returns whether anything changed.
+pub fn resolve_distinct_on_ordinals(statements: &mut [datafusion::sql::sqlparser::ast::Statement]) -> bool {
+    use datafusion::sql::sqlparser::ast::{Distinct, Expr, Query, SelectItem, SetExpr, Value, VisitMut, VisitorMut};
+    struct Ordinals(bool);
+    impl VisitorMut for Ordinals {
+        type Break = ();
+        fn post_visit_query(&mut self, query: &mut Query) -> std::ops::ControlFlow<()> {
+            let SetExpr::Select(select) = query.body.as_mut() else { return std::ops::ControlFlow::Continue(()) };
+            let select = select.as_mut();
+            let Some(Distinct::On(on)) = &mut select.distinct else { return std::ops::ControlFlow::Continue(()) };
+            for e in on.iter_mut() {
+                let Expr::Value(v) = e else { continue };
+                let Value::Number(n, _) = &v.value else { continue };
+                let Some(item) = n.parse::<usize>().ok().and_then(|i| i.checked_sub(1)).and_then(|i| select.projection.get(i)) else {
+                    continue;
+                };
+                if let SelectItem::UnnamedExpr(x) | SelectItem::ExprWithAlias { expr: x, .. } = item {
+                    *e = x.clone();
+                    self.0 = true;
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut ordinals = Ordinals(false);
+    for statement in statements.iter_mut() {
+        let _ = statement.visit(&mut ordinals);
+    }
+    ordinals.0
+}
+
 /// `changes(shipments)` names a relation, but DataFusion plans table-function arguments
 /// as expressions; quote the name so it arrives as a string: `changes('shipments')`.
 pub fn quote_changes_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
@@ -401,6 +486,28 @@ mod tests {
             "SELECT after.id FROM changes('shipments') WHERE x = 'changes(y)'"
         );
         assert_eq!(quote_changes_arguments("SELECT 1"), "SELECT 1");
+    }
+
+    #[test]
+    fn refuses_expressions_nested_too_deep() {
+        let chain = |n: usize, op: &str| format!("SELECT {}", vec!["1"; n].join(op));
+        assert!(check_expression_depth(&chain(3000, "+")).is_ok());
+        assert!(check_expression_depth(&chain(3000, " OR ")).is_ok());
+        assert!(matches!(check_expression_depth(&chain(MAX_EXPRESSION_DEPTH + 2, "+")), Err(SqlError::TooComplex(_))));
+        assert!(matches!(check_expression_depth(&chain(200_000, " OR ")), Err(SqlError::TooComplex(_))));
+        // Wide is not deep: many rows of shallow expressions pass.
+        let rows = vec!["(1 + 1, 'a')"; 5000].join(", ");
+        assert!(check_expression_depth(&format!("INSERT INTO t VALUES {rows}")).is_ok());
+    }
+
+    #[test]
+    fn resolves_distinct_on_ordinals() {
+        let dialect = PostgreSqlDialect {};
+        let mut s = Parser::parse_sql(&dialect, "SELECT DISTINCT ON (1) a + 1 AS x, b FROM t ORDER BY 1, 2").unwrap();
+        assert!(resolve_distinct_on_ordinals(&mut s));
+        assert_eq!(s[0].to_string(), "SELECT DISTINCT ON (a + 1) a + 1 AS x, b FROM t ORDER BY 1, 2");
+        let mut s = Parser::parse_sql(&dialect, "SELECT DISTINCT ON (a) a FROM t").unwrap();
+        assert!(!resolve_distinct_on_ordinals(&mut s));
     }
 
     #[test]

@@ -395,6 +395,22 @@ fn get_time64_nanosecond_value(arr: &Arc<dyn Array>, idx: usize) -> Option<Naive
         .value_as_time(idx)
 }
 
+/// Velocity: `rust_decimal` holds 96 bits and at most 28 decimal places, a Decimal128 up to
+/// 38 places (a product of three NUMERIC columns has scale 30). Drop trailing zeros, then
+/// round off the last places, until the value fits.
+fn fit_rust_decimal(mut value: i128, mut scale: u32) -> (i128, u32) {
+    let fits = |v: i128, s: u32| s <= 28 && v.unsigned_abs() < (1u128 << 96);
+    while scale > 0 && !fits(value, scale) && value % 10 == 0 {
+        value /= 10;
+        scale -= 1;
+    }
+    while scale > 0 && !fits(value, scale) {
+        value = value / 10 + (value % 10).signum() * i128::from((value % 10).abs() >= 5);
+        scale -= 1;
+    }
+    (value, scale)
+}
+
 fn get_numeric_128_value(
     arr: &Arc<dyn Array>,
     idx: usize,
@@ -405,7 +421,7 @@ fn get_numeric_128_value(
     }
 
     let array = arr.as_any().downcast_ref::<Decimal128Array>().unwrap();
-    let value = array.value(idx);
+    let (value, scale) = fit_rust_decimal(array.value(idx), scale);
     Decimal::try_from_i128_with_scale(value, scale)
         .map_err(|e| {
             let error_code = match e {
@@ -618,6 +634,10 @@ pub fn encode_value<T: Encoder>(
                 }
             }
         },
+        // Velocity: a NULL interval is NULL (upstream encoded the masked value).
+        DataType::Interval(_) if arr.is_null(idx) => {
+            encoder.encode_field(&None::<PgInterval>, pg_field)?;
+        }
         DataType::Interval(interval_unit) => match interval_unit {
             IntervalUnit::YearMonth => {
                 let interval_array = arr

@@ -14735,7 +14735,11 @@ impl<'a> Parser<'a> {
             self.parse_all_or_distinct()?
         };
 
-        if !self.dialect.supports_top_before_distinct() && self.parse_keyword(Keyword::TOP) {
+        // Velocity: PostgreSQL has no `SELECT TOP n`; there `top` is an ordinary column name.
+        if !self.dialect.supports_top_before_distinct()
+            && !dialect_of!(self is PostgreSqlDialect)
+            && self.parse_keyword(Keyword::TOP)
+        {
             top = Some(self.parse_top()?);
         }
 
