@@ -21,7 +21,7 @@ fn python() -> PathBuf {
     let path = std::env::var_os("VELOCITY_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| clients_dir().join(".venv/bin/python"));
     assert!(
         path.exists(),
-        "{} is missing: run .ci/run, or python3 -m venv tests/clients/.venv && tests/clients/.venv/bin/pip install 'psycopg[binary]' sqlalchemy",
+        "{} is missing: run .ci/run, or python3 -m venv tests/clients/.venv && tests/clients/.venv/bin/pip install 'psycopg[binary]' sqlalchemy pandas",
         path.display()
     );
     path
@@ -145,6 +145,7 @@ fn psql_meta_commands() {
     assert!(d.contains("Table \"public.shipments\""), "\\d shipments:\n{d}");
     assert!(d.contains("bigint") && d.contains("text") && d.contains("double precision") && d.contains("date"), "\\d types:\n{d}");
     assert!(d.contains("not null"), "\\d shows NOT NULL:\n{d}");
+    assert!(d.contains("Indexes:\n    \"shipments_pkey\" PRIMARY KEY, btree (id)"), "\\d shows the primary key's index:\n{d}");
     let d_view = psql(&server, "\\d per_status");
     assert!(d_view.contains("Materialized view \"public.per_status\""), "\\d per_status:\n{d_view}");
     assert!(d_view.contains("status") && d_view.contains("bigint"), "\\d per_status columns:\n{d_view}");
@@ -152,6 +153,10 @@ fn psql_meta_commands() {
     assert!(d_plus.contains("shipments") && d_plus.contains("weight"), "\\d+ shipments:\n{d_plus}");
     let d_plus_view = psql(&server, "\\d+ per_status");
     assert!(d_plus_view.contains("per_status"), "\\d+ per_status:\n{d_plus_view}");
+    assert!(
+        d_plus_view.contains("View definition:\nSELECT status, count(*) AS n FROM shipments GROUP BY status;"),
+        "\\d+ per_status prints the definition:\n{d_plus_view}"
+    );
     let df = psql(&server, "\\df");
     assert!(df.contains("List of functions"), "\\df:\n{df}");
     let select = psql(&server, "SELECT * FROM per_status ORDER BY status");

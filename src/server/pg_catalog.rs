@@ -21,11 +21,15 @@ use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
 use super::system::{Fill, SystemTable};
+
+mod keys;
 use crate::catalog::RelationKind;
 use crate::engine::Engine;
 
 /// Name of the function that turns `pg_class.relkind` `v` into `m` for materialized views.
 const RELKIND_UDF: &str = "velocity_relkind";
+/// Name of the function that sets `pg_class.relhasindex` for tables with a primary key.
+const RELHASINDEX_UDF: &str = "velocity_relhasindex";
 
 /// Replace the `pg_catalog` schema with one that reports materialized views, and register
 /// `version()`.
@@ -105,8 +109,39 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
 
     let catalog = ctx.catalog(super::DATABASE).ok_or_else(|| anyhow::anyhow!("catalog {} missing", super::DATABASE))?;
     let inner = catalog.schema("pg_catalog").ok_or_else(|| anyhow::anyhow!("pg_catalog schema missing"))?;
-    catalog.register_schema("pg_catalog", Arc::new(VelocityPgCatalog { inner, relkind_udf, matviews: matviews_table(engine) }))?;
+    ctx.register_udf(ScalarUDF::from(keys::KeyDefinition::new(engine.clone(), true)));
+    ctx.register_udf(ScalarUDF::from(keys::KeyDefinition::new(engine.clone(), false)));
+    let hasindex_engine = engine.clone();
+    let relhasindex_udf = Arc::new(create_udf(
+        RELHASINDEX_UDF,
+        vec![DataType::Utf8],
+        DataType::Boolean,
+        Volatility::Volatile,
+        Arc::new(move |args| relhasindex(&hasindex_engine, args)),
+    ));
+    catalog.register_schema(
+        "pg_catalog",
+        Arc::new(VelocityPgCatalog {
+            inner,
+            relkind_udf,
+            relhasindex_udf,
+            matviews: matviews_table(engine),
+            keys: keys::keys_table(engine),
+        }),
+    )?;
     Ok(())
+}
+
+/// `velocity_relhasindex(relname)`: whether the relation has a primary key (and so an index).
+fn relhasindex(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+    let keyed: HashSet<String> = {
+        let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        catalog.iter().filter(|r| !r.primary_key.is_empty()).map(|r| r.name.clone()).collect()
+    };
+    let out: BooleanArray = names.iter().map(|n| Some(n.is_some_and(|n| keyed.contains(n)))).collect();
+    Ok(ColumnarValue::Array(Arc::new(out)))
 }
 
 /// `velocity_relkind(relname, relkind)`: `m` for a view that is one of Velocity's
@@ -139,7 +174,9 @@ fn relkind(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
 struct VelocityPgCatalog {
     inner: Arc<dyn SchemaProvider>,
     relkind_udf: Arc<ScalarUDF>,
+    relhasindex_udf: Arc<ScalarUDF>,
     matviews: Arc<SystemTable>,
+    keys: Arc<SystemTable>,
 }
 
 #[async_trait]
@@ -152,7 +189,22 @@ impl SchemaProvider for VelocityPgCatalog {
         match name {
             "pg_class" => {
                 let Some(pg_class) = self.inner.table(name).await? else { return Ok(None) };
-                Ok(Some(pg_class_with_matviews(pg_class, &self.relkind_udf)?))
+                let Some(pg_namespace) = self.inner.table("pg_namespace").await? else { return Ok(None) };
+                let mut fields: Vec<Field> = pg_class.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.extend(pg_class_added_columns());
+                let indexes = keys::index_class_rows(&Schema::new(fields), &self.keys, pg_namespace)?;
+                Ok(Some(pg_class_with_matviews(pg_class, &self.relkind_udf, &self.relhasindex_udf, indexes)?))
+            }
+            "pg_index" | "pg_constraint" => {
+                let (Some(pg_class), Some(pg_namespace)) = (self.inner.table("pg_class").await?, self.inner.table("pg_namespace").await?)
+                else {
+                    return Ok(None);
+                };
+                Ok(Some(if name == "pg_index" {
+                    keys::pg_index(&self.keys, pg_namespace, pg_class, &keys::pg_index_schema())?
+                } else {
+                    keys::pg_constraint(&self.keys, pg_namespace, pg_class)?
+                }))
             }
             "pg_matviews" => Ok(Some(self.matviews.clone())),
             _ => self.inner.table(name).await,
@@ -164,8 +216,15 @@ impl SchemaProvider for VelocityPgCatalog {
     }
 }
 
-/// `pg_class` with `relkind` passed through `velocity_relkind`, as a view over the original.
-fn pg_class_with_matviews(pg_class: Arc<dyn TableProvider>, relkind_udf: &Arc<ScalarUDF>) -> Result<Arc<dyn TableProvider>> {
+/// `pg_class` with `relkind` passed through `velocity_relkind` and `relhasindex` through
+/// `velocity_relhasindex`, plus the rows of the primary-key indexes, as a view over the
+/// original.
+fn pg_class_with_matviews(
+    pg_class: Arc<dyn TableProvider>,
+    relkind_udf: &Arc<ScalarUDF>,
+    relhasindex_udf: &Arc<ScalarUDF>,
+    indexes: datafusion::logical_expr::LogicalPlan,
+) -> Result<Arc<dyn TableProvider>> {
     let schema = pg_class.schema();
     let columns: Vec<Expr> = schema
         .fields()
@@ -173,13 +232,27 @@ fn pg_class_with_matviews(pg_class: Arc<dyn TableProvider>, relkind_udf: &Arc<Sc
         .map(|f| {
             if f.name() == "relkind" {
                 relkind_udf.call(vec![col("relname"), col("relkind")]).alias("relkind")
+            } else if f.name() == "relhasindex" {
+                relhasindex_udf.call(vec![col("relname")]).alias("relhasindex")
             } else {
                 col(f.name().as_str())
             }
         })
+        .chain(pg_class_added_columns().into_iter().map(|f| {
+            let null = ScalarValue::try_from(f.data_type()).unwrap_or(ScalarValue::Null);
+            datafusion::logical_expr::lit(null).alias(f.name())
+        }))
         .collect();
-    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?.project(columns)?.build()?;
+    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?.project(columns)?.union(indexes)?.build()?;
     Ok(Arc::new(ViewTable::new(plan, None)))
+}
+
+/// Columns of Postgres's `pg_class` that datafusion-pg-catalog lacks and clients select:
+/// `reloptions` (SQLAlchemy's `get_indexes`) and `relacl` (psql `\dp`), NULL as in a
+/// Postgres with no storage options and default privileges.
+fn pg_class_added_columns() -> Vec<Field> {
+    let text_array = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
+    vec![Field::new("reloptions", text_array.clone(), true), Field::new("relacl", text_array, true)]
 }
 
 /// `pg_matviews`: one row per materialized view, with its defining query.

@@ -95,6 +95,28 @@ public class JdbcTest {
             }
             System.out.println("columns: " + cols);
             check(cols.size() == 9 && cols.get(0).equals("id:int8") && cols.get(4).equals("dest:text"), "getColumns: " + cols);
+            // Keys, as DBeaver's and DataGrip's navigators and ORMs read them.
+            try (Statement st = conn.createStatement()) {
+                st.execute("CREATE TABLE legs (trip TEXT, seq INT, km INT, PRIMARY KEY (trip, seq))");
+            }
+            List<String> pk = new ArrayList<>();
+            try (ResultSet rs = md.getPrimaryKeys(null, "public", "legs")) {
+                while (rs.next()) pk.add(rs.getString("COLUMN_NAME") + "#" + rs.getInt("KEY_SEQ") + "@" + rs.getString("PK_NAME"));
+            }
+            System.out.println("primary key: " + pk);
+            check(pk.equals(List.of("trip#1@legs_pkey", "seq#2@legs_pkey")), "getPrimaryKeys(legs): " + pk);
+            List<String> idx = new ArrayList<>();
+            try (ResultSet rs = md.getIndexInfo(null, "public", "legs", false, false)) {
+                while (rs.next()) {
+                    idx.add(rs.getString("INDEX_NAME") + ":" + rs.getString("COLUMN_NAME") + ":" + rs.getInt("ORDINAL_POSITION")
+                        + (rs.getBoolean("NON_UNIQUE") ? ":non-unique" : ":unique"));
+                }
+            }
+            System.out.println("index info: " + idx);
+            check(idx.equals(List.of("legs_pkey:trip:1:unique", "legs_pkey:seq:2:unique")), "getIndexInfo(legs): " + idx);
+            try (ResultSet rs = md.getPrimaryKeys(null, "public", "per_dest")) {
+                check(!rs.next(), "a materialized view without a key has no primary key");
+            }
             try (ResultSet rs = md.getSchemas()) {
                 List<String> schemas = new ArrayList<>();
                 while (rs.next()) schemas.add(rs.getString(1));
