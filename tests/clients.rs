@@ -157,8 +157,32 @@ fn psql_meta_commands() {
         d_plus_view.contains("View definition:\nSELECT status, count(*) AS n FROM shipments GROUP BY status;"),
         "\\d+ per_status prints the definition:\n{d_plus_view}"
     );
+    let du = psql(&server, "\\du");
+    assert!(du.contains("List of roles") && du.contains("Member of"), "\\du:\n{du}");
+    let dt_plus = psql(&server, "\\dt+");
+    assert!(dt_plus.contains("Size") && dt_plus.contains("shipments") && dt_plus.contains("permanent"), "\\dt+:\n{dt_plus}");
+    assert!(!dt_plus.contains("per_status"), "\\dt+ lists tables only:\n{dt_plus}");
+    let dm_plus = psql(&server, "\\dm+");
+    assert!(dm_plus.contains("per_status") && dm_plus.contains("materialized view") && dm_plus.contains("Size"), "\\dm+:\n{dm_plus}");
+    let dp = psql(&server, "\\dp");
+    assert!(dp.contains("Access privileges") && dp.contains("Policies"), "\\dp:\n{dp}");
+    assert!(dp.contains("shipments") && dp.contains("per_status"), "\\dp lists tables and views:\n{dp}");
+    let d_types = psql(&server, "\\dT");
+    assert!(d_types.contains("List of data types") && d_types.contains("(0 rows)"), "\\dT (no user-defined types):\n{d_types}");
+    let db = psql(&server, "\\db");
+    assert!(db.contains("List of tablespaces") && db.contains("pg_default"), "\\db:\n{db}");
     let df = psql(&server, "\\df");
     assert!(df.contains("List of functions"), "\\df:\n{df}");
+    // Tools parse the leading number of server_version; encodings are UTF8.
+    let version = psql(&server, "SHOW server_version");
+    let number = version.lines().nth(2).unwrap_or_default().trim().to_string();
+    let major: u32 = number.split('.').next().unwrap_or_default().parse().unwrap_or_else(|_| panic!("SHOW server_version:\n{version}"));
+    assert!(major >= 15, "SHOW server_version:\n{version}");
+    let version_num = psql(&server, "SHOW server_version_num");
+    let num: u32 = version_num.lines().nth(2).unwrap_or_default().trim().parse().unwrap_or_default();
+    assert_eq!(num / 10_000, major, "SHOW server_version_num agrees with {number}:\n{version_num}");
+    let encoding = psql(&server, "SHOW client_encoding");
+    assert!(encoding.contains(" UTF8"), "SHOW client_encoding:\n{encoding}");
     let select = psql(&server, "SELECT * FROM per_status ORDER BY status");
     assert!(select.contains("PLANNED") && select.contains("(2 rows)"), "SELECT:\n{select}");
 }

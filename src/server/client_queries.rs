@@ -19,7 +19,19 @@ const REWRITES: &[(&str, &str, &str)] = &[
         "pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ')",
         "''",
     ),
+    // psql `\dT`: a type with a relation is a composite type only when the relation is one
+    // (relkind 'c'); Velocity has no composite types. The correlated subquery in WHERE is one
+    // DataFusion cannot plan.
+    ("psql \\dT", "(t.typrelid = 0 OR (SELECT c.relkind = 'c' FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid))", "(t.typrelid = 0)"),
 ];
+
+/// Catalogs Velocity keeps empty: role memberships, row security policies, column
+/// privileges (`attacl`). psql's `\du` and `\dp` collect them with `ARRAY(subquery)`.
+const EMPTY_CATALOGS: &[&str] = &["pg_auth_members", "pg_policy", "attacl"];
+
+/// Server-wide settings `SHOW` answers from `current_setting` (datafusion-postgres answers
+/// `server_version` with its own name and leaves the others empty).
+const SHOWN_SETTINGS: &[&str] = &["server_version", "server_version_num", "client_encoding", "server_encoding", "max_identifier_length"];
 
 /// `sql` with every known client query fragment replaced.
 pub fn rewrite(sql: &str) -> Cow<'_, str> {
@@ -50,6 +62,14 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
     }
     if out.contains("\"$user\"") && out.contains("search_path") {
         if let Some(rewritten) = search_path_as_array(&out) {
+            out = Cow::Owned(rewritten);
+        }
+    }
+    if let Some(name) = shown_setting(&out) {
+        out = Cow::Owned(format!("SELECT current_setting('{name}') AS {name}"));
+    }
+    if out.contains("ARRAY(") && EMPTY_CATALOGS.iter().any(|c| out.contains(c)) {
+        if let Some(rewritten) = empty_catalog_arrays(&out) {
             out = Cow::Owned(rewritten);
         }
     }
@@ -318,6 +338,59 @@ fn like_escape_to_backslash(sql: &str) -> Option<String> {
     changed.then(|| to_sql(&statements))
 }
 
+/// The setting a `SHOW name` statement asks for, when it is one of `SHOWN_SETTINGS`.
+fn shown_setting(sql: &str) -> Option<&'static str> {
+    let text = sql.trim().trim_end_matches(';').trim();
+    let (show, name) = text.split_once(char::is_whitespace)?;
+    if !show.eq_ignore_ascii_case("show") {
+        return None;
+    }
+    let name = name.trim();
+    SHOWN_SETTINGS.iter().copied().find(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// `ARRAY(subquery)` over a catalog in `EMPTY_CATALOGS` as what it gives there, the empty
+/// array (`'{}'`), and `array_to_string` of it as `''`.
+fn empty_catalog_arrays(sql: &str) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut changed = false;
+    let over_empty_catalog = |e: &Expr| match e {
+        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("array") => match &f.args {
+            FunctionArguments::Subquery(q) => {
+                let text = q.to_string();
+                EMPTY_CATALOGS.iter().any(|c| text.contains(c))
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    // Expressions are visited inner first, so `array_to_string(ARRAY(...))` is replaced in a
+    // pass before the one that replaces the remaining `ARRAY(...)`.
+    for bare in [false, true] {
+        let _ = visit_expressions_mut(&mut statements, |e| {
+            let replacement = match &*e {
+                Expr::Function(f) if !bare && f.name.0.last().is_some_and(|p| p.to_string().eq_ignore_ascii_case("array_to_string")) => {
+                    match &f.args {
+                        FunctionArguments::List(list) => match list.args.first() {
+                            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(first))) if over_empty_catalog(first) => Some(""),
+                            _ => None,
+                        },
+                        _ => None,
+                    }
+                }
+                other if bare && over_empty_catalog(other) => Some("{}"),
+                _ => None,
+            };
+            if let Some(text) = replacement {
+                *e = Expr::value(Value::SingleQuotedString(text.to_string()));
+                changed = true;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    changed.then(|| to_sql(&statements))
+}
+
 /// Name of the subscript column `expand_arrays` adds to the table it unnests.
 const EXPAND_SUBSCRIPT: &str = "velocity_subscript";
 
@@ -556,6 +629,23 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("WHERE velocity_view.oid = pg_catalog.pg_class.oid)) AS view_def"), "{out}");
+    }
+
+    #[test]
+    fn show_server_settings() {
+        assert_eq!(super::rewrite("SHOW server_version;"), "SELECT current_setting('server_version') AS server_version");
+        assert_eq!(super::rewrite("show CLIENT_ENCODING"), "SELECT current_setting('client_encoding') AS client_encoding");
+        assert_eq!(super::rewrite("SHOW search_path"), "SHOW search_path");
+    }
+
+    #[test]
+    fn psql_arrays_of_empty_catalogs() {
+        let q = "SELECT r.rolname, ARRAY(SELECT b.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid) as memberof FROM pg_catalog.pg_roles r";
+        assert_eq!(super::rewrite(q), "SELECT r.rolname, '{}' AS memberof FROM pg_catalog.pg_roles r");
+        let q = "SELECT pg_catalog.array_to_string(c.relacl, E'\\n'), pg_catalog.array_to_string(ARRAY(SELECT attname FROM pg_catalog.pg_attribute a WHERE attrelid = c.oid AND attacl IS NOT NULL), E'\\n') AS \"Column privileges\" FROM pg_catalog.pg_class c";
+        let out = super::rewrite(q);
+        assert!(out.contains("'' AS \"Column privileges\""), "{out}");
+        assert!(out.contains("array_to_string(c.relacl"), "{out}");
     }
 
     #[test]

@@ -98,6 +98,39 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
         Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
     ));
     ctx.register_udf(ScalarUDF::from(CurrentSetting::new()));
+    // psql `\dt+`, `\dm+`: sizes are not tracked per relation, so they are unknown (NULL,
+    // printed empty) rather than made up; `pg_size_pretty` formats any size as Postgres does.
+    for name in ["pg_table_size", "pg_relation_size", "pg_total_relation_size", "pg_indexes_size"] {
+        ctx.register_udf(ScalarUDF::from(NullFunction::new(name, Signature::any(1, Volatility::Volatile), DataType::Int64)));
+    }
+    ctx.register_udf(create_udf(
+        "pg_size_pretty",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let sizes = datafusion::common::cast::as_int64_array(&arrays[0])?;
+            Ok(ColumnarValue::Array(Arc::new(sizes.iter().map(|s| s.map(size_pretty)).collect::<StringArray>())))
+        }),
+    ));
+    // psql `\dT`: Velocity defines no types of its own, so every type is pg_catalog's.
+    ctx.register_udf(create_udf(
+        "pg_type_is_visible",
+        vec![DataType::Int64],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
+    ));
+    // psql `\db`: the built-in tablespaces live in the data directory, reported as '' by
+    // Postgres too.
+    ctx.register_udf(create_udf(
+        "pg_tablespace_location",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(String::new()))))),
+    ));
     let relkind_engine = engine.clone();
     let relkind_udf = Arc::new(create_udf(
         RELKIND_UDF,
@@ -291,6 +324,25 @@ fn view_query(create_sql: &str) -> Option<String> {
     }
 }
 
+/// A size in bytes as `pg_size_pretty` prints it: bytes up to 10 kB, then kB, MB, GB, TB,
+/// PB, each unit used while the value stays under 10240 of it, rounded half up.
+fn size_pretty(bytes: i64) -> String {
+    let mut size = bytes;
+    if size.abs() < 10 * 1024 {
+        return format!("{size} bytes");
+    }
+    for unit in ["kB", "MB", "GB", "TB"] {
+        // Postgres halves, rounds, and compares the rounded value against 10240 / 2.
+        let half_rounded = |v: i64| (v + v.signum()) / 2;
+        size /= 512;
+        if half_rounded(size).abs() < 10 * 1024 {
+            return format!("{} {unit}", half_rounded(size));
+        }
+        size /= 2;
+    }
+    format!("{} PB", (size / 512 + (size / 512).signum()) / 2)
+}
+
 /// `current_setting(name [, missing_ok])`: the server-wide settings clients probe (Grafana
 /// reads `server_version_num` and `search_path`). Unknown names fail with 42704, or give
 /// NULL with `missing_ok`, as in Postgres. Per-session values (`application_name`, a `SET
@@ -397,5 +449,25 @@ impl ScalarUDFImpl for NullFunction {
     }
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
         Ok(ColumnarValue::Scalar(ScalarValue::try_from(&self.returns)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn size_pretty_matches_postgres() {
+        // Values from Postgres 15's `SELECT pg_size_pretty(n::bigint)`.
+        for (bytes, text) in [
+            (0, "0 bytes"),
+            (10239, "10239 bytes"),
+            (10240, "10 kB"),
+            (10752, "11 kB"),
+            (1_048_576, "1024 kB"),
+            (10_485_760, "10 MB"),
+            (1_073_741_824, "1024 MB"),
+            (-10240, "-10 kB"),
+        ] {
+            assert_eq!(super::size_pretty(bytes), text, "{bytes}");
+        }
     }
 }
