@@ -240,6 +240,10 @@ impl SchemaProvider for VelocityPgCatalog {
                 }))
             }
             "pg_matviews" => Ok(Some(self.matviews.clone())),
+            "pg_settings" => {
+                let Some(inner) = self.inner.table(name).await? else { return Ok(None) };
+                Ok(Some(pg_settings(inner.schema())?))
+            }
             _ => self.inner.table(name).await,
         }
     }
@@ -324,6 +328,40 @@ fn view_query(create_sql: &str) -> Option<String> {
     }
 }
 
+/// The settings `pg_settings` lists: those `current_setting` knows.
+const SETTINGS: &[&str] = &[
+    "server_version",
+    "server_version_num",
+    "search_path",
+    "timezone",
+    "datestyle",
+    "client_encoding",
+    "server_encoding",
+    "standard_conforming_strings",
+    "integer_datetimes",
+    "max_identifier_length",
+    "max_index_keys",
+    "transaction_isolation",
+    "default_transaction_isolation",
+];
+
+/// `pg_settings` with one row per entry of `SETTINGS` (pgjdbc reads `max_index_keys` there
+/// before `getImportedKeys`), in datafusion-pg-catalog's schema.
+fn pg_settings(schema: SchemaRef) -> Result<Arc<dyn TableProvider>> {
+    let rows: Vec<(&str, String)> = SETTINGS.iter().filter_map(|n| setting(n).map(|v| (*n, v))).collect();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "name" => Ok(Arc::new(StringArray::from_iter_values(rows.iter().map(|(n, _)| *n))) as ArrayRef),
+            "setting" | "reset_val" => Ok(Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, v)| v.clone()))) as ArrayRef),
+            _ => Ok(arrow::array::new_null_array(f.data_type(), rows.len())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
 /// A size in bytes as `pg_size_pretty` prints it: bytes up to 10 kB, then kB, MB, GB, TB,
 /// PB, each unit used while the value stays under 10240 of it, rounded half up.
 fn size_pretty(bytes: i64) -> String {
@@ -382,6 +420,7 @@ fn setting(name: &str) -> Option<String> {
         "client_encoding" | "server_encoding" => "UTF8".to_string(),
         "standard_conforming_strings" | "integer_datetimes" => "on".to_string(),
         "max_identifier_length" => "63".to_string(),
+        "max_index_keys" => "32".to_string(),
         "transaction_isolation" | "default_transaction_isolation" => "read committed".to_string(),
         _ => return None,
     })

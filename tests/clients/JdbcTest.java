@@ -114,6 +114,13 @@ public class JdbcTest {
             }
             System.out.println("index info: " + idx);
             check(idx.equals(List.of("legs_pkey:trip:1:unique", "legs_pkey:seq:2:unique")), "getIndexInfo(legs): " + idx);
+            // Velocity has no foreign keys: the calls answer (pg_settings has max_index_keys) with no rows.
+            try (ResultSet rs = md.getImportedKeys(null, "public", "legs")) {
+                check(!rs.next(), "getImportedKeys(legs) is empty");
+            }
+            try (ResultSet rs = md.getExportedKeys(null, "public", "legs")) {
+                check(!rs.next(), "getExportedKeys(legs) is empty");
+            }
             try (ResultSet rs = md.getPrimaryKeys(null, "public", "per_dest")) {
                 check(!rs.next(), "a materialized view without a key has no primary key");
             }
