@@ -19,7 +19,10 @@ const REWRITES: &[(&str, &str, &str)] = &[
         "pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ')",
         "''",
     ),
-    // psql `\dT`: a type with a relation is a composite type only when the relation is one
+    // pgjdbc's type cache (`getTypeInfo`, array types): `pg_type.typinput` holds the input
+    // function's name, which a `regproc` cast of a name would compare as an oid.
+    ("pgjdbc TypeInfoCache", "typinput='pg_catalog.array_in'::regproc", "typinput='array_in'"),
+    // psql `\dT` and pgjdbc `getTypeInfo`: a type with a relation is a composite type only when the relation is one
     // (relkind 'c'); Velocity has no composite types. The correlated subquery in WHERE is one
     // DataFusion cannot plan.
     ("psql \\dT", "(t.typrelid = 0 OR (SELECT c.relkind = 'c' FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid))", "(t.typrelid = 0)"),

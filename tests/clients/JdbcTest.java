@@ -121,6 +121,14 @@ public class JdbcTest {
             try (ResultSet rs = md.getExportedKeys(null, "public", "legs")) {
                 check(!rs.next(), "getExportedKeys(legs) is empty");
             }
+            Map<String, Integer> types = new TreeMap<>();
+            try (ResultSet rs = md.getTypeInfo()) {
+                while (rs.next()) types.put(rs.getString("TYPE_NAME"), rs.getInt("DATA_TYPE"));
+            }
+            System.out.println("getTypeInfo: " + types.size() + " types");
+            check(types.get("int8") == java.sql.Types.BIGINT && types.get("text") == java.sql.Types.VARCHAR
+                && types.get("numeric") == java.sql.Types.NUMERIC && types.get("timestamptz") == java.sql.Types.TIMESTAMP
+                && types.get("_int4") == java.sql.Types.ARRAY, "getTypeInfo: " + types);
             try (ResultSet rs = md.getPrimaryKeys(null, "public", "per_dest")) {
                 check(!rs.next(), "a materialized view without a key has no primary key");
             }
