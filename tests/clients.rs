@@ -162,8 +162,16 @@ fn psql_meta_commands() {
     let dt_plus = psql(&server, "\\dt+");
     assert!(dt_plus.contains("Size") && dt_plus.contains("shipments") && dt_plus.contains("permanent"), "\\dt+:\n{dt_plus}");
     assert!(!dt_plus.contains("per_status"), "\\dt+ lists tables only:\n{dt_plus}");
+    // Sizes are the bytes of the stored rows: two rows are more than nothing.
+    let stored = |listing: &str, name: &str| -> u64 {
+        let line = listing.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} listed:\n{listing}"));
+        let size = line.split('|').nth(6).unwrap_or_default().trim().to_string();
+        size.strip_suffix(" bytes").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("size of {name} in bytes:\n{listing}"))
+    };
+    assert!(stored(&dt_plus, "shipments") > 0, "\\dt+ size:\n{dt_plus}");
     let dm_plus = psql(&server, "\\dm+");
     assert!(dm_plus.contains("per_status") && dm_plus.contains("materialized view") && dm_plus.contains("Size"), "\\dm+:\n{dm_plus}");
+    assert!(stored(&dm_plus, "per_status") > 0, "\\dm+ size:\n{dm_plus}");
     let dp = psql(&server, "\\dp");
     assert!(dp.contains("Access privileges") && dp.contains("Policies"), "\\dp:\n{dp}");
     assert!(dp.contains("shipments") && dp.contains("per_status"), "\\dp lists tables and views:\n{dp}");

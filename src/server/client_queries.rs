@@ -82,7 +82,7 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
         }
     }
     let lower = out.to_ascii_lowercase();
-    if lower.contains("generate_subscripts") || lower.contains("pg_get_viewdef") {
+    if lower.contains("generate_subscripts") || lower.contains("pg_get_viewdef") || lower.contains("size(") {
         if let Some(rewritten) = subscripts_and_view_definitions(&out) {
             out = Cow::Owned(rewritten);
         }
@@ -510,7 +510,8 @@ fn expand_arrays_in(query: &mut Query) -> Option<bool> {
 /// `generate_subscripts(a, dim)` (SQLAlchemy's key and index reflection, beside `unnest(a)`)
 /// as `unnest(<1 to the length of a>)`, which DataFusion zips with the other `unnest` as
 /// Postgres does; and `pg_get_viewdef(oid [, pretty])` as the definition of the
-/// materialized view with that oid, read from `pg_matviews` (NULL for other relations).
+/// materialized view with that oid, read from `pg_matviews` (NULL for other relations);
+/// `pg_table_size(c.oid)` as the size of the relation named `c.relname`.
 /// The subquery sits inside `coalesce` because datafusion-postgres replaces a correlated
 /// subquery that is a whole select item with NULL.
 fn subscripts_and_view_definitions(sql: &str) -> Option<String> {
@@ -526,6 +527,10 @@ fn subscripts_and_view_definitions(sql: &str) -> Option<String> {
             // binds it as a parameter, whose numbering and type must not change).
             (Some("generate_subscripts"), [array, dim]) => {
                 format!("unnest(range(CAST({dim} AS BIGINT), CAST(cardinality({array}) AS BIGINT) + CAST({dim} AS BIGINT)))")
+            }
+            // psql `\dt+`: the size of the `pg_class` row's relation, found by its name.
+            (Some("pg_table_size" | "pg_relation_size" | "pg_total_relation_size"), [oid]) if oid.ends_with(".oid") => {
+                format!("velocity_relation_size({}.relname)", &oid[..oid.len() - 4])
             }
             (Some("pg_get_viewdef"), [oid, ..]) => format!(
                 "coalesce((SELECT max(velocity_matview.definition) FROM pg_catalog.pg_class AS velocity_view \
@@ -632,6 +637,15 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("WHERE velocity_view.oid = pg_catalog.pg_class.oid)) AS view_def"), "{out}");
+    }
+
+    #[test]
+    fn psql_table_size_by_name() {
+        let q = "SELECT pg_catalog.pg_size_pretty(pg_catalog.pg_table_size(c.oid)) as \"Size\" FROM pg_catalog.pg_class c";
+        assert_eq!(
+            super::rewrite(q),
+            "SELECT pg_catalog.pg_size_pretty(velocity_relation_size(c.relname)) AS \"Size\" FROM pg_catalog.pg_class c"
+        );
     }
 
     #[test]

@@ -98,8 +98,19 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
         Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
     ));
     ctx.register_udf(ScalarUDF::from(CurrentSetting::new()));
-    // psql `\dt+`, `\dm+`: sizes are not tracked per relation, so they are unknown (NULL,
-    // printed empty) rather than made up; `pg_size_pretty` formats any size as Postgres does.
+    // psql `\dt+`, `\dm+`: a table's or materialized view's size is the bytes of its stored
+    // rows (keys and values, before RocksDB compresses them; operator state not counted).
+    // Clients pass an oid, which only `pg_class` maps to a name, so `client_queries` turns
+    // `pg_table_size(c.oid)` into `velocity_relation_size(c.relname)`; other arguments are
+    // unknown sizes (NULL). `pg_size_pretty` formats any size as Postgres does.
+    let size_engine = engine.clone();
+    ctx.register_udf(create_udf(
+        "velocity_relation_size",
+        vec![DataType::Utf8],
+        DataType::Int64,
+        Volatility::Volatile,
+        Arc::new(move |args| relation_size(&size_engine, args)),
+    ));
     for name in ["pg_table_size", "pg_relation_size", "pg_total_relation_size", "pg_indexes_size"] {
         ctx.register_udf(ScalarUDF::from(NullFunction::new(name, Signature::any(1, Volatility::Volatile), DataType::Int64)));
     }
@@ -163,6 +174,41 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
         }),
     )?;
     Ok(())
+}
+
+/// `velocity_relation_size(relname)`: bytes of the stored rows of a table or materialized
+/// view, NULL for any other name.
+fn relation_size(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+    let ids: Vec<Option<u32>> = {
+        let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        names
+            .iter()
+            .map(|n| {
+                n.and_then(|n| catalog.get(n))
+                    .filter(|r| matches!(r.kind, RelationKind::Table | RelationKind::MaterializedView))
+                    .map(|r| r.id)
+            })
+            .collect()
+    };
+    let mut sizes = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(id) = id else {
+            sizes.push(None);
+            continue;
+        };
+        let mut bytes = 0i64;
+        engine
+            .store
+            .for_each_prefix(&crate::engine::contents::Contents::prefix(id), |k, v| {
+                bytes += (k.len() + v.len()) as i64;
+                Ok(())
+            })
+            .map_err(|e| DataFusionError::External(e.into()))?;
+        sizes.push(Some(bytes));
+    }
+    Ok(ColumnarValue::Array(Arc::new(arrow::array::Int64Array::from(sizes))))
 }
 
 /// `velocity_relhasindex(relname)`: whether the relation has a primary key (and so an index).
