@@ -146,6 +146,13 @@ fn psql_meta_commands() {
     assert!(d.contains("bigint") && d.contains("text") && d.contains("double precision") && d.contains("date"), "\\d types:\n{d}");
     assert!(d.contains("not null"), "\\d shows NOT NULL:\n{d}");
     assert!(d.contains("Indexes:\n    \"shipments_pkey\" PRIMARY KEY, btree (id)"), "\\d shows the primary key's index:\n{d}");
+    let d_index = psql(&server, "\\d shipments_pkey");
+    assert!(
+        d_index.contains("Index \"public.shipments_pkey\"") && d_index.contains("primary key, btree, for table \"public.shipments\""),
+        "\\d shipments_pkey:\n{d_index}"
+    );
+    let di = psql(&server, "\\di");
+    assert!(di.contains("shipments_pkey") && di.contains("index"), "\\di:\n{di}");
     let d_view = psql(&server, "\\d per_status");
     assert!(d_view.contains("Materialized view \"public.per_status\""), "\\d per_status:\n{d_view}");
     assert!(d_view.contains("status") && d_view.contains("bigint"), "\\d per_status columns:\n{d_view}");

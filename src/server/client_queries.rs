@@ -22,6 +22,19 @@ const REWRITES: &[(&str, &str, &str)] = &[
     // pgjdbc's type cache (`getTypeInfo`, array types): `pg_type.typinput` holds the input
     // function's name, which a `regproc` cast of a name would compare as an oid.
     ("pgjdbc TypeInfoCache", "typinput='pg_catalog.array_in'::regproc", "typinput='array_in'"),
+    // psql `\d <index>`: whether the index's constraint is deferrable or deferred, an EXISTS
+    // in the select list (which DataFusion cannot execute) that is false for an immediate
+    // index, as every Velocity key is.
+    (
+        "psql \\d index",
+        "(NOT i.indimmediate) AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = i.indrelid AND conindid = i.indexrelid AND contype IN ('p','u','x') AND condeferrable)",
+        "(NOT i.indimmediate)",
+    ),
+    (
+        "psql \\d index",
+        "(NOT i.indimmediate) AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = i.indrelid AND conindid = i.indexrelid AND contype IN ('p','u','x') AND condeferred)",
+        "(NOT i.indimmediate)",
+    ),
     // psql `\dT` and pgjdbc `getTypeInfo`: a type with a relation is a composite type only when the relation is one
     // (relkind 'c'); Velocity has no composite types. The correlated subquery in WHERE is one
     // DataFusion cannot plan.
