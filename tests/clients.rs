@@ -151,6 +151,7 @@ fn psql_meta_commands() {
         d_index.contains("Index \"public.shipments_pkey\"") && d_index.contains("primary key, btree, for table \"public.shipments\""),
         "\\d shipments_pkey:\n{d_index}"
     );
+    assert!(d_index.contains(" id     | bigint | yes  | id"), "\\d shipments_pkey lists the key column:\n{d_index}");
     let di = psql(&server, "\\di");
     assert!(di.contains("shipments_pkey") && di.contains("index"), "\\di:\n{di}");
     let d_view = psql(&server, "\\d per_status");

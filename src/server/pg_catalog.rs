@@ -171,6 +171,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
             relhasindex_udf,
             matviews: matviews_table(engine),
             keys: keys::keys_table(engine),
+            key_columns: keys::key_columns_table(engine),
         }),
     )?;
     Ok(())
@@ -256,6 +257,7 @@ struct VelocityPgCatalog {
     relhasindex_udf: Arc<ScalarUDF>,
     matviews: Arc<SystemTable>,
     keys: Arc<SystemTable>,
+    key_columns: Arc<SystemTable>,
 }
 
 #[async_trait]
@@ -273,6 +275,17 @@ impl SchemaProvider for VelocityPgCatalog {
                 fields.extend(pg_class_added_columns());
                 let indexes = keys::index_class_rows(&Schema::new(fields), &self.keys, pg_namespace)?;
                 Ok(Some(pg_class_with_matviews(pg_class, &self.relkind_udf, &self.relhasindex_udf, indexes)?))
+            }
+            "pg_attribute" => {
+                let (Some(inner), Some(pg_class), Some(pg_namespace)) =
+                    (self.inner.table(name).await?, self.inner.table("pg_class").await?, self.inner.table("pg_namespace").await?)
+                else {
+                    return Ok(None);
+                };
+                let schema = inner.schema();
+                let indexes = keys::index_attribute_rows(&schema, &self.key_columns, pg_namespace, pg_class, inner.clone())?;
+                let plan = LogicalPlanBuilder::scan("pg_attribute", provider_as_source(inner), None)?.union(indexes)?.build()?;
+                Ok(Some(Arc::new(ViewTable::new(plan, None))))
             }
             "pg_index" | "pg_constraint" => {
                 let (Some(pg_class), Some(pg_namespace)) = (self.inner.table("pg_class").await?, self.inner.table("pg_namespace").await?)

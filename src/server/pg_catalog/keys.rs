@@ -87,6 +87,52 @@ pub fn keys_table(engine: &Engine) -> Arc<SystemTable> {
     Arc::new(SystemTable::new(engine.clone(), schema, fill))
 }
 
+/// `velocity_key_columns`: one row per column of a primary key, with its position in the key.
+pub fn key_columns_table(engine: &Engine) -> Arc<SystemTable> {
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("nspname", DataType::Utf8, false),
+        Field::new("relname", DataType::Utf8, false),
+        Field::new("index_oid", DataType::Int32, false),
+        Field::new("position", DataType::Int16, false),
+        Field::new("attnum", DataType::Int16, false),
+    ]));
+    let fill: Fill = Box::new(|engine: &Engine| {
+        let rows: Vec<(Relation, i16, i16)> = keyed(engine)?
+            .into_iter()
+            .flat_map(|(r, key)| key.into_iter().enumerate().map(move |(i, a)| (r.clone(), i as i16 + 1, a)))
+            .collect();
+        Ok(vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "public"))) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(r, _, _)| r.name.clone()))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|(r, _, _)| (INDEX_OID_BASE + r.id as i64) as i32))),
+            Arc::new(arrow::array::Int16Array::from_iter_values(rows.iter().map(|(_, p, _)| *p))),
+            Arc::new(arrow::array::Int16Array::from_iter_values(rows.iter().map(|(_, _, a)| *a))),
+        ])
+    });
+    Arc::new(SystemTable::new(engine.clone(), schema, fill))
+}
+
+/// `pg_attribute` rows of the primary-key indexes (psql `\d t_pkey` lists them): each key
+/// column's attribute, renumbered by its position in the key, under the index's oid.
+pub fn index_attribute_rows(
+    schema: &Schema,
+    key_columns: &Arc<SystemTable>,
+    pg_namespace: Arc<dyn TableProvider>,
+    pg_class: Arc<dyn TableProvider>,
+    pg_attribute: Arc<dyn TableProvider>,
+) -> Result<LogicalPlan> {
+    let plan = keys_with_oids(key_columns, pg_namespace, Some(pg_class))?;
+    let attributes = LogicalPlanBuilder::scan("a", provider_as_source(pg_attribute), None)?.build()?;
+    let plan = plan.join_on(attributes, JoinType::Inner, vec![col("a.attrelid").eq(col("c.oid")), col("a.attnum").eq(col("k.attnum"))])?;
+    project_as(plan, schema, |name| {
+        Some(match name {
+            "attrelid" => col("k.index_oid"),
+            "attnum" => col("k.position"),
+            other => col(format!("a.{other}")),
+        })
+    })
+}
+
 /// `velocity_keys k JOIN pg_namespace n ON k.nspname = n.nspname`, and `JOIN pg_class c`
 /// (the keyed table) when `with_table`.
 fn keys_with_oids(
