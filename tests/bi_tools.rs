@@ -3,7 +3,7 @@
 //! schema, table and column pickers. The text follows the tools' sources (Metabase
 //! `src/metabase/driver/postgres.clj` as HoneySQL renders it, Grafana
 //! `grafana-postgresql-datasource/postgresMetaQuery.ts`); answers are checked for a table
-//! with a primary key and a materialized view.
+//! with a primary key and a materialized view; DBeaver's navigator queries likewise.
 
 mod common;
 
@@ -282,4 +282,73 @@ async fn grafana_pickers() {
     // The query a panel built in the picker runs.
     let panel = simple(&client, "SELECT customer AS metric, total AS value FROM revenue ORDER BY 1").await;
     assert_eq!(panel, vec![vec![s("acme"), s("14.75")]]);
+}
+
+/// DBeaver's PostgreSQL navigator, written after the queries its `PostgreTableBase`,
+/// `PostgreIndex` and `PostgreTableConstraint` readers send: the relations of a schema, a
+/// table's indexes and its constraints, answered with the primary key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbeaver_navigator() {
+    let server = common::TestServer::start().await;
+    let client = setup(&server).await;
+    let namespace = simple(&client, "SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'public'").await[0][0].clone().unwrap();
+    let table = simple(&client, &format!("SELECT oid FROM pg_catalog.pg_class WHERE relname = 'orders' AND relnamespace = {namespace}"))
+        .await[0][0]
+        .clone()
+        .unwrap();
+
+    let relations = simple(
+        &client,
+        &format!(
+            "SELECT c.oid,c.*,t.relname as tabrelname,rt.relnamespace as refnamespace,d.description \
+             FROM pg_catalog.pg_class c \
+             left outer join pg_catalog.pg_class t on t.oid=c.reltoastrelid \
+             left outer join pg_catalog.pg_class rt on rt.oid=c.reloftype \
+             left outer join pg_catalog.pg_description d on d.objoid=c.oid and d.classoid='pg_class'::regclass and d.objsubid=0 \
+             WHERE c.relnamespace={namespace} AND c.relkind not in ('i','I','c')"
+        ),
+    )
+    .await;
+    let names: Vec<String> = relations.iter().map(|r| r[2].clone().unwrap_or_default()).collect();
+    assert!(names.contains(&"orders".to_string()) && names.contains(&"revenue".to_string()), "{names:?}");
+    assert!(!names.contains(&"orders_pkey".to_string()), "indexes are not relations of the navigator: {names:?}");
+
+    let indexes = simple(
+        &client,
+        &format!(
+            "SELECT c.relname, i.indisprimary, i.indisunique, i.indkey as keys, tc.relname as tabrelname, \
+             pg_catalog.pg_get_expr(i.indpred, i.indrelid) as pred_expr, pg_catalog.pg_get_indexdef(i.indexrelid) as def, \
+             pg_catalog.pg_relation_size(i.indexrelid) as index_rel_size \
+             FROM pg_catalog.pg_index i INNER JOIN pg_catalog.pg_class c ON c.oid=i.indexrelid \
+             INNER JOIN pg_catalog.pg_class tc ON tc.oid=i.indrelid \
+             LEFT OUTER JOIN pg_catalog.pg_description dsc ON i.indexrelid=dsc.objoid \
+             WHERE i.indrelid={table} ORDER BY tc.relname, c.relname"
+        ),
+    )
+    .await;
+    assert_eq!(indexes.len(), 1, "{indexes:?}");
+    assert_eq!(indexes[0][..5], [s("orders_pkey"), s("t"), s("t"), s("{1}"), s("orders")], "{indexes:?}");
+    assert_eq!(indexes[0][6], s("CREATE UNIQUE INDEX orders_pkey ON public.orders USING btree (id)"), "{indexes:?}");
+
+    let constraints = simple(
+        &client,
+        &format!(
+            "SELECT c.oid,c.*,t.relname as tabrelname, \
+             case when c.contype='c' then substr(pg_get_constraintdef(c.oid), 7) else null end consrc_copy, \
+             pg_get_constraintdef(c.oid) AS def \
+             FROM pg_catalog.pg_constraint c INNER JOIN pg_catalog.pg_class t ON t.oid=c.conrelid \
+             WHERE t.relnamespace={namespace} AND c.contype<>'f' AND t.relname = 'orders' ORDER BY c.oid"
+        ),
+    )
+    .await;
+    assert_eq!(constraints.len(), 1, "{constraints:?}");
+    let row = &constraints[0];
+    assert_eq!((row[2].as_deref(), row[4].as_deref()), (Some("orders_pkey"), Some("p")), "{row:?}");
+    assert_eq!(row.last().cloned().flatten().as_deref(), Some("PRIMARY KEY (id)"), "{row:?}");
+    let revenue = simple(
+        &client,
+        "SELECT count(*) FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class t ON t.oid = c.conrelid WHERE t.relname = 'revenue'",
+    )
+    .await;
+    assert_eq!(revenue, vec![vec![s("0")]], "a materialized view has no key constraint");
 }

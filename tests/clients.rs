@@ -21,7 +21,7 @@ fn python() -> PathBuf {
     let path = std::env::var_os("VELOCITY_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| clients_dir().join(".venv/bin/python"));
     assert!(
         path.exists(),
-        "{} is missing: run .ci/run, or python3 -m venv tests/clients/.venv && tests/clients/.venv/bin/pip install 'psycopg[binary]' sqlalchemy",
+        "{} is missing: run .ci/run, or python3 -m venv tests/clients/.venv && tests/clients/.venv/bin/pip install 'psycopg[binary]' sqlalchemy pandas",
         path.display()
     );
     path
@@ -145,6 +145,15 @@ fn psql_meta_commands() {
     assert!(d.contains("Table \"public.shipments\""), "\\d shipments:\n{d}");
     assert!(d.contains("bigint") && d.contains("text") && d.contains("double precision") && d.contains("date"), "\\d types:\n{d}");
     assert!(d.contains("not null"), "\\d shows NOT NULL:\n{d}");
+    assert!(d.contains("Indexes:\n    \"shipments_pkey\" PRIMARY KEY, btree (id)"), "\\d shows the primary key's index:\n{d}");
+    let d_index = psql(&server, "\\d shipments_pkey");
+    assert!(
+        d_index.contains("Index \"public.shipments_pkey\"") && d_index.contains("primary key, btree, for table \"public.shipments\""),
+        "\\d shipments_pkey:\n{d_index}"
+    );
+    assert!(d_index.contains(" id     | bigint | yes  | id"), "\\d shipments_pkey lists the key column:\n{d_index}");
+    let di = psql(&server, "\\di");
+    assert!(di.contains("shipments_pkey") && di.contains("index"), "\\di:\n{di}");
     let d_view = psql(&server, "\\d per_status");
     assert!(d_view.contains("Materialized view \"public.per_status\""), "\\d per_status:\n{d_view}");
     assert!(d_view.contains("status") && d_view.contains("bigint"), "\\d per_status columns:\n{d_view}");
@@ -152,8 +161,44 @@ fn psql_meta_commands() {
     assert!(d_plus.contains("shipments") && d_plus.contains("weight"), "\\d+ shipments:\n{d_plus}");
     let d_plus_view = psql(&server, "\\d+ per_status");
     assert!(d_plus_view.contains("per_status"), "\\d+ per_status:\n{d_plus_view}");
+    assert!(
+        d_plus_view.contains("View definition:\nSELECT status, count(*) AS n FROM shipments GROUP BY status;"),
+        "\\d+ per_status prints the definition:\n{d_plus_view}"
+    );
+    let du = psql(&server, "\\du");
+    assert!(du.contains("List of roles") && du.contains("Member of"), "\\du:\n{du}");
+    let dt_plus = psql(&server, "\\dt+");
+    assert!(dt_plus.contains("Size") && dt_plus.contains("shipments") && dt_plus.contains("permanent"), "\\dt+:\n{dt_plus}");
+    assert!(!dt_plus.contains("per_status"), "\\dt+ lists tables only:\n{dt_plus}");
+    // Sizes are the bytes of the stored rows: two rows are more than nothing.
+    let stored = |listing: &str, name: &str| -> u64 {
+        let line = listing.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} listed:\n{listing}"));
+        let size = line.split('|').nth(6).unwrap_or_default().trim().to_string();
+        size.strip_suffix(" bytes").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("size of {name} in bytes:\n{listing}"))
+    };
+    assert!(stored(&dt_plus, "shipments") > 0, "\\dt+ size:\n{dt_plus}");
+    let dm_plus = psql(&server, "\\dm+");
+    assert!(dm_plus.contains("per_status") && dm_plus.contains("materialized view") && dm_plus.contains("Size"), "\\dm+:\n{dm_plus}");
+    assert!(stored(&dm_plus, "per_status") > 0, "\\dm+ size:\n{dm_plus}");
+    let dp = psql(&server, "\\dp");
+    assert!(dp.contains("Access privileges") && dp.contains("Policies"), "\\dp:\n{dp}");
+    assert!(dp.contains("shipments") && dp.contains("per_status"), "\\dp lists tables and views:\n{dp}");
+    let d_types = psql(&server, "\\dT");
+    assert!(d_types.contains("List of data types") && d_types.contains("(0 rows)"), "\\dT (no user-defined types):\n{d_types}");
+    let db = psql(&server, "\\db");
+    assert!(db.contains("List of tablespaces") && db.contains("pg_default"), "\\db:\n{db}");
     let df = psql(&server, "\\df");
     assert!(df.contains("List of functions"), "\\df:\n{df}");
+    // Tools parse the leading number of server_version; encodings are UTF8.
+    let version = psql(&server, "SHOW server_version");
+    let number = version.lines().nth(2).unwrap_or_default().trim().to_string();
+    let major: u32 = number.split('.').next().unwrap_or_default().parse().unwrap_or_else(|_| panic!("SHOW server_version:\n{version}"));
+    assert!(major >= 15, "SHOW server_version:\n{version}");
+    let version_num = psql(&server, "SHOW server_version_num");
+    let num: u32 = version_num.lines().nth(2).unwrap_or_default().trim().parse().unwrap_or_default();
+    assert_eq!(num / 10_000, major, "SHOW server_version_num agrees with {number}:\n{version_num}");
+    let encoding = psql(&server, "SHOW client_encoding");
+    assert!(encoding.contains(" UTF8"), "SHOW client_encoding:\n{encoding}");
     let select = psql(&server, "SELECT * FROM per_status ORDER BY status");
     assert!(select.contains("PLANNED") && select.contains("(2 rows)"), "SELECT:\n{select}");
 }

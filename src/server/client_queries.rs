@@ -19,7 +19,35 @@ const REWRITES: &[(&str, &str, &str)] = &[
         "pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ')",
         "''",
     ),
+    // pgjdbc's type cache (`getTypeInfo`, array types): `pg_type.typinput` holds the input
+    // function's name, which a `regproc` cast of a name would compare as an oid.
+    ("pgjdbc TypeInfoCache", "typinput='pg_catalog.array_in'::regproc", "typinput='array_in'"),
+    // psql `\d <index>`: whether the index's constraint is deferrable or deferred, an EXISTS
+    // in the select list (which DataFusion cannot execute) that is false for an immediate
+    // index, as every Velocity key is.
+    (
+        "psql \\d index",
+        "(NOT i.indimmediate) AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = i.indrelid AND conindid = i.indexrelid AND contype IN ('p','u','x') AND condeferrable)",
+        "(NOT i.indimmediate)",
+    ),
+    (
+        "psql \\d index",
+        "(NOT i.indimmediate) AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = i.indrelid AND conindid = i.indexrelid AND contype IN ('p','u','x') AND condeferred)",
+        "(NOT i.indimmediate)",
+    ),
+    // psql `\dT` and pgjdbc `getTypeInfo`: a type with a relation is a composite type only when the relation is one
+    // (relkind 'c'); Velocity has no composite types. The correlated subquery in WHERE is one
+    // DataFusion cannot plan.
+    ("psql \\dT", "(t.typrelid = 0 OR (SELECT c.relkind = 'c' FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid))", "(t.typrelid = 0)"),
 ];
+
+/// Catalogs Velocity keeps empty: role memberships, row security policies, column
+/// privileges (`attacl`). psql's `\du` and `\dp` collect them with `ARRAY(subquery)`.
+const EMPTY_CATALOGS: &[&str] = &["pg_auth_members", "pg_policy", "attacl"];
+
+/// Server-wide settings `SHOW` answers from `current_setting` (datafusion-postgres answers
+/// `server_version` with its own name and leaves the others empty).
+const SHOWN_SETTINGS: &[&str] = &["server_version", "server_version_num", "client_encoding", "server_encoding", "max_identifier_length"];
 
 /// `sql` with every known client query fragment replaced.
 pub fn rewrite(sql: &str) -> Cow<'_, str> {
@@ -50,6 +78,25 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
     }
     if out.contains("\"$user\"") && out.contains("search_path") {
         if let Some(rewritten) = search_path_as_array(&out) {
+            out = Cow::Owned(rewritten);
+        }
+    }
+    if let Some(name) = shown_setting(&out) {
+        out = Cow::Owned(format!("SELECT current_setting('{name}') AS {name}"));
+    }
+    if out.contains("ARRAY(") && EMPTY_CATALOGS.iter().any(|c| out.contains(c)) {
+        if let Some(rewritten) = empty_catalog_arrays(&out) {
+            out = Cow::Owned(rewritten);
+        }
+    }
+    if out.contains("_pg_expandarray") {
+        if let Some(rewritten) = expand_arrays(&out) {
+            out = Cow::Owned(rewritten);
+        }
+    }
+    let lower = out.to_ascii_lowercase();
+    if lower.contains("generate_subscripts") || lower.contains("pg_get_viewdef") || lower.contains("size(") {
+        if let Some(rewritten) = subscripts_and_view_definitions(&out) {
             out = Cow::Owned(rewritten);
         }
     }
@@ -307,6 +354,213 @@ fn like_escape_to_backslash(sql: &str) -> Option<String> {
     changed.then(|| to_sql(&statements))
 }
 
+/// The setting a `SHOW name` statement asks for, when it is one of `SHOWN_SETTINGS`.
+fn shown_setting(sql: &str) -> Option<&'static str> {
+    let text = sql.trim().trim_end_matches(';').trim();
+    let (show, name) = text.split_once(char::is_whitespace)?;
+    if !show.eq_ignore_ascii_case("show") {
+        return None;
+    }
+    let name = name.trim();
+    SHOWN_SETTINGS.iter().copied().find(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// `ARRAY(subquery)` over a catalog in `EMPTY_CATALOGS` as what it gives there, the empty
+/// array (`'{}'`), and `array_to_string` of it as `''`.
+fn empty_catalog_arrays(sql: &str) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut changed = false;
+    let over_empty_catalog = |e: &Expr| match e {
+        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("array") => match &f.args {
+            FunctionArguments::Subquery(q) => {
+                let text = q.to_string();
+                EMPTY_CATALOGS.iter().any(|c| text.contains(c))
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    // Expressions are visited inner first, so `array_to_string(ARRAY(...))` is replaced in a
+    // pass before the one that replaces the remaining `ARRAY(...)`.
+    for bare in [false, true] {
+        let _ = visit_expressions_mut(&mut statements, |e| {
+            let replacement = match &*e {
+                Expr::Function(f) if !bare && f.name.0.last().is_some_and(|p| p.to_string().eq_ignore_ascii_case("array_to_string")) => {
+                    match &f.args {
+                        FunctionArguments::List(list) => match list.args.first() {
+                            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(first))) if over_empty_catalog(first) => Some(""),
+                            _ => None,
+                        },
+                        _ => None,
+                    }
+                }
+                other if bare && over_empty_catalog(other) => Some("{}"),
+                _ => None,
+            };
+            if let Some(text) = replacement {
+                *e = Expr::value(Value::SingleQuotedString(text.to_string()));
+                changed = true;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    changed.then(|| to_sql(&statements))
+}
+
+/// Name of the subscript column `expand_arrays` adds to the table it unnests.
+const EXPAND_SUBSCRIPT: &str = "velocity_subscript";
+
+/// pgjdbc's `getPrimaryKeys` and `getIndexInfo` call `information_schema._pg_expandarray(
+/// q.col)` in the select list: a set-returning function giving one `(x, n)` record per
+/// element (element, 1-based position), read as `(_pg_expandarray(q.col)).n` or kept whole
+/// and read outside as `(keys).x`. DataFusion has no set-returning functions there, so the
+/// table `q` becomes `(SELECT *, unnest(<positions of col>) AS velocity_subscript FROM t) q`,
+/// one row per element as the function would give, and each call becomes the record
+/// `named_struct('x', q.col[q.velocity_subscript], 'n', q.velocity_subscript)`, with
+/// `(record).field` read as `record['field']`. None when a call has another shape.
+fn expand_arrays(sql: &str) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut changed = false;
+    for statement in &mut statements {
+        if let Statement::Query(query) = statement {
+            changed |= expand_arrays_in(query)?;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let _ = visit_expressions_mut(&mut statements, |e| {
+        if let Expr::CompoundFieldAccess { root, access_chain } = e {
+            if let [datafusion::sql::sqlparser::ast::AccessExpr::Dot(Expr::Identifier(field))] = access_chain.as_slice() {
+                let record = match root.as_ref() {
+                    Expr::Nested(inner) => inner.to_string(),
+                    other => other.to_string(),
+                };
+                let text = format!("{record}['{}']", field.value.to_ascii_lowercase());
+                if let Ok(expr) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&text).and_then(|mut p| p.parse_expr()) {
+                    *e = expr;
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Some(to_sql(&statements))
+}
+
+/// `expand_arrays` for one query and the derived tables in it; None when a call cannot be
+/// rewritten.
+fn expand_arrays_in(query: &mut Query) -> Option<bool> {
+    let SetExpr::Select(select) = query.body.as_mut() else { return Some(false) };
+    let mut changed = false;
+    for table in &mut select.from {
+        for factor in std::iter::once(&mut table.relation).chain(table.joins.iter_mut().map(|j| &mut j.relation)) {
+            if let TableFactor::Derived { subquery, .. } = factor {
+                changed |= expand_arrays_in(subquery)?;
+            }
+        }
+    }
+    let is_expand = |f: &datafusion::sql::sqlparser::ast::Function| {
+        f.name.0.last().is_some_and(|p| p.to_string().eq_ignore_ascii_case("_pg_expandarray"))
+    };
+    // The (table alias, column) of every call.
+    let mut calls: Vec<(String, String)> = Vec::new();
+    let mut other_shape = false;
+    let _ = visit_expressions(&select.projection, |e| {
+        if let Expr::Function(f) = e {
+            if is_expand(f) {
+                match &f.args {
+                    FunctionArguments::List(list) => match list.args.as_slice() {
+                        [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts)))] if parts.len() == 2 => {
+                            let call = (parts[0].value.to_ascii_lowercase(), parts[1].value.clone());
+                            if !calls.contains(&call) {
+                                calls.push(call);
+                            }
+                        }
+                        _ => other_shape = true,
+                    },
+                    _ => other_shape = true,
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    if other_shape || calls.is_empty() || calls.iter().any(|(q, _)| calls.iter().filter(|(q2, _)| q2 == q).count() > 1) {
+        return if other_shape || !calls.is_empty() { None } else { Some(changed) };
+    }
+    for (alias, column) in &calls {
+        let factor = select
+            .from
+            .iter_mut()
+            .flat_map(|t| std::iter::once(&mut t.relation).chain(t.joins.iter_mut().map(|j| &mut j.relation)))
+            .find(|f| matches!(f, TableFactor::Table { alias: Some(a), .. } if a.name.value.eq_ignore_ascii_case(alias)))?;
+        let TableFactor::Table { name, .. } = &*factor else { return None };
+        let derived = format!(
+            "SELECT 1 FROM (SELECT *, unnest(range(1, CAST(cardinality({column}) AS BIGINT) + 1)) AS {EXPAND_SUBSCRIPT} FROM {name}) AS {alias}"
+        );
+        let Some(Statement::Query(q)) = Parser::parse_sql(&PostgreSqlDialect {}, &derived).ok()?.pop() else { return None };
+        let SetExpr::Select(mut s) = *q.body else { return None };
+        *factor = s.from.pop()?.relation;
+    }
+    let _ = visit_expressions_mut(&mut select.projection, |e| {
+        if let Expr::Function(f) = e {
+            if is_expand(f) {
+                if let FunctionArguments::List(list) = &f.args {
+                    if let [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg @ Expr::CompoundIdentifier(parts)))] = list.args.as_slice() {
+                        let n = format!("{}.{EXPAND_SUBSCRIPT}", parts[0]);
+                        let text = format!("named_struct('x', {arg}[{n}], 'n', {n})");
+                        if let Ok(expr) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&text).and_then(|mut p| p.parse_expr()) {
+                            *e = expr;
+                        }
+                    }
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    Some(true)
+}
+
+/// `generate_subscripts(a, dim)` (SQLAlchemy's key and index reflection, beside `unnest(a)`)
+/// as `unnest(<1 to the length of a>)`, which DataFusion zips with the other `unnest` as
+/// Postgres does; and `pg_get_viewdef(oid [, pretty])` as the definition of the
+/// materialized view with that oid, read from `pg_matviews` (NULL for other relations);
+/// `pg_table_size(c.oid)` as the size of the relation named `c.relname`.
+/// The subquery sits inside `coalesce` because datafusion-postgres replaces a correlated
+/// subquery that is a whole select item with NULL.
+fn subscripts_and_view_definitions(sql: &str) -> Option<String> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut changed = false;
+    let _ = visit_expressions_mut(&mut statements, |e| {
+        let Expr::Function(f) = e else { return ControlFlow::<()>::Continue(()) };
+        let name = f.name.0.last().map(|p| p.to_string().to_ascii_lowercase());
+        let FunctionArguments::List(list) = &f.args else { return ControlFlow::Continue(()) };
+        let args: Vec<String> = list.args.iter().map(|a| a.to_string()).collect();
+        let text = match (name.as_deref(), args.as_slice()) {
+            // Velocity's arrays have one dimension, so `dim` is 1; it stays in the text (SQLAlchemy
+            // binds it as a parameter, whose numbering and type must not change).
+            (Some("generate_subscripts"), [array, dim]) => {
+                format!("unnest(range(CAST({dim} AS BIGINT), CAST(cardinality({array}) AS BIGINT) + CAST({dim} AS BIGINT)))")
+            }
+            // psql `\dt+`: the size of the `pg_class` row's relation, found by its name.
+            (Some("pg_table_size" | "pg_relation_size" | "pg_total_relation_size"), [oid]) if oid.ends_with(".oid") => {
+                format!("velocity_relation_size({}.relname)", &oid[..oid.len() - 4])
+            }
+            (Some("pg_get_viewdef"), [oid, ..]) => format!(
+                "coalesce((SELECT max(velocity_matview.definition) FROM pg_catalog.pg_class AS velocity_view \
+                 JOIN pg_catalog.pg_matviews AS velocity_matview ON velocity_matview.matviewname = velocity_view.relname \
+                 WHERE velocity_view.oid = {oid}))"
+            ),
+            _ => return ControlFlow::Continue(()),
+        };
+        if let Ok(expr) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&text).and_then(|mut p| p.parse_expr()) {
+            *e = expr;
+            changed = true;
+        }
+        ControlFlow::Continue(())
+    });
+    changed.then(|| to_sql(&statements))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -364,6 +618,64 @@ mod tests {
         assert!(out.contains("CASE WHEN (array_has(array_replace(string_to_array("), "{out}");
         assert!(out.contains(", quote_ident(table_schema))) THEN 0"), "{out}");
         assert!(!out.contains("generate_series"), "{out}");
+    }
+
+    #[test]
+    fn pgjdbc_expandarray_becomes_an_unnested_table() {
+        let q = "SELECT result.COLUMN_NAME FROM (SELECT a.attname AS COLUMN_NAME, (information_schema._pg_expandarray(i.indkey)).n AS KEY_SEQ, information_schema._pg_expandarray(i.indkey) AS KEYS, a.attnum AS A_ATTNUM FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_index i ON (a.attrelid = i.indrelid) WHERE i.indisprimary) result WHERE result.A_ATTNUM = (result.KEYS).x";
+        let out = super::rewrite(q);
+        assert!(!out.contains("_pg_expandarray"), "{out}");
+        assert!(
+            out.contains("JOIN (SELECT *, unnest(range(1, CAST(cardinality(indkey) AS BIGINT) + 1)) AS velocity_subscript FROM pg_catalog.pg_index) AS i"),
+            "{out}"
+        );
+        assert!(out.contains("named_struct('x', i.indkey[i.velocity_subscript], 'n', i.velocity_subscript)['n'] AS KEY_SEQ"), "{out}");
+        assert!(out.contains("WHERE result.A_ATTNUM = result.KEYS['x']"), "{out}");
+    }
+
+    #[test]
+    fn sqlalchemy_subscripts_and_view_definition() {
+        let q = "SELECT unnest(pg_catalog.pg_index.indkey) AS attnum, generate_subscripts(pg_catalog.pg_index.indkey, $1) AS ord FROM pg_catalog.pg_index";
+        let out = super::rewrite(q);
+        assert!(
+            out.contains(
+                "unnest(range(CAST($1 AS BIGINT), CAST(cardinality(pg_catalog.pg_index.indkey) AS BIGINT) + CAST($1 AS BIGINT))) AS ord"
+            ),
+            "{out}"
+        );
+        let q = "SELECT pg_catalog.pg_get_viewdef(pg_catalog.pg_class.oid) AS view_def FROM pg_catalog.pg_class";
+        let out = super::rewrite(q);
+        assert!(
+            out.starts_with("SELECT coalesce((SELECT max(velocity_matview.definition) FROM pg_catalog.pg_class AS velocity_view"),
+            "{out}"
+        );
+        assert!(out.contains("WHERE velocity_view.oid = pg_catalog.pg_class.oid)) AS view_def"), "{out}");
+    }
+
+    #[test]
+    fn psql_table_size_by_name() {
+        let q = "SELECT pg_catalog.pg_size_pretty(pg_catalog.pg_table_size(c.oid)) as \"Size\" FROM pg_catalog.pg_class c";
+        assert_eq!(
+            super::rewrite(q),
+            "SELECT pg_catalog.pg_size_pretty(velocity_relation_size(c.relname)) AS \"Size\" FROM pg_catalog.pg_class c"
+        );
+    }
+
+    #[test]
+    fn show_server_settings() {
+        assert_eq!(super::rewrite("SHOW server_version;"), "SELECT current_setting('server_version') AS server_version");
+        assert_eq!(super::rewrite("show CLIENT_ENCODING"), "SELECT current_setting('client_encoding') AS client_encoding");
+        assert_eq!(super::rewrite("SHOW search_path"), "SHOW search_path");
+    }
+
+    #[test]
+    fn psql_arrays_of_empty_catalogs() {
+        let q = "SELECT r.rolname, ARRAY(SELECT b.rolname FROM pg_catalog.pg_auth_members m JOIN pg_catalog.pg_roles b ON (m.roleid = b.oid) WHERE m.member = r.oid) as memberof FROM pg_catalog.pg_roles r";
+        assert_eq!(super::rewrite(q), "SELECT r.rolname, '{}' AS memberof FROM pg_catalog.pg_roles r");
+        let q = "SELECT pg_catalog.array_to_string(c.relacl, E'\\n'), pg_catalog.array_to_string(ARRAY(SELECT attname FROM pg_catalog.pg_attribute a WHERE attrelid = c.oid AND attacl IS NOT NULL), E'\\n') AS \"Column privileges\" FROM pg_catalog.pg_class c";
+        let out = super::rewrite(q);
+        assert!(out.contains("'' AS \"Column privileges\""), "{out}");
+        assert!(out.contains("array_to_string(c.relacl"), "{out}");
     }
 
     #[test]

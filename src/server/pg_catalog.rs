@@ -21,11 +21,15 @@ use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
 use super::system::{Fill, SystemTable};
+
+mod keys;
 use crate::catalog::RelationKind;
 use crate::engine::Engine;
 
 /// Name of the function that turns `pg_class.relkind` `v` into `m` for materialized views.
 const RELKIND_UDF: &str = "velocity_relkind";
+/// Name of the function that sets `pg_class.relhasindex` for tables with a primary key.
+const RELHASINDEX_UDF: &str = "velocity_relhasindex";
 
 /// Replace the `pg_catalog` schema with one that reports materialized views, and register
 /// `version()`.
@@ -94,6 +98,50 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
         Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
     ));
     ctx.register_udf(ScalarUDF::from(CurrentSetting::new()));
+    // psql `\dt+`, `\dm+`: a table's or materialized view's size is the bytes of its stored
+    // rows (keys and values, before RocksDB compresses them; operator state not counted).
+    // Clients pass an oid, which only `pg_class` maps to a name, so `client_queries` turns
+    // `pg_table_size(c.oid)` into `velocity_relation_size(c.relname)`; other arguments are
+    // unknown sizes (NULL). `pg_size_pretty` formats any size as Postgres does.
+    let size_engine = engine.clone();
+    ctx.register_udf(create_udf(
+        "velocity_relation_size",
+        vec![DataType::Utf8],
+        DataType::Int64,
+        Volatility::Volatile,
+        Arc::new(move |args| relation_size(&size_engine, args)),
+    ));
+    for name in ["pg_table_size", "pg_relation_size", "pg_total_relation_size", "pg_indexes_size"] {
+        ctx.register_udf(ScalarUDF::from(NullFunction::new(name, Signature::any(1, Volatility::Volatile), DataType::Int64)));
+    }
+    ctx.register_udf(create_udf(
+        "pg_size_pretty",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let sizes = datafusion::common::cast::as_int64_array(&arrays[0])?;
+            Ok(ColumnarValue::Array(Arc::new(sizes.iter().map(|s| s.map(size_pretty)).collect::<StringArray>())))
+        }),
+    ));
+    // psql `\dT`: Velocity defines no types of its own, so every type is pg_catalog's.
+    ctx.register_udf(create_udf(
+        "pg_type_is_visible",
+        vec![DataType::Int64],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
+    ));
+    // psql `\db`: the built-in tablespaces live in the data directory, reported as '' by
+    // Postgres too.
+    ctx.register_udf(create_udf(
+        "pg_tablespace_location",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(String::new()))))),
+    ));
     let relkind_engine = engine.clone();
     let relkind_udf = Arc::new(create_udf(
         RELKIND_UDF,
@@ -105,8 +153,75 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
 
     let catalog = ctx.catalog(super::DATABASE).ok_or_else(|| anyhow::anyhow!("catalog {} missing", super::DATABASE))?;
     let inner = catalog.schema("pg_catalog").ok_or_else(|| anyhow::anyhow!("pg_catalog schema missing"))?;
-    catalog.register_schema("pg_catalog", Arc::new(VelocityPgCatalog { inner, relkind_udf, matviews: matviews_table(engine) }))?;
+    ctx.register_udf(ScalarUDF::from(keys::KeyDefinition::new(engine.clone(), true)));
+    ctx.register_udf(ScalarUDF::from(keys::KeyDefinition::new(engine.clone(), false)));
+    let hasindex_engine = engine.clone();
+    let relhasindex_udf = Arc::new(create_udf(
+        RELHASINDEX_UDF,
+        vec![DataType::Utf8],
+        DataType::Boolean,
+        Volatility::Volatile,
+        Arc::new(move |args| relhasindex(&hasindex_engine, args)),
+    ));
+    catalog.register_schema(
+        "pg_catalog",
+        Arc::new(VelocityPgCatalog {
+            inner,
+            relkind_udf,
+            relhasindex_udf,
+            matviews: matviews_table(engine),
+            keys: keys::keys_table(engine),
+            key_columns: keys::key_columns_table(engine),
+        }),
+    )?;
     Ok(())
+}
+
+/// `velocity_relation_size(relname)`: bytes of the stored rows of a table or materialized
+/// view, NULL for any other name.
+fn relation_size(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+    let ids: Vec<Option<u32>> = {
+        let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        names
+            .iter()
+            .map(|n| {
+                n.and_then(|n| catalog.get(n))
+                    .filter(|r| matches!(r.kind, RelationKind::Table | RelationKind::MaterializedView))
+                    .map(|r| r.id)
+            })
+            .collect()
+    };
+    let mut sizes = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(id) = id else {
+            sizes.push(None);
+            continue;
+        };
+        let mut bytes = 0i64;
+        engine
+            .store
+            .for_each_prefix(&crate::engine::contents::Contents::prefix(id), |k, v| {
+                bytes += (k.len() + v.len()) as i64;
+                Ok(())
+            })
+            .map_err(|e| DataFusionError::External(e.into()))?;
+        sizes.push(Some(bytes));
+    }
+    Ok(ColumnarValue::Array(Arc::new(arrow::array::Int64Array::from(sizes))))
+}
+
+/// `velocity_relhasindex(relname)`: whether the relation has a primary key (and so an index).
+fn relhasindex(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+    let keyed: HashSet<String> = {
+        let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        catalog.iter().filter(|r| !r.primary_key.is_empty()).map(|r| r.name.clone()).collect()
+    };
+    let out: BooleanArray = names.iter().map(|n| Some(n.is_some_and(|n| keyed.contains(n)))).collect();
+    Ok(ColumnarValue::Array(Arc::new(out)))
 }
 
 /// `velocity_relkind(relname, relkind)`: `m` for a view that is one of Velocity's
@@ -139,7 +254,10 @@ fn relkind(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
 struct VelocityPgCatalog {
     inner: Arc<dyn SchemaProvider>,
     relkind_udf: Arc<ScalarUDF>,
+    relhasindex_udf: Arc<ScalarUDF>,
     matviews: Arc<SystemTable>,
+    keys: Arc<SystemTable>,
+    key_columns: Arc<SystemTable>,
 }
 
 #[async_trait]
@@ -152,9 +270,39 @@ impl SchemaProvider for VelocityPgCatalog {
         match name {
             "pg_class" => {
                 let Some(pg_class) = self.inner.table(name).await? else { return Ok(None) };
-                Ok(Some(pg_class_with_matviews(pg_class, &self.relkind_udf)?))
+                let Some(pg_namespace) = self.inner.table("pg_namespace").await? else { return Ok(None) };
+                let mut fields: Vec<Field> = pg_class.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.extend(pg_class_added_columns());
+                let indexes = keys::index_class_rows(&Schema::new(fields), &self.keys, pg_namespace)?;
+                Ok(Some(pg_class_with_matviews(pg_class, &self.relkind_udf, &self.relhasindex_udf, indexes)?))
+            }
+            "pg_attribute" => {
+                let (Some(inner), Some(pg_class), Some(pg_namespace)) =
+                    (self.inner.table(name).await?, self.inner.table("pg_class").await?, self.inner.table("pg_namespace").await?)
+                else {
+                    return Ok(None);
+                };
+                let schema = inner.schema();
+                let indexes = keys::index_attribute_rows(&schema, &self.key_columns, pg_namespace, pg_class, inner.clone())?;
+                let plan = LogicalPlanBuilder::scan("pg_attribute", provider_as_source(inner), None)?.union(indexes)?.build()?;
+                Ok(Some(Arc::new(ViewTable::new(plan, None))))
+            }
+            "pg_index" | "pg_constraint" => {
+                let (Some(pg_class), Some(pg_namespace)) = (self.inner.table("pg_class").await?, self.inner.table("pg_namespace").await?)
+                else {
+                    return Ok(None);
+                };
+                Ok(Some(if name == "pg_index" {
+                    keys::pg_index(&self.keys, pg_namespace, pg_class, &keys::pg_index_schema())?
+                } else {
+                    keys::pg_constraint(&self.keys, pg_namespace, pg_class)?
+                }))
             }
             "pg_matviews" => Ok(Some(self.matviews.clone())),
+            "pg_settings" => {
+                let Some(inner) = self.inner.table(name).await? else { return Ok(None) };
+                Ok(Some(pg_settings(inner.schema())?))
+            }
             _ => self.inner.table(name).await,
         }
     }
@@ -164,8 +312,15 @@ impl SchemaProvider for VelocityPgCatalog {
     }
 }
 
-/// `pg_class` with `relkind` passed through `velocity_relkind`, as a view over the original.
-fn pg_class_with_matviews(pg_class: Arc<dyn TableProvider>, relkind_udf: &Arc<ScalarUDF>) -> Result<Arc<dyn TableProvider>> {
+/// `pg_class` with `relkind` passed through `velocity_relkind` and `relhasindex` through
+/// `velocity_relhasindex`, plus the rows of the primary-key indexes, as a view over the
+/// original.
+fn pg_class_with_matviews(
+    pg_class: Arc<dyn TableProvider>,
+    relkind_udf: &Arc<ScalarUDF>,
+    relhasindex_udf: &Arc<ScalarUDF>,
+    indexes: datafusion::logical_expr::LogicalPlan,
+) -> Result<Arc<dyn TableProvider>> {
     let schema = pg_class.schema();
     let columns: Vec<Expr> = schema
         .fields()
@@ -173,13 +328,27 @@ fn pg_class_with_matviews(pg_class: Arc<dyn TableProvider>, relkind_udf: &Arc<Sc
         .map(|f| {
             if f.name() == "relkind" {
                 relkind_udf.call(vec![col("relname"), col("relkind")]).alias("relkind")
+            } else if f.name() == "relhasindex" {
+                relhasindex_udf.call(vec![col("relname")]).alias("relhasindex")
             } else {
                 col(f.name().as_str())
             }
         })
+        .chain(pg_class_added_columns().into_iter().map(|f| {
+            let null = ScalarValue::try_from(f.data_type()).unwrap_or(ScalarValue::Null);
+            datafusion::logical_expr::lit(null).alias(f.name())
+        }))
         .collect();
-    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?.project(columns)?.build()?;
+    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?.project(columns)?.union(indexes)?.build()?;
     Ok(Arc::new(ViewTable::new(plan, None)))
+}
+
+/// Columns of Postgres's `pg_class` that datafusion-pg-catalog lacks and clients select:
+/// `reloptions` (SQLAlchemy's `get_indexes`) and `relacl` (psql `\dp`), NULL as in a
+/// Postgres with no storage options and default privileges.
+fn pg_class_added_columns() -> Vec<Field> {
+    let text_array = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
+    vec![Field::new("reloptions", text_array.clone(), true), Field::new("relacl", text_array, true)]
 }
 
 /// `pg_matviews`: one row per materialized view, with its defining query.
@@ -216,6 +385,59 @@ fn view_query(create_sql: &str) -> Option<String> {
         Statement::CreateView(v) => Some(format!("{};", v.query)),
         _ => None,
     }
+}
+
+/// The settings `pg_settings` lists: those `current_setting` knows.
+const SETTINGS: &[&str] = &[
+    "server_version",
+    "server_version_num",
+    "search_path",
+    "timezone",
+    "datestyle",
+    "client_encoding",
+    "server_encoding",
+    "standard_conforming_strings",
+    "integer_datetimes",
+    "max_identifier_length",
+    "max_index_keys",
+    "transaction_isolation",
+    "default_transaction_isolation",
+];
+
+/// `pg_settings` with one row per entry of `SETTINGS` (pgjdbc reads `max_index_keys` there
+/// before `getImportedKeys`), in datafusion-pg-catalog's schema.
+fn pg_settings(schema: SchemaRef) -> Result<Arc<dyn TableProvider>> {
+    let rows: Vec<(&str, String)> = SETTINGS.iter().filter_map(|n| setting(n).map(|v| (*n, v))).collect();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "name" => Ok(Arc::new(StringArray::from_iter_values(rows.iter().map(|(n, _)| *n))) as ArrayRef),
+            "setting" | "reset_val" => Ok(Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, v)| v.clone()))) as ArrayRef),
+            _ => Ok(arrow::array::new_null_array(f.data_type(), rows.len())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
+/// A size in bytes as `pg_size_pretty` prints it: bytes up to 10 kB, then kB, MB, GB, TB,
+/// PB, each unit used while the value stays under 10240 of it, rounded half up.
+fn size_pretty(bytes: i64) -> String {
+    let mut size = bytes;
+    if size.abs() < 10 * 1024 {
+        return format!("{size} bytes");
+    }
+    for unit in ["kB", "MB", "GB", "TB"] {
+        // Postgres halves, rounds, and compares the rounded value against 10240 / 2.
+        let half_rounded = |v: i64| (v + v.signum()) / 2;
+        size /= 512;
+        if half_rounded(size).abs() < 10 * 1024 {
+            return format!("{} {unit}", half_rounded(size));
+        }
+        size /= 2;
+    }
+    format!("{} PB", (size / 512 + (size / 512).signum()) / 2)
 }
 
 /// `current_setting(name [, missing_ok])`: the server-wide settings clients probe (Grafana
@@ -257,6 +479,7 @@ fn setting(name: &str) -> Option<String> {
         "client_encoding" | "server_encoding" => "UTF8".to_string(),
         "standard_conforming_strings" | "integer_datetimes" => "on".to_string(),
         "max_identifier_length" => "63".to_string(),
+        "max_index_keys" => "32".to_string(),
         "transaction_isolation" | "default_transaction_isolation" => "read committed".to_string(),
         _ => return None,
     })
@@ -324,5 +547,25 @@ impl ScalarUDFImpl for NullFunction {
     }
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> Result<ColumnarValue> {
         Ok(ColumnarValue::Scalar(ScalarValue::try_from(&self.returns)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn size_pretty_matches_postgres() {
+        // Values from Postgres 15's `SELECT pg_size_pretty(n::bigint)`.
+        for (bytes, text) in [
+            (0, "0 bytes"),
+            (10239, "10239 bytes"),
+            (10240, "10 kB"),
+            (10752, "11 kB"),
+            (1_048_576, "1024 kB"),
+            (10_485_760, "10 MB"),
+            (1_073_741_824, "1024 MB"),
+            (-10240, "-10 kB"),
+        ] {
+            assert_eq!(super::size_pretty(bytes), text, "{bytes}");
+        }
     }
 }

@@ -95,6 +95,43 @@ public class JdbcTest {
             }
             System.out.println("columns: " + cols);
             check(cols.size() == 9 && cols.get(0).equals("id:int8") && cols.get(4).equals("dest:text"), "getColumns: " + cols);
+            // Keys, as DBeaver's and DataGrip's navigators and ORMs read them.
+            try (Statement st = conn.createStatement()) {
+                st.execute("CREATE TABLE legs (trip TEXT, seq INT, km INT, PRIMARY KEY (trip, seq))");
+            }
+            List<String> pk = new ArrayList<>();
+            try (ResultSet rs = md.getPrimaryKeys(null, "public", "legs")) {
+                while (rs.next()) pk.add(rs.getString("COLUMN_NAME") + "#" + rs.getInt("KEY_SEQ") + "@" + rs.getString("PK_NAME"));
+            }
+            System.out.println("primary key: " + pk);
+            check(pk.equals(List.of("trip#1@legs_pkey", "seq#2@legs_pkey")), "getPrimaryKeys(legs): " + pk);
+            List<String> idx = new ArrayList<>();
+            try (ResultSet rs = md.getIndexInfo(null, "public", "legs", false, false)) {
+                while (rs.next()) {
+                    idx.add(rs.getString("INDEX_NAME") + ":" + rs.getString("COLUMN_NAME") + ":" + rs.getInt("ORDINAL_POSITION")
+                        + (rs.getBoolean("NON_UNIQUE") ? ":non-unique" : ":unique"));
+                }
+            }
+            System.out.println("index info: " + idx);
+            check(idx.equals(List.of("legs_pkey:trip:1:unique", "legs_pkey:seq:2:unique")), "getIndexInfo(legs): " + idx);
+            // Velocity has no foreign keys: the calls answer (pg_settings has max_index_keys) with no rows.
+            try (ResultSet rs = md.getImportedKeys(null, "public", "legs")) {
+                check(!rs.next(), "getImportedKeys(legs) is empty");
+            }
+            try (ResultSet rs = md.getExportedKeys(null, "public", "legs")) {
+                check(!rs.next(), "getExportedKeys(legs) is empty");
+            }
+            Map<String, Integer> types = new TreeMap<>();
+            try (ResultSet rs = md.getTypeInfo()) {
+                while (rs.next()) types.put(rs.getString("TYPE_NAME"), rs.getInt("DATA_TYPE"));
+            }
+            System.out.println("getTypeInfo: " + types.size() + " types");
+            check(types.get("int8") == java.sql.Types.BIGINT && types.get("text") == java.sql.Types.VARCHAR
+                && types.get("numeric") == java.sql.Types.NUMERIC && types.get("timestamptz") == java.sql.Types.TIMESTAMP
+                && types.get("_int4") == java.sql.Types.ARRAY, "getTypeInfo: " + types);
+            try (ResultSet rs = md.getPrimaryKeys(null, "public", "per_dest")) {
+                check(!rs.next(), "a materialized view without a key has no primary key");
+            }
             try (ResultSet rs = md.getSchemas()) {
                 List<String> schemas = new ArrayList<>();
                 while (rs.next()) schemas.add(rs.getString(1));

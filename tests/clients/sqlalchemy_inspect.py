@@ -57,8 +57,44 @@ revenue_columns = columns("revenue")
 print("revenue columns:", revenue_columns)
 check([(n, t) for n, t, _, _ in revenue_columns] == [("customer", "TEXT"), ("total", "NUMERIC"), ("orders", "BIGINT")],
       f"get_columns(revenue): {revenue_columns}")
-# Not yet: get_pk_constraint() and Table(autoload_with=...), which reflect keys through
-# pg_constraint/pg_index; Velocity's primary keys are not in those catalogs.
+
+# Keys and indexes, through pg_constraint/pg_index (as ORMs and Superset reflect them).
+pk = insp.get_pk_constraint("orders")
+print("orders primary key:", pk)
+check(pk["name"] == "orders_pkey" and pk["constrained_columns"] == ["id"], f"get_pk_constraint(orders): {pk}")
+with engine.begin() as conn:
+    conn.execute(text("CREATE TABLE lines (order_id BIGINT, line INT, sku TEXT, PRIMARY KEY (order_id, line))"))
+pk = insp.get_pk_constraint("lines")
+print("lines primary key:", pk)
+check(pk["constrained_columns"] == ["order_id", "line"], f"a composite key keeps its order: {pk}")
+check(insp.get_pk_constraint("revenue")["constrained_columns"] == [], "a materialized view has no primary key")
+# The primary key's index is not listed by get_indexes (as on Postgres); there are no others.
+check(insp.get_indexes("orders") == [], f"get_indexes(orders): {insp.get_indexes('orders')}")
+check(insp.get_unique_constraints("orders") == [], "get_unique_constraints(orders)")
+check(insp.get_foreign_keys("orders") == [], "get_foreign_keys(orders)")
+view_def = insp.get_view_definition("revenue")
+print("revenue definition:", view_def)
+check(view_def is not None and "GROUP BY customer" in view_def and "sum(amount)" in view_def, f"get_view_definition: {view_def}")
+
+# Table autoload, as ORMs and pandas reflect a table before reading it.
+orders = sa.Table("orders", sa.MetaData(), autoload_with=engine)
+check([c.name for c in orders.primary_key.columns] == ["id"], f"autoloaded key: {orders.primary_key}")
+check([c.name for c in orders.columns] == ["id", "customer", "amount", "placed", "at", "paid"], f"autoloaded columns: {orders.columns}")
+revenue = sa.Table("revenue", sa.MetaData(), autoload_with=engine)
+check([c.name for c in revenue.columns] == ["customer", "total", "orders"], f"autoloaded view: {revenue.columns}")
+with engine.connect() as conn:
+    n = conn.execute(sa.select(sa.func.count()).select_from(orders).where(orders.c.customer == "acme")).scalar_one()
+    check(n == 2, f"query over the autoloaded table: {n}")
+
+import pandas
+
+frame = pandas.read_sql_table("orders", engine)
+print("pandas orders:", frame.to_dict("records"))
+check(list(frame.columns) == ["id", "customer", "amount", "placed", "at", "paid"] and sorted(frame["id"]) == [1, 2],
+      f"read_sql_table(orders): {frame}")
+frame = pandas.read_sql_table("revenue", engine)
+print("pandas revenue:", frame.to_dict("records"))
+check(frame.to_dict("records") == [{"customer": "acme", "total": 14.75, "orders": 2}], f"read_sql_table(revenue): {frame}")
 
 # Superset previews data with a plain SELECT ... LIMIT.
 with engine.connect() as conn:
