@@ -137,6 +137,11 @@ impl RowChange {
         }
     }
 
+    /// An update of the primary key (Debezium writes it as a delete and a create).
+    pub fn updates_key(&self) -> bool {
+        matches!(self, RowChange::Update { before, after, .. } if before.get("id") != after.get("id"))
+    }
+
     pub fn table(&self) -> &'static str {
         match self {
             RowChange::Insert { table, .. } | RowChange::Update { table, .. } | RowChange::Delete { table, .. } => table,
@@ -192,7 +197,7 @@ impl SimTxn {
         for change in &self.changes {
             match change {
                 RowChange::Insert { table, row } => out.push((*table, "c", None, Some(row))),
-                RowChange::Update { table, before, after } if before.get("id") != after.get("id") => {
+                RowChange::Update { table, before, after } if change.updates_key() => {
                     out.push((*table, "d", Some(before), None));
                     out.push((*table, "c", None, Some(after)));
                 }
@@ -203,9 +208,10 @@ impl SimTxn {
         out
     }
 
-    /// The commit LSN: the END marker's.
+    /// The commit LSN: the END marker's, after one record per event (a key update is two).
     pub fn commit_lsn(&self) -> u64 {
-        self.lsn(self.events().len() + 1)
+        let key_updates = self.changes.iter().filter(|c| c.updates_key()).count();
+        self.lsn(self.changes.len() + key_updates + 1)
     }
 
     /// The transaction exactly as Debezium's Postgres connector writes it: a BEGIN marker,
@@ -838,8 +844,7 @@ mod tests {
         });
         assert!(delete_insert);
         assert!(a.iter().any(|t| t.changes.iter().filter(|c| matches!(c, RowChange::Delete { table: "trips", .. })).count() > 0));
-        let relabel = |c: &RowChange| matches!(c, RowChange::Update { before, after, .. } if before.get("id") != after.get("id"));
-        assert!(a.iter().any(|t| t.changes.iter().any(relabel)), "primary keys are updated");
+        assert!(a.iter().any(|t| t.changes.iter().any(RowChange::updates_key)), "primary keys are updated");
         for pair in a.windows(2) {
             assert!(pair[0].commit_lsn() < pair[1].begin_lsn && pair[1].prev_commit_lsn == pair[0].commit_lsn());
         }

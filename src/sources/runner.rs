@@ -197,6 +197,13 @@ pub fn dead_letter_prefix(source_id: u32) -> Vec<u8> {
     k
 }
 
+/// Where the dead letter of the record at `position` of a source is stored.
+fn dead_letter_key(source_id: u32, position: &str) -> Vec<u8> {
+    let mut k = dead_letter_prefix(source_id);
+    k.extend_from_slice(position.as_bytes());
+    k
+}
+
 /// A stored dead letter.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredDeadLetter {
@@ -548,28 +555,27 @@ impl Runner {
             }
         }
         resumes.reverse();
-        for (txn, resume) in txns.iter().zip(resumes) {
+        for (txn, resume) in txns.into_iter().zip(resumes) {
             let keyed: Vec<(u32, KeyedChanges)> = txn
                 .tables
                 .iter()
                 .filter_map(|(collection, net)| {
                     let id = *r.tables.get(collection.as_str())?;
                     self.offsets
-                        .applies(txn, id)
+                        .applies(&txn, id)
                         .then(|| (id, KeyedChanges { upserts: net.upserts.clone(), deletes: net.deletes.clone(), truncate: net.truncate }))
                 })
                 .collect();
             self.offsets.advance(&resume, &r.ids);
-            let on_reject = self.rejected_txn_letter(txn);
+            let (events, position) = (txn.events as u64, Some(txn.last_position.to_string()));
             let commit = Commit {
                 keyed,
                 extra_writes: self.extra_writes(std::mem::take(&mut dead))?,
                 source_ts_ms: txn.source_ts_ms,
-                on_reject: Some(on_reject),
+                on_reject: Some(self.rejected_txn_letter(txn)),
                 ..Default::default()
             };
-            let position = Some(txn.last_position.to_string());
-            self.submit(commit, 1, txn.events as u64, position, self.offsets.resume(&r.ids)).await?;
+            self.submit(commit, 1, events, position, self.offsets.resume(&r.ids)).await?;
         }
         if self.offsets.advance(&settled, &r.ids) || !dead.is_empty() {
             let writes = self.extra_writes(dead)?;
@@ -636,15 +642,15 @@ impl Runner {
 
     /// The dead letter of a transaction a view cannot take, written by the engine instead of
     /// the transaction (see `Commit::on_reject`): its net changes, described, with the reason.
-    fn rejected_txn_letter(&self, txn: &CompleteTxn) -> RejectWrites {
+    /// Takes the transaction, so that nothing is copied or formatted unless it is rejected.
+    fn rejected_txn_letter(&self, txn: CompleteTxn) -> RejectWrites {
         let (registry, name, id) = (self.registry.clone(), self.name.clone(), self.id);
-        let (txn_id, first, last, events) = (txn.id.clone(), txn.first_position.to_string(), txn.last_position.to_string(), txn.events);
-        let tables = txn.tables.clone();
         Box::new(move |reason: &str| {
             /// Rows shown per table: enough to find the culprit, bounded for huge transactions.
             const SHOWN: usize = 10;
-            let mut raw = format!("transaction {txn_id}: {events} events, {first} to {last}");
-            for (collection, net) in &tables {
+            let first = txn.first_position.to_string();
+            let mut raw = format!("transaction {}: {} events, {first} to {}", txn.id, txn.events, txn.last_position);
+            for (collection, net) in &txn.tables {
                 let (upserts, deletes) = (net.upserts.num_rows(), net.deletes.num_rows());
                 raw +=
                     &format!("\n{collection}: {upserts} rows written, {deletes} deleted{}", if net.truncate { ", truncated" } else { "" });
@@ -657,13 +663,12 @@ impl Runner {
             let letter = StoredDeadLetter {
                 source: name.clone(),
                 collection: None,
-                position: first.clone(),
+                position: first,
                 raw,
                 reason: reason.into(),
                 received_at_ms: now_ms,
             };
-            let mut key = dead_letter_prefix(id);
-            key.extend_from_slice(first.as_bytes());
+            let key = dead_letter_key(id, &letter.position);
             if let Some(s) = registry.write().expect("registry lock").get_mut(&name) {
                 s.errors += 1;
             }
@@ -678,8 +683,7 @@ impl Runner {
         let mut errors = 0u64;
         for d in dead {
             let position = d.position.to_string();
-            let mut key = dead_letter_prefix(self.id);
-            key.extend_from_slice(position.as_bytes());
+            let key = dead_letter_key(self.id, &position);
             // Input read again (tables bound later, a restart) dead-letters the same record
             // again: keep and count it once.
             if self.engine.store.get(&key)?.is_some() {
