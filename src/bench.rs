@@ -252,7 +252,6 @@ async fn sql(server: &Server, q: &str) -> anyhow::Result<Vec<RecordBatch>> {
 async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow::Result<IncrementalResult> {
     let dir = tempfile::tempdir()?;
     let server = Server::open(dir.path()).await?;
-    let hook = crate::server::statements::VelocityHook::new(server.engine.clone());
     let customers = (n / 100).max(10);
     let products = (n / 1000).max(10);
     for ddl in [
@@ -261,10 +260,10 @@ async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow
         "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, product_id BIGINT, qty BIGINT)",
     ] {
         let stmt = datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser::new().parse(ddl)?.remove(0);
-        hook.create_table(&stmt, &server.context, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        server.coordinator.create_table(&stmt).await?;
     }
     let (ids, schemas) = {
-        let catalog = server.engine.catalog.read().expect("catalog lock");
+        let catalog = server.engine.catalog();
         let r = |name: &str| catalog.get(name).map(|r| (r.id, r.schema.clone())).expect("table exists");
         let (c, o, p) = (r("customers"), r("orders"), r("products"));
         ([c.0, p.0, o.0], [c.1, p.1, o.1])
@@ -325,7 +324,7 @@ async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow
     let stmt = datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser::new()
         .parse(&format!("CREATE MATERIALIZED VIEW sales AS {query}"))?
         .remove(0);
-    hook.create_view(&stmt, &server.context, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    server.coordinator.create_view(&stmt).await?;
     let create_s = started.elapsed().as_secs_f64();
     eprintln!("view created over {n} orders in {create_s:.1}s");
 
@@ -488,7 +487,7 @@ async fn pipeline(scale: usize, events: u64, rate: f64, recompute_every: u64) ->
         }
         n
     };
-    let mut freshness: Vec<u64> = server.engine.stats.read().expect("stats lock").freshness_samples_ms.clone();
+    let mut freshness: Vec<u64> = server.engine.stats().freshness_samples_ms.clone();
     freshness.sort_unstable();
     let at = |p: f64| freshness.get(((freshness.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or(0);
     let loads = client.query_one("SELECT count(*) FROM loads", &[]).await?.get::<_, i64>(0);
@@ -592,8 +591,7 @@ async fn steps(transactions: u64, scale: usize, limits: &[usize]) -> anyhow::Res
         }
         let secs = started.elapsed().as_secs_f64();
         eprintln!();
-        let mut latencies: Vec<Duration> =
-            server.engine.stats.read().expect("stats lock").tick_latencies_us.iter().map(|us| Duration::from_micros(*us)).collect();
+        let mut latencies: Vec<Duration> = server.engine.stats().tick_latencies_us.iter().map(|us| Duration::from_micros(*us)).collect();
         latencies.sort();
         anyhow::ensure!(!latencies.is_empty(), "no step was timed");
         runs.push(StepsRun {

@@ -69,12 +69,12 @@ pub async fn run(options: DemoOptions<'_>) -> anyhow::Result<()> {
         let row = client.query_one("SELECT transactions, events, errors FROM velocity_catalog.sources WHERE name = 'tms'", &[]).await?;
         let (txns, events, errors): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
         let count = |name: &str| {
-            let stats = server.engine.stats.read().expect("stats lock");
-            let catalog = server.engine.catalog.read().expect("catalog lock");
+            let stats = server.engine.stats();
+            let catalog = server.engine.catalog();
             catalog.get(name).and_then(|r| stats.view_rows.get(&r.id).copied()).unwrap_or(0)
         };
         let (p50, p99) = {
-            let stats = server.engine.stats.read().expect("stats lock");
+            let stats = server.engine.stats();
             let mut recent: Vec<u64> = stats.freshness_samples_ms.iter().rev().take(1000).copied().collect();
             recent.sort_unstable();
             let at = |p: f64| recent.get(((recent.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or(0);

@@ -1,9 +1,11 @@
 //! Velocity: a SQL-first streaming database. See README.md for the architecture.
 //!
-//! Data flows `sources -> engine (tick) -> dataflow -> storage`, and `server` serves it.
+//! Data flows `sources -> engine (tick) -> dataflow -> storage`, and `server` serves it;
+//! every DDL and DML decision goes through the `coordinator`.
 
 pub mod bench;
 pub mod catalog;
+pub mod coordinator;
 pub mod dataflow;
 pub mod demo;
 pub mod engine;

@@ -128,12 +128,10 @@ fn main() -> anyhow::Result<()> {
             println!("velocity: listening on {}", listener.local_addr()?);
             tracing::info!("data in {}", data_dir.display());
             tokio::select! {
-                r = server.serve(listener) => r,
-                _ = shutdown_signal() => {
-                    tracing::info!("shutting down");
-                    Ok(())
-                }
+                r = server.serve(listener) => r?,
+                _ = shutdown_signal() => tracing::info!("shutting down"),
             }
+            anyhow::Ok(())
         }),
         Command::Demo { data_dir, listen, rate, scale, duration } => runtime.block_on(velocity::demo::run(velocity::demo::DemoOptions {
             data_dir: &data_dir,

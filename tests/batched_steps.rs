@@ -37,15 +37,15 @@ async fn two_transitions_in_one_step_are_two_events() {
         .unwrap();
     let engine = server.server.engine.clone();
     let (id, schema) = {
-        let catalog = engine.catalog.read().unwrap();
+        let catalog = engine.catalog();
         let r = catalog.get("shipments").unwrap();
         (r.id, r.schema.clone())
     };
-    let mut ticks = engine.ticks.subscribe();
+    let mut ticks = engine.subscribe();
 
     // Hold the engine at the publication of a first step while two more transactions queue
     // up behind it: the engine then takes both in its next step.
-    let gate = engine.gate.read().await;
+    let gate = engine.read_snapshot().await;
     let first = engine.submit(set_status(id, &schema, 2, "LOADING"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let departed = engine.submit(set_status(id, &schema, 1, "DEPARTED"));

@@ -31,6 +31,12 @@ impl RelationKind {
             RelationKind::Sink => "sink",
         }
     }
+
+    /// Tables and materialized views: what SELECT reads (they share one namespace in
+    /// Postgres' error messages).
+    pub fn queryable(self) -> bool {
+        matches!(self, RelationKind::Table | RelationKind::MaterializedView)
+    }
 }
 
 /// What is persisted per object.

@@ -21,7 +21,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::catalog::{Catalog, Relation, RelationKind};
 use crate::dataflow::graph::{Dataflow, StepChanges, TickInfo};
 use crate::dataflow::{ChangeBatch, DataflowError};
-use crate::sinks::{SinkEncoder, SinkError};
 use crate::storage::{StorageError, Store, TickWrites, keyspace};
 
 pub use contents::Contents;
@@ -39,6 +38,9 @@ pub enum EngineError {
     DependentObjects(String),
     #[error("{0}")]
     UndefinedObject(String),
+    /// A catalog name taken already: the coordinator checks first, this is the backstop.
+    #[error("relation \"{0}\" already exists")]
+    DuplicateObject(String),
     #[error("error maintaining views: {0}")]
     Dataflow(#[from] DataflowError),
     /// A view cannot take the step's data: its expression failed on a row (division by zero,
@@ -49,8 +51,9 @@ pub enum EngineError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
+    /// A step output (a sink's encoder) could not write the step's changes.
+    #[error("{0}")]
+    Output(Box<dyn std::error::Error + Send + Sync>),
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -130,6 +133,20 @@ pub struct TickOutput {
     pub changes: Arc<HashMap<u32, ChangeBatch>>,
 }
 
+/// Fed inside every step with the changes of one relation, to write what must commit with
+/// them (a sink's outbox), in the step's own WriteBatch.
+pub trait StepOutput: Send {
+    /// The relation whose changes it takes.
+    fn relation(&self) -> u32;
+    /// Write the step's net `changes` of the relation, stamped with `tick`.
+    fn write(&self, changes: &ChangeBatch, tick: TickInfo, writes: &mut TickWrites) -> Result<(), OutputError>;
+    /// Delete everything it keeps in storage: it is being dropped.
+    fn forget(&self, store: &Store, writes: &mut TickWrites) -> Result<(), StorageError>;
+}
+
+/// What a [`StepOutput`] reports when it cannot write a step.
+pub type OutputError = Box<dyn std::error::Error + Send + Sync>;
+
 enum Request {
     Commit(Commit, oneshot::Sender<Result<u64>>),
     CreateTable {
@@ -143,10 +160,17 @@ enum Request {
         restore: bool,
         reply: oneshot::Sender<Result<()>>,
     },
-    CreateSink {
+    CreateOutput {
         relation: Relation,
-        encoder: Box<SinkEncoder>,
+        output: Box<dyn StepOutput>,
         restore: bool,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Storage writes of an output's delivery task (its progress), applied while the output
+    /// exists.
+    RecordOutput {
+        id: u32,
+        writes: TickWrites,
         reply: oneshot::Sender<Result<()>>,
     },
     Drop {
@@ -178,12 +202,12 @@ pub struct EngineStats {
 #[derive(Clone)]
 pub struct Engine {
     requests: mpsc::UnboundedSender<Request>,
-    pub store: Store,
-    pub catalog: Arc<RwLock<Catalog>>,
+    store: Store,
+    catalog: Arc<RwLock<Catalog>>,
     /// Held for writing while a tick commits; readers hold it while they copy a snapshot.
-    pub gate: Arc<tokio::sync::RwLock<()>>,
-    pub ticks: tokio::sync::broadcast::Sender<TickOutput>,
-    pub stats: Arc<RwLock<EngineStats>>,
+    gate: Arc<tokio::sync::RwLock<()>>,
+    ticks: tokio::sync::broadcast::Sender<TickOutput>,
+    stats: Arc<RwLock<EngineStats>>,
     /// Most commits per step; 0: the default budget.
     step_limit: Arc<AtomicUsize>,
 }
@@ -213,7 +237,7 @@ impl Engine {
             stats: engine.stats.clone(),
             contents: HashMap::new(),
             dataflows: BTreeMap::new(),
-            sinks: BTreeMap::new(),
+            outputs: BTreeMap::new(),
             tick,
             step_limit: engine.step_limit.clone(),
         };
@@ -269,10 +293,52 @@ impl Engine {
         self.call(|reply| Request::CreateView { relation, dataflow: Box::new(dataflow), restore, reply }).await
     }
 
-    /// Create a sink: from the next tick on, every change of the encoder's relation goes
-    /// to the sink's outbox; a new sink starts with the relation's current rows.
-    pub async fn create_sink(&self, relation: Relation, encoder: SinkEncoder, restore: bool) -> Result<()> {
-        self.call(|reply| Request::CreateSink { relation, encoder: Box::new(encoder), restore, reply }).await
+    /// Create an object with a step output (a sink): from the next step on, every change of
+    /// the output's relation is written to it; a new one starts with the relation's current
+    /// rows.
+    pub async fn create_output(&self, relation: Relation, output: Box<dyn StepOutput>, restore: bool) -> Result<()> {
+        self.call(|reply| Request::CreateOutput { relation, output, restore, reply }).await
+    }
+
+    /// What a delivery task needs of the engine, and no more.
+    pub fn output_handle(&self) -> OutputHandle {
+        OutputHandle {
+            requests: self.requests.clone(),
+            store: self.store.clone(),
+            ticks: self.ticks.clone(),
+            catalog: self.catalog.clone(),
+        }
+    }
+
+    /// The storage, for reading (only the engine thread writes it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The catalog as of now.
+    pub fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().expect("catalog lock")
+    }
+
+    /// A new catalog id (the coordinator asks, one DDL statement at a time).
+    pub fn allocate_id(&self) -> u32 {
+        self.catalog.write().expect("catalog lock").allocate_id()
+    }
+
+    /// While held, no step commits: everything read meanwhile is one committed tick.
+    pub async fn read_snapshot(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
+    }
+
+    /// Every committed step from now on. Subscribe while holding [`Engine::read_snapshot`] to
+    /// continue a snapshot without a gap.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TickOutput> {
+        self.ticks.subscribe()
+    }
+
+    /// Counters and latencies.
+    pub fn stats(&self) -> std::sync::RwLockReadGuard<'_, EngineStats> {
+        self.stats.read().expect("stats lock")
     }
 
     /// Drop relations, given dependents first.
@@ -299,8 +365,8 @@ struct EngineThread {
     contents: HashMap<u32, Contents>,
     /// By view id: ids grow with creation, so this order is a dependency order.
     dataflows: BTreeMap<u32, Dataflow>,
-    /// By sink id.
-    sinks: BTreeMap<u32, SinkEncoder>,
+    /// Step outputs (sinks), by the id of their catalog object.
+    outputs: BTreeMap<u32, Box<dyn StepOutput>>,
     tick: u64,
     step_limit: Arc<AtomicUsize>,
 }
@@ -325,6 +391,8 @@ impl EngineThread {
                         commits.push((c, reply));
                     }
                     Request::Wake => woken = true,
+                    // Independent of the commits around it: no reason to end the step.
+                    record @ Request::RecordOutput { .. } => self.guarded(|engine| engine.handle_ddl(record)),
                     other => {
                         let pending = std::mem::take(&mut commits);
                         rows = 0;
@@ -372,8 +440,13 @@ impl EngineThread {
             Request::CreateView { relation, dataflow, restore, reply } => {
                 let _ = reply.send(self.create_view(relation, *dataflow, restore));
             }
-            Request::CreateSink { relation, encoder, restore, reply } => {
-                let _ = reply.send(self.create_sink(relation, *encoder, restore));
+            Request::CreateOutput { relation, output, restore, reply } => {
+                let _ = reply.send(self.create_output(relation, output, restore));
+            }
+            Request::RecordOutput { id, writes, reply } => {
+                // A write that arrives after its output was dropped would bring its state back.
+                let result = if self.outputs.contains_key(&id) { self.store.commit(writes).map_err(EngineError::from) } else { Ok(()) };
+                let _ = reply.send(result);
             }
             Request::Drop { names, reply } => {
                 let _ = reply.send(self.drop(names));
@@ -382,7 +455,16 @@ impl EngineThread {
         }
     }
 
+    /// The backstop behind the coordinator's name check: a name is taken once.
+    fn check_new_name(&self, relation: &Relation, restore: bool) -> Result<()> {
+        match self.catalog.read().expect("catalog lock").get(&relation.name) {
+            Some(_) if !restore => Err(EngineError::DuplicateObject(relation.name.clone())),
+            _ => Ok(()),
+        }
+    }
+
     fn create_table(&mut self, relation: Relation, restore: bool) -> Result<()> {
+        self.check_new_name(&relation, restore)?;
         let contents = Contents::new(relation.id, &relation.name, relation.schema.clone(), &relation.primary_key)?;
         let mut writes = TickWrites::default();
         let mut catalog = self.catalog.write().expect("catalog lock");
@@ -410,6 +492,7 @@ impl EngineThread {
     }
 
     fn create_view(&mut self, relation: Relation, mut dataflow: Dataflow, restore: bool) -> Result<()> {
+        self.check_new_name(&relation, restore)?;
         let contents = Contents::new(relation.id, &relation.name, relation.schema.clone(), &[])?;
         if restore {
             dataflow.restore(&self.store)?;
@@ -454,15 +537,16 @@ impl EngineThread {
         }
     }
 
-    fn create_sink(&mut self, relation: Relation, encoder: SinkEncoder, restore: bool) -> Result<()> {
+    fn create_output(&mut self, relation: Relation, output: Box<dyn StepOutput>, restore: bool) -> Result<()> {
+        self.check_new_name(&relation, restore)?;
         if !restore {
             let contents = self
                 .contents
-                .get(&encoder.relation)
-                .ok_or_else(|| EngineError::UndefinedObject(format!("relation {}", encoder.relation)))?;
+                .get(&output.relation())
+                .ok_or_else(|| EngineError::UndefinedObject(format!("relation {}", output.relation())))?;
             let snapshot = contents.scan(&self.store)?;
             let mut writes = TickWrites::default();
-            encoder.write_outbox(&snapshot, self.next_tick_info(), &mut writes)?;
+            output.write(&snapshot, self.next_tick_info(), &mut writes).map_err(EngineError::Output)?;
             self.catalog.write().expect("catalog lock").insert(relation.clone(), Some(&mut writes));
             if let Err(e) = self.commit_writes(writes, HashMap::new(), 1) {
                 self.catalog.write().expect("catalog lock").remove(&relation.name, &mut TickWrites::default());
@@ -471,7 +555,7 @@ impl EngineThread {
         } else {
             self.catalog.write().expect("catalog lock").insert(relation.clone(), None);
         }
-        self.sinks.insert(relation.id, encoder);
+        self.outputs.insert(relation.id, output);
         Ok(())
     }
 
@@ -489,10 +573,8 @@ impl EngineThread {
                 p.extend_from_slice(&rel.id.to_be_bytes());
                 writes.delete_prefix(&self.store, &p)?;
             }
-            if rel.kind == RelationKind::Sink {
-                writes.delete_prefix(&self.store, &crate::sinks::outbox_prefix(rel.id))?;
-                writes.delete(&crate::sinks::progress_key(rel.id));
-                self.sinks.remove(&rel.id);
+            if let Some(output) = self.outputs.remove(&rel.id) {
+                output.forget(&self.store, &mut writes)?;
             }
             self.contents.remove(&rel.id);
             self.dataflows.remove(&rel.id);
@@ -741,11 +823,11 @@ impl EngineThread {
             None => step.into_merged().map_err(EngineError::from),
             Some(e) => Err(e),
         };
-        // Sinks' messages commit with the changes they carry.
+        // Outputs (sinks' messages) commit with the changes they carry.
         let changed = changed.and_then(|changed| {
-            for encoder in self.sinks.values() {
-                if let Some(changes) = changed.get(&encoder.relation) {
-                    encoder.write_outbox(changes, last, &mut writes)?;
+            for output in self.outputs.values() {
+                if let Some(changes) = changed.get(&output.relation()) {
+                    output.write(changes, last, &mut writes).map_err(EngineError::Output)?;
                 }
             }
             Ok(changed)
@@ -812,6 +894,41 @@ impl EngineThread {
         }
         let _ = self.ticks.send(TickOutput { tick, committed_at, changes: Arc::new(changed) });
         Ok(())
+    }
+}
+
+/// A delivery task's view of the engine (see [`Engine::output_handle`]): it reads what its
+/// output wrote, hears of new steps, checks that its object still exists, and has the engine
+/// thread record its progress.
+#[derive(Clone)]
+pub struct OutputHandle {
+    requests: mpsc::UnboundedSender<Request>,
+    store: Store,
+    ticks: tokio::sync::broadcast::Sender<TickOutput>,
+    catalog: Arc<RwLock<Catalog>>,
+}
+
+impl OutputHandle {
+    /// The storage, for reading.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Every committed step from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TickOutput> {
+        self.ticks.subscribe()
+    }
+
+    /// Whether catalog object `id` (the output's own) still exists under `name`.
+    pub fn exists(&self, id: u32, name: &str) -> bool {
+        self.catalog.read().expect("catalog lock").get(name).is_some_and(|r| r.id == id)
+    }
+
+    /// Commit `writes` on the engine thread, unless output `id` was dropped meanwhile.
+    pub async fn record(&self, id: u32, writes: TickWrites) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.requests.send(Request::RecordOutput { id, writes, reply }).map_err(|_| EngineError::Stopped)?;
+        done.await.map_err(|_| EngineError::Stopped)?
     }
 }
 

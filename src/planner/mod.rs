@@ -27,6 +27,7 @@ use crate::dataflow::union::Union;
 use crate::dataflow::{DataflowError, Operator};
 
 pub mod analyzer;
+pub mod changes;
 pub mod temporal;
 
 /// Errors raised while turning a query into a dataflow.

@@ -25,6 +25,8 @@ use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontend
 use futures::Sink;
 use tokio_rustls::TlsAcceptor;
 
+use super::error::ServerError;
+
 /// PBKDF2 iterations for stored SCRAM secrets (Postgres' default).
 const SCRAM_ITERATIONS: usize = 4096;
 
@@ -70,11 +72,13 @@ pub struct Users {
 
 impl Users {
     /// Add a user from `name:password` (the password may itself contain `:`).
-    pub fn add_spec(&mut self, spec: &str) -> anyhow::Result<()> {
+    pub fn add_spec(&mut self, spec: &str) -> Result<(), ServerError> {
         let Some((name, password)) = spec.split_once(':') else {
-            anyhow::bail!("user {spec:?}: expected name:password");
+            return Err(ServerError::Config(format!("user {spec:?}: expected name:password")));
         };
-        anyhow::ensure!(!name.is_empty(), "user {spec:?}: empty name");
+        if name.is_empty() {
+            return Err(ServerError::Config(format!("user {spec:?}: empty name")));
+        }
         let salt = random_nonce().into_bytes();
         let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
         self.secrets.insert(name.to_string(), Password::new(Some(salt), salted));
@@ -82,10 +86,10 @@ impl Users {
     }
 
     /// Add every `name:password` line of a file (blank lines and `#` comments are skipped).
-    pub fn add_file(&mut self, path: &Path) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("users file {}: {e}", path.display()))?;
+    pub fn add_file(&mut self, path: &Path) -> Result<(), ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ServerError::Config(format!("users file {}: {e}", path.display())))?;
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            self.add_spec(line).map_err(|e| anyhow::anyhow!("users file {}: {e}", path.display()))?;
+            self.add_spec(line).map_err(|e| ServerError::Config(format!("users file {}: {e}", path.display())))?;
         }
         Ok(())
     }
@@ -127,16 +131,21 @@ impl Access {
     }
 
     /// Offer TLS with this certificate chain and private key (PEM files).
-    pub fn with_tls(mut self, cert: &Path, key: &Path) -> anyhow::Result<Self> {
+    pub fn with_tls(mut self, cert: &Path, key: &Path) -> Result<Self, ServerError> {
         use tokio_rustls::rustls;
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let cert_pem = std::fs::read(cert).map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?;
-        let key_pem = std::fs::read(key).map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", key.display()))?;
+        let cert_pem = std::fs::read(cert).map_err(|e| ServerError::Config(format!("--tls-cert {}: {e}", cert.display())))?;
+        let key_pem = std::fs::read(key).map_err(|e| ServerError::Config(format!("--tls-key {}: {e}", key.display())))?;
         let certs = rustls_pemfile::certs(&mut cert_pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
-        anyhow::ensure!(!certs.is_empty(), "--tls-cert {}: no certificate found", cert.display());
+        if certs.is_empty() {
+            return Err(ServerError::Config(format!("--tls-cert {}: no certificate found", cert.display())));
+        }
         let key = rustls_pemfile::private_key(&mut key_pem.as_slice())?
-            .ok_or_else(|| anyhow::anyhow!("--tls-key {}: no private key found", key.display()))?;
-        let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
+            .ok_or_else(|| ServerError::Config(format!("--tls-key {}: no private key found", key.display())))?;
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| ServerError::Config(format!("--tls-cert/--tls-key: {e}")))?;
         self.tls = Some(TlsAcceptor::from(Arc::new(config)));
         self.cert_pem = Some(cert_pem);
         Ok(self)
@@ -230,5 +239,5 @@ impl StartupHandler for Startup {
 
 /// The error for a statement on a connection that has not authenticated.
 pub fn not_authenticated() -> PgWireError {
-    super::error::pg_error("28000", "the connection has not authenticated".to_string())
+    super::error::SessionError::NotAuthenticated.into()
 }

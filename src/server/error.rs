@@ -1,16 +1,121 @@
-//! The one place where errors become Postgres `ErrorResponse`s with a SQLSTATE.
+//! The one place where errors become Postgres `ErrorResponse`s with a SQLSTATE, chosen from
+//! the error's type. DataFusion's planning errors are the exception: DataFusion gives most
+//! of them no type (`DataFusionError::Plan(String)`), so those few are read from the text.
 
 use arrow::error::ArrowError;
 use datafusion::common::SchemaError;
 use datafusion::error::DataFusionError;
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError};
 
+use crate::catalog::RelationKind;
+use crate::coordinator::CoordinatorError;
 use crate::dataflow::DataflowError;
 use crate::engine::EngineError;
 use crate::planner::PlanError;
+use crate::sinks::SinkError;
 use crate::sql::SqlError;
 
-pub fn pg_error(code: &str, message: impl Into<String>) -> PgWireError {
+/// What keeps the server from starting or serving: its configuration, its data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A flag or file of the server's configuration (users, TLS).
+    #[error("{0}")]
+    Config(String),
+    /// Setting up the SQL session failed.
+    #[error("starting the server: {0}")]
+    Startup(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+}
+
+/// What a session refuses on its own: its transaction block, its deadline, its changefeeds.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0} can only be used in transaction blocks")]
+    NotInTransaction(&'static str),
+    #[error("savepoint \"{0}\" does not exist")]
+    UndefinedSavepoint(String),
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    InFailedTransaction,
+    #[error("ROLLBACK TO SAVEPOINT after an error is not supported; ROLLBACK the transaction")]
+    RollbackToAfterError,
+    #[error("canceling statement due to statement timeout")]
+    StatementTimeout,
+    #[error("the connection has not authenticated")]
+    NotAuthenticated,
+    #[error("subscriber fell {0} ticks behind and was disconnected; resubscribe to continue")]
+    SubscriberLagged(u64),
+    #[error("{0}")]
+    Syntax(String),
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+impl From<SessionError> for PgWireError {
+    fn from(e: SessionError) -> PgWireError {
+        let code = match &e {
+            SessionError::NotInTransaction(_) => "25P01",
+            SessionError::UndefinedSavepoint(_) => "3B001",
+            SessionError::InFailedTransaction => "25P02",
+            SessionError::RollbackToAfterError => "0A000",
+            SessionError::StatementTimeout => "57014",
+            SessionError::NotAuthenticated => "28000",
+            SessionError::SubscriberLagged(_) => "53400",
+            SessionError::Syntax(_) => "42601",
+            SessionError::Arrow(a) => arrow_code(a),
+            SessionError::Storage(_) => "XX000",
+        };
+        pg_error(code, e.to_string())
+    }
+}
+
+impl From<CoordinatorError> for PgWireError {
+    fn from(e: CoordinatorError) -> PgWireError {
+        use CoordinatorError as C;
+        let code = match &e {
+            C::DuplicateObject { kind: RelationKind::Table | RelationKind::MaterializedView, .. } => "42P07",
+            C::DuplicateObject { .. } | C::DuplicateBinding { .. } => "42710",
+            C::UndefinedObject { kind: RelationKind::Table | RelationKind::MaterializedView, .. } => "42P01",
+            C::UndefinedObject { .. } => "42704",
+            C::WrongObjectType { .. } | C::NotATable(_) => "42809",
+            C::DependentObjects { .. } => "2BP01",
+            C::MissingPrimaryKey(_) => "42P16",
+            C::DuplicateColumn(_) => "42701",
+            C::ColumnCount { .. } | C::InvalidOption(_) => "42601",
+            C::SourceOptions(_) => "22023",
+            C::NotNull { .. } => "23502",
+            C::ReadOnlyTable { .. } => "25006",
+            C::Unsupported(_) => "0A000",
+            C::FlushStalled { .. } => "57014",
+            C::Restore(_) => "XX000",
+            C::Sink(SinkError::UnknownColumn(_)) => "42703",
+            C::Sink(SinkError::Options(_)) => "22023",
+            C::Sink(_) => "XX000",
+            C::Arrow(a) => arrow_code(a),
+            C::Plan(_) | C::DataFusion(_) | C::Dataflow(_) | C::Engine(_) => {
+                return match e {
+                    C::Plan(p) => from_plan(p),
+                    C::DataFusion(d) => from_datafusion(d),
+                    C::Dataflow(d) => from_dataflow(d),
+                    C::Engine(engine) => from_engine(engine),
+                    _ => unreachable!("matched above"),
+                };
+            }
+        };
+        pg_error(code, e.to_string())
+    }
+}
+
+/// An error response with `code`: only for errors this module classifies.
+pub(super) fn pg_error(code: &str, message: impl Into<String>) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".to_string(), code.to_string(), message.into())))
 }
 
@@ -86,6 +191,7 @@ pub fn from_engine(e: EngineError) -> PgWireError {
         EngineError::SerializationFailure(_) => "40001",
         EngineError::DependentObjects(_) => "2BP01",
         EngineError::UndefinedObject(_) => "42P01",
+        EngineError::DuplicateObject(_) => "42P07",
         EngineError::Dataflow(_) => {
             return from_dataflow(match e {
                 EngineError::Dataflow(d) => d,
@@ -100,7 +206,7 @@ pub fn from_engine(e: EngineError) -> PgWireError {
             }
             return e;
         }
-        EngineError::Storage(_) | EngineError::Arrow(_) | EngineError::Sink(_) | EngineError::Stopped => "XX000",
+        EngineError::Storage(_) | EngineError::Arrow(_) | EngineError::Output(_) | EngineError::Stopped => "XX000",
     };
     pg_error(code, e.to_string())
 }

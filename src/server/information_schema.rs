@@ -242,7 +242,7 @@ impl InformationTable {
     async fn columns(&self) -> Result<Rows> {
         let mut rows = Rows::new(&self.schema);
         let matviews: HashSet<String> = {
-            let catalog = self.engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+            let catalog = self.engine.catalog();
             catalog.iter().filter(|r| r.kind == RelationKind::MaterializedView).map(|r| r.name.clone()).collect()
         };
         for catalog_name in self.catalogs.catalog_names() {
@@ -296,7 +296,7 @@ impl InformationTable {
     /// rows (constraints are named `<table>_pkey`, as Postgres names them).
     fn primary_keys(&self) -> Result<Rows> {
         let mut rows = Rows::new(&self.schema);
-        let catalog = self.engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        let catalog = self.engine.catalog();
         let database = super::DATABASE;
         for relation in catalog.iter().filter(|r| r.kind == RelationKind::Table && !r.primary_key.is_empty()) {
             let constraint = format!("{}_pkey", relation.name);

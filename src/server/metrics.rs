@@ -10,8 +10,8 @@ use crate::engine::Engine;
 /// Render the current metrics in Prometheus text format.
 pub fn render(engine: &Engine) -> String {
     let mut out = String::new();
-    let catalog = engine.catalog.read().expect("catalog lock");
-    let stats = engine.stats.read().expect("stats lock");
+    let catalog = engine.catalog();
+    let stats = engine.stats();
     let _ = writeln!(out, "# HELP velocity_ticks_total Ticks committed since the data directory was created.");
     let _ = writeln!(out, "# TYPE velocity_ticks_total counter");
     let _ = writeln!(out, "velocity_ticks_total {}", stats.tick);
@@ -44,7 +44,7 @@ pub fn render(engine: &Engine) -> String {
     }
     let _ = writeln!(out, "# HELP velocity_storage_bytes Size of RocksDB's SST files.");
     let _ = writeln!(out, "# TYPE velocity_storage_bytes gauge");
-    let _ = writeln!(out, "velocity_storage_bytes {}", engine.store.size_bytes());
+    let _ = writeln!(out, "velocity_storage_bytes {}", engine.store().size_bytes());
     out
 }
 

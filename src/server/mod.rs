@@ -5,13 +5,11 @@
 //! relation a query reads comes from the same committed tick.
 
 pub mod auth;
-pub mod changes;
 pub mod client_queries;
 pub mod error;
 pub mod information_schema;
 pub mod metrics;
 pub mod pg_catalog;
-pub mod relation_table;
 pub mod statements;
 pub mod subscribe;
 pub mod system;
@@ -43,10 +41,12 @@ use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::{DfSessionService, Parser};
 use tokio::net::TcpListener;
 
-use crate::catalog::{Catalog, RelationKind};
+use crate::coordinator::Coordinator;
 use crate::engine::Engine;
-use error::{from_sql, pg_error};
-use statements::VelocityHook;
+use crate::planner::changes::ChangesFunction;
+pub use error::ServerError;
+use error::{SessionError, from_sql, pg_error};
+use statements::StatementHook;
 
 /// Name of the database (DataFusion catalog) clients connect to.
 pub const DATABASE: &str = "velocity";
@@ -55,13 +55,14 @@ pub const DATABASE: &str = "velocity";
 pub struct Server {
     pub engine: Engine,
     pub context: Arc<SessionContext>,
+    pub coordinator: Arc<Coordinator>,
     handlers: Arc<Handlers>,
     max_connections: usize,
 }
 
 impl Server {
     /// Open the data directory, replay the catalog and prepare the SQL session.
-    pub async fn open(data_dir: &Path) -> anyhow::Result<Server> {
+    pub async fn open(data_dir: &Path) -> Result<Server, ServerError> {
         let engine = Engine::open(data_dir)?;
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, "public")
@@ -81,65 +82,24 @@ impl Server {
         for rule in crate::planner::analyzer::rules() {
             context.add_analyzer_rule(rule);
         }
-        setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| anyhow::anyhow!("{e}"))?;
+        setup_pg_catalog(&context, DATABASE, EmptyContextProvider).map_err(|e| ServerError::Startup(e.to_string()))?;
         pg_catalog::register(&context, &engine)?;
         information_schema::register(&context, &engine)?;
-        let hook = Arc::new(VelocityHook::new(engine.clone()));
-        system::register(&context, &engine, hook.sources.clone(), hook.sinks.clone())?;
+        let coordinator = Arc::new(Coordinator::new(engine.clone(), context.clone()));
+        system::register(&context, &engine, coordinator.sources().clone(), coordinator.sinks().clone())?;
         crate::functions::register(&context);
-        context.register_udtf("changes", Arc::new(changes::ChangesFunction { engine: engine.clone() }));
-
-        let entries = Catalog::load_entries(&engine.store)?;
-        let mut sources = Vec::new();
-        for entry in &entries {
-            if entry.kind == RelationKind::Source {
-                let Some(Ok(crate::sql::VelocityStatement::CreateSource { name, options })) = crate::sql::parse_velocity(&entry.create_sql)
-                else {
-                    anyhow::bail!("stored definition of source {} does not parse", entry.name);
-                };
-                hook.create_source(&name, &options, &entry.create_sql, Some(entry.id))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
-                sources.push((entry.id, name, options));
-                continue;
-            }
-            if entry.kind == RelationKind::Sink {
-                let Some(Ok(crate::sql::VelocityStatement::CreateSink { name, from, options })) =
-                    crate::sql::parse_velocity(&entry.create_sql)
-                else {
-                    anyhow::bail!("stored definition of sink {} does not parse", entry.name);
-                };
-                hook.create_sink(&name, &from, &options, &entry.create_sql, Some(entry.id))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
-                continue;
-            }
-            let stmt = PostgresCompatibilityParser::new()
-                .parse(&entry.create_sql)
-                .map_err(|e| anyhow::anyhow!("stored definition of {}: {e}", entry.name))?
-                .into_iter()
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("empty stored definition of {}", entry.name))?;
-            let restored = match entry.kind {
-                RelationKind::Table => hook.create_table(&stmt, &context, Some(entry.id)).await,
-                RelationKind::MaterializedView => hook.create_view(&stmt, &context, Some(entry.id)).await,
-                RelationKind::Source | RelationKind::Sink => Ok(()),
-            };
-            restored.map_err(|e| anyhow::anyhow!("restoring {}: {e}", entry.name))?;
-        }
-        // Every table and view is back: only now may sources apply transactions.
-        for (id, name, options) in sources {
-            hook.start_source(id, &name, &options).map_err(|e| anyhow::anyhow!("starting source {name}: {e}"))?;
-        }
-        if !entries.is_empty() {
-            tracing::info!("restored {} relations at tick {}", entries.len(), engine.current_tick());
+        context.register_udtf("changes", Arc::new(ChangesFunction { engine: engine.clone() }));
+        let restored = coordinator.restore().await?;
+        if restored > 0 {
+            tracing::info!("restored {restored} relations at tick {}", engine.current_tick());
         }
 
-        let hooks: Vec<Arc<dyn QueryHook>> = vec![hook.clone(), Arc::new(CursorStatementHook), Arc::new(SetShowHook)];
+        let statements = Arc::new(StatementHook::new(coordinator.clone()));
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![statements, Arc::new(CursorStatementHook), Arc::new(SetShowHook)];
         let inner = Arc::new(DfSessionService::new_with_hooks(context.clone(), hooks));
-        let service = Arc::new(VelocityService { inner, hook, engine: engine.clone() });
+        let service = Arc::new(VelocityService { inner, coordinator: coordinator.clone(), engine: engine.clone() });
         let handlers = Arc::new(Handlers { service, access: auth::Access::default() });
-        Ok(Server { engine, context, handlers, max_connections: DEFAULT_MAX_CONNECTIONS })
+        Ok(Server { engine, context, coordinator, handlers, max_connections: DEFAULT_MAX_CONNECTIONS })
     }
 
     /// Accept connections as `access` says (passwords, TLS) instead of trusting everyone.
@@ -158,7 +118,7 @@ impl Server {
     /// Accept connections for ever. A failed accept (out of file descriptors, say) is logged
     /// and retried: the connections already open go on, and new ones are accepted again once
     /// descriptors are free.
-    pub async fn serve(&self, listener: TcpListener) -> anyhow::Result<()> {
+    pub async fn serve(&self, listener: TcpListener) -> Result<(), ServerError> {
         let tls = self.handlers.access.tls();
         let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
         loop {
@@ -226,7 +186,7 @@ async fn refuse_connection(mut socket: tokio::net::TcpStream, code: &str, messag
 }
 
 /// Start a server on an already-bound listener (tests bind `127.0.0.1:0`).
-pub async fn spawn(data_dir: &Path, listener: TcpListener) -> anyhow::Result<(SocketAddr, Arc<Server>)> {
+pub async fn spawn(data_dir: &Path, listener: TcpListener) -> Result<(SocketAddr, Arc<Server>), ServerError> {
     let addr = listener.local_addr()?;
     let server = Arc::new(Server::open(data_dir).await?);
     let s = server.clone();
@@ -321,7 +281,7 @@ struct SubscribeCursors(tokio::sync::Mutex<std::collections::HashMap<String, sub
 /// snapshot-consistent SELECTs; the rest goes to `DfSessionService` (and its hooks).
 struct VelocityService {
     inner: Arc<DfSessionService>,
-    hook: Arc<VelocityHook>,
+    coordinator: Arc<Coordinator>,
     engine: Engine,
 }
 
@@ -347,7 +307,7 @@ fn until_deadline(response: Response, deadline: Option<tokio::time::Instant>) ->
         tokio::select! {
             biased;
             next = futures::StreamExt::next(&mut rows) => next.map(|row| (row, (Some(rows), expired))),
-            _ = &mut expired => Some((Err(pg_error("57014", "canceling statement due to statement timeout")), (None, expired))),
+            _ = &mut expired => Some((Err(SessionError::StatementTimeout.into()), (None, expired))),
         }
     }));
     Response::Query(query)
@@ -392,16 +352,16 @@ impl VelocityService {
                 // FLUSH waits for the sources as long as they progress: the session's
                 // statement_timeout (or a cancel request) ends the wait with 57014.
                 V::Flush => match statement_timeout(client) {
-                    Some(limit) => tokio::time::timeout(limit, self.hook.velocity_statement(&V::Flush))
+                    Some(limit) => tokio::time::timeout(limit, statements::velocity(&self.coordinator, V::Flush))
                         .await
-                        .map_err(|_| pg_error("57014", "canceling statement due to statement timeout"))??,
-                    None => self.hook.velocity_statement(&V::Flush).await?,
+                        .map_err(|_| SessionError::StatementTimeout)??,
+                    None => statements::velocity(&self.coordinator, V::Flush).await?,
                 },
-                other => self.hook.velocity_statement(&other).await?,
+                other => statements::velocity(&self.coordinator, other).await?,
             };
             return Ok(vec![response]);
         }
-        let mut parsed = PostgresCompatibilityParser::new().parse(sql).map_err(|e| pg_error("42601", e.to_string()))?;
+        let mut parsed = PostgresCompatibilityParser::new().parse(sql).map_err(|e| SessionError::Syntax(e.to_string()))?;
         // DataFusion plans the text again: hand it the statement with DISTINCT ON ordinals resolved.
         let resolved = crate::sql::resolve_distinct_on_ordinals(&mut parsed)
             .then(|| parsed.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "));
@@ -414,7 +374,7 @@ impl VelocityService {
         }
         if parsed.iter().any(|s| matches!(s, Statement::Query(_))) {
             let deadline = statement_timeout(client).map(|t| tokio::time::Instant::now() + t);
-            let _gate = self.engine.gate.read().await;
+            let _gate = self.engine.read_snapshot().await;
             let responses = SimpleQueryHandler::do_query(&*self.inner, client, sql).await?;
             Ok(responses.into_iter().map(|r| until_deadline(r, deadline)).collect())
         } else {
@@ -470,7 +430,7 @@ fn rows_placeholder() -> Statement {
 
 /// A plan with no rows and `schema`: only its schema is used, for the row description.
 fn rows_plan(schema: &arrow::datatypes::SchemaRef) -> PgWireResult<datafusion::logical_expr::LogicalPlan> {
-    let schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone()).map_err(|e| pg_error("XX000", e.to_string()))?;
+    let schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone()).map_err(error::from_datafusion)?;
     Ok(datafusion::logical_expr::LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
         produce_one_row: false,
         schema: Arc::new(schema),
@@ -551,7 +511,7 @@ impl ExtendedQueryHandler for VelocityService {
         let deadline = statement_timeout(client).map(|t| tokio::time::Instant::now() + t);
         let run = async {
             if is_query {
-                let _gate = self.engine.gate.read().await;
+                let _gate = self.engine.read_snapshot().await;
                 Ok(until_deadline(ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await?, deadline))
             } else {
                 ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await

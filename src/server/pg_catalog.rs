@@ -33,7 +33,7 @@ const RELHASINDEX_UDF: &str = "velocity_relhasindex";
 
 /// Replace the `pg_catalog` schema with one that reports materialized views, and register
 /// `version()`.
-pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
+pub fn register(ctx: &SessionContext, engine: &Engine) -> datafusion::error::Result<()> {
     let version = super::auth::version_string();
     ctx.register_udf(create_udf(
         "version",
@@ -151,8 +151,8 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> anyhow::Result<()> {
         Arc::new(move |args| relkind(&relkind_engine, args)),
     ));
 
-    let catalog = ctx.catalog(super::DATABASE).ok_or_else(|| anyhow::anyhow!("catalog {} missing", super::DATABASE))?;
-    let inner = catalog.schema("pg_catalog").ok_or_else(|| anyhow::anyhow!("pg_catalog schema missing"))?;
+    let catalog = ctx.catalog(super::DATABASE).ok_or_else(|| DataFusionError::Internal(format!("catalog {} missing", super::DATABASE)))?;
+    let inner = catalog.schema("pg_catalog").ok_or_else(|| DataFusionError::Internal("pg_catalog schema missing".into()))?;
     ctx.register_udf(ScalarUDF::from(keys::KeyDefinition::new(engine.clone(), true)));
     ctx.register_udf(ScalarUDF::from(keys::KeyDefinition::new(engine.clone(), false)));
     let hasindex_engine = engine.clone();
@@ -183,7 +183,7 @@ fn relation_size(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValu
     let arrays = ColumnarValue::values_to_arrays(args)?;
     let names = datafusion::common::cast::as_string_array(&arrays[0])?;
     let ids: Vec<Option<u32>> = {
-        let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        let catalog = engine.catalog();
         names
             .iter()
             .map(|n| {
@@ -201,7 +201,7 @@ fn relation_size(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValu
         };
         let mut bytes = 0i64;
         engine
-            .store
+            .store()
             .for_each_prefix(&crate::engine::contents::Contents::prefix(id), |k, v| {
                 bytes += (k.len() + v.len()) as i64;
                 Ok(())
@@ -217,7 +217,7 @@ fn relhasindex(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue>
     let arrays = ColumnarValue::values_to_arrays(args)?;
     let names = datafusion::common::cast::as_string_array(&arrays[0])?;
     let keyed: HashSet<String> = {
-        let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        let catalog = engine.catalog();
         catalog.iter().filter(|r| !r.primary_key.is_empty()).map(|r| r.name.clone()).collect()
     };
     let out: BooleanArray = names.iter().map(|n| Some(n.is_some_and(|n| keyed.contains(n)))).collect();
@@ -233,7 +233,7 @@ fn relkind(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
     };
     let (names, kinds) = (as_str(&arrays[0])?, as_str(&arrays[1])?);
     let matviews: HashSet<String> = {
-        let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        let catalog = engine.catalog();
         catalog.iter().filter(|r| r.kind == RelationKind::MaterializedView).map(|r| r.name.clone()).collect()
     };
     let out: StringArray = (0..kinds.len())
@@ -363,7 +363,7 @@ fn matviews_table(engine: &Engine) -> Arc<SystemTable> {
         Field::new("definition", DataType::Utf8, true),
     ]));
     let fill: Fill = Box::new(|engine: &Engine| {
-        let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        let catalog = engine.catalog();
         let views: Vec<_> = catalog.iter().filter(|r| r.kind == RelationKind::MaterializedView).collect();
         let n = views.len();
         Ok(vec![

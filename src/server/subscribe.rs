@@ -24,8 +24,10 @@ use futures::stream::{self, BoxStream, StreamExt};
 use futures::{Sink, SinkExt};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::error::pg_error;
+use super::error::SessionError;
 use crate::catalog::Relation;
+use crate::catalog::RelationKind;
+use crate::coordinator::CoordinatorError;
 use crate::dataflow::ChangeBatch;
 use crate::engine::{Contents, Engine, TickOutput};
 use crate::sql::Subscribe;
@@ -54,7 +56,7 @@ fn feed_batch(schema: &SchemaRef, tick: u64, progress: bool, changes: &ChangeBat
     }
     columns.push(Arc::new(changes.weights.clone()));
     columns.extend(changes.rows.columns().iter().cloned());
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| pg_error("XX000", e.to_string()))
+    Ok(RecordBatch::try_new(schema.clone(), columns).map_err(SessionError::from)?)
 }
 
 /// A row that only says "every change up to `tick` has been sent".
@@ -69,31 +71,31 @@ fn progress_batch(schema: &SchemaRef, tick: u64) -> PgWireResult<RecordBatch> {
             _ => arrow::array::new_null_array(f.data_type(), 1),
         })
         .collect();
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| pg_error("XX000", e.to_string()))
+    Ok(RecordBatch::try_new(schema.clone(), columns).map_err(SessionError::from)?)
 }
 
 /// Open a changefeed on `request.name`.
 /// The row schema `SUBSCRIBE` returns for `request`, without opening it (for Describe).
 pub fn schema_of(engine: &Engine, request: &Subscribe) -> Option<SchemaRef> {
-    let catalog = engine.catalog.read().expect("catalog lock");
+    let catalog = engine.catalog();
     catalog.get(&request.name).map(|relation| feed_schema(relation, request.progress))
 }
 
 pub async fn open(engine: &Engine, request: &Subscribe) -> PgWireResult<Changefeed> {
     let relation = {
-        let catalog = engine.catalog.read().expect("catalog lock");
+        let catalog = engine.catalog();
         catalog.get(&request.name).cloned()
     }
-    .ok_or_else(|| pg_error("42P01", format!("relation \"{}\" does not exist", request.name)))?;
+    .ok_or_else(|| CoordinatorError::UndefinedObject { kind: RelationKind::Table, name: request.name.clone() })?;
     let schema = feed_schema(&relation, request.progress);
     let contents = Contents::new(relation.id, &relation.name, relation.schema.clone(), &relation.primary_key)
-        .map_err(|e| pg_error("XX000", e.to_string()))?;
+        .map_err(|e| CoordinatorError::Engine(e.into()))?;
     let (snapshot, receiver, tick) = {
-        let _gate = engine.gate.read().await;
-        let receiver = engine.ticks.subscribe();
+        let _gate = engine.read_snapshot().await;
+        let receiver = engine.subscribe();
         let tick = engine.current_tick();
         let snapshot =
-            if request.snapshot { Some(contents.scan(&engine.store).map_err(|e| pg_error("XX000", e.to_string()))?) } else { None };
+            if request.snapshot { Some(contents.scan(engine.store()).map_err(|e| CoordinatorError::Engine(e.into()))?) } else { None };
         (snapshot, receiver, tick)
     };
     let mut first = Vec::new();
@@ -123,7 +125,7 @@ pub async fn open(engine: &Engine, request: &Subscribe) -> PgWireResult<Changefe
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
-                    let err = pg_error("53400", format!("subscriber fell {n} ticks behind and was disconnected; resubscribe to continue"));
+                    let err = SessionError::SubscriberLagged(n).into();
                     return Some((stream::iter(vec![Err(err)]), None));
                 }
                 Err(RecvError::Closed) => return None,

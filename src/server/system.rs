@@ -80,8 +80,8 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
         Field::new("definition", DataType::Utf8, false),
     ]));
     let fill: Fill = Box::new(|engine: &Engine| {
-        let catalog = engine.catalog.read().expect("catalog lock");
-        let stats = engine.stats.read().expect("stats lock");
+        let catalog = engine.catalog();
+        let stats = engine.stats();
         let rels: Vec<_> = catalog.iter().collect();
         Ok(vec![
             Arc::new(Int64Array::from_iter_values(rels.iter().map(|r| r.id as i64))) as ArrayRef,
@@ -113,7 +113,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
         Field::new("lag_unit", DataType::Utf8, false),
     ]));
     let fill: Fill = Box::new(move |engine: &Engine| {
-        let catalog = engine.catalog.read().expect("catalog lock");
+        let catalog = engine.catalog();
         let registry = sources.read().expect("registry lock");
         let rows: Vec<(String, SourceStatus)> = catalog
             .iter()
@@ -151,7 +151,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
         Field::new("upstream", DataType::Utf8, true),
     ]));
     let fill: Fill = Box::new(move |engine: &Engine| {
-        let catalog = engine.catalog.read().expect("catalog lock");
+        let catalog = engine.catalog();
         let registry = collections_registry.read().expect("registry lock");
         let rows: Vec<(String, crate::sources::runner::CollectionStatus)> = catalog
             .iter()
@@ -181,13 +181,13 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
         Field::new("messages", DataType::Int64, false),
     ]));
     let fill: Fill = Box::new(move |engine: &Engine| {
-        let catalog = engine.catalog.read().expect("catalog lock");
+        let catalog = engine.catalog();
         let registry = sinks.read().expect("registry lock");
         let mut rows = Vec::new();
         for r in catalog.iter().filter(|r| r.kind == RelationKind::Sink) {
             let mut pending = 0i64;
             engine
-                .store
+                .store()
                 .for_each_prefix(&crate::sinks::outbox_prefix(r.id), |_, _| {
                     pending += 1;
                     Ok(())

@@ -24,8 +24,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::{Result, SinkConfig, SinkError, SinkMessage, decode_outbox, outbox_key, outbox_prefix, progress_key};
-use crate::catalog::RelationKind;
-use crate::engine::Engine;
+use crate::engine::OutputHandle;
 use crate::storage::TickWrites;
 
 /// Outbox entries (ticks) sent per round at most.
@@ -62,7 +61,7 @@ struct Progress {
 
 /// Start the task that delivers sink `name` until the sink is dropped. Broker errors are
 /// retried with backoff; the outbox keeps every change meanwhile.
-pub fn spawn(engine: Engine, registry: SinkRegistry, id: u32, name: String, config: SinkConfig) {
+pub fn spawn(engine: OutputHandle, registry: SinkRegistry, id: u32, name: String, config: SinkConfig) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(250);
         while !dropped(&engine, &name, id) {
@@ -80,8 +79,8 @@ pub fn spawn(engine: Engine, registry: SinkRegistry, id: u32, name: String, conf
     });
 }
 
-fn dropped(engine: &Engine, name: &str, id: u32) -> bool {
-    !engine.catalog.read().expect("catalog lock").get(name).is_some_and(|r| r.kind == RelationKind::Sink && r.id == id)
+fn dropped(engine: &OutputHandle, name: &str, id: u32) -> bool {
+    !engine.exists(id, name)
 }
 
 fn set_state(registry: &SinkRegistry, name: &str, state: String) {
@@ -91,7 +90,7 @@ fn set_state(registry: &SinkRegistry, name: &str, state: String) {
 }
 
 struct Delivery<'a> {
-    engine: &'a Engine,
+    engine: &'a OutputHandle,
     registry: &'a SinkRegistry,
     id: u32,
     name: &'a str,
@@ -105,7 +104,7 @@ struct Delivery<'a> {
 
 impl<'a> Delivery<'a> {
     async fn connect(
-        engine: &'a Engine,
+        engine: &'a OutputHandle,
         registry: &'a SinkRegistry,
         id: u32,
         name: &'a str,
@@ -133,7 +132,7 @@ impl<'a> Delivery<'a> {
             }
         }
         let (brokers, topic_name) = (config.brokers.clone(), config.topic.clone());
-        let stored = engine.store.get(&progress_key(id))?;
+        let stored = engine.store().get(&progress_key(id))?;
         let (partitions, progress, found) = tokio::task::spawn_blocking(move || read_topic(&brokers, &topic_name, stored))
             .await
             .map_err(|e| SinkError::Delivery(format!("reading the topic back: {e}")))??;
@@ -145,20 +144,20 @@ impl<'a> Delivery<'a> {
             delivery.found
         );
         // A new sink records where the topic ended before it sends anything.
-        delivery.save_progress(&[])?;
+        delivery.save_progress(&[]).await?;
         failpoint("sink-after-readback");
         set_state(registry, name, "running".into());
         Ok(delivery)
     }
 
     async fn run(&mut self) -> Result<()> {
-        let mut ticks = self.engine.ticks.subscribe();
+        let mut ticks = self.engine.subscribe();
         loop {
             if dropped(self.engine, self.name, self.id) {
                 return Ok(());
             }
             let prefix = outbox_prefix(self.id);
-            let entries = self.engine.store.scan_from(&prefix, &outbox_key(self.id, self.progress.tick + 1), TICKS_PER_ROUND)?;
+            let entries = self.engine.store().scan_from(&prefix, &outbox_key(self.id, self.progress.tick + 1), TICKS_PER_ROUND)?;
             if entries.is_empty() {
                 tokio::select! {
                     _ = ticks.recv() => {}
@@ -201,7 +200,7 @@ impl<'a> Delivery<'a> {
                 failpoint("sink-after-delivery");
             }
             self.progress.tick = delivered_ticks.last().map(|(_, t)| *t).unwrap_or(self.progress.tick);
-            self.save_progress(&delivered_ticks)?;
+            self.save_progress(&delivered_ticks).await?;
             tracing::debug!("sink {}: delivered up to tick {} at offsets {:?}", self.name, self.progress.tick, self.progress.next_offsets);
             if let Some(s) = self.registry.write().expect("registry lock").get_mut(self.name) {
                 s.delivered_tick = self.progress.tick;
@@ -244,15 +243,15 @@ impl<'a> Delivery<'a> {
         hash % self.partitions
     }
 
-    /// Record the progress and delete the delivered outbox entries, in one write.
-    fn save_progress(&self, delivered: &[(Vec<u8>, u64)]) -> Result<()> {
+    /// Record the progress and delete the delivered outbox entries, in one write by the
+    /// engine thread.
+    async fn save_progress(&self, delivered: &[(Vec<u8>, u64)]) -> Result<()> {
         let mut writes = TickWrites::default();
         writes.put(&progress_key(self.id), &serde_json::to_vec(&self.progress).expect("progress serializes"));
         for (key, _) in delivered {
             writes.delete(key);
         }
-        self.engine.store.commit(writes)?;
-        Ok(())
+        self.engine.record(self.id, writes).await.map_err(|e| SinkError::Delivery(format!("recording progress: {e}")))
     }
 }
 

@@ -213,6 +213,22 @@ impl SinkEncoder {
 }
 
 /// `o` + sink id: the sink's undelivered messages, one entry per tick.
+impl crate::engine::StepOutput for SinkEncoder {
+    fn relation(&self) -> u32 {
+        self.relation
+    }
+
+    fn write(&self, changes: &ChangeBatch, tick: TickInfo, writes: &mut TickWrites) -> Result<(), crate::engine::OutputError> {
+        Ok(self.write_outbox(changes, tick, writes)?)
+    }
+
+    fn forget(&self, store: &crate::storage::Store, writes: &mut TickWrites) -> Result<(), StorageError> {
+        writes.delete_prefix(store, &outbox_prefix(self.sink))?;
+        writes.delete(&progress_key(self.sink));
+        Ok(())
+    }
+}
+
 pub fn outbox_prefix(sink: u32) -> Vec<u8> {
     let mut k = vec![keyspace::OUTBOX];
     k.extend_from_slice(&sink.to_be_bytes());

@@ -305,7 +305,7 @@ struct BoundTable {
 
 /// Tables bound to a source: upstream name and relation id, in id order.
 fn bound_tables(engine: &Engine, source: &str) -> Vec<BoundTable> {
-    let catalog = engine.catalog.read().expect("catalog lock");
+    let catalog = engine.catalog();
     catalog
         .iter()
         .filter(|r| r.kind == RelationKind::Table)
@@ -350,14 +350,14 @@ impl Runner {
     }
 
     fn dropped(&self) -> bool {
-        !self.engine.catalog.read().expect("catalog lock").get(&self.name).is_some_and(|r| r.kind == RelationKind::Source)
+        !self.engine.catalog().get(&self.name).is_some_and(|r| r.kind == RelationKind::Source)
     }
 
     async fn run(&mut self) -> anyhow::Result<()> {
-        if let Some(v) = self.engine.store.get(&offsets_key(self.id))? {
+        if let Some(v) = self.engine.store().get(&offsets_key(self.id))? {
             self.offsets = serde_json::from_slice(&v)?;
         }
-        let stored_errors = self.engine.store.scan_prefix(&dead_letter_prefix(self.id))?.len() as u64;
+        let stored_errors = self.engine.store().scan_prefix(&dead_letter_prefix(self.id))?.len() as u64;
         self.status(|s| {
             s.state = "running".into();
             s.errors = stored_errors;
@@ -686,7 +686,7 @@ impl Runner {
             let key = dead_letter_key(self.id, &position);
             // Input read again (tables bound later, a restart) dead-letters the same record
             // again: keep and count it once.
-            if self.engine.store.get(&key)?.is_some() {
+            if self.engine.store().get(&key)?.is_some() {
                 continue;
             }
             errors += 1;
@@ -711,7 +711,7 @@ impl Runner {
 /// Read every dead letter of every source.
 pub fn dead_letters(engine: &Engine) -> anyhow::Result<Vec<StoredDeadLetter>> {
     let mut out = Vec::new();
-    for (_, v) in engine.store.scan_prefix(&[keyspace::DEAD_LETTERS])? {
+    for (_, v) in engine.store().scan_prefix(&[keyspace::DEAD_LETTERS])? {
         out.push(serde_json::from_slice(&v)?);
     }
     Ok(out)

@@ -34,7 +34,7 @@ const BTREE_OID: i32 = 403;
 
 /// The relations whose primary key the catalogs show, with the key's attribute numbers.
 fn keyed(engine: &Engine) -> Result<Vec<(Relation, Vec<i16>)>> {
-    let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+    let catalog = engine.catalog();
     Ok(catalog
         .iter()
         .filter(|r| matches!(r.kind, RelationKind::Table | RelationKind::MaterializedView) && !r.primary_key.is_empty())
@@ -314,7 +314,7 @@ pub fn pg_constraint(
 /// The relation an index or constraint oid belongs to, if it is one of Velocity's keys.
 fn relation_of(engine: &Engine, oid: i64, base: i64) -> Result<Option<Relation>> {
     let Some(id) = oid.checked_sub(base).filter(|id| (0..=u32::MAX as i64).contains(id)) else { return Ok(None) };
-    let catalog = engine.catalog.read().map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+    let catalog = engine.catalog();
     Ok(catalog.by_id(id as u32).filter(|r| !r.primary_key.is_empty()).cloned())
 }
 

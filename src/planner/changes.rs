@@ -13,7 +13,7 @@ use datafusion::common::{ScalarValue, plan_err};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result;
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, LogicalPlan, Projection};
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::catalog::RelationKind;
@@ -53,7 +53,7 @@ impl TableFunctionImpl for ChangesFunction {
         let Some(name) = exprs.first().and_then(string_arg) else {
             return plan_err!("changes() expects a table or materialized view name, e.g. changes(shipments)");
         };
-        let catalog = self.engine.catalog.read().expect("catalog lock");
+        let catalog = self.engine.catalog();
         let Some(relation) = catalog.get(&name) else {
             return plan_err!("table \"{name}\" not found");
         };
@@ -100,4 +100,29 @@ impl TableProvider for ChangesTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(MemorySourceConfig::try_new_exec(&[vec![]], self.schema.clone(), projection.cloned())?)
     }
+}
+
+/// `SELECT after.id FROM changes(t)` names its column `id`, as Postgres does for a field of a
+/// composite; DataFusion would call it `changes().after[id]`.
+pub fn name_field_accesses(plan: LogicalPlan) -> Result<LogicalPlan> {
+    if !plan.schema().fields().iter().any(|f| field_access_name(f.name()).is_some()) {
+        return Ok(plan);
+    }
+    let exprs: Vec<Expr> = plan
+        .schema()
+        .columns()
+        .into_iter()
+        .map(|c| match field_access_name(&c.name).map(str::to_string) {
+            Some(short) => Expr::Column(c).alias(short),
+            None => Expr::Column(c),
+        })
+        .collect();
+    Ok(LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(plan))?))
+}
+
+/// The field name of a column DataFusion named after a field access (`expr[field]`).
+fn field_access_name(name: &str) -> Option<&str> {
+    let inner = name.strip_suffix(']')?;
+    let (_, field) = inner.rsplit_once('[')?;
+    (!field.is_empty() && field.chars().all(|c| c.is_alphanumeric() || c == '_')).then_some(field)
 }

@@ -137,7 +137,7 @@ impl TableProvider for RelationTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let contents = self.contents()?;
-        let store = &self.engine.0.store;
+        let store = self.engine.0.store();
         let batch = match self.pinned_key(filters) {
             Some(keys) => contents.lookup_keys(store, &keys),
             None => contents.scan_rows(store).map(Some),

@@ -1,0 +1,190 @@
+//! INSERT, UPDATE and DELETE on tables: what a statement changes, as a Z-set of rows.
+//!
+//! DataFusion plans the statement; its input is evaluated over one committed snapshot plus
+//! the session's own uncommitted changes, and the result becomes the rows to retract and
+//! insert. The session applies them at once or at COMMIT.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::{Expr, LogicalPlan, Projection, WriteOp};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+
+use super::{Coordinator, CoordinatorError, Result};
+use crate::catalog::{Relation, RelationKind};
+use crate::dataflow::ChangeBatch;
+
+/// What one INSERT, UPDATE or DELETE changes.
+pub struct Write {
+    pub relation: u32,
+    /// Net row changes: +1 inserted, -1 removed (an update is both).
+    pub changes: ChangeBatch,
+    /// `INSERT`, `UPDATE` or `DELETE`, for the command tag.
+    pub command: &'static str,
+    /// Rows the statement inserted, updated or deleted.
+    pub rows: usize,
+}
+
+impl Coordinator {
+    /// Evaluate a DML statement (planned already by the extended protocol, or planned here)
+    /// against committed rows plus `pending`: the session's uncommitted changes of a table.
+    pub async fn write(
+        &self,
+        stmt: &Statement,
+        planned: Option<&LogicalPlan>,
+        params: &ParamValues,
+        pending: impl Fn(u32) -> Vec<ChangeBatch>,
+    ) -> Result<Write> {
+        let plan = match planned {
+            Some(p) => p.clone(),
+            None => self.context.state().statement_to_plan(DFStatement::Statement(Box::new(stmt.clone()))).await?,
+        };
+        let LogicalPlan::Dml(dml) = plan.replace_params_with_values(params)? else {
+            return Err(CoordinatorError::Unsupported("this form of INSERT/UPDATE/DELETE".into()));
+        };
+        let relation = self
+            .engine
+            .catalog()
+            .get(dml.table_name.table())
+            .cloned()
+            .ok_or_else(|| CoordinatorError::UndefinedObject { kind: RelationKind::Table, name: dml.table_name.to_string() })?;
+        if relation.kind != RelationKind::Table {
+            return Err(CoordinatorError::NotATable(relation.name));
+        }
+        if let Some(b) = &relation.binding {
+            return Err(CoordinatorError::ReadOnlyTable { table: relation.name, source_name: b.source.clone() });
+        }
+        let schema = relation.schema.clone();
+        // This transaction's earlier writes to the table, so that its statements see them.
+        let mine = pending(relation.id);
+        let pending = if mine.is_empty() { None } else { Some(ChangeBatch::concat(&schema, &mine)?.consolidate()?) };
+        let (changes, command, rows) = match &dml.op {
+            WriteOp::Insert(_) => {
+                let rows = self.collect(dml.input.as_ref().clone(), &schema).await?;
+                check_not_null(&relation, rows.columns())?;
+                let rows = RecordBatch::try_new(schema.clone(), rows.columns().to_vec())?;
+                let n = rows.num_rows();
+                (ChangeBatch::uniform(rows, 1), "INSERT", n)
+            }
+            WriteOp::Delete => {
+                let old = self.evaluate(dml.input.as_ref(), &schema, &relation, pending).await?;
+                let n = old.weights.values().iter().sum::<i64>() as usize;
+                (old.negate(), "DELETE", n)
+            }
+            WriteOp::Update => {
+                let LogicalPlan::Projection(p) = dml.input.as_ref() else {
+                    return Err(CoordinatorError::Unsupported("this form of UPDATE".into()));
+                };
+                // One pass computes old and new rows side by side.
+                let width = schema.fields().len();
+                let old: Vec<Expr> = p.input.schema().columns().into_iter().take(width).map(Expr::Column).collect();
+                let new: Vec<Expr> =
+                    p.expr.iter().enumerate().map(|(i, e)| e.clone().unalias().alias(format!("__velocity_new_{i}"))).collect();
+                let both = LogicalPlan::Projection(Projection::try_new(old.into_iter().chain(new).collect(), p.input.clone())?);
+                let wide: SchemaRef = Arc::new(Schema::new(
+                    schema
+                        .fields()
+                        .iter()
+                        .chain(schema.fields().iter())
+                        .map(|f| f.as_ref().clone().with_nullable(true))
+                        .collect::<Vec<_>>(),
+                ));
+                let pairs = self.evaluate(&both, &wide, &relation, pending).await?;
+                let n = pairs.weights.values().iter().sum::<i64>() as usize;
+                check_not_null(&relation, &pairs.rows.columns()[width..])?;
+                let old_rows = RecordBatch::try_new(schema.clone(), pairs.rows.columns()[..width].to_vec())?;
+                let new_rows = RecordBatch::try_new(schema.clone(), pairs.rows.columns()[width..].to_vec())?;
+                let changes = ChangeBatch::concat(
+                    &schema,
+                    &[ChangeBatch::new(old_rows, pairs.weights.clone()).negate(), ChangeBatch::new(new_rows, pairs.weights)],
+                )?;
+                (changes, "UPDATE", n)
+            }
+            other => return Err(CoordinatorError::Unsupported(other.to_string())),
+        };
+        Ok(Write { relation: relation.id, changes: changes.consolidate()?, command, rows })
+    }
+
+    /// Evaluate a plan that reads `relation` (DELETE/UPDATE input) as a Z-set over what this
+    /// transaction sees: committed rows plus its own pending changes. The plan is linear in
+    /// the table, so plan(committed + delta) = plan(committed) + plan(delta+) - plan(delta-).
+    async fn evaluate(
+        &self,
+        plan: &LogicalPlan,
+        schema: &SchemaRef,
+        relation: &Relation,
+        pending: Option<ChangeBatch>,
+    ) -> Result<ChangeBatch> {
+        let committed = self.collect(plan.clone(), schema).await?;
+        let mut parts = vec![ChangeBatch::uniform(committed, 1)];
+        if let Some(delta) = pending {
+            let inserted = delta.filter(&arrow::compute::kernels::cmp::gt(&delta.weights, &Int64Array::new_scalar(0))?)?;
+            let removed = delta.filter(&arrow::compute::kernels::cmp::lt(&delta.weights, &Int64Array::new_scalar(0))?)?;
+            for (rows, sign) in [(inserted, 1), (removed.negate(), -1)] {
+                if rows.is_empty() {
+                    continue;
+                }
+                let rows = rows.expand_positive()?;
+                let rebound = rebind_scan(plan.clone(), &relation.name, rows)?;
+                let result = self.collect(rebound, schema).await?;
+                parts.push(ChangeBatch::uniform(result, sign));
+            }
+        }
+        let loose = parts[0].schema();
+        Ok(ChangeBatch::concat(&loose, &parts)?.consolidate()?)
+    }
+
+    /// Run a plan against one committed snapshot, returning rows cast to `schema`'s types.
+    /// Nullability is left to the caller, which knows which columns must not be NULL.
+    async fn collect(&self, plan: LogicalPlan, schema: &SchemaRef) -> Result<RecordBatch> {
+        let batches = {
+            let _gate = self.engine.read_snapshot().await;
+            self.context.execute_logical_plan(plan).await?.collect().await?
+        };
+        let loose = Arc::new(Schema::new(schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()));
+        let batches = batches
+            .into_iter()
+            .map(|b| {
+                let columns = b
+                    .columns()
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                RecordBatch::try_new_with_options(
+                    loose.clone(),
+                    columns,
+                    &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(arrow::compute::concat_batches(&loose, &batches)?)
+    }
+}
+
+/// 23502 for the first column of `relation` that must not be NULL and holds a NULL.
+fn check_not_null(relation: &Relation, columns: &[ArrayRef]) -> Result<()> {
+    match relation.schema.fields().iter().zip(columns).find(|(f, c)| !f.is_nullable() && c.null_count() > 0) {
+        Some((f, _)) => Err(CoordinatorError::NotNull { relation: relation.name.clone(), column: f.name().clone() }),
+        None => Ok(()),
+    }
+}
+
+/// Replace scans of `table` in `plan` with an in-memory table holding `rows`.
+fn rebind_scan(plan: LogicalPlan, table: &str, rows: RecordBatch) -> datafusion::error::Result<LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    let provider = Arc::new(datafusion::datasource::MemTable::try_new(rows.schema(), vec![vec![rows]])?);
+    let source = datafusion::datasource::provider_as_source(provider);
+    plan.transform_up(|node| match node {
+        LogicalPlan::TableScan(mut scan) if scan.table_name.table() == table => {
+            scan.source = source.clone();
+            scan.filters.clear();
+            Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+        }
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+}

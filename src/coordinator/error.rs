@@ -1,0 +1,69 @@
+//! What a DDL or DML decision can refuse, typed, so that `server::error` picks the SQLSTATE
+//! from the kind of failure and never from a message's text.
+
+use datafusion::error::DataFusionError;
+
+use crate::catalog::RelationKind;
+use crate::engine::EngineError;
+use crate::planner::PlanError;
+use crate::sinks::SinkError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// CREATE of a name the catalog already holds (one namespace for every kind).
+    #[error("{} \"{name}\" already exists", if matches!(kind, RelationKind::Source) { "source" } else { "relation" })]
+    DuplicateObject { kind: RelationKind, name: String },
+    /// A name that is not in the catalog, or not as the kind the statement expects.
+    #[error("{} \"{name}\" does not exist", kind.sql_name())]
+    UndefinedObject { kind: RelationKind, name: String },
+    #[error("\"{name}\" is not a {expected}")]
+    WrongObjectType { name: String, expected: &'static str },
+    #[error(
+        "cannot drop {} \"{name}\" because other objects depend on it: {} (use DROP ... CASCADE)",
+        kind.sql_name(),
+        dependents.iter().map(|(k, n)| format!("{} \"{n}\"", k.sql_name())).collect::<Vec<_>>().join(", ")
+    )]
+    DependentObjects { kind: RelationKind, name: String, dependents: Vec<(RelationKind, String)> },
+    /// Two tables may not mirror the same upstream table of one source.
+    #[error("table \"{table}\" already mirrors {upstream} of source \"{source_name}\"")]
+    DuplicateBinding { table: String, upstream: String, source_name: String },
+    #[error("table \"{0}\" is fed by a source and needs a PRIMARY KEY to apply changes by")]
+    MissingPrimaryKey(String),
+    #[error("column \"{0}\" specified more than once; give the view's columns distinct names")]
+    DuplicateColumn(String),
+    #[error("{kind} specifies a different number of columns than the query")]
+    ColumnCount { kind: &'static str },
+    /// A WITH option a statement does not take, or lacks, or cannot read.
+    #[error("{0}")]
+    InvalidOption(String),
+    /// A source's options that name no usable connector configuration.
+    #[error("{0}")]
+    SourceOptions(String),
+    #[error("null value in column \"{column}\" of relation \"{relation}\" violates not-null constraint")]
+    NotNull { relation: String, column: String },
+    #[error("table \"{table}\" is fed by source \"{source_name}\" and cannot be changed directly")]
+    ReadOnlyTable { table: String, source_name: String },
+    #[error("cannot change materialized view \"{0}\"")]
+    NotATable(String),
+    #[error("{0} is not supported")]
+    Unsupported(String),
+    /// FLUSH waited for sources that stopped making progress.
+    #[error("FLUSH gave up: sources made no progress for {seconds} s: {}", sources.join(", "))]
+    FlushStalled { seconds: u64, sources: Vec<String> },
+    #[error("a stored definition cannot be restored: {0}")]
+    Restore(String),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    #[error(transparent)]
+    Dataflow(#[from] crate::dataflow::DataflowError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;

@@ -1,0 +1,540 @@
+//! The coordinator: every DDL and DML decision in one place.
+//!
+//! Name checks, id allocation, dependency checks, CREATE and DROP of tables, views, sources
+//! and sinks, and the restore of the catalog at startup happen here, one DDL statement at a
+//! time: a check and the change it guards never interleave with another session's. The
+//! engine thread then persists each change in its own step; it alone writes storage. The
+//! server translates pgwire to the calls here, and the typed [`CoordinatorError`]s back to
+//! SQLSTATEs.
+
+mod dml;
+mod error;
+pub mod relation_table;
+
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::{Field, Schema};
+use datafusion::common::Constraint;
+use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, Projection};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{CreateTableOptions, SqlOption, Statement};
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+
+pub use dml::Write;
+pub use error::{CoordinatorError, Result};
+
+use crate::catalog::{Catalog, Relation, RelationKind, SourceBinding};
+use crate::dataflow::ChangeBatch;
+use crate::engine::{Commit, Engine};
+use crate::planner::changes::ChangesTable;
+use crate::planner::{RelationResolver, ResolvedScan, plan_dataflow};
+use crate::sinks::kafka::{SinkRegistry, SinkStatus};
+use crate::sinks::{SinkConfig, SinkEncoder};
+use crate::sources::runner::{SourceConfig, SourceRegistry};
+use crate::sql::VelocityStatement;
+use relation_table::RelationTable;
+
+/// Decides and carries out DDL and DML against the engine and the SQL session.
+pub struct Coordinator {
+    engine: Engine,
+    /// The DataFusion session every client shares: tables and views are registered here.
+    context: Arc<SessionContext>,
+    sources: SourceRegistry,
+    sinks: SinkRegistry,
+    /// Held by one DDL statement from its first check to its last change.
+    ddl: tokio::sync::Mutex<()>,
+}
+
+impl Coordinator {
+    pub fn new(engine: Engine, context: Arc<SessionContext>) -> Coordinator {
+        Coordinator {
+            engine,
+            context,
+            sources: SourceRegistry::default(),
+            sinks: SinkRegistry::default(),
+            ddl: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Each running source's status, by name.
+    pub fn sources(&self) -> &SourceRegistry {
+        &self.sources
+    }
+
+    /// Each running sink's status, by name.
+    pub fn sinks(&self) -> &SinkRegistry {
+        &self.sinks
+    }
+
+    /// Re-create every stored object in id order (ids grow, and an object only reads older
+    /// ones, so this is a dependency order), restoring view state instead of recomputing it.
+    /// Sources start only once everything is back: a view restored after a source had
+    /// started would miss the transactions applied before it. Returns how many objects
+    /// were restored.
+    pub async fn restore(&self) -> Result<usize> {
+        let _ddl = self.ddl.lock().await;
+        let entries = Catalog::load_entries(self.engine.store()).map_err(crate::engine::EngineError::from)?;
+        let mut sources = Vec::new();
+        for entry in &entries {
+            let restoring = |e: CoordinatorError| CoordinatorError::Restore(format!("{} \"{}\": {e}", entry.kind.sql_name(), entry.name));
+            let unparsable = || CoordinatorError::Restore(format!("the stored definition of \"{}\" does not parse", entry.name));
+            match entry.kind {
+                RelationKind::Source => {
+                    let Some(Ok(VelocityStatement::CreateSource { name, options })) = crate::sql::parse_velocity(&entry.create_sql) else {
+                        return Err(unparsable());
+                    };
+                    let (id, config) =
+                        self.create_source_as(&name, &options, &entry.create_sql, Some(entry.id)).await.map_err(restoring)?;
+                    sources.push((id, name, config));
+                }
+                RelationKind::Sink => {
+                    let Some(Ok(VelocityStatement::CreateSink { name, from, options })) = crate::sql::parse_velocity(&entry.create_sql)
+                    else {
+                        return Err(unparsable());
+                    };
+                    self.create_sink_as(&name, &from, &options, &entry.create_sql, Some(entry.id)).await.map_err(restoring)?;
+                }
+                RelationKind::Table | RelationKind::MaterializedView => {
+                    let stmt = PostgresCompatibilityParser::new()
+                        .parse(&entry.create_sql)
+                        .ok()
+                        .and_then(|mut s| (!s.is_empty()).then(|| s.remove(0)))
+                        .ok_or_else(unparsable)?;
+                    let restored = match entry.kind {
+                        RelationKind::Table => self.create_table_as(&stmt, Some(entry.id)).await,
+                        _ => self.create_view_as(&stmt, Some(entry.id)).await,
+                    };
+                    restored.map_err(restoring)?;
+                }
+            }
+        }
+        for (id, name, config) in sources {
+            crate::sources::runner::spawn(self.engine.clone(), self.sources.clone(), id, name, config);
+        }
+        Ok(entries.len())
+    }
+
+    /// `CREATE TABLE`, plain or bound to a source with `WITH (source = '...', upstream = '...')`.
+    pub async fn create_table(&self, stmt: &Statement) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        self.create_table_as(stmt, None).await
+    }
+
+    /// CREATE TABLE; with `restore`, re-creates a stored table under its old id.
+    async fn create_table_as(&self, stmt: &Statement, restore: Option<u32>) -> Result<()> {
+        let Statement::CreateTable(ct) = stmt else { return Err(CoordinatorError::Unsupported(format!("{stmt} as a table"))) };
+        let options: Vec<(String, String)> = match &ct.table_options {
+            CreateTableOptions::None => Vec::new(),
+            CreateTableOptions::With(opts) => opts
+                .iter()
+                .map(|o| match o {
+                    SqlOption::KeyValue { key, value } => {
+                        Ok((key.value.to_ascii_lowercase(), value.to_string().trim_matches('\'').to_string()))
+                    }
+                    other => Err(CoordinatorError::InvalidOption(format!("unsupported table option {other}"))),
+                })
+                .collect::<Result<_>>()?,
+            _ => return Err(CoordinatorError::Unsupported("a table option other than WITH (...)".into())),
+        };
+        let binding = self.table_binding(&options)?;
+        // DataFusion plans the columns and constraints; the options are Velocity's.
+        let mut plain = ct.clone();
+        plain.table_options = CreateTableOptions::None;
+        // JSON columns are text marked as JSON (see `functions::json`).
+        let mut json_columns = Vec::new();
+        for (i, column) in plain.columns.iter_mut().enumerate() {
+            use datafusion::sql::sqlparser::ast::DataType as SqlType;
+            if matches!(column.data_type, SqlType::JSON | SqlType::JSONB) {
+                column.data_type = SqlType::Text;
+                json_columns.push(i);
+            }
+        }
+        let plan = self.context.state().statement_to_plan(DFStatement::Statement(Box::new(Statement::CreateTable(plain)))).await?;
+        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {
+            return Err(CoordinatorError::Unsupported("this form of CREATE TABLE".into()));
+        };
+        if !matches!(cmt.input.as_ref(), LogicalPlan::EmptyRelation(_)) {
+            return Err(CoordinatorError::Unsupported("CREATE TABLE ... AS (use CREATE MATERIALIZED VIEW)".into()));
+        }
+        let name = cmt.name.table().to_string();
+        if self.engine.catalog().get(&name).is_some() {
+            if cmt.if_not_exists {
+                return Ok(());
+            }
+            return Err(CoordinatorError::DuplicateObject { kind: RelationKind::Table, name });
+        }
+        let mut primary_key = Vec::new();
+        for c in cmt.constraints.iter() {
+            match c {
+                Constraint::PrimaryKey(cols) => primary_key = cols.clone(),
+                Constraint::Unique(_) => {
+                    return Err(CoordinatorError::Unsupported("a UNIQUE constraint other than the primary key".into()));
+                }
+            }
+        }
+        if binding.is_some() && primary_key.is_empty() {
+            return Err(CoordinatorError::MissingPrimaryKey(name));
+        }
+        let schema = cmt.input.schema().as_arrow();
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let f = f.as_ref().clone().with_nullable(f.is_nullable() && !primary_key.contains(&i));
+                if json_columns.contains(&i) { crate::functions::json::json_field(f.name(), f.is_nullable()) } else { f }
+            })
+            .collect();
+        let relation = Relation {
+            id: restore.unwrap_or_else(|| self.engine.allocate_id()),
+            name: name.clone(),
+            kind: RelationKind::Table,
+            create_sql: stmt.to_string(),
+            schema: Arc::new(Schema::new(fields)),
+            primary_key,
+            depends_on: binding.iter().map(|b| b.source.clone()).collect(),
+            binding,
+        };
+        self.engine.create_table(relation.clone(), restore.is_some()).await?;
+        // DEFAULT clauses live in the stored definition; INSERT reads them from the provider.
+        let table = RelationTable::new(self.engine.clone(), relation).with_defaults(cmt.column_defaults.clone());
+        self.context.register_table(name.as_str(), Arc::new(table))?;
+        Ok(())
+    }
+
+    /// `WITH (source = '...', upstream = '...')` of a table fed by a source.
+    fn table_binding(&self, options: &[(String, String)]) -> Result<Option<SourceBinding>> {
+        if options.is_empty() {
+            return Ok(None);
+        }
+        let get = |k: &str| options.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if let Some((k, _)) = options.iter().find(|(k, _)| k != "source" && k != "upstream") {
+            return Err(CoordinatorError::InvalidOption(format!("unknown table option \"{k}\" (expected source, upstream)")));
+        }
+        let missing = |what: &str| CoordinatorError::InvalidOption(format!("a table bound to a source needs {what}"));
+        let source = get("source").ok_or_else(|| missing("source = '...'"))?;
+        let upstream = get("upstream").ok_or_else(|| missing("upstream = '...' (schema.table)"))?;
+        let catalog = self.engine.catalog();
+        match catalog.get(&source) {
+            Some(r) if r.kind == RelationKind::Source => {}
+            _ => return Err(CoordinatorError::UndefinedObject { kind: RelationKind::Source, name: source }),
+        }
+        let binding = SourceBinding { source, upstream };
+        if let Some(other) = catalog.iter().find(|r| r.binding.as_ref() == Some(&binding)) {
+            return Err(CoordinatorError::DuplicateBinding {
+                table: other.name.clone(),
+                upstream: binding.upstream,
+                source_name: binding.source,
+            });
+        }
+        Ok(Some(binding))
+    }
+
+    /// `CREATE SOURCE name WITH (connector = '...', ...)`: records it and starts reading.
+    pub async fn create_source(&self, name: &str, options: &[(String, String)]) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        let sql = format!("CREATE SOURCE {name} {}", with_clause(options));
+        let (id, config) = self.create_source_as(name, options, &sql, None).await?;
+        crate::sources::runner::spawn(self.engine.clone(), self.sources.clone(), id, name.to_string(), config);
+        Ok(())
+    }
+
+    /// Record a source (a new one, or with `restore` a stored one under its old id), not
+    /// yet started: its id and configuration.
+    async fn create_source_as(
+        &self,
+        name: &str,
+        options: &[(String, String)],
+        create_sql: &str,
+        restore: Option<u32>,
+    ) -> Result<(u32, SourceConfig)> {
+        let config = SourceConfig::from_options(options).map_err(CoordinatorError::SourceOptions)?;
+        if restore.is_none() && self.engine.catalog().get(name).is_some() {
+            return Err(CoordinatorError::DuplicateObject { kind: RelationKind::Source, name: name.to_string() });
+        }
+        let id = restore.unwrap_or_else(|| self.engine.allocate_id());
+        let relation = Relation {
+            id,
+            name: name.to_string(),
+            kind: RelationKind::Source,
+            create_sql: create_sql.to_string(),
+            schema: Arc::new(Schema::empty()),
+            primary_key: vec![],
+            depends_on: vec![],
+            binding: None,
+        };
+        self.engine.create_table(relation, restore.is_some()).await?;
+        Ok((id, config))
+    }
+
+    /// `CREATE SINK name FROM relation WITH (connector = 'kafka', ...)`: records it and
+    /// starts delivering.
+    pub async fn create_sink(&self, name: &str, from: &str, options: &[(String, String)]) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        let sql = format!("CREATE SINK {name} FROM {from} {}", with_clause(options));
+        self.create_sink_as(name, from, options, &sql, None).await
+    }
+
+    /// CREATE SINK; with `restore`, re-creates a stored sink under its old id. Starts its
+    /// delivery task.
+    async fn create_sink_as(
+        &self,
+        name: &str,
+        from: &str,
+        options: &[(String, String)],
+        create_sql: &str,
+        restore: Option<u32>,
+    ) -> Result<()> {
+        let config = SinkConfig::from_options(options)?;
+        let relation = {
+            let catalog = self.engine.catalog();
+            if restore.is_none() && catalog.get(name).is_some() {
+                return Err(CoordinatorError::DuplicateObject { kind: RelationKind::Sink, name: name.to_string() });
+            }
+            match catalog.get(from) {
+                Some(r) if matches!(r.kind, RelationKind::Table | RelationKind::MaterializedView) => r.clone(),
+                Some(_) => {
+                    return Err(CoordinatorError::WrongObjectType { name: from.to_string(), expected: "table or materialized view" });
+                }
+                None => return Err(CoordinatorError::UndefinedObject { kind: RelationKind::Table, name: from.to_string() }),
+            }
+        };
+        let id = restore.unwrap_or_else(|| self.engine.allocate_id());
+        let encoder = SinkEncoder::new(id, name, &relation, &config)?;
+        let sink = Relation {
+            id,
+            name: name.to_string(),
+            kind: RelationKind::Sink,
+            create_sql: create_sql.to_string(),
+            schema: Arc::new(Schema::empty()),
+            primary_key: vec![],
+            depends_on: vec![from.to_string()],
+            binding: None,
+        };
+        self.engine.create_output(sink, Box::new(encoder), restore.is_some()).await?;
+        let status = SinkStatus {
+            relation: from.to_string(),
+            topic: config.topic.clone(),
+            format: config.format.name().to_string(),
+            state: "starting".into(),
+            ..Default::default()
+        };
+        self.sinks.write().expect("registry lock").insert(name.to_string(), status);
+        crate::sinks::kafka::spawn(self.engine.output_handle(), self.sinks.clone(), id, name.to_string(), config);
+        Ok(())
+    }
+
+    /// `CREATE MATERIALIZED VIEW`: plans the query into a dataflow and fills the view.
+    pub async fn create_view(&self, stmt: &Statement) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        self.create_view_as(stmt, None).await
+    }
+
+    /// CREATE MATERIALIZED VIEW; with `restore`, re-creates a stored view and its dataflow
+    /// under the old id, restoring operator state instead of recomputing it.
+    async fn create_view_as(&self, stmt: &Statement, restore: Option<u32>) -> Result<()> {
+        let Statement::CreateView(cv) = stmt else { return Err(CoordinatorError::Unsupported(format!("{stmt} as a view"))) };
+        if !cv.materialized {
+            return Err(CoordinatorError::Unsupported("CREATE VIEW (use CREATE MATERIALIZED VIEW)".into()));
+        }
+        let name = cv.name.0.last().map(|p| p.to_string()).unwrap_or_default();
+        let name = datafusion::sql::sqlparser::ast::Ident::new(name.trim_matches('"')).value;
+        if self.engine.catalog().get(&name).is_some() {
+            if cv.if_not_exists {
+                return Ok(());
+            }
+            return Err(CoordinatorError::DuplicateObject { kind: RelationKind::MaterializedView, name });
+        }
+        let state = self.context.state();
+        let mut plan = state.statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(cv.query.clone())))).await?;
+        if !cv.columns.is_empty() {
+            if cv.columns.len() != plan.schema().fields().len() {
+                return Err(CoordinatorError::ColumnCount { kind: "CREATE MATERIALIZED VIEW" });
+            }
+            let exprs: Vec<Expr> = plan
+                .schema()
+                .columns()
+                .into_iter()
+                .zip(&cv.columns)
+                .map(|(c, alias)| Expr::Column(c).alias(alias.name.value.clone()))
+                .collect();
+            plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(plan))?);
+        } else {
+            plan = crate::planner::changes::name_field_accesses(plan)?;
+        }
+        if let Some(dup) = duplicate_name(plan.schema().fields().iter().map(|f| f.name())) {
+            return Err(CoordinatorError::DuplicateColumn(dup.clone()));
+        }
+        let plan = crate::planner::temporal::rewrite_time_windows(plan)?;
+        let optimized = state.optimize(&plan)?;
+        let id = restore.unwrap_or_else(|| self.engine.allocate_id());
+        let resolver = CatalogResolver { engine: &self.engine, used: Mutex::new(Vec::new()) };
+        let dataflow = plan_dataflow(&optimized, id, &resolver)?;
+        let mut depends_on = resolver.used.into_inner().expect("resolver lock");
+        depends_on.sort();
+        depends_on.dedup();
+        // Column names as the user wrote them, types as the optimized plan computes them.
+        let fields: Vec<Field> = plan
+            .schema()
+            .fields()
+            .iter()
+            .zip(optimized.schema().fields())
+            .map(|(named, typed)| typed.as_ref().clone().with_name(named.name()))
+            .collect();
+        let relation = Relation {
+            id,
+            name: name.clone(),
+            kind: RelationKind::MaterializedView,
+            create_sql: stmt.to_string(),
+            schema: Arc::new(Schema::new(fields)),
+            primary_key: vec![],
+            depends_on,
+            binding: None,
+        };
+        self.engine.create_view(relation.clone(), dataflow, restore.is_some()).await?;
+        self.context.register_table(name.as_str(), Arc::new(RelationTable::new(self.engine.clone(), relation)))?;
+        Ok(())
+    }
+
+    /// `DROP {TABLE | MATERIALIZED VIEW | SOURCE | SINK} [IF EXISTS] names [CASCADE]`:
+    /// refuses while other objects depend on one of `names`, unless `cascade`.
+    pub async fn drop_objects(&self, kind: RelationKind, names: &[String], if_exists: bool, cascade: bool) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        let mut to_drop: Vec<(u32, String)> = Vec::new();
+        {
+            let catalog = self.engine.catalog();
+            for name in names {
+                let Some(relation) = catalog.get(name) else {
+                    if if_exists {
+                        continue;
+                    }
+                    return Err(CoordinatorError::UndefinedObject { kind, name: name.clone() });
+                };
+                if relation.kind != kind {
+                    // DROP SOURCE of a table, say: as Postgres, "does not exist" for other
+                    // namespaces; for tables and views, which share one, "is not a".
+                    if kind.queryable() && relation.kind.queryable() {
+                        return Err(CoordinatorError::WrongObjectType { name: name.clone(), expected: kind.sql_name() });
+                    }
+                    if if_exists {
+                        continue;
+                    }
+                    return Err(CoordinatorError::UndefinedObject { kind, name: name.clone() });
+                }
+                let dependents = catalog.dependents(name);
+                if !dependents.is_empty() && !cascade {
+                    return Err(CoordinatorError::DependentObjects {
+                        kind,
+                        name: name.clone(),
+                        dependents: dependents.iter().map(|d| (d.kind, d.name.clone())).collect(),
+                    });
+                }
+                for r in catalog.drop_order(name) {
+                    if !to_drop.iter().any(|(id, _)| *id == r.id) {
+                        to_drop.push((r.id, r.name));
+                    }
+                }
+            }
+        }
+        if to_drop.is_empty() {
+            return Ok(());
+        }
+        // Dependents first: ids grow with creation.
+        to_drop.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+        let names: Vec<String> = to_drop.into_iter().map(|(_, n)| n).collect();
+        self.engine.drop(names.clone()).await?;
+        for n in &names {
+            self.context.deregister_table(n.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Apply a client transaction's changes as one commit.
+    pub async fn commit(&self, changes: Vec<(u32, ChangeBatch)>) -> Result<()> {
+        if !changes.is_empty() {
+            self.engine.commit(Commit { changes, ..Default::default() }).await?;
+        }
+        Ok(())
+    }
+
+    /// `FLUSH`: returns once every source has applied everything it could read when FLUSH
+    /// began (client commits are applied before they return). It waits as long as the
+    /// sources make progress (a bulk load can be waited for) and gives up after 60 s in
+    /// which no waited-for source applied anything.
+    pub async fn flush(&self) -> Result<()> {
+        const STALLED: std::time::Duration = std::time::Duration::from_secs(60);
+        let started: std::collections::HashMap<String, u64> =
+            self.sources.read().expect("registry lock").iter().map(|(n, s)| (n.clone(), s.rounds)).collect();
+        let mut last_progress = (Vec::new(), std::time::Instant::now());
+        loop {
+            let (waiting, progress): (Vec<String>, Vec<(u64, u64)>) = {
+                let sources = self.sources.read().expect("registry lock");
+                sources
+                    .iter()
+                    .filter(|(n, s)| {
+                        // A pass that began after FLUSH, ending with nothing left to read.
+                        let fresh = s.rounds >= started.get(*n).copied().unwrap_or(0) + 2;
+                        s.state == "running" && !(fresh && s.caught_up)
+                    })
+                    .map(|(n, s)| (n.clone(), (s.events, s.pending)))
+                    .unzip()
+            };
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if progress != last_progress.0 {
+                last_progress = (progress, std::time::Instant::now());
+            } else if last_progress.1.elapsed() > STALLED {
+                return Err(CoordinatorError::FlushStalled { seconds: STALLED.as_secs(), sources: waiting });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The first name that appears twice.
+fn duplicate_name<'a>(names: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    let mut seen = std::collections::HashSet::new();
+    names.into_iter().find(|n| !seen.insert(*n))
+}
+
+/// `WITH (k = 'v', ...)` as stored in a definition, values quoted.
+fn with_clause(options: &[(String, String)]) -> String {
+    let options: Vec<String> = options.iter().map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''"))).collect();
+    format!("WITH ({})", options.join(", "))
+}
+
+/// Resolves a view's scans to catalog relations, noting which it reads.
+struct CatalogResolver<'a> {
+    engine: &'a Engine,
+    used: Mutex<Vec<String>>,
+}
+
+impl RelationResolver for CatalogResolver<'_> {
+    fn resolve(&self, scan: &datafusion::logical_expr::TableScan) -> Option<ResolvedScan> {
+        let catalog = self.engine.catalog();
+        let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
+        let provider: &dyn std::any::Any = provider.as_ref();
+        if let Some(changes) = provider.downcast_ref::<ChangesTable>() {
+            let r = catalog.by_id(changes.relation)?;
+            self.used.lock().ok()?.push(r.name.clone());
+            return Some(ResolvedScan::Changes {
+                relation: changes.relation,
+                key: changes.key.clone(),
+                relation_schema: changes.relation_schema.clone(),
+            });
+        }
+        let table = &scan.table_name;
+        if table.schema().is_some_and(|s| s != "public") {
+            return None;
+        }
+        let r = catalog.get(table.table())?;
+        self.used.lock().ok()?.push(r.name.clone());
+        Some(ResolvedScan::Relation { id: r.id, schema: r.schema.clone() })
+    }
+}
