@@ -20,7 +20,7 @@ async fn connections_beyond_the_limit_are_refused_with_53300() {
     for _ in 0..3 {
         open.push(try_connect(server.addr).await.expect("within the limit"));
     }
-    let e = try_connect(server.addr).await.err().expect("a fourth connection is refused");
+    let e = try_connect(server.addr).await.expect_err("a fourth connection is refused");
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("53300"), "{e:?}");
     // The open sessions are unaffected; a closed one frees its slot.
     assert_eq!(common::rows(&open[0], "SELECT 1").await, vec![vec![Some("1".into())]]);

@@ -400,7 +400,7 @@ async fn kafka_source_applies_whole_transactions_across_topics() {
         let mut tick = None;
         let mut buffered = String::new();
         while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(8), stream.next()).await {
-            buffered.push_str(&String::from_utf8(chunk.unwrap().to_vec()).unwrap());
+            buffered.push_str(core::str::from_utf8(&chunk.unwrap()).unwrap());
             while let Some(nl) = buffered.find('\n') {
                 let line: String = buffered.drain(..=nl).collect();
                 let f: Vec<&str> = line.trim_end().split('\t').collect();

@@ -62,7 +62,7 @@ fn reference_events(history: &[SimTxn]) -> HashMap<&'static str, Vec<i64>> {
             match table {
                 "shipments" => {
                     for (kind, s) in [("shipment_departed", "DEPARTED"), ("shipment_delivered", "DELIVERED")] {
-                        if status(new) == Value::from(s) && status(old) != Value::from(s) {
+                        if status(new) == s && status(old) != s {
                             events.entry(kind).or_default().push(key);
                         }
                     }

@@ -156,7 +156,7 @@ async fn kill9_during_ingestion_loses_and_repeats_nothing() {
     };
     drop(client);
     server.kill9();
-    assert!(at_kill >= 500 && at_kill < FIRST, "killed mid-ingestion (after {at_kill} of {FIRST} transactions)");
+    assert!((500..FIRST).contains(&at_kill), "killed mid-ingestion (after {at_kill} of {FIRST} transactions)");
 
     // More arrives while it is down; then it restarts and catches up.
     history.write(&file, FIRST, FIRST + 500);

@@ -55,7 +55,8 @@ async fn copy_out_streams_exact_diffs_in_tick_order() {
         }
     }
     // Group by tick; within a tick the order of rows is unspecified.
-    let mut ticks: Vec<(i64, Vec<(i64, String, String)>)> = Vec::new();
+    type Rows = Vec<(i64, String, String)>;
+    let mut ticks: Vec<(i64, Rows)> = Vec::new();
     for (tick, diff, id, status) in lines {
         match ticks.last_mut() {
             Some((t, rows)) if *t == tick => rows.push((diff, id, status)),

@@ -28,9 +28,11 @@ pub struct Contents {
 #[derive(Default)]
 pub struct Overlay {
     entries: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Each journaled write's key and the entry it replaced (`None`: there was none).
-    journal: Option<Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>>,
+    journal: Option<Vec<JournalEntry>>,
 }
+
+/// A journaled write's key and the overlay entry it replaced (`None`: there was none).
+type JournalEntry = (Vec<u8>, Option<Option<Vec<u8>>>);
 
 impl Overlay {
     pub fn new() -> Overlay {

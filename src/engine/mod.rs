@@ -855,10 +855,10 @@ impl EngineThread {
     /// committed state of every dataflow it touched.
     fn restore_dataflows(&mut self, ids: &[u32]) {
         for id in ids {
-            if let Some(d) = self.dataflows.get_mut(id) {
-                if let Err(e) = d.restore(&self.store) {
-                    tracing::error!("restoring dataflow {id} after a failed tick: {e}");
-                }
+            if let Some(d) = self.dataflows.get_mut(id)
+                && let Err(e) = d.restore(&self.store)
+            {
+                tracing::error!("restoring dataflow {id} after a failed tick: {e}");
             }
         }
     }

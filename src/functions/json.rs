@@ -154,7 +154,7 @@ impl ScalarUDFImpl for BuildObject {
         Ok(DataType::Utf8)
     }
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        if args.arg_fields.len() % 2 != 0 {
+        if !args.arg_fields.len().is_multiple_of(2) {
             return exec_err!("json_build_object takes key/value pairs: an even number of arguments");
         }
         Ok(Arc::new(json_field(self.name(), false)))

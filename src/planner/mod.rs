@@ -367,11 +367,11 @@ fn reject_unsupported_expr(expr: &Expr) -> Result<()> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     let mut found = None;
     expr.apply(|e| {
-        if let Expr::ScalarFunction(f) = e {
-            if f.func.signature().volatility == datafusion::logical_expr::Volatility::Volatile {
-                found = Some(format!("the volatile function {}()", f.func.name()));
-                return Ok(TreeNodeRecursion::Stop);
-            }
+        if let Expr::ScalarFunction(f) = e
+            && f.func.signature().volatility == datafusion::logical_expr::Volatility::Volatile
+        {
+            found = Some(format!("the volatile function {}()", f.func.name()));
+            return Ok(TreeNodeRecursion::Stop);
         }
         if matches!(e, Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_)) {
             found = Some("this form of subquery".to_string());

@@ -181,10 +181,10 @@ impl Access {
 fn scram_handler(users: &Arc<Users>, cert_pem: Option<&[u8]>, connections: &Arc<ConnectionManager>) -> SASLAuthStartupHandler<Parameters> {
     let mut scram = ScramAuth::new(users.clone());
     scram.set_iterations(SCRAM_ITERATIONS);
-    if let Some(pem) = cert_pem {
-        if let Err(e) = scram.configure_certificate(pem) {
-            tracing::warn!("SCRAM channel binding disabled: {e}");
-        }
+    if let Some(pem) = cert_pem
+        && let Err(e) = scram.configure_certificate(pem)
+    {
+        tracing::warn!("SCRAM channel binding disabled: {e}");
     }
     let pids: Arc<dyn PidSecretKeyGenerator> = PIDS.clone();
     SASLAuthStartupHandler::new(Arc::new(Parameters::default()))

@@ -57,53 +57,56 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
             out = Cow::Owned(out.replace(from, to));
         }
     }
-    if out.contains("pg_attribute") && out.contains("(SELECT") {
-        if let Some(rewritten) = rekey_attribute_subqueries(&out) {
-            out = Cow::Owned(rewritten);
-        }
+    if out.contains("pg_attribute")
+        && out.contains("(SELECT")
+        && let Some(rewritten) = rekey_attribute_subqueries(&out)
+    {
+        out = Cow::Owned(rewritten);
     }
     if out.trim().trim_end_matches(';').trim().eq_ignore_ascii_case("show timezone") {
         // Metabase's spelling; datafusion-postgres answers `SHOW TIME ZONE` only.
         out = Cow::Borrowed("SHOW TIME ZONE");
     }
-    if out.contains("pg_table_is_visible") {
-        if let Some(rewritten) = table_visibility_by_namespace(&out) {
-            out = Cow::Owned(rewritten);
-        }
+    if out.contains("pg_table_is_visible")
+        && let Some(rewritten) = table_visibility_by_namespace(&out)
+    {
+        out = Cow::Owned(rewritten);
     }
-    if out.contains("_description(") || out.contains("_DESCRIPTION(") {
-        if let Some(rewritten) = descriptions_are_null(&out) {
-            out = Cow::Owned(rewritten);
-        }
+    if (out.contains("_description(") || out.contains("_DESCRIPTION("))
+        && let Some(rewritten) = descriptions_are_null(&out)
+    {
+        out = Cow::Owned(rewritten);
     }
-    if out.contains("\"$user\"") && out.contains("search_path") {
-        if let Some(rewritten) = search_path_as_array(&out) {
-            out = Cow::Owned(rewritten);
-        }
+    if out.contains("\"$user\"")
+        && out.contains("search_path")
+        && let Some(rewritten) = search_path_as_array(&out)
+    {
+        out = Cow::Owned(rewritten);
     }
     if let Some(name) = shown_setting(&out) {
         out = Cow::Owned(format!("SELECT current_setting('{name}') AS {name}"));
     }
-    if out.contains("ARRAY(") && EMPTY_CATALOGS.iter().any(|c| out.contains(c)) {
-        if let Some(rewritten) = empty_catalog_arrays(&out) {
-            out = Cow::Owned(rewritten);
-        }
+    if out.contains("ARRAY(")
+        && EMPTY_CATALOGS.iter().any(|c| out.contains(c))
+        && let Some(rewritten) = empty_catalog_arrays(&out)
+    {
+        out = Cow::Owned(rewritten);
     }
-    if out.contains("_pg_expandarray") {
-        if let Some(rewritten) = expand_arrays(&out) {
-            out = Cow::Owned(rewritten);
-        }
+    if out.contains("_pg_expandarray")
+        && let Some(rewritten) = expand_arrays(&out)
+    {
+        out = Cow::Owned(rewritten);
     }
     let lower = out.to_ascii_lowercase();
-    if lower.contains("generate_subscripts") || lower.contains("pg_get_viewdef") || lower.contains("size(") {
-        if let Some(rewritten) = subscripts_and_view_definitions(&out) {
-            out = Cow::Owned(rewritten);
-        }
+    if (lower.contains("generate_subscripts") || lower.contains("pg_get_viewdef") || lower.contains("size("))
+        && let Some(rewritten) = subscripts_and_view_definitions(&out)
+    {
+        out = Cow::Owned(rewritten);
     }
-    if out.to_ascii_lowercase().contains("escape") {
-        if let Some(rewritten) = like_escape_to_backslash(&out) {
-            out = Cow::Owned(rewritten);
-        }
+    if out.to_ascii_lowercase().contains("escape")
+        && let Some(rewritten) = like_escape_to_backslash(&out)
+    {
+        out = Cow::Owned(rewritten);
     }
     out
 }
@@ -430,16 +433,16 @@ fn expand_arrays(sql: &str) -> Option<String> {
         return None;
     }
     let _ = visit_expressions_mut(&mut statements, |e| {
-        if let Expr::CompoundFieldAccess { root, access_chain } = e {
-            if let [datafusion::sql::sqlparser::ast::AccessExpr::Dot(Expr::Identifier(field))] = access_chain.as_slice() {
-                let record = match root.as_ref() {
-                    Expr::Nested(inner) => inner.to_string(),
-                    other => other.to_string(),
-                };
-                let text = format!("{record}['{}']", field.value.to_ascii_lowercase());
-                if let Ok(expr) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&text).and_then(|mut p| p.parse_expr()) {
-                    *e = expr;
-                }
+        if let Expr::CompoundFieldAccess { root, access_chain } = e
+            && let [datafusion::sql::sqlparser::ast::AccessExpr::Dot(Expr::Identifier(field))] = access_chain.as_slice()
+        {
+            let record = match root.as_ref() {
+                Expr::Nested(inner) => inner.to_string(),
+                other => other.to_string(),
+            };
+            let text = format!("{record}['{}']", field.value.to_ascii_lowercase());
+            if let Ok(expr) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&text).and_then(|mut p| p.parse_expr()) {
+                *e = expr;
             }
         }
         ControlFlow::<()>::Continue(())
@@ -466,20 +469,20 @@ fn expand_arrays_in(query: &mut Query) -> Option<bool> {
     let mut calls: Vec<(String, String)> = Vec::new();
     let mut other_shape = false;
     let _ = visit_expressions(&select.projection, |e| {
-        if let Expr::Function(f) = e {
-            if is_expand(f) {
-                match &f.args {
-                    FunctionArguments::List(list) => match list.args.as_slice() {
-                        [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts)))] if parts.len() == 2 => {
-                            let call = (parts[0].value.to_ascii_lowercase(), parts[1].value.clone());
-                            if !calls.contains(&call) {
-                                calls.push(call);
-                            }
+        if let Expr::Function(f) = e
+            && is_expand(f)
+        {
+            match &f.args {
+                FunctionArguments::List(list) => match list.args.as_slice() {
+                    [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts)))] if parts.len() == 2 => {
+                        let call = (parts[0].value.to_ascii_lowercase(), parts[1].value.clone());
+                        if !calls.contains(&call) {
+                            calls.push(call);
                         }
-                        _ => other_shape = true,
-                    },
+                    }
                     _ => other_shape = true,
-                }
+                },
+                _ => other_shape = true,
             }
         }
         ControlFlow::<()>::Continue(())
@@ -502,17 +505,15 @@ fn expand_arrays_in(query: &mut Query) -> Option<bool> {
         *factor = s.from.pop()?.relation;
     }
     let _ = visit_expressions_mut(&mut select.projection, |e| {
-        if let Expr::Function(f) = e {
-            if is_expand(f) {
-                if let FunctionArguments::List(list) = &f.args {
-                    if let [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg @ Expr::CompoundIdentifier(parts)))] = list.args.as_slice() {
-                        let n = format!("{}.{EXPAND_SUBSCRIPT}", parts[0]);
-                        let text = format!("named_struct('x', {arg}[{n}], 'n', {n})");
-                        if let Ok(expr) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&text).and_then(|mut p| p.parse_expr()) {
-                            *e = expr;
-                        }
-                    }
-                }
+        if let Expr::Function(f) = e
+            && is_expand(f)
+            && let FunctionArguments::List(list) = &f.args
+            && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg @ Expr::CompoundIdentifier(parts)))] = list.args.as_slice()
+        {
+            let n = format!("{}.{EXPAND_SUBSCRIPT}", parts[0]);
+            let text = format!("named_struct('x', {arg}[{n}], 'n', {n})");
+            if let Ok(expr) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&text).and_then(|mut p| p.parse_expr()) {
+                *e = expr;
             }
         }
         ControlFlow::<()>::Continue(())

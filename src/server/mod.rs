@@ -233,12 +233,12 @@ impl ErrorHandler for SqlStateErrors {
 }
 
 fn assign_sqlstate(error: &mut PgWireError) {
-    if let PgWireError::ApiError(e) = error {
-        if let Some(df) = e.downcast_ref::<datafusion::error::DataFusionError>() {
-            let code = error::datafusion_code(df);
-            let message = df.find_root().message().to_string();
-            *error = pg_error(code, message);
-        }
+    if let PgWireError::ApiError(e) = error
+        && let Some(df) = e.downcast_ref::<datafusion::error::DataFusionError>()
+    {
+        let code = error::datafusion_code(df);
+        let message = df.find_root().message().to_string();
+        *error = pg_error(code, message);
     }
 }
 

@@ -88,21 +88,20 @@ pub async fn open(engine: &Engine, request: &Subscribe) -> PgWireResult<Changefe
     }
     .ok_or_else(|| CoordinatorError::UndefinedObject { kind: RelationKind::Table, name: request.name.clone() })?;
     let schema = feed_schema(&relation, request.progress);
-    let contents = Contents::new(relation.id, &relation.name, relation.schema.clone(), &relation.primary_key)
-        .map_err(|e| CoordinatorError::Engine(e.into()))?;
+    let contents =
+        Contents::new(relation.id, &relation.name, relation.schema.clone(), &relation.primary_key).map_err(CoordinatorError::Engine)?;
     let (snapshot, receiver, tick) = {
         let _gate = engine.read_snapshot().await;
         let receiver = engine.subscribe();
         let tick = engine.current_tick();
-        let snapshot =
-            if request.snapshot { Some(contents.scan(engine.store()).map_err(|e| CoordinatorError::Engine(e.into()))?) } else { None };
+        let snapshot = if request.snapshot { Some(contents.scan(engine.store()).map_err(CoordinatorError::Engine)?) } else { None };
         (snapshot, receiver, tick)
     };
     let mut first = Vec::new();
-    if let Some(s) = snapshot {
-        if !s.is_empty() {
-            first.push(feed_batch(&schema, tick, request.progress, &s));
-        }
+    if let Some(s) = snapshot
+        && !s.is_empty()
+    {
+        first.push(feed_batch(&schema, tick, request.progress, &s));
     }
     if request.progress {
         first.push(progress_batch(&schema, tick));

@@ -255,9 +255,12 @@ impl<'a> Delivery<'a> {
     }
 }
 
+/// Per partition, the last `(tick, seq)` found in the topic.
+type LastInTopic = HashMap<i32, (u64, usize)>;
+
 /// The topic's partition count, the progress to resume from (a new sink starts at the
 /// topic's current end), and per partition the last `(tick, seq)` already in the topic.
-fn read_topic(brokers: &str, topic: &str, stored: Option<Vec<u8>>) -> Result<(i32, Progress, HashMap<i32, (u64, usize)>)> {
+fn read_topic(brokers: &str, topic: &str, stored: Option<Vec<u8>>) -> Result<(i32, Progress, LastInTopic)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "velocity-sink-readback")
