@@ -64,6 +64,22 @@ pub struct Relation {
     pub binding: Option<SourceBinding>,
 }
 
+impl Relation {
+    /// A source or sink: an object without rows of its own.
+    pub fn rowless(id: u32, name: &str, kind: RelationKind, create_sql: &str, depends_on: Vec<String>) -> Relation {
+        Relation {
+            id,
+            name: name.to_string(),
+            kind,
+            create_sql: create_sql.to_string(),
+            schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
+            primary_key: vec![],
+            depends_on,
+            binding: None,
+        }
+    }
+}
+
 /// `CREATE TABLE ... WITH (source = 'tms', upstream = 'public.shipments')`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceBinding {

@@ -11,7 +11,7 @@ mod dml;
 mod error;
 pub mod relation_table;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema};
 use datafusion::common::Constraint;
@@ -27,8 +27,7 @@ pub use error::{CoordinatorError, Result};
 use crate::catalog::{Catalog, Relation, RelationKind, SourceBinding};
 use crate::dataflow::ChangeBatch;
 use crate::engine::{Commit, Engine};
-use crate::planner::changes::ChangesTable;
-use crate::planner::{RelationResolver, ResolvedScan, plan_dataflow};
+use crate::planner::plan_dataflow;
 use crate::sinks::kafka::{SinkRegistry, SinkStatus};
 use crate::sinks::{SinkConfig, SinkEncoder};
 use crate::sources::runner::{SourceConfig, SourceRegistry};
@@ -258,16 +257,7 @@ impl Coordinator {
             return Err(CoordinatorError::DuplicateObject { kind: RelationKind::Source, name: name.to_string() });
         }
         let id = restore.unwrap_or_else(|| self.engine.allocate_id());
-        let relation = Relation {
-            id,
-            name: name.to_string(),
-            kind: RelationKind::Source,
-            create_sql: create_sql.to_string(),
-            schema: Arc::new(Schema::empty()),
-            primary_key: vec![],
-            depends_on: vec![],
-            binding: None,
-        };
+        let relation = Relation::rowless(id, name, RelationKind::Source, create_sql, vec![]);
         self.engine.create_table(relation, restore.is_some()).await?;
         Ok((id, config))
     }
@@ -306,16 +296,7 @@ impl Coordinator {
         };
         let id = restore.unwrap_or_else(|| self.engine.allocate_id());
         let encoder = SinkEncoder::new(id, name, &relation, &config)?;
-        let sink = Relation {
-            id,
-            name: name.to_string(),
-            kind: RelationKind::Sink,
-            create_sql: create_sql.to_string(),
-            schema: Arc::new(Schema::empty()),
-            primary_key: vec![],
-            depends_on: vec![from.to_string()],
-            binding: None,
-        };
+        let sink = Relation::rowless(id, name, RelationKind::Sink, create_sql, vec![from.to_string()]);
         self.engine.create_output(sink, Box::new(encoder), restore.is_some()).await?;
         let status = SinkStatus {
             relation: from.to_string(),
@@ -373,11 +354,7 @@ impl Coordinator {
         let plan = crate::planner::temporal::rewrite_time_windows(plan)?;
         let optimized = state.optimize(&plan)?;
         let id = restore.unwrap_or_else(|| self.engine.allocate_id());
-        let resolver = CatalogResolver { engine: &self.engine, used: Mutex::new(Vec::new()) };
-        let dataflow = plan_dataflow(&optimized, id, &resolver)?;
-        let mut depends_on = resolver.used.into_inner().expect("resolver lock");
-        depends_on.sort();
-        depends_on.dedup();
+        let (dataflow, depends_on) = plan_dataflow(&optimized, id, &self.engine.catalog())?;
         // Column names as the user wrote them, types as the optimized plan computes them.
         let fields: Vec<Field> = plan
             .schema()
@@ -507,34 +484,4 @@ fn duplicate_name<'a>(names: impl Iterator<Item = &'a String>) -> Option<&'a Str
 fn with_clause(options: &[(String, String)]) -> String {
     let options: Vec<String> = options.iter().map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''"))).collect();
     format!("WITH ({})", options.join(", "))
-}
-
-/// Resolves a view's scans to catalog relations, noting which it reads.
-struct CatalogResolver<'a> {
-    engine: &'a Engine,
-    used: Mutex<Vec<String>>,
-}
-
-impl RelationResolver for CatalogResolver<'_> {
-    fn resolve(&self, scan: &datafusion::logical_expr::TableScan) -> Option<ResolvedScan> {
-        let catalog = self.engine.catalog();
-        let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
-        let provider: &dyn std::any::Any = provider.as_ref();
-        if let Some(changes) = provider.downcast_ref::<ChangesTable>() {
-            let r = catalog.by_id(changes.relation)?;
-            self.used.lock().ok()?.push(r.name.clone());
-            return Some(ResolvedScan::Changes {
-                relation: changes.relation,
-                key: changes.key.clone(),
-                relation_schema: changes.relation_schema.clone(),
-            });
-        }
-        let table = &scan.table_name;
-        if table.schema().is_some_and(|s| s != "public") {
-            return None;
-        }
-        let r = catalog.get(table.table())?;
-        self.used.lock().ok()?.push(r.name.clone());
-        Some(ResolvedScan::Relation { id: r.id, schema: r.schema.clone() })
-    }
 }

@@ -14,6 +14,7 @@ use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr, create_physical_sort_expr};
 
+use crate::catalog::Catalog;
 use crate::dataflow::aggregate::{Aggregate, lower_aggregate};
 use crate::dataflow::changelog::{ChangelogSpec, changelog_input_id, changelog_schema};
 use crate::dataflow::constant::Constant;
@@ -49,31 +50,47 @@ pub enum PlanError {
 pub type Result<T, E = PlanError> = std::result::Result<T, E>;
 
 /// What a scanned table is to the engine.
-pub enum ResolvedScan {
+enum ResolvedScan {
     /// A table or materialized view: its id and full schema.
     Relation { id: u32, schema: SchemaRef },
     /// `changes(relation)`: the relation's changes as rows, paired by `key`.
     Changes { relation: u32, key: Vec<usize>, relation_schema: SchemaRef },
 }
 
-/// Resolves a scanned table to a Velocity relation.
-pub trait RelationResolver {
-    fn resolve(&self, scan: &datafusion::logical_expr::TableScan) -> Option<ResolvedScan>;
+/// A scanned table as the catalog knows it: a relation, or `changes(relation)`.
+fn resolve(catalog: &Catalog, scan: &datafusion::logical_expr::TableScan) -> Option<(ResolvedScan, String)> {
+    let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
+    let provider: &dyn std::any::Any = provider.as_ref();
+    if let Some(changes) = provider.downcast_ref::<changes::ChangesTable>() {
+        let r = catalog.by_id(changes.relation)?;
+        let scan = ResolvedScan::Changes { relation: r.id, key: changes.key.clone(), relation_schema: changes.relation_schema.clone() };
+        return Some((scan, r.name.clone()));
+    }
+    if scan.table_name.schema().is_some_and(|s| s != "public") {
+        return None;
+    }
+    let r = catalog.get(scan.table_name.table())?;
+    Some((ResolvedScan::Relation { id: r.id, schema: r.schema.clone() }, r.name.clone()))
 }
 
-/// Build the dataflow that maintains `plan` (an optimized DataFusion plan).
-pub fn plan_dataflow(plan: &LogicalPlan, dataflow_id: u32, resolver: &dyn RelationResolver) -> Result<Dataflow> {
+/// Build the dataflow that maintains `plan` (an optimized DataFusion plan) over the
+/// relations of `catalog`; also returns the names of the relations it reads.
+pub fn plan_dataflow(plan: &LogicalPlan, dataflow_id: u32, catalog: &Catalog) -> Result<(Dataflow, Vec<String>)> {
     let mut builder = Builder {
         dataflow_id,
         nodes: Vec::new(),
         relation_schemas: HashMap::new(),
         changelogs: Vec::new(),
-        resolver,
+        catalog,
+        reads: Vec::new(),
         props: ExecutionProps::new(),
     };
     let output = builder.plan(plan)?;
     let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-    Ok(Dataflow {
+    let mut reads = builder.reads;
+    reads.sort();
+    reads.dedup();
+    let dataflow = Dataflow {
         id: dataflow_id,
         nodes: builder.nodes,
         output,
@@ -81,7 +98,8 @@ pub fn plan_dataflow(plan: &LogicalPlan, dataflow_id: u32, resolver: &dyn Relati
         changelogs: builder.changelogs,
         schema,
         timed: false,
-    })
+    };
+    Ok((dataflow, reads))
 }
 
 struct Builder<'a> {
@@ -89,7 +107,9 @@ struct Builder<'a> {
     nodes: Vec<Node>,
     relation_schemas: HashMap<u32, SchemaRef>,
     changelogs: Vec<ChangelogSpec>,
-    resolver: &'a dyn RelationResolver,
+    catalog: &'a Catalog,
+    /// Names of the relations scanned so far.
+    reads: Vec<String>,
     props: ExecutionProps,
 }
 
@@ -115,7 +135,9 @@ impl Builder<'_> {
                 if scan.fetch.is_some() {
                     return Err(PlanError::Unsupported("LIMIT".into()));
                 }
-                let resolved = self.resolver.resolve(scan).ok_or_else(|| PlanError::UnknownRelation(scan.table_name.to_string()))?;
+                let (resolved, name) =
+                    resolve(self.catalog, scan).ok_or_else(|| PlanError::UnknownRelation(scan.table_name.to_string()))?;
+                self.reads.push(name);
                 let (id, schema) = match resolved {
                     ResolvedScan::Relation { id, schema } => (id, schema),
                     ResolvedScan::Changes { relation, key, relation_schema } => {
