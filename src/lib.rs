@@ -2,16 +2,14 @@
 //!
 //! Data flows `sources -> engine (tick) -> dataflow -> storage`, and `server` serves it.
 
-pub mod bench;
 pub mod catalog;
 pub mod dataflow;
-pub mod demo;
 pub mod engine;
 pub mod functions;
 pub mod planner;
 pub mod server;
-pub mod simulate;
 pub mod sinks;
 pub mod sources;
 pub mod sql;
 pub mod storage;
+pub mod tools;
