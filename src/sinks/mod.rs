@@ -75,11 +75,12 @@ pub struct SinkConfig {
 
 impl SinkConfig {
     /// Validate `WITH (...)` options.
-    pub fn from_options(options: impl Into<WithOptions>) -> Result<SinkConfig> {
-        Self::parse(&options.into()).map_err(|e| SinkError::Options(e.to_string()))
+    pub fn from_options(options: &[(String, String)]) -> Result<SinkConfig> {
+        SinkConfig::parse(&WithOptions::from(options)).map_err(|e| SinkError::Options(e.to_string()))
     }
 
-    fn parse(options: &WithOptions) -> Result<SinkConfig, OptionError> {
+    /// Validate `WITH (...)` options, with a typed error.
+    pub fn parse(options: &WithOptions) -> Result<SinkConfig, OptionError> {
         match options.require("connector", "a sink needs connector = 'kafka'")? {
             "kafka" => {}
             other => return Err(OptionError::invalid("connector", format!("unknown sink connector '{other}' (expected kafka)"))),
@@ -341,6 +342,6 @@ mod tests {
         assert!(SinkEncoder::new(9, "s", &keyless, &config(&[])).is_err());
         assert!(SinkEncoder::new(9, "s", &keyless, &config(&[("format", "debezium-json")])).is_ok());
         let no_brokers = WithOptions::new([("connector".to_string(), "kafka".to_string()), ("topic".to_string(), "t".to_string())]);
-        assert!(SinkConfig::from_options(&no_brokers).is_err());
+        assert_eq!(SinkConfig::parse(&no_brokers).unwrap_err().option(), "brokers");
     }
 }

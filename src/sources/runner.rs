@@ -50,9 +50,13 @@ pub enum ConnectorConfig {
 const COMMON_OPTIONS: &[&str] = &["connector", "format", "transactions", "stall_timeout"];
 
 impl SourceConfig {
-    /// Validate `WITH (...)` options.
-    pub fn from_options(options: impl Into<WithOptions>) -> Result<SourceConfig, OptionError> {
-        let options = options.into();
+    /// Validate `WITH (...)` options; the message names the option at fault.
+    pub fn from_options(options: &[(String, String)]) -> Result<SourceConfig, String> {
+        Ok(SourceConfig::parse(&WithOptions::from(options))?)
+    }
+
+    /// Validate `WITH (...)` options, with a typed error.
+    pub fn parse(options: &WithOptions) -> Result<SourceConfig, OptionError> {
         let format = options.get("format").unwrap_or("debezium-json");
         if format != "debezium-json" {
             return Err(OptionError::invalid("format", format!("format \"{format}\" is not supported; use 'debezium-json'")));
@@ -65,10 +69,10 @@ impl SourceConfig {
             }
         };
         let (connector, own_options) = match options.require("connector", "missing option connector = '...'")? {
-            "file" => (ConnectorConfig::File(FileConfig::from_options(&options)?), FileConfig::OPTIONS),
-            "generator" => (ConnectorConfig::Generator(GeneratorConfig::from_options(&options)?), GeneratorConfig::OPTIONS),
-            "kafka" => (ConnectorConfig::Kafka(KafkaConfig::from_options(&options)?), KafkaConfig::OPTIONS),
-            "postgres-cdc" => (ConnectorConfig::PostgresCdc(PostgresCdcConfig::from_options(&options)?), PostgresCdcConfig::OPTIONS),
+            "file" => (ConnectorConfig::File(FileConfig::from_options(options)?), FileConfig::OPTIONS),
+            "generator" => (ConnectorConfig::Generator(GeneratorConfig::from_options(options)?), GeneratorConfig::OPTIONS),
+            "kafka" => (ConnectorConfig::Kafka(KafkaConfig::from_options(options)?), KafkaConfig::OPTIONS),
+            "postgres-cdc" => (ConnectorConfig::PostgresCdc(PostgresCdcConfig::from_options(options)?), PostgresCdcConfig::OPTIONS),
             other => {
                 let message = format!("unknown connector \"{other}\" (available: file, generator, kafka, postgres-cdc)");
                 return Err(OptionError::invalid("connector", message));
