@@ -89,7 +89,7 @@ enum Command {
     /// Benchmarks; print a table and the command that reproduces it.
     Bench {
         #[command(subcommand)]
-        bench: velocity::bench::Bench,
+        bench: velocity::tools::bench::Bench,
     },
 }
 
@@ -133,15 +133,17 @@ fn main() -> anyhow::Result<()> {
             }
             anyhow::Ok(())
         }),
-        Command::Demo { data_dir, listen, rate, scale, duration } => runtime.block_on(velocity::demo::run(velocity::demo::DemoOptions {
-            data_dir: &data_dir,
-            listen,
-            rate,
-            scale,
-            duration: duration.map(std::time::Duration::from_secs),
-        })),
+        Command::Demo { data_dir, listen, rate, scale, duration } => {
+            runtime.block_on(velocity::tools::demo::run(velocity::tools::demo::DemoOptions {
+                data_dir: &data_dir,
+                listen,
+                rate,
+                scale,
+                duration: duration.map(std::time::Duration::from_secs),
+            }))
+        }
         Command::Simulate { postgres, file, kafka, transactions, scale, seed, rate } => {
-            use velocity::simulate::{SimulateOptions, Target};
+            use velocity::tools::simulate::{SimulateOptions, Target};
             let target = match (postgres, file, kafka) {
                 (Some(conn), _, _) => Target::Postgres(conn),
                 (_, Some(path), _) => Target::File(path),
@@ -149,9 +151,9 @@ fn main() -> anyhow::Result<()> {
                 _ => anyhow::bail!("say where to write: --postgres, --file or --kafka"),
             };
             let scenario = velocity::sources::logistics::Scenario { scale, seed };
-            runtime.block_on(velocity::simulate::run(SimulateOptions { target, scenario, transactions, rate }))
+            runtime.block_on(velocity::tools::simulate::run(SimulateOptions { target, scenario, transactions, rate }))
         }
-        Command::Bench { bench } => runtime.block_on(velocity::bench::run(bench)),
+        Command::Bench { bench } => runtime.block_on(velocity::tools::bench::run(bench)),
     }
 }
 

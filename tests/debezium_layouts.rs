@@ -29,9 +29,9 @@ fn history() -> Vec<SimTxn> {
 async fn postgres_after(history: &[SimTxn], database: &str) -> Client {
     let conn = common::fresh_postgres_database(database).await;
     let mut pg = common::postgres_connect(&conn).await;
-    velocity::simulate::create_postgres_tables(&pg).await.unwrap();
+    velocity::tools::simulate::create_postgres_tables(&pg).await.unwrap();
     for txn in history {
-        velocity::simulate::write_postgres_txn(&mut pg, txn).await.unwrap();
+        velocity::tools::simulate::write_postgres_txn(&mut pg, txn).await.unwrap();
     }
     pg
 }
@@ -180,7 +180,7 @@ async fn one_file_per_topic() {
     let topics = dir.path().join("topics");
     std::fs::create_dir(&topics).unwrap();
     let ddl = create_tables(|t| format!("public.{t}"));
-    let mut files = velocity::simulate::DebeziumFiles::new(&topics).unwrap();
+    let mut files = velocity::tools::simulate::DebeziumFiles::new(&topics).unwrap();
     run_layout("per_topic", &ddl, &file_source(&topics), async |chunk: &[SimTxn]| {
         for txn in chunk {
             files.write(txn).unwrap();

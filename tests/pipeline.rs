@@ -87,7 +87,7 @@ fn reference_events(history: &[SimTxn]) -> HashMap<&'static str, Vec<i64>> {
 async fn tms_through_postgres_cdc_equals_references() {
     let conn = common::fresh_postgres_database("velocity_pipeline").await;
     let mut pg = common::postgres_connect(&conn).await;
-    velocity::simulate::create_postgres_tables(&pg).await.unwrap();
+    velocity::tools::simulate::create_postgres_tables(&pg).await.unwrap();
 
     // Velocity first, so the whole history is streamed and every state transition is seen.
     let server = common::TestServer::start().await;
@@ -95,7 +95,7 @@ async fn tms_through_postgres_cdc_equals_references() {
     let source = format!(
         "CREATE SOURCE tms WITH (connector = 'postgres-cdc', connection = '{conn}', publication = 'velocity', slot = 'velocity_pipeline')"
     );
-    let pipeline = velocity::demo::PIPELINE_SQL
+    let pipeline = velocity::tools::demo::PIPELINE_SQL
         .replace("CREATE SOURCE tms WITH (connector = 'generator', scenario = 'logistics', scale = 200, rate = 50)", &source);
     assert!(pipeline.contains("postgres-cdc"), "the pipeline's CREATE SOURCE was replaced");
     for statement in velocity::sql::split_statements(&pipeline) {
@@ -115,7 +115,7 @@ async fn tms_through_postgres_cdc_equals_references() {
     let mut simulator = Simulator::new(Scenario { scale: 30, seed: 7 });
     let history: Vec<SimTxn> = (0..TRANSACTIONS).map(|_| simulator.next_txn()).collect();
     for txn in &history {
-        velocity::simulate::write_postgres_txn(&mut pg, txn).await.unwrap();
+        velocity::tools::simulate::write_postgres_txn(&mut pg, txn).await.unwrap();
     }
 
     // Caught up once every table equals Postgres.

@@ -70,10 +70,13 @@ pub struct AggregateSpec {
     pub filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
+/// The group-by expressions of an aggregate, over its input's schema.
+pub type GroupExprs = Vec<Arc<dyn PhysicalExpr>>;
+
 /// Lower a logical `Aggregate` node into the group expressions and aggregates that
 /// [`Aggregate::new`] takes, exactly as DataFusion's physical planner does. The expressions
 /// are over `agg.input`'s schema. Grouping sets (ROLLUP, CUBE, GROUPING SETS) are not supported.
-pub fn lower_aggregate(agg: &LogicalAggregate, props: &ExecutionProps) -> Result<(Vec<Arc<dyn PhysicalExpr>>, Vec<AggregateSpec>)> {
+pub fn lower_aggregate(agg: &LogicalAggregate, props: &ExecutionProps) -> Result<(GroupExprs, Vec<AggregateSpec>)> {
     let input_dfschema = agg.input.schema();
     let input_schema = input_dfschema.as_arrow();
     let planning_ctx = PhysicalPlanningContext::default();
@@ -850,6 +853,7 @@ mod tests {
     use datafusion::prelude::SessionContext;
 
     use super::*;
+    use crate::dataflow::testing::{Multiset, Rng, random_delta};
 
     /// A row of `t(g, x, b, s, f)`; `f` is stored in quarters so rows stay `Ord`.
     type Row = (Option<i64>, Option<i64>, Option<bool>, Option<String>, Option<i64>);
@@ -874,17 +878,6 @@ mod tests {
         ];
         let batch = RecordBatch::try_new(table_schema(), columns).unwrap();
         ChangeBatch::new(batch, Int64Array::from_iter_values(rows.iter().map(|(_, w)| *w)))
-    }
-
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
     }
 
     fn random_row(rng: &mut Rng) -> Row {
@@ -973,38 +966,21 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let mut op = make();
             op.restore(&store).unwrap();
-            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-            let mut contents: BTreeMap<Row, i64> = BTreeMap::new();
+            let mut rng = Rng::new(seed);
+            let mut contents: Multiset<Row> = BTreeMap::new();
             let mut view: BTreeMap<String, i64> = BTreeMap::new();
             for step in 0..steps {
                 // The delta (consolidated: one entry per row).
-                let mut delta: BTreeMap<Row, i64> = BTreeMap::new();
-                if step == 0 {
+                let delta: Multiset<Row> = if step == 0 {
                     // The engine's initial step over an empty input.
+                    BTreeMap::new()
                 } else if rng.below(12) == 0 {
-                    for (r, c) in &contents {
-                        delta.insert(r.clone(), -c);
-                    }
+                    // Everything deleted.
+                    std::mem::take(&mut contents).into_iter().map(|(r, c)| (r, -c)).collect()
                 } else {
-                    for _ in 0..1 + rng.below(5) {
-                        let live: Vec<(Row, i64)> = contents
-                            .iter()
-                            .map(|(r, c)| (r.clone(), c + delta.get(r).copied().unwrap_or(0)))
-                            .filter(|(_, c)| *c > 0)
-                            .collect();
-                        if live.is_empty() || rng.below(5) < 3 {
-                            *delta.entry(random_row(&mut rng)).or_insert(0) += 1 + rng.below(2) as i64;
-                        } else {
-                            let (r, c) = &live[rng.below(live.len() as u64) as usize];
-                            *delta.entry(r.clone()).or_insert(0) -= 1 + rng.below((*c).min(2) as u64) as i64;
-                        }
-                    }
-                }
-                delta.retain(|_, w| *w != 0);
-                for (r, w) in &delta {
-                    *contents.entry(r.clone()).or_insert(0) += w;
-                }
-                contents.retain(|_, c| *c != 0);
+                    let changes = 1 + rng.below(5);
+                    random_delta(&mut rng, &mut contents, changes, random_row)
+                };
                 let rows: Vec<(Row, i64)> = delta.into_iter().collect();
                 let input = to_batch(&rows);
 

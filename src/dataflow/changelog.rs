@@ -47,6 +47,12 @@ pub fn changelog_input_id(relation: u32, key: &[usize]) -> u32 {
     0x8000_0000 | ((relation & 0x7f_ffff) << 8) | key_hash
 }
 
+/// One output row of a changelog: the index of its `before` row and of its `after` row.
+type Pair = (Option<u32>, Option<u32>);
+
+/// Rows of one key: those retracted and those inserted.
+type RetractedInserted = (Vec<usize>, Vec<usize>);
+
 impl ChangelogSpec {
     /// The changelog rows of one transaction's consolidated `changes`, each with weight +1.
     pub fn rows(&self, changes: &ChangeBatch, time: TickInfo) -> Result<ChangeBatch> {
@@ -71,9 +77,8 @@ impl ChangelogSpec {
         for (t, (_, c)) in per_time.iter().enumerate() {
             row_time.extend(std::iter::repeat_n(t as u32, c.len()));
         }
-        // (before index, after index) per output row.
-        let mut pairs: Vec<(Option<u32>, Option<u32>)> = Vec::new();
-        let unpaired = |i: usize, w: i64, pairs: &mut Vec<(Option<u32>, Option<u32>)>| {
+        let mut pairs: Vec<Pair> = Vec::new();
+        let unpaired = |i: usize, w: i64, pairs: &mut Vec<Pair>| {
             for _ in 0..w.unsigned_abs() {
                 pairs.push(if w < 0 { (Some(i as u32), None) } else { (None, Some(i as u32)) });
             }
@@ -86,7 +91,8 @@ impl ChangelogSpec {
             let keys = changes.rows.project(&self.key)?;
             let codec = RowCodec::new(keys.schema())?;
             let encoded = codec.encode(&keys)?;
-            let mut by_key: HashMap<(u32, &[u8]), (Vec<usize>, Vec<usize>)> = HashMap::new();
+            // Per (time, key): the rows retracted and the rows inserted, one entry per unit of weight.
+            let mut by_key: HashMap<(u32, &[u8]), RetractedInserted> = HashMap::new();
             let mut order: Vec<(u32, &[u8])> = Vec::new();
             for (i, k) in encoded.iter().enumerate() {
                 let entry = by_key.entry((row_time[i], k.as_slice())).or_insert_with(|| {
@@ -116,7 +122,7 @@ impl ChangelogSpec {
                 })
             })
             .collect();
-        let side = |pick: fn(&(Option<u32>, Option<u32>)) -> Option<u32>| -> Result<ArrayRef> {
+        let side = |pick: fn(&Pair) -> Option<u32>| -> Result<ArrayRef> {
             let idx: UInt32Array = pairs.iter().map(pick).collect();
             let DataType::Struct(fields) = schema.field(1).data_type().clone() else { unreachable!("struct column") };
             let columns = changes

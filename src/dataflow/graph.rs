@@ -9,6 +9,7 @@
 //! somewhere is *timed*: it runs once per time that changed its inputs, so the changelog
 //! sees every transaction's own before and after.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 
 use arrow::datatypes::SchemaRef;
@@ -91,17 +92,17 @@ impl StepChanges {
     /// The change of `relation` over the whole step, consolidated.
     pub fn merged(&mut self, relation: u32) -> Result<Option<&ChangeBatch>> {
         let Some(per_time) = self.by_relation.get(&relation) else { return Ok(None) };
-        if !self.merged.contains_key(&relation) {
-            let merged = match per_time.as_slice() {
+        let merged = match self.merged.entry(relation) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(match per_time.as_slice() {
                 [(_, only)] => only.clone(),
                 many => {
                     let batches: Vec<ChangeBatch> = many.iter().map(|(_, c)| c.clone()).collect();
                     ChangeBatch::concat(&batches[0].schema(), &batches)?.consolidate()?
                 }
-            };
-            self.merged.insert(relation, merged);
-        }
-        Ok(self.merged.get(&relation).filter(|c| !c.is_empty()))
+            }),
+        };
+        Ok(Some(&*merged).filter(|c| !c.is_empty()))
     }
 
     /// The consolidated change of every relation that changed.

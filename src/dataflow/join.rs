@@ -525,32 +525,12 @@ fn missing(what: &str) -> DataflowError {
 mod tests {
     use std::collections::BTreeMap;
 
-    use arrow::array::{Int64Array, RecordBatch};
     use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-    use datafusion::datasource::MemTable;
     use datafusion::logical_expr::Operator as BinOp;
     use datafusion::physical_expr::expressions::{BinaryExpr, Column};
-    use datafusion::prelude::SessionContext;
-    use datafusion::scalar::ScalarValue;
 
     use super::*;
-
-    /// A small deterministic PRNG (xorshift64*).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
-    type Row = Vec<Option<i64>>;
+    use crate::dataflow::testing::{IntRow, Multiset, Rng, Tick, check_ticks, datafusion_answer, int_changes, multiset, random_delta};
 
     /// One test scenario: the tables `l` and `r` and how they are joined.
     struct Case {
@@ -642,117 +622,35 @@ mod tests {
         }
     }
 
-    /// Build a batch of `schema` from int rows (cast to the column types).
-    fn batch(schema: &SchemaRef, rows: &[&Row]) -> RecordBatch {
-        let columns = (0..schema.fields().len())
-            .map(|c| {
-                let ints: Int64Array = rows.iter().map(|r| r[c]).collect();
-                arrow::compute::cast(&ints, schema.field(c).data_type()).unwrap()
-            })
-            .collect();
-        batch_with_rows(schema.clone(), columns, rows.len()).unwrap()
-    }
-
-    fn changes(schema: &SchemaRef, delta: &BTreeMap<Row, i64>) -> ChangeBatch {
-        let rows: Vec<&Row> = delta.keys().collect();
-        ChangeBatch::new(batch(schema, &rows), delta.values().copied().collect::<Vec<_>>().into())
-    }
-
-    /// Random changes to a table, applied to `contents`: inserts and deletes, weights ±1/±2,
-    /// small keys with some NULLs, so keys repeat and rows duplicate.
-    fn random_delta(rng: &mut Rng, contents: &mut BTreeMap<Row, i64>, width: usize) -> BTreeMap<Row, i64> {
-        let mut delta: BTreeMap<Row, i64> = BTreeMap::new();
-        for _ in 0..rng.below(5) {
-            let weight = 1 + rng.below(2) as i64;
-            if contents.is_empty() || rng.below(5) < 3 {
-                let row: Row = (0..width).map(|_| if rng.below(7) == 0 { None } else { Some(rng.below(4) as i64) }).collect();
-                *contents.entry(row.clone()).or_default() += weight;
-                *delta.entry(row).or_default() += weight;
-            } else {
-                let i = rng.below(contents.len() as u64) as usize;
-                let (row, have) = contents.iter().nth(i).map(|(r, w)| (r.clone(), *w)).unwrap();
-                let weight = weight.min(have);
-                *contents.get_mut(&row).unwrap() -= weight;
-                if contents[&row] == 0 {
-                    contents.remove(&row);
-                }
-                *delta.entry(row).or_default() -= weight;
-            }
-        }
-        delta.retain(|_, w| *w != 0);
-        delta
-    }
-
-    /// Rows as text (type-independent), with multiplicities; fails on negative multiplicities.
-    fn multiset(batch: &ChangeBatch) -> BTreeMap<Vec<String>, i64> {
-        let mut out = BTreeMap::new();
-        for i in 0..batch.len() {
-            let row = batch.rows.columns().iter().map(|c| ScalarValue::try_from_array(c, i).unwrap().to_string()).collect();
-            *out.entry(row).or_default() += batch.weights.value(i);
-        }
-        out.retain(|_, w| *w != 0);
-        out
-    }
-
-    fn expected(rt: &tokio::runtime::Runtime, case: &Case, l: &BTreeMap<Row, i64>, r: &BTreeMap<Row, i64>) -> BTreeMap<Vec<String>, i64> {
-        let table = |schema: &SchemaRef, contents: &BTreeMap<Row, i64>| {
-            // Each row repeated by its multiplicity (`ChangeBatch::expand_positive` without
-            // depending on it).
-            let rows: Vec<&Row> = contents.iter().flat_map(|(row, w)| std::iter::repeat_n(row, *w as usize)).collect();
-            let rows = batch(schema, &rows);
-            Arc::new(MemTable::try_new(schema.clone(), vec![vec![rows]]).unwrap())
-        };
-        let ctx = SessionContext::new();
-        ctx.register_table("l", table(&case.left, l)).unwrap();
-        ctx.register_table("r", table(&case.right, r)).unwrap();
-        let batches = rt.block_on(async { ctx.sql(&case.sql()).await.unwrap().collect().await.unwrap() });
-        let mut out = BTreeMap::new();
-        for b in batches {
-            for (row, w) in multiset(&ChangeBatch::uniform(b, 1)) {
-                *out.entry(row).or_default() += w;
-            }
-        }
-        out
-    }
-
     /// Run `steps` random ticks through the operator and compare the accumulated output with
-    /// DataFusion after each one. With `restore_every`, state is committed to a store and the
-    /// operator is periodically rebuilt from it (and ticks are sometimes aborted and redone).
+    /// DataFusion after each one (see [`check_ticks`] for `restore_every`).
     fn run(case: &Case, seed: u64, steps: usize, restore_every: Option<usize>) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = restore_every.map(|_| Store::open(dir.path()).unwrap());
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let mut op = case.operator();
-        let out_schema = case.output_schema();
-        let mut acc = ChangeBatch::empty(out_schema.clone());
+        let mut rng = Rng::new(seed);
         let (mut l, mut r) = (BTreeMap::new(), BTreeMap::new());
-        for step in 0..steps {
-            let dl = random_delta(&mut rng, &mut l, case.left.fields().len());
-            let dr = random_delta(&mut rng, &mut r, case.right.fields().len());
-            let inputs = vec![changes(&case.left, &dl), changes(&case.right, &dr)];
-            if let (Some(store), Some(every)) = (&store, restore_every) {
-                if step % every == 0 {
-                    op = case.operator();
-                    op.restore(store).unwrap();
-                }
-                if step % 3 == 1 {
-                    // An aborted tick: its writes are dropped, the operator restores and redoes it.
-                    let mut writes = TickWrites::default();
-                    op.step(inputs.clone(), &mut writes).unwrap();
-                    op.restore(store).unwrap();
-                }
+        // Small keys with some NULLs, so keys repeat and rows duplicate.
+        let row = |width: usize| {
+            move |rng: &mut Rng| -> IntRow {
+                (0..width).map(|_| if rng.below(7) == 0 { None } else { Some(rng.below(4) as i64) }).collect()
             }
-            let mut writes = TickWrites::default();
-            let out = op.step(inputs, &mut writes).unwrap();
-            if let Some(store) = &store {
-                store.commit(writes).unwrap();
-            }
-            acc = ChangeBatch::concat(&out_schema, &[acc, out]).unwrap().consolidate().unwrap();
-            let got = multiset(&acc);
-            let want = expected(&rt, case, &l, &r);
-            assert_eq!(got, want, "{:?} step {step}\nleft {l:?}\nright {r:?}\nsql {}", case.kind, case.sql());
-        }
+        };
+        check_ticks(
+            || case.operator(),
+            steps,
+            restore_every,
+            || {
+                let changes = rng.below(5);
+                let dl = random_delta(&mut rng, &mut l, changes, row(case.left.fields().len()));
+                let changes = rng.below(5);
+                let dr = random_delta(&mut rng, &mut r, changes, row(case.right.fields().len()));
+                let tables = [("l", case.left.clone(), &l), ("r", case.right.clone(), &r)];
+                Tick {
+                    inputs: vec![int_changes(&case.left, &dl), int_changes(&case.right, &dr)],
+                    expected: datafusion_answer(&rt, &tables, &case.sql()),
+                    context: format!("{:?}\nleft {l:?}\nright {r:?}\nsql {}", case.kind, case.sql()),
+                }
+            },
+        );
     }
 
     const KINDS: [JoinKind; 6] = [JoinKind::Inner, JoinKind::Left, JoinKind::Right, JoinKind::Full, JoinKind::LeftSemi, JoinKind::LeftAnti];
@@ -804,9 +702,9 @@ mod tests {
     fn weights_multiply() {
         let case = simple(JoinKind::Inner, false);
         let mut op = case.operator();
-        let l = BTreeMap::from([(vec![Some(1), Some(10)], 2)]);
-        let r = BTreeMap::from([(vec![Some(1), Some(20)], 3)]);
-        let out = op.step(vec![changes(&case.left, &l), changes(&case.right, &r)], &mut TickWrites::default()).unwrap();
+        let l: Multiset<IntRow> = BTreeMap::from([(vec![Some(1), Some(10)], 2)]);
+        let r: Multiset<IntRow> = BTreeMap::from([(vec![Some(1), Some(20)], 3)]);
+        let out = op.step(vec![int_changes(&case.left, &l), int_changes(&case.right, &r)], &mut TickWrites::default()).unwrap();
         let got = multiset(&out);
         assert_eq!(got, BTreeMap::from([(vec!["1".into(), "10".into(), "1".into(), "20".into()], 6)]));
     }
@@ -815,9 +713,9 @@ mod tests {
     fn null_keys_never_match_and_are_padded() {
         let case = simple(JoinKind::Full, false);
         let mut op = case.operator();
-        let l = BTreeMap::from([(vec![None, Some(1)], 1)]);
-        let r = BTreeMap::from([(vec![None, Some(2)], 1)]);
-        let out = op.step(vec![changes(&case.left, &l), changes(&case.right, &r)], &mut TickWrites::default()).unwrap();
+        let l: Multiset<IntRow> = BTreeMap::from([(vec![None, Some(1)], 1)]);
+        let r: Multiset<IntRow> = BTreeMap::from([(vec![None, Some(2)], 1)]);
+        let out = op.step(vec![int_changes(&case.left, &l), int_changes(&case.right, &r)], &mut TickWrites::default()).unwrap();
         let n = || "NULL".to_string();
         let want = BTreeMap::from([(vec![n(), "1".into(), n(), n()], 1), (vec![n(), n(), n(), "2".into()], 1)]);
         assert_eq!(multiset(&out), want);

@@ -14,6 +14,8 @@ pub mod graph;
 pub mod join;
 pub mod project;
 pub mod temporal;
+#[cfg(test)]
+mod testing;
 pub mod topk;
 pub mod union;
 

@@ -323,33 +323,12 @@ fn row_of(entry: &[u8]) -> Result<&[u8]> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use arrow::array::{Int64Array, RecordBatch};
     use arrow::compute::SortOptions;
     use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-    use datafusion::datasource::MemTable;
     use datafusion::physical_expr::expressions::Column;
-    use datafusion::prelude::SessionContext;
-    use datafusion::scalar::ScalarValue;
 
     use super::*;
-
-    /// A small deterministic PRNG (xorshift64*).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
-    /// `(p, o, v)` as ints (cast to the column types of the case's schema).
-    type Row = Vec<Option<i64>>;
+    use crate::dataflow::testing::{IntRow, Rng, Tick, check_ticks, datafusion_answer, int_changes, multiset, random_delta};
 
     /// One ORDER BY column: index, descending, nulls first.
     type Order = (usize, bool, bool);
@@ -451,7 +430,8 @@ mod tests {
             format!("SELECT {select} FROM ({window}) WHERE rn <= {}", self.k)
         }
 
-        fn random_row(&self, rng: &mut Rng) -> Row {
+        /// A row `(p, o, v)`.
+        fn random_row(&self, rng: &mut Rng) -> IntRow {
             let p = (rng.below(6) != 0).then(|| rng.below(3) as i64);
             let o = (rng.below(6) != 0).then(|| rng.below(self.o_range) as i64);
             let v = if self.derived_v {
@@ -463,112 +443,27 @@ mod tests {
         }
     }
 
-    /// Build a batch of `schema` from int rows (cast to the column types).
-    fn batch(schema: &SchemaRef, rows: &[&Row]) -> RecordBatch {
-        let columns = (0..schema.fields().len())
-            .map(|c| {
-                let ints: Int64Array = rows.iter().map(|r| r[c]).collect();
-                arrow::compute::cast(&ints, schema.field(c).data_type()).unwrap()
-            })
-            .collect();
-        RecordBatch::try_new_with_options(schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(rows.len()))).unwrap()
-    }
-
-    fn changes(schema: &SchemaRef, delta: &BTreeMap<Row, i64>) -> ChangeBatch {
-        let rows: Vec<&Row> = delta.keys().collect();
-        ChangeBatch::new(batch(schema, &rows), delta.values().copied().collect::<Vec<_>>().into())
-    }
-
-    /// Random changes to the table, applied to `contents`: inserts and deletes, weights ±1/±2.
-    fn random_delta(rng: &mut Rng, case: &Case, contents: &mut BTreeMap<Row, i64>) -> BTreeMap<Row, i64> {
-        let mut delta: BTreeMap<Row, i64> = BTreeMap::new();
-        for _ in 0..rng.below(6) {
-            let weight = 1 + rng.below(2) as i64;
-            if contents.is_empty() || rng.below(5) < 3 {
-                let row = case.random_row(rng);
-                *contents.entry(row.clone()).or_default() += weight;
-                *delta.entry(row).or_default() += weight;
-            } else {
-                let i = rng.below(contents.len() as u64) as usize;
-                let (row, have) = contents.iter().nth(i).map(|(r, w)| (r.clone(), *w)).unwrap();
-                let weight = weight.min(have);
-                *contents.get_mut(&row).unwrap() -= weight;
-                if contents[&row] == 0 {
-                    contents.remove(&row);
-                }
-                *delta.entry(row).or_default() -= weight;
-            }
-        }
-        delta.retain(|_, w| *w != 0);
-        delta
-    }
-
-    /// Rows as text (type-independent), with multiplicities.
-    fn multiset(batch: &ChangeBatch) -> BTreeMap<Vec<String>, i64> {
-        let mut out = BTreeMap::new();
-        for i in 0..batch.len() {
-            let row = batch.rows.columns().iter().map(|c| ScalarValue::try_from_array(c, i).unwrap().to_string()).collect();
-            *out.entry(row).or_default() += batch.weights.value(i);
-        }
-        out.retain(|_, w| *w != 0);
-        out
-    }
-
-    fn expected(rt: &tokio::runtime::Runtime, case: &Case, contents: &BTreeMap<Row, i64>) -> BTreeMap<Vec<String>, i64> {
-        let schema = case.input_schema();
-        let rows: Vec<&Row> = contents.iter().flat_map(|(row, w)| std::iter::repeat_n(row, *w as usize)).collect();
-        let table = MemTable::try_new(schema.clone(), vec![vec![batch(&schema, &rows)]]).unwrap();
-        let ctx = SessionContext::new();
-        ctx.register_table("t", Arc::new(table)).unwrap();
-        let batches = rt.block_on(async { ctx.sql(&case.sql()).await.unwrap().collect().await.unwrap() });
-        let mut out = BTreeMap::new();
-        for b in batches {
-            for (row, w) in multiset(&ChangeBatch::uniform(b, 1)) {
-                *out.entry(row).or_default() += w;
-            }
-        }
-        out
-    }
-
     /// Run `steps` random ticks through the operator and compare the accumulated output with
-    /// DataFusion after each one. With `restore_every`, state is committed to a store and the
-    /// operator is periodically rebuilt from it (and ticks are sometimes aborted and redone).
+    /// DataFusion after each one (see [`check_ticks`] for `restore_every`).
     fn run(case: &Case, seed: u64, steps: usize, restore_every: Option<usize>) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = restore_every.map(|_| Store::open(dir.path()).unwrap());
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng::new(seed);
         let schema = case.input_schema();
-        let out_schema = case.output_schema();
-        let mut op = case.operator();
-        let mut acc = ChangeBatch::empty(out_schema.clone());
         let mut contents = BTreeMap::new();
-        for step in 0..steps {
-            let delta = random_delta(&mut rng, case, &mut contents);
-            let inputs = vec![changes(&schema, &delta)];
-            if let (Some(store), Some(every)) = (&store, restore_every) {
-                if step % every == 0 {
-                    op = case.operator();
-                    op.restore(store).unwrap();
+        check_ticks(
+            || case.operator(),
+            steps,
+            restore_every,
+            || {
+                let changes = rng.below(6);
+                let delta = random_delta(&mut rng, &mut contents, changes, |rng| case.random_row(rng));
+                Tick {
+                    inputs: vec![int_changes(&schema, &delta)],
+                    expected: datafusion_answer(&rt, &[("t", schema.clone(), &contents)], &case.sql()),
+                    context: format!("contents {contents:?}\nsql {}", case.sql()),
                 }
-                if step % 3 == 1 {
-                    // An aborted tick: its writes are dropped, the operator restores and redoes it.
-                    let mut writes = TickWrites::default();
-                    op.step(inputs.clone(), &mut writes).unwrap();
-                    op.restore(store).unwrap();
-                }
-            }
-            let mut writes = TickWrites::default();
-            let out = op.step(inputs, &mut writes).unwrap();
-            if let Some(store) = &store {
-                store.commit(writes).unwrap();
-            }
-            acc = ChangeBatch::concat(&out_schema, &[acc, out]).unwrap().consolidate().unwrap();
-            let got = multiset(&acc);
-            assert!(got.values().all(|w| *w > 0), "negative multiplicity at step {step}: {got:?}");
-            let want = expected(&rt, case, &contents);
-            assert_eq!(got, want, "step {step}\ncontents {contents:?}\nsql {}", case.sql());
-        }
+            },
+        );
     }
 
     /// Every combination of direction and NULL placement, for k = 1 and k = 3.
@@ -684,11 +579,11 @@ mod tests {
             (vec![Some(1), Some(5), Some(10)], 1),
             (vec![Some(1), Some(5), Some(20)], 1),
         ]);
-        let out = op.step(vec![changes(&schema, &rows)], &mut w).unwrap();
+        let out = op.step(vec![int_changes(&schema, &rows)], &mut w).unwrap();
         let s = |v: [&str; 4]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(multiset(&out), BTreeMap::from([(s(["1", "5", "10", "1"]), 1)]));
         let del = BTreeMap::from([(vec![Some(1), Some(5), Some(10)], -1)]);
-        let out = op.step(vec![changes(&schema, &del)], &mut w).unwrap();
+        let out = op.step(vec![int_changes(&schema, &del)], &mut w).unwrap();
         assert_eq!(multiset(&out), BTreeMap::from([(s(["1", "5", "10", "1"]), -1), (s(["1", "5", "20", "1"]), 1)]));
     }
 
@@ -699,7 +594,7 @@ mod tests {
         let mut op = c.operator();
         let mut w = TickWrites::default();
         let ins = BTreeMap::from([(vec![Some(1), Some(1), Some(0)], 2), (vec![Some(1), Some(2), Some(0)], 5)]);
-        let out = op.step(vec![changes(&schema, &ins)], &mut w).unwrap();
+        let out = op.step(vec![int_changes(&schema, &ins)], &mut w).unwrap();
         let s = |v: [&str; 4]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             multiset(&out),
@@ -707,7 +602,7 @@ mod tests {
         );
         // Beyond the top 3, and in the same place: no output.
         let more = BTreeMap::from([(vec![Some(1), Some(3), Some(0)], 1), (vec![Some(1), Some(2), Some(0)], -2)]);
-        let out = op.step(vec![changes(&schema, &more)], &mut w).unwrap();
+        let out = op.step(vec![int_changes(&schema, &more)], &mut w).unwrap();
         assert!(out.is_empty(), "{:?}", multiset(&out));
     }
 
@@ -717,7 +612,7 @@ mod tests {
         let schema = c.input_schema();
         let mut op = c.operator();
         let del = BTreeMap::from([(vec![Some(1), Some(1), Some(1)], -1)]);
-        let err = op.step(vec![changes(&schema, &del)], &mut TickWrites::default());
+        let err = op.step(vec![int_changes(&schema, &del)], &mut TickWrites::default());
         assert!(matches!(err, Err(DataflowError::Internal(_))));
         let err = op.step(vec![], &mut TickWrites::default());
         assert!(matches!(err, Err(DataflowError::Internal(_))));
@@ -729,7 +624,7 @@ mod tests {
         let schema = c.input_schema();
         let mut op = c.operator();
         let ins = BTreeMap::from([(vec![Some(1), Some(1), Some(1)], 1)]);
-        let out = op.step(vec![changes(&schema, &ins)], &mut TickWrites::default()).unwrap();
+        let out = op.step(vec![int_changes(&schema, &ins)], &mut TickWrites::default()).unwrap();
         assert!(out.is_empty());
         let bad = TopK::new(schema.clone(), vec![], vec![], 1, true, schema, 1, 1);
         assert!(bad.is_err());

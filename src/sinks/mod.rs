@@ -15,6 +15,7 @@ use crate::catalog::Relation;
 use crate::dataflow::ChangeBatch;
 use crate::dataflow::changelog::ChangelogSpec;
 use crate::dataflow::graph::TickInfo;
+use crate::sql::{OptionError, WithOptions};
 use crate::storage::{StorageError, TickWrites, keyspace};
 
 /// Errors of a sink: its definition, its encoding or its delivery.
@@ -73,43 +74,39 @@ pub struct SinkConfig {
 }
 
 impl SinkConfig {
+    /// Validate `WITH (...)` options.
     pub fn from_options(options: &[(String, String)]) -> Result<SinkConfig> {
-        let get = |k: &str| options.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        match get("connector").as_deref() {
-            Some("kafka") => {}
-            Some(other) => return Err(SinkError::Options(format!("unknown sink connector '{other}' (expected kafka)"))),
-            None => return Err(SinkError::Options("a sink needs connector = 'kafka'".into())),
+        SinkConfig::parse(&WithOptions::from(options)).map_err(|e| SinkError::Options(e.to_string()))
+    }
+
+    /// Validate `WITH (...)` options, with a typed error.
+    pub fn parse(options: &WithOptions) -> Result<SinkConfig, OptionError> {
+        match options.require("connector", "a sink needs connector = 'kafka'")? {
+            "kafka" => {}
+            other => return Err(OptionError::invalid("connector", format!("unknown sink connector '{other}' (expected kafka)"))),
         }
-        for (k, _) in options {
-            let known = ["connector", "brokers", "topic", "format", "key", "partitions"].contains(&k.as_str());
-            if !known && !k.starts_with("properties.") {
-                return Err(SinkError::Options(format!(
-                    "unknown sink option \"{k}\" (expected brokers, topic, format, key, partitions, properties.*)"
-                )));
-            }
-        }
-        let format = match get("format") {
+        options.reject_unknown("sink", &["connector", "brokers", "topic", "format", "key", "partitions", "properties.*"])?;
+        let format = match options.get("format") {
             None => SinkFormat::UpsertJson,
-            Some(name) => [SinkFormat::UpsertJson, SinkFormat::DebeziumJson]
-                .into_iter()
-                .find(|f| f.name() == name)
-                .ok_or_else(|| SinkError::Options(format!("unknown sink format '{name}' (expected upsert-json or debezium-json)")))?,
+            Some(name) => [SinkFormat::UpsertJson, SinkFormat::DebeziumJson].into_iter().find(|f| f.name() == name).ok_or_else(|| {
+                OptionError::invalid("format", format!("unknown sink format '{name}' (expected upsert-json or debezium-json)"))
+            })?,
         };
-        let partitions = match get("partitions") {
+        let partitions = match options.parse::<i32>("partitions", "a positive number")? {
             None => 1,
-            Some(p) => p
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| SinkError::Options(format!("partitions must be a positive number, got '{p}'")))?,
+            Some(n) if n > 0 => n,
+            Some(n) => return Err(OptionError::invalid("partitions", format!("partitions must be a positive number, not \"{n}\""))),
         };
         Ok(SinkConfig {
-            brokers: get("brokers").ok_or_else(|| SinkError::Options("a Kafka sink needs brokers = 'host:port'".into()))?,
-            topic: get("topic").ok_or_else(|| SinkError::Options("a Kafka sink needs topic = '...'".into()))?,
+            brokers: options.require("brokers", "a Kafka sink needs brokers = 'host:port'")?.to_string(),
+            topic: options.require("topic", "a Kafka sink needs topic = '...'")?.to_string(),
             format,
-            key: get("key").map(|k| k.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()).unwrap_or_default(),
+            key: options
+                .get("key")
+                .map(|k| k.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect())
+                .unwrap_or_default(),
             partitions,
-            properties: options.iter().filter_map(|(k, v)| k.strip_prefix("properties.").map(|p| (p.to_string(), v.clone()))).collect(),
+            properties: options.with_prefix("properties.").map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         })
     }
 }
@@ -360,6 +357,7 @@ mod tests {
         let keyless = Relation { primary_key: vec![], ..rel };
         assert!(SinkEncoder::new(9, "s", &keyless, &config(&[])).is_err());
         assert!(SinkEncoder::new(9, "s", &keyless, &config(&[("format", "debezium-json")])).is_ok());
-        assert!(SinkConfig::from_options(&[("connector".into(), "kafka".into()), ("topic".into(), "t".into())]).is_err());
+        let no_brokers = WithOptions::new([("connector".to_string(), "kafka".to_string()), ("topic".to_string(), "t".to_string())]);
+        assert_eq!(SinkConfig::parse(&no_brokers).unwrap_err().option(), "brokers");
     }
 }

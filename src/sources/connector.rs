@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::Result;
 use super::txn::{Position, Stream, TxnBoundaries};
 
 /// One raw record: Debezium JSON bytes, or `None` for a tombstone (a Kafka record without value).
@@ -53,11 +54,11 @@ pub trait Connector: Send {
     /// offset not yet applied; a stream absent from it is read from its beginning (which for
     /// Postgres means: take a snapshot of tables not seen before). Called again whenever the
     /// bound tables change.
-    async fn open(&mut self, upstreams: &[String], resume: &HashMap<Stream, u64>) -> anyhow::Result<()>;
+    async fn open(&mut self, upstreams: &[String], resume: &HashMap<Stream, u64>) -> Result<()>;
 
     /// The next records in stream order, waiting at most `max_wait` when none are available.
     /// An empty result means nothing new right now.
-    async fn poll(&mut self, max_wait: Duration) -> anyhow::Result<Vec<SourceRecord>>;
+    async fn poll(&mut self, max_wait: Duration) -> Result<Vec<SourceRecord>>;
 
     /// Input known to be available but not read yet.
     fn lag(&self) -> Lag {
@@ -73,7 +74,7 @@ pub trait Connector: Send {
 
     /// Everything before `resume` (per stream, the next offset not yet applied) is durably
     /// committed: acknowledge it upstream. Never called with offsets that were not committed.
-    async fn committed(&mut self, _resume: &HashMap<Stream, u64>) -> anyhow::Result<()> {
+    async fn committed(&mut self, _resume: &HashMap<Stream, u64>) -> Result<()> {
         Ok(())
     }
 

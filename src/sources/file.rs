@@ -13,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::connector::{Connector, Health, Lag, SourceRecord};
 use super::txn::{Position, Stream};
+use super::{Result, SourceError};
+use crate::sql::{OptionError, WithOptions};
 
 /// Bytes read from one file per poll, at most: bounds memory on a large backlog.
 const READ_CHUNK: u64 = 8 << 20;
@@ -25,6 +27,16 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 pub struct FileConfig {
     /// One file, or a directory whose `*.jsonl`/`*.json` files are read in name order.
     pub path: PathBuf,
+}
+
+impl FileConfig {
+    /// The connector's own `WITH (...)` options.
+    pub const OPTIONS: &'static [&'static str] = &["path"];
+
+    /// Read the connector's options; unknown ones are left to the caller to reject.
+    pub fn from_options(options: impl Into<WithOptions>) -> Result<FileConfig, OptionError> {
+        Ok(FileConfig { path: options.into().require("path", "the file connector needs path = '...'")?.into() })
+    }
 }
 
 /// How far one file has been read.
@@ -120,19 +132,19 @@ impl Connector for FileConnector {
         "file"
     }
 
-    async fn open(&mut self, _upstreams: &[String], resume: &HashMap<Stream, u64>) -> anyhow::Result<()> {
+    async fn open(&mut self, _upstreams: &[String], resume: &HashMap<Stream, u64>) -> Result<()> {
         self.cursors = resume.iter().map(|(s, line)| (s.clone(), Cursor { skip_to: *line, ..Cursor::default() })).collect();
         Ok(())
     }
 
-    async fn poll(&mut self, max_wait: Duration) -> anyhow::Result<Vec<SourceRecord>> {
+    async fn poll(&mut self, max_wait: Duration) -> Result<Vec<SourceRecord>> {
         let deadline = Instant::now() + max_wait;
         loop {
             let mut out = Vec::new();
             let mut moved = false;
             self.lag = 0;
             for file in self.files() {
-                moved |= self.read_new(&file, &mut out).await?;
+                moved |= self.read_new(&file, &mut out).await.map_err(|e| SourceError::io(format!("reading {}", file.display()), e))?;
             }
             if !out.is_empty() {
                 return Ok(out);

@@ -8,9 +8,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use super::Result;
 use super::connector::{Connector, SourceRecord};
 use super::logistics::{Scenario, Simulator};
 use super::txn::{Position, Stream, TxnBoundaries};
+use crate::sql::{OptionError, WithOptions};
 
 /// Transactions generated per poll at most, so a fast generator still yields to the runner,
 /// and freshness (measured from generation) is not dominated by a long queue.
@@ -27,16 +29,19 @@ pub struct GeneratorConfig {
 }
 
 impl GeneratorConfig {
+    /// The connector's own `WITH (...)` options.
     pub const OPTIONS: &'static [&'static str] = &["scenario", "scale", "seed", "rate", "max_transactions"];
 
-    pub fn from_options(get: impl Fn(&str) -> Option<String>) -> Result<GeneratorConfig, String> {
-        match get("scenario").as_deref() {
+    /// Read the connector's options; unknown ones are left to the caller to reject.
+    pub fn from_options(options: impl Into<WithOptions>) -> Result<GeneratorConfig, OptionError> {
+        let options = options.into();
+        match options.get("scenario") {
             None | Some("logistics") => {}
-            Some(other) => return Err(format!("unknown generator scenario \"{other}\" (available: logistics)")),
+            Some(other) => {
+                return Err(OptionError::invalid("scenario", format!("unknown generator scenario \"{other}\" (available: logistics)")));
+            }
         }
-        let number = |k: &str| -> Result<Option<f64>, String> {
-            get(k).map(|v| v.parse::<f64>().map_err(|_| format!("{k} must be a number, not \"{v}\""))).transpose()
-        };
+        let number = |k: &str| options.parse::<f64>(k, "a number");
         let defaults = Scenario::default();
         Ok(GeneratorConfig {
             scenario: Scenario {
@@ -112,7 +117,7 @@ impl Connector for GeneratorConnector {
         None
     }
 
-    async fn open(&mut self, _upstreams: &[String], resume: &HashMap<Stream, u64>) -> anyhow::Result<()> {
+    async fn open(&mut self, _upstreams: &[String], resume: &HashMap<Stream, u64>) -> Result<()> {
         let config = self.config.clone();
         *self = GeneratorConnector::new(config);
         self.skip_to = resume.get("generator").copied().unwrap_or(0);
@@ -124,7 +129,7 @@ impl Connector for GeneratorConnector {
         Ok(())
     }
 
-    async fn poll(&mut self, max_wait: Duration) -> anyhow::Result<Vec<SourceRecord>> {
+    async fn poll(&mut self, max_wait: Duration) -> Result<Vec<SourceRecord>> {
         let deadline = Instant::now() + max_wait;
         loop {
             let due = if self.config.rate > 0.0 {

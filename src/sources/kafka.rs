@@ -26,6 +26,8 @@ use serde::Deserialize;
 
 use super::connector::{Connector, Health, Lag, LagUnit, SourceRecord};
 use super::txn::{Position, Stream, TxnBoundaries};
+use super::{Result, SourceError};
+use crate::sql::{OptionError, WithOptions};
 
 /// Records returned by one `poll` at most.
 const MAX_BATCH: usize = 4096;
@@ -57,37 +59,39 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// Options this connector understands besides `connector` and `format`.
-    pub const OPTIONS: &'static [&'static str] = &["brokers", "group_id", "transaction_topic"];
+    /// The connector's own `WITH (...)` options (`properties.<name>` for any name).
+    pub const OPTIONS: &'static [&'static str] = &["brokers", "group_id", "transaction_topic", "properties.*"];
 
     /// Read the connector's options; unknown ones are left to the caller to reject.
-    pub fn from_options(options: &[(String, String)]) -> Result<KafkaConfig, String> {
-        let get = |k: &str| options.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_string());
-        let brokers = get("brokers").filter(|b| !b.is_empty()).ok_or("the kafka connector needs brokers = 'host:port'")?;
-        let group_id = get("group_id").filter(|g| !g.is_empty()).unwrap_or_else(|| "velocity".into());
-        let transaction_topic = get("transaction_topic").filter(|t| !t.is_empty());
-        if let Some(t) = &transaction_topic {
-            valid_topic(t)?;
+    pub fn from_options(options: impl Into<WithOptions>) -> Result<KafkaConfig, OptionError> {
+        let options = options.into();
+        let get = |k: &str| options.get(k).map(str::trim).filter(|v| !v.is_empty());
+        let brokers = get("brokers")
+            .ok_or(OptionError::Missing { option: "brokers".into(), message: "the kafka connector needs brokers = 'host:port'".into() })?;
+        let group_id = get("group_id").unwrap_or("velocity");
+        let transaction_topic = get("transaction_topic");
+        if let Some(t) = transaction_topic {
+            valid_topic(t).map_err(|e| OptionError::invalid("transaction_topic", e))?;
         }
-        let properties =
-            options.iter().filter_map(|(k, v)| Some((k.strip_prefix("properties.")?.to_string(), v.clone()))).collect::<Vec<_>>();
+        let properties: Vec<(String, String)> = options.with_prefix("properties.").map(|(k, v)| (k.to_string(), v.to_string())).collect();
         for (k, _) in &properties {
             if OWNED_PROPERTIES.contains(&k.as_str()) {
-                return Err(format!("properties.{k} cannot be set: the kafka connector manages it"));
+                let message = format!("properties.{k} cannot be set: the kafka connector manages it");
+                return Err(OptionError::invalid(&format!("properties.{k}"), message));
             }
         }
-        Ok(KafkaConfig { brokers, group_id, transaction_topic, properties })
+        Ok(KafkaConfig {
+            brokers: brokers.into(),
+            group_id: group_id.into(),
+            transaction_topic: transaction_topic.map(str::to_string),
+            properties,
+        })
     }
 
     /// How the runner must delimit transactions of this source.
     pub fn boundaries(&self) -> TxnBoundaries {
         if self.transaction_topic.is_some() { TxnBoundaries::Metadata } else { TxnBoundaries::TxId }
     }
-}
-
-/// Whether `option` is one of the kafka connector's (including `properties.*`).
-pub fn is_option(option: &str) -> bool {
-    KafkaConfig::OPTIONS.contains(&option) || option.starts_with("properties.")
 }
 
 /// librdkafka settings that exactly-once reading depends on.
@@ -198,7 +202,7 @@ struct Inner {
 
 impl Inner {
     /// Look up partitions of the wanted topics and assign the ones not assigned yet.
-    fn discover(&mut self, resume: &HashMap<Stream, u64>) -> anyhow::Result<()> {
+    fn discover(&mut self, resume: &HashMap<Stream, u64>) -> Result<()> {
         self.last_discovery = Some(Instant::now());
         let metadata = match self.consumer.fetch_metadata(None, METADATA_TIMEOUT) {
             Ok(m) => m,
@@ -244,7 +248,7 @@ impl Inner {
     }
 
     /// Assign every known partition, each at the offset it has reached (or started from).
-    fn assign(&mut self) -> anyhow::Result<()> {
+    fn assign(&mut self) -> Result<()> {
         let mut tpl = TopicPartitionList::with_capacity(self.start.len());
         for (tp, start) in &self.start {
             let offset = self.next.get(tp).map_or(*start, |n| Offset::Offset(*n));
@@ -255,7 +259,7 @@ impl Inner {
     }
 
     /// Records available now, waiting up to `max_wait` for the first one.
-    fn poll(&mut self, max_wait: Duration) -> anyhow::Result<Vec<SourceRecord>> {
+    fn poll(&mut self, max_wait: Duration) -> Result<Vec<SourceRecord>> {
         let deadline = Instant::now() + max_wait;
         let mut out = Vec::new();
         while out.len() < MAX_BATCH {
@@ -282,7 +286,7 @@ impl Inner {
                 }
                 Err(KafkaError::PartitionEOF(_)) => {}
                 Err(KafkaError::MessageConsumptionFatal(code)) => {
-                    anyhow::bail!("kafka consumer failed: {code}");
+                    return Err(SourceError::Kafka(KafkaError::MessageConsumptionFatal(code)));
                 }
                 Err(e) => {
                     // Transient (broker down, leader moving, topic deleted): librdkafka retries.
@@ -305,7 +309,7 @@ impl Inner {
     }
 
     /// Commit the latest durable offsets to the group, at most once per [`COMMIT_EVERY`].
-    fn commit(&mut self, force: bool) -> anyhow::Result<()> {
+    fn commit(&mut self, force: bool) -> Result<()> {
         if !force && self.last_commit.is_some_and(|t| t.elapsed() < COMMIT_EVERY) {
             return Ok(());
         }
@@ -369,7 +373,7 @@ impl KafkaConnector {
         }
     }
 
-    fn create_consumer(&self) -> anyhow::Result<BaseConsumer<KafkaContext>> {
+    fn create_consumer(&self) -> Result<BaseConsumer<KafkaContext>> {
         let mut config = ClientConfig::new();
         for (k, v) in &self.config.properties {
             config.set(k, v);
@@ -391,13 +395,14 @@ impl KafkaConnector {
     }
 
     /// Run `f` on the consumer on a blocking thread.
-    async fn blocking<T: Send + 'static>(&mut self, f: impl FnOnce(&mut Inner) -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
-        let mut inner = self.inner.take().ok_or_else(|| anyhow::anyhow!("kafka connector is not open"))?;
+    async fn blocking<T: Send + 'static>(&mut self, f: impl FnOnce(&mut Inner) -> Result<T> + Send + 'static) -> Result<T> {
+        let mut inner = self.inner.take().ok_or_else(|| SourceError::Internal("kafka connector is not open".into()))?;
         let (inner, result) = tokio::task::spawn_blocking(move || {
             let result = f(&mut inner);
             (inner, result)
         })
-        .await?;
+        .await
+        .map_err(|e| SourceError::Internal(format!("kafka consumer thread: {e}")))?;
         self.lag = inner.lag(&self.watermarks);
         self.health = if let Some(p) = &inner.problem {
             Some(Health::Error(p.clone()))
@@ -425,9 +430,9 @@ impl Connector for KafkaConnector {
         topic_collection(upstream)
     }
 
-    async fn open(&mut self, upstreams: &[String], resume: &HashMap<Stream, u64>) -> anyhow::Result<()> {
+    async fn open(&mut self, upstreams: &[String], resume: &HashMap<Stream, u64>) -> Result<()> {
         for topic in upstreams {
-            valid_topic(topic).map_err(anyhow::Error::msg)?;
+            valid_topic(topic).map_err(SourceError::Upstream)?;
         }
         let mut topics: BTreeSet<String> = upstreams.iter().cloned().collect();
         if topics.is_empty() {
@@ -472,7 +477,7 @@ impl Connector for KafkaConnector {
         .await
     }
 
-    async fn poll(&mut self, max_wait: Duration) -> anyhow::Result<Vec<SourceRecord>> {
+    async fn poll(&mut self, max_wait: Duration) -> Result<Vec<SourceRecord>> {
         let Some(inner) = self.inner.as_ref() else {
             tokio::time::sleep(max_wait).await;
             return Ok(Vec::new());
@@ -518,7 +523,7 @@ impl Connector for KafkaConnector {
         }
     }
 
-    async fn committed(&mut self, resume: &HashMap<Stream, u64>) -> anyhow::Result<()> {
+    async fn committed(&mut self, resume: &HashMap<Stream, u64>) -> Result<()> {
         let Some(inner) = self.inner.as_mut() else { return Ok(()) };
         inner.to_commit = Some(resume.clone());
         // Commits are asynchronous in librdkafka: this does not block.
@@ -548,16 +553,15 @@ mod tests {
 
     #[test]
     fn options_choose_transaction_boundaries() {
-        let c = KafkaConfig::from_options(&opts(&[("brokers", "127.0.0.1:9092"), ("transaction_topic", "tms.transaction")])).unwrap();
+        let c = KafkaConfig::from_options(opts(&[("brokers", "127.0.0.1:9092"), ("transaction_topic", "tms.transaction")])).unwrap();
         assert_eq!(c.boundaries(), TxnBoundaries::Metadata);
         assert_eq!(c.group_id, "velocity");
-        let c = KafkaConfig::from_options(&opts(&[("brokers", "b:1"), ("group_id", "g"), ("properties.fetch.max.bytes", "1000")])).unwrap();
+        let c = KafkaConfig::from_options(opts(&[("brokers", "b:1"), ("group_id", "g"), ("properties.fetch.max.bytes", "1000")])).unwrap();
         assert_eq!(c.boundaries(), TxnBoundaries::TxId);
         assert_eq!(c.properties, vec![("fetch.max.bytes".to_string(), "1000".to_string())]);
-        assert!(KafkaConfig::from_options(&opts(&[])).unwrap_err().contains("brokers"));
-        assert!(KafkaConfig::from_options(&opts(&[("brokers", "b:1"), ("transaction_topic", "a/b")])).is_err());
-        assert!(KafkaConfig::from_options(&opts(&[("brokers", "b:1"), ("properties.enable.auto.commit", "true")])).is_err());
-        assert!(is_option("transaction_topic") && is_option("properties.x") && !is_option("path"));
+        assert_eq!(KafkaConfig::from_options(opts(&[])).unwrap_err().option(), "brokers");
+        assert!(KafkaConfig::from_options(opts(&[("brokers", "b:1"), ("transaction_topic", "a/b")])).is_err());
+        assert!(KafkaConfig::from_options(opts(&[("brokers", "b:1"), ("properties.enable.auto.commit", "true")])).is_err());
     }
 
     #[test]

@@ -61,13 +61,16 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 use serde_json::{Map, Value, json};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use super::connector::{Connector, Lag, LagUnit, SourceRecord};
 use super::txn::{Position, Stream, TxnBoundaries};
+use super::{Result, SourceError};
+use crate::sql::{OptionError, WithOptions};
 
 /// The resume stream of a Postgres source: the replication slot's WAL.
 pub const WAL_STREAM: &str = "wal";
@@ -99,18 +102,19 @@ impl PostgresCdcConfig {
     pub const OPTIONS: &'static [&'static str] = &["connection", "publication", "slot"];
 
     /// Read and check the options (`connection` is required).
-    pub fn from_options(get: impl Fn(&str) -> Option<String>) -> Result<PostgresCdcConfig, String> {
-        let connection = get("connection").ok_or("the postgres-cdc connector needs connection = '...'")?;
-        tokio_postgres::Config::from_str(&connection).map_err(|e| format!("connection: {e}"))?;
-        let publication = get("publication").unwrap_or_else(|| "velocity".into());
-        let slot = get("slot").unwrap_or_else(|| "velocity".into());
-        if !is_plain_name(&slot) {
-            return Err(format!("slot \"{slot}\": use lower-case letters, digits and underscores"));
+    pub fn from_options(options: impl Into<WithOptions>) -> Result<PostgresCdcConfig, OptionError> {
+        let options = options.into();
+        let connection = options.require("connection", "the postgres-cdc connector needs connection = '...'")?;
+        tokio_postgres::Config::from_str(connection).map_err(|e| OptionError::invalid("connection", format!("connection: {e}")))?;
+        let publication = options.get("publication").unwrap_or("velocity");
+        let slot = options.get("slot").unwrap_or("velocity");
+        if !is_plain_name(slot) {
+            return Err(OptionError::invalid("slot", format!("slot \"{slot}\": use lower-case letters, digits and underscores")));
         }
         if publication.is_empty() || publication.contains('\'') {
-            return Err(format!("publication \"{publication}\" is not a valid name"));
+            return Err(OptionError::invalid("publication", format!("publication \"{publication}\" is not a valid name")));
         }
-        Ok(PostgresCdcConfig { connection, publication, slot })
+        Ok(PostgresCdcConfig { connection: connection.into(), publication: publication.into(), slot: slot.into() })
     }
 }
 
@@ -209,12 +213,14 @@ impl PostgresCdc {
     }
 
     /// A plain session with the connector's session settings.
-    async fn connect_plain(&self) -> anyhow::Result<Client> {
+    async fn connect_plain(&self) -> Result<Client> {
         let mut cfg = self.pg.clone();
         cfg.options(SESSION_OPTIONS);
         cfg.application_name("velocity");
-        let (client, connection) =
-            cfg.connect(NoTls).await.with_context(|| format!("cannot connect to Postgres ({})", self.config.connection))?;
+        let (client, connection) = cfg
+            .connect(NoTls)
+            .await
+            .map_err(|e| SourceError::postgres(format!("cannot connect to Postgres ({})", self.config.connection), e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("postgres-cdc session ended: {e}");
@@ -223,7 +229,7 @@ impl PostgresCdc {
         Ok(client)
     }
 
-    fn replication_config(&self, slot: &str) -> anyhow::Result<ReplicationConfig> {
+    fn replication_config(&self, slot: &str) -> Result<ReplicationConfig> {
         let host = match self.pg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]
@@ -243,16 +249,19 @@ impl PostgresCdc {
     }
 
     /// Make the publication include every upstream: create it, or add missing tables.
-    async fn ensure_publication(&self, client: &Client, upstreams: &[String]) -> anyhow::Result<()> {
+    async fn ensure_publication(&self, client: &Client, upstreams: &[String]) -> Result<()> {
         let publication = &self.config.publication;
         let row = client
             .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[publication])
             .await
-            .context("reading pg_publication")?;
-        let tables: Vec<String> = upstreams.iter().map(|u| qualified(u)).collect::<anyhow::Result<_>>()?;
+            .map_err(|e| SourceError::postgres("reading pg_publication", e))?;
+        let tables: Vec<String> = upstreams.iter().map(|u| qualified(u)).collect::<Result<_>>()?;
         let Some(row) = row else {
             let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(publication), tables.join(", "));
-            client.batch_execute(&sql).await.with_context(|| format!("publication \"{publication}\" is missing and cannot be created"))?;
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| SourceError::postgres(format!("publication \"{publication}\" is missing and cannot be created"), e))?;
             return Ok(());
         };
         if row.get::<_, bool>(0) {
@@ -261,17 +270,16 @@ impl PostgresCdc {
         let present: HashSet<String> = client
             .query("SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1", &[publication])
             .await
-            .context("reading pg_publication_tables")?
+            .map_err(|e| SourceError::postgres("reading pg_publication_tables", e))?
             .iter()
             .map(|r| r.get(0))
             .collect();
         let missing: Vec<&String> = upstreams.iter().filter(|u| !present.contains(*u)).collect();
         for upstream in missing {
             let sql = format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), qualified(upstream)?);
-            client
-                .batch_execute(&sql)
-                .await
-                .with_context(|| format!("publication \"{publication}\" does not include {upstream}, and it cannot be added"))?;
+            client.batch_execute(&sql).await.map_err(|e| {
+                SourceError::postgres(format!("publication \"{publication}\" does not include {upstream}, and it cannot be added"), e)
+            })?;
         }
         Ok(())
     }
@@ -279,23 +287,21 @@ impl PostgresCdc {
     /// Create a slot (temporary or not) with an exported snapshot, import the snapshot into a
     /// new REPEATABLE READ transaction, and return the gated session, the consistent point and
     /// the snapshot reader for `tables`.
-    async fn export_snapshot(
-        &self,
-        slot: &str,
-        temporary: bool,
-        tables: Vec<(String, String)>,
-    ) -> anyhow::Result<(ReplicationClient, Snapshot)> {
-        let mut repl = ReplicationClient::connect_gated(self.replication_config(slot)?).await?;
+    async fn export_snapshot(&self, slot: &str, temporary: bool, tables: Vec<(String, String)>) -> Result<(ReplicationClient, Snapshot)> {
+        let mut repl = ReplicationClient::connect_gated(self.replication_config(slot)?)
+            .await
+            .map_err(|e| SourceError::replication("connecting for replication", e))?;
         let temp = if temporary { " TEMPORARY" } else { "" };
         let rows = repl
             .simple_query(&format!("CREATE_REPLICATION_SLOT {slot}{temp} LOGICAL pgoutput (SNAPSHOT 'export')"))
             .await
-            .with_context(|| format!("creating replication slot \"{slot}\""))?;
-        let text = |i: usize| -> anyhow::Result<String> {
+            .map_err(|e| SourceError::replication(format!("creating replication slot \"{slot}\""), e))?;
+        let text = |i: usize| -> Result<String> {
             let cell = rows.first().and_then(|r| r.get(i)).and_then(|c| c.as_ref());
-            Ok(String::from_utf8_lossy(cell.ok_or_else(|| anyhow!("CREATE_REPLICATION_SLOT: no column {i}"))?).into_owned())
+            let cell = cell.ok_or_else(|| SourceError::Upstream(format!("CREATE_REPLICATION_SLOT: no column {i}")))?;
+            Ok(String::from_utf8_lossy(cell).into_owned())
         };
-        let consistent_point = Lsn::parse(&text(1)?).map_err(|e| anyhow!("consistent point: {e}"))?.as_u64();
+        let consistent_point = Lsn::parse(&text(1)?).map_err(|e| SourceError::Upstream(format!("consistent point: {e}")))?.as_u64();
         let snapshot_name = text(2)?;
         let client = self.connect_plain().await?;
         client
@@ -304,7 +310,7 @@ impl PostgresCdc {
                 snapshot_name.replace('\'', "''")
             ))
             .await
-            .context("importing the slot's snapshot")?;
+            .map_err(|e| SourceError::postgres("importing the slot's snapshot", e))?;
         let snapshot = Snapshot {
             client,
             all_tables: tables.iter().map(|(s, t)| format!("{s}.{t}")).collect(),
@@ -318,11 +324,11 @@ impl PostgresCdc {
     }
 
     /// The slot's database and confirmed position, if it exists.
-    async fn slot_state(&self, client: &Client) -> anyhow::Result<Option<(String, u64)>> {
+    async fn slot_state(&self, client: &Client) -> Result<Option<(String, u64)>> {
         let row = client
             .query_opt("SELECT database, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&self.config.slot])
             .await
-            .context("reading pg_replication_slots")?;
+            .map_err(|e| SourceError::postgres("reading pg_replication_slots", e))?;
         Ok(row.map(|r| {
             let db: Option<String> = r.get(0);
             let lsn: Option<String> = r.get(1);
@@ -330,36 +336,39 @@ impl PostgresCdc {
         }))
     }
 
-    async fn drop_slot(&self) -> anyhow::Result<()> {
-        let mut repl = ReplicationClient::connect_gated(self.replication_config(&self.config.slot)?).await?;
+    async fn drop_slot(&self) -> Result<()> {
+        let mut repl = ReplicationClient::connect_gated(self.replication_config(&self.config.slot)?)
+            .await
+            .map_err(|e| SourceError::replication("connecting for replication", e))?;
         repl.simple_query(&format!("DROP_REPLICATION_SLOT {} WAIT", self.config.slot))
             .await
-            .with_context(|| format!("dropping replication slot \"{}\"", self.config.slot))?;
+            .map_err(|e| SourceError::replication(format!("dropping replication slot \"{}\"", self.config.slot), e))?;
         Ok(())
     }
 
     /// Start streaming from the slot at `start` (0: its confirmed position), retrying while a
     /// previous session (a process killed a moment ago) still holds the slot.
-    async fn start_streaming(&self, start: u64) -> anyhow::Result<ReplicationClient> {
+    async fn start_streaming(&self, start: u64) -> Result<ReplicationClient> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut cfg = self.replication_config(&self.config.slot)?;
             if start > 0 {
                 cfg = cfg.with_start_lsn(Lsn::from_u64(start)).with_ack_lsn(Lsn::from_u64(start));
             }
-            let mut client = ReplicationClient::connect(cfg).await?;
+            let mut client =
+                ReplicationClient::connect(cfg).await.map_err(|e| SourceError::replication("connecting for replication", e))?;
             match client.wait_started().await {
                 Ok(()) => return Ok(client),
                 Err(e) if e.to_string().contains("is active") && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => return Err(anyhow!(e).context(format!("starting replication from slot \"{}\"", self.config.slot))),
+                Err(e) => return Err(SourceError::replication(format!("starting replication from slot \"{}\"", self.config.slot), e)),
             }
         }
     }
 
     /// Records of the snapshot at the head of the queue, up to `limit`; pops it when done.
-    async fn read_snapshot(&mut self, limit: usize) -> anyhow::Result<Vec<SourceRecord>> {
+    async fn read_snapshot(&mut self, limit: usize) -> Result<Vec<SourceRecord>> {
         let database = self.database.clone();
         let Some(snap) = self.snapshots.front_mut() else {
             return Ok(Vec::new());
@@ -378,14 +387,14 @@ impl PostgresCdc {
                     quote_ident(&schema),
                     quote_ident(&table)
                 );
-                snap.client.batch_execute(&sql).await.with_context(|| format!("snapshot of {schema}.{table}"))?;
+                snap.client.batch_execute(&sql).await.map_err(|e| SourceError::postgres(format!("snapshot of {schema}.{table}"), e))?;
                 snap.cursor_open = true;
             }
             let messages = snap
                 .client
                 .simple_query(&format!("FETCH {SNAPSHOT_FETCH} FROM velocity_snapshot"))
                 .await
-                .with_context(|| format!("snapshot of {schema}.{table}"))?;
+                .map_err(|e| SourceError::postgres(format!("snapshot of {schema}.{table}"), e))?;
             let mut fetched = 0;
             for message in messages {
                 if let SimpleQueryMessage::Row(row) = message {
@@ -400,7 +409,10 @@ impl PostgresCdc {
                 }
             }
             if fetched < SNAPSHOT_FETCH {
-                snap.client.batch_execute("CLOSE velocity_snapshot").await?;
+                snap.client
+                    .batch_execute("CLOSE velocity_snapshot")
+                    .await
+                    .map_err(|e| SourceError::postgres(format!("snapshot of {schema}.{table}"), e))?;
                 snap.cursor_open = false;
                 snap.tables.pop_front();
             }
@@ -416,7 +428,7 @@ impl PostgresCdc {
     }
 
     /// Turn one replication event into records; `false` if the event must wait (it was held).
-    fn handle_event(&mut self, event: ReplicationEvent, out: &mut Vec<SourceRecord>) -> anyhow::Result<bool> {
+    fn handle_event(&mut self, event: ReplicationEvent, out: &mut Vec<SourceRecord>) -> Result<bool> {
         match event {
             ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
                 let commit_lsn = final_lsn.as_u64();
@@ -468,7 +480,7 @@ impl PostgresCdc {
     }
 
     /// Decode one pgoutput message (Begin, Commit and Message come as events of their own).
-    fn handle_pgoutput(&mut self, data: &[u8], out: &mut Vec<SourceRecord>) -> anyhow::Result<()> {
+    fn handle_pgoutput(&mut self, data: &[u8], out: &mut Vec<SourceRecord>) -> Result<()> {
         let mut r = Reader(data);
         let tag = r.u8()?;
         match tag {
@@ -490,14 +502,14 @@ impl PostgresCdc {
             }
             b'I' | b'U' | b'D' => {
                 let id = r.u32()?;
-                let relation = self.relations.get(&id).ok_or_else(|| anyhow!("pgoutput: change of unknown relation {id}"))?;
+                let relation = self.relations.get(&id).ok_or_else(|| SourceError::Pgoutput(format!("change of unknown relation {id}")))?;
                 let mut old = None;
                 let mut new = None;
                 while !r.0.is_empty() {
                     match r.u8()? {
                         b'K' | b'O' => old = Some(r.tuple(relation, None)?),
                         b'N' => new = Some(r.tuple(relation, old.as_ref())?),
-                        other => bail!("pgoutput: unexpected tuple kind {:?}", other as char),
+                        other => return Err(SourceError::Pgoutput(format!("unexpected tuple kind {:?}", other as char))),
                     }
                 }
                 let op = match tag {
@@ -582,7 +594,7 @@ impl Connector for PostgresCdc {
         Some(TxnBoundaries::Metadata)
     }
 
-    async fn open(&mut self, upstreams: &[String], resume: &HashMap<Stream, u64>) -> anyhow::Result<()> {
+    async fn open(&mut self, upstreams: &[String], resume: &HashMap<Stream, u64>) -> Result<()> {
         if let Some(mut old) = self.repl.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), old.shutdown()).await;
         }
@@ -602,9 +614,12 @@ impl Connector for PostgresCdc {
         if let Some((db, _)) = &slot
             && db != &self.database
         {
-            bail!("replication slot \"{}\" belongs to database \"{db}\", not \"{}\"", self.config.slot, self.database);
+            return Err(SourceError::Upstream(format!(
+                "replication slot \"{}\" belongs to database \"{db}\", not \"{}\"",
+                self.config.slot, self.database
+            )));
         }
-        tokio_postgres::Config::from_str(&self.config.connection).context("connection")?;
+        tokio_postgres::Config::from_str(&self.config.connection).map_err(|e| SourceError::postgres("connection", e))?;
         let mut resume_from = resume.get(WAL_STREAM).copied();
         // Tables bound to a running source: the runner resumes at the oldest position of any
         // bound table, which for a new table is "from the beginning". Replay from the slot
@@ -625,8 +640,8 @@ impl Connector for PostgresCdc {
             tracing::warn!("source snapshot was interrupted; taking it again from a new slot");
             resume_from = None;
         }
-        let split = |u: &String| -> anyhow::Result<(String, String)> {
-            let (s, t) = u.split_once('.').ok_or_else(|| anyhow!("upstream \"{u}\" must be schema.table"))?;
+        let split = |u: &String| -> Result<(String, String)> {
+            let (s, t) = u.split_once('.').ok_or_else(|| SourceError::Upstream(format!("upstream \"{u}\" must be schema.table")))?;
             Ok((s.to_string(), t.to_string()))
         };
         match resume_from {
@@ -637,22 +652,22 @@ impl Connector for PostgresCdc {
                 if slot.is_some() {
                     self.drop_slot().await?;
                 }
-                let tables = upstreams.iter().map(split).collect::<anyhow::Result<Vec<_>>>()?;
+                let tables = upstreams.iter().map(split).collect::<Result<Vec<_>>>()?;
                 let (mut repl, snapshot) = self.export_snapshot(&self.config.slot.clone(), false, tables).await?;
                 self.resume_from = snapshot.consistent_point;
                 self.snapshots.push_back(snapshot);
-                repl.start().await?;
-                repl.wait_started().await.context("starting replication")?;
+                repl.start().await.map_err(|e| SourceError::replication("starting replication", e))?;
+                repl.wait_started().await.map_err(|e| SourceError::replication("starting replication", e))?;
                 self.repl = Some(repl);
             }
             Some(r) => {
                 if slot.is_none() {
-                    bail!(
+                    return Err(SourceError::Upstream(format!(
                         "replication slot \"{}\" is missing, but the source has applied changes up to {}: \
                          drop and recreate the source to take a new snapshot",
                         self.config.slot,
                         Position::Postgres { lsn: r }
-                    );
+                    )));
                 }
                 // Tables bound since the last open of this instance: snapshot them on their own.
                 let mut new: Vec<String> = if self.upstreams.is_empty() {
@@ -671,7 +686,7 @@ impl Connector for PostgresCdc {
                     }
                 }
                 if !new.is_empty() {
-                    let tables = new.iter().map(split).collect::<anyhow::Result<Vec<_>>>()?;
+                    let tables = new.iter().map(split).collect::<Result<Vec<_>>>()?;
                     let temp = format!("{}_add_{}", self.config.slot, std::process::id());
                     let (tmp, snapshot) = self.export_snapshot(&temp, true, tables).await?;
                     drop(tmp); // the temporary slot goes with its session; the snapshot is imported
@@ -688,7 +703,7 @@ impl Connector for PostgresCdc {
         Ok(())
     }
 
-    async fn poll(&mut self, max_wait: Duration) -> anyhow::Result<Vec<SourceRecord>> {
+    async fn poll(&mut self, max_wait: Duration) -> Result<Vec<SourceRecord>> {
         let mut out = Vec::new();
         // A snapshot whose consistent point the stream has reached goes first.
         if self.snapshots.front().is_some_and(|s| s.consistent_point <= self.resume_from.max(self.sent_up_to)) {
@@ -703,12 +718,12 @@ impl Connector for PostgresCdc {
         while out.len() < MAX_POLL_RECORDS {
             // Wait for the first record; then take only what has already arrived.
             let wait = if out.is_empty() { deadline } else { tokio::time::Instant::now() };
-            let repl = self.repl.as_mut().ok_or_else(|| anyhow!("postgres-cdc source polled before open"))?;
+            let repl = self.repl.as_mut().ok_or_else(|| SourceError::Internal("postgres-cdc source polled before open".into()))?;
             let event = match tokio::time::timeout_at(wait, repl.recv()).await {
                 Err(_) => break,
                 Ok(Ok(Some(event))) => event,
-                Ok(Ok(None)) => bail!("replication stream ended"),
-                Ok(Err(e)) => return Err(anyhow!(e).context("replication stream")),
+                Ok(Ok(None)) => return Err(SourceError::Upstream("replication stream ended".into())),
+                Ok(Err(e)) => return Err(SourceError::replication("replication stream", e)),
             };
             let keepalive = matches!(event, ReplicationEvent::KeepAlive { .. });
             if !self.handle_event(event, &mut out)? {
@@ -733,7 +748,7 @@ impl Connector for PostgresCdc {
         None
     }
 
-    async fn committed(&mut self, resume: &HashMap<Stream, u64>) -> anyhow::Result<()> {
+    async fn committed(&mut self, resume: &HashMap<Stream, u64>) -> Result<()> {
         if let (Some(&lsn), Some(repl)) = (resume.get(WAL_STREAM), self.repl.as_ref())
             && lsn > self.confirmed
         {
@@ -776,7 +791,7 @@ fn snapshot_record(
 }
 
 /// Columns of a table in attribute order, with their type OIDs (base types for domains).
-async fn table_columns(client: &Client, schema: &str, table: &str) -> anyhow::Result<Vec<(String, u32)>> {
+async fn table_columns(client: &Client, schema: &str, table: &str) -> Result<Vec<(String, u32)>> {
     let rows = client
         .query(
             "SELECT a.attname::text, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END \
@@ -786,9 +801,9 @@ async fn table_columns(client: &Client, schema: &str, table: &str) -> anyhow::Re
             &[&schema, &table],
         )
         .await
-        .with_context(|| format!("reading the columns of {schema}.{table}"))?;
+        .map_err(|e| SourceError::postgres(format!("reading the columns of {schema}.{table}"), e))?;
     if rows.is_empty() {
-        bail!("upstream table {schema}.{table} does not exist");
+        return Err(SourceError::Upstream(format!("upstream table {schema}.{table} does not exist")));
     }
     Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, u32>(1))).collect())
 }
@@ -797,29 +812,36 @@ async fn table_columns(client: &Client, schema: &str, table: &str) -> anyhow::Re
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> anyhow::Result<&[u8]> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
         if self.0.len() < n {
-            bail!("pgoutput: message truncated");
+            return Err(SourceError::Pgoutput("message truncated".into()));
         }
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
         Ok(head)
     }
 
-    fn u8(&mut self) -> anyhow::Result<u8> {
+    /// The next `N` bytes.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> anyhow::Result<u16> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into()?))
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_be_bytes(self.array()?))
     }
 
-    fn u32(&mut self) -> anyhow::Result<u32> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into()?))
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array()?))
     }
 
-    fn cstr(&mut self) -> anyhow::Result<String> {
-        let end = self.0.iter().position(|&b| b == 0).ok_or_else(|| anyhow!("pgoutput: unterminated string"))?;
+    fn cstr(&mut self) -> Result<String> {
+        let end = self.0.iter().position(|&b| b == 0).ok_or_else(|| SourceError::Pgoutput("unterminated string".into()))?;
         let s = String::from_utf8_lossy(&self.0[..end]).into_owned();
         self.0 = &self.0[end + 1..];
         Ok(s)
@@ -827,11 +849,11 @@ impl Reader<'_> {
 
     /// TupleData as a JSON row image. Unchanged TOASTed values (`u`) are taken from `old`
     /// when it has them, and left out otherwise.
-    fn tuple(&mut self, relation: &Relation, old: Option<&Map<String, Value>>) -> anyhow::Result<Map<String, Value>> {
+    fn tuple(&mut self, relation: &Relation, old: Option<&Map<String, Value>>) -> Result<Map<String, Value>> {
         let n = self.u16()? as usize;
         let mut row = Map::new();
         for i in 0..n {
-            let (name, oid) = relation.columns.get(i).ok_or_else(|| anyhow!("pgoutput: more columns than the relation"))?;
+            let (name, oid) = relation.columns.get(i).ok_or_else(|| SourceError::Pgoutput("more columns than the relation".into()))?;
             match self.u8()? {
                 b'n' => {
                     row.insert(name.clone(), Value::Null);
@@ -846,7 +868,7 @@ impl Reader<'_> {
                     let text = String::from_utf8_lossy(self.take(len)?).into_owned();
                     row.insert(name.clone(), text_to_json(*oid, &text));
                 }
-                other => bail!("pgoutput: unexpected column kind {:?}", other as char),
+                other => return Err(SourceError::Pgoutput(format!("unexpected column kind {:?}", other as char))),
             }
         }
         Ok(row)
@@ -873,7 +895,7 @@ pub fn text_to_json(oid: u32, text: &str) -> Value {
         }
         // bytea, hex format
         17 => match text.strip_prefix("\\x").and_then(hex_decode) {
-            Some(bytes) => Value::String(base64_encode(&bytes)),
+            Some(bytes) => Value::String(STANDARD.encode(&bytes)),
             None => Value::String(text.into()),
         },
         // timestamptz, timetz: `+05` -> `+05:00`
@@ -899,27 +921,10 @@ fn full_offset(text: &str) -> String {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for k in 0..4 {
-            if k <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * k) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A SQL identifier, quoted.
@@ -928,8 +933,8 @@ fn quote_ident(s: &str) -> String {
 }
 
 /// `schema.table` as a quoted qualified name.
-fn qualified(upstream: &str) -> anyhow::Result<String> {
-    let (s, t) = upstream.split_once('.').ok_or_else(|| anyhow!("upstream \"{upstream}\" must be schema.table"))?;
+fn qualified(upstream: &str) -> Result<String> {
+    let (s, t) = upstream.split_once('.').ok_or_else(|| SourceError::Upstream(format!("upstream \"{upstream}\" must be schema.table")))?;
     Ok(format!("{}.{}", quote_ident(s), quote_ident(t)))
 }
 
@@ -953,10 +958,7 @@ mod tests {
 
     #[test]
     fn options_are_checked() {
-        let opts = |pairs: &[(&str, &str)]| {
-            let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            move |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        };
+        let opts = |pairs: &[(&str, &str)]| WithOptions::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let c = PostgresCdcConfig::from_options(opts(&[("connection", "host=h user=u dbname=d")])).unwrap();
         assert_eq!((c.publication.as_str(), c.slot.as_str()), ("velocity", "velocity"));
         assert!(PostgresCdcConfig::from_options(opts(&[])).is_err());

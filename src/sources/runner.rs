@@ -21,8 +21,10 @@ use super::generator::{GeneratorConfig, GeneratorConnector};
 use super::kafka::{KafkaConfig, KafkaConnector};
 use super::postgres::{PostgresCdc, PostgresCdcConfig};
 use super::txn::{AssemblerOutput, CompleteTxn, DeadLetter, Stream, TableBinding, TxnAssembler, TxnBoundaries};
+use super::{Result, SourceError};
 use crate::catalog::RelationKind;
 use crate::engine::{Commit, CommitChain, Engine, KeyedChanges, RejectWrites};
+use crate::sql::{OptionError, WithOptions};
 use crate::storage::keyspace;
 
 /// What `CREATE SOURCE ... WITH (...)` declared.
@@ -48,38 +50,38 @@ pub enum ConnectorConfig {
 const COMMON_OPTIONS: &[&str] = &["connector", "format", "transactions", "stall_timeout"];
 
 impl SourceConfig {
-    /// Validate `WITH (...)` options.
+    /// Validate `WITH (...)` options; the message names the option at fault.
     pub fn from_options(options: &[(String, String)]) -> Result<SourceConfig, String> {
-        let get = |k: &str| options.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let format = get("format").unwrap_or_else(|| "debezium-json".into());
+        Ok(SourceConfig::parse(&WithOptions::from(options))?)
+    }
+
+    /// Validate `WITH (...)` options, with a typed error.
+    pub fn parse(options: &WithOptions) -> Result<SourceConfig, OptionError> {
+        let format = options.get("format").unwrap_or("debezium-json");
         if format != "debezium-json" {
-            return Err(format!("format \"{format}\" is not supported; use 'debezium-json'"));
+            return Err(OptionError::invalid("format", format!("format \"{format}\" is not supported; use 'debezium-json'")));
         }
-        let boundaries = match get("transactions").as_deref() {
+        let boundaries = match options.get("transactions") {
             None | Some("txid") => TxnBoundaries::TxId,
             Some("metadata") => TxnBoundaries::Metadata,
-            Some(other) => return Err(format!("transactions must be 'txid' or 'metadata', not \"{other}\"")),
-        };
-        let (connector, own_options): (ConnectorConfig, &[&str]) = match get("connector").as_deref() {
-            Some("file") => {
-                (ConnectorConfig::File(FileConfig { path: get("path").ok_or("the file connector needs path = '...'")?.into() }), &["path"])
+            Some(other) => {
+                return Err(OptionError::invalid("transactions", format!("transactions must be 'txid' or 'metadata', not \"{other}\"")));
             }
-            Some("generator") => (ConnectorConfig::Generator(GeneratorConfig::from_options(get)?), GeneratorConfig::OPTIONS),
-            Some("kafka") => (ConnectorConfig::Kafka(KafkaConfig::from_options(options)?), KafkaConfig::OPTIONS),
-            Some("postgres-cdc") => (ConnectorConfig::PostgresCdc(PostgresCdcConfig::from_options(get)?), PostgresCdcConfig::OPTIONS),
-            Some(other) => return Err(format!("unknown connector \"{other}\" (available: file, generator, kafka, postgres-cdc)")),
-            None => return Err("missing option connector = '...'".into()),
         };
-        let known = |k: &str| {
-            COMMON_OPTIONS.contains(&k)
-                || own_options.contains(&k)
-                || (matches!(connector, ConnectorConfig::Kafka(_)) && super::kafka::is_option(k))
+        let (connector, own_options) = match options.require("connector", "missing option connector = '...'")? {
+            "file" => (ConnectorConfig::File(FileConfig::from_options(options)?), FileConfig::OPTIONS),
+            "generator" => (ConnectorConfig::Generator(GeneratorConfig::from_options(options)?), GeneratorConfig::OPTIONS),
+            "kafka" => (ConnectorConfig::Kafka(KafkaConfig::from_options(options)?), KafkaConfig::OPTIONS),
+            "postgres-cdc" => (ConnectorConfig::PostgresCdc(PostgresCdcConfig::from_options(options)?), PostgresCdcConfig::OPTIONS),
+            other => {
+                let message = format!("unknown connector \"{other}\" (available: file, generator, kafka, postgres-cdc)");
+                return Err(OptionError::invalid("connector", message));
+            }
         };
-        if let Some((k, _)) = options.iter().find(|(k, _)| !known(k)) {
-            return Err(format!("unknown option \"{k}\" for this connector"));
-        }
-        let stall_timeout = match get("stall_timeout") {
-            Some(t) => crate::sql::parse_duration(&t).map_err(|e| e.to_string())?,
+        let allowed: Vec<&str> = COMMON_OPTIONS.iter().chain(own_options).copied().collect();
+        options.reject_unknown(&format!("{} source", options.get("connector").unwrap_or_default()), &allowed)?;
+        let stall_timeout = match options.get("stall_timeout") {
+            Some(t) => crate::sql::parse_duration(t).map_err(|e| OptionError::invalid("stall_timeout", e.to_string()))?,
             None => Duration::from_secs(30),
         };
         Ok(SourceConfig { connector, boundaries, stall_timeout })
@@ -353,7 +355,7 @@ impl Runner {
         !self.engine.catalog().get(&self.name).is_some_and(|r| r.kind == RelationKind::Source)
     }
 
-    async fn run(&mut self) -> anyhow::Result<()> {
+    async fn run(&mut self) -> Result<()> {
         if let Some(v) = self.engine.store().get(&offsets_key(self.id))? {
             self.offsets = serde_json::from_slice(&v)?;
         }
@@ -483,7 +485,7 @@ impl Runner {
 
     /// The connector could not open or read: say why, wait, and let the loop try again.
     /// Returns the wait for the next failure.
-    async fn connector_failed(&mut self, error: &anyhow::Error, wait: Duration) -> Duration {
+    async fn connector_failed(&mut self, error: &SourceError, wait: Duration) -> Duration {
         tracing::warn!("source {}: {error:#}; retrying in {} s", self.name, wait.as_secs());
         self.status(|s| {
             s.state = "error".into();
@@ -509,7 +511,7 @@ impl Runner {
         out
     }
 
-    async fn start_reading(&mut self, bound: Vec<BoundTable>, ids: Vec<u32>) -> anyhow::Result<Reading> {
+    async fn start_reading(&mut self, bound: Vec<BoundTable>, ids: Vec<u32>) -> Result<Reading> {
         let upstreams: Vec<String> = bound.iter().map(|t| t.upstream.clone()).collect();
         let mut tables = HashMap::new();
         let mut bindings = Vec::new();
@@ -529,7 +531,7 @@ impl Runner {
 
     /// Submit released transactions one by one, each with the offsets that resume right
     /// after it, then dead letters and the offsets past everything read but not pending.
-    async fn apply(&mut self, outputs: Vec<AssemblerOutput>, r: &Reading) -> anyhow::Result<()> {
+    async fn apply(&mut self, outputs: Vec<AssemblerOutput>, r: &Reading) -> Result<()> {
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut txns: Vec<CompleteTxn> = Vec::new();
         for output in outputs {
@@ -593,7 +595,7 @@ impl Runner {
         events: u64,
         position: Option<String>,
         resume: HashMap<Stream, u64>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         commit.chain = Some(self.chain.clone());
         let done = Box::pin(self.engine.submit(commit));
         self.in_flight.push_back(InFlight { done, transactions, events, position, resume });
@@ -605,7 +607,7 @@ impl Runner {
     }
 
     /// Wait for the oldest commit in flight to be durable, and count it.
-    async fn settle_one(&mut self) -> anyhow::Result<bool> {
+    async fn settle_one(&mut self) -> Result<bool> {
         let Some(entry) = self.in_flight.pop_front() else { return Ok(false) };
         entry.done.await?;
         self.in_flight_events -= entry.events as usize;
@@ -621,7 +623,7 @@ impl Runner {
     }
 
     /// Wait until every submitted commit is durable, then acknowledge upstream.
-    async fn settle_all(&mut self) -> anyhow::Result<()> {
+    async fn settle_all(&mut self) -> Result<()> {
         while self.settle_one().await? {}
         self.acknowledge().await;
         Ok(())
@@ -677,7 +679,7 @@ impl Runner {
     }
 
     /// Dead letters plus the source's offsets, as storage writes for the next commit.
-    fn extra_writes(&mut self, dead: Vec<DeadLetter>) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn extra_writes(&mut self, dead: Vec<DeadLetter>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut writes = Vec::with_capacity(dead.len() + 1);
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
         let mut errors = 0u64;
@@ -709,7 +711,7 @@ impl Runner {
 }
 
 /// Read every dead letter of every source.
-pub fn dead_letters(engine: &Engine) -> anyhow::Result<Vec<StoredDeadLetter>> {
+pub fn dead_letters(engine: &Engine) -> Result<Vec<StoredDeadLetter>> {
     let mut out = Vec::new();
     for (_, v) in engine.store().scan_prefix(&[keyspace::DEAD_LETTERS])? {
         out.push(serde_json::from_slice(&v)?);

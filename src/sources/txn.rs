@@ -40,13 +40,8 @@
 //!
 //! # Net change
 //!
-//! Per table and primary key, the last event (in `total_order`, else arrival order) decides:
-//! the `after` row of a create, read or update is an upsert; a delete (key from `before`) is a
-//! delete. So DELETE+INSERT of a key becomes an upsert of the final row, and many updates
-//! become one. A key whose first event in the transaction was an insert (`c`, so it did not
-//! exist before) and whose last is a delete vanishes; a key that existed and was updated, then
-//! deleted, is a delete. An update whose `before` carries a different key (REPLICA IDENTITY FULL
-//! and a changed key) also deletes the old key.
+//! A released transaction holds one net change per primary key and table (see the
+//! `net_change` module): DELETE+INSERT of a key is one upsert, many updates are one.
 //!
 //! # Malformed records
 //!
@@ -63,17 +58,12 @@
 //! waited long enough) or `flush`, which release it with `missing` set.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
-use std::time::Instant;
 
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, take};
 use arrow::datatypes::SchemaRef;
-use arrow::row::{RowConverter, SortField};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-use super::debezium::{ChangeEvent, ChangeOp, DecodeError, Decoder, FieldTypes, Record, SnapshotPhase, rows_to_batch};
+use super::debezium::{ChangeEvent, DecodeError, Record, SnapshotPhase};
+use super::net_change::{KeyedTable, NetChanges, net_changes};
 use super::txn_id::{TxnKeys, postgres_tx_part};
 use super::{Result, SourceError};
 
@@ -216,24 +206,6 @@ pub struct DeadLetter {
     pub collection: Option<String>,
 }
 
-/// The net effect of a transaction on one table.
-#[derive(Debug, Clone)]
-pub struct NetChanges {
-    /// Final rows of inserted or updated keys (table schema).
-    pub upserts: RecordBatch,
-    /// Keys deleted (schema = table schema projected to the primary key).
-    pub deletes: RecordBatch,
-    /// The table was truncated: every row it had before the transaction is removed, then
-    /// `upserts` and `deletes` apply (they hold only what followed the last TRUNCATE).
-    pub truncate: bool,
-}
-
-impl NetChanges {
-    pub fn is_empty(&self) -> bool {
-        !self.truncate && self.upserts.num_rows() + self.deletes.num_rows() == 0
-    }
-}
-
 /// Counters for monitoring a source.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AssemblerStats {
@@ -253,15 +225,6 @@ pub struct AssemblerStats {
     pub forced: u64,
     /// Orphans (undecodable records) assigned to a transaction.
     pub orphans_assigned: u64,
-}
-
-struct Binding {
-    collection: String,
-    schema: SchemaRef,
-    primary_key: Vec<usize>,
-    key_schema: SchemaRef,
-    /// Encodes key columns to comparable bytes, to find events of the same key.
-    keys: RowConverter,
 }
 
 struct PendingEvent {
@@ -417,7 +380,7 @@ struct Orphan {
 enum Queued {
     /// A transaction whose END was seen (Metadata mode), released once complete.
     Waiting(String),
-    Ready(PendingTxn),
+    Ready(Box<PendingTxn>),
 }
 
 /// Which unit an event belongs to.
@@ -430,7 +393,7 @@ enum Route {
 /// Groups decoded records into transactions and releases their net changes (see module doc).
 pub struct TxnAssembler {
     mode: TxnBoundaries,
-    bindings: Vec<Binding>,
+    bindings: Vec<KeyedTable>,
     by_collection: HashMap<String, usize>,
     open: HashMap<String, PendingTxn>,
     /// Units in release order.
@@ -470,9 +433,7 @@ impl TxnAssembler {
             if by_collection.insert(b.collection.clone(), bound.len()).is_some() {
                 return Err(problem("bound twice"));
             }
-            let key_schema = Arc::new(b.schema.project(&b.primary_key)?);
-            let keys = RowConverter::new(key_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
-            bound.push(Binding { collection: b.collection, schema: b.schema, primary_key: b.primary_key, key_schema, keys });
+            bound.push(KeyedTable::new(b)?);
         }
         Ok(TxnAssembler {
             mode,
@@ -531,7 +492,7 @@ impl TxnAssembler {
     /// resumes each stream there (or after its last record, if absent here) loses nothing.
     pub fn pending_starts(&self) -> HashMap<Stream, u64> {
         let queued = self.queue.iter().filter_map(|q| match q {
-            Queued::Ready(t) => Some(t),
+            Queued::Ready(t) => Some(t.as_ref()),
             Queued::Waiting(_) => None,
         });
         let mut starts: HashMap<Stream, u64> = HashMap::new();
@@ -586,7 +547,7 @@ impl TxnAssembler {
                 self.close_snapshot();
                 let mut open: Vec<PendingTxn> = self.open.drain().map(|(_, t)| t).collect();
                 open.sort_by_key(|t| t.first_seen);
-                self.queue.extend(open.into_iter().map(Queued::Ready));
+                self.queue.extend(open.into_iter().map(|t| Queued::Ready(Box::new(t))));
                 self.release_ready(&mut out);
                 out
             }
@@ -672,7 +633,7 @@ impl TxnAssembler {
                 let mut txn = PendingTxn::new(id.clone(), id, &position, self.arrivals);
                 txn.received = 1;
                 txn.events.push(PendingEvent { position, raw: raw.to_vec(), event, table });
-                self.queue.push_back(Queued::Ready(txn));
+                self.queue.push_back(Queued::Ready(Box::new(txn)));
             }
             Route::Txn(key) => {
                 self.close_snapshot();
@@ -869,14 +830,14 @@ impl TxnAssembler {
             && txn.streams.iter().all(|(_, moved)| *moved)
             && let Some(txn) = self.open.remove(&previous)
         {
-            self.queue.push_back(Queued::Ready(txn));
+            self.queue.push_back(Queued::Ready(Box::new(txn)));
         }
         stream
     }
 
     fn close_snapshot(&mut self) {
         if let Some(group) = self.snapshot.take() {
-            self.queue.push_back(Queued::Ready(group));
+            self.queue.push_back(Queued::Ready(Box::new(group)));
         }
     }
 
@@ -940,7 +901,7 @@ impl TxnAssembler {
         while let Some(front) = self.queue.front() {
             let txn = match front {
                 Queued::Ready(_) => match self.queue.pop_front() {
-                    Some(Queued::Ready(txn)) => txn,
+                    Some(Queued::Ready(txn)) => *txn,
                     _ => break,
                 },
                 Queued::Waiting(id) => {
@@ -970,7 +931,7 @@ impl TxnAssembler {
     fn force_queued(&mut self, out: &mut Vec<AssemblerOutput>) {
         while let Some(queued) = self.queue.pop_front() {
             match queued {
-                Queued::Ready(txn) => self.release(txn, 0, out),
+                Queued::Ready(txn) => self.release(*txn, 0, out),
                 Queued::Waiting(id) => {
                     if let Some(txn) = self.open.remove(&id) {
                         let missing = txn.missing().unwrap_or(0);
@@ -1058,488 +1019,16 @@ enum OrphanOwner {
     Txn(String),
 }
 
-/// One step of a key's history within a transaction.
-#[derive(Clone, Copy)]
-enum Image {
-    /// Row `i` of the converted `after` images.
-    Upsert(usize),
-    /// Row `i` of the converted key images (from `before`).
-    Delete(usize),
-}
-
-struct Step {
-    event: usize,
-    image: Image,
-    /// A create: the key did not exist before this event.
-    insert: bool,
-}
-
-/// Net change of one table's events (in order). Returns the changes and the events that could
-/// not be converted, as `(index into events, reason)`; those do not take part.
-fn net_changes(binding: &Binding, events: &[&ChangeEvent]) -> (NetChanges, Vec<(usize, String)>) {
-    // What came before the last TRUNCATE is gone with it.
-    let truncated_at = events.iter().rposition(|e| e.op == ChangeOp::Truncate);
-    let (skipped, events) = match truncated_at {
-        Some(t) => (t + 1, &events[t + 1..]),
-        None => (0, events),
-    };
-    let (mut changes, mut failed) = net_changes_of_rows(binding, events);
-    changes.truncate = truncated_at.is_some();
-    for (i, _) in &mut failed {
-        *i += skipped;
-    }
-    (changes, failed)
-}
-
-/// [`net_changes`] of events without a TRUNCATE.
-fn net_changes_of_rows(binding: &Binding, events: &[&ChangeEvent]) -> (NetChanges, Vec<(usize, String)>) {
-    let mut upserts: Vec<(&Map<String, Value>, Option<&Arc<FieldTypes>>)> = Vec::with_capacity(events.len());
-    let mut deletes: Vec<(&Map<String, Value>, Option<&Arc<FieldTypes>>)> = Vec::new();
-    // Whether a delete image must convert (a delete) or is only a hint (an update's `before`).
-    let mut delete_required: Vec<bool> = Vec::new();
-    let mut steps: Vec<Step> = Vec::with_capacity(events.len());
-    for (i, e) in events.iter().enumerate() {
-        let ft = e.field_types.as_ref();
-        match (e.op, &e.before, &e.after) {
-            (ChangeOp::Delete, Some(before), _) => {
-                steps.push(Step { event: i, image: Image::Delete(deletes.len()), insert: false });
-                deletes.push((before, ft));
-                delete_required.push(true);
-            }
-            (ChangeOp::Create | ChangeOp::Read | ChangeOp::Update, _, Some(after)) => {
-                if let (ChangeOp::Update, Some(before)) = (e.op, &e.before)
-                    && has_key(binding, before)
-                {
-                    steps.push(Step { event: i, image: Image::Delete(deletes.len()), insert: false });
-                    deletes.push((before, ft));
-                    delete_required.push(false);
-                }
-                steps.push(Step { event: i, image: Image::Upsert(upserts.len()), insert: e.op == ChangeOp::Create });
-                upserts.push((after, ft));
-            }
-            // decode() guarantees the images an op needs.
-            _ => {}
-        }
-    }
-    let all_key_columns: Vec<usize> = (0..binding.key_schema.fields().len()).collect();
-    let upsert_rows = convert(&binding.schema, &binding.primary_key, &upserts);
-    let delete_rows = convert(&binding.key_schema, &all_key_columns, &deletes);
-
-    let mut failed: Vec<(usize, String)> = Vec::new();
-    let mut event_failed = vec![false; events.len()];
-    for step in &steps {
-        let reason = match step.image {
-            Image::Upsert(i) => upsert_rows.failures.get(&i),
-            Image::Delete(i) if delete_required[i] => delete_rows.failures.get(&i),
-            Image::Delete(_) => None,
-        };
-        if let Some(reason) = reason
-            && !event_failed[step.event]
-        {
-            event_failed[step.event] = true;
-            failed.push((step.event, reason.clone()));
-        }
-    }
-
-    let key_columns: Vec<ArrayRef> = binding.primary_key.iter().map(|&k| upsert_rows.batch.column(k).clone()).collect();
-    let keys = (binding.keys.convert_columns(&key_columns), binding.keys.convert_columns(delete_rows.batch.columns()));
-    let (upsert_keys, delete_keys) = match keys {
-        (Ok(u), Ok(d)) => (u, d),
-        (Err(e), _) | (_, Err(e)) => {
-            // Cannot happen for a converter built from this schema; reject rather than panic.
-            let reason = format!("cannot encode primary key: {e}");
-            let failed = (0..events.len()).map(|i| (i, reason.clone())).collect();
-            return (empty_changes(binding), failed);
-        }
-    };
-
-    /// Where a key stands after the transaction's events so far.
-    struct KeyState {
-        first_was_insert: bool,
-        last: Image,
-    }
-    let mut slots: HashMap<&[u8], usize> = HashMap::with_capacity(steps.len());
-    let mut states: Vec<KeyState> = Vec::with_capacity(steps.len());
-    for step in steps.iter().filter(|s| !event_failed[s.event]) {
-        let (key, image) = match step.image {
-            Image::Upsert(i) => match upsert_rows.rows[i] {
-                Some(row) => (upsert_keys.row(row).data(), Image::Upsert(row)),
-                None => continue,
-            },
-            Image::Delete(i) => match delete_rows.rows[i] {
-                Some(row) => (delete_keys.row(row).data(), Image::Delete(row)),
-                None => continue,
-            },
-        };
-        match slots.get(key) {
-            Some(&slot) => states[slot].last = image,
-            None => {
-                slots.insert(key, states.len());
-                states.push(KeyState { first_was_insert: step.insert, last: image });
-            }
-        }
-    }
-    let mut upsert_take: Vec<u32> = Vec::new();
-    let mut delete_take: Vec<u32> = Vec::new();
-    for state in &states {
-        match state.last {
-            Image::Upsert(row) => upsert_take.push(row as u32),
-            // Inserted and deleted within the transaction: it never existed outside it.
-            Image::Delete(_) if state.first_was_insert => {}
-            Image::Delete(row) => delete_take.push(row as u32),
-        }
-    }
-    match (take_rows(&upsert_rows.batch, upsert_take), take_rows(&delete_rows.batch, delete_take)) {
-        (Ok(upserts), Ok(deletes)) => (NetChanges { upserts, deletes, truncate: false }, failed),
-        (Err(e), _) | (_, Err(e)) => {
-            let reason = format!("cannot assemble net changes: {e}");
-            let failed = (0..events.len()).map(|i| (i, reason.clone())).collect();
-            (empty_changes(binding), failed)
-        }
-    }
-}
-
-fn has_key(binding: &Binding, row: &Map<String, Value>) -> bool {
-    binding.primary_key.iter().all(|&k| row.get(binding.schema.field(k).name()).is_some_and(|v| !v.is_null()))
-}
-
-fn empty_changes(binding: &Binding) -> NetChanges {
-    NetChanges {
-        upserts: RecordBatch::new_empty(binding.schema.clone()),
-        deletes: RecordBatch::new_empty(binding.key_schema.clone()),
-        truncate: false,
-    }
-}
-
-fn take_rows(batch: &RecordBatch, rows: Vec<u32>) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
-    if rows.len() == batch.num_rows() && rows.iter().enumerate().all(|(i, &r)| i as u32 == r) {
-        return Ok(batch.clone());
-    }
-    let indices = UInt32Array::from(rows);
-    let columns = batch.columns().iter().map(|c| take(c.as_ref(), &indices, None)).collect::<std::result::Result<Vec<_>, _>>()?;
-    RecordBatch::try_new_with_options(batch.schema(), columns, &arrow::array::RecordBatchOptions::new().with_row_count(Some(indices.len())))
-}
-
-/// Row images converted to one batch.
-struct Converted {
-    batch: RecordBatch,
-    /// Input row -> batch row (None if it failed).
-    rows: Vec<Option<usize>>,
-    /// Input row -> reason, for the rows that failed.
-    failures: HashMap<usize, String>,
-}
-
-/// Convert row images with [`rows_to_batch`], one call per distinct envelope schema (almost
-/// always one per transaction: a schema changes only with DDL).
-fn convert(schema: &SchemaRef, primary_key: &[usize], images: &[(&Map<String, Value>, Option<&Arc<FieldTypes>>)]) -> Converted {
-    let same = |a: Option<&Arc<FieldTypes>>, b: Option<&Arc<FieldTypes>>| match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-        _ => false,
-    };
-    let mut groups: Vec<(Option<&Arc<FieldTypes>>, Vec<usize>)> = Vec::new();
-    for (i, (_, ft)) in images.iter().enumerate() {
-        match groups.iter_mut().find(|(g, _)| same(*g, *ft)) {
-            Some((_, members)) => members.push(i),
-            None => groups.push((*ft, vec![i])),
-        }
-    }
-    let mut rows = vec![None; images.len()];
-    let mut failures = HashMap::new();
-    let mut batches = Vec::with_capacity(groups.len());
-    let mut next_row = 0;
-    for (ft, members) in &groups {
-        let group_rows: Vec<&Map<String, Value>> = members.iter().map(|&i| images[i].0).collect();
-        let (batch, failed) = rows_to_batch(schema, &group_rows, ft.map(|f| f.as_ref()), primary_key);
-        let mut failed = failed.into_iter().peekable();
-        for (local, &i) in members.iter().enumerate() {
-            match failed.peek() {
-                Some((f, _)) if *f == local => {
-                    if let Some((_, reason)) = failed.next() {
-                        failures.insert(i, reason);
-                    }
-                }
-                _ => {
-                    rows[i] = Some(next_row);
-                    next_row += 1;
-                }
-            }
-        }
-        batches.push(batch);
-    }
-    let batch = match batches.len() {
-        0 => Ok(RecordBatch::new_empty(schema.clone())),
-        1 => Ok(batches.remove(0)),
-        _ => concat_batches(schema, &batches),
-    };
-    match batch {
-        Ok(batch) => Converted { batch, rows, failures },
-        Err(e) => Converted {
-            batch: RecordBatch::new_empty(schema.clone()),
-            rows: vec![None; images.len()],
-            failures: (0..images.len()).map(|i| (i, format!("cannot combine row batches: {e}"))).collect(),
-        },
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Benchmark
-// ---------------------------------------------------------------------------------------------
-
-/// Decode + assemble throughput on generated Debezium traffic: JSON with the schema envelope,
-/// two tables of 10 columns (decimals, timestamps, dates, text), transactions of 3-10 events
-/// with DELETE+INSERT pairs and updates, and an END marker per transaction.
-/// Returns (change events per second, MB of input per second).
-pub fn bench_decode(events: usize) -> (f64, f64) {
-    let records = bench_records(events);
-    let bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
-    let change_events = records.iter().filter(|(_, r)| r.contains("\"op\":")).count();
-    let bindings = bench_bindings();
-    let Ok(mut assembler) = TxnAssembler::new(bindings, TxnBoundaries::Metadata) else {
-        return (0.0, 0.0);
-    };
-    let mut decoder = Decoder::new();
-    let mut released = 0usize;
-    let start = Instant::now();
-    for (position, raw) in &records {
-        let record = decoder.decode(Some(raw.as_bytes()));
-        for output in assembler.push(position.clone(), raw.as_bytes(), record) {
-            if let AssemblerOutput::CompleteTxn(txn) = output {
-                released += txn.tables.len();
-            }
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64().max(1e-9);
-    std::hint::black_box(released);
-    (change_events as f64 / elapsed, bytes as f64 / 1e6 / elapsed)
-}
-
-fn bench_bindings() -> Vec<TableBinding> {
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
-    let shipments = Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("order_id", DataType::Int64, false),
-        Field::new("carrier", DataType::Utf8, true),
-        Field::new("status", DataType::Utf8, true),
-        Field::new("weight", DataType::Decimal128(10, 2), true),
-        Field::new("shipped_at", ts.clone(), true),
-        Field::new("updated_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
-        Field::new("due", DataType::Date32, true),
-        Field::new("fragile", DataType::Boolean, true),
-        Field::new("address", DataType::Utf8, true),
-    ]);
-    let orders = Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("customer_id", DataType::Int64, false),
-        Field::new("total", DataType::Decimal128(12, 2), true),
-        Field::new("currency", DataType::Utf8, true),
-        Field::new("placed_at", ts, true),
-        Field::new("quantity", DataType::Int32, true),
-        Field::new("discount", DataType::Float64, true),
-        Field::new("note", DataType::Utf8, true),
-        Field::new("paid", DataType::Boolean, true),
-        Field::new("region", DataType::Utf8, true),
-    ]);
-    vec![
-        TableBinding { collection: "public.shipments".into(), schema: Arc::new(shipments), primary_key: vec![0] },
-        TableBinding { collection: "public.orders".into(), schema: Arc::new(orders), primary_key: vec![0] },
-    ]
-}
-
-/// The envelope schema `JsonConverter` writes for a table, from (column, connect type,
-/// semantic name, parameters).
-fn bench_envelope_schema(table: &str, columns: &[(&str, &str, Option<&str>, Option<Value>)]) -> Value {
-    let fields: Vec<Value> = columns
-        .iter()
-        .map(|(name, ty, semantic, params)| {
-            let mut f = serde_json::json!({"type": ty, "optional": *name != "id", "field": name});
-            if let Some(semantic) = semantic {
-                f["name"] = Value::from(*semantic);
-                f["version"] = Value::from(1);
-            }
-            if let Some(params) = params {
-                f["parameters"] = params.clone();
-            }
-            f
-        })
-        .collect();
-    let image = |field: &str| {
-        serde_json::json!({"type": "struct", "fields": fields, "optional": true,
-                           "name": format!("fulfillment.public.{table}.Value"), "field": field})
-    };
-    let source_fields: Vec<Value> = [
-        ("version", "string"),
-        ("connector", "string"),
-        ("name", "string"),
-        ("ts_ms", "int64"),
-        ("snapshot", "string"),
-        ("db", "string"),
-        ("sequence", "string"),
-        ("schema", "string"),
-        ("table", "string"),
-        ("txId", "int64"),
-        ("lsn", "int64"),
-        ("xmin", "int64"),
-    ]
-    .iter()
-    .map(|(f, t)| serde_json::json!({"type": t, "optional": true, "field": f}))
-    .collect();
-    serde_json::json!({"type": "struct", "fields": [
-        image("before"), image("after"),
-        {"type": "struct", "fields": source_fields, "optional": false, "name": "io.debezium.connector.postgresql.Source", "field": "source"},
-        {"type": "string", "optional": false, "field": "op"},
-        {"type": "int64", "optional": true, "field": "ts_ms"},
-        {"type": "struct", "fields": [
-            {"type": "string", "optional": false, "field": "id"},
-            {"type": "int64", "optional": false, "field": "total_order"},
-            {"type": "int64", "optional": false, "field": "data_collection_order"}],
-         "optional": true, "name": "event.block", "version": 1, "field": "transaction"}
-    ], "optional": false, "name": format!("fulfillment.public.{table}.Envelope"), "version": 1})
-}
-
-/// Generated records with their positions: two table topics and a metadata topic. Ids are
-/// Postgres' `"txId:LSN"`, with each record's own LSN.
-pub fn bench_records(events: usize) -> Vec<(Position, String)> {
-    let decimal = |scale: &str| Some(serde_json::json!({"scale": scale, "connect.decimal.precision": "10"}));
-    let shipments_schema = bench_envelope_schema(
-        "shipments",
-        &[
-            ("id", "int64", None, None),
-            ("order_id", "int64", None, None),
-            ("carrier", "string", None, None),
-            ("status", "string", None, None),
-            ("weight", "bytes", Some("org.apache.kafka.connect.data.Decimal"), decimal("2")),
-            ("shipped_at", "int64", Some("io.debezium.time.MicroTimestamp"), None),
-            ("updated_at", "string", Some("io.debezium.time.ZonedTimestamp"), None),
-            ("due", "int32", Some("io.debezium.time.Date"), None),
-            ("fragile", "boolean", None, None),
-            ("address", "string", None, None),
-        ],
-    )
-    .to_string();
-    let orders_schema = bench_envelope_schema(
-        "orders",
-        &[
-            ("id", "int64", None, None),
-            ("customer_id", "int64", None, None),
-            ("total", "bytes", Some("org.apache.kafka.connect.data.Decimal"), decimal("2")),
-            ("currency", "string", None, None),
-            ("placed_at", "int64", Some("io.debezium.time.MicroTimestamp"), None),
-            ("quantity", "int32", None, None),
-            ("discount", "double", None, None),
-            ("note", "string", None, None),
-            ("paid", "boolean", None, None),
-            ("region", "string", None, None),
-        ],
-    )
-    .to_string();
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    // A positive unscaled decimal below 2^23 as 3 big-endian bytes, base64.
-    let decimal_b64 = |v: u64| {
-        let n = (v & 0x7f_ffff) as u32;
-        let chars = [(n >> 18) & 63, (n >> 12) & 63, (n >> 6) & 63, n & 63];
-        chars.iter().map(|&c| B64[c as usize] as char).collect::<String>()
-    };
-    let mut offsets = [0i64; 3];
-    let mut position = |topic: usize| {
-        offsets[topic] += 1;
-        let names = ["fulfillment.public.shipments", "fulfillment.public.orders", "fulfillment.transaction"];
-        Position::Kafka { topic: names[topic].to_string(), partition: 0, offset: offsets[topic] }
-    };
-    let mut records = Vec::with_capacity(events + events / 3);
-    let (mut produced, mut tx_id, mut lsn) = (0usize, 1000i64, 24_000_000i64);
-    while produced < events {
-        tx_id += 1;
-        // (table, key, op): DELETE+INSERT pairs of one key, updates and inserts.
-        let size = 3 + next(8) as usize;
-        let mut plan: Vec<(usize, u64, &str)> = Vec::with_capacity(size + 1);
-        while plan.len() < size {
-            let (table, key) = (next(2) as usize, 1 + next(5_000));
-            match next(4) {
-                0 => {
-                    plan.push((table, key, "d"));
-                    plan.push((table, key, "c"));
-                }
-                1 => plan.push((table, key, "c")),
-                _ => plan.push((table, key, "u")),
-            }
-        }
-        let mut per_table = [0u64; 2];
-        for (order, &(table, key, op)) in plan.iter().enumerate() {
-            lsn += 1 + next(64) as i64;
-            per_table[table] += 1;
-            let row = if table == 0 {
-                format!(
-                    r#"{{"id":{key},"order_id":{},"carrier":"{}","status":"{}","weight":"{}","shipped_at":{},"updated_at":"2024-03-{:02}T10:{:02}:{:02}.123456Z","due":{},"fragile":{},"address":"{} Harbour Road, Unit {}"}}"#,
-                    key * 7,
-                    ["DHL", "UPS", "FedEx", "PostNL"][next(4) as usize],
-                    ["pending", "shipped", "delivered"][next(3) as usize],
-                    decimal_b64(next(1_000_000)),
-                    1_709_000_000_000_000 + next(1_000_000_000_000) as i64,
-                    1 + next(28),
-                    next(60),
-                    next(60),
-                    19_700 + next(200),
-                    next(2) == 0,
-                    next(999),
-                    next(99),
-                )
-            } else {
-                format!(
-                    r#"{{"id":{key},"customer_id":{},"total":"{}","currency":"EUR","placed_at":{},"quantity":{},"discount":{}.5,"note":"gift wrap please, leave at door {}","paid":{},"region":"{}"}}"#,
-                    next(100_000),
-                    decimal_b64(next(5_000_000)),
-                    1_709_000_000_000_000 + next(1_000_000_000_000) as i64,
-                    1 + next(20),
-                    next(30),
-                    next(1000),
-                    next(2) == 0,
-                    ["eu-west", "eu-central", "us-east"][next(3) as usize],
-                )
-            };
-            let (before, after) = if op == "d" { (row.as_str(), "null") } else { ("null", row.as_str()) };
-            let table_name = ["shipments", "orders"][table];
-            let payload = format!(
-                r#"{{"before":{before},"after":{after},"source":{{"version":"2.5.0.Final","connector":"postgresql","name":"fulfillment","ts_ms":1709280000000,"snapshot":"false","db":"fulfillment","sequence":"[\"{lsn}\",\"{lsn}\"]","schema":"public","table":"{table_name}","txId":{tx_id},"lsn":{lsn},"xmin":null}},"op":"{op}","ts_ms":1709280000123,"transaction":{{"id":"{tx_id}:{lsn}","total_order":{},"data_collection_order":{}}}}}"#,
-                order + 1,
-                per_table[table]
-            );
-            let schema = if table == 0 { &shipments_schema } else { &orders_schema };
-            records.push((position(table), format!(r#"{{"schema":{schema},"payload":{payload}}}"#)));
-            if op == "d" {
-                // The tombstone Debezium writes after each delete.
-                records.push((position(table), String::new()));
-            }
-            produced += 1;
-        }
-        // As Debezium's Postgres connector does, every record has its own LSN in its id.
-        lsn += 1;
-        let end = format!(
-            r#"{{"status":"END","id":"{tx_id}:{lsn}","event_count":{},"data_collections":[{{"data_collection":"public.shipments","event_count":{}}},{{"data_collection":"public.orders","event_count":{}}}],"ts_ms":1709280000123}}"#,
-            plan.len(),
-            per_table[0],
-            per_table[1]
-        );
-        records.push((position(2), end));
-    }
-    records
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use serde_json::{Value, json};
+
     use super::*;
     use crate::sources::debezium::decode;
-    use arrow::array::{Array, AsArray, StringArray};
-    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
-    use serde_json::json;
 
     fn bindings() -> Vec<TableBinding> {
         let shipments = Schema::new(vec![
@@ -2204,64 +1693,5 @@ mod tests {
                 assert_eq!(h.assembler.pending(), 1, "{other} is still open");
             }
         }
-    }
-
-    #[test]
-    fn envelope_events_with_semantic_types_assemble() {
-        let records = bench_records(300);
-        let mut assembler = TxnAssembler::new(bench_bindings(), TxnBoundaries::Metadata).unwrap();
-        let mut decoder = Decoder::new();
-        let mut txns = Vec::new();
-        for (position, raw) in &records {
-            for out in assembler.push(position.clone(), raw.as_bytes(), decoder.decode(Some(raw.as_bytes()))) {
-                match out {
-                    AssemblerOutput::CompleteTxn(t) => txns.push(t),
-                    AssemblerOutput::DeadLetter(d) => panic!("unexpected dead letter: {}", d.reason),
-                }
-            }
-        }
-        let ends = records.iter().filter(|(_, r)| r.contains("\"END\"")).count();
-        assert_eq!((txns.len(), assembler.pending()), (ends, 0));
-        assert!(assembler.stats().tombstones > 0);
-        let shipments: Vec<&RecordBatch> =
-            txns.iter().flat_map(|t| &t.tables).filter(|(c, _)| c == "public.shipments").map(|(_, n)| &n.upserts).collect();
-        let batch = concat_batches(&shipments[0].schema(), shipments.iter().copied()).unwrap();
-        assert!(batch.num_rows() > 50);
-        assert_eq!(batch.column_by_name("weight").unwrap().null_count(), 0);
-        let due = batch.column_by_name("due").unwrap().as_primitive::<arrow::datatypes::Date32Type>();
-        assert!(due.values().iter().all(|d| (19_700..19_900).contains(d)));
-        let at = batch.column_by_name("updated_at").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-        assert!(at.values().iter().all(|t| (1_709_251_200_000_000..1_711_929_600_000_000).contains(t)));
-    }
-
-    /// `cargo test --release --lib sources::txn::tests::bench_decode_throughput -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn bench_decode_throughput() {
-        let events = 200_000;
-        // Decode alone, for comparison with decode + assembly.
-        let records = bench_records(events);
-        let bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
-        let mut decoder = Decoder::new();
-        let start = Instant::now();
-        for (_, raw) in &records {
-            std::hint::black_box(decoder.decode(Some(raw.as_bytes())).is_ok());
-        }
-        let decode_s = start.elapsed().as_secs_f64();
-        // Assembly alone, on records decoded beforehand.
-        let decoded: Vec<_> = records.iter().map(|(_, raw)| decoder.decode(Some(raw.as_bytes()))).collect();
-        let mut assembler = TxnAssembler::new(bench_bindings(), TxnBoundaries::Metadata).unwrap();
-        let start = Instant::now();
-        for ((position, raw), record) in records.iter().zip(decoded) {
-            std::hint::black_box(assembler.push(position.clone(), raw.as_bytes(), record));
-        }
-        let assembly_s = start.elapsed().as_secs_f64();
-        let (eps, mbps) = bench_decode(events);
-        println!("cargo test --release --lib sources::txn::tests::bench_decode_throughput -- --ignored --nocapture");
-        println!("| stage | change events | events/s | MB/s |");
-        println!("|---|---|---|---|");
-        println!("| decode only | {events} | {:.0} | {:.1} |", events as f64 / decode_s, bytes as f64 / 1e6 / decode_s);
-        println!("| assembly only | {events} | {:.0} | {:.1} |", events as f64 / assembly_s, bytes as f64 / 1e6 / assembly_s);
-        println!("| decode + assembly | {events} | {eps:.0} | {mbps:.1} |");
     }
 }

@@ -1,12 +1,17 @@
 //! Velocity's own statements, parsed with sqlparser's `Parser` helpers.
 //!
 //! Everything Postgres already has (CREATE TABLE, CREATE MATERIALIZED VIEW, INSERT, ...)
-//! is parsed by sqlparser itself; this module only adds the statements it does not know.
+//! is parsed by sqlparser itself; this module only adds the statements it does not know,
+//! and [`WithOptions`], how their `WITH (...)` options are read.
+
+pub mod options;
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
+
+pub use options::{OptionError, WithOptions};
 
 /// Errors in statement text.
 #[derive(Debug, thiserror::Error)]
@@ -325,13 +330,10 @@ pub fn parse_velocity(sql: &str) -> Option<Result<VelocityStatement, SqlError>> 
         };
         let _ = p.parse_keyword(Keyword::FROM) || p.parse_keyword(Keyword::IN);
         let Ok(cursor) = p.parse_identifier() else { return None };
-        let timeout = match parse_with_options(&mut p) {
-            Ok(opts) => match opts.iter().find(|(k, _)| k == "timeout") {
-                Some((_, v)) => match parse_duration(v) {
-                    Ok(d) => Some(d),
-                    Err(e) => return Some(Err(e)),
-                },
-                None => None,
+        let timeout = match parse_with_options(&mut p).map(WithOptions::new) {
+            Ok(opts) => match opts.get("timeout").map(parse_duration).transpose() {
+                Ok(timeout) => timeout,
+                Err(e) => return Some(Err(e)),
             },
             Err(e) => return Some(Err(e)),
         };

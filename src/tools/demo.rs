@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The pipeline, as shipped in `queries/velocity.sql`.
-pub const PIPELINE_SQL: &str = include_str!("../queries/velocity.sql");
+pub const PIPELINE_SQL: &str = include_str!("../../queries/velocity.sql");
 
 /// The pipeline with the simulator's source options replaced.
 pub fn pipeline_sql(scale: usize, rate: f64) -> String {

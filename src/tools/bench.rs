@@ -10,6 +10,8 @@ use arrow::datatypes::SchemaRef;
 use crate::dataflow::ChangeBatch;
 use crate::engine::Commit;
 use crate::server::Server;
+use crate::sources::{AssemblerOutput, Decoder, TxnAssembler, TxnBoundaries};
+use crate::tools::debezium_traffic;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Bench {
@@ -145,15 +147,41 @@ async fn local_server(data_dir: &std::path::Path) -> anyhow::Result<(Arc<Server>
     Ok((server, client, conn))
 }
 
+/// Decode + assemble throughput, in memory, on [`debezium_traffic::records`].
+/// Returns (change events per second, MB of input per second).
+pub fn decode_throughput(events: usize) -> (f64, f64) {
+    let records = debezium_traffic::records(events);
+    let bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
+    let change_events = records.iter().filter(|(_, r)| r.contains("\"op\":")).count();
+    let bindings = debezium_traffic::bindings();
+    let Ok(mut assembler) = TxnAssembler::new(bindings, TxnBoundaries::Metadata) else {
+        return (0.0, 0.0);
+    };
+    let mut decoder = Decoder::new();
+    let mut released = 0usize;
+    let start = Instant::now();
+    for (position, raw) in &records {
+        let record = decoder.decode(Some(raw.as_bytes()));
+        for output in assembler.push(position.clone(), raw.as_bytes(), record) {
+            if let AssemblerOutput::CompleteTxn(txn) = output {
+                released += txn.tables.len();
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64().max(1e-9);
+    std::hint::black_box(released);
+    (change_events as f64 / elapsed, bytes as f64 / 1e6 / elapsed)
+}
+
 /// `velocity bench source`: how fast Debezium traffic becomes applied transactions.
 async fn source(events: usize) -> anyhow::Result<()> {
     use std::io::Write;
     println!("velocity bench source --events {events}");
-    let records = crate::sources::txn::bench_records(events);
+    let records = debezium_traffic::records(events);
     let bytes: usize = records.iter().map(|(_, r)| r.len() + 1).sum();
     let transactions = records.iter().filter(|(_, r)| r.contains("\"END\"")).count();
     let events = records.iter().filter(|(_, r)| r.contains("\"op\":")).count();
-    let (decode_eps, decode_mbps) = crate::sources::txn::bench_decode(events);
+    let (decode_eps, decode_mbps) = decode_throughput(events);
     eprintln!("in memory: {decode_eps:.0} events/s, {decode_mbps:.1} MB/s");
 
     let dir = tempfile::tempdir()?;
@@ -420,7 +448,7 @@ async fn pipeline(scale: usize, events: u64, rate: f64, recompute_every: u64) ->
     println!("velocity bench velocity --scale {scale} --events {events} --rate {rate} --recompute-every {recompute_every}");
     let dir = tempfile::tempdir()?;
     let (server, client, _) = local_server(&dir.path().join("data")).await?;
-    for statement in crate::sql::split_statements(&crate::demo::pipeline_sql(scale, rate)) {
+    for statement in crate::sql::split_statements(&crate::tools::demo::pipeline_sql(scale, rate)) {
         client.batch_execute(&statement).await?;
     }
     let views: Vec<(String, String)> = client
@@ -562,7 +590,7 @@ async fn steps(transactions: u64, scale: usize, limits: &[usize]) -> anyhow::Res
     }
     let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
     eprintln!("{transactions} transactions, {events} events, {:.1} MB of Debezium JSON", bytes as f64 / 1e6);
-    let sql = crate::demo::pipeline_sql(scale, 0.0).replace(
+    let sql = crate::tools::demo::pipeline_sql(scale, 0.0).replace(
         &format!("connector = 'generator', scenario = 'logistics', scale = {scale}, rate = 0"),
         &format!("connector = 'file', path = '{}', transactions = 'metadata'", file.display()),
     );
@@ -819,4 +847,40 @@ async fn sink(brokers: &str, rows: usize, batch: usize, updates: usize) -> anyho
         peak_rss_mib()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cargo test --release --lib tools::bench::tests::decode_throughput_by_stage -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn decode_throughput_by_stage() {
+        let events = 200_000;
+        // Decode alone, for comparison with decode + assembly.
+        let records = debezium_traffic::records(events);
+        let bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
+        let mut decoder = Decoder::new();
+        let start = Instant::now();
+        for (_, raw) in &records {
+            std::hint::black_box(decoder.decode(Some(raw.as_bytes())).is_ok());
+        }
+        let decode_s = start.elapsed().as_secs_f64();
+        // Assembly alone, on records decoded beforehand.
+        let decoded: Vec<_> = records.iter().map(|(_, raw)| decoder.decode(Some(raw.as_bytes()))).collect();
+        let mut assembler = TxnAssembler::new(debezium_traffic::bindings(), TxnBoundaries::Metadata).unwrap();
+        let start = Instant::now();
+        for ((position, raw), record) in records.iter().zip(decoded) {
+            std::hint::black_box(assembler.push(position.clone(), raw.as_bytes(), record));
+        }
+        let assembly_s = start.elapsed().as_secs_f64();
+        let (eps, mbps) = decode_throughput(events);
+        println!("cargo test --release --lib tools::bench::tests::decode_throughput_by_stage -- --ignored --nocapture");
+        println!("| stage | change events | events/s | MB/s |");
+        println!("|---|---|---|---|");
+        println!("| decode only | {events} | {:.0} | {:.1} |", events as f64 / decode_s, bytes as f64 / 1e6 / decode_s);
+        println!("| assembly only | {events} | {:.0} | {:.1} |", events as f64 / assembly_s, bytes as f64 / 1e6 / assembly_s);
+        println!("| decode + assembly | {events} | {eps:.0} | {mbps:.1} |");
+    }
 }
