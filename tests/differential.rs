@@ -43,6 +43,15 @@ const VIEWS: &[(&str, &str)] = &[
         "expr_filter",
         "SELECT id, CASE WHEN v IS NULL THEN 'none' ELSE concat('v', v) END AS label, k * 10 AS k10 FROM c WHERE k IS NULL OR k <> 1",
     ),
+    ("a_times", "SELECT id, k, v, to_timestamp(v * 7) AS ts FROM a"),
+    (
+        "tumbled",
+        "SELECT window_start, k, count(*) AS n, sum(v) AS s FROM TUMBLE(a_times, ts, INTERVAL '10' SECOND) GROUP BY window_start, k",
+    ),
+    (
+        "hopped",
+        "SELECT window_end, count(*) AS n, max(id) AS top FROM HOP(a_times, ts, INTERVAL '5' SECOND, INTERVAL '15' SECOND) GROUP BY window_end",
+    ),
     (
         "nested_entity",
         "SELECT a.k, json_agg(json_build_object('id', a.id, 'v', a.v, 'c', c.v) ORDER BY a.id, c.id) AS items, \

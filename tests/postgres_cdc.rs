@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 mod common;
 use velocity::sources::connector::Connector;
 use velocity::sources::postgres::{PostgresCdc, PostgresCdcConfig};
-use velocity::sources::{AssemblerOutput, CompleteTxn, Decoder, Position, TableBinding, TxnAssembler, TxnBoundaries};
+use velocity::sources::{AssemblerOutput, CompleteTxn, Decoder, Position, TxnAssembler, TxnBoundaries, UpstreamTable};
 
 use common::{fresh_postgres_database as fresh_database, postgres_connect as connect};
 
@@ -26,8 +26,8 @@ fn config(conn: &str) -> PostgresCdcConfig {
     PostgresCdcConfig { connection: conn.into(), publication: "velocity".into(), slot: db.into() }
 }
 
-fn shipments() -> TableBinding {
-    TableBinding {
+fn shipments() -> UpstreamTable {
+    UpstreamTable {
         collection: "public.shipments".into(),
         schema: Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
@@ -42,8 +42,8 @@ fn shipments() -> TableBinding {
     }
 }
 
-fn orders() -> TableBinding {
-    TableBinding {
+fn orders() -> UpstreamTable {
+    UpstreamTable {
         collection: "public.orders".into(),
         schema: Arc::new(Schema::new(vec![
             Field::new("region", DataType::Utf8, false),
@@ -70,7 +70,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    async fn open(conn: &str, bindings: Vec<TableBinding>, resume: &HashMap<String, u64>) -> Pipeline {
+    async fn open(conn: &str, bindings: Vec<UpstreamTable>, resume: &HashMap<String, u64>) -> Pipeline {
         let mut connector = PostgresCdc::new(config(conn));
         let upstreams: Vec<String> = bindings.iter().map(|b| b.collection.clone()).collect();
         connector.open(&upstreams, resume).await.expect("open");

@@ -394,7 +394,7 @@ impl SimpleQueryHandler for VelocityService {
     {
         let mut out = Vec::new();
         let query = client_queries::rewrite(query);
-        for sql in crate::sql::split_statements(&crate::sql::quote_changes_arguments(&query)) {
+        for sql in crate::sql::split_statements(&crate::sql::quote_name_arguments(&query)) {
             match LargeStack::new(&sql, self.one(client, &sql)).await {
                 Ok(mut responses) => {
                     let failed = responses.iter().any(|r| matches!(r, Response::Error(_)));
@@ -465,7 +465,7 @@ impl QueryParser for VelocityParser {
         }
         let sql = client_queries::rewrite(sql);
         crate::sql::check_expression_depth(&sql).map_err(from_sql)?;
-        let sql = crate::sql::quote_changes_arguments(&sql);
+        let sql = crate::sql::quote_name_arguments(&sql);
         LargeStack::new(&sql, self.inner.parse_sql(client, &sql, types)).await
     }
 

@@ -27,6 +27,6 @@ pub use debezium::{ChangeEvent, ChangeOp, DecodeError, Decoder, EventContext, Fi
 pub use error::SourceError;
 pub use net_change::NetChanges;
 pub use row_image::rows_to_batch;
-pub use txn::{AssemblerOutput, AssemblerStats, CompleteTxn, DeadLetter, Position, TableBinding, TxnAssembler, TxnBoundaries};
+pub use txn::{AssemblerOutput, AssemblerStats, CompleteTxn, DeadLetter, Position, TxnAssembler, TxnBoundaries, UpstreamTable};
 
 pub type Result<T, E = SourceError> = std::result::Result<T, E>;

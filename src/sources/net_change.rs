@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use super::Result;
 use super::debezium::{ChangeEvent, ChangeOp, FieldTypes};
 use super::row_image::rows_to_batch;
-use super::txn::TableBinding;
+use super::txn::UpstreamTable;
 
 /// The net effect of a transaction on one table.
 #[derive(Debug, Clone)]
@@ -53,10 +53,10 @@ pub(super) struct KeyedTable {
 impl KeyedTable {
     /// Fails if the key's columns cannot be projected or their types encoded (the caller
     /// checks that the key is not empty and its indices are in range).
-    pub(super) fn new(binding: TableBinding) -> Result<KeyedTable> {
-        let key_schema = Arc::new(binding.schema.project(&binding.primary_key)?);
+    pub(super) fn new(table: UpstreamTable) -> Result<KeyedTable> {
+        let key_schema = Arc::new(table.schema.project(&table.primary_key)?);
         let keys = RowConverter::new(key_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
-        Ok(KeyedTable { collection: binding.collection, schema: binding.schema, primary_key: binding.primary_key, key_schema, keys })
+        Ok(KeyedTable { collection: table.collection, schema: table.schema, primary_key: table.primary_key, key_schema, keys })
     }
 }
 
@@ -81,14 +81,14 @@ struct Step {
 
 /// Net change of one table's events (in order). Returns the changes and the events that could
 /// not be converted, as `(index into events, reason)`; those do not take part.
-pub(super) fn net_changes(binding: &KeyedTable, events: &[&ChangeEvent]) -> (NetChanges, Vec<(usize, String)>) {
+pub(super) fn net_changes(table: &KeyedTable, events: &[&ChangeEvent]) -> (NetChanges, Vec<(usize, String)>) {
     // What came before the last TRUNCATE is gone with it.
     let truncated_at = events.iter().rposition(|e| e.op == ChangeOp::Truncate);
     let (skipped, events) = match truncated_at {
         Some(t) => (t + 1, &events[t + 1..]),
         None => (0, events),
     };
-    let (mut changes, mut failed) = net_changes_of_rows(binding, events);
+    let (mut changes, mut failed) = net_changes_of_rows(table, events);
     changes.truncate = truncated_at.is_some();
     for (i, _) in &mut failed {
         *i += skipped;
@@ -97,7 +97,7 @@ pub(super) fn net_changes(binding: &KeyedTable, events: &[&ChangeEvent]) -> (Net
 }
 
 /// [`net_changes`] of events without a TRUNCATE.
-fn net_changes_of_rows(binding: &KeyedTable, events: &[&ChangeEvent]) -> (NetChanges, Vec<(usize, String)>) {
+fn net_changes_of_rows(table: &KeyedTable, events: &[&ChangeEvent]) -> (NetChanges, Vec<(usize, String)>) {
     let mut upserts: Vec<RowImage> = Vec::with_capacity(events.len());
     let mut deletes: Vec<RowImage> = Vec::new();
     // Whether a delete image must convert (a delete) or is only a hint (an update's `before`).
@@ -113,7 +113,7 @@ fn net_changes_of_rows(binding: &KeyedTable, events: &[&ChangeEvent]) -> (NetCha
             }
             (ChangeOp::Create | ChangeOp::Read | ChangeOp::Update, _, Some(after)) => {
                 if let (ChangeOp::Update, Some(before)) = (e.op, &e.before)
-                    && has_key(binding, before)
+                    && has_key(table, before)
                 {
                     steps.push(Step { event: i, image: Image::Delete(deletes.len()), insert: false });
                     deletes.push((before, ft));
@@ -126,9 +126,9 @@ fn net_changes_of_rows(binding: &KeyedTable, events: &[&ChangeEvent]) -> (NetCha
             _ => {}
         }
     }
-    let all_key_columns: Vec<usize> = (0..binding.key_schema.fields().len()).collect();
-    let upsert_rows = convert(&binding.schema, &binding.primary_key, &upserts);
-    let delete_rows = convert(&binding.key_schema, &all_key_columns, &deletes);
+    let all_key_columns: Vec<usize> = (0..table.key_schema.fields().len()).collect();
+    let upsert_rows = convert(&table.schema, &table.primary_key, &upserts);
+    let delete_rows = convert(&table.key_schema, &all_key_columns, &deletes);
 
     let mut failed: Vec<(usize, String)> = Vec::new();
     let mut event_failed = vec![false; events.len()];
@@ -146,15 +146,15 @@ fn net_changes_of_rows(binding: &KeyedTable, events: &[&ChangeEvent]) -> (NetCha
         }
     }
 
-    let key_columns: Vec<ArrayRef> = binding.primary_key.iter().map(|&k| upsert_rows.batch.column(k).clone()).collect();
-    let keys = (binding.keys.convert_columns(&key_columns), binding.keys.convert_columns(delete_rows.batch.columns()));
+    let key_columns: Vec<ArrayRef> = table.primary_key.iter().map(|&k| upsert_rows.batch.column(k).clone()).collect();
+    let keys = (table.keys.convert_columns(&key_columns), table.keys.convert_columns(delete_rows.batch.columns()));
     let (upsert_keys, delete_keys) = match keys {
         (Ok(u), Ok(d)) => (u, d),
         (Err(e), _) | (_, Err(e)) => {
             // Cannot happen for a converter built from this schema; reject rather than panic.
             let reason = format!("cannot encode primary key: {e}");
             let failed = (0..events.len()).map(|i| (i, reason.clone())).collect();
-            return (empty_changes(binding), failed);
+            return (empty_changes(table), failed);
         }
     };
 
@@ -199,19 +199,19 @@ fn net_changes_of_rows(binding: &KeyedTable, events: &[&ChangeEvent]) -> (NetCha
         (Err(e), _) | (_, Err(e)) => {
             let reason = format!("cannot assemble net changes: {e}");
             let failed = (0..events.len()).map(|i| (i, reason.clone())).collect();
-            (empty_changes(binding), failed)
+            (empty_changes(table), failed)
         }
     }
 }
 
-fn has_key(binding: &KeyedTable, row: &Map<String, Value>) -> bool {
-    binding.primary_key.iter().all(|&k| row.get(binding.schema.field(k).name()).is_some_and(|v| !v.is_null()))
+fn has_key(table: &KeyedTable, row: &Map<String, Value>) -> bool {
+    table.primary_key.iter().all(|&k| row.get(table.schema.field(k).name()).is_some_and(|v| !v.is_null()))
 }
 
-fn empty_changes(binding: &KeyedTable) -> NetChanges {
+fn empty_changes(table: &KeyedTable) -> NetChanges {
     NetChanges {
-        upserts: RecordBatch::new_empty(binding.schema.clone()),
-        deletes: RecordBatch::new_empty(binding.key_schema.clone()),
+        upserts: RecordBatch::new_empty(table.schema.clone()),
+        deletes: RecordBatch::new_empty(table.key_schema.clone()),
         truncate: false,
     }
 }

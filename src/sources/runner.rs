@@ -20,7 +20,7 @@ use super::file::{FileConfig, FileConnector};
 use super::generator::{GeneratorConfig, GeneratorConnector};
 use super::kafka::{KafkaConfig, KafkaConnector};
 use super::postgres::{PostgresCdc, PostgresCdcConfig};
-use super::txn::{AssemblerOutput, CompleteTxn, DeadLetter, Stream, TableBinding, TxnAssembler, TxnBoundaries};
+use super::txn::{AssemblerOutput, CompleteTxn, DeadLetter, Stream, TxnAssembler, TxnBoundaries, UpstreamTable};
 use super::{Result, SourceError};
 use crate::catalog::RelationKind;
 use crate::engine::{Commit, CommitChain, Engine, KeyedChanges, RejectWrites};
@@ -294,15 +294,15 @@ const ACKNOWLEDGE_EVERY: Duration = Duration::from_secs(1);
 
 /// How the tables bound to `source` are decoded (collections named by upstream, as the file
 /// and generator connectors name them), for measuring decoding apart from a running source.
-pub fn table_bindings(engine: &Engine, source: &str) -> Vec<TableBinding> {
-    bound_tables(engine, source).into_iter().map(|t| t.binding).collect()
+pub fn upstream_tables(engine: &Engine, source: &str) -> Vec<UpstreamTable> {
+    bound_tables(engine, source).into_iter().map(|t| t.table).collect()
 }
 
 struct BoundTable {
     upstream: String,
     id: u32,
     name: String,
-    binding: TableBinding,
+    table: UpstreamTable,
 }
 
 /// Tables bound to a source: upstream name and relation id, in id order.
@@ -314,8 +314,8 @@ fn bound_tables(engine: &Engine, source: &str) -> Vec<BoundTable> {
         .filter_map(|r| {
             let b = r.binding.as_ref()?;
             (b.source == source).then(|| {
-                let binding = TableBinding { collection: b.upstream.clone(), schema: r.schema.clone(), primary_key: r.primary_key.clone() };
-                BoundTable { upstream: b.upstream.clone(), id: r.id, name: r.name.clone(), binding }
+                let table = UpstreamTable { collection: b.upstream.clone(), schema: r.schema.clone(), primary_key: r.primary_key.clone() };
+                BoundTable { upstream: b.upstream.clone(), id: r.id, name: r.name.clone(), table }
             })
         })
         .collect()
@@ -514,16 +514,16 @@ impl Runner {
     async fn start_reading(&mut self, bound: Vec<BoundTable>, ids: Vec<u32>) -> Result<Reading> {
         let upstreams: Vec<String> = bound.iter().map(|t| t.upstream.clone()).collect();
         let mut tables = HashMap::new();
-        let mut bindings = Vec::new();
+        let mut layouts = Vec::new();
         let mut names = Vec::new();
-        for BoundTable { upstream, id, name, mut binding } in bound {
-            binding.collection = self.connector.collection(&upstream);
-            tables.insert(binding.collection.clone(), id);
-            names.push((binding.collection.clone(), name, upstream));
-            bindings.push(binding);
+        for BoundTable { upstream, id, name, mut table } in bound {
+            table.collection = self.connector.collection(&upstream);
+            tables.insert(table.collection.clone(), id);
+            names.push((table.collection.clone(), name, upstream));
+            layouts.push(table);
         }
         let boundaries = self.connector.boundaries().unwrap_or(self.config.boundaries);
-        let assembler = TxnAssembler::new(bindings, boundaries)?;
+        let assembler = TxnAssembler::new(layouts, boundaries)?;
         let resume = self.offsets.resume(&ids);
         self.connector.open(&upstreams, &resume).await?;
         Ok(Reading { assembler, tables, ids, bound: names, read_to: resume, last_input: Instant::now(), stalled_since: None, released: 0 })

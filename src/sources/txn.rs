@@ -79,7 +79,7 @@ const MAX_ORPHANS: usize = 10_000;
 /// A table that events are applied to: its Debezium collection (`"schema.table"`), declared
 /// schema and primary key (indices into `schema`).
 #[derive(Debug, Clone)]
-pub struct TableBinding {
+pub struct UpstreamTable {
     pub collection: String,
     pub schema: SchemaRef,
     pub primary_key: Vec<usize>,
@@ -419,7 +419,7 @@ pub struct TxnAssembler {
 impl TxnAssembler {
     /// An assembler for `bindings`; fails if a binding has no primary key, a key index out of
     /// range, a key type the row format cannot encode, or names a collection bound already.
-    pub fn new(bindings: Vec<TableBinding>, mode: TxnBoundaries) -> Result<TxnAssembler> {
+    pub fn new(bindings: Vec<UpstreamTable>, mode: TxnBoundaries) -> Result<TxnAssembler> {
         let mut by_collection = HashMap::new();
         let mut bound = Vec::with_capacity(bindings.len());
         for b in bindings {
@@ -1030,7 +1030,7 @@ mod tests {
     use super::*;
     use crate::sources::debezium::decode;
 
-    fn bindings() -> Vec<TableBinding> {
+    fn bindings() -> Vec<UpstreamTable> {
         let shipments = Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("status", DataType::Utf8, true),
@@ -1042,8 +1042,8 @@ mod tests {
             Field::new("total", DataType::Int64, true),
         ]);
         vec![
-            TableBinding { collection: "public.shipments".into(), schema: Arc::new(shipments), primary_key: vec![0] },
-            TableBinding { collection: "public.orders".into(), schema: Arc::new(orders), primary_key: vec![0, 1] },
+            UpstreamTable { collection: "public.shipments".into(), schema: Arc::new(shipments), primary_key: vec![0] },
+            UpstreamTable { collection: "public.orders".into(), schema: Arc::new(orders), primary_key: vec![0, 1] },
         ]
     }
 
@@ -1240,7 +1240,7 @@ mod tests {
     #[test]
     fn simulated_debezium_postgres_output_assembles_one_to_one() {
         use crate::sources::logistics::{Scenario, Simulator, TABLES};
-        let bindings = || -> Vec<TableBinding> {
+        let bindings = || -> Vec<UpstreamTable> {
             TABLES
                 .iter()
                 .map(|(table, columns)| {
@@ -1256,7 +1256,7 @@ mod tests {
                             Field::new(*c, ty, *c != "id")
                         })
                         .collect();
-                    TableBinding { collection: format!("public.{table}"), schema: Arc::new(Schema::new(fields)), primary_key: vec![0] }
+                    UpstreamTable { collection: format!("public.{table}"), schema: Arc::new(Schema::new(fields)), primary_key: vec![0] }
                 })
                 .collect()
         };
@@ -1526,7 +1526,7 @@ mod tests {
     #[test]
     fn invalid_bindings_are_rejected() {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-        let bind = |pk: Vec<usize>| vec![TableBinding { collection: "public.t".into(), schema: schema.clone(), primary_key: pk }];
+        let bind = |pk: Vec<usize>| vec![UpstreamTable { collection: "public.t".into(), schema: schema.clone(), primary_key: pk }];
         assert!(TxnAssembler::new(bind(vec![]), TxnBoundaries::Metadata).is_err());
         assert!(TxnAssembler::new(bind(vec![3]), TxnBoundaries::Metadata).is_err());
         let mut twice = bind(vec![0]);

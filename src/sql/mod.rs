@@ -380,11 +380,18 @@ pub fn resolve_distinct_on_ordinals(statements: &mut [datafusion::sql::sqlparser
     ordinals.0
 }
 
-/// `changes(shipments)` names a relation, but DataFusion plans table-function arguments
-/// as expressions; quote the name so it arrives as a string: `changes('shipments')`.
-pub fn quote_changes_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
+/// Table functions whose bare-name arguments name a relation or a column:
+/// `changes(shipments)`, `TUMBLE(bid, date_time, INTERVAL '10' SECOND)`.
+const NAME_TAKING_FUNCTIONS: [&str; 3] = ["changes", "tumble", "hop"];
+
+/// DataFusion plans table-function arguments as expressions, where a bare name is an unknown
+/// column; quote the bare names of [`NAME_TAKING_FUNCTIONS`]' calls so they arrive as strings,
+/// and spell the function in lower case as it is registered:
+/// `changes('shipments')`, `tumble('bid', 'date_time', INTERVAL '10' SECOND)`.
+pub fn quote_name_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
     use datafusion::sql::sqlparser::tokenizer::Tokenizer;
-    if !sql.to_ascii_lowercase().contains("changes") {
+    let lower = sql.to_ascii_lowercase();
+    if !NAME_TAKING_FUNCTIONS.iter().any(|f| lower.contains(f)) {
         return sql.into();
     }
     let dialect = PostgreSqlDialect {};
@@ -392,18 +399,47 @@ pub fn quote_changes_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
     let significant = |tokens: &[Token], from: usize| (from..tokens.len()).find(|&i| !matches!(tokens[i], Token::Whitespace(_)));
     let mut changed = false;
     for i in 0..tokens.len() {
-        let is_changes = matches!(&tokens[i], Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("changes"));
-        if !is_changes {
+        let named = matches!(&tokens[i], Token::Word(w) if w.quote_style.is_none()
+            && NAME_TAKING_FUNCTIONS.iter().any(|f| w.value.eq_ignore_ascii_case(f)));
+        if !named {
             continue;
         }
         let Some(paren) = significant(&tokens, i + 1) else { continue };
         if tokens[paren] != Token::LParen {
             continue;
         }
-        let Some(arg) = significant(&tokens, paren + 1) else { continue };
-        if let Token::Word(w) = &tokens[arg] {
-            tokens[arg] = Token::SingleQuotedString(w.value.clone());
-            changed = true;
+        // DataFusion looks table functions up by the name as written.
+        if let Token::Word(w) = &mut tokens[i] {
+            if w.value.chars().any(|c| c.is_ascii_uppercase()) {
+                w.value = w.value.to_ascii_lowercase();
+                changed = true;
+            }
+        }
+        // Each top-level argument that is one bare word (not `INTERVAL '1' SECOND`).
+        let mut at = paren;
+        while let Some(arg) = significant(&tokens, at + 1) {
+            let Some(after) = significant(&tokens, arg + 1) else { break };
+            if let (Token::Word(w), Token::Comma | Token::RParen) = (&tokens[arg], &tokens[after]) {
+                tokens[arg] = Token::SingleQuotedString(w.value.clone());
+                changed = true;
+            }
+            // On to the next top-level comma, or out at the closing parenthesis.
+            let mut depth = 0;
+            let mut next = arg;
+            while next < tokens.len() {
+                match tokens[next] {
+                    Token::LParen => depth += 1,
+                    Token::RParen if depth == 0 => break,
+                    Token::RParen => depth -= 1,
+                    Token::Comma if depth == 0 => break,
+                    _ => {}
+                }
+                next += 1;
+            }
+            if next >= tokens.len() || tokens[next] != Token::Comma {
+                break;
+            }
+            at = next;
         }
     }
     if !changed {
@@ -484,10 +520,15 @@ mod tests {
     #[test]
     fn quotes_changes_arguments() {
         assert_eq!(
-            quote_changes_arguments("SELECT after.id FROM changes(shipments) WHERE x = 'changes(y)'"),
+            quote_name_arguments("SELECT after.id FROM changes(shipments) WHERE x = 'changes(y)'"),
             "SELECT after.id FROM changes('shipments') WHERE x = 'changes(y)'"
         );
-        assert_eq!(quote_changes_arguments("SELECT 1"), "SELECT 1");
+        assert_eq!(quote_name_arguments("SELECT 1"), "SELECT 1");
+        assert_eq!(
+            quote_name_arguments("SELECT * FROM HOP(bid, date_time, INTERVAL '2' SECOND, INTERVAL '10' SECOND) JOIN changes(t, 'id')"),
+            "SELECT * FROM hop('bid', 'date_time', INTERVAL '2' SECOND, INTERVAL '10' SECOND) JOIN changes('t', 'id')"
+        );
+        assert_eq!(quote_name_arguments("SELECT tumble(f(a, b), c)"), "SELECT tumble(f(a, b), 'c')");
     }
 
     #[test]

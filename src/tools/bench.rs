@@ -631,7 +631,7 @@ async fn steps(transactions: u64, scale: usize, limits: &[usize]) -> anyhow::Res
             step_max_ms: percentile(&latencies, 1.0),
         });
         if bindings.is_empty() {
-            bindings = crate::sources::runner::table_bindings(&server.engine, "tms");
+            bindings = crate::sources::runner::upstream_tables(&server.engine, "tms");
         }
         drop(client);
         drop(server);

@@ -9,10 +9,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
-use crate::sources::{Position, TableBinding};
+use crate::sources::{Position, UpstreamTable};
 
 /// The tables that [`records`] fills: `public.shipments` and `public.orders`.
-pub fn bindings() -> Vec<TableBinding> {
+pub fn bindings() -> Vec<UpstreamTable> {
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
     let shipments = Schema::new(vec![
@@ -40,8 +40,8 @@ pub fn bindings() -> Vec<TableBinding> {
         Field::new("region", DataType::Utf8, true),
     ]);
     vec![
-        TableBinding { collection: "public.shipments".into(), schema: Arc::new(shipments), primary_key: vec![0] },
-        TableBinding { collection: "public.orders".into(), schema: Arc::new(orders), primary_key: vec![0] },
+        UpstreamTable { collection: "public.shipments".into(), schema: Arc::new(shipments), primary_key: vec![0] },
+        UpstreamTable { collection: "public.orders".into(), schema: Arc::new(orders), primary_key: vec![0] },
     ]
 }
 
