@@ -409,11 +409,11 @@ pub fn quote_name_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
             continue;
         }
         // DataFusion looks table functions up by the name as written.
-        if let Token::Word(w) = &mut tokens[i] {
-            if w.value.chars().any(|c| c.is_ascii_uppercase()) {
-                w.value = w.value.to_ascii_lowercase();
-                changed = true;
-            }
+        if let Token::Word(w) = &mut tokens[i]
+            && w.value.chars().any(|c| c.is_ascii_uppercase())
+        {
+            w.value = w.value.to_ascii_lowercase();
+            changed = true;
         }
         // Each top-level argument that is one bare word (not `INTERVAL '1' SECOND`).
         let mut at = paren;
