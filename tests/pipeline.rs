@@ -172,3 +172,30 @@ async fn tms_through_postgres_cdc_equals_references() {
     let departed = per_kind.iter().find(|r| r[0].as_deref() == Some("shipment_departed")).unwrap();
     assert_eq!(departed[1].as_deref().unwrap(), reference["shipment_departed"].len().to_string());
 }
+
+/// Under continuous input (the generator never goes idle) the source's counters follow
+/// what the engine has applied, not only what it applied by the last idle moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_counters_keep_up_under_continuous_input() {
+    let server = common::TestServer::start().await;
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE SOURCE g WITH (connector = 'generator', scenario = 'logistics', scale = 50, rate = 200);
+             CREATE TABLE shipments (id BIGINT PRIMARY KEY, trip_id BIGINT, customer_id BIGINT, reference TEXT, status TEXT,
+                 weight_kg DOUBLE PRECISION, planned_delivery TIMESTAMP, delivered_at TIMESTAMP, updated_at TIMESTAMP)
+                 WITH (source = 'g', upstream = 'public.shipments')",
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let row = client.query_one("SELECT transactions, events FROM velocity_catalog.sources WHERE name = 'g'", &[]).await.unwrap();
+        let (transactions, events): (i64, i64) = (row.get(0), row.get(1));
+        if transactions > 0 && events > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no transaction counted after 30 s of continuous input");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

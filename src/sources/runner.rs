@@ -453,6 +453,7 @@ impl Runner {
                 r.stalled_since = None;
             }
             self.apply(outputs, r).await?;
+            self.settle_ready()?;
             if !read_any {
                 // Input is idle: wait for what is in flight, so `caught_up` means applied.
                 self.settle_all().await?;
@@ -608,8 +609,25 @@ impl Runner {
 
     /// Wait for the oldest commit in flight to be durable, and count it.
     async fn settle_one(&mut self) -> Result<bool> {
-        let Some(entry) = self.in_flight.pop_front() else { return Ok(false) };
-        entry.done.await?;
+        let Some(mut entry) = self.in_flight.pop_front() else { return Ok(false) };
+        (&mut entry.done).await?;
+        self.settled(entry);
+        Ok(true)
+    }
+
+    /// Count the commits in flight that are durable by now, without waiting: under
+    /// continuous input the counters and the acknowledged position keep up with the engine.
+    fn settle_ready(&mut self) -> Result<()> {
+        while let Some(front) = self.in_flight.front_mut() {
+            let Some(result) = futures::FutureExt::now_or_never(&mut front.done) else { break };
+            let entry = self.in_flight.pop_front().expect("front exists");
+            result?;
+            self.settled(entry);
+        }
+        Ok(())
+    }
+
+    fn settled(&mut self, entry: InFlight) {
         self.in_flight_events -= entry.events as usize;
         self.status(|s| {
             s.transactions += entry.transactions;
@@ -619,7 +637,6 @@ impl Runner {
             }
         });
         self.durable = Some(entry.resume);
-        Ok(true)
     }
 
     /// Wait until every submitted commit is durable, then acknowledge upstream.
