@@ -67,6 +67,12 @@ async fn another_roles_table_needs_a_grant_to_read_and_write() {
     assert_eq!(refused(&s.bob, "INSERT INTO t VALUES (2, 'b')").await, ("42501".into(), "permission denied for table t".into()));
     assert_eq!(refused(&s.bob, "DELETE FROM t WHERE id = 1").await.0, "42501");
     assert_eq!(refused(&s.bob, "CREATE MATERIALIZED VIEW v AS SELECT count(*) AS n FROM t").await.0, "42501");
+    // COPY reads the table, and writing a server file takes a superuser.
+    let out = s._dir.path().join("copied.csv");
+    let copy = format!("COPY t TO '{}'", out.display());
+    assert_eq!(refused(&s.bob, &copy).await.0, "42501");
+    assert_eq!(refused(&s.alice, &copy).await, ("42501".into(), "must be superuser to COPY to or from a file or program".into()));
+    assert!(!out.exists());
     // System catalogs stay readable.
     assert!(count(&s.bob, "SELECT count(*) FROM pg_catalog.pg_class").await > 0);
 

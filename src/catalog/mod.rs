@@ -433,3 +433,28 @@ fn entry_key(id: u32) -> Vec<u8> {
     k.extend_from_slice(&id.to_be_bytes());
     k
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_stored_before_owners_still_load() {
+        let old = r#"{"id":3,"name":"t","kind":"Table","create_sql":"CREATE TABLE t (id BIGINT)"}"#;
+        let entry: StoredEntry = serde_json::from_str(old).expect("an old entry loads");
+        assert_eq!((entry.owner, entry.grants), (None, vec![]));
+    }
+
+    #[test]
+    fn grants_show_as_postgres_aclitems() {
+        let mut ownership = Ownership::new("alice");
+        assert_eq!(ownership.acl(), None);
+        ownership.change("bob", &[Privilege::Select, Privilege::Insert], true);
+        ownership.change("", &[Privilege::Select], true);
+        ownership.change("bob", &[Privilege::Insert], false);
+        assert_eq!(ownership.acl().unwrap(), ["alice=arwd/alice", "bob=r/alice", "=r/alice"]);
+        ownership.change("bob", &[Privilege::Select], false);
+        ownership.change("", &Privilege::ALL, false);
+        assert_eq!(ownership.acl(), None);
+    }
+}

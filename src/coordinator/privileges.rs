@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, ObjectName, Query, Statement, TableFactor, Value, Visit, Visitor,
+    CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr, ObjectName, Query, Statement, TableFactor, Value, Visit, Visitor,
 };
 
 use super::{Coordinator, CoordinatorError, Result};
@@ -62,7 +62,18 @@ impl Coordinator {
     /// SELECT on every table and materialized view `stmt` reads (`FROM`, joins, subqueries,
     /// `changes('t')`), but for `except` (a DML statement's target, checked on its own).
     /// System catalogs are readable by all.
+    /// `COPY ... TO/FROM` a server file or program also takes a superuser, as in Postgres.
     pub fn authorize_reads(&self, role: &str, stmt: &Statement, except: Option<&str>) -> Result<()> {
+        if let Statement::Copy { source, to, target, .. } = stmt {
+            if matches!(target, CopyTarget::File { .. } | CopyTarget::Program { .. }) {
+                self.require_superuser(role, "COPY to or from a file or program")?;
+            }
+            if let CopySource::Table { table_name, .. } = source
+                && let Some(name) = catalog_name(table_name)
+            {
+                self.require(role, &name, if *to { Privilege::Select } else { Privilege::Insert })?;
+            }
+        }
         let mut reads = Reads::default();
         let _ = stmt.visit(&mut reads);
         for name in reads.names.iter().filter(|n| !reads.ctes.contains(*n) && Some(n.as_str()) != except) {
