@@ -118,7 +118,7 @@ fn main() -> anyhow::Result<()> {
                 tracing::warn!("no --user configured: every client that reaches {listen} is trusted");
             }
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            let server = velocity::server::Server::open(&data_dir).await?.with_access(access).with_max_connections(max_connections);
+            let server = velocity::server::Server::open_with(&data_dir, access).await?.with_max_connections(max_connections);
             if let Some(addr) = metrics {
                 let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
                 println!("velocity: metrics on http://{}/metrics", metrics_listener.local_addr()?);

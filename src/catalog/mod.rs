@@ -4,6 +4,11 @@
 //! replayed in id order (ids grow, and an object only depends on older ones), which
 //! rebuilds schemas and dataflows, while view contents and operator state are restored
 //! from storage rather than recomputed.
+//!
+//! Roles and privileges live here too, in Postgres' shape: every object has an owner and
+//! the grants its owner made (`relowner`, `relacl`); roles are stored next to the objects
+//! (`c` + 0xFF + `role/` + name) except those configured at start (`--user`), which are
+//! superusers for as long as the server runs with them.
 
 use std::collections::BTreeMap;
 
@@ -46,6 +51,143 @@ pub struct StoredEntry {
     pub name: String,
     pub kind: RelationKind,
     pub create_sql: String,
+    /// Absent in entries stored before objects had owners: those belong to the first
+    /// superuser (see [`Catalog::bootstrap_role`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<Grant>,
+}
+
+/// What a role may do with a table or materialized view, as `GRANT` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Privilege {
+    Select,
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Privilege {
+    pub const ALL: [Privilege; 4] = [Privilege::Insert, Privilege::Select, Privilege::Update, Privilege::Delete];
+
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            Privilege::Select => "SELECT",
+            Privilege::Insert => "INSERT",
+            Privilege::Update => "UPDATE",
+            Privilege::Delete => "DELETE",
+        }
+    }
+
+    /// Its letter in an `aclitem` (`alice=r/velocity`).
+    fn letter(self) -> char {
+        match self {
+            Privilege::Select => 'r',
+            Privilege::Insert => 'a',
+            Privilege::Update => 'w',
+            Privilege::Delete => 'd',
+        }
+    }
+}
+
+/// Privileges granted to one role (or, with an empty grantee, to PUBLIC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    pub grantee: String,
+    pub privileges: Vec<Privilege>,
+}
+
+/// Who owns an object and what its owner granted to others.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ownership {
+    pub owner: String,
+    pub grants: Vec<Grant>,
+}
+
+impl Ownership {
+    pub fn new(owner: &str) -> Ownership {
+        Ownership { owner: owner.to_string(), grants: Vec::new() }
+    }
+
+    /// Whether `role` was granted `privilege` (directly or through PUBLIC); owners and
+    /// superusers are checked by [`Catalog::allows`].
+    fn granted(&self, role: &str, privilege: Privilege) -> bool {
+        self.grants.iter().any(|g| (g.grantee == role || g.grantee.is_empty()) && g.privileges.contains(&privilege))
+    }
+
+    /// Add (`grant`) or remove privileges of `grantee`.
+    pub fn change(&mut self, grantee: &str, privileges: &[Privilege], grant: bool) {
+        let at = match self.grants.iter().position(|g| g.grantee == grantee) {
+            Some(i) => i,
+            None if grant => {
+                self.grants.push(Grant { grantee: grantee.to_string(), privileges: Vec::new() });
+                self.grants.len() - 1
+            }
+            None => return,
+        };
+        let held = &mut self.grants[at].privileges;
+        if grant {
+            held.extend_from_slice(privileges);
+            held.sort();
+            held.dedup();
+        } else {
+            held.retain(|p| !privileges.contains(p));
+        }
+        if held.is_empty() {
+            self.grants.remove(at);
+        }
+    }
+
+    /// `relacl` as Postgres shows it: NULL (None) until something is granted, then the
+    /// owner's own item and one per grantee, as `grantee=letters/grantor`.
+    pub fn acl(&self) -> Option<Vec<String>> {
+        if self.grants.is_empty() {
+            return None;
+        }
+        let letters = |ps: &[Privilege]| -> String { Privilege::ALL.iter().filter(|p| ps.contains(p)).map(|p| p.letter()).collect() };
+        let mut items = vec![format!("{0}={1}/{0}", self.owner, letters(&Privilege::ALL))];
+        items.extend(self.grants.iter().map(|g| format!("{}={}/{}", g.grantee, letters(&g.privileges), self.owner)));
+        Some(items)
+    }
+}
+
+/// A role: who may connect, and as whom privileges are checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Role {
+    pub name: String,
+    pub superuser: bool,
+    pub login: bool,
+    /// The SCRAM-SHA-256 secret of its password; the password itself is never kept.
+    pub secret: Option<RoleSecret>,
+    /// Configured at start (`--user`, or the trusted default `velocity`): a superuser that
+    /// is not stored and cannot be altered or dropped.
+    #[serde(skip)]
+    pub configured: bool,
+}
+
+/// A SCRAM salted password and its salt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleSecret {
+    pub salt: Vec<u8>,
+    pub salted_password: Vec<u8>,
+}
+
+/// A change to the catalog that is not a CREATE or DROP of an object: the engine thread
+/// applies it and stores it in a step of its own.
+#[derive(Debug, Clone)]
+pub enum CatalogUpdate {
+    /// The roles configured at start (not stored); the first owns objects stored before
+    /// objects had owners.
+    Configure(Vec<Role>),
+    /// Create or replace a role.
+    PutRole(Role),
+    DropRole(String),
+    /// Replace an object's owner and grants.
+    SetOwnership {
+        name: String,
+        ownership: Ownership,
+    },
 }
 
 /// A live catalog object.
@@ -62,6 +204,8 @@ pub struct Relation {
     pub depends_on: Vec<String>,
     /// For a table fed by a source: which source, and the upstream table it mirrors.
     pub binding: Option<SourceBinding>,
+    /// Its owner and the privileges granted on it.
+    pub ownership: Ownership,
 }
 
 impl Relation {
@@ -76,6 +220,24 @@ impl Relation {
             primary_key: vec![],
             depends_on,
             binding: None,
+            ownership: Ownership::default(),
+        }
+    }
+
+    /// The same object, owned by `ownership`.
+    pub fn owned(mut self, ownership: Ownership) -> Relation {
+        self.ownership = ownership;
+        self
+    }
+
+    fn stored(&self) -> StoredEntry {
+        StoredEntry {
+            id: self.id,
+            name: self.name.clone(),
+            kind: self.kind,
+            create_sql: self.create_sql.clone(),
+            owner: Some(self.ownership.owner.clone()),
+            grants: self.ownership.grants.clone(),
         }
     }
 }
@@ -91,13 +253,41 @@ pub struct SourceBinding {
 pub struct Catalog {
     relations: BTreeMap<String, Relation>,
     next_id: u32,
+    roles: BTreeMap<String, Role>,
+    /// The first configured role.
+    bootstrap: String,
+}
+
+/// Keys of stored roles: after every object's (`c` + id), which they never collide with.
+const ROLE_PREFIX: &[u8] = &[keyspace::CATALOG, 0xFF, b'r', b'o', b'l', b'e', b'/'];
+
+fn role_key(name: &str) -> Vec<u8> {
+    let mut k = ROLE_PREFIX.to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
 }
 
 impl Catalog {
+    /// The catalog as stored: its roles (objects are replayed from [`Catalog::load_entries`]).
+    pub fn open(store: &Store) -> Result<Catalog, StorageError> {
+        let mut catalog = Catalog::default();
+        for (k, v) in store.scan_prefix(ROLE_PREFIX)? {
+            let role: Role = serde_json::from_slice(&v).map_err(|e| StorageError::Corrupt {
+                what: format!("role {:?}", String::from_utf8_lossy(&k[ROLE_PREFIX.len()..])),
+                detail: e.to_string(),
+            })?;
+            catalog.roles.insert(role.name.clone(), role);
+        }
+        Ok(catalog)
+    }
+
     /// Read the persisted entries, in id order.
     pub fn load_entries(store: &Store) -> Result<Vec<StoredEntry>, StorageError> {
         let mut out = Vec::new();
         for (k, v) in store.scan_prefix(&[keyspace::CATALOG])? {
+            if k.starts_with(ROLE_PREFIX) {
+                continue;
+            }
             let entry: StoredEntry = serde_json::from_slice(&v).map_err(|e| StorageError::Corrupt {
                 what: format!("catalog entry {:?}", String::from_utf8_lossy(&k)),
                 detail: e.to_string(),
@@ -155,9 +345,7 @@ impl Catalog {
 
     pub fn insert(&mut self, relation: Relation, writes: Option<&mut TickWrites>) {
         if let Some(writes) = writes {
-            let entry =
-                StoredEntry { id: relation.id, name: relation.name.clone(), kind: relation.kind, create_sql: relation.create_sql.clone() };
-            let value = serde_json::to_vec(&entry).expect("catalog entries serialize");
+            let value = serde_json::to_vec(&relation.stored()).expect("catalog entries serialize");
             writes.put(&entry_key(relation.id), &value);
         }
         self.observe_id(relation.id);
@@ -171,8 +359,102 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.get(name)
+    }
+
+    pub fn roles(&self) -> impl Iterator<Item = &Role> {
+        self.roles.values()
+    }
+
+    /// The first role configured at start: owner of objects stored before objects had
+    /// owners, and who a trusted connection under an unknown name acts as.
+    pub fn bootstrap_role(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn is_superuser(&self, role: &str) -> bool {
+        self.roles.get(role).is_some_and(|r| r.superuser)
+    }
+
+    /// Whether `role` may use `privilege` on `relation`: superusers and the owner always,
+    /// others when granted.
+    pub fn allows(&self, role: &str, relation: &Relation, privilege: Privilege) -> bool {
+        self.is_superuser(role) || relation.ownership.owner == role || relation.ownership.granted(role, privilege)
+    }
+
+    /// Objects `role` owns or holds privileges on, as Postgres lists them when it refuses
+    /// to drop the role (`owner of table t`, `privileges for table u`).
+    pub fn dependencies_of_role(&self, role: &str) -> Vec<String> {
+        let owned =
+            self.relations.values().filter(|r| r.ownership.owner == role).map(|r| format!("owner of {} {}", r.kind.sql_name(), r.name));
+        let granted = self
+            .relations
+            .values()
+            .filter(|r| r.ownership.grants.iter().any(|g| g.grantee == role))
+            .map(|r| format!("privileges for {} {}", r.kind.sql_name(), r.name));
+        owned.chain(granted).collect()
+    }
+
+    /// Apply `update` in memory, adding what must be stored to `writes`.
+    pub fn apply(&mut self, update: CatalogUpdate, writes: &mut TickWrites) {
+        match update {
+            CatalogUpdate::Configure(roles) => {
+                self.roles.retain(|_, r| !r.configured);
+                self.bootstrap = roles.first().map(|r| r.name.clone()).unwrap_or_default();
+                for role in roles {
+                    self.roles.insert(role.name.clone(), Role { configured: true, superuser: true, ..role });
+                }
+            }
+            CatalogUpdate::PutRole(role) => {
+                if !role.configured {
+                    writes.put(&role_key(&role.name), &serde_json::to_vec(&role).expect("roles serialize"));
+                }
+                self.roles.insert(role.name.clone(), role);
+            }
+            CatalogUpdate::DropRole(name) => {
+                writes.delete(&role_key(&name));
+                self.roles.remove(&name);
+            }
+            CatalogUpdate::SetOwnership { name, ownership } => {
+                if let Some(relation) = self.relations.get_mut(&name) {
+                    relation.ownership = ownership;
+                    let value = serde_json::to_vec(&relation.stored()).expect("catalog entries serialize");
+                    writes.put(&entry_key(relation.id), &value);
+                }
+            }
+        }
+    }
+}
+
 fn entry_key(id: u32) -> Vec<u8> {
     let mut k = vec![keyspace::CATALOG];
     k.extend_from_slice(&id.to_be_bytes());
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_stored_before_owners_still_load() {
+        let old = r#"{"id":3,"name":"t","kind":"Table","create_sql":"CREATE TABLE t (id BIGINT)"}"#;
+        let entry: StoredEntry = serde_json::from_str(old).expect("an old entry loads");
+        assert_eq!((entry.owner, entry.grants), (None, vec![]));
+    }
+
+    #[test]
+    fn grants_show_as_postgres_aclitems() {
+        let mut ownership = Ownership::new("alice");
+        assert_eq!(ownership.acl(), None);
+        ownership.change("bob", &[Privilege::Select, Privilege::Insert], true);
+        ownership.change("", &[Privilege::Select], true);
+        ownership.change("bob", &[Privilege::Insert], false);
+        assert_eq!(ownership.acl().unwrap(), ["alice=arwd/alice", "bob=r/alice", "=r/alice"]);
+        ownership.change("bob", &[Privilege::Select], false);
+        ownership.change("", &Privilege::ALL, false);
+        assert_eq!(ownership.acl(), None);
+    }
 }

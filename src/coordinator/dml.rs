@@ -14,7 +14,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 
 use super::{Coordinator, CoordinatorError, Result};
-use crate::catalog::{Relation, RelationKind};
+use crate::catalog::{Privilege, Relation, RelationKind};
 use crate::dataflow::ChangeBatch;
 
 /// What one INSERT, UPDATE or DELETE changes.
@@ -31,8 +31,12 @@ pub struct Write {
 impl Coordinator {
     /// Evaluate a DML statement (planned already by the extended protocol, or planned here)
     /// against committed rows plus `pending`: the session's uncommitted changes of a table.
+    /// `role` needs the statement's privilege on the table, SELECT too when an UPDATE or
+    /// DELETE has a WHERE clause (it reads the rows, as in Postgres), and SELECT on whatever
+    /// else the statement reads.
     pub async fn write(
         &self,
+        role: &str,
         stmt: &Statement,
         planned: Option<&LogicalPlan>,
         params: &ParamValues,
@@ -54,6 +58,18 @@ impl Coordinator {
         if relation.kind != RelationKind::Table {
             return Err(CoordinatorError::NotATable(relation.name));
         }
+        let (privilege, reads_target) = match (&dml.op, stmt) {
+            (WriteOp::Insert(_), _) => (Privilege::Insert, false),
+            (WriteOp::Update, Statement::Update(u)) => (Privilege::Update, u.selection.is_some()),
+            (WriteOp::Delete, Statement::Delete(d)) => (Privilege::Delete, d.selection.is_some()),
+            (WriteOp::Update, _) => (Privilege::Update, false),
+            _ => (Privilege::Delete, false),
+        };
+        self.require(role, &relation.name, privilege)?;
+        if reads_target {
+            self.require(role, &relation.name, Privilege::Select)?;
+        }
+        self.authorize_reads(role, stmt, Some(&relation.name))?;
         if let Some(b) = &relation.binding {
             return Err(CoordinatorError::ReadOnlyTable { table: relation.name, source_name: b.source.clone() });
         }

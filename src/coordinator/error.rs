@@ -3,7 +3,7 @@
 
 use datafusion::error::DataFusionError;
 
-use crate::catalog::RelationKind;
+use crate::catalog::{Privilege, RelationKind};
 use crate::engine::EngineError;
 use crate::planner::PlanError;
 use crate::sinks::SinkError;
@@ -47,6 +47,29 @@ pub enum CoordinatorError {
     NotATable(String),
     #[error("{0} is not supported")]
     Unsupported(String),
+    /// The role lacks a privilege on an object (`permission denied for table t`).
+    #[error("permission denied for {} {name}", kind.sql_name())]
+    InsufficientPrivilege { privilege: Privilege, kind: RelationKind, name: String },
+    /// Only the owner (or a superuser) may do this to the object.
+    #[error("must be owner of {} {name}", kind.sql_name())]
+    NotOwner { kind: RelationKind, name: String },
+    /// What only a superuser may do: `permission denied to create role`, `must be superuser
+    /// to create a source`.
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("role \"{0}\" already exists")]
+    DuplicateRole(String),
+    #[error("role \"{0}\" does not exist")]
+    UndefinedRole(String),
+    /// DROP ROLE of a role that owns objects or holds privileges on them.
+    #[error("role \"{name}\" cannot be dropped because some objects depend on it: {}", objects.join(", "))]
+    RoleHasDependents { name: String, objects: Vec<String> },
+    /// DROP ROLE of a role configured at start.
+    #[error("cannot drop role {0} because it is required by the database system")]
+    RequiredRole(String),
+    /// DROP ROLE of the session's own role.
+    #[error("{0} user cannot be dropped")]
+    ActiveRole(&'static str),
     /// FLUSH waited for sources that stopped making progress.
     #[error("FLUSH gave up: sources made no progress for {seconds} s: {}", sources.join(", "))]
     FlushStalled { seconds: u64, sources: Vec<String> },

@@ -9,6 +9,7 @@
 
 mod dml;
 mod error;
+mod privileges;
 pub mod relation_table;
 
 use std::sync::Arc;
@@ -23,8 +24,9 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 
 pub use dml::Write;
 pub use error::{CoordinatorError, Result};
+pub use privileges::RoleOptions;
 
-use crate::catalog::{Catalog, Relation, RelationKind, SourceBinding};
+use crate::catalog::{Catalog, Ownership, Privilege, Relation, RelationKind, SourceBinding};
 use crate::dataflow::ChangeBatch;
 use crate::engine::{Commit, Engine};
 use crate::planner::plan_dataflow;
@@ -78,8 +80,13 @@ impl Coordinator {
     pub async fn restore(&self) -> Result<usize> {
         let _ddl = self.ddl.lock().await;
         let entries = Catalog::load_entries(self.engine.store()).map_err(crate::engine::EngineError::from)?;
+        let bootstrap = self.engine.catalog().bootstrap_role().to_string();
         let mut sources = Vec::new();
         for entry in &entries {
+            let origin = Origin::Restored {
+                id: entry.id,
+                ownership: Ownership { owner: entry.owner.clone().unwrap_or_else(|| bootstrap.clone()), grants: entry.grants.clone() },
+            };
             let restoring = |e: CoordinatorError| CoordinatorError::Restore(format!("{} \"{}\": {e}", entry.kind.sql_name(), entry.name));
             let unparsable = || CoordinatorError::Restore(format!("the stored definition of \"{}\" does not parse", entry.name));
             match entry.kind {
@@ -87,8 +94,7 @@ impl Coordinator {
                     let Some(Ok(VelocityStatement::CreateSource { name, options })) = crate::sql::parse_velocity(&entry.create_sql) else {
                         return Err(unparsable());
                     };
-                    let (id, config) =
-                        self.create_source_as(&name, &options, &entry.create_sql, Some(entry.id)).await.map_err(restoring)?;
+                    let (id, config) = self.create_source_as(&name, &options, &entry.create_sql, &origin).await.map_err(restoring)?;
                     sources.push((id, name, config));
                 }
                 RelationKind::Sink => {
@@ -96,7 +102,7 @@ impl Coordinator {
                     else {
                         return Err(unparsable());
                     };
-                    self.create_sink_as(&name, &from, &options, &entry.create_sql, Some(entry.id)).await.map_err(restoring)?;
+                    self.create_sink_as(&name, &from, &options, &entry.create_sql, &origin).await.map_err(restoring)?;
                 }
                 RelationKind::Table | RelationKind::MaterializedView => {
                     let stmt = PostgresCompatibilityParser::new()
@@ -105,8 +111,8 @@ impl Coordinator {
                         .and_then(|mut s| (!s.is_empty()).then(|| s.remove(0)))
                         .ok_or_else(unparsable)?;
                     let restored = match entry.kind {
-                        RelationKind::Table => self.create_table_as(&stmt, Some(entry.id)).await,
-                        _ => self.create_view_as(&stmt, Some(entry.id)).await,
+                        RelationKind::Table => self.create_table_as(&stmt, &origin).await,
+                        _ => self.create_view_as(&stmt, &origin).await,
                     };
                     restored.map_err(restoring)?;
                 }
@@ -119,13 +125,20 @@ impl Coordinator {
     }
 
     /// `CREATE TABLE`, plain or bound to a source with `WITH (source = '...', upstream = '...')`.
-    pub async fn create_table(&self, stmt: &Statement) -> Result<()> {
+    /// `role` owns it; binding it to a source takes owning the source.
+    pub async fn create_table_by(&self, role: &str, stmt: &Statement) -> Result<()> {
         let _ddl = self.ddl.lock().await;
-        self.create_table_as(stmt, None).await
+        self.create_table_as(stmt, &Origin::New { role }).await
     }
 
-    /// CREATE TABLE; with `restore`, re-creates a stored table under its old id.
-    async fn create_table_as(&self, stmt: &Statement, restore: Option<u32>) -> Result<()> {
+    /// `CREATE TABLE` by the first superuser, for tools that embed the server.
+    pub async fn create_table(&self, stmt: &Statement) -> Result<()> {
+        let role = self.engine.catalog().bootstrap_role().to_string();
+        self.create_table_by(&role, stmt).await
+    }
+
+    /// CREATE TABLE; restored, re-creates a stored table under its old id.
+    async fn create_table_as(&self, stmt: &Statement, origin: &Origin<'_>) -> Result<()> {
         let Statement::CreateTable(ct) = stmt else { return Err(CoordinatorError::Unsupported(format!("{stmt} as a table"))) };
         let options: Vec<(String, String)> = match &ct.table_options {
             CreateTableOptions::None => Vec::new(),
@@ -141,6 +154,9 @@ impl Coordinator {
             _ => return Err(CoordinatorError::Unsupported("a table option other than WITH (...)".into())),
         };
         let binding = self.table_binding(&options)?;
+        if let (Some(b), Origin::New { role }) = (&binding, origin) {
+            self.require_owner(role, &b.source)?;
+        }
         // DataFusion plans the columns and constraints; the options are Velocity's.
         let mut plain = ct.clone();
         plain.table_options = CreateTableOptions::None;
@@ -190,7 +206,7 @@ impl Coordinator {
             })
             .collect();
         let relation = Relation {
-            id: restore.unwrap_or_else(|| self.engine.allocate_id()),
+            id: origin.id(&self.engine),
             name: name.clone(),
             kind: RelationKind::Table,
             create_sql: stmt.to_string(),
@@ -198,8 +214,9 @@ impl Coordinator {
             primary_key,
             depends_on: binding.iter().map(|b| b.source.clone()).collect(),
             binding,
+            ownership: origin.ownership(),
         };
-        self.engine.create_table(relation.clone(), restore.is_some()).await?;
+        self.engine.create_table(relation.clone(), origin.restoring()).await?;
         // DEFAULT clauses live in the stored definition; INSERT reads them from the provider.
         let table = RelationTable::new(self.engine.clone(), relation).with_defaults(cmt.column_defaults.clone());
         self.context.register_table(name.as_str(), Arc::new(table))?;
@@ -235,42 +252,47 @@ impl Coordinator {
     }
 
     /// `CREATE SOURCE name WITH (connector = '...', ...)`: records it and starts reading.
-    pub async fn create_source(&self, name: &str, options: &[(String, String)]) -> Result<()> {
+    /// Superusers only: a source reads files and connects to hosts as the server.
+    pub async fn create_source(&self, role: &str, name: &str, options: &[(String, String)]) -> Result<()> {
         let _ddl = self.ddl.lock().await;
         let sql = format!("CREATE SOURCE {name} {}", with_clause(options));
-        let (id, config) = self.create_source_as(name, options, &sql, None).await?;
+        let (id, config) = self.create_source_as(name, options, &sql, &Origin::New { role }).await?;
         crate::sources::runner::spawn(self.engine.clone(), self.sources.clone(), id, name.to_string(), config);
         Ok(())
     }
 
-    /// Record a source (a new one, or with `restore` a stored one under its old id), not
-    /// yet started: its id and configuration.
+    /// Record a source (a new one, or a restored one under its old id), not yet started:
+    /// its id and configuration.
     async fn create_source_as(
         &self,
         name: &str,
         options: &[(String, String)],
         create_sql: &str,
-        restore: Option<u32>,
+        origin: &Origin<'_>,
     ) -> Result<(u32, SourceConfig)> {
+        if let Origin::New { role } = origin {
+            self.require_superuser(role, "create a source")?;
+        }
         let config = SourceConfig::from_options(options).map_err(CoordinatorError::SourceOptions)?;
-        if restore.is_none() && self.engine.catalog().get(name).is_some() {
+        if !origin.restoring() && self.engine.catalog().get(name).is_some() {
             return Err(CoordinatorError::DuplicateObject { kind: RelationKind::Source, name: name.to_string() });
         }
-        let id = restore.unwrap_or_else(|| self.engine.allocate_id());
-        let relation = Relation::rowless(id, name, RelationKind::Source, create_sql, vec![]);
-        self.engine.create_table(relation, restore.is_some()).await?;
+        let id = origin.id(&self.engine);
+        let relation = Relation::rowless(id, name, RelationKind::Source, create_sql, vec![]).owned(origin.ownership());
+        self.engine.create_table(relation, origin.restoring()).await?;
         Ok((id, config))
     }
 
     /// `CREATE SINK name FROM relation WITH (connector = 'kafka', ...)`: records it and
-    /// starts delivering.
-    pub async fn create_sink(&self, name: &str, from: &str, options: &[(String, String)]) -> Result<()> {
+    /// starts delivering. Superusers only (a sink connects to hosts as the server), who
+    /// also need SELECT on the relation.
+    pub async fn create_sink(&self, role: &str, name: &str, from: &str, options: &[(String, String)]) -> Result<()> {
         let _ddl = self.ddl.lock().await;
         let sql = format!("CREATE SINK {name} FROM {from} {}", with_clause(options));
-        self.create_sink_as(name, from, options, &sql, None).await
+        self.create_sink_as(name, from, options, &sql, &Origin::New { role }).await
     }
 
-    /// CREATE SINK; with `restore`, re-creates a stored sink under its old id. Starts its
+    /// CREATE SINK; restored, re-creates a stored sink under its old id. Starts its
     /// delivery task.
     async fn create_sink_as(
         &self,
@@ -278,12 +300,16 @@ impl Coordinator {
         from: &str,
         options: &[(String, String)],
         create_sql: &str,
-        restore: Option<u32>,
+        origin: &Origin<'_>,
     ) -> Result<()> {
+        if let Origin::New { role } = origin {
+            self.require_superuser(role, "create a sink")?;
+            self.require(role, from, Privilege::Select)?;
+        }
         let config = SinkConfig::from_options(options)?;
         let relation = {
             let catalog = self.engine.catalog();
-            if restore.is_none() && catalog.get(name).is_some() {
+            if !origin.restoring() && catalog.get(name).is_some() {
                 return Err(CoordinatorError::DuplicateObject { kind: RelationKind::Sink, name: name.to_string() });
             }
             match catalog.get(from) {
@@ -294,10 +320,10 @@ impl Coordinator {
                 None => return Err(CoordinatorError::UndefinedObject { kind: RelationKind::Table, name: from.to_string() }),
             }
         };
-        let id = restore.unwrap_or_else(|| self.engine.allocate_id());
+        let id = origin.id(&self.engine);
         let encoder = SinkEncoder::new(id, name, &relation, &config)?;
-        let sink = Relation::rowless(id, name, RelationKind::Sink, create_sql, vec![from.to_string()]);
-        self.engine.create_output(sink, Box::new(encoder), restore.is_some()).await?;
+        let sink = Relation::rowless(id, name, RelationKind::Sink, create_sql, vec![from.to_string()]).owned(origin.ownership());
+        self.engine.create_output(sink, Box::new(encoder), origin.restoring()).await?;
         let status = SinkStatus {
             relation: from.to_string(),
             topic: config.topic.clone(),
@@ -311,14 +337,22 @@ impl Coordinator {
     }
 
     /// `CREATE MATERIALIZED VIEW`: plans the query into a dataflow and fills the view.
-    pub async fn create_view(&self, stmt: &Statement) -> Result<()> {
+    /// `role` owns it and needs SELECT on everything it reads: the view then reads them
+    /// with its owner's rights, whoever reads the view.
+    pub async fn create_view_by(&self, role: &str, stmt: &Statement) -> Result<()> {
         let _ddl = self.ddl.lock().await;
-        self.create_view_as(stmt, None).await
+        self.create_view_as(stmt, &Origin::New { role }).await
     }
 
-    /// CREATE MATERIALIZED VIEW; with `restore`, re-creates a stored view and its dataflow
-    /// under the old id, restoring operator state instead of recomputing it.
-    async fn create_view_as(&self, stmt: &Statement, restore: Option<u32>) -> Result<()> {
+    /// `CREATE MATERIALIZED VIEW` by the first superuser, for tools that embed the server.
+    pub async fn create_view(&self, stmt: &Statement) -> Result<()> {
+        let role = self.engine.catalog().bootstrap_role().to_string();
+        self.create_view_by(&role, stmt).await
+    }
+
+    /// CREATE MATERIALIZED VIEW; restored, re-creates a stored view and its dataflow under
+    /// the old id, restoring operator state instead of recomputing it.
+    async fn create_view_as(&self, stmt: &Statement, origin: &Origin<'_>) -> Result<()> {
         let Statement::CreateView(cv) = stmt else { return Err(CoordinatorError::Unsupported(format!("{stmt} as a view"))) };
         if !cv.materialized {
             return Err(CoordinatorError::Unsupported("CREATE VIEW (use CREATE MATERIALIZED VIEW)".into()));
@@ -353,8 +387,13 @@ impl Coordinator {
         }
         let plan = crate::planner::temporal::rewrite_time_windows(plan)?;
         let optimized = state.optimize(&plan)?;
-        let id = restore.unwrap_or_else(|| self.engine.allocate_id());
+        let id = origin.id(&self.engine);
         let (dataflow, depends_on) = plan_dataflow(&optimized, id, &self.engine.catalog())?;
+        if let Origin::New { role } = origin {
+            for read in &depends_on {
+                self.require(role, read, Privilege::Select)?;
+            }
+        }
         // Column names as the user wrote them, types as the optimized plan computes them.
         let fields: Vec<Field> = plan
             .schema()
@@ -372,15 +411,18 @@ impl Coordinator {
             primary_key: vec![],
             depends_on,
             binding: None,
+            ownership: origin.ownership(),
         };
-        self.engine.create_view(relation.clone(), dataflow, restore.is_some()).await?;
+        self.engine.create_view(relation.clone(), dataflow, origin.restoring()).await?;
         self.context.register_table(name.as_str(), Arc::new(RelationTable::new(self.engine.clone(), relation)))?;
         Ok(())
     }
 
     /// `DROP {TABLE | MATERIALIZED VIEW | SOURCE | SINK} [IF EXISTS] names [CASCADE]`:
-    /// refuses while other objects depend on one of `names`, unless `cascade`.
-    pub async fn drop_objects(&self, kind: RelationKind, names: &[String], if_exists: bool, cascade: bool) -> Result<()> {
+    /// refuses while other objects depend on one of `names`, unless `cascade`. `role` must
+    /// own each of `names` (what CASCADE drops with them is dropped whoever owns it, as in
+    /// Postgres).
+    pub async fn drop_objects(&self, role: &str, kind: RelationKind, names: &[String], if_exists: bool, cascade: bool) -> Result<()> {
         let _ddl = self.ddl.lock().await;
         let mut to_drop: Vec<(u32, String)> = Vec::new();
         {
@@ -402,6 +444,9 @@ impl Coordinator {
                         continue;
                     }
                     return Err(CoordinatorError::UndefinedObject { kind, name: name.clone() });
+                }
+                if !catalog.is_superuser(role) && relation.ownership.owner != role {
+                    return Err(CoordinatorError::NotOwner { kind, name: name.clone() });
                 }
                 let dependents = catalog.dependents(name);
                 if !dependents.is_empty() && !cascade {
@@ -470,6 +515,34 @@ impl Coordinator {
                 return Err(CoordinatorError::FlushStalled { seconds: STALLED.as_secs(), sources: waiting });
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Who an object is created for: a session's role (a new object, its privileges checked)
+/// or a stored entry being restored (its id, owner and grants as stored; nothing checked).
+enum Origin<'a> {
+    New { role: &'a str },
+    Restored { id: u32, ownership: Ownership },
+}
+
+impl Origin<'_> {
+    fn restoring(&self) -> bool {
+        matches!(self, Origin::Restored { .. })
+    }
+
+    /// The object's id: its stored one, or a new one.
+    fn id(&self, engine: &Engine) -> u32 {
+        match self {
+            Origin::New { .. } => engine.allocate_id(),
+            Origin::Restored { id, .. } => *id,
+        }
+    }
+
+    fn ownership(&self) -> Ownership {
+        match self {
+            Origin::New { role } => Ownership::new(role),
+            Origin::Restored { ownership, .. } => ownership.clone(),
         }
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::catalog::{Catalog, Relation, RelationKind};
+use crate::catalog::{Catalog, CatalogUpdate, Relation, RelationKind};
 use crate::dataflow::graph::{Dataflow, StepChanges, TickInfo};
 use crate::dataflow::{ChangeBatch, DataflowError};
 use crate::storage::{StorageError, Store, TickWrites, keyspace};
@@ -177,6 +177,11 @@ enum Request {
         names: Vec<String>,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Roles, owners and grants: applied to the catalog and stored in a step of their own.
+    UpdateCatalog {
+        update: CatalogUpdate,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// The clock ticked: run the dataflows whose operators are due (temporal filters).
     Wake,
 }
@@ -223,7 +228,7 @@ impl Engine {
         let engine = Engine {
             requests: tx,
             store: store.clone(),
-            catalog: Arc::new(RwLock::new(Catalog::default())),
+            catalog: Arc::new(RwLock::new(Catalog::open(&store)?)),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             ticks,
             stats: Arc::new(RwLock::new(EngineStats { tick, ..Default::default() })),
@@ -346,6 +351,11 @@ impl Engine {
         self.call(|reply| Request::Drop { names, reply }).await
     }
 
+    /// Change roles, owners or grants (see [`CatalogUpdate`]); returns once it is durable.
+    pub async fn update_catalog(&self, update: CatalogUpdate) -> Result<()> {
+        self.call(|reply| Request::UpdateCatalog { update, reply }).await
+    }
+
     /// Cap the commits one step takes (0: the default budget), for measuring batch sizes.
     pub fn set_step_limit(&self, commits: usize) {
         self.step_limit.store(commits, Ordering::Relaxed);
@@ -450,6 +460,9 @@ impl EngineThread {
             }
             Request::Drop { names, reply } => {
                 let _ = reply.send(self.drop(names));
+            }
+            Request::UpdateCatalog { update, reply } => {
+                let _ = reply.send(self.update_catalog(update));
             }
             Request::Commit(..) | Request::Wake => unreachable!("commits and wake-ups are batched by run()"),
         }
@@ -557,6 +570,26 @@ impl EngineThread {
         }
         self.outputs.insert(relation.id, output);
         Ok(())
+    }
+
+    /// Apply a catalog update; what it stores commits as one step (an update that stores
+    /// nothing, the configured roles, takes none). A failed commit leaves the catalog as it was.
+    fn update_catalog(&mut self, update: CatalogUpdate) -> Result<()> {
+        let mut writes = TickWrites::default();
+        let before = {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            let before = catalog.clone();
+            catalog.apply(update, &mut writes);
+            before
+        };
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let committed = self.commit_writes(writes, HashMap::new(), 1);
+        if committed.is_err() {
+            *self.catalog.write().expect("catalog lock") = before;
+        }
+        committed
     }
 
     fn drop(&mut self, names: Vec<String>) -> Result<()> {

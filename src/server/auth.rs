@@ -1,6 +1,8 @@
 //! Who may connect, and how: SCRAM-SHA-256 passwords for the users configured at start
-//! (`--user name:password`, `--users-file`), trust when no user is configured, TLS when a
-//! certificate and key are given.
+//! (`--user name:password`, `--users-file`) and for the roles created with `LOGIN PASSWORD`,
+//! trust when no user is configured, TLS when a certificate and key are given. Configured
+//! users are superusers; with none, the trusted default user `velocity` is, and a trusted
+//! connection under a name that is no role acts as it.
 //!
 //! Promise: no statement runs on a connection before its authentication has finished;
 //! `VelocityService` checks the `Authenticated` marker this module sets.
@@ -25,7 +27,13 @@ use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontend
 use futures::Sink;
 use tokio_rustls::TlsAcceptor;
 
-use super::error::ServerError;
+use super::error::{ServerError, SessionError};
+use super::session::SessionRoles;
+use crate::catalog::{Role, RoleSecret};
+use crate::engine::Engine;
+
+/// The superuser of a server without configured users.
+pub const DEFAULT_USER: &str = "velocity";
 
 /// PBKDF2 iterations for stored SCRAM secrets (Postgres' default).
 const SCRAM_ITERATIONS: usize = 4096;
@@ -64,10 +72,18 @@ impl ServerParameterProvider for Parameters {
     }
 }
 
-/// Users and their SCRAM secrets (salted passwords; the plain password is not kept).
-#[derive(Debug, Default)]
+/// The SCRAM-SHA-256 secret of `password` under a fresh salt.
+pub fn scram_secret(password: &str) -> RoleSecret {
+    let salt = random_nonce().into_bytes();
+    let salted_password = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+    RoleSecret { salt, salted_password }
+}
+
+/// Users configured at start and their SCRAM secrets (salted passwords; the plain password
+/// is not kept), in the order given: the first owns objects stored before objects had owners.
+#[derive(Debug, Default, Clone)]
 pub struct Users {
-    secrets: HashMap<String, Password>,
+    roles: Vec<Role>,
 }
 
 impl Users {
@@ -79,9 +95,11 @@ impl Users {
         if name.is_empty() {
             return Err(ServerError::Config(format!("user {spec:?}: empty name")));
         }
-        let salt = random_nonce().into_bytes();
-        let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
-        self.secrets.insert(name.to_string(), Password::new(Some(salt), salted));
+        let role = Role { name: name.to_string(), superuser: true, login: true, secret: Some(scram_secret(password)), configured: true };
+        match self.roles.iter_mut().find(|r| r.name == name) {
+            Some(existing) => *existing = role,
+            None => self.roles.push(role),
+        }
         Ok(())
     }
 
@@ -95,15 +113,29 @@ impl Users {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.secrets.is_empty()
+        self.roles.is_empty()
+    }
+}
+
+/// The SCRAM secrets of the roles that may log in with a password: configured users and
+/// roles created `WITH LOGIN PASSWORD`, looked up when a connection authenticates.
+struct RoleSecrets(Engine);
+
+impl Debug for RoleSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoleSecrets")
     }
 }
 
 #[async_trait]
-impl AuthSource for Users {
+impl AuthSource for RoleSecrets {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
-        match login.user().and_then(|u| self.secrets.get(u)) {
-            Some(secret) => Ok(secret.clone()),
+        let secret = login.user().and_then(|u| {
+            let catalog = self.0.catalog();
+            catalog.role(u).filter(|r| r.login).and_then(|r| r.secret.clone())
+        });
+        match secret {
+            Some(secret) => Ok(Password::new(Some(secret.salt), secret.salted_password)),
             // An unknown user gets a secret nobody knows, so the exchange fails the same way
             // (28P01) as a wrong password and does not reveal which users exist.
             None => Ok(Password::new(Some(random_nonce().into_bytes()), random_nonce().into_bytes())),
@@ -114,7 +146,9 @@ impl AuthSource for Users {
 /// How connections are accepted: the users (none: trust) and the TLS setup.
 #[derive(Default, Clone)]
 pub struct Access {
-    users: Option<Arc<Users>>,
+    users: Users,
+    /// The catalog's roles, once the server has opened its data directory.
+    engine: Option<Engine>,
     /// Every authenticated connection by process id and secret key, so a CancelRequest
     /// (sent on a new connection) finds the statement to cancel.
     connections: Arc<ConnectionManager>,
@@ -126,7 +160,22 @@ pub struct Access {
 impl Access {
     /// Require SCRAM-SHA-256 passwords for these users; no users means trust.
     pub fn with_users(mut self, users: Users) -> Self {
-        self.users = if users.is_empty() { None } else { Some(Arc::new(users)) };
+        self.users = users;
+        self
+    }
+
+    /// The superusers configured at start: the users given, or the trusted `velocity`.
+    pub fn configured_roles(&self) -> Vec<Role> {
+        if self.users.is_empty() {
+            vec![Role { name: DEFAULT_USER.into(), superuser: true, login: true, secret: None, configured: true }]
+        } else {
+            self.users.roles.clone()
+        }
+    }
+
+    /// Look roles up in `engine`'s catalog (passwords, who a trusted name is).
+    pub fn with_catalog(mut self, engine: Engine) -> Self {
+        self.engine = Some(engine);
         self
     }
 
@@ -161,25 +210,33 @@ impl Access {
     }
 
     pub fn requires_password(&self) -> bool {
-        self.users.is_some()
+        !self.users.is_empty()
     }
 
     /// A startup handler for one new connection (SCRAM keeps per-connection state).
     pub fn startup(&self) -> Startup {
-        match &self.users {
-            None => Startup::Trust(Parameters::default(), self.connections.clone()),
-            Some(users) => Startup::Scram {
-                plain: scram_handler(users, None, &self.connections),
+        let engine = self.engine.clone().expect("the server attaches its catalog before it accepts connections");
+        let kind = if self.users.is_empty() {
+            StartupKind::Trust(Parameters::default(), self.connections.clone())
+        } else {
+            let secrets = Arc::new(RoleSecrets(engine.clone()));
+            StartupKind::Scram {
+                plain: scram_handler(&secrets, None, &self.connections),
                 // Channel binding (SCRAM-SHA-256-PLUS) is offered only over TLS: libpq refuses
                 // a server that offers it on a plain connection.
-                tls: scram_handler(users, self.cert_pem.as_deref(), &self.connections),
-            },
-        }
+                tls: scram_handler(&secrets, self.cert_pem.as_deref(), &self.connections),
+            }
+        };
+        Startup { kind, engine }
     }
 }
 
-fn scram_handler(users: &Arc<Users>, cert_pem: Option<&[u8]>, connections: &Arc<ConnectionManager>) -> SASLAuthStartupHandler<Parameters> {
-    let mut scram = ScramAuth::new(users.clone());
+fn scram_handler(
+    secrets: &Arc<RoleSecrets>,
+    cert_pem: Option<&[u8]>,
+    connections: &Arc<ConnectionManager>,
+) -> SASLAuthStartupHandler<Parameters> {
+    let mut scram = ScramAuth::new(secrets.clone());
     scram.set_iterations(SCRAM_ITERATIONS);
     if let Some(pem) = cert_pem
         && let Err(e) = scram.configure_certificate(pem)
@@ -194,7 +251,12 @@ fn scram_handler(users: &Arc<Users>, cert_pem: Option<&[u8]>, connections: &Arc<
 }
 
 /// The startup phase of one connection.
-pub enum Startup {
+pub struct Startup {
+    kind: StartupKind,
+    engine: Engine,
+}
+
+enum StartupKind {
     Trust(Parameters, Arc<ConnectionManager>),
     /// One handler per transport; a connection uses the one that matches it throughout.
     Scram {
@@ -211,11 +273,22 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match self {
-            Startup::Trust(parameters, connections) => {
+        match &self.kind {
+            StartupKind::Trust(parameters, connections) => {
                 if let PgWireFrontendMessage::Startup(ref startup) = message {
                     protocol_negotiation(client, startup).await?;
                     save_startup_parameters_to_metadata(client, startup);
+                    // As in Postgres, a role without LOGIN may not connect; a name that is
+                    // no role is the trusted default user.
+                    let name = {
+                        let catalog = self.engine.catalog();
+                        match catalog.role(startup.parameters.get("user").map_or("", String::as_str)) {
+                            Some(role) if !role.login => return Err(SessionError::LoginNotPermitted(role.name.clone()).into()),
+                            Some(role) => role.name.clone(),
+                            None => catalog.bootstrap_role().to_string(),
+                        }
+                    };
+                    client.session_extensions().insert(SessionRoles::new(&name));
                     let (pid, secret) = PIDS.generate(client);
                     client.set_pid_and_secret_key(pid, secret.clone());
                     // The guard unregisters the connection when its session ends.
@@ -225,9 +298,13 @@ impl StartupHandler for Startup {
                     finish_authentication(client, parameters).await?;
                 }
             }
-            Startup::Scram { plain, tls } => {
+            StartupKind::Scram { plain, tls } => {
                 let handler = if client.is_secure() { tls } else { plain };
-                handler.on_startup(client, message).await?
+                handler.on_startup(client, message).await?;
+                if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+                    let user = client.metadata().get("user").cloned().unwrap_or_default();
+                    client.session_extensions().insert(SessionRoles::new(&user));
+                }
             }
         }
         if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {

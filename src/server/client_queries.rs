@@ -13,6 +13,8 @@ use datafusion::sql::sqlparser::parser::Parser;
 
 /// `(client, exact text, replacement)`.
 const REWRITES: &[(&str, &str, &str)] = &[
+    // psql `\dt`, `\dm`, `\dp`: a relation's owner by name (pg_class has no owner oids).
+    ("psql \\dt owner", "pg_catalog.pg_get_userbyid(c.relowner)", "velocity_relowner(c.relname)"),
     // psql `\d+`: Velocity has no storage options, so the option list is empty.
     (
         "psql \\d+",

@@ -49,6 +49,9 @@ pub enum SessionError {
     StatementTimeout,
     #[error("the connection has not authenticated")]
     NotAuthenticated,
+    /// A trusted connection as a role without LOGIN.
+    #[error("role \"{0}\" is not permitted to log in")]
+    LoginNotPermitted(String),
     #[error("subscriber fell {0} ticks behind and was disconnected; resubscribe to continue")]
     SubscriberLagged(u64),
     #[error("{0}")]
@@ -61,13 +64,17 @@ pub enum SessionError {
 
 impl From<SessionError> for PgWireError {
     fn from(e: SessionError) -> PgWireError {
+        if let SessionError::LoginNotPermitted(_) = e {
+            // Ends the connection, as in Postgres.
+            return PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".into(), "28000".into(), e.to_string())));
+        }
         let code = match &e {
             SessionError::NotInTransaction(_) => "25P01",
             SessionError::UndefinedSavepoint(_) => "3B001",
             SessionError::InFailedTransaction => "25P02",
             SessionError::RollbackToAfterError => "0A000",
             SessionError::StatementTimeout => "57014",
-            SessionError::NotAuthenticated => "28000",
+            SessionError::NotAuthenticated | SessionError::LoginNotPermitted(_) => "28000",
             SessionError::SubscriberLagged(_) => "53400",
             SessionError::Syntax(_) => "42601",
             SessionError::Arrow(a) => arrow_code(a),
@@ -94,6 +101,11 @@ impl From<CoordinatorError> for PgWireError {
             C::NotNull { .. } => "23502",
             C::ReadOnlyTable { .. } => "25006",
             C::Unsupported(_) => "0A000",
+            C::InsufficientPrivilege { .. } | C::NotOwner { .. } | C::PermissionDenied(_) => "42501",
+            C::DuplicateRole(_) => "42710",
+            C::UndefinedRole(_) => "42704",
+            C::RoleHasDependents { .. } | C::RequiredRole(_) => "2BP01",
+            C::ActiveRole(_) => "55006",
             C::FlushStalled { .. } => "57014",
             C::Restore(_) => "XX000",
             C::Sink(SinkError::UnknownColumn(_)) => "42703",

@@ -10,6 +10,7 @@ pub mod error;
 pub mod information_schema;
 pub mod metrics;
 pub mod pg_catalog;
+pub mod session;
 pub mod statements;
 pub mod subscribe;
 pub mod system;
@@ -61,9 +62,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Open the data directory, replay the catalog and prepare the SQL session.
+    /// Open the data directory, replay the catalog and prepare the SQL session, trusting
+    /// every connection.
     pub async fn open(data_dir: &Path) -> Result<Server, ServerError> {
+        Server::open_with(data_dir, auth::Access::default()).await
+    }
+
+    /// Like [`Server::open`], accepting connections as `access` says (passwords, TLS); its
+    /// users are the superusers.
+    pub async fn open_with(data_dir: &Path, access: auth::Access) -> Result<Server, ServerError> {
         let engine = Engine::open(data_dir)?;
+        // Before the restore: objects stored without an owner belong to the first of them.
+        engine.update_catalog(crate::catalog::CatalogUpdate::Configure(access.configured_roles())).await?;
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, "public")
             // Off: `information_schema::register` serves it in Postgres' shape instead.
@@ -98,14 +108,8 @@ impl Server {
         let hooks: Vec<Arc<dyn QueryHook>> = vec![statements, Arc::new(CursorStatementHook), Arc::new(SetShowHook)];
         let inner = Arc::new(DfSessionService::new_with_hooks(context.clone(), hooks));
         let service = Arc::new(VelocityService { inner, coordinator: coordinator.clone(), engine: engine.clone() });
-        let handlers = Arc::new(Handlers { service, access: auth::Access::default() });
+        let handlers = Arc::new(Handlers { service, access: access.with_catalog(engine.clone()) });
         Ok(Server { engine, context, coordinator, handlers, max_connections: DEFAULT_MAX_CONNECTIONS })
-    }
-
-    /// Accept connections as `access` says (passwords, TLS) instead of trusting everyone.
-    pub fn with_access(mut self, access: auth::Access) -> Server {
-        self.handlers = Arc::new(Handlers { service: self.handlers.service.clone(), access });
-        self
     }
 
     /// At most `n` client connections at once (default [`DEFAULT_MAX_CONNECTIONS`]); more are
@@ -331,9 +335,18 @@ impl VelocityService {
             return Err(auth::not_authenticated());
         }
         crate::sql::check_expression_depth(sql).map_err(from_sql)?;
+        let roles = session::roles(client);
+        let role = roles.current();
+        let sql_with_roles = session::user_statements(sql);
+        let sql_with_roles = session::bind_user_text(&sql_with_roles, &roles).map(std::borrow::Cow::Owned).unwrap_or(sql_with_roles);
+        let sql = &*sql_with_roles;
         if let Some(stmt) = crate::sql::parse_velocity(sql) {
             let cursors = client.session_extensions().get_or_insert_with(SubscribeCursors::default);
-            let response = match stmt.map_err(from_sql)? {
+            let stmt = stmt.map_err(from_sql)?;
+            if let V::Subscribe(s) | V::CopySubscribe(s) | V::DeclareSubscribe { subscribe: s, .. } = &stmt {
+                self.coordinator.authorize_read(&role, &s.name)?;
+            }
+            let response = match stmt {
                 V::Subscribe(s) => subscribe::stream_query(client, subscribe::open(&self.engine, &s).await?).await?,
                 V::CopySubscribe(s) => subscribe::stream_copy(client, subscribe::open(&self.engine, &s).await?).await?,
                 V::DeclareSubscribe { cursor, subscribe: s } => {
@@ -352,16 +365,19 @@ impl VelocityService {
                 // FLUSH waits for the sources as long as they progress: the session's
                 // statement_timeout (or a cancel request) ends the wait with 57014.
                 V::Flush => match statement_timeout(client) {
-                    Some(limit) => tokio::time::timeout(limit, statements::velocity(&self.coordinator, V::Flush))
+                    Some(limit) => tokio::time::timeout(limit, statements::velocity(&self.coordinator, &role, V::Flush))
                         .await
                         .map_err(|_| SessionError::StatementTimeout)??,
-                    None => statements::velocity(&self.coordinator, V::Flush).await?,
+                    None => statements::velocity(&self.coordinator, &role, V::Flush).await?,
                 },
-                other => statements::velocity(&self.coordinator, other).await?,
+                other => statements::velocity(&self.coordinator, &role, other).await?,
             };
             return Ok(vec![response]);
         }
         let mut parsed = PostgresCompatibilityParser::new().parse(sql).map_err(|e| SessionError::Syntax(e.to_string()))?;
+        for stmt in &parsed {
+            statements::authorize(&self.coordinator, &role, stmt)?;
+        }
         // DataFusion plans the text again: hand it the statement with DISTINCT ON ordinals resolved.
         let resolved = crate::sql::resolve_distinct_on_ordinals(&mut parsed)
             .then(|| parsed.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "));
@@ -465,7 +481,9 @@ impl QueryParser for VelocityParser {
         }
         let sql = client_queries::rewrite(sql);
         crate::sql::check_expression_depth(&sql).map_err(from_sql)?;
+        let sql = session::user_statements(&sql);
         let sql = crate::sql::quote_name_arguments(&sql);
+        let sql = session::bind_user_text(&sql, &session::roles(client)).map(std::borrow::Cow::Owned).unwrap_or(sql);
         LargeStack::new(&sql, self.inner.parse_sql(client, &sql, types)).await
     }
 
@@ -506,6 +524,9 @@ impl ExtendedQueryHandler for VelocityService {
             // Velocity's statements take no parameters: run them as the simple protocol would.
             let mut responses = self.one(client, &portal.statement.statement.0).await?;
             return Ok(responses.pop().unwrap_or(Response::EmptyQuery));
+        }
+        if let Some((stmt, _)) = &portal.statement.statement.1 {
+            statements::authorize(&self.coordinator, &session::roles(client).current(), stmt)?;
         }
         let is_query = matches!(&portal.statement.statement.1, Some((Statement::Query(_), _)));
         let deadline = statement_timeout(client).map(|t| tokio::time::Instant::now() + t);

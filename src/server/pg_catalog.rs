@@ -30,6 +30,8 @@ use crate::engine::Engine;
 const RELKIND_UDF: &str = "velocity_relkind";
 /// Name of the function that sets `pg_class.relhasindex` for tables with a primary key.
 const RELHASINDEX_UDF: &str = "velocity_relhasindex";
+/// Name of the function that fills `pg_class.relacl` from the grants on a relation.
+const RELACL_UDF: &str = "velocity_relacl";
 
 /// Replace the `pg_catalog` schema with one that reports materialized views, and register
 /// `version()`.
@@ -151,6 +153,25 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> datafusion::error::Res
         Arc::new(move |args| relkind(&relkind_engine, args)),
     ));
 
+    // psql `\dt`, `\dm` show owners with `pg_get_userbyid(c.relowner)`, which
+    // `client_queries` turns into `velocity_relowner(c.relname)`.
+    let owner_engine = engine.clone();
+    ctx.register_udf(create_udf(
+        "velocity_relowner",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Volatile,
+        Arc::new(move |args| relowner(&owner_engine, args)),
+    ));
+    let acl_engine = engine.clone();
+    let relacl_udf = Arc::new(create_udf(
+        RELACL_UDF,
+        vec![DataType::Utf8],
+        text_array(),
+        Volatility::Volatile,
+        Arc::new(move |args| relacl(&acl_engine, args)),
+    ));
+
     let catalog = ctx.catalog(super::DATABASE).ok_or_else(|| DataFusionError::Internal(format!("catalog {} missing", super::DATABASE)))?;
     let inner = catalog.schema("pg_catalog").ok_or_else(|| DataFusionError::Internal("pg_catalog schema missing".into()))?;
     ctx.register_udf(ScalarUDF::from(keys::KeyDefinition::new(engine.clone(), true)));
@@ -169,7 +190,9 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> datafusion::error::Res
             inner,
             relkind_udf,
             relhasindex_udf,
+            relacl_udf,
             matviews: matviews_table(engine),
+            roles: RoleSource(engine.clone()),
             keys: keys::keys_table(engine),
             key_columns: keys::key_columns_table(engine),
         }),
@@ -212,6 +235,88 @@ fn relation_size(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValu
     Ok(ColumnarValue::Array(Arc::new(arrow::array::Int64Array::from(sizes))))
 }
 
+/// `velocity_relowner(relname)`: the owner of a Velocity relation, NULL for other names.
+fn relowner(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+    let catalog = engine.catalog();
+    let out: StringArray = names.iter().map(|n| n.and_then(|n| catalog.get(n)).map(|r| r.ownership.owner.clone())).collect();
+    Ok(ColumnarValue::Array(Arc::new(out)))
+}
+
+/// `velocity_relacl(relname)`: the relation's grants as `aclitem` text (`alice=r/velocity`),
+/// NULL while nothing is granted, as in Postgres.
+fn relacl(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let arrays = ColumnarValue::values_to_arrays(args)?;
+    let names = datafusion::common::cast::as_string_array(&arrays[0])?;
+    let catalog = engine.catalog();
+    let mut out = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new());
+    for name in names.iter() {
+        match name.and_then(|n| catalog.get(n)).and_then(|r| r.ownership.acl()) {
+            Some(items) => {
+                for item in items {
+                    out.values().append_value(item);
+                }
+                out.append(true);
+            }
+            None => out.append(false),
+        }
+    }
+    Ok(ColumnarValue::Array(Arc::new(out.finish())))
+}
+
+fn text_array() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+}
+
+/// `pg_roles` and `pg_authid` (in datafusion-pg-catalog's `schema`): one row per role. No
+/// password is shown: `pg_roles` masks it, as Postgres does, and `pg_authid` holds none.
+fn roles_table(engine: &Engine, schema: SchemaRef) -> Arc<SystemTable> {
+    let columns = schema.clone();
+    let fill: Fill = Box::new(move |engine: &Engine| {
+        let catalog = engine.catalog();
+        let bootstrap = catalog.bootstrap_role().to_string();
+        let roles: Vec<_> = catalog.roles().collect();
+        let n = roles.len();
+        let flags =
+            |f: &dyn Fn(&crate::catalog::Role) -> bool| Arc::new(BooleanArray::from_iter(roles.iter().map(|r| Some(f(r))))) as ArrayRef;
+        // Oid 10 for the bootstrap superuser, as Postgres gives its first role.
+        let mut next = 16384i64;
+        let oids: Vec<i64> = roles
+            .iter()
+            .map(|r| {
+                if r.name == bootstrap {
+                    10
+                } else {
+                    next += 1;
+                    next
+                }
+            })
+            .collect();
+        columns
+            .fields()
+            .iter()
+            .map(|f| {
+                let array: ArrayRef = match f.name().as_str() {
+                    "rolname" => Arc::new(StringArray::from_iter_values(roles.iter().map(|r| r.name.clone()))),
+                    "rolsuper" | "rolcreaterole" | "rolcreatedb" | "rolbypassrls" => flags(&|r| r.superuser),
+                    "rolinherit" => flags(&|_| true),
+                    "rolcanlogin" => flags(&|r| r.login),
+                    "rolreplication" => flags(&|_| false),
+                    "rolconnlimit" => Arc::new(arrow::array::Int64Array::from(vec![-1i64; n])),
+                    "rolpassword" if columns.field_with_name("rolconfig").is_ok() => {
+                        Arc::new(StringArray::from_iter(roles.iter().map(|r| r.secret.as_ref().map(|_| "********"))))
+                    }
+                    "oid" => Arc::new(arrow::array::Int64Array::from(oids.clone())),
+                    _ => return Ok(arrow::array::new_null_array(f.data_type(), n)),
+                };
+                Ok(arrow::compute::cast(&array, f.data_type())?)
+            })
+            .collect()
+    });
+    Arc::new(SystemTable::new(engine.clone(), schema, fill))
+}
+
 /// `velocity_relhasindex(relname)`: whether the relation has a primary key (and so an index).
 fn relhasindex(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
     let arrays = ColumnarValue::values_to_arrays(args)?;
@@ -248,6 +353,15 @@ fn relkind(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
     Ok(ColumnarValue::Array(Arc::new(out)))
 }
 
+/// Where `pg_roles` reads the roles from.
+struct RoleSource(Engine);
+
+impl std::fmt::Debug for RoleSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoleSource")
+    }
+}
+
 /// `pg_catalog` as datafusion-pg-catalog serves it, except `pg_class` (relkind `m`) and
 /// `pg_matviews` (Velocity's materialized views).
 #[derive(Debug)]
@@ -255,7 +369,9 @@ struct VelocityPgCatalog {
     inner: Arc<dyn SchemaProvider>,
     relkind_udf: Arc<ScalarUDF>,
     relhasindex_udf: Arc<ScalarUDF>,
+    relacl_udf: Arc<ScalarUDF>,
     matviews: Arc<SystemTable>,
+    roles: RoleSource,
     keys: Arc<SystemTable>,
     key_columns: Arc<SystemTable>,
 }
@@ -274,7 +390,7 @@ impl SchemaProvider for VelocityPgCatalog {
                 let mut fields: Vec<Field> = pg_class.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
                 fields.extend(pg_class_added_columns());
                 let indexes = keys::index_class_rows(&Schema::new(fields), &self.keys, pg_namespace)?;
-                Ok(Some(pg_class_with_matviews(pg_class, &self.relkind_udf, &self.relhasindex_udf, indexes)?))
+                Ok(Some(pg_class_with_matviews(pg_class, &self.relkind_udf, &self.relhasindex_udf, &self.relacl_udf, indexes)?))
             }
             "pg_attribute" => {
                 let (Some(inner), Some(pg_class), Some(pg_namespace)) =
@@ -299,6 +415,10 @@ impl SchemaProvider for VelocityPgCatalog {
                 }))
             }
             "pg_matviews" => Ok(Some(self.matviews.clone())),
+            "pg_roles" | "pg_authid" => {
+                let Some(inner) = self.inner.table(name).await? else { return Ok(None) };
+                Ok(Some(roles_table(&self.roles.0, inner.schema())))
+            }
             "pg_settings" => {
                 let Some(inner) = self.inner.table(name).await? else { return Ok(None) };
                 Ok(Some(pg_settings(inner.schema())?))
@@ -319,6 +439,7 @@ fn pg_class_with_matviews(
     pg_class: Arc<dyn TableProvider>,
     relkind_udf: &Arc<ScalarUDF>,
     relhasindex_udf: &Arc<ScalarUDF>,
+    relacl_udf: &Arc<ScalarUDF>,
     indexes: datafusion::logical_expr::LogicalPlan,
 ) -> Result<Arc<dyn TableProvider>> {
     let schema = pg_class.schema();
@@ -335,6 +456,9 @@ fn pg_class_with_matviews(
             }
         })
         .chain(pg_class_added_columns().into_iter().map(|f| {
+            if f.name() == "relacl" {
+                return relacl_udf.call(vec![col("relname")]).alias("relacl");
+            }
             let null = ScalarValue::try_from(f.data_type()).unwrap_or(ScalarValue::Null);
             datafusion::logical_expr::lit(null).alias(f.name())
         }))
@@ -344,11 +468,10 @@ fn pg_class_with_matviews(
 }
 
 /// Columns of Postgres's `pg_class` that datafusion-pg-catalog lacks and clients select:
-/// `reloptions` (SQLAlchemy's `get_indexes`) and `relacl` (psql `\dp`), NULL as in a
-/// Postgres with no storage options and default privileges.
+/// `reloptions` (SQLAlchemy's `get_indexes`), NULL as in a Postgres with no storage
+/// options, and `relacl` (psql `\dp`), from the grants on the relation.
 fn pg_class_added_columns() -> Vec<Field> {
-    let text_array = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
-    vec![Field::new("reloptions", text_array.clone(), true), Field::new("relacl", text_array, true)]
+    vec![Field::new("reloptions", text_array(), true), Field::new("relacl", text_array(), true)]
 }
 
 /// `pg_matviews`: one row per materialized view, with its defining query.
@@ -369,7 +492,7 @@ fn matviews_table(engine: &Engine) -> Arc<SystemTable> {
         Ok(vec![
             Arc::new(StringArray::from_iter_values(std::iter::repeat_n("public", n))) as ArrayRef,
             Arc::new(StringArray::from_iter_values(views.iter().map(|r| r.name.clone()))),
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("velocity", n))),
+            Arc::new(StringArray::from_iter_values(views.iter().map(|r| r.ownership.owner.clone()))),
             Arc::new(StringArray::from(vec![None::<&str>; n])),
             Arc::new(BooleanArray::from(vec![false; n])),
             Arc::new(BooleanArray::from(vec![true; n])),

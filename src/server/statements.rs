@@ -13,7 +13,10 @@ use async_trait::async_trait;
 use datafusion::common::{DFSchema, ParamValues};
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
+use datafusion::sql::sqlparser::ast::{
+    Action, AlterRoleOperation, CreateRole, Expr, GrantObjects, Grantee, GranteeName, GranteesType, Ident, ObjectName, ObjectType,
+    Password, Privileges, Reset, RoleOption, Set, SetSessionAuthorizationParamKind, Statement, Value,
+};
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::hooks::HookClient;
@@ -25,8 +28,9 @@ use datafusion_postgres::pgwire::messages::response::TransactionStatus;
 use futures::stream;
 
 use super::error::SessionError;
-use crate::catalog::RelationKind;
-use crate::coordinator::Coordinator;
+use super::session;
+use crate::catalog::{Privilege, RelationKind};
+use crate::coordinator::{Coordinator, CoordinatorError, RoleOptions};
 use crate::dataflow::ChangeBatch;
 use crate::sql::VelocityStatement;
 
@@ -49,6 +53,26 @@ enum Route<'a> {
     },
     Write,
     ShowTables,
+    CreateRole(&'a CreateRole),
+    AlterRole {
+        name: &'a Ident,
+        options: &'a [RoleOption],
+    },
+    DropRole {
+        names: Vec<String>,
+        if_exists: bool,
+    },
+    /// `GRANT` (true) or `REVOKE` (false).
+    Grant {
+        privileges: &'a Privileges,
+        objects: Option<&'a GrantObjects>,
+        grantees: &'a [Grantee],
+        grant: bool,
+    },
+    /// `SET ROLE name` (Some) or `SET ROLE NONE` / `RESET ROLE`.
+    SetRole(Option<String>),
+    /// `SET SESSION AUTHORIZATION name` (Some) or `... DEFAULT`.
+    SessionAuthorization(Option<String>),
     /// Refused with 0A000: what is not supported.
     Unsupported(String),
 }
@@ -67,6 +91,9 @@ fn route(stmt: &Statement) -> Option<Route<'_>> {
         Statement::CreateFunction(_) | Statement::DropFunction(_) => Route::Unsupported("a user-defined function".into()),
         Statement::CreateProcedure { .. } => Route::Unsupported("a procedure".into()),
         Statement::CreateTrigger(_) => Route::Unsupported("a trigger".into()),
+        Statement::Drop { object_type: ObjectType::Role | ObjectType::User, if_exists, names, .. } => {
+            Route::DropRole { names: names.iter().map(object_name).collect(), if_exists: *if_exists }
+        }
         Statement::Drop { object_type, if_exists, names, cascade, .. } => {
             let (kind, tag) = match object_type {
                 ObjectType::Table => (RelationKind::Table, "DROP TABLE"),
@@ -79,6 +106,24 @@ fn route(stmt: &Statement) -> Option<Route<'_>> {
         }
         Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => Route::Write,
         Statement::ShowTables { .. } => Route::ShowTables,
+        Statement::CreateRole(role) => Route::CreateRole(role),
+        Statement::AlterRole { name, operation: AlterRoleOperation::WithOptions { options } } => Route::AlterRole { name, options },
+        Statement::AlterRole { operation, .. } => Route::Unsupported(format!("ALTER ROLE ... {operation}")),
+        Statement::Grant(g) => {
+            if g.with_grant_option {
+                return Some(Route::Unsupported("WITH GRANT OPTION".into()));
+            }
+            Route::Grant { privileges: &g.privileges, objects: g.objects.as_ref(), grantees: &g.grantees, grant: true }
+        }
+        Statement::Revoke(r) => {
+            Route::Grant { privileges: &r.privileges, objects: r.objects.as_ref(), grantees: &r.grantees, grant: false }
+        }
+        Statement::Set(Set::SetRole { role_name, .. }) => Route::SetRole(role_name.as_ref().map(ident_name)),
+        Statement::Set(Set::SetSessionAuthorization(param)) => Route::SessionAuthorization(match &param.kind {
+            SetSessionAuthorizationParamKind::Default => None,
+            SetSessionAuthorizationParamKind::User(name) => Some(ident_name(name)),
+        }),
+        Statement::Reset(r) if matches!(&r.reset, Reset::ConfigurationParameter(n) if object_name(n) == "role") => Route::SetRole(None),
         _ => return None,
     })
 }
@@ -143,6 +188,9 @@ impl StatementHook {
         }
         let done = |tag: &str| Ok(Response::Execution(Tag::new(tag)));
         let coordinator = &self.coordinator;
+        let roles = session::roles(client);
+        let role = roles.current();
+        let role = role.as_str();
         match route {
             Route::Begin => begin(client),
             Route::Commit => self.commit(client).await,
@@ -154,20 +202,55 @@ impl StatementHook {
             Route::Release(name) => release(client, name),
             Route::RollbackTo(name) => rollback_to(client, name, aborted),
             Route::CreateTable => {
-                coordinator.create_table(stmt).await?;
+                coordinator.create_table_by(role, stmt).await?;
                 done("CREATE TABLE")
             }
             Route::CreateView => {
-                coordinator.create_view(stmt).await?;
+                coordinator.create_view_by(role, stmt).await?;
                 done("CREATE MATERIALIZED VIEW")
             }
             Route::Drop { kind, tag, names, if_exists, cascade } => {
-                coordinator.drop_objects(kind, &names, if_exists, cascade).await?;
+                coordinator.drop_objects(role, kind, &names, if_exists, cascade).await?;
                 done(tag)
             }
-            Route::Write => self.write(stmt, plan, params, client).await,
+            Route::Write => self.write(role, stmt, plan, params, client).await,
             Route::ShowTables => show_relations(coordinator, RelationKind::Table),
-            Route::Unsupported(what) => Err(crate::coordinator::CoordinatorError::Unsupported(what).into()),
+            Route::CreateRole(create) => {
+                let name = create.names.first().map(object_name).unwrap_or_default();
+                if create.names.len() != 1 {
+                    return Err(CoordinatorError::Unsupported("CREATE ROLE of several roles at once".into()).into());
+                }
+                coordinator.create_role(role, &name, create.if_not_exists, create_role_options(create)?).await?;
+                done("CREATE ROLE")
+            }
+            Route::AlterRole { name, options } => {
+                coordinator.alter_role(role, &ident_name(name), role_options(options)?).await?;
+                done("ALTER ROLE")
+            }
+            Route::DropRole { names, if_exists } => {
+                coordinator.drop_roles(role, &roles.session_user(), &names, if_exists).await?;
+                done("DROP ROLE")
+            }
+            Route::Grant { privileges, objects, grantees, grant } => {
+                let parts = grant_parts(privileges, objects, grantees)?;
+                coordinator.grant(role, &parts.privileges, &parts.objects, &parts.grantees, grant).await?;
+                done(if grant { "GRANT" } else { "REVOKE" })
+            }
+            Route::SetRole(target) => {
+                if let Some(target) = &target {
+                    coordinator.authorize_set_role(&roles.session_user(), target)?;
+                }
+                roles.set_role(target);
+                done("SET")
+            }
+            Route::SessionAuthorization(target) => {
+                if let Some(target) = &target {
+                    coordinator.authorize_session_authorization(roles.authenticated(), target)?;
+                }
+                roles.set_session_user(target);
+                done("SET")
+            }
+            Route::Unsupported(what) => Err(CoordinatorError::Unsupported(what).into()),
         }
     }
 
@@ -187,6 +270,7 @@ impl StatementHook {
     /// INSERT, UPDATE, DELETE: applied at once, or at COMMIT inside a transaction block.
     async fn write(
         &self,
+        role: &str,
         stmt: &Statement,
         plan: Option<&LogicalPlan>,
         params: &ParamValues,
@@ -200,7 +284,7 @@ impl StatementHook {
             }
             txn.changes.iter().filter(|(id, _)| *id == relation).map(|(_, c)| c.clone()).collect()
         };
-        let write = self.coordinator.write(stmt, plan, params, pending).await?;
+        let write = self.coordinator.write(role, stmt, plan, params, pending).await?;
         let tag = match write.command {
             "INSERT" => Tag::new("INSERT").with_oid(0).with_rows(write.rows),
             command => Tag::new(command).with_rows(write.rows),
@@ -267,6 +351,118 @@ fn rollback_to(client: &mut dyn HookClient, name: &str, aborted: bool) -> PgWire
     Ok(Response::Execution(Tag::new("ROLLBACK")))
 }
 
+/// SELECT privileges for a statement DataFusion runs (the statements [`route`] takes are
+/// checked by the coordinator as they run).
+pub fn authorize(coordinator: &Coordinator, role: &str, stmt: &Statement) -> Result<(), CoordinatorError> {
+    match route(stmt) {
+        Some(_) => Ok(()),
+        None => coordinator.authorize_reads(role, stmt, None),
+    }
+}
+
+/// A name as the catalog spells it: unquoted identifiers fold to lower case.
+fn ident_name(ident: &Ident) -> String {
+    if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_ascii_lowercase() }
+}
+
+/// The last part of a possibly qualified name.
+fn object_name(name: &ObjectName) -> String {
+    name.0.last().and_then(|p| p.as_ident()).map(ident_name).unwrap_or_default()
+}
+
+fn create_role_options(create: &CreateRole) -> Result<RoleOptions, CoordinatorError> {
+    let unsupported = |what: &str| Err(CoordinatorError::Unsupported(format!("{what} in CREATE ROLE")));
+    if create.create_db == Some(true)
+        || create.create_role == Some(true)
+        || create.replication == Some(true)
+        || create.bypassrls == Some(true)
+    {
+        return unsupported("CREATEDB, CREATEROLE, REPLICATION or BYPASSRLS");
+    }
+    if create.connection_limit.is_some() || create.valid_until.is_some() {
+        return unsupported("CONNECTION LIMIT or VALID UNTIL");
+    }
+    if !(create.in_role.is_empty()
+        && create.in_group.is_empty()
+        && create.role.is_empty()
+        && create.user.is_empty()
+        && create.admin.is_empty())
+    {
+        return unsupported("role membership");
+    }
+    Ok(RoleOptions {
+        superuser: create.superuser,
+        login: create.login,
+        password: create.password.as_ref().map(password_secret).transpose()?,
+    })
+}
+
+fn role_options(options: &[RoleOption]) -> Result<RoleOptions, CoordinatorError> {
+    let mut out = RoleOptions::default();
+    for option in options {
+        match option {
+            RoleOption::SuperUser(v) => out.superuser = Some(*v),
+            RoleOption::Login(v) => out.login = Some(*v),
+            RoleOption::Password(p) => out.password = Some(password_secret(p)?),
+            RoleOption::Inherit(true) | RoleOption::CreateDB(false) | RoleOption::CreateRole(false) => {}
+            RoleOption::Replication(false) | RoleOption::BypassRLS(false) => {}
+            other => return Err(CoordinatorError::Unsupported(format!("{other} in ALTER ROLE"))),
+        }
+    }
+    Ok(out)
+}
+
+/// `PASSWORD 'x'` as its SCRAM secret (the text itself is not kept), `PASSWORD NULL` as none.
+fn password_secret(password: &Password) -> Result<Option<crate::catalog::RoleSecret>, CoordinatorError> {
+    match password {
+        Password::NullPassword => Ok(None),
+        Password::Password(Expr::Value(v)) => match &v.value {
+            Value::SingleQuotedString(text) => Ok(Some(super::auth::scram_secret(text))),
+            _ => Err(CoordinatorError::InvalidOption("PASSWORD takes a string".into())),
+        },
+        Password::Password(_) => Err(CoordinatorError::InvalidOption("PASSWORD takes a string".into())),
+    }
+}
+
+/// What a GRANT or REVOKE names.
+struct GrantParts {
+    privileges: Vec<Privilege>,
+    objects: Vec<String>,
+    /// PUBLIC as "".
+    grantees: Vec<String>,
+}
+
+fn grant_parts(privileges: &Privileges, objects: Option<&GrantObjects>, grantees: &[Grantee]) -> Result<GrantParts, CoordinatorError> {
+    let unsupported = |what: String| CoordinatorError::Unsupported(what);
+    let privileges = match privileges {
+        Privileges::All { .. } => Privilege::ALL.to_vec(),
+        Privileges::Actions(actions) => actions
+            .iter()
+            .map(|a| match a {
+                Action::Select { columns: None } => Ok(Privilege::Select),
+                Action::Insert { columns: None } => Ok(Privilege::Insert),
+                Action::Update { columns: None } => Ok(Privilege::Update),
+                Action::Delete => Ok(Privilege::Delete),
+                other => Err(unsupported(format!("the privilege {other}"))),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let objects = match objects {
+        Some(GrantObjects::Tables(names) | GrantObjects::Views(names)) => names.iter().map(object_name).collect(),
+        Some(other) => return Err(unsupported(format!("privileges on {other}"))),
+        None => return Err(unsupported("GRANT without ON".into())),
+    };
+    let grantees = grantees
+        .iter()
+        .map(|g| match (&g.grantee_type, &g.name) {
+            (GranteesType::Public, _) => Ok(String::new()),
+            (_, Some(GranteeName::ObjectName(name))) => Ok(object_name(name)),
+            _ => Err(unsupported(format!("the grantee {g}"))),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(GrantParts { privileges, objects, grantees })
+}
+
 /// Rows of text columns (SHOW ...).
 pub fn text_rows(columns: &[&str], rows: Vec<Vec<String>>) -> PgWireResult<Response> {
     let schema: SchemaRef = Arc::new(Schema::new(columns.iter().map(|c| Field::new(*c, DataType::Utf8, true)).collect::<Vec<_>>()));
@@ -294,16 +490,14 @@ fn show_relations(coordinator: &Coordinator, kind: RelationKind) -> PgWireResult
 
 /// Velocity's own statements (see `crate::sql`), but for the changefeeds, which stream to
 /// the client and are served in `server::subscribe`.
-pub async fn velocity(coordinator: &Coordinator, stmt: VelocityStatement) -> PgWireResult<Response> {
+pub async fn velocity(coordinator: &Coordinator, role: &str, stmt: VelocityStatement) -> PgWireResult<Response> {
     use VelocityStatement as V;
     let done = |tag: &str| Ok(Response::Execution(Tag::new(tag)));
     match stmt {
         V::ShowMaterializedViews => show_relations(coordinator, RelationKind::MaterializedView),
         V::ShowCreate { name } => {
             let catalog = coordinator.engine().catalog();
-            let r = catalog
-                .get(&name)
-                .ok_or(crate::coordinator::CoordinatorError::UndefinedObject { kind: RelationKind::Table, name: name.clone() })?;
+            let r = catalog.get(&name).ok_or(CoordinatorError::UndefinedObject { kind: RelationKind::Table, name: name.clone() })?;
             text_rows(&["name", "create_sql"], vec![vec![r.name.clone(), r.create_sql.clone()]])
         }
         V::Flush => {
@@ -311,19 +505,19 @@ pub async fn velocity(coordinator: &Coordinator, stmt: VelocityStatement) -> PgW
             done("FLUSH")
         }
         V::CreateSource { name, options } => {
-            coordinator.create_source(&name, &options).await?;
+            coordinator.create_source(role, &name, &options).await?;
             done("CREATE SOURCE")
         }
         V::CreateSink { name, from, options } => {
-            coordinator.create_sink(&name, &from, &options).await?;
+            coordinator.create_sink(role, &name, &from, &options).await?;
             done("CREATE SINK")
         }
         V::DropSource { name, if_exists, cascade } => {
-            coordinator.drop_objects(RelationKind::Source, &[name], if_exists, cascade).await?;
+            coordinator.drop_objects(role, RelationKind::Source, &[name], if_exists, cascade).await?;
             done("DROP SOURCE")
         }
         V::DropSink { name, if_exists } => {
-            coordinator.drop_objects(RelationKind::Sink, &[name], if_exists, false).await?;
+            coordinator.drop_objects(role, RelationKind::Sink, &[name], if_exists, false).await?;
             done("DROP SINK")
         }
         V::ShowSinks => {
@@ -363,7 +557,7 @@ pub async fn velocity(coordinator: &Coordinator, stmt: VelocityStatement) -> PgW
             text_rows(&["name", "connector", "status", "position", "transactions", "events", "errors", "lag", "reason"], rows)
         }
         V::Subscribe(_) | V::CopySubscribe(_) | V::DeclareSubscribe { .. } | V::Fetch { .. } => {
-            Err(crate::coordinator::CoordinatorError::Unsupported("a changefeed here".into()).into())
+            Err(CoordinatorError::Unsupported("a changefeed here".into()).into())
         }
     }
 }

@@ -304,6 +304,7 @@ mod tests {
             primary_key: vec![0],
             depends_on: vec![],
             binding: None,
+            ownership: Default::default(),
         }
     }
 

@@ -1,0 +1,288 @@
+//! Roles and privileges, in Postgres' shape: who may read, change, create and drop what.
+//!
+//! Superusers may do everything; an object's owner everything with it; other roles what its
+//! owner granted them. Only superusers create sources and sinks (they read files and connect
+//! to hosts as the server) and manage roles. A materialized view reads its inputs with its
+//! owner's rights, checked when it is created, so granting SELECT on a view does not grant
+//! its inputs.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    CopySource, CopyTarget, Expr, FunctionArg, FunctionArgExpr, ObjectName, Query, Statement, TableFactor, Value, Visit, Visitor,
+};
+
+use super::{Coordinator, CoordinatorError, Result};
+use crate::catalog::{CatalogUpdate, Privilege, Role, RoleSecret};
+
+/// `CREATE ROLE` / `ALTER ROLE` options; unset ones keep their value (or default to off).
+#[derive(Debug, Default, Clone)]
+pub struct RoleOptions {
+    pub superuser: Option<bool>,
+    pub login: Option<bool>,
+    /// `PASSWORD 'x'` as its SCRAM secret, or `PASSWORD NULL` (no password).
+    pub password: Option<Option<RoleSecret>>,
+}
+
+/// Schemas of the system catalogs: readable by every role.
+const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema", "velocity_catalog"];
+
+impl Coordinator {
+    /// SELECT, INSERT, UPDATE or DELETE on `name` for `role`. A name the catalog does not
+    /// hold passes: the statement then fails on it as it would without privileges.
+    pub(super) fn require(&self, role: &str, name: &str, privilege: Privilege) -> Result<()> {
+        let catalog = self.engine.catalog();
+        match catalog.get(name) {
+            Some(r) if !catalog.allows(role, r, privilege) => {
+                Err(CoordinatorError::InsufficientPrivilege { privilege, kind: r.kind, name: r.name.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn require_owner(&self, role: &str, name: &str) -> Result<()> {
+        let catalog = self.engine.catalog();
+        match catalog.get(name) {
+            Some(r) if !catalog.is_superuser(role) && r.ownership.owner != role => {
+                Err(CoordinatorError::NotOwner { kind: r.kind, name: r.name.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn require_superuser(&self, role: &str, what: &str) -> Result<()> {
+        if self.engine.catalog().is_superuser(role) {
+            Ok(())
+        } else {
+            Err(CoordinatorError::PermissionDenied(format!("must be superuser to {what}")))
+        }
+    }
+
+    /// SELECT on every table and materialized view `stmt` reads (`FROM`, joins, subqueries,
+    /// `changes('t')`), but for `except` (a DML statement's target, checked on its own).
+    /// System catalogs are readable by all.
+    /// `COPY ... TO/FROM` a server file or program also takes a superuser, as in Postgres.
+    pub fn authorize_reads(&self, role: &str, stmt: &Statement, except: Option<&str>) -> Result<()> {
+        if let Statement::Copy { source, to, target, .. } = stmt {
+            if matches!(target, CopyTarget::File { .. } | CopyTarget::Program { .. }) {
+                self.require_superuser(role, "COPY to or from a file or program")?;
+            }
+            if let CopySource::Table { table_name, .. } = source
+                && let Some(name) = catalog_name(table_name)
+            {
+                self.require(role, &name, if *to { Privilege::Select } else { Privilege::Insert })?;
+            }
+        }
+        let mut reads = Reads::default();
+        let _ = stmt.visit(&mut reads);
+        for name in reads.names.iter().filter(|n| !reads.ctes.contains(*n) && Some(n.as_str()) != except) {
+            let queryable = self.engine.catalog().get(name).is_some_and(|r| r.kind.queryable());
+            if queryable {
+                self.require(role, name, Privilege::Select)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `SUBSCRIBE` and other reads of one relation by name.
+    pub fn authorize_read(&self, role: &str, name: &str) -> Result<()> {
+        self.require(role, name, Privilege::Select)
+    }
+
+    /// `GRANT privileges ON objects TO grantees` (`grant`) or `REVOKE ... FROM ...`: by the
+    /// objects' owner or a superuser. An empty grantee is PUBLIC.
+    pub async fn grant(&self, role: &str, privileges: &[Privilege], objects: &[String], grantees: &[String], grant: bool) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        let mut updates = Vec::new();
+        {
+            let catalog = self.engine.catalog();
+            for grantee in grantees.iter().filter(|g| !g.is_empty()) {
+                if catalog.role(grantee).is_none() {
+                    return Err(CoordinatorError::UndefinedRole(grantee.clone()));
+                }
+            }
+            for name in objects {
+                let relation = match catalog.get(name) {
+                    Some(r) if r.kind.queryable() => r,
+                    Some(r) => return Err(CoordinatorError::WrongObjectType { name: r.name.clone(), expected: "table" }),
+                    None => {
+                        return Err(CoordinatorError::UndefinedObject { kind: crate::catalog::RelationKind::Table, name: name.clone() });
+                    }
+                };
+                if !catalog.is_superuser(role) && relation.ownership.owner != role {
+                    let privilege = privileges.first().copied().unwrap_or(Privilege::Select);
+                    return Err(CoordinatorError::InsufficientPrivilege { privilege, kind: relation.kind, name: name.clone() });
+                }
+                let mut ownership = relation.ownership.clone();
+                for grantee in grantees {
+                    ownership.change(grantee, privileges, grant);
+                }
+                updates.push(CatalogUpdate::SetOwnership { name: name.clone(), ownership });
+            }
+        }
+        for update in updates {
+            self.engine.update_catalog(update).await?;
+        }
+        Ok(())
+    }
+
+    /// `CREATE ROLE name [WITH] [LOGIN] [SUPERUSER] [PASSWORD 'x']`: superusers only.
+    pub async fn create_role(&self, role: &str, name: &str, if_not_exists: bool, options: RoleOptions) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        if !self.engine.catalog().is_superuser(role) {
+            return Err(CoordinatorError::PermissionDenied("permission denied to create role".into()));
+        }
+        if self.engine.catalog().role(name).is_some() {
+            return if if_not_exists { Ok(()) } else { Err(CoordinatorError::DuplicateRole(name.to_string())) };
+        }
+        let new = Role {
+            name: name.to_string(),
+            superuser: options.superuser.unwrap_or(false),
+            login: options.login.unwrap_or(false),
+            secret: options.password.flatten(),
+            configured: false,
+        };
+        Ok(self.engine.update_catalog(CatalogUpdate::PutRole(new)).await?)
+    }
+
+    /// `ALTER ROLE name [WITH] options`: superusers, or a role changing its own password.
+    pub async fn alter_role(&self, role: &str, name: &str, options: RoleOptions) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        let existing = {
+            let catalog = self.engine.catalog();
+            let own_password = role == name && options.superuser.is_none() && options.login.is_none();
+            if !catalog.is_superuser(role) && !own_password {
+                return Err(CoordinatorError::PermissionDenied("permission denied to alter role".into()));
+            }
+            catalog.role(name).cloned().ok_or_else(|| CoordinatorError::UndefinedRole(name.to_string()))?
+        };
+        if existing.configured {
+            return Err(CoordinatorError::Unsupported(format!("changing role \"{name}\", which is configured at start (--user)")));
+        }
+        let changed = Role {
+            superuser: options.superuser.unwrap_or(existing.superuser),
+            login: options.login.unwrap_or(existing.login),
+            secret: options.password.unwrap_or(existing.secret.clone()),
+            ..existing
+        };
+        Ok(self.engine.update_catalog(CatalogUpdate::PutRole(changed)).await?)
+    }
+
+    /// `DROP ROLE [IF EXISTS] names`: superusers only; refused while a role owns objects
+    /// or holds privileges on them, and for the session's own roles and configured ones.
+    pub async fn drop_roles(&self, role: &str, session_user: &str, names: &[String], if_exists: bool) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        let mut dropped = Vec::new();
+        {
+            let catalog = self.engine.catalog();
+            if !catalog.is_superuser(role) {
+                return Err(CoordinatorError::PermissionDenied("permission denied to drop role".into()));
+            }
+            for name in names {
+                let Some(target) = catalog.role(name) else {
+                    if if_exists {
+                        continue;
+                    }
+                    return Err(CoordinatorError::UndefinedRole(name.clone()));
+                };
+                if name == session_user {
+                    return Err(CoordinatorError::ActiveRole("session"));
+                }
+                if name == role {
+                    return Err(CoordinatorError::ActiveRole("current"));
+                }
+                if target.configured {
+                    return Err(CoordinatorError::RequiredRole(name.clone()));
+                }
+                let objects = catalog.dependencies_of_role(name);
+                if !objects.is_empty() {
+                    return Err(CoordinatorError::RoleHasDependents { name: name.clone(), objects });
+                }
+                dropped.push(name.clone());
+            }
+        }
+        for name in dropped {
+            self.engine.update_catalog(CatalogUpdate::DropRole(name)).await?;
+        }
+        Ok(())
+    }
+
+    /// `SET ROLE target` by a session of `session_user`: a superuser may become any role,
+    /// others only themselves (Velocity has no role membership).
+    pub fn authorize_set_role(&self, session_user: &str, target: &str) -> Result<()> {
+        let catalog = self.engine.catalog();
+        if catalog.role(target).is_none() {
+            return Err(CoordinatorError::UndefinedRole(target.to_string()));
+        }
+        if catalog.is_superuser(session_user) || session_user == target {
+            Ok(())
+        } else {
+            Err(CoordinatorError::PermissionDenied(format!("permission denied to set role \"{target}\"")))
+        }
+    }
+
+    /// `SET SESSION AUTHORIZATION target` by a session that authenticated as `authenticated`:
+    /// superusers only (or to itself).
+    pub fn authorize_session_authorization(&self, authenticated: &str, target: &str) -> Result<()> {
+        let catalog = self.engine.catalog();
+        if catalog.role(target).is_none() {
+            return Err(CoordinatorError::UndefinedRole(target.to_string()));
+        }
+        if catalog.is_superuser(authenticated) || authenticated == target {
+            Ok(())
+        } else {
+            Err(CoordinatorError::PermissionDenied("permission denied to set session authorization".into()))
+        }
+    }
+}
+
+/// The relations a statement names, as the catalog spells them, and its CTEs' names.
+#[derive(Default)]
+struct Reads {
+    names: Vec<String>,
+    ctes: HashSet<String>,
+}
+
+/// The catalog name of `name`, unless it is qualified with a schema other than `public`
+/// (a system catalog, or nothing Velocity holds).
+fn catalog_name(name: &ObjectName) -> Option<String> {
+    let parts: Vec<_> = name.0.iter().filter_map(|p| p.as_ident()).collect();
+    let (last, schema) = match parts.as_slice() {
+        [.., schema, last] => (last, Some(schema.value.to_ascii_lowercase())),
+        [last] => (last, None),
+        [] => return None,
+    };
+    if schema.is_some_and(|s| s != "public" || SYSTEM_SCHEMAS.contains(&s.as_str())) {
+        return None;
+    }
+    Some(if last.quote_style.is_some() { last.value.clone() } else { last.value.to_ascii_lowercase() })
+}
+
+impl Visitor for Reads {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            self.ctes.extend(with.cte_tables.iter().map(|c| c.alias.name.value.to_ascii_lowercase()));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        self.names.extend(catalog_name(relation));
+        ControlFlow::Continue(())
+    }
+
+    /// `changes('t')` reads `t`.
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table { name, args: Some(args), .. } = factor
+            && catalog_name(name).as_deref() == Some("changes")
+            && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) = args.args.first()
+            && let Value::SingleQuotedString(read) = &v.value
+        {
+            self.names.push(read.clone());
+        }
+        ControlFlow::Continue(())
+    }
+}

@@ -1,0 +1,236 @@
+//! Roles and privileges, one test per rule, over real connections as different users of a
+//! server that requires passwords (`--user admin:secret`, a superuser): who may read,
+//! change, create and drop what, and that grants and roles survive a kill -9.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::ServerProcess;
+use tokio_postgres::{Client, NoTls};
+
+async fn connect(addr: SocketAddr, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
+    let conn = format!("host={} port={} user={user} password={password} dbname=velocity", addr.ip(), addr.port());
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A server with the superuser `admin` and the login roles `alice` and `bob`, and a
+/// connection as each.
+struct Setup {
+    _dir: tempfile::TempDir,
+    server: ServerProcess,
+    admin: Client,
+    alice: Client,
+    bob: Client,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(&common::data_dir(&dir), &["--user", "admin:secret"]);
+    let admin = connect(server.addr, "admin", "secret").await.expect("admin connects");
+    admin.batch_execute("CREATE ROLE alice WITH LOGIN PASSWORD 'alice-pw'; CREATE USER bob PASSWORD 'bob-pw'").await.unwrap();
+    let alice = connect(server.addr, "alice", "alice-pw").await.expect("alice connects");
+    let bob = connect(server.addr, "bob", "bob-pw").await.expect("bob connects");
+    Setup { _dir: dir, server, admin, alice, bob }
+}
+
+/// The SQLSTATE and message of a statement that must fail.
+async fn refused(client: &Client, sql: &str) -> (String, String) {
+    match client.batch_execute(sql).await {
+        Ok(()) => panic!("{sql} should have been refused"),
+        Err(e) => {
+            let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
+            (db.code().code().to_string(), db.message().to_string())
+        }
+    }
+}
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn another_roles_table_needs_a_grant_to_read_and_write() {
+    let s = setup().await;
+    s.alice.batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a')").await.unwrap();
+
+    assert_eq!(refused(&s.bob, "SELECT * FROM t").await, ("42501".into(), "permission denied for table t".into()));
+    // The extended protocol, a subquery and changes() are checked too.
+    let e = s.bob.query("SELECT v FROM t WHERE id = $1", &[&1i64]).await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "42501");
+    assert_eq!(refused(&s.bob, "SELECT 1 WHERE EXISTS (SELECT 1 FROM public.t)").await.0, "42501");
+    assert_eq!(refused(&s.bob, "SELECT * FROM changes('t')").await.0, "42501");
+    assert_eq!(refused(&s.bob, "INSERT INTO t VALUES (2, 'b')").await, ("42501".into(), "permission denied for table t".into()));
+    assert_eq!(refused(&s.bob, "DELETE FROM t WHERE id = 1").await.0, "42501");
+    assert_eq!(refused(&s.bob, "CREATE MATERIALIZED VIEW v AS SELECT count(*) AS n FROM t").await.0, "42501");
+    // COPY reads the table, and writing a server file takes a superuser.
+    let out = s._dir.path().join("copied.csv");
+    let copy = format!("COPY t TO '{}'", out.display());
+    assert_eq!(refused(&s.bob, &copy).await.0, "42501");
+    assert_eq!(refused(&s.alice, &copy).await, ("42501".into(), "must be superuser to COPY to or from a file or program".into()));
+    assert!(!out.exists());
+    // System catalogs stay readable.
+    assert!(count(&s.bob, "SELECT count(*) FROM pg_catalog.pg_class").await > 0);
+
+    s.alice.batch_execute("GRANT SELECT ON t TO bob").await.unwrap();
+    assert_eq!(count(&s.bob, "SELECT count(*) FROM t").await, 1);
+    let rows = s.bob.query("SELECT v FROM t WHERE id = $1", &[&1i64]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    // SELECT alone does not allow writing.
+    assert_eq!(refused(&s.bob, "INSERT INTO t VALUES (2, 'b')").await.0, "42501");
+    // A view bob owns reads t with bob's rights, checked when he creates it.
+    s.bob.batch_execute("CREATE MATERIALIZED VIEW v AS SELECT count(*) AS n FROM t").await.unwrap();
+
+    s.alice.batch_execute("GRANT INSERT, UPDATE ON TABLE t TO bob").await.unwrap();
+    s.bob.batch_execute("INSERT INTO t VALUES (2, 'b'); UPDATE t SET v = 'c' WHERE id = 2").await.unwrap();
+    assert_eq!(count(&s.alice, "SELECT count(*) FROM t WHERE v = 'c'").await, 1);
+    let acl: Vec<String> = s.admin.query_one("SELECT relacl FROM pg_catalog.pg_class WHERE relname = 't'", &[]).await.unwrap().get(0);
+    assert_eq!(acl, vec!["alice=arwd/alice".to_string(), "bob=arw/alice".to_string()]);
+
+    s.alice.batch_execute("REVOKE SELECT ON t FROM bob").await.unwrap();
+    assert_eq!(refused(&s.bob, "SELECT * FROM t").await.0, "42501");
+    // Reading rows to update them takes SELECT, as in Postgres; inserting does not.
+    assert_eq!(refused(&s.bob, "UPDATE t SET v = 'd' WHERE id = 2").await.0, "42501");
+    s.bob.batch_execute("INSERT INTO t VALUES (3, 'e')").await.unwrap();
+    // Only the owner (or a superuser) grants.
+    assert_eq!(refused(&s.bob, "GRANT SELECT ON t TO bob").await.0, "42501");
+    // Granting SELECT on bob's view does not open t.
+    s.bob.batch_execute("GRANT SELECT ON v TO PUBLIC").await.unwrap();
+    let stranger_sql = "CREATE ROLE carol LOGIN PASSWORD 'carol-pw'";
+    s.admin.batch_execute(stranger_sql).await.unwrap();
+    let carol = connect(s.server.addr, "carol", "carol-pw").await.unwrap();
+    assert_eq!(count(&carol, "SELECT n FROM v").await, 3);
+    assert_eq!(refused(&carol, "SELECT * FROM t").await.0, "42501");
+}
+
+#[tokio::test]
+async fn only_the_owner_or_a_superuser_drops() {
+    let s = setup().await;
+    s.alice.batch_execute("CREATE TABLE mine (id BIGINT)").await.unwrap();
+    assert_eq!(refused(&s.bob, "DROP TABLE mine").await, ("42501".into(), "must be owner of table mine".into()));
+    // Not even with every privilege granted.
+    s.alice.batch_execute("GRANT ALL PRIVILEGES ON mine TO bob").await.unwrap();
+    assert_eq!(refused(&s.bob, "DROP TABLE mine").await.0, "42501");
+    // The owner creates and drops its own table; a superuser drops anyone's.
+    s.bob.batch_execute("CREATE TABLE own (id BIGINT); INSERT INTO own VALUES (1); DROP TABLE own").await.unwrap();
+    s.admin.batch_execute("DROP TABLE mine").await.unwrap();
+    let owner: String = {
+        s.bob.batch_execute("CREATE TABLE again (id BIGINT)").await.unwrap();
+        s.admin.query_one("SELECT velocity_relowner('again')", &[]).await.unwrap().get(0)
+    };
+    assert_eq!(owner, "bob");
+}
+
+#[tokio::test]
+async fn sources_and_sinks_need_a_superuser() {
+    let s = setup().await;
+    let (code, message) = refused(&s.alice, "CREATE SOURCE secrets WITH (connector = 'file', path = '/etc/passwd')").await;
+    assert_eq!((code.as_str(), message.as_str()), ("42501", "must be superuser to create a source"));
+    s.alice.batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY)").await.unwrap();
+    let sink = "CREATE SINK out FROM t WITH (connector = 'kafka', brokers = '127.0.0.1:1', topic = 'x')";
+    assert_eq!(refused(&s.alice, sink).await, ("42501".into(), "must be superuser to create a sink".into()));
+    let sources = count(&s.admin, "SELECT count(*) FROM velocity_catalog.relations WHERE kind = 'source'").await;
+    assert_eq!(sources, 0);
+}
+
+#[tokio::test]
+async fn only_superusers_manage_roles() {
+    let s = setup().await;
+    assert_eq!(refused(&s.alice, "CREATE ROLE mallory SUPERUSER LOGIN PASSWORD 'x'").await.0, "42501");
+    assert_eq!(refused(&s.alice, "ALTER ROLE alice SUPERUSER").await.0, "42501");
+    assert_eq!(refused(&s.alice, "ALTER ROLE bob PASSWORD 'mine'").await.0, "42501");
+    assert_eq!(refused(&s.alice, "DROP ROLE bob").await.0, "42501");
+    // A role changes its own password.
+    s.alice.batch_execute("ALTER ROLE alice PASSWORD 'new-pw'").await.unwrap();
+    assert!(connect(s.server.addr, "alice", "new-pw").await.is_ok());
+
+    // A superuser role may; a role that owns something cannot be dropped until it owns nothing.
+    s.admin.batch_execute("CREATE ROLE ops SUPERUSER LOGIN PASSWORD 'ops-pw'").await.unwrap();
+    let ops = connect(s.server.addr, "ops", "ops-pw").await.unwrap();
+    ops.batch_execute("CREATE ROLE temp; ALTER ROLE temp WITH LOGIN; DROP ROLE temp").await.unwrap();
+    s.bob.batch_execute("CREATE TABLE b (id BIGINT)").await.unwrap();
+    let (code, message) = refused(&s.admin, "DROP ROLE bob").await;
+    assert_eq!(code, "2BP01");
+    assert!(message.contains("owner of table b"), "{message}");
+    assert_eq!(refused(&s.admin, "CREATE ROLE bob").await.0, "42710");
+    assert_eq!(refused(&s.admin, "DROP ROLE nobody").await.0, "42704");
+    assert_eq!(refused(&s.admin, "DROP ROLE admin").await.0, "55006");
+    s.admin.batch_execute("DROP TABLE b; DROP ROLE bob; DROP ROLE IF EXISTS nobody").await.unwrap();
+    assert!(connect(s.server.addr, "bob", "bob-pw").await.is_err());
+
+    let roles = s.admin.query("SELECT rolname, rolsuper, rolcanlogin FROM pg_catalog.pg_roles ORDER BY rolname", &[]).await.unwrap();
+    let roles: Vec<(String, bool, bool)> = roles.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let expected = [("admin", true, true), ("alice", false, true), ("ops", true, true)];
+    assert_eq!(roles, expected.map(|(n, s, l)| (n.to_string(), s, l)));
+}
+
+#[tokio::test]
+async fn a_login_role_connects_with_its_password_only() {
+    let s = setup().await;
+    let e = connect(s.server.addr, "alice", "wrong").await.err().expect("a wrong password is refused");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
+    s.admin.batch_execute("CREATE ROLE quiet PASSWORD 'quiet-pw'").await.unwrap();
+    assert!(connect(s.server.addr, "quiet", "quiet-pw").await.is_err(), "a role without LOGIN cannot connect");
+    s.admin.batch_execute("ALTER ROLE quiet LOGIN").await.unwrap();
+    let quiet = connect(s.server.addr, "quiet", "quiet-pw").await.unwrap();
+    let me: String = quiet.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+    assert_eq!(me, "quiet");
+    // The password is kept as a SCRAM secret only.
+    let shown: Option<String> =
+        s.admin.query_one("SELECT rolpassword FROM pg_catalog.pg_roles WHERE rolname = 'quiet'", &[]).await.unwrap().get(0);
+    assert_eq!(shown.as_deref(), Some("********"));
+}
+
+#[tokio::test]
+async fn set_role_changes_what_is_allowed() {
+    let s = setup().await;
+    s.admin.batch_execute("CREATE TABLE admins (id BIGINT)").await.unwrap();
+    s.admin.batch_execute("SET ROLE alice").await.unwrap();
+    let (current, session): (String, String) = {
+        let row = s.admin.query_one("SELECT current_user, session_user", &[]).await.unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((current.as_str(), session.as_str()), ("alice", "admin"));
+    assert_eq!(refused(&s.admin, "SELECT * FROM admins").await.0, "42501");
+    assert_eq!(refused(&s.admin, "CREATE ROLE x").await.0, "42501");
+    s.admin.batch_execute("CREATE TABLE by_alice (id BIGINT)").await.unwrap();
+    s.admin.batch_execute("RESET ROLE").await.unwrap();
+    assert_eq!(count(&s.admin, "SELECT count(*) FROM admins").await, 0);
+    let owner: String = s.admin.query_one("SELECT velocity_relowner('by_alice')", &[]).await.unwrap().get(0);
+    assert_eq!(owner, "alice");
+
+    // A role that is not a superuser may not become another.
+    let (code, message) = refused(&s.alice, "SET ROLE bob").await;
+    assert_eq!((code.as_str(), message.as_str()), ("42501", "permission denied to set role \"bob\""));
+    assert_eq!(refused(&s.alice, "SET SESSION AUTHORIZATION admin").await.0, "42501");
+    assert_eq!(refused(&s.admin, "SET ROLE nobody").await.0, "42704");
+    s.admin.batch_execute("SET SESSION AUTHORIZATION bob").await.unwrap();
+    assert_eq!(refused(&s.admin, "SELECT * FROM admins").await.0, "42501");
+    s.admin.batch_execute("SET SESSION AUTHORIZATION DEFAULT").await.unwrap();
+    assert_eq!(count(&s.admin, "SELECT count(*) FROM admins").await, 0);
+}
+
+#[tokio::test]
+async fn roles_owners_and_grants_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::data_dir(&dir);
+    let server = ServerProcess::start_with(&data, &["--user", "admin:secret"]);
+    let admin = connect(server.addr, "admin", "secret").await.unwrap();
+    admin.batch_execute("CREATE ROLE alice LOGIN PASSWORD 'alice-pw'; CREATE ROLE bob LOGIN PASSWORD 'bob-pw'").await.unwrap();
+    let alice = connect(server.addr, "alice", "alice-pw").await.unwrap();
+    alice.batch_execute("CREATE TABLE t (id BIGINT); INSERT INTO t VALUES (1); GRANT SELECT ON t TO bob").await.unwrap();
+    alice.batch_execute("CREATE TABLE private (id BIGINT)").await.unwrap();
+    server.kill9();
+
+    let server = ServerProcess::start_with(&data, &["--user", "admin:secret"]);
+    let bob = connect(server.addr, "bob", "bob-pw").await.expect("bob's role and password survive");
+    assert_eq!(count(&bob, "SELECT count(*) FROM t").await, 1);
+    assert_eq!(refused(&bob, "SELECT * FROM private").await.0, "42501");
+    assert_eq!(refused(&bob, "DROP TABLE t").await.0, "42501");
+    let alice = connect(server.addr, "alice", "alice-pw").await.unwrap();
+    alice.batch_execute("DROP TABLE private").await.unwrap();
+}
