@@ -171,7 +171,7 @@ async fn only_superusers_manage_roles() {
 #[tokio::test]
 async fn a_login_role_connects_with_its_password_only() {
     let s = setup().await;
-    let e = connect(s.server.addr, "alice", "wrong").await.err().expect("a wrong password is refused");
+    let Err(e) = connect(s.server.addr, "alice", "wrong").await else { panic!("a wrong password is refused") };
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
     s.admin.batch_execute("CREATE ROLE quiet PASSWORD 'quiet-pw'").await.unwrap();
     assert!(connect(s.server.addr, "quiet", "quiet-pw").await.is_err(), "a role without LOGIN cannot connect");
