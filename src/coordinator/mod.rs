@@ -126,15 +126,9 @@ impl Coordinator {
 
     /// `CREATE TABLE`, plain or bound to a source with `WITH (source = '...', upstream = '...')`.
     /// `role` owns it; binding it to a source takes owning the source.
-    pub async fn create_table_by(&self, role: &str, stmt: &Statement) -> Result<()> {
+    pub async fn create_table(&self, role: &str, stmt: &Statement) -> Result<()> {
         let _ddl = self.ddl.lock().await;
         self.create_table_as(stmt, &Origin::New { role }).await
-    }
-
-    /// `CREATE TABLE` by the first superuser, for tools that embed the server.
-    pub async fn create_table(&self, stmt: &Statement) -> Result<()> {
-        let role = self.engine.catalog().bootstrap_role().to_string();
-        self.create_table_by(&role, stmt).await
     }
 
     /// CREATE TABLE; restored, re-creates a stored table under its old id.
@@ -339,15 +333,9 @@ impl Coordinator {
     /// `CREATE MATERIALIZED VIEW`: plans the query into a dataflow and fills the view.
     /// `role` owns it and needs SELECT on everything it reads: the view then reads them
     /// with its owner's rights, whoever reads the view.
-    pub async fn create_view_by(&self, role: &str, stmt: &Statement) -> Result<()> {
+    pub async fn create_view(&self, role: &str, stmt: &Statement) -> Result<()> {
         let _ddl = self.ddl.lock().await;
         self.create_view_as(stmt, &Origin::New { role }).await
-    }
-
-    /// `CREATE MATERIALIZED VIEW` by the first superuser, for tools that embed the server.
-    pub async fn create_view(&self, stmt: &Statement) -> Result<()> {
-        let role = self.engine.catalog().bootstrap_role().to_string();
-        self.create_view_by(&role, stmt).await
     }
 
     /// CREATE MATERIALIZED VIEW; restored, re-creates a stored view and its dataflow under

@@ -211,29 +211,22 @@ impl Coordinator {
     /// `SET ROLE target` by a session of `session_user`: a superuser may become any role,
     /// others only themselves (Velocity has no role membership).
     pub fn authorize_set_role(&self, session_user: &str, target: &str) -> Result<()> {
-        let catalog = self.engine.catalog();
-        if catalog.role(target).is_none() {
-            return Err(CoordinatorError::UndefinedRole(target.to_string()));
-        }
-        if catalog.is_superuser(session_user) || session_user == target {
-            Ok(())
-        } else {
-            Err(CoordinatorError::PermissionDenied(format!("permission denied to set role \"{target}\"")))
-        }
+        self.authorize_acting_as(session_user, target, || format!("permission denied to set role \"{target}\""))
     }
 
     /// `SET SESSION AUTHORIZATION target` by a session that authenticated as `authenticated`:
     /// superusers only (or to itself).
     pub fn authorize_session_authorization(&self, authenticated: &str, target: &str) -> Result<()> {
+        self.authorize_acting_as(authenticated, target, || "permission denied to set session authorization".into())
+    }
+
+    /// `user` may act as `target`: a superuser as anyone, others only as themselves.
+    fn authorize_acting_as(&self, user: &str, target: &str, denied: impl FnOnce() -> String) -> Result<()> {
         let catalog = self.engine.catalog();
         if catalog.role(target).is_none() {
             return Err(CoordinatorError::UndefinedRole(target.to_string()));
         }
-        if catalog.is_superuser(authenticated) || authenticated == target {
-            Ok(())
-        } else {
-            Err(CoordinatorError::PermissionDenied("permission denied to set session authorization".into()))
-        }
+        if catalog.is_superuser(user) || user == target { Ok(()) } else { Err(CoordinatorError::PermissionDenied(denied())) }
     }
 }
 

@@ -202,11 +202,11 @@ impl StatementHook {
             Route::Release(name) => release(client, name),
             Route::RollbackTo(name) => rollback_to(client, name, aborted),
             Route::CreateTable => {
-                coordinator.create_table_by(role, stmt).await?;
+                coordinator.create_table(role, stmt).await?;
                 done("CREATE TABLE")
             }
             Route::CreateView => {
-                coordinator.create_view_by(role, stmt).await?;
+                coordinator.create_view(role, stmt).await?;
                 done("CREATE MATERIALIZED VIEW")
             }
             Route::Drop { kind, tag, names, if_exists, cascade } => {

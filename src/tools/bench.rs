@@ -280,6 +280,8 @@ async fn sql(server: &Server, q: &str) -> anyhow::Result<Vec<RecordBatch>> {
 async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow::Result<IncrementalResult> {
     let dir = tempfile::tempdir()?;
     let server = Server::open(dir.path()).await?;
+    // The first superuser owns what the bench creates, as a `velocity` session would.
+    let owner = server.engine.catalog().bootstrap_role().to_string();
     let customers = (n / 100).max(10);
     let products = (n / 1000).max(10);
     for ddl in [
@@ -288,7 +290,7 @@ async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow
         "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT, product_id BIGINT, qty BIGINT)",
     ] {
         let stmt = datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser::new().parse(ddl)?.remove(0);
-        server.coordinator.create_table(&stmt).await?;
+        server.coordinator.create_table(&owner, &stmt).await?;
     }
     let (ids, schemas) = {
         let catalog = server.engine.catalog();
@@ -352,7 +354,7 @@ async fn incremental(n: usize, transactions: usize, recomputes: usize) -> anyhow
     let stmt = datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser::new()
         .parse(&format!("CREATE MATERIALIZED VIEW sales AS {query}"))?
         .remove(0);
-    server.coordinator.create_view(&stmt).await?;
+    server.coordinator.create_view(&owner, &stmt).await?;
     let create_s = started.elapsed().as_secs_f64();
     eprintln!("view created over {n} orders in {create_s:.1}s");
 
