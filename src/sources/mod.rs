@@ -17,6 +17,7 @@ pub mod generator;
 pub mod kafka;
 pub mod logistics;
 pub mod net_change;
+pub mod nexmark;
 pub mod postgres;
 pub mod row_image;
 pub mod runner;

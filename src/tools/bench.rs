@@ -91,6 +91,18 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         recompute_every: u64,
     },
+    /// Nexmark (queries/nexmark/qN.sql) fed by the generator's `scenario = 'nexmark'` as fast
+    /// as it goes: per query, events/s from creating the source to FLUSH returning with only
+    /// that query's view, peak RSS, and DataFusion recomputing the query once over the final
+    /// tables. Without --query, each query runs in its own process (its own peak RSS).
+    Nexmark {
+        /// One query, `q0` ... `q8` or `q6_group_top_n`; default: all of them.
+        #[arg(long)]
+        query: Option<String>,
+        /// Nexmark events (1 person, 3 auctions, 46 bids per 50).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
@@ -133,6 +145,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Steps { transactions, scale, limits } => steps(transactions, scale, &limits).await,
         Bench::Subscribe { loads, updates } => subscribe_latency(loads, updates).await,
         Bench::Sink { brokers, rows, batch, updates } => sink(&brokers, rows, batch, updates).await,
+        Bench::Nexmark { query, events } => nexmark(query.as_deref(), events).await,
     }
 }
 
@@ -849,6 +862,157 @@ async fn sink(brokers: &str, rows: usize, batch: usize, updates: usize) -> anyho
         peak_rss_mib()
     );
     Ok(())
+}
+
+/// A Nexmark query: `queries/nexmark/<name>.sql`, a `CREATE MATERIALIZED VIEW nexmark_<name>`
+/// statement after comments; a query Velocity cannot maintain says why in a comment starting
+/// with [`NexmarkQuery::UNSUPPORTED`].
+pub struct NexmarkQuery {
+    pub name: &'static str,
+    pub file: &'static str,
+}
+
+/// queries/nexmark/q0.sql ... q8.sql (and q6_group_top_n.sql), compiled in so the benchmark runs from anywhere.
+pub const NEXMARK_QUERIES: &[NexmarkQuery] = &[
+    NexmarkQuery { name: "q0", file: include_str!("../../queries/nexmark/q0.sql") },
+    NexmarkQuery { name: "q1", file: include_str!("../../queries/nexmark/q1.sql") },
+    NexmarkQuery { name: "q2", file: include_str!("../../queries/nexmark/q2.sql") },
+    NexmarkQuery { name: "q3", file: include_str!("../../queries/nexmark/q3.sql") },
+    NexmarkQuery { name: "q4", file: include_str!("../../queries/nexmark/q4.sql") },
+    NexmarkQuery { name: "q5", file: include_str!("../../queries/nexmark/q5.sql") },
+    NexmarkQuery { name: "q6", file: include_str!("../../queries/nexmark/q6.sql") },
+    NexmarkQuery { name: "q6_group_top_n", file: include_str!("../../queries/nexmark/q6_group_top_n.sql") },
+    NexmarkQuery { name: "q7", file: include_str!("../../queries/nexmark/q7.sql") },
+    NexmarkQuery { name: "q8", file: include_str!("../../queries/nexmark/q8.sql") },
+];
+
+impl NexmarkQuery {
+    /// The comment that marks a query Velocity cannot maintain yet.
+    pub const UNSUPPORTED: &'static str = "-- Not supported by Velocity:";
+
+    /// The view's name, `nexmark_q5`.
+    pub fn view(&self) -> String {
+        format!("nexmark_{}", self.name)
+    }
+
+    /// The `CREATE MATERIALIZED VIEW` statement, without the comments before it.
+    pub fn create(&self) -> &'static str {
+        self.file.find("CREATE MATERIALIZED VIEW").map_or(self.file, |at| &self.file[at..]).trim().trim_end_matches(';')
+    }
+
+    /// The view's query, to run ad hoc.
+    pub fn query(&self) -> &'static str {
+        let create = self.create();
+        let head = format!("{} AS", self.view());
+        create.find(&head).map_or(create, |at| create[at + head.len()..].trim())
+    }
+
+    /// Why Velocity cannot maintain it, if it cannot.
+    pub fn unsupported(&self) -> Option<&'static str> {
+        self.file.lines().find_map(|l| l.strip_prefix(Self::UNSUPPORTED)).map(str::trim)
+    }
+
+    pub fn find(name: &str) -> Option<&'static NexmarkQuery> {
+        NEXMARK_QUERIES.iter().find(|q| q.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// `CREATE SOURCE <source>` of `events` Nexmark events, unthrottled, and its three tables.
+pub fn nexmark_source_sql(source: &str, events: u64, extra_options: &str) -> String {
+    format!(
+        "CREATE SOURCE {source} WITH (connector = 'generator', scenario = 'nexmark', events = '{events}', rate = '0'{extra_options});\n{}",
+        crate::sources::nexmark::create_tables_sql(source)
+    )
+}
+
+/// One query's run of `velocity bench nexmark`.
+struct NexmarkRun {
+    secs: f64,
+    view_rows: usize,
+    recompute_secs: f64,
+    recompute_rows: usize,
+    rss_mib: u64,
+    db_mib: u64,
+}
+
+const NEXMARK_HEADER: &str = "| query | events | events/s | s | view rows | DataFusion recompute s | recompute rows | incremental / recompute time | peak RSS MiB | RocksDB MiB |\n|---|---|---|---|---|---|---|---|---|---|";
+
+/// `velocity bench nexmark`: each query alone over the same events.
+async fn nexmark(query: Option<&str>, events: u64) -> anyhow::Result<()> {
+    let Some(name) = query else {
+        // Each query in its own process, so peak RSS is that query's.
+        println!("velocity bench nexmark --events {events}   ({} build)\n", if cfg!(debug_assertions) { "debug" } else { "release" });
+        println!("{NEXMARK_HEADER}");
+        let exe = std::env::current_exe()?;
+        for q in NEXMARK_QUERIES {
+            let out = std::process::Command::new(&exe)
+                .args(["bench", "nexmark", "--query", q.name, "--events", &events.to_string()])
+                .env("RUST_BACKTRACE", "0")
+                .output()?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            eprint!("{stderr}");
+            match stdout.lines().find(|l| l.starts_with(&format!("| {} |", q.name))) {
+                Some(row) => println!("{row}"),
+                None => println!("| {} | failed: {} |", q.name, stderr.lines().find(|l| l.starts_with("Error")).unwrap_or("no output")),
+            }
+        }
+        return Ok(());
+    };
+    let q = NexmarkQuery::find(name).ok_or_else(|| anyhow::anyhow!("no Nexmark query \"{name}\" (q0 ... q8, q6_group_top_n)"))?;
+    println!(
+        "velocity bench nexmark --query {} --events {events}   ({} build)\n",
+        q.name,
+        if cfg!(debug_assertions) { "debug" } else { "release" }
+    );
+    if let Some(why) = q.unsupported() {
+        println!("{NEXMARK_HEADER}\n| {} | not supported: {why} |", q.name);
+        return Ok(());
+    }
+    let run = nexmark_run(q, events).await?;
+    println!("{NEXMARK_HEADER}");
+    println!(
+        "| {} | {events} | {:.0} | {:.1} | {} | {:.3} | {} | {:.1}x | {} | {} |",
+        q.name,
+        events as f64 / run.secs,
+        run.secs,
+        run.view_rows,
+        run.recompute_secs,
+        run.recompute_rows,
+        run.secs / run.recompute_secs.max(1e-9),
+        run.rss_mib,
+        run.db_mib
+    );
+    Ok(())
+}
+
+async fn nexmark_run(q: &NexmarkQuery, events: u64) -> anyhow::Result<NexmarkRun> {
+    let dir = tempfile::tempdir()?;
+    let (server, client, _) = local_server(&dir.path().join("data")).await?;
+    // The source generates from its first bound table on: the clock starts before it.
+    let started = Instant::now();
+    for statement in crate::sql::split_statements(&nexmark_source_sql("nx", events, "")) {
+        client.batch_execute(&statement).await?;
+    }
+    client.batch_execute(q.create()).await?;
+    client.batch_execute("FLUSH").await?;
+    let secs = started.elapsed().as_secs_f64();
+    let applied: i64 = client.query_one("SELECT events FROM velocity_catalog.sources WHERE name = 'nx'", &[]).await?.get(0);
+    anyhow::ensure!(applied as u64 >= events, "FLUSH returned after {applied} of {events} events");
+    let view_rows: i64 = client.query_one(&format!("SELECT count(*) FROM {}", q.view()), &[]).await?.get(0);
+    // DataFusion in this process, as the server plans a query (window functions' names quoted),
+    // without the pgwire encoding of the rows.
+    let recompute = Instant::now();
+    let batches = sql(&server, &crate::sql::quote_name_arguments(q.query())).await?;
+    let recompute_secs = recompute.elapsed().as_secs_f64();
+    Ok(NexmarkRun {
+        secs,
+        view_rows: view_rows as usize,
+        recompute_secs,
+        recompute_rows: batches.iter().map(|b| b.num_rows()).sum(),
+        rss_mib: peak_rss_mib(),
+        db_mib: dir_size(dir.path()) / (1024 * 1024),
+    })
 }
 
 #[cfg(test)]
