@@ -63,8 +63,15 @@ enum Command {
         #[arg(long)]
         duration: Option<u64>,
     },
-    /// Run the TMS simulator into a real Postgres database or a Debezium JSON-lines file.
+    /// Run the TMS simulator into a real Postgres database or a Debezium JSON-lines file
+    /// (`--scenario nexmark`: the Nexmark events, to a file only).
     Simulate {
+        /// `logistics` (the TMS) or `nexmark` (the generator's Nexmark events, `--events` of them).
+        #[arg(long, default_value = "logistics", value_parser = ["logistics", "nexmark"])]
+        scenario: String,
+        /// Nexmark events to write.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
         /// libpq connection string of the TMS database (tables are created if missing).
         #[arg(long, group = "target")]
         postgres: Option<String>,
@@ -142,8 +149,12 @@ fn main() -> anyhow::Result<()> {
                 duration: duration.map(std::time::Duration::from_secs),
             }))
         }
-        Command::Simulate { postgres, file, kafka, transactions, scale, seed, rate } => {
+        Command::Simulate { scenario, events, postgres, file, kafka, transactions, scale, seed, rate } => {
             use velocity::tools::simulate::{SimulateOptions, Target};
+            if scenario == "nexmark" {
+                let path = file.ok_or_else(|| anyhow::anyhow!("--scenario nexmark writes to a file: say --file"))?;
+                return velocity::tools::simulate::nexmark_to_file(&path, events);
+            }
             let target = match (postgres, file, kafka) {
                 (Some(conn), _, _) => Target::Postgres(conn),
                 (_, Some(path), _) => Target::File(path),

@@ -138,6 +138,28 @@ pub async fn run(options: SimulateOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Nexmark scenario's `events` events as Debezium JSON lines (BEGIN/END markers, one
+/// transaction per 50 events), exactly what `connector = 'generator', scenario = 'nexmark'`
+/// applies: `scripts/nexmark-flink.py` feeds the same events to Flink.
+pub fn nexmark_to_file(path: &std::path::Path, events: u64) -> anyhow::Result<()> {
+    use crate::sources::nexmark::{Generator, Workload};
+    let mut generator = Generator::new(Workload { events: Some(events), ..Workload::default() });
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut transactions = 0u64;
+    while let Some(txn) = generator.next_txn(0) {
+        for record in txn {
+            writeln!(out, "{record}")?;
+        }
+        transactions += 1;
+        if transactions % 2000 == 0 {
+            eprint!("\r{transactions} transactions");
+        }
+    }
+    out.flush()?;
+    eprintln!("\r{transactions} transactions, {events} events: {}", path.display());
+    Ok(())
+}
+
 /// Simulated Debezium records as JSON-lines files: all in one file, or one file per topic in
 /// a directory (`tms.public.<table>.jsonl`, `tms.transaction.jsonl`). Tombstones are `null`.
 pub struct DebeziumFiles {
