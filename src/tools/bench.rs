@@ -238,7 +238,7 @@ async fn source(events: usize) -> anyhow::Result<()> {
         bytes as f64 / 1e6
     );
     println!(
-        "| file source -> tables + view (synced commit per transaction) | {events} | {transactions} | {:.0} | {:.0} | {:.1} | {:.0} |",
+        "| file source -> tables + view (one synced commit per step) | {events} | {transactions} | {:.0} | {:.0} | {:.1} | {:.0} |",
         bytes as f64 / 1e6,
         events as f64 / secs,
         bytes as f64 / 1e6 / secs,
