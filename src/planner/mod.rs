@@ -70,6 +70,10 @@ fn resolve(catalog: &Catalog, scan: &datafusion::logical_expr::TableScan) -> Opt
         return None;
     }
     let r = catalog.get(scan.table_name.table())?;
+    if !r.kind.stores_rows() {
+        // A plain view is inlined by DataFusion's analyzer before a plan gets here.
+        return None;
+    }
     Some((ResolvedScan::Relation { id: r.id, schema: r.schema.clone() }, r.name.clone()))
 }
 

@@ -88,11 +88,14 @@ impl From<CoordinatorError> for PgWireError {
     fn from(e: CoordinatorError) -> PgWireError {
         use CoordinatorError as C;
         let code = match &e {
-            C::DuplicateObject { kind: RelationKind::Table | RelationKind::MaterializedView, .. } => "42P07",
+            C::DuplicateObject { kind: RelationKind::Table | RelationKind::MaterializedView | RelationKind::View, .. } => "42P07",
             C::DuplicateObject { .. } | C::DuplicateBinding { .. } => "42710",
-            C::UndefinedObject { kind: RelationKind::Table | RelationKind::MaterializedView, .. } => "42P01",
+            C::UndefinedObject { kind: RelationKind::Table | RelationKind::MaterializedView | RelationKind::View, .. } => "42P01",
             C::UndefinedObject { .. } => "42704",
-            C::WrongObjectType { .. } | C::NotATable(_) => "42809",
+            C::WrongObjectType { .. } | C::DropWrongType { .. } | C::NotATable(_) => "42809",
+            C::ReplaceWithDependents { .. } => "2BP01",
+            C::ViewColumnsChanged(_) => "42P16",
+            C::ReadOnlyView(_) => "0A000",
             C::DependentObjects { .. } => "2BP01",
             C::MissingPrimaryKey(_) => "42P16",
             C::DuplicateColumn(_) => "42701",
@@ -122,7 +125,12 @@ impl From<CoordinatorError> for PgWireError {
                 };
             }
         };
-        pg_error(code, e.to_string())
+        let hint = e.hint();
+        let mut error = pg_error(code, e.to_string());
+        if let (PgWireError::UserError(info), Some(hint)) = (&mut error, hint) {
+            info.hint = Some(hint);
+        }
+        error
     }
 }
 
