@@ -267,4 +267,16 @@ async fn a_plain_view_reads_with_its_owners_rights() {
     assert_eq!(count(&carol, "SELECT one FROM bw").await, 2);
     let acl: Vec<String> = s.admin.query_one("SELECT relacl FROM pg_catalog.pg_class WHERE relname = 'bw'", &[]).await.unwrap().get(0);
     assert_eq!(acl, vec!["bob=arwd/bob".to_string(), "carol=r/bob".to_string()]);
+    // So does replacing a materialized view; a superuser may replace anyone's, and the owner stays.
+    s.bob.batch_execute("CREATE MATERIALIZED VIEW bm AS SELECT 1 AS one; GRANT SELECT ON bm TO carol").await.unwrap();
+    assert_eq!(
+        refused(&carol, "CREATE OR REPLACE MATERIALIZED VIEW bm AS SELECT 2 AS one").await,
+        ("42501".into(), "must be owner of materialized view bm".into())
+    );
+    s.admin.batch_execute("CREATE OR REPLACE MATERIALIZED VIEW bm AS SELECT 3 AS one").await.unwrap();
+    assert_eq!(count(&carol, "SELECT one::BIGINT FROM bm").await, 3);
+    let owner: String = s.admin.query_one("SELECT velocity_relowner('bm')", &[]).await.unwrap().get(0);
+    assert_eq!(owner, "bob");
+    let acl: Vec<String> = s.admin.query_one("SELECT relacl FROM pg_catalog.pg_class WHERE relname = 'bm'", &[]).await.unwrap().get(0);
+    assert_eq!(acl, vec!["bob=arwd/bob".to_string(), "carol=r/bob".to_string()]);
 }

@@ -414,7 +414,8 @@ impl Coordinator {
                 ownership,
             };
             self.replace(replaced.as_ref()).await?;
-            self.engine.create_table(relation, origin.restoring()).await?;
+            let created = self.engine.create_table(relation, origin.restoring()).await;
+            self.put_back_unless(created.map_err(CoordinatorError::from), replaced).await?;
             let view = datafusion::datasource::ViewTable::new(plan, Some(format!("{};", cv.query)));
             self.context.register_table(name.as_str(), Arc::new(view))?;
             return Ok(());
@@ -446,9 +447,24 @@ impl Coordinator {
             ownership,
         };
         self.replace(replaced.as_ref()).await?;
-        self.engine.create_view(relation.clone(), dataflow, origin.restoring()).await?;
+        let created = self.engine.create_view(relation.clone(), dataflow, origin.restoring()).await;
+        self.put_back_unless(created.map_err(CoordinatorError::from), replaced).await?;
         self.context.register_table(name.as_str(), Arc::new(RelationTable::new(self.engine.clone(), relation)))?;
         Ok(())
+    }
+
+    /// After a `CREATE OR REPLACE` whose new view failed to create (filling it failed, say),
+    /// put the old one back as it was, so the statement changes nothing.
+    async fn put_back_unless(&self, created: Result<()>, replaced: Option<Relation>) -> Result<()> {
+        let (Err(e), Some(old)) = (&created, replaced) else { return created };
+        let stmt = PostgresCompatibilityParser::new().parse(&old.create_sql).ok().and_then(|mut s| (!s.is_empty()).then(|| s.remove(0)));
+        if let Some(stmt) = stmt {
+            let origin = Origin::PutBack { id: old.id, ownership: old.ownership.clone() };
+            if let Err(again) = Box::pin(self.create_view_as(&stmt, &origin)).await {
+                tracing::error!("view \"{}\" could not be put back after a failed CREATE OR REPLACE ({e}): {again}", old.name);
+            }
+        }
+        created
     }
 
     /// Drop the view a `CREATE OR REPLACE` replaces, once its new definition has planned.
@@ -561,11 +577,13 @@ impl Coordinator {
     }
 }
 
-/// Who an object is created for: a session's role (a new object, its privileges checked)
-/// or a stored entry being restored (its id, owner and grants as stored; nothing checked).
+/// Who an object is created for: a session's role (a new object, its privileges checked),
+/// a stored entry being restored (its id, owner and grants as stored; nothing checked), or
+/// a view put back after a failed `CREATE OR REPLACE` (as it was, filled anew).
 enum Origin<'a> {
     New { role: &'a str },
     Restored { id: u32, ownership: Ownership },
+    PutBack { id: u32, ownership: Ownership },
 }
 
 impl Origin<'_> {
@@ -577,14 +595,14 @@ impl Origin<'_> {
     fn id(&self, engine: &Engine) -> u32 {
         match self {
             Origin::New { .. } => engine.allocate_id(),
-            Origin::Restored { id, .. } => *id,
+            Origin::Restored { id, .. } | Origin::PutBack { id, .. } => *id,
         }
     }
 
     fn ownership(&self) -> Ownership {
         match self {
             Origin::New { role } => Ownership::new(role),
-            Origin::Restored { ownership, .. } => ownership.clone(),
+            Origin::Restored { ownership, .. } | Origin::PutBack { ownership, .. } => ownership.clone(),
         }
     }
 }
