@@ -110,6 +110,9 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
     {
         out = Cow::Owned(rewritten);
     }
+    if let Some(rewritten) = crate::sql::keep_scalar_subqueries(&out) {
+        out = Cow::Owned(rewritten);
+    }
     out
 }
 

@@ -241,8 +241,7 @@ fn assign_sqlstate(error: &mut PgWireError) {
         && let Some(df) = e.downcast_ref::<datafusion::error::DataFusionError>()
     {
         let code = error::datafusion_code(df);
-        let message = df.find_root().message().to_string();
-        *error = pg_error(code, message);
+        *error = pg_error(code, error::datafusion_message(df));
     }
 }
 
