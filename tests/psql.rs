@@ -144,3 +144,21 @@ async fn restart_keeps_tables_views_and_contents() {
     assert_eq!(err.code().map(|c| c.code()), Some("2BP01"), "the dependency survives the restart: {err:?}");
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_coalesces_the_key_of_right_using_joins() {
+    let server = common::TestServer::start().await;
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE depots (code TEXT, city TEXT); CREATE TABLE docks (code TEXT, doors INT);
+             INSERT INTO depots VALUES ('ber', 'Berlin'); INSERT INTO docks VALUES ('ber', 4), ('cdg', 9);",
+        )
+        .await
+        .unwrap();
+    // Postgres: the merged key of the right-only row is 'cdg' (not NULL).
+    let rows =
+        client.query("SELECT code, doors FROM depots NATURAL RIGHT JOIN docks WHERE doors > $1 ORDER BY code", &[&0i32]).await.unwrap();
+    let got: Vec<(String, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![("ber".to_string(), 4), ("cdg".to_string(), 9)]);
+}

@@ -62,6 +62,13 @@ impl Coordinator {
         &self.engine
     }
 
+    /// The column names of a table or view, by its name.
+    pub fn relation_columns(&self, name: &str) -> Option<Vec<String>> {
+        let catalog = self.engine.catalog();
+        let relation = catalog.get(name).filter(|r| r.kind.queryable())?;
+        Some(relation.schema.fields().iter().map(|f| f.name().clone()).collect())
+    }
+
     /// Each running source's status, by name.
     pub fn sources(&self) -> &SourceRegistry {
         &self.sources

@@ -5,6 +5,7 @@
 //! and [`WithOptions`], how their `WITH (...)` options are read.
 
 pub mod options;
+pub mod using_joins;
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -12,6 +13,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
 
 pub use options::{OptionError, WithOptions};
+pub use using_joins::{coalesce_using_keys, coalesce_using_keys_in_text};
 
 /// Errors in statement text.
 #[derive(Debug, thiserror::Error)]
