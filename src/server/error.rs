@@ -182,6 +182,10 @@ pub fn datafusion_code(e: &DataFusionError) -> &'static str {
             let m = m.to_ascii_lowercase();
             if m.contains(SCALAR_SUBQUERY_ROWS) {
                 "21000"
+            } else if m.contains("cannot get array length of") {
+                "22023"
+            } else if m.contains("invalid input syntax for type json") {
+                "22P02"
             } else if m.contains("divide by zero") || m.contains("division by zero") {
                 "22012"
             } else if m.contains("cast") || m.contains("parse") {
