@@ -1,6 +1,7 @@
 //! Reading JSON the way Postgres users write it: the operators `->`, `->>`, `#>`, `#>>`,
 //! `@>`, `?`, the functions `jsonb_typeof` and `jsonb_array_length` (and their `json_`
-//! names), and the types `json`/`jsonb` in casts (`'{"a": 1}'::jsonb`).
+//! names), and the types `json`/`jsonb` in casts (`'{"a": 1}'::jsonb`, checked as JSON,
+//! `jsonb` printed normalized).
 //!
 //! JSON values are text marked as JSON (see `functions::json`). A JSON result is printed as
 //! Postgres prints `jsonb`: object keys ordered shortest first, then bytewise, with `", "`
@@ -91,6 +92,7 @@ pub fn register(ctx: &SessionContext) -> Result<()> {
     let mut builder = SessionStateBuilder::new_from_existing(existing);
     let inner = builder.type_planner().take();
     *state.write() = builder.with_type_planner(Arc::new(JsonTypes { inner })).build();
+    ctx.add_analyzer_rule(Arc::new(JsonCasts));
     Ok(())
 }
 
@@ -109,6 +111,91 @@ impl ExprPlanner for JsonOperators {
     }
 }
 
+/// Field metadata of a cast to `jsonb` (rather than `json`): its text is normalized.
+const JSONB_KEY: &str = "velocity.jsonb";
+
+/// A cast to `json` or `jsonb` becomes a call of [`ToJsonText`]: the text must be JSON
+/// (22P02 otherwise), and `jsonb` prints normalized, as in Postgres.
+#[derive(Debug)]
+struct JsonCasts;
+
+impl datafusion::optimizer::AnalyzerRule for JsonCasts {
+    fn analyze(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _: &datafusion::common::config::ConfigOptions,
+    ) -> Result<datafusion::logical_expr::LogicalPlan> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        use datafusion::logical_expr::expr_rewriter::NamePreserver;
+        plan.transform_up_with_subqueries(|node| {
+            let names = NamePreserver::new(&node);
+            node.map_expressions(|e| {
+                let saved = names.save(&e);
+                let rewritten = e.transform_up(|x| match x {
+                    Expr::Cast(c) if super::json::is_json(&c.field) => {
+                        let binary = c.field.metadata().contains_key(JSONB_KEY);
+                        let udf = Arc::new(ScalarUDF::from(ToJsonText::new(binary)));
+                        Ok(Transformed::yes(Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                            udf,
+                            vec![*c.expr],
+                        ))))
+                    }
+                    other => Ok(Transformed::no(other)),
+                })?;
+                Ok(rewritten.update_data(|x| saved.restore(x)))
+            })
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "velocity_json_casts"
+    }
+}
+
+/// `text::json` (checked) and `text::jsonb` (checked and normalized).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ToJsonText {
+    binary: bool,
+    signature: Signature,
+}
+
+impl ToJsonText {
+    fn new(binary: bool) -> ToJsonText {
+        ToJsonText { binary, signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for ToJsonText {
+    fn name(&self) -> &str {
+        if self.binary { "velocity_to_jsonb" } else { "velocity_to_json" }
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn return_field_from_args(&self, _: ReturnFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(json_field(self.name(), true)))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let array = args.args[0].to_array(args.number_rows)?;
+        let mut out = StringBuilder::new();
+        for t in text(&array)? {
+            match t {
+                None => out.append_null(),
+                Some(t) => match serde_json::from_str::<Value>(&t) {
+                    Ok(v) if self.binary => out.append_value(jsonb_text(&v)),
+                    Ok(_) => out.append_value(t),
+                    Err(e) => return exec_err!("invalid input syntax for type json: {e}"),
+                },
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
 /// `json` and `jsonb` in casts: text marked as JSON; other types go to `inner`.
 #[derive(Debug)]
 struct JsonTypes {
@@ -118,7 +205,13 @@ struct JsonTypes {
 impl TypePlanner for JsonTypes {
     fn plan_type_field(&self, sql_type: &SqlType) -> Result<Option<FieldRef>> {
         if matches!(sql_type, SqlType::JSON | SqlType::JSONB) {
-            return Ok(Some(Arc::new(json_field("", true))));
+            let mut field = json_field("", true);
+            if matches!(sql_type, SqlType::JSONB) {
+                let mut metadata = field.metadata().clone();
+                metadata.insert(JSONB_KEY.to_string(), "true".to_string());
+                field = field.with_metadata(metadata);
+            }
+            return Ok(Some(Arc::new(field)));
         }
         match &self.inner {
             Some(inner) => inner.plan_type_field(sql_type),
