@@ -52,6 +52,11 @@ const VIEWS: &[(&str, &str)] = &[
         "hopped",
         "SELECT window_end, count(*) AS n, max(id) AS top FROM HOP(a_times, ts, INTERVAL '5' SECOND, INTERVAL '15' SECOND) GROUP BY window_end",
     ),
+    ("global_top3", "SELECT id, v FROM a ORDER BY v DESC NULLS LAST, id LIMIT 3"),
+    ("global_page", "SELECT id, k FROM c ORDER BY k NULLS FIRST, id LIMIT 2 OFFSET 1"),
+    ("top_groups", "SELECT k, count(*) AS n FROM b GROUP BY k ORDER BY n DESC, k NULLS LAST LIMIT 2"),
+    ("scalar_sub", "SELECT a.id, (SELECT max(c.v) FROM c WHERE c.k = a.k) AS top FROM a"),
+    ("using_full", "SELECT k, a.id AS aid, c.id AS cid FROM a FULL JOIN c USING (k)"),
     (
         "nested_entity",
         "SELECT a.k, json_agg(json_build_object('id', a.id, 'v', a.v, 'c', c.v) ORDER BY a.id, c.id) AS items, \

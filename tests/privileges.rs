@@ -234,3 +234,49 @@ async fn roles_owners_and_grants_survive_kill_9() {
     let alice = connect(server.addr, "alice", "alice-pw").await.unwrap();
     alice.batch_execute("DROP TABLE private").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_plain_view_reads_with_its_owners_rights() {
+    let s = setup().await;
+    s.alice.batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b')").await.unwrap();
+    // As in Postgres, creating a view checks nothing; reading it checks its owner's rights.
+    s.bob.batch_execute("CREATE VIEW bv AS SELECT id FROM t WHERE id > 1").await.unwrap();
+    assert_eq!(refused(&s.bob, "SELECT * FROM bv").await, ("42501".into(), "permission denied for table t".into()));
+    s.alice.batch_execute("GRANT SELECT ON t TO bob").await.unwrap();
+    assert_eq!(count(&s.bob, "SELECT count(*) FROM bv").await, 1);
+
+    // Others need SELECT on the view only, not on what it reads.
+    s.admin.batch_execute("CREATE ROLE carol LOGIN PASSWORD 'carol-pw'").await.unwrap();
+    let carol = connect(s.server.addr, "carol", "carol-pw").await.unwrap();
+    assert_eq!(refused(&carol, "SELECT * FROM bv").await, ("42501".into(), "permission denied for view bv".into()));
+    s.bob.batch_execute("GRANT SELECT ON bv TO carol").await.unwrap();
+    assert_eq!(count(&carol, "SELECT count(*) FROM bv").await, 1);
+    assert_eq!(refused(&carol, "SELECT * FROM t").await.0, "42501");
+    // A materialized view over the view needs SELECT on the view; it reads t as bob.
+    carol.batch_execute("CREATE MATERIALIZED VIEW cm AS SELECT count(*) AS n FROM bv").await.unwrap();
+    assert_eq!(count(&carol, "SELECT n FROM cm").await, 1);
+
+    // The owner's rights are checked at every read: revoking bob's SELECT on t closes bv.
+    s.alice.batch_execute("REVOKE SELECT ON t FROM bob").await.unwrap();
+    assert_eq!(refused(&carol, "SELECT * FROM bv").await.0, "42501");
+
+    // Only the owner replaces a view, and replacing keeps its grants.
+    s.bob.batch_execute("CREATE VIEW bw AS SELECT 1 AS one; GRANT SELECT ON bw TO carol").await.unwrap();
+    assert_eq!(refused(&carol, "CREATE OR REPLACE VIEW bw AS SELECT 2 AS one").await, ("42501".into(), "must be owner of view bw".into()));
+    s.bob.batch_execute("CREATE OR REPLACE VIEW bw AS SELECT 2 AS one").await.unwrap();
+    assert_eq!(count(&carol, "SELECT one FROM bw").await, 2);
+    let acl: Vec<String> = s.admin.query_one("SELECT relacl FROM pg_catalog.pg_class WHERE relname = 'bw'", &[]).await.unwrap().get(0);
+    assert_eq!(acl, vec!["bob=arwd/bob".to_string(), "carol=r/bob".to_string()]);
+    // So does replacing a materialized view; a superuser may replace anyone's, and the owner stays.
+    s.bob.batch_execute("CREATE MATERIALIZED VIEW bm AS SELECT 1 AS one; GRANT SELECT ON bm TO carol").await.unwrap();
+    assert_eq!(
+        refused(&carol, "CREATE OR REPLACE MATERIALIZED VIEW bm AS SELECT 2 AS one").await,
+        ("42501".into(), "must be owner of materialized view bm".into())
+    );
+    s.admin.batch_execute("CREATE OR REPLACE MATERIALIZED VIEW bm AS SELECT 3 AS one").await.unwrap();
+    assert_eq!(count(&carol, "SELECT one::BIGINT FROM bm").await, 3);
+    let owner: String = s.admin.query_one("SELECT velocity_relowner('bm')", &[]).await.unwrap().get(0);
+    assert_eq!(owner, "bob");
+    let acl: Vec<String> = s.admin.query_one("SELECT relacl FROM pg_catalog.pg_class WHERE relname = 'bm'", &[]).await.unwrap().get(0);
+    assert_eq!(acl, vec!["bob=arwd/bob".to_string(), "carol=r/bob".to_string()]);
+}

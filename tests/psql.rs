@@ -55,6 +55,29 @@ async fn psql_meta_commands_show_tables_and_views() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_meta_commands_show_plain_views() {
+    let server = common::TestServer::start().await;
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE legs (id BIGINT PRIMARY KEY, km INT);
+             CREATE VIEW long_legs AS SELECT id, km FROM legs WHERE km > 100;
+             CREATE MATERIALIZED VIEW leg_count AS SELECT count(*) AS n FROM legs;",
+        )
+        .await
+        .unwrap();
+    let addr = server.addr;
+    let (dv, dm, describe) =
+        tokio::task::spawn_blocking(move || (psql(addr, "\\dv"), psql(addr, "\\dm"), psql(addr, "\\d+ long_legs"))).await.unwrap();
+    assert!(dv.contains("long_legs") && !dv.contains("leg_count"), "\\dv lists plain views only:\n{dv}");
+    assert!(dm.contains("leg_count") && !dm.contains("long_legs"), "\\dm lists materialized views only:\n{dm}");
+    assert!(describe.contains("View \"public.long_legs\""), "\\d+ of a view:\n{describe}");
+    assert!(describe.contains("View definition:") && describe.contains("SELECT id, km FROM legs WHERE km > 100;"), "{describe}");
+    let by_name: String = client.query_one("SELECT pg_get_viewdef('long_legs'::regclass)", &[]).await.unwrap().get(0);
+    assert_eq!(by_name, "SELECT id, km FROM legs WHERE km > 100;");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_protocol_with_parameters() {
     let server = common::TestServer::start().await;
     let client = server.client().await;
@@ -85,6 +108,9 @@ async fn restart_keeps_tables_views_and_contents() {
         .batch_execute(
             "CREATE TABLE legs (id INT PRIMARY KEY, trip INT, km INT);
              CREATE MATERIALIZED VIEW trip_km AS SELECT trip, sum(km) AS km, count(*) AS legs FROM legs GROUP BY trip;
+             CREATE VIEW short_legs AS SELECT id, km FROM legs WHERE km < 60;
+             CREATE OR REPLACE VIEW short_legs AS SELECT id, km, trip FROM legs WHERE km < 60;
+             CREATE MATERIALIZED VIEW short_km AS SELECT sum(km) AS km FROM short_legs;
              INSERT INTO legs VALUES (1, 1, 100), (2, 1, 50), (3, 2, 10);",
         )
         .await
@@ -102,5 +128,37 @@ async fn restart_keeps_tables_views_and_contents() {
     let expected: Vec<Vec<Option<String>>> =
         vec![vec![Some("1".into()), Some("50".into()), Some("1".into())], vec![Some("2".into()), Some("15".into()), Some("2".into())]];
     assert_eq!(after, expected);
+    // The plain view is back with its replaced definition, and the materialized view over
+    // it is maintained.
+    let short = common::rows(&client, "SELECT id, km, trip FROM short_legs ORDER BY id").await;
+    assert_eq!(
+        short,
+        vec![
+            vec![Some("2".into()), Some("50".into()), Some("1".into())],
+            vec![Some("3".into()), Some("10".into()), Some("2".into())],
+            vec![Some("4".into()), Some("5".into()), Some("2".into())]
+        ]
+    );
+    assert_eq!(common::rows(&client, "SELECT km FROM short_km").await, vec![vec![Some("65".into())]]);
+    let err = client.batch_execute("DROP VIEW short_legs").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("2BP01"), "the dependency survives the restart: {err:?}");
     server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_coalesces_the_key_of_right_using_joins() {
+    let server = common::TestServer::start().await;
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE depots (code TEXT, city TEXT); CREATE TABLE docks (code TEXT, doors INT);
+             INSERT INTO depots VALUES ('ber', 'Berlin'); INSERT INTO docks VALUES ('ber', 4), ('cdg', 9);",
+        )
+        .await
+        .unwrap();
+    // Postgres: the merged key of the right-only row is 'cdg' (not NULL).
+    let rows =
+        client.query("SELECT code, doors FROM depots NATURAL RIGHT JOIN docks WHERE doors > $1 ORDER BY code", &[&0i32]).await.unwrap();
+    let got: Vec<(String, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![("ber".to_string(), 4), ("cdg".to_string(), 9)]);
 }

@@ -1,4 +1,4 @@
-//! The catalog: tables and materialized views, their schemas and dependencies.
+//! The catalog: tables, views and materialized views, their schemas and dependencies.
 //!
 //! Each object is persisted as its `CREATE` statement; at startup the statements are
 //! replayed in id order (ids grow, and an object only depends on older ones), which
@@ -21,6 +21,9 @@ use crate::storage::{StorageError, Store, TickWrites, keyspace};
 pub enum RelationKind {
     Table,
     MaterializedView,
+    /// A plain view (`CREATE VIEW`): no rows of its own; its query is inlined wherever it
+    /// is read.
+    View,
     /// A source: a connection whose changes feed the tables bound to it. Not queryable.
     Source,
     /// A sink: delivers every change of the relation it depends on. Not queryable.
@@ -32,14 +35,20 @@ impl RelationKind {
         match self {
             RelationKind::Table => "table",
             RelationKind::MaterializedView => "materialized view",
+            RelationKind::View => "view",
             RelationKind::Source => "source",
             RelationKind::Sink => "sink",
         }
     }
 
-    /// Tables and materialized views: what SELECT reads (they share one namespace in
-    /// Postgres' error messages).
+    /// Tables and views: what SELECT reads (they share one namespace in Postgres' error
+    /// messages).
     pub fn queryable(self) -> bool {
+        matches!(self, RelationKind::Table | RelationKind::MaterializedView | RelationKind::View)
+    }
+
+    /// Tables and materialized views: the relations whose rows the engine stores.
+    pub fn stores_rows(self) -> bool {
         matches!(self, RelationKind::Table | RelationKind::MaterializedView)
     }
 }

@@ -55,6 +55,9 @@ impl Coordinator {
             .get(dml.table_name.table())
             .cloned()
             .ok_or_else(|| CoordinatorError::UndefinedObject { kind: RelationKind::Table, name: dml.table_name.to_string() })?;
+        if relation.kind == RelationKind::View {
+            return Err(CoordinatorError::ReadOnlyView(relation.name));
+        }
         if relation.kind != RelationKind::Table {
             return Err(CoordinatorError::NotATable(relation.name));
         }

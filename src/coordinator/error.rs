@@ -18,6 +18,21 @@ pub enum CoordinatorError {
     UndefinedObject { kind: RelationKind, name: String },
     #[error("\"{name}\" is not a {expected}")]
     WrongObjectType { name: String, expected: &'static str },
+    /// `DROP VIEW` of a materialized view, `DROP TABLE` of a view, ...: as Postgres, with a
+    /// hint naming the statement that drops it.
+    #[error("\"{name}\" is not a {}", expected.sql_name())]
+    DropWrongType { name: String, expected: RelationKind, actual: RelationKind },
+    /// `CREATE OR REPLACE` of a view other objects read: their dataflows and plans were
+    /// built from the definition it would replace.
+    #[error(
+        "cannot replace {} \"{name}\" because other objects depend on it: {} (drop them first)",
+        kind.sql_name(),
+        dependents.iter().map(|(k, n)| format!("{} \"{n}\"", k.sql_name())).collect::<Vec<_>>().join(", ")
+    )]
+    ReplaceWithDependents { kind: RelationKind, name: String, dependents: Vec<(RelationKind, String)> },
+    /// `CREATE OR REPLACE VIEW` whose columns do not begin with the old ones, unchanged.
+    #[error("{0}")]
+    ViewColumnsChanged(String),
     #[error(
         "cannot drop {} \"{name}\" because other objects depend on it: {} (use DROP ... CASCADE)",
         kind.sql_name(),
@@ -45,6 +60,10 @@ pub enum CoordinatorError {
     ReadOnlyTable { table: String, source_name: String },
     #[error("cannot change materialized view \"{0}\"")]
     NotATable(String),
+    /// INSERT, UPDATE or DELETE on a plain view (Postgres changes the table of a simple
+    /// view; Velocity's views are read-only).
+    #[error("cannot change view \"{0}\": views are read-only (change the tables it reads)")]
+    ReadOnlyView(String),
     #[error("{0} is not supported")]
     Unsupported(String),
     /// The role lacks a privilege on an object (`permission denied for table t`).
@@ -87,6 +106,18 @@ pub enum CoordinatorError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+}
+
+impl CoordinatorError {
+    /// The hint Postgres gives with this error, if any.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            CoordinatorError::DropWrongType { actual, .. } => {
+                Some(format!("Use DROP {} to remove a {}.", actual.sql_name().to_ascii_uppercase(), actual.sql_name()))
+            }
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;

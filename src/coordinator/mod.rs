@@ -62,6 +62,13 @@ impl Coordinator {
         &self.engine
     }
 
+    /// The column names of a table or view, by its name.
+    pub fn relation_columns(&self, name: &str) -> Option<Vec<String>> {
+        let catalog = self.engine.catalog();
+        let relation = catalog.get(name).filter(|r| r.kind.queryable())?;
+        Some(relation.schema.fields().iter().map(|f| f.name().clone()).collect())
+    }
+
     /// Each running source's status, by name.
     pub fn sources(&self) -> &SourceRegistry {
         &self.sources
@@ -104,7 +111,7 @@ impl Coordinator {
                     };
                     self.create_sink_as(&name, &from, &options, &entry.create_sql, &origin).await.map_err(restoring)?;
                 }
-                RelationKind::Table | RelationKind::MaterializedView => {
+                RelationKind::Table | RelationKind::MaterializedView | RelationKind::View => {
                     let stmt = PostgresCompatibilityParser::new()
                         .parse(&entry.create_sql)
                         .ok()
@@ -330,34 +337,47 @@ impl Coordinator {
         Ok(())
     }
 
-    /// `CREATE MATERIALIZED VIEW`: plans the query into a dataflow and fills the view.
-    /// `role` owns it and needs SELECT on everything it reads: the view then reads them
+    /// `CREATE [OR REPLACE] [MATERIALIZED] VIEW`. A materialized view's query is planned
+    /// into a dataflow that fills and maintains it; a plain view's is inlined wherever it is
+    /// read. `role` owns it and needs SELECT on everything it names: a view then reads them
     /// with its owner's rights, whoever reads the view.
     pub async fn create_view(&self, role: &str, stmt: &Statement) -> Result<()> {
         let _ddl = self.ddl.lock().await;
         self.create_view_as(stmt, &Origin::New { role }).await
     }
 
-    /// CREATE MATERIALIZED VIEW; restored, re-creates a stored view and its dataflow under
-    /// the old id, restoring operator state instead of recomputing it.
+    /// CREATE [MATERIALIZED] VIEW; restored, re-creates a stored view (and a materialized
+    /// view's dataflow, restoring its operator state instead of recomputing it) under the
+    /// old id.
     async fn create_view_as(&self, stmt: &Statement, origin: &Origin<'_>) -> Result<()> {
         let Statement::CreateView(cv) = stmt else { return Err(CoordinatorError::Unsupported(format!("{stmt} as a view"))) };
-        if !cv.materialized {
-            return Err(CoordinatorError::Unsupported("CREATE VIEW (use CREATE MATERIALIZED VIEW)".into()));
-        }
+        let kind = if cv.materialized { RelationKind::MaterializedView } else { RelationKind::View };
         let name = cv.name.0.last().map(|p| p.to_string()).unwrap_or_default();
         let name = datafusion::sql::sqlparser::ast::Ident::new(name.trim_matches('"')).value;
-        if self.engine.catalog().get(&name).is_some() {
-            if cv.if_not_exists {
-                return Ok(());
+        let replaced = match self.engine.catalog().get(&name) {
+            None => None,
+            Some(_) if cv.if_not_exists => return Ok(()),
+            Some(existing) if cv.or_replace => {
+                if existing.kind != kind {
+                    return Err(CoordinatorError::WrongObjectType { name, expected: kind.sql_name() });
+                }
+                Some(existing.clone())
             }
-            return Err(CoordinatorError::DuplicateObject { kind: RelationKind::MaterializedView, name });
+            Some(_) => return Err(CoordinatorError::DuplicateObject { kind, name }),
+        };
+        if let (Some(old), Origin::New { role }) = (&replaced, origin) {
+            self.require_owner(role, &old.name)?;
+            let dependents: Vec<_> = self.engine.catalog().dependents(&name).iter().map(|d| (d.kind, d.name.clone())).collect();
+            if !dependents.is_empty() {
+                return Err(CoordinatorError::ReplaceWithDependents { kind, name, dependents });
+            }
         }
         let state = self.context.state();
         let mut plan = state.statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(cv.query.clone())))).await?;
         if !cv.columns.is_empty() {
             if cv.columns.len() != plan.schema().fields().len() {
-                return Err(CoordinatorError::ColumnCount { kind: "CREATE MATERIALIZED VIEW" });
+                let kind = if cv.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE VIEW" };
+                return Err(CoordinatorError::ColumnCount { kind });
             }
             let exprs: Vec<Expr> = plan
                 .schema()
@@ -373,15 +393,47 @@ impl Coordinator {
         if let Some(dup) = duplicate_name(plan.schema().fields().iter().map(|f| f.name())) {
             return Err(CoordinatorError::DuplicateColumn(dup.clone()));
         }
-        let plan = crate::planner::temporal::rewrite_time_windows(plan)?;
-        let optimized = state.optimize(&plan)?;
-        let id = origin.id(&self.engine);
-        let (dataflow, depends_on) = plan_dataflow(&optimized, id, &self.engine.catalog())?;
-        if let Origin::New { role } = origin {
-            for read in &depends_on {
-                self.require(role, read, Privilege::Select)?;
+        // What the query names; a view it names reads its own inputs with its owner's rights.
+        // A plain view's reads are checked when it is read (as in Postgres); a materialized
+        // view reads at once.
+        let named = self.relations_named(stmt);
+        if let (Origin::New { role }, RelationKind::MaterializedView) = (origin, kind) {
+            for read in &named {
+                self.require_select(role, read)?;
             }
         }
+        let id = origin.id(&self.engine);
+        let ownership = replaced.as_ref().map(|old| old.ownership.clone()).unwrap_or_else(|| origin.ownership());
+        if kind == RelationKind::View {
+            let schema = Arc::new(plan.schema().as_arrow().clone());
+            if let Some(old) = &replaced {
+                check_view_columns(&old.schema, &schema)?;
+            }
+            let relation = Relation {
+                id,
+                name: name.clone(),
+                kind,
+                create_sql: stmt.to_string(),
+                schema,
+                primary_key: vec![],
+                depends_on: named,
+                binding: None,
+                ownership,
+            };
+            self.replace(replaced.as_ref()).await?;
+            let created = self.engine.create_table(relation, origin.restoring()).await;
+            self.put_back_unless(created.map_err(CoordinatorError::from), replaced).await?;
+            let view = datafusion::datasource::ViewTable::new(plan, Some(format!("{};", cv.query)));
+            self.context.register_table(name.as_str(), Arc::new(view))?;
+            return Ok(());
+        }
+        let plan = crate::planner::temporal::rewrite_time_windows(plan)?;
+        let optimized = state.optimize(&plan)?;
+        let (dataflow, reads) = plan_dataflow(&optimized, id, &self.engine.catalog())?;
+        let mut depends_on = named;
+        depends_on.extend(reads);
+        depends_on.sort();
+        depends_on.dedup();
         // Column names as the user wrote them, types as the optimized plan computes them.
         let fields: Vec<Field> = plan
             .schema()
@@ -399,14 +451,39 @@ impl Coordinator {
             primary_key: vec![],
             depends_on,
             binding: None,
-            ownership: origin.ownership(),
+            ownership,
         };
-        self.engine.create_view(relation.clone(), dataflow, origin.restoring()).await?;
+        self.replace(replaced.as_ref()).await?;
+        let created = self.engine.create_view(relation.clone(), dataflow, origin.restoring()).await;
+        self.put_back_unless(created.map_err(CoordinatorError::from), replaced).await?;
         self.context.register_table(name.as_str(), Arc::new(RelationTable::new(self.engine.clone(), relation)))?;
         Ok(())
     }
 
-    /// `DROP {TABLE | MATERIALIZED VIEW | SOURCE | SINK} [IF EXISTS] names [CASCADE]`:
+    /// After a `CREATE OR REPLACE` whose new view failed to create (filling it failed, say),
+    /// put the old one back as it was, so the statement changes nothing.
+    async fn put_back_unless(&self, created: Result<()>, replaced: Option<Relation>) -> Result<()> {
+        let (Err(e), Some(old)) = (&created, replaced) else { return created };
+        let stmt = PostgresCompatibilityParser::new().parse(&old.create_sql).ok().and_then(|mut s| (!s.is_empty()).then(|| s.remove(0)));
+        if let Some(stmt) = stmt {
+            let origin = Origin::PutBack { id: old.id, ownership: old.ownership.clone() };
+            if let Err(again) = Box::pin(self.create_view_as(&stmt, &origin)).await {
+                tracing::error!("view \"{}\" could not be put back after a failed CREATE OR REPLACE ({e}): {again}", old.name);
+            }
+        }
+        created
+    }
+
+    /// Drop the view a `CREATE OR REPLACE` replaces, once its new definition has planned.
+    async fn replace(&self, replaced: Option<&Relation>) -> Result<()> {
+        if let Some(old) = replaced {
+            self.engine.drop(vec![old.name.clone()]).await?;
+            self.context.deregister_table(old.name.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// `DROP {TABLE | [MATERIALIZED] VIEW | SOURCE | SINK} [IF EXISTS] names [CASCADE]`:
     /// refuses while other objects depend on one of `names`, unless `cascade`. `role` must
     /// own each of `names` (what CASCADE drops with them is dropped whoever owns it, as in
     /// Postgres).
@@ -426,7 +503,7 @@ impl Coordinator {
                     // DROP SOURCE of a table, say: as Postgres, "does not exist" for other
                     // namespaces; for tables and views, which share one, "is not a".
                     if kind.queryable() && relation.kind.queryable() {
-                        return Err(CoordinatorError::WrongObjectType { name: name.clone(), expected: kind.sql_name() });
+                        return Err(CoordinatorError::DropWrongType { name: name.clone(), expected: kind, actual: relation.kind });
                     }
                     if if_exists {
                         continue;
@@ -507,11 +584,13 @@ impl Coordinator {
     }
 }
 
-/// Who an object is created for: a session's role (a new object, its privileges checked)
-/// or a stored entry being restored (its id, owner and grants as stored; nothing checked).
+/// Who an object is created for: a session's role (a new object, its privileges checked),
+/// a stored entry being restored (its id, owner and grants as stored; nothing checked), or
+/// a view put back after a failed `CREATE OR REPLACE` (as it was, filled anew).
 enum Origin<'a> {
     New { role: &'a str },
     Restored { id: u32, ownership: Ownership },
+    PutBack { id: u32, ownership: Ownership },
 }
 
 impl Origin<'_> {
@@ -523,14 +602,14 @@ impl Origin<'_> {
     fn id(&self, engine: &Engine) -> u32 {
         match self {
             Origin::New { .. } => engine.allocate_id(),
-            Origin::Restored { id, .. } => *id,
+            Origin::Restored { id, .. } | Origin::PutBack { id, .. } => *id,
         }
     }
 
     fn ownership(&self) -> Ownership {
         match self {
             Origin::New { role } => Ownership::new(role),
-            Origin::Restored { ownership, .. } => ownership.clone(),
+            Origin::Restored { ownership, .. } | Origin::PutBack { ownership, .. } => ownership.clone(),
         }
     }
 }
@@ -539,6 +618,24 @@ impl Origin<'_> {
 fn duplicate_name<'a>(names: impl Iterator<Item = &'a String>) -> Option<&'a String> {
     let mut seen = std::collections::HashSet::new();
     names.into_iter().find(|n| !seen.insert(*n))
+}
+
+/// `CREATE OR REPLACE VIEW` keeps the old columns, in order, with their names and types,
+/// and may add columns after them (as Postgres requires).
+fn check_view_columns(old: &Schema, new: &Schema) -> Result<()> {
+    let changed = |m: String| Err(CoordinatorError::ViewColumnsChanged(m));
+    if new.fields().len() < old.fields().len() {
+        return changed("cannot drop columns from view".into());
+    }
+    for (o, n) in old.fields().iter().zip(new.fields()) {
+        if o.name() != n.name() {
+            return changed(format!("cannot change name of view column \"{}\" to \"{}\"", o.name(), n.name()));
+        }
+        if o.data_type() != n.data_type() {
+            return changed(format!("cannot change data type of view column \"{}\" from {} to {}", o.name(), o.data_type(), n.data_type()));
+        }
+    }
+    Ok(())
 }
 
 /// `WITH (k = 'v', ...)` as stored in a definition, values quoted.

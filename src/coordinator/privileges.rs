@@ -4,7 +4,7 @@
 //! owner granted them. Only superusers create sources and sinks (they read files and connect
 //! to hosts as the server) and manage roles. A materialized view reads its inputs with its
 //! owner's rights, checked when it is created, so granting SELECT on a view does not grant
-//! its inputs.
+//! its inputs; a plain view reads them with its owner's rights too, checked at every read.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -14,7 +14,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 
 use super::{Coordinator, CoordinatorError, Result};
-use crate::catalog::{CatalogUpdate, Privilege, Role, RoleSecret};
+use crate::catalog::{CatalogUpdate, Privilege, RelationKind, Role, RoleSecret};
 
 /// `CREATE ROLE` / `ALTER ROLE` options; unset ones keep their value (or default to off).
 #[derive(Debug, Default, Clone)]
@@ -74,12 +74,37 @@ impl Coordinator {
                 self.require(role, &name, if *to { Privilege::Select } else { Privilege::Insert })?;
             }
         }
+        for name in self.relations_named(stmt).iter().filter(|n| Some(n.as_str()) != except) {
+            self.require_select(role, name)?;
+        }
+        Ok(())
+    }
+
+    /// The tables and views of the catalog that `stmt` names (`FROM`, joins, subqueries,
+    /// `changes('t')`), but its CTEs: what it reads directly. What a view it names reads is
+    /// not among them.
+    pub(super) fn relations_named(&self, stmt: &Statement) -> Vec<String> {
         let mut reads = Reads::default();
         let _ = stmt.visit(&mut reads);
-        for name in reads.names.iter().filter(|n| !reads.ctes.contains(*n) && Some(n.as_str()) != except) {
-            let queryable = self.engine.catalog().get(name).is_some_and(|r| r.kind.queryable());
-            if queryable {
-                self.require(role, name, Privilege::Select)?;
+        let catalog = self.engine.catalog();
+        let mut names: Vec<String> =
+            reads.names.into_iter().filter(|n| !reads.ctes.contains(n) && catalog.get(n).is_some_and(|r| r.kind.queryable())).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// SELECT on `name` for `role`. A plain view reads what it names with its owner's
+    /// rights, as in Postgres: checked at every read, since its owner's grants may change.
+    pub(super) fn require_select(&self, role: &str, name: &str) -> Result<()> {
+        self.require(role, name, Privilege::Select)?;
+        let view = {
+            let catalog = self.engine.catalog();
+            catalog.get(name).filter(|r| r.kind == RelationKind::View).map(|r| (r.ownership.owner.clone(), r.depends_on.clone()))
+        };
+        if let Some((owner, reads)) = view {
+            for read in &reads {
+                self.require_select(&owner, read)?;
             }
         }
         Ok(())
@@ -87,7 +112,7 @@ impl Coordinator {
 
     /// `SUBSCRIBE` and other reads of one relation by name.
     pub fn authorize_read(&self, role: &str, name: &str) -> Result<()> {
-        self.require(role, name, Privilege::Select)
+        self.require_select(role, name)
     }
 
     /// `GRANT privileges ON objects TO grantees` (`grant`) or `REVOKE ... FROM ...`: by the
@@ -107,7 +132,7 @@ impl Coordinator {
                     Some(r) if r.kind.queryable() => r,
                     Some(r) => return Err(CoordinatorError::WrongObjectType { name: r.name.clone(), expected: "table" }),
                     None => {
-                        return Err(CoordinatorError::UndefinedObject { kind: crate::catalog::RelationKind::Table, name: name.clone() });
+                        return Err(CoordinatorError::UndefinedObject { kind: RelationKind::Table, name: name.clone() });
                     }
                 };
                 if !catalog.is_superuser(role) && relation.ownership.owner != role {

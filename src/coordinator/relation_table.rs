@@ -110,7 +110,7 @@ impl TableProvider for RelationTable {
     fn table_type(&self) -> TableType {
         match self.relation.kind {
             RelationKind::Table => TableType::Base,
-            RelationKind::MaterializedView | RelationKind::Source | RelationKind::Sink => TableType::View,
+            RelationKind::MaterializedView | RelationKind::View | RelationKind::Source | RelationKind::Sink => TableType::View,
         }
     }
 

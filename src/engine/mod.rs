@@ -478,7 +478,10 @@ impl EngineThread {
 
     fn create_table(&mut self, relation: Relation, restore: bool) -> Result<()> {
         self.check_new_name(&relation, restore)?;
-        let contents = Contents::new(relation.id, &relation.name, relation.schema.clone(), &relation.primary_key)?;
+        let contents = match relation.kind.stores_rows() {
+            true => Some(Contents::new(relation.id, &relation.name, relation.schema.clone(), &relation.primary_key)?),
+            false => None,
+        };
         let mut writes = TickWrites::default();
         let mut catalog = self.catalog.write().expect("catalog lock");
         if !restore {
@@ -490,7 +493,7 @@ impl EngineThread {
             drop(catalog);
         }
         self.restore_row_count(relation.id)?;
-        if relation.kind != RelationKind::Source {
+        if let Some(contents) = contents {
             self.contents.insert(relation.id, contents);
         }
         Ok(())

@@ -4,6 +4,7 @@
 pub mod datetime;
 pub mod format;
 pub mod json;
+pub mod json_access;
 pub mod windows;
 
 /// Register every Velocity function with `ctx`.
@@ -11,5 +12,8 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
     datetime::register(ctx);
     format::register(ctx);
     json::register(ctx);
+    if let Err(e) = json_access::register(ctx) {
+        tracing::error!("the JSON operators are not available: {e}");
+    }
     windows::register(ctx);
 }

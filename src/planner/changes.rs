@@ -57,6 +57,9 @@ impl TableFunctionImpl for ChangesFunction {
         let Some(relation) = catalog.get(&name) else {
             return plan_err!("table \"{name}\" not found");
         };
+        if !relation.kind.stores_rows() {
+            return plan_err!("changes({name}) reads a table or materialized view; \"{name}\" is a {}", relation.kind.sql_name());
+        }
         let key = match exprs.get(1) {
             Some(e) => {
                 let Some(list) = string_arg(e) else {

@@ -70,6 +70,10 @@ fn resolve(catalog: &Catalog, scan: &datafusion::logical_expr::TableScan) -> Opt
         return None;
     }
     let r = catalog.get(scan.table_name.table())?;
+    if !r.kind.stores_rows() {
+        // A plain view is inlined by DataFusion's analyzer before a plan gets here.
+        return None;
+    }
     Some((ResolvedScan::Relation { id: r.id, schema: r.schema.clone() }, r.name.clone()))
 }
 
@@ -192,14 +196,24 @@ impl Builder<'_> {
                 Ok(node)
             }
             LogicalPlan::SubqueryAlias(a) => self.plan(&a.input),
-            LogicalPlan::Sort(s) => {
-                if s.fetch.is_some() {
-                    return Err(PlanError::Unsupported("ORDER BY ... LIMIT".into()));
-                }
+            LogicalPlan::Sort(s) => match s.fetch {
+                Some(fetch) => self.plan_global_top_k(s, 0, fetch),
                 // A view is a set; its order is chosen by the query that reads it.
-                self.plan(&s.input)
+                None => self.plan(&s.input),
+            },
+            LogicalPlan::Limit(l) => {
+                use datafusion::logical_expr::{FetchType, SkipType};
+                let (SkipType::Literal(skip), FetchType::Literal(Some(fetch))) = (l.get_skip_type()?, l.get_fetch_type()?) else {
+                    return Err(PlanError::Unsupported("OFFSET without LIMIT, or a LIMIT that is not a constant".into()));
+                };
+                match l.input.as_ref() {
+                    LogicalPlan::Sort(s) => {
+                        let fetch = s.fetch.map_or(fetch, |f| f.min(skip.saturating_add(fetch)).saturating_sub(skip));
+                        self.plan_global_top_k(s, skip, fetch)
+                    }
+                    _ => Err(PlanError::Unsupported("LIMIT/OFFSET without ORDER BY".into())),
+                }
             }
-            LogicalPlan::Limit(_) => Err(PlanError::Unsupported("LIMIT/OFFSET".into())),
             LogicalPlan::Union(u) => {
                 let inputs = u.inputs.iter().map(|i| self.plan(i)).collect::<Result<Vec<_>>>()?;
                 Ok(self.add(Union::new(out_schema), inputs))
@@ -348,6 +362,37 @@ impl Builder<'_> {
         }
         let predicate = self.physical(&f.predicate, f.input.schema())?;
         Ok(Some(self.add(Filter::new(Arc::new(f.input.schema().as_arrow().clone()), predicate), vec![out])))
+    }
+
+    /// `ORDER BY ... LIMIT fetch OFFSET skip` over the whole view: the top `skip + fetch` rows
+    /// of one partition (TopK with an empty key), numbered, then those past `skip`, without
+    /// the number.
+    fn plan_global_top_k(&mut self, sort: &datafusion::logical_expr::Sort, skip: usize, fetch: usize) -> Result<NodeInput> {
+        use arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::logical_expr::Operator;
+        use datafusion::physical_expr::expressions::{Column, binary, lit};
+        let input = self.plan(&sort.input)?;
+        let input_schema: SchemaRef = Arc::new(sort.input.schema().as_arrow().clone());
+        let order_by = sort
+            .expr
+            .iter()
+            .map(|e| create_physical_sort_expr(e, sort.input.schema(), &self.props, &Default::default()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut fields: Vec<Field> = input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let width = fields.len();
+        fields.push(Field::new("velocity_row_number", DataType::UInt64, false));
+        let numbered: SchemaRef = Arc::new(Schema::new(fields));
+        let node = self.next_node_id();
+        let k = skip.saturating_add(fetch);
+        let top = TopK::new(input_schema.clone(), vec![], order_by, k, true, numbered.clone(), self.dataflow_id, node)?;
+        let mut out = self.add(top, vec![input]);
+        if skip > 0 {
+            let rn: Arc<dyn PhysicalExpr> = Arc::new(Column::new("velocity_row_number", width));
+            let past = binary(rn, Operator::Gt, lit(datafusion::common::ScalarValue::UInt64(Some(skip as u64))), &numbered)?;
+            out = self.add(Filter::new(numbered.clone(), past), vec![out]);
+        }
+        let columns = (0..width).map(|i| Arc::new(Column::new(input_schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>).collect();
+        Ok(self.add(Project::new(input_schema, columns), vec![out]))
     }
 
     fn plan_join(&mut self, j: &datafusion::logical_expr::Join, out_schema: SchemaRef) -> Result<NodeInput> {

@@ -110,6 +110,9 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
     {
         out = Cow::Owned(rewritten);
     }
+    if let Some(rewritten) = crate::sql::keep_scalar_subqueries(&out) {
+        out = Cow::Owned(rewritten);
+    }
     out
 }
 
@@ -525,8 +528,9 @@ fn expand_arrays_in(query: &mut Query) -> Option<bool> {
 
 /// `generate_subscripts(a, dim)` (SQLAlchemy's key and index reflection, beside `unnest(a)`)
 /// as `unnest(<1 to the length of a>)`, which DataFusion zips with the other `unnest` as
-/// Postgres does; and `pg_get_viewdef(oid [, pretty])` as the definition of the
-/// materialized view with that oid, read from `pg_matviews` (NULL for other relations);
+/// Postgres does; and `pg_get_viewdef(oid [, pretty])` as the definition of the view or
+/// materialized view with that oid (or name), read from `pg_views` and `pg_matviews` (NULL
+/// for other relations);
 /// `pg_table_size(c.oid)` as the size of the relation named `c.relname`.
 /// The subquery sits inside `coalesce` because datafusion-postgres replaces a correlated
 /// subquery that is a whole select item with NULL.
@@ -548,11 +552,23 @@ fn subscripts_and_view_definitions(sql: &str) -> Option<String> {
             (Some("pg_table_size" | "pg_relation_size" | "pg_total_relation_size"), [oid]) if oid.ends_with(".oid") => {
                 format!("velocity_relation_size({}.relname)", &oid[..oid.len() - 4])
             }
-            (Some("pg_get_viewdef"), [oid, ..]) => format!(
-                "coalesce((SELECT max(velocity_matview.definition) FROM pg_catalog.pg_class AS velocity_view \
-                 JOIN pg_catalog.pg_matviews AS velocity_matview ON velocity_matview.matviewname = velocity_view.relname \
-                 WHERE velocity_view.oid = {oid}))"
-            ),
+            (Some("pg_get_viewdef"), [oid, ..]) => {
+                // By oid, or by name: `pg_get_viewdef('v')`, `pg_get_viewdef('v'::regclass)`.
+                let regclass = oid.to_ascii_lowercase().ends_with("::regclass");
+                let by_name = if regclass { &oid[..oid.len() - 10] } else { oid.as_str() };
+                let literal = by_name.len() > 1 && by_name.starts_with('\'') && by_name.ends_with('\'');
+                let which = if literal && (regclass || !by_name[1..by_name.len() - 1].bytes().all(|b| b.is_ascii_digit())) {
+                    format!("velocity_view.relname = {by_name}")
+                } else {
+                    format!("velocity_view.oid = {oid}")
+                };
+                format!(
+                    "coalesce((SELECT max(velocity_definition.definition) FROM pg_catalog.pg_class AS velocity_view \
+                     JOIN (SELECT matviewname AS name, definition FROM pg_catalog.pg_matviews \
+                     UNION ALL SELECT viewname AS name, definition FROM pg_catalog.pg_views) AS velocity_definition \
+                     ON velocity_definition.name = velocity_view.relname WHERE {which}))"
+                )
+            }
             _ => return ControlFlow::Continue(()),
         };
         if let Ok(expr) = Parser::new(&PostgreSqlDialect {}).try_with_sql(&text).and_then(|mut p| p.parse_expr()) {
@@ -649,7 +665,7 @@ mod tests {
         let q = "SELECT pg_catalog.pg_get_viewdef(pg_catalog.pg_class.oid) AS view_def FROM pg_catalog.pg_class";
         let out = super::rewrite(q);
         assert!(
-            out.starts_with("SELECT coalesce((SELECT max(velocity_matview.definition) FROM pg_catalog.pg_class AS velocity_view"),
+            out.starts_with("SELECT coalesce((SELECT max(velocity_definition.definition) FROM pg_catalog.pg_class AS velocity_view"),
             "{out}"
         );
         assert!(out.contains("WHERE velocity_view.oid = pg_catalog.pg_class.oid)) AS view_def"), "{out}");

@@ -88,11 +88,14 @@ impl From<CoordinatorError> for PgWireError {
     fn from(e: CoordinatorError) -> PgWireError {
         use CoordinatorError as C;
         let code = match &e {
-            C::DuplicateObject { kind: RelationKind::Table | RelationKind::MaterializedView, .. } => "42P07",
+            C::DuplicateObject { kind: RelationKind::Table | RelationKind::MaterializedView | RelationKind::View, .. } => "42P07",
             C::DuplicateObject { .. } | C::DuplicateBinding { .. } => "42710",
-            C::UndefinedObject { kind: RelationKind::Table | RelationKind::MaterializedView, .. } => "42P01",
+            C::UndefinedObject { kind: RelationKind::Table | RelationKind::MaterializedView | RelationKind::View, .. } => "42P01",
             C::UndefinedObject { .. } => "42704",
-            C::WrongObjectType { .. } | C::NotATable(_) => "42809",
+            C::WrongObjectType { .. } | C::DropWrongType { .. } | C::NotATable(_) => "42809",
+            C::ReplaceWithDependents { .. } => "2BP01",
+            C::ViewColumnsChanged(_) => "42P16",
+            C::ReadOnlyView(_) => "0A000",
             C::DependentObjects { .. } => "2BP01",
             C::MissingPrimaryKey(_) => "42P16",
             C::DuplicateColumn(_) => "42701",
@@ -122,7 +125,12 @@ impl From<CoordinatorError> for PgWireError {
                 };
             }
         };
-        pg_error(code, e.to_string())
+        let hint = e.hint();
+        let mut error = pg_error(code, e.to_string());
+        if let (PgWireError::UserError(info), Some(hint)) = (&mut error, hint) {
+            info.hint = Some(hint);
+        }
+        error
     }
 }
 
@@ -155,6 +163,9 @@ pub fn datafusion_code(e: &DataFusionError) -> &'static str {
             let m = m.to_ascii_lowercase();
             if m.contains("table") && (m.contains("not found") || m.contains("doesn't exist") || m.contains("does not exist")) {
                 "42P01"
+            } else if m.contains("correlated scalar subquery must be aggregated") {
+                // Postgres evaluates it per row (21000 if a row gets two); DataFusion cannot.
+                "0A000"
             } else if m.contains("unrecognized configuration parameter") {
                 "42704"
             } else if m.contains("unique expression names") {
@@ -169,7 +180,13 @@ pub fn datafusion_code(e: &DataFusionError) -> &'static str {
         }
         DataFusionError::Execution(m) => {
             let m = m.to_ascii_lowercase();
-            if m.contains("divide by zero") || m.contains("division by zero") {
+            if m.contains(SCALAR_SUBQUERY_ROWS) {
+                "21000"
+            } else if m.contains("cannot get array length of") {
+                "22023"
+            } else if m.contains("invalid input syntax for type json") {
+                "22P02"
+            } else if m.contains("divide by zero") || m.contains("division by zero") {
                 "22012"
             } else if m.contains("cast") || m.contains("parse") {
                 "22P02"
@@ -183,9 +200,22 @@ pub fn datafusion_code(e: &DataFusionError) -> &'static str {
     }
 }
 
+/// DataFusion's words for a scalar subquery that returned more than one row (lower case).
+const SCALAR_SUBQUERY_ROWS: &str = "scalar subquery returned more than one row";
+
+/// The message for a DataFusion error: its root's, or Postgres' words where clients (and
+/// people) know those better.
+pub fn datafusion_message(e: &DataFusionError) -> String {
+    let message = e.find_root().message().to_string();
+    if datafusion_code(e) == "21000" && message.to_ascii_lowercase().contains(SCALAR_SUBQUERY_ROWS) {
+        return "more than one row returned by a subquery used as an expression".into();
+    }
+    message
+}
+
 pub fn from_datafusion(e: DataFusionError) -> PgWireError {
     let code = datafusion_code(&e);
-    pg_error(code, e.find_root().message().to_string())
+    pg_error(code, datafusion_message(&e))
 }
 
 pub fn from_dataflow(e: DataflowError) -> PgWireError {

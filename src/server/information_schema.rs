@@ -1,7 +1,8 @@
 //! `information_schema` as Postgres clients read it. DataFusion's own tables (`tables`,
-//! `views`, `schemata`, `df_settings`, ...) are served as they are; `columns` is replaced by
-//! Postgres' shape (type names such as `bigint`, `udt_name`, `is_identity`, ...) and
-//! `table_constraints` / `key_column_usage` list the primary keys of Velocity's tables.
+//! `schemata`, `df_settings`, ...) are served as they are; `columns` is replaced by
+//! Postgres' shape (type names such as `bigint`, `udt_name`, `is_identity`, ...),
+//! `table_constraints` / `key_column_usage` list the primary keys of Velocity's tables and
+//! `views` its plain views.
 //! Metabase's field sync and Grafana's column picker read exactly these.
 //!
 //! Every table is computed from the live catalog when it is scanned.
@@ -46,6 +47,7 @@ enum Kind {
     Columns,
     TableConstraints,
     KeyColumnUsage,
+    Views,
 }
 
 impl Kind {
@@ -54,6 +56,7 @@ impl Kind {
             "columns" => Some(Kind::Columns),
             "table_constraints" => Some(Kind::TableConstraints),
             "key_column_usage" => Some(Kind::KeyColumnUsage),
+            "views" => Some(Kind::Views),
             _ => None,
         }
     }
@@ -95,6 +98,20 @@ impl Kind {
                 let kind = ["constraint_type", "is_deferrable", "initially_deferred", "enforced", "nulls_distinct"].map(text);
                 [constraint_fields(), kind.to_vec()].concat()
             }
+            Kind::Views => [
+                "table_catalog",
+                "table_schema",
+                "table_name",
+                "view_definition",
+                "check_option",
+                "is_updatable",
+                "is_insertable_into",
+                "is_trigger_updatable",
+                "is_trigger_deletable",
+                "is_trigger_insertable_into",
+            ]
+            .map(text)
+            .to_vec(),
             Kind::KeyColumnUsage => {
                 [constraint_fields(), vec![text("column_name"), number("ordinal_position"), number("position_in_unique_constraint")]]
                     .concat()
@@ -177,6 +194,7 @@ impl TableProvider for InformationTable {
         let rows = match self.kind {
             Kind::Columns => self.columns().await?,
             Kind::TableConstraints | Kind::KeyColumnUsage => self.primary_keys()?,
+            Kind::Views => self.views(),
         };
         let batch = RecordBatch::try_new(self.schema.clone(), rows.into_columns())?;
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?)
@@ -290,6 +308,20 @@ impl InformationTable {
             }
         }
         Ok(rows)
+    }
+
+    /// One row per plain view (materialized views are not in Postgres' `views` either).
+    fn views(&self) -> Rows {
+        let mut rows = Rows::new(&self.schema);
+        let catalog = self.engine.catalog();
+        for view in catalog.iter().filter(|r| r.kind == RelationKind::View) {
+            let mut row = vec![text(super::DATABASE), text("public"), text(&view.name)];
+            row.push(Value::Text(super::pg_catalog::view_query(&view.create_sql)));
+            row.push(text("NONE"));
+            row.extend(std::iter::repeat_with(|| text("NO")).take(5));
+            rows.push(row);
+        }
+        rows
     }
 
     /// The primary keys of Velocity's tables, as `table_constraints` or `key_column_usage`

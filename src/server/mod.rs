@@ -241,8 +241,7 @@ fn assign_sqlstate(error: &mut PgWireError) {
         && let Some(df) = e.downcast_ref::<datafusion::error::DataFusionError>()
     {
         let code = error::datafusion_code(df);
-        let message = df.find_root().message().to_string();
-        *error = pg_error(code, message);
+        *error = pg_error(code, error::datafusion_message(df));
     }
 }
 
@@ -378,9 +377,11 @@ impl VelocityService {
         for stmt in &parsed {
             statements::authorize(&self.coordinator, &role, stmt)?;
         }
-        // DataFusion plans the text again: hand it the statement with DISTINCT ON ordinals resolved.
-        let resolved = crate::sql::resolve_distinct_on_ordinals(&mut parsed)
-            .then(|| parsed.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "));
+        // DataFusion plans the text again: hand it the statement with DISTINCT ON ordinals
+        // resolved and the merged keys of RIGHT/FULL USING joins coalesced.
+        let distinct_on = crate::sql::resolve_distinct_on_ordinals(&mut parsed);
+        let using_keys = crate::sql::coalesce_using_keys(&mut parsed, &|name| self.coordinator.relation_columns(name));
+        let resolved = (distinct_on || using_keys).then(|| parsed.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "));
         let sql = resolved.as_deref().unwrap_or(sql);
         if let [Statement::Close { cursor: CloseCursor::Specific { name } }] = parsed.as_slice() {
             let cursors = client.session_extensions().get_or_insert_with(SubscribeCursors::default);
@@ -484,6 +485,12 @@ impl QueryParser for VelocityParser {
         let sql = session::user_statements(&sql);
         let sql = crate::sql::quote_name_arguments(&sql);
         let sql = session::bind_user_text(&sql, &session::roles(client)).map(std::borrow::Cow::Owned).unwrap_or(sql);
+        let columns = |name: &str| {
+            let catalog = self.engine.catalog();
+            let relation = catalog.get(name).filter(|r| r.kind.queryable())?;
+            Some(relation.schema.fields().iter().map(|f| f.name().clone()).collect())
+        };
+        let sql = crate::sql::coalesce_using_keys_in_text(&sql, &columns).map(std::borrow::Cow::Owned).unwrap_or(sql);
         LargeStack::new(&sql, self.inner.parse_sql(client, &sql, types)).await
     }
 

@@ -1,7 +1,7 @@
 //! Velocity's additions to datafusion-pg-catalog's `pg_catalog`, so clients see what Velocity
 //! has: materialized views are relkind `m` in `pg_class` (psql `\dm`, SQLAlchemy
-//! `get_materialized_view_names`, JDBC `MATERIALIZED VIEW`) and rows of `pg_matviews`, and
-//! `version()` names Velocity.
+//! `get_materialized_view_names`, JDBC `MATERIALIZED VIEW`) and rows of `pg_matviews`, plain
+//! views are rows of `pg_views`, and `version()` names Velocity.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -192,6 +192,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> datafusion::error::Res
             relhasindex_udf,
             relacl_udf,
             matviews: matviews_table(engine),
+            views: views_table(engine),
             roles: RoleSource(engine.clone()),
             keys: keys::keys_table(engine),
             key_columns: keys::key_columns_table(engine),
@@ -362,8 +363,8 @@ impl std::fmt::Debug for RoleSource {
     }
 }
 
-/// `pg_catalog` as datafusion-pg-catalog serves it, except `pg_class` (relkind `m`) and
-/// `pg_matviews` (Velocity's materialized views).
+/// `pg_catalog` as datafusion-pg-catalog serves it, except `pg_class` (relkind `m`),
+/// `pg_matviews` (Velocity's materialized views) and `pg_views` (its plain views).
 #[derive(Debug)]
 struct VelocityPgCatalog {
     inner: Arc<dyn SchemaProvider>,
@@ -371,6 +372,7 @@ struct VelocityPgCatalog {
     relhasindex_udf: Arc<ScalarUDF>,
     relacl_udf: Arc<ScalarUDF>,
     matviews: Arc<SystemTable>,
+    views: Arc<SystemTable>,
     roles: RoleSource,
     keys: Arc<SystemTable>,
     key_columns: Arc<SystemTable>,
@@ -415,6 +417,7 @@ impl SchemaProvider for VelocityPgCatalog {
                 }))
             }
             "pg_matviews" => Ok(Some(self.matviews.clone())),
+            "pg_views" => Ok(Some(self.views.clone())),
             "pg_roles" | "pg_authid" => {
                 let Some(inner) = self.inner.table(name).await? else { return Ok(None) };
                 Ok(Some(roles_table(&self.roles.0, inner.schema())))
@@ -474,6 +477,27 @@ fn pg_class_added_columns() -> Vec<Field> {
     vec![Field::new("reloptions", text_array(), true), Field::new("relacl", text_array(), true)]
 }
 
+/// `pg_views`: one row per plain view, with its defining query.
+fn views_table(engine: &Engine) -> Arc<SystemTable> {
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("schemaname", DataType::Utf8, true),
+        Field::new("viewname", DataType::Utf8, true),
+        Field::new("viewowner", DataType::Utf8, true),
+        Field::new("definition", DataType::Utf8, true),
+    ]));
+    let fill: Fill = Box::new(|engine: &Engine| {
+        let catalog = engine.catalog();
+        let views: Vec<_> = catalog.iter().filter(|r| r.kind == RelationKind::View).collect();
+        Ok(vec![
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n("public", views.len()))) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(views.iter().map(|r| r.name.clone()))),
+            Arc::new(StringArray::from_iter_values(views.iter().map(|r| r.ownership.owner.clone()))),
+            Arc::new(StringArray::from_iter(views.iter().map(|r| view_query(&r.create_sql)))),
+        ])
+    });
+    Arc::new(SystemTable::new(engine.clone(), schema, fill))
+}
+
 /// `pg_matviews`: one row per materialized view, with its defining query.
 fn matviews_table(engine: &Engine) -> Arc<SystemTable> {
     let schema: SchemaRef = Arc::new(Schema::new(vec![
@@ -502,8 +526,8 @@ fn matviews_table(engine: &Engine) -> Arc<SystemTable> {
     Arc::new(SystemTable::new(engine.clone(), schema, fill))
 }
 
-/// The query of a stored `CREATE MATERIALIZED VIEW ... AS query`.
-fn view_query(create_sql: &str) -> Option<String> {
+/// The query of a stored `CREATE [MATERIALIZED] VIEW ... AS query`.
+pub(super) fn view_query(create_sql: &str) -> Option<String> {
     match PostgresCompatibilityParser::new().parse(create_sql).ok()?.into_iter().next()? {
         Statement::CreateView(v) => Some(format!("{};", v.query)),
         _ => None,

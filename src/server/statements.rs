@@ -43,7 +43,8 @@ enum Route<'a> {
     Release(&'a str),
     RollbackTo(&'a str),
     CreateTable,
-    CreateView,
+    /// `CREATE [MATERIALIZED] VIEW` (true when materialized).
+    CreateView(bool),
     Drop {
         kind: RelationKind,
         tag: &'static str,
@@ -87,7 +88,7 @@ fn route(stmt: &Statement) -> Option<Route<'_>> {
         Statement::Savepoint { name } => Route::Savepoint(&name.value),
         Statement::ReleaseSavepoint { name } => Route::Release(&name.value),
         Statement::CreateTable(_) => Route::CreateTable,
-        Statement::CreateView(_) => Route::CreateView,
+        Statement::CreateView(cv) => Route::CreateView(cv.materialized),
         Statement::CreateFunction(_) | Statement::DropFunction(_) => Route::Unsupported("a user-defined function".into()),
         Statement::CreateProcedure { .. } => Route::Unsupported("a procedure".into()),
         Statement::CreateTrigger(_) => Route::Unsupported("a trigger".into()),
@@ -98,7 +99,7 @@ fn route(stmt: &Statement) -> Option<Route<'_>> {
             let (kind, tag) = match object_type {
                 ObjectType::Table => (RelationKind::Table, "DROP TABLE"),
                 ObjectType::MaterializedView => (RelationKind::MaterializedView, "DROP MATERIALIZED VIEW"),
-                ObjectType::View => (RelationKind::MaterializedView, "DROP VIEW"),
+                ObjectType::View => (RelationKind::View, "DROP VIEW"),
                 other => return Some(Route::Unsupported(format!("DROP {other}"))),
             };
             let names = names.iter().map(|n| n.0.last().map(|p| p.to_string()).unwrap_or_default()).collect();
@@ -205,9 +206,9 @@ impl StatementHook {
                 coordinator.create_table(role, stmt).await?;
                 done("CREATE TABLE")
             }
-            Route::CreateView => {
+            Route::CreateView(materialized) => {
                 coordinator.create_view(role, stmt).await?;
-                done("CREATE MATERIALIZED VIEW")
+                done(if materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE VIEW" })
             }
             Route::Drop { kind, tag, names, if_exists, cascade } => {
                 coordinator.drop_objects(role, kind, &names, if_exists, cascade).await?;

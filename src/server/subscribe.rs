@@ -87,6 +87,13 @@ pub async fn open(engine: &Engine, request: &Subscribe) -> PgWireResult<Changefe
         catalog.get(&request.name).cloned()
     }
     .ok_or_else(|| CoordinatorError::UndefinedObject { kind: RelationKind::Table, name: request.name.clone() })?;
+    if relation.kind == RelationKind::View {
+        return Err(CoordinatorError::Unsupported(format!(
+            "a changefeed of view \"{}\" (its rows are not stored; subscribe to a materialized view)",
+            relation.name
+        ))
+        .into());
+    }
     let schema = feed_schema(&relation, request.progress);
     let contents =
         Contents::new(relation.id, &relation.name, relation.schema.clone(), &relation.primary_key).map_err(CoordinatorError::Engine)?;

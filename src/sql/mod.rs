@@ -5,6 +5,7 @@
 //! and [`WithOptions`], how their `WITH (...)` options are read.
 
 pub mod options;
+pub mod using_joins;
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -12,6 +13,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
 
 pub use options::{OptionError, WithOptions};
+pub use using_joins::{coalesce_using_keys, coalesce_using_keys_in_text};
 
 /// Errors in statement text.
 #[derive(Debug, thiserror::Error)]
@@ -473,9 +475,91 @@ pub fn split_statements(sql: &str) -> Vec<String> {
     out
 }
 
+/// Keep scalar subqueries in select lists as the user wrote them: datafusion-postgres'
+/// statement rewrite (`RemoveSubqueryFromProjection`, meant for client catalog queries)
+/// adds `LIMIT 1` to an uncorrelated one, hiding Postgres' 21000 (more than one row), and
+/// replaces one it takes for correlated with NULL, a wrong answer. Wrapped in parentheses,
+/// a subquery is no longer the whole select item, so that rule leaves it to DataFusion,
+/// which plans it or refuses it. Statements that read the system catalogs keep the rule:
+/// clients' introspection queries rely on it. None when nothing changes.
+pub fn keep_scalar_subqueries(sql: &str) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{Expr, ObjectName, Query, SelectItem, SetExpr, Visit, VisitMut, Visitor, VisitorMut};
+    use datafusion::sql::sqlparser::tokenizer::Tokenizer;
+    use std::ops::ControlFlow;
+
+    /// Whether a statement names a relation of the system catalogs.
+    struct ReadsSystemCatalogs(bool);
+    impl Visitor for ReadsSystemCatalogs {
+        type Break = ();
+        fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+            let parts: Vec<String> = name.0.iter().filter_map(|p| p.as_ident()).map(|i| i.value.to_ascii_lowercase()).collect();
+            let system =
+                parts.iter().any(|p| p == "pg_catalog" || p == "information_schema") || parts.last().is_some_and(|p| p.starts_with("pg_"));
+            self.0 |= system;
+            if system { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        }
+    }
+    struct Parenthesize(bool);
+    impl VisitorMut for Parenthesize {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            if let SetExpr::Select(select) = query.body.as_mut() {
+                for item in select.projection.iter_mut() {
+                    if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item
+                        && matches!(e, Expr::Subquery(_))
+                    {
+                        *e = Expr::Nested(Box::new(e.clone()));
+                        self.0 = true;
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+
+    if !sql.to_ascii_lowercase().contains("(select") {
+        return None;
+    }
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql).tokenize().ok()?;
+    let significant = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).count();
+    // A statement too deep for `check_expression_depth` is refused later, as it is.
+    if significant > MAX_EXPRESSION_DEPTH {
+        return None;
+    }
+    let stack = (64usize << 20).saturating_add(significant.saturating_mul(1024));
+    stacker::maybe_grow(stack / 2, stack, move || {
+        let mut statements = Parser::new(&dialect).with_tokens(tokens).parse_statements().ok()?;
+        let mut system = ReadsSystemCatalogs(false);
+        let _ = statements.visit(&mut system);
+        if system.0 {
+            return None;
+        }
+        let mut wrap = Parenthesize(false);
+        let _ = VisitMut::visit(&mut statements, &mut wrap);
+        wrap.0.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scalar_subqueries_in_select_lists_are_parenthesized_outside_system_catalogs() {
+        assert_eq!(
+            keep_scalar_subqueries("SELECT a, (SELECT max(v) FROM s WHERE s.k = t.a) AS m FROM t").as_deref(),
+            Some("SELECT a, ((SELECT max(v) FROM s WHERE s.k = t.a)) AS m FROM t")
+        );
+        assert_eq!(
+            keep_scalar_subqueries("CREATE VIEW v AS SELECT (SELECT 1) AS one").as_deref(),
+            Some("CREATE VIEW v AS SELECT ((SELECT 1)) AS one")
+        );
+        // Client introspection keeps datafusion-postgres' rewrite.
+        assert_eq!(keep_scalar_subqueries("SELECT (SELECT c.relname FROM pg_catalog.pg_class c LIMIT 1) AS n"), None);
+        assert_eq!(keep_scalar_subqueries("SELECT (SELECT 1) FROM pg_attribute"), None);
+        assert_eq!(keep_scalar_subqueries("SELECT a FROM t WHERE a > (SELECT 1)"), None);
+    }
 
     #[test]
     fn parses_velocity_statements() {
