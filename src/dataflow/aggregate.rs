@@ -15,7 +15,7 @@
 //!
 //! Fast paths, whose cost per change does not depend on the size of the group:
 //! - `count(..)`: weighted count of the rows whose arguments are all non-NULL;
-//! - `sum` over Int64/UInt64 (i128 running sum, wrapped to 64 bits like DataFusion) and over
+//! - `sum` over Int64/UInt64 (i128 running sum; an Int64 sum out of range fails with 22003) and over
 //!   Float64 (compensated running sum, with NaN/±inf counted separately so they retract);
 //! - `avg` over Float64, and over integers (the `CAST(int AS Float64)` DataFusion's coercion
 //!   puts around the argument is looked through, and the integers summed exactly);
@@ -44,6 +44,7 @@ use arrow::datatypes::{
     DataType, Field, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Schema, SchemaRef, UInt8Type, UInt16Type, UInt32Type,
     UInt64Type,
 };
+use arrow::error::ArrowError;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
@@ -590,7 +591,16 @@ impl Aggregate {
             Kind::CountDistinct => Arc::new(Int64Array::from_iter_values(
                 out_groups.iter().map(|&g| self.multisets.get(&Self::multiset_key(a, &keys[g])).map_or(0, |m| m.len() as i64)),
             )),
-            Kind::SumInt => Arc::new(Int64Array::from_iter(accs().map(|acc| (acc.n > 0).then_some(acc.isum as i64)))),
+            // Out of range fails the tick, as Postgres' checked arithmetic fails the statement.
+            Kind::SumInt => Arc::new(
+                accs()
+                    .map(|acc| match acc.n > 0 {
+                        true => i64::try_from(acc.isum).map(Some),
+                        false => Ok(None),
+                    })
+                    .collect::<Result<Int64Array, _>>()
+                    .map_err(|_| ArrowError::ArithmeticOverflow("bigint out of range".into()))?,
+            ),
             Kind::SumUInt => Arc::new(UInt64Array::from_iter(accs().map(|acc| (acc.n > 0).then_some(acc.isum as u64)))),
             Kind::AvgInt => Arc::new(Float64Array::from_iter(accs().map(|acc| (acc.n > 0).then(|| acc.isum as f64 / acc.n as f64)))),
             Kind::SumFloat => Arc::new(Float64Array::from_iter(accs().map(|acc| acc.float_sum()))),
