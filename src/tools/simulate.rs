@@ -151,7 +151,7 @@ pub fn nexmark_to_file(path: &std::path::Path, events: u64) -> anyhow::Result<()
             writeln!(out, "{record}")?;
         }
         transactions += 1;
-        if transactions % 2000 == 0 {
+        if transactions.is_multiple_of(2000) {
             eprint!("\r{transactions} transactions");
         }
     }
