@@ -101,6 +101,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    velocity::engine::limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))

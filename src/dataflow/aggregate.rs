@@ -653,7 +653,7 @@ impl Aggregate {
             let codec = plan.codec.as_ref().ok_or_else(|| DataflowError::Internal("missing codec".into()))?;
             let decoded = codec.decode(multiset.keys())?;
             let mut idx: Vec<u32> = Vec::new();
-            for (i, &m) in multiset.values().enumerate() {
+            for (i, m) in multiset.values().enumerate() {
                 if m < 0 {
                     return Err(DataflowError::Internal(format!("negative multiplicity {m} in aggregate state")));
                 }
@@ -831,9 +831,9 @@ impl Operator for Aggregate {
             if global || state.count > 0 {
                 state.emitted = new;
                 let bytes = self.encode_state(&state);
-                self.groups.set(&keys[g], Some(bytes), writes);
+                self.groups.set(&keys[g], Some(&bytes), writes)?;
             } else {
-                self.groups.set(&keys[g], None, writes);
+                self.groups.set(&keys[g], None, writes)?;
             }
         }
 

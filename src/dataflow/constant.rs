@@ -27,7 +27,7 @@ impl Operator for Constant {
         if !self.emitted.is_empty() {
             return Ok(ChangeBatch::empty(self.rows.schema()));
         }
-        self.emitted.set(b"emitted", Some(vec![1]), writes);
+        self.emitted.set(b"emitted", Some(&[1]), writes)?;
         Ok(ChangeBatch::uniform(self.rows.clone(), 1))
     }
 

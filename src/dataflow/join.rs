@@ -82,8 +82,9 @@ struct SideState {
     /// empty byte string, so the arrangement holds just a count per key.
     rows: Arrangement,
     store_rows: bool,
-    /// Total multiplicity per key; kept when the other side is preserved and there is no filter.
-    counts: Option<HashMap<Vec<u8>, i64>>,
+    /// Whether the total multiplicity per key (the arrangement's per-key total) is needed:
+    /// when the other side is preserved and there is no filter.
+    counts: bool,
     /// Key -> row -> number of matching other-side rows (absent = 0); kept when this side is
     /// preserved and there is a filter.
     matches: Option<Arrangement>,
@@ -92,18 +93,6 @@ struct SideState {
 impl SideState {
     fn restore(&mut self, store: &Store) -> Result<()> {
         self.rows.restore(store)?;
-        if let Some(counts) = &mut self.counts {
-            counts.clear();
-            for (key, rows) in self.rows.iter() {
-                let mut total = 0i64;
-                for w in rows.values() {
-                    total = add(total, *w)?;
-                }
-                if total != 0 {
-                    counts.insert(key.to_vec(), total);
-                }
-            }
-        }
         if let Some(matches) = &mut self.matches {
             matches.restore(store)?;
         }
@@ -174,7 +163,7 @@ impl Join {
         let side = |s: usize, rows_slot: u8, matches_slot: u8| SideState {
             rows: Arrangement::new(state_prefix(dataflow, node, rows_slot)),
             store_rows: kind.emits_pairs() || has_filter || kind.preserves(s),
-            counts: (kind.preserves(1 - s) && !has_filter).then(HashMap::new),
+            counts: kind.preserves(1 - s) && !has_filter,
             matches: (kind.preserves(s) && has_filter).then(|| Arrangement::new(state_prefix(dataflow, node, matches_slot))),
         };
         let sides = [side(LEFT, 0, 2), side(RIGHT, 1, 3)];
@@ -294,9 +283,12 @@ impl Join {
         // match status flips because this side's count for the key crosses zero.
         let mut flips: Vec<(&[u8], i64)> = Vec::new();
         if other_preserved && !has_filter {
-            let counts = self.sides[this].counts.as_ref().ok_or_else(|| missing("key counts"))?;
+            let side = &self.sides[this];
+            if !side.counts {
+                return Err(missing("key counts"));
+            }
             for key in &distinct {
-                let old = counts.get(*key).copied().unwrap_or(0);
+                let old = side.rows.get(key).map_or(0, |m| m.total());
                 let new = add(old, key_delta[key])?;
                 let (was, is) = (kind.emits_preserved(old), kind.emits_preserved(new));
                 if was != is {
@@ -316,7 +308,7 @@ impl Join {
                 let start = other_rows.len();
                 for (row, w) in rows {
                     other_rows.push(row.to_vec());
-                    other_mult.push(*w);
+                    other_mult.push(w);
                     other_key.push(ki);
                 }
                 ranges.insert(key, start..other_rows.len());
@@ -377,8 +369,11 @@ impl Join {
                     }
                 }
             } else {
-                let counts = self.sides[other].counts.as_ref().ok_or_else(|| missing("key counts"))?;
-                this_matches = keys.iter().map(|k| k.as_ref().and_then(|k| counts.get(k)).copied().unwrap_or(0)).collect();
+                let side = &self.sides[other];
+                if !side.counts {
+                    return Err(missing("key counts"));
+                }
+                this_matches = keys.iter().map(|k| k.as_ref().and_then(|k| side.rows.get(k)).map_or(0, |m| m.total())).collect();
             }
             let (idx, w): (Vec<u32>, Vec<i64>) =
                 (0..n).filter(|&i| kind.emits_preserved(this_matches[i])).map(|i| (i as u32, weights[i])).unzip();
@@ -405,7 +400,7 @@ impl Join {
                     }
                     let key = needed[other_key[j]];
                     let row = &other_rows[j];
-                    let old = matches.get(key).and_then(|m| m.get(row)).copied().unwrap_or(0);
+                    let old = matches.get(key).and_then(|m| m.get(row)).unwrap_or(0);
                     let new = matches.update(key, row, d, writes)?;
                     let (was, is) = (kind.emits_preserved(old), kind.emits_preserved(new));
                     if was != is {
@@ -436,16 +431,9 @@ impl Join {
             let Some(key) = key else { continue };
             let row: &[u8] = if store_rows { &encoded[i] } else { &[] };
             let mult = side.rows.update(key, row, weights[i], writes)?;
-            if let Some(counts) = &mut side.counts {
-                let count = counts.entry(key.clone()).or_insert(0);
-                *count = add(*count, weights[i])?;
-                if *count == 0 {
-                    counts.remove(key);
-                }
-            }
             if let Some(matches) = &mut side.matches {
                 let target = if mult > 0 { this_matches[i] } else { 0 };
-                let current = matches.get(key).and_then(|m| m.get(row)).copied().unwrap_or(0);
+                let current = matches.get(key).and_then(|m| m.get(row)).unwrap_or(0);
                 matches.update(key, row, target - current, writes)?;
             }
         }

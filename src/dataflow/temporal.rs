@@ -1,17 +1,18 @@
 //! TemporalFilter: a row stays while `time + window > now` (see `planner::temporal`).
 //!
-//! Passing rows are kept ordered by the moment they expire, so the clock alone can retract
-//! them: the engine runs a tick when the earliest one is due. Work per tick is the change
-//! plus the rows that expire in it.
+//! Passing rows are kept by the moment they expire (in the arrangements' compact layout, keyed
+//! by expiry, with the distinct expiries ordered beside), so the clock alone can retract them:
+//! the engine runs a tick when the earliest one is due. Work per tick is the change plus the
+//! rows that expire in it.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{Array, BooleanArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::arrangement::state_prefix;
+use super::arrangement::{Table, state_prefix};
 use super::{ChangeBatch, DataflowError, Operator, Result, RowCodec};
 use crate::storage::{Store, TickWrites};
 
@@ -21,8 +22,12 @@ pub struct TemporalFilter {
     window_micros: i64,
     codec: RowCodec,
     prefix: Vec<u8>,
-    /// `(expiry, encoded row) -> multiplicity`, earliest expiry first.
-    rows: BTreeMap<(i64, Vec<u8>), i64>,
+    /// Expiry (8 bytes, big-endian) -> encoded rows -> multiplicity.
+    rows: Table,
+    /// The expiries in `rows`, earliest first.
+    expiries: BTreeSet<i64>,
+    /// Reused for building storage keys.
+    scratch: Vec<u8>,
     now_micros: i64,
 }
 
@@ -34,30 +39,33 @@ impl TemporalFilter {
             time,
             window_micros,
             prefix: state_prefix(dataflow, node, 0),
-            rows: BTreeMap::new(),
+            rows: Table::default(),
+            expiries: BTreeSet::new(),
+            scratch: Vec::new(),
             now_micros: 0,
         })
     }
 
     /// Storage key: prefix, expiry (sign bit flipped, so keys sort by time), row.
-    fn storage_key(&self, expiry: i64, row: &[u8]) -> Vec<u8> {
-        let mut k = self.prefix.clone();
-        k.extend_from_slice(&((expiry as u64) ^ (1 << 63)).to_be_bytes());
-        k.extend_from_slice(row);
-        k
+    fn storage_key(scratch: &mut Vec<u8>, prefix: &[u8], expiry: i64, row: &[u8]) {
+        scratch.clear();
+        scratch.extend_from_slice(prefix);
+        scratch.extend_from_slice(&((expiry as u64) ^ (1 << 63)).to_be_bytes());
+        scratch.extend_from_slice(row);
     }
 
     fn update(&mut self, expiry: i64, row: &[u8], diff: i64, writes: &mut TickWrites) -> Result<()> {
-        let key = self.storage_key(expiry, row);
-        let count = self.rows.entry((expiry, row.to_vec())).or_insert(0);
-        *count += diff;
-        match *count {
-            0 => {
-                self.rows.remove(&(expiry, row.to_vec()));
-                writes.delete(&key);
-            }
+        Self::storage_key(&mut self.scratch, &self.prefix, expiry, row);
+        let key = expiry.to_be_bytes();
+        match self.rows.add(&key, row, diff)? {
+            0 => writes.delete(&self.scratch),
             n if n < 0 => return Err(DataflowError::Internal("temporal filter retracted a row it never kept".into())),
-            n => writes.put(&key, &n.to_le_bytes()),
+            n => writes.put(&self.scratch, &n.to_le_bytes()),
+        }
+        if self.rows.get(&key).is_some() {
+            self.expiries.insert(expiry);
+        } else {
+            self.expiries.remove(&expiry);
         }
         Ok(())
     }
@@ -73,7 +81,7 @@ impl Operator for TemporalFilter {
     }
 
     fn wakeup_at(&self) -> Option<i64> {
-        self.rows.keys().next().map(|(expiry, _)| *expiry)
+        self.expiries.first().copied()
     }
 
     fn step(&mut self, mut inputs: Vec<ChangeBatch>, writes: &mut TickWrites) -> Result<ChangeBatch> {
@@ -96,34 +104,41 @@ impl Operator for TemporalFilter {
             parts.push(input.filter(&BooleanArray::from(keep))?);
         }
         // Everything whose time is up leaves the view.
-        let mut expired = Vec::new();
-        while let Some(entry) = self.rows.first_entry() {
-            if entry.key().0 > self.now_micros {
-                break;
+        let due: Vec<i64> = self.expiries.range(..=self.now_micros).copied().collect();
+        if !due.is_empty() {
+            let mut expired: Vec<(&[u8], i64)> = Vec::new();
+            for expiry in &due {
+                for (row, count) in self.rows.get(&expiry.to_be_bytes()).into_iter().flatten() {
+                    Self::storage_key(&mut self.scratch, &self.prefix, *expiry, row);
+                    writes.delete(&self.scratch);
+                    expired.push((row, -count));
+                }
             }
-            let ((expiry, row), count) = entry.remove_entry();
-            writes.delete(&self.storage_key(expiry, &row));
-            expired.push((row, -count));
-        }
-        if !expired.is_empty() {
-            parts.push(self.codec.decode_changes(expired.iter().map(|(r, w)| (r.as_slice(), *w)))?);
+            parts.push(self.codec.decode_changes(expired)?);
+            for expiry in due {
+                self.rows.remove_key(&expiry.to_be_bytes());
+                self.expiries.remove(&expiry);
+            }
         }
         ChangeBatch::concat(&self.schema, &parts)
     }
 
     fn restore(&mut self, store: &Store) -> Result<()> {
         self.rows.clear();
+        self.expiries.clear();
         let plen = self.prefix.len();
-        let mut rows = BTreeMap::new();
+        let (rows, expiries) = (&mut self.rows, &mut self.expiries);
         store.for_each_prefix(&self.prefix, |k, v| {
             let corrupt =
                 || crate::storage::StorageError::Corrupt { what: "temporal filter".into(), detail: format!("{} byte key", k.len()) };
             let expiry = u64::from_be_bytes(k.get(plen..plen + 8).ok_or_else(corrupt)?.try_into().expect("8 bytes")) ^ (1 << 63);
             let count = i64::from_le_bytes(v.try_into().map_err(|_| corrupt())?);
-            rows.insert((expiry as i64, k[plen + 8..].to_vec()), count);
+            let expiry = expiry as i64;
+            rows.add(&expiry.to_be_bytes(), &k[plen + 8..], count)
+                .map_err(|e| crate::storage::StorageError::Corrupt { what: "temporal filter".into(), detail: e.to_string() })?;
+            expiries.insert(expiry);
             Ok(())
         })?;
-        self.rows = rows;
         Ok(())
     }
 }

@@ -157,7 +157,7 @@ impl TopK {
             return Ok(out);
         };
         let mut taken = 0u64;
-        for (entry, &mult) in entries {
+        for (entry, mult) in entries {
             if taken >= self.k {
                 break;
             }

@@ -46,6 +46,10 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.increase_parallelism(2);
+        // At most two 32 MiB memtables (RocksDB's default is two of 64 MiB): operator state
+        // is read from memory, so the memtables only buffer writes until they are flushed.
+        opts.set_write_buffer_size(32 << 20);
+        opts.set_max_write_buffer_number(2);
         let db = DB::open(&opts, dir)?;
         Ok(Store { db: Arc::new(db) })
     }

@@ -520,6 +520,8 @@ async fn pipeline(scale: usize, events: u64, rate: f64, recompute_every: u64) ->
     };
     let secs = started.elapsed().as_secs_f64();
     eprintln!();
+    // Before the checks below run every view's query in this process too.
+    let pipeline_rss = peak_rss_mib();
     let _ = stop_tx.send(());
     let mut rounds = recomputes.await?;
     rounds.sort();
@@ -546,6 +548,10 @@ async fn pipeline(scale: usize, events: u64, rate: f64, recompute_every: u64) ->
         freshness.last().copied().unwrap_or(0),
         peak_rss_mib(),
         dir_size(dir.path()) / (1024 * 1024)
+    );
+    println!(
+        "\npeak RSS {pipeline_rss} MiB before the view queries of the check above; RocksDB {} MiB in SST files (compressed), the rest of its directory is the WAL",
+        server.engine.store().size_bytes() / (1024 * 1024)
     );
     if !rounds.is_empty() {
         // A MicroBatch view is as old as the wait for the next round plus the round itself.
