@@ -113,21 +113,27 @@ impl CheckedIntegerArithmetic {
     }
 }
 
+/// Rewrite every expression of every node (subqueries included), each against its node's
+/// input schema, keeping the names the expressions had. Table scans are left alone: their
+/// pushed-down filters are added by the optimizer, after the analyzer.
+fn rewrite_expressions(plan: LogicalPlan, rewrite: impl Fn(Expr, &DFSchema) -> Result<Transformed<Expr>>) -> Result<LogicalPlan> {
+    plan.transform_up_with_subqueries(|node| {
+        if matches!(node, LogicalPlan::TableScan(_)) {
+            return Ok(Transformed::no(node));
+        }
+        let schema = merge_schema(&node.inputs());
+        let names = NamePreserver::new(&node);
+        node.map_expressions(|e| {
+            let saved = names.save(&e);
+            Ok(rewrite(e, &schema)?.update_data(|x| saved.restore(x)))
+        })
+    })
+    .map(|t| t.data)
+}
+
 impl AnalyzerRule for CheckedIntegerArithmetic {
     fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| {
-            if matches!(node, LogicalPlan::TableScan(_)) {
-                return Ok(Transformed::no(node));
-            }
-            let schema = merge_schema(&node.inputs());
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|e| {
-                let saved = names.save(&e);
-                let rewritten = self.rewrite_expr(e, &schema)?;
-                Ok(rewritten.update_data(|x| saved.restore(x)))
-            })
-        })
-        .map(|t| t.data)
+        rewrite_expressions(plan, |e, schema| self.rewrite_expr(e, schema))
     }
 
     fn name(&self) -> &str {
@@ -339,20 +345,7 @@ impl CompareIntervals {
 
 impl AnalyzerRule for CompareIntervals {
     fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| {
-            if matches!(node, LogicalPlan::TableScan(_)) {
-                // Pushed-down filters are added by the optimizer, after this rule.
-                return Ok(Transformed::no(node));
-            }
-            let schema = merge_schema(&node.inputs());
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|e| {
-                let saved = names.save(&e);
-                let rewritten = e.transform_up(|x| self.rewrite(x, &schema))?;
-                Ok(rewritten.update_data(|x| saved.restore(x)))
-            })
-        })
-        .map(|t| t.data)
+        rewrite_expressions(plan, |e, schema| e.transform_up(|x| self.rewrite(x, schema)))
     }
 
     fn name(&self) -> &str {

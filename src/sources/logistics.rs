@@ -378,22 +378,9 @@ fn ts(us: i64) -> Value {
     Value::String(dt)
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` for seconds since the epoch (UTC), without a date crate.
+/// `YYYY-MM-DDTHH:MM:SS` for seconds since the epoch (UTC).
 fn chrono_like(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    arrow::temporal_conversions::timestamp_s_to_datetime(secs).map_or_else(String::new, |t| t.format("%Y-%m-%dT%H:%M:%S").to_string())
 }
 
 fn row(pairs: &[(&str, Value)]) -> Row {

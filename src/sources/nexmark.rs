@@ -243,20 +243,8 @@ fn text(s: &str) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SS.mmm` (UTC) for milliseconds since the epoch.
 fn timestamp(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+    arrow::temporal_conversions::timestamp_ms_to_datetime(ms as i64)
+        .map_or_else(String::new, |t| t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string())
 }
 
 #[cfg(test)]
