@@ -45,6 +45,10 @@ enum Command {
         /// Client connections at once; more are refused (53300), as by Postgres.
         #[arg(long, default_value_t = velocity::server::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
+        /// A directory new file sources may read from (repeatable); with none given, file
+        /// sources may read any path the server can (creating sources takes a superuser).
+        #[arg(long = "file-source-dir", value_name = "DIR")]
+        file_source_dirs: Vec<PathBuf>,
     },
     /// The logistics track-and-trace pipeline (queries/velocity.sql), live on the embedded
     /// server, fed by the built-in TMS simulator.
@@ -110,37 +114,41 @@ fn main() -> anyhow::Result<()> {
     // Statements nested as deep as the server accepts are planned recursively.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(velocity::server::STATEMENT_STACK).build()?;
     match cli.command {
-        Command::Serve { data_dir, listen, metrics, users, users_file, tls_cert, tls_key, max_connections } => runtime.block_on(async {
-            let mut user_secrets = velocity::server::auth::Users::default();
-            for spec in &users {
-                user_secrets.add_spec(spec)?;
-            }
-            if let Some(path) = &users_file {
-                user_secrets.add_file(path)?;
-            }
-            let mut access = velocity::server::auth::Access::default().with_users(user_secrets);
-            if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
-                access = access.with_tls(cert, key)?;
-            }
-            if !access.requires_password() && !listen.ip().is_loopback() {
-                tracing::warn!("no --user configured: every client that reaches {listen} is trusted");
-            }
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            let server = velocity::server::Server::open_with(&data_dir, access).await?.with_max_connections(max_connections);
-            if let Some(addr) = metrics {
-                let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
-                println!("velocity: metrics on http://{}/metrics", metrics_listener.local_addr()?);
-                tokio::spawn(velocity::server::metrics::serve(metrics_listener, server.engine.clone()));
-            }
-            // Tests and scripts read this line to learn the port (`--listen 127.0.0.1:0`).
-            println!("velocity: listening on {}", listener.local_addr()?);
-            tracing::info!("data in {}", data_dir.display());
-            tokio::select! {
-                r = server.serve(listener) => r?,
-                _ = shutdown_signal() => tracing::info!("shutting down"),
-            }
-            anyhow::Ok(())
-        }),
+        Command::Serve { data_dir, listen, metrics, users, users_file, tls_cert, tls_key, max_connections, file_source_dirs } => runtime
+            .block_on(async {
+                let mut user_secrets = velocity::server::auth::Users::default();
+                for spec in &users {
+                    user_secrets.add_spec(spec)?;
+                }
+                if let Some(path) = &users_file {
+                    user_secrets.add_file(path)?;
+                }
+                let mut access = velocity::server::auth::Access::default().with_users(user_secrets);
+                if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
+                    access = access.with_tls(cert, key)?;
+                }
+                if !access.requires_password() && !listen.ip().is_loopback() {
+                    tracing::warn!("no --user configured: every client that reaches {listen} is trusted");
+                }
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                let server = velocity::server::Server::open_with(&data_dir, access).await?.with_max_connections(max_connections);
+                if !file_source_dirs.is_empty() {
+                    server.coordinator.confine_file_sources(&file_source_dirs).map_err(|e| anyhow::anyhow!("--file-source-dir: {e}"))?;
+                }
+                if let Some(addr) = metrics {
+                    let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
+                    println!("velocity: metrics on http://{}/metrics", metrics_listener.local_addr()?);
+                    tokio::spawn(velocity::server::metrics::serve(metrics_listener, server.engine.clone()));
+                }
+                // Tests and scripts read this line to learn the port (`--listen 127.0.0.1:0`).
+                println!("velocity: listening on {}", listener.local_addr()?);
+                tracing::info!("data in {}", data_dir.display());
+                tokio::select! {
+                    r = server.serve(listener) => r?,
+                    _ = shutdown_signal() => tracing::info!("shutting down"),
+                }
+                anyhow::Ok(())
+            }),
         Command::Demo { data_dir, listen, rate, scale, duration } => {
             runtime.block_on(velocity::tools::demo::run(velocity::tools::demo::DemoOptions {
                 data_dir: &data_dir,

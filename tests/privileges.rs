@@ -280,3 +280,34 @@ async fn a_plain_view_reads_with_its_owners_rights() {
     let acl: Vec<String> = s.admin.query_one("SELECT relacl FROM pg_catalog.pg_class WHERE relname = 'bm'", &[]).await.unwrap().get(0);
     assert_eq!(acl, vec!["bob=arwd/bob".to_string(), "carol=r/bob".to_string()]);
 }
+
+/// With `--file-source-dir`, a file source reads only below those directories: a path
+/// outside, or one that climbs out with `..` or through a symbolic link, is 42501 even for a
+/// superuser; a path inside (existing or not yet) is accepted.
+#[tokio::test]
+async fn file_sources_read_only_below_the_allowed_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("incoming");
+    std::fs::create_dir(&allowed).unwrap();
+    std::os::unix::fs::symlink("/etc", allowed.join("etc")).unwrap();
+    let server =
+        ServerProcess::start_with(&common::data_dir(&dir), &["--user", "admin:secret", "--file-source-dir", allowed.to_str().unwrap()]);
+    let admin = connect(server.addr, "admin", "secret").await.expect("admin connects");
+    let outside = [
+        "/etc/passwd".to_string(),
+        format!("{}/../secret.jsonl", allowed.display()),
+        format!("{}/etc/passwd", allowed.display()),
+        format!("{}/not-yet/../../x.jsonl", allowed.display()),
+    ];
+    for (i, path) in outside.iter().enumerate() {
+        let (code, message) = refused(&admin, &format!("CREATE SOURCE s{i} WITH (connector = 'file', path = '{path}')")).await;
+        assert_eq!(code, "42501", "{path}: {message}");
+        assert!(message.contains("--file-source-dir"), "{message}");
+    }
+    admin
+        .batch_execute(&format!("CREATE SOURCE inside WITH (connector = 'file', path = '{}/orders.jsonl')", allowed.display()))
+        .await
+        .unwrap();
+    admin.batch_execute(&format!("CREATE SOURCE later WITH (connector = 'file', path = '{}/later/')", allowed.display())).await.unwrap();
+    assert_eq!(count(&admin, "SELECT count(*) FROM velocity_catalog.sources").await, 2);
+}

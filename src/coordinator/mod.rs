@@ -12,6 +12,7 @@ mod error;
 mod privileges;
 pub mod relation_table;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema};
@@ -32,7 +33,7 @@ use crate::engine::{Commit, Engine};
 use crate::planner::plan_dataflow;
 use crate::sinks::kafka::{SinkRegistry, SinkStatus};
 use crate::sinks::{SinkConfig, SinkEncoder};
-use crate::sources::runner::{SourceConfig, SourceRegistry};
+use crate::sources::runner::{ConnectorConfig, SourceConfig, SourceRegistry};
 use crate::sql::VelocityStatement;
 use relation_table::RelationTable;
 
@@ -45,6 +46,8 @@ pub struct Coordinator {
     sinks: SinkRegistry,
     /// Held by one DDL statement from its first check to its last change.
     ddl: tokio::sync::Mutex<()>,
+    /// Where a new file source may read (canonical paths); `None`: anywhere the server can.
+    file_source_dirs: std::sync::RwLock<Option<Vec<PathBuf>>>,
 }
 
 impl Coordinator {
@@ -55,7 +58,16 @@ impl Coordinator {
             sources: SourceRegistry::default(),
             sinks: SinkRegistry::default(),
             ddl: tokio::sync::Mutex::new(()),
+            file_source_dirs: std::sync::RwLock::new(None),
         }
+    }
+
+    /// Confine new file sources to these directories (`velocity serve --file-source-dir`).
+    /// Sources already in the catalog keep reading where they do.
+    pub fn confine_file_sources(&self, dirs: &[PathBuf]) -> std::io::Result<()> {
+        let dirs = dirs.iter().map(std::fs::canonicalize).collect::<std::io::Result<Vec<_>>>()?;
+        *self.file_source_dirs.write().unwrap_or_else(|e| e.into_inner()) = Some(dirs);
+        Ok(())
     }
 
     pub fn engine(&self) -> &Engine {
@@ -275,6 +287,9 @@ impl Coordinator {
             self.require_superuser(role, "create a source")?;
         }
         let config = SourceConfig::from_options(options).map_err(CoordinatorError::SourceOptions)?;
+        if let (Origin::New { .. }, ConnectorConfig::File(file)) = (origin, &config.connector) {
+            self.check_file_source_path(&file.path)?;
+        }
         if !origin.restoring() && self.engine.catalog().get(name).is_some() {
             return Err(CoordinatorError::DuplicateObject { kind: RelationKind::Source, name: name.to_string() });
         }
@@ -282,6 +297,37 @@ impl Coordinator {
         let relation = Relation::rowless(id, name, RelationKind::Source, create_sql, vec![]).owned(origin.ownership());
         self.engine.create_table(relation, origin.restoring()).await?;
         Ok((id, config))
+    }
+
+    /// 42501 unless `path` (after resolving `..` and symbolic links) lies under a directory
+    /// the server was told file sources may read.
+    fn check_file_source_path(&self, path: &Path) -> Result<()> {
+        let dirs = self.file_source_dirs.read().unwrap_or_else(|e| e.into_inner());
+        let Some(dirs) = dirs.as_ref() else { return Ok(()) };
+        let denied = || {
+            CoordinatorError::PermissionDenied(format!(
+                "file source path \"{}\" is outside the directories file sources may read (velocity serve --file-source-dir)",
+                path.display()
+            ))
+        };
+        // The path may not exist yet (the source waits for it): resolve its deepest existing
+        // ancestor and refuse `..` in the rest.
+        let mut existing = path.to_path_buf();
+        let mut rest = Vec::new();
+        let resolved = loop {
+            match std::fs::canonicalize(&existing) {
+                Ok(p) => break p,
+                Err(_) => {
+                    let Some(name) = existing.file_name().map(|n| n.to_owned()) else { return Err(denied()) };
+                    rest.push(name);
+                    if !existing.pop() {
+                        return Err(denied());
+                    }
+                }
+            }
+        };
+        let full = rest.iter().rev().fold(resolved, |p, name| p.join(name));
+        if dirs.iter().any(|d| full.starts_with(d)) { Ok(()) } else { Err(denied()) }
     }
 
     /// `CREATE SINK name FROM relation WITH (connector = 'kafka', ...)`: records it and
