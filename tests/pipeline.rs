@@ -205,25 +205,16 @@ async fn source_counters_keep_up_under_continuous_input() {
 /// source transaction once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_counters_count_a_transaction_once_when_a_table_is_bound_later() {
-    use std::io::Write;
+    use velocity::tools::debezium_traffic;
     let server = common::TestServer::start().await;
     let client = server.client().await;
-    let records = velocity::tools::debezium_traffic::records(20_000);
-    let transactions = records.iter().filter(|(_, r)| r.contains("\"END\"")).count() as i64;
-    let events = records.iter().filter(|(_, r)| r.contains("\"op\":")).count() as i64;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("traffic.jsonl");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-    for (_, r) in &records {
-        writeln!(out, "{r}").unwrap();
-    }
-    out.flush().unwrap();
+    let file = debezium_traffic::write_file(&path, 20_000).unwrap();
+    let [shipments, orders] = debezium_traffic::tables_sql("traffic");
     client
         .batch_execute(&format!(
-            "CREATE SOURCE traffic WITH (connector = 'file', path = '{}', transactions = 'metadata');
-             CREATE TABLE shipments (id BIGINT PRIMARY KEY, order_id BIGINT NOT NULL, carrier TEXT, status TEXT,
-                weight DECIMAL(10, 2), shipped_at TIMESTAMP, updated_at TIMESTAMPTZ, due DATE, fragile BOOLEAN, address TEXT)
-                WITH (source = 'traffic', upstream = 'public.shipments');",
+            "CREATE SOURCE traffic WITH (connector = 'file', path = '{}', transactions = 'metadata'); {shipments}",
             path.display()
         ))
         .await
@@ -235,17 +226,9 @@ async fn source_counters_count_a_transaction_once_when_a_table_is_bound_later() 
         assert!(Instant::now() < deadline, "nothing applied after 60 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    client
-        .batch_execute(
-            "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT NOT NULL, total DECIMAL(12, 2), currency TEXT,
-                placed_at TIMESTAMP, quantity INT, discount DOUBLE PRECISION, note TEXT, paid BOOLEAN, region TEXT)
-                WITH (source = 'traffic', upstream = 'public.orders');
-             FLUSH;",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(&format!("{orders}; FLUSH")).await.unwrap();
     let row = client.query_one("SELECT transactions, events FROM velocity_catalog.sources WHERE name = 'traffic'", &[]).await.unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (transactions, events));
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (file.transactions as i64, file.events as i64));
     let orders: i64 = client.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
     assert!(orders > 0, "the table bound later was filled from the start of the input");
 }

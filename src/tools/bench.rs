@@ -188,35 +188,20 @@ pub fn decode_throughput(events: usize) -> (f64, f64) {
 
 /// `velocity bench source`: how fast Debezium traffic becomes applied transactions.
 async fn source(events: usize) -> anyhow::Result<()> {
-    use std::io::Write;
     println!("velocity bench source --events {events}");
-    let records = debezium_traffic::records(events);
-    let bytes: usize = records.iter().map(|(_, r)| r.len() + 1).sum();
-    let transactions = records.iter().filter(|(_, r)| r.contains("\"END\"")).count();
-    let events = records.iter().filter(|(_, r)| r.contains("\"op\":")).count();
-    let (decode_eps, decode_mbps) = decode_throughput(events);
-    eprintln!("in memory: {decode_eps:.0} events/s, {decode_mbps:.1} MB/s");
-
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("traffic.jsonl");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
-    for (_, r) in &records {
-        writeln!(out, "{r}")?;
-    }
-    out.flush()?;
-    drop(records);
+    let debezium_traffic::TrafficFile { transactions, events, bytes } = debezium_traffic::write_file(&file, events)?;
+    let (decode_eps, decode_mbps) = decode_throughput(events);
+    eprintln!("in memory: {decode_eps:.0} events/s, {decode_mbps:.1} MB/s");
     let (_server, client, _) = local_server(&dir.path().join("data")).await?;
     client
         .batch_execute(&format!(
             "CREATE SOURCE traffic WITH (connector = 'file', path = '{}', transactions = 'metadata');
-             CREATE TABLE shipments (id BIGINT PRIMARY KEY, order_id BIGINT NOT NULL, carrier TEXT, status TEXT,
-                weight DECIMAL(10, 2), shipped_at TIMESTAMP, updated_at TIMESTAMPTZ, due DATE, fragile BOOLEAN, address TEXT)
-                WITH (source = 'traffic', upstream = 'public.shipments');
-             CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT NOT NULL, total DECIMAL(12, 2), currency TEXT,
-                placed_at TIMESTAMP, quantity INT, discount DOUBLE PRECISION, note TEXT, paid BOOLEAN, region TEXT)
-                WITH (source = 'traffic', upstream = 'public.orders');
+             {};
              CREATE MATERIALIZED VIEW by_status AS SELECT status, count(*) AS n, sum(weight) AS weight FROM shipments GROUP BY status;",
-            file.display()
+            file.display(),
+            debezium_traffic::tables_sql("traffic").join(";\n")
         ))
         .await?;
     let started = Instant::now();

@@ -45,6 +45,48 @@ pub fn bindings() -> Vec<UpstreamTable> {
     ]
 }
 
+/// `CREATE TABLE shipments ...` and `CREATE TABLE orders ...`, bound to `source`: the tables
+/// of [`bindings`] in SQL, for a source reading [`write_file`]'s output.
+pub fn tables_sql(source: &str) -> [String; 2] {
+    [
+        format!(
+            "CREATE TABLE shipments (id BIGINT PRIMARY KEY, order_id BIGINT NOT NULL, carrier TEXT, status TEXT,
+                weight DECIMAL(10, 2), shipped_at TIMESTAMP, updated_at TIMESTAMPTZ, due DATE, fragile BOOLEAN, address TEXT)
+                WITH (source = '{source}', upstream = 'public.shipments')"
+        ),
+        format!(
+            "CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id BIGINT NOT NULL, total DECIMAL(12, 2), currency TEXT,
+                placed_at TIMESTAMP, quantity INT, discount DOUBLE PRECISION, note TEXT, paid BOOLEAN, region TEXT)
+                WITH (source = '{source}', upstream = 'public.orders')"
+        ),
+    ]
+}
+
+/// What [`write_file`] wrote.
+pub struct TrafficFile {
+    /// Source transactions (END markers).
+    pub transactions: usize,
+    /// Change events.
+    pub events: usize,
+    pub bytes: usize,
+}
+
+/// [`records`] of about `events` events as one JSON-lines file (read it with
+/// `connector = 'file', transactions = 'metadata'`).
+pub fn write_file(path: &std::path::Path, events: usize) -> std::io::Result<TrafficFile> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut file = TrafficFile { transactions: 0, events: 0, bytes: 0 };
+    for (_, record) in records(events) {
+        writeln!(out, "{record}")?;
+        file.bytes += record.len() + 1;
+        file.transactions += usize::from(record.contains("\"END\""));
+        file.events += usize::from(record.contains("\"op\":"));
+    }
+    out.flush()?;
+    Ok(file)
+}
+
 /// The envelope schema `JsonConverter` writes for a table, from (column, connect type,
 /// semantic name, parameters).
 fn envelope_schema(table: &str, columns: &[(&str, &str, Option<&str>, Option<Value>)]) -> Value {
