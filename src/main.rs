@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod command_line;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -31,6 +33,8 @@ enum Command {
         metrics: Option<SocketAddr>,
         /// A user allowed to connect, as NAME:PASSWORD (repeatable). With any user configured,
         /// every connection must authenticate with SCRAM-SHA-256; with none, all are trusted.
+        /// The password is blanked from the process's command line at start; --users-file or
+        /// the environment variable VELOCITY_USERS (NAME:PASSWORD lines) never show it.
         #[arg(long = "user", value_name = "NAME:PASSWORD")]
         users: Vec<String>,
         /// A file of NAME:PASSWORD lines (blank lines and # comments skipped), like --user.
@@ -49,6 +53,11 @@ enum Command {
         /// sources may read any path the server can (creating sources takes a superuser).
         #[arg(long = "file-source-dir", value_name = "DIR")]
         file_source_dirs: Vec<PathBuf>,
+        /// Memory one query may reserve for sorts, hash tables and aggregates, in bytes or
+        /// with a Postgres unit (`512MB`, `2GB`); past it the query fails with 53200.
+        /// Default: a quarter of the machine's memory (all queries together: half).
+        #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
+        statement_memory: Option<usize>,
     },
     /// The logistics track-and-trace pipeline (queries/velocity.sql), live on the embedded
     /// server, fed by the built-in TMS simulator.
@@ -104,6 +113,23 @@ enum Command {
     },
 }
 
+/// `1048576`, `64kB`, `512MB`, `2GB`, `1TB`: Postgres' memory units (powers of 1024).
+fn parse_memory_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let number: usize =
+        text[..digits].parse().map_err(|_| format!("{text:?}: expected a number of bytes, optionally with kB, MB, GB or TB"))?;
+    let unit = match text[digits..].trim() {
+        "" | "B" => 1usize,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        other => return Err(format!("{other:?}: valid units are B, kB, MB, GB and TB")),
+    };
+    number.checked_mul(unit).ok_or_else(|| format!("{text:?} is too large"))
+}
+
 fn main() -> anyhow::Result<()> {
     velocity::engine::limit_malloc_arenas();
     tracing_subscriber::fmt()
@@ -111,44 +137,62 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
+    command_line::hide_passwords();
     // Statements nested as deep as the server accepts are planned recursively.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(velocity::server::STATEMENT_STACK).build()?;
     match cli.command {
-        Command::Serve { data_dir, listen, metrics, users, users_file, tls_cert, tls_key, max_connections, file_source_dirs } => runtime
-            .block_on(async {
-                let mut user_secrets = velocity::server::auth::Users::default();
-                for spec in &users {
-                    user_secrets.add_spec(spec)?;
-                }
-                if let Some(path) = &users_file {
-                    user_secrets.add_file(path)?;
-                }
-                let mut access = velocity::server::auth::Access::default().with_users(user_secrets);
-                if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
-                    access = access.with_tls(cert, key)?;
-                }
-                if !access.requires_password() && !listen.ip().is_loopback() {
-                    tracing::warn!("no --user configured: every client that reaches {listen} is trusted");
-                }
-                let listener = tokio::net::TcpListener::bind(listen).await?;
-                let server = velocity::server::Server::open_with(&data_dir, access).await?.with_max_connections(max_connections);
-                if !file_source_dirs.is_empty() {
-                    server.coordinator.confine_file_sources(&file_source_dirs).map_err(|e| anyhow::anyhow!("--file-source-dir: {e}"))?;
-                }
-                if let Some(addr) = metrics {
-                    let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
-                    println!("velocity: metrics on http://{}/metrics", metrics_listener.local_addr()?);
-                    tokio::spawn(velocity::server::metrics::serve(metrics_listener, server.engine.clone()));
-                }
-                // Tests and scripts read this line to learn the port (`--listen 127.0.0.1:0`).
-                println!("velocity: listening on {}", listener.local_addr()?);
-                tracing::info!("data in {}", data_dir.display());
-                tokio::select! {
-                    r = server.serve(listener) => r?,
-                    _ = shutdown_signal() => tracing::info!("shutting down"),
-                }
-                anyhow::Ok(())
-            }),
+        Command::Serve {
+            data_dir,
+            listen,
+            metrics,
+            users,
+            users_file,
+            tls_cert,
+            tls_key,
+            max_connections,
+            file_source_dirs,
+            statement_memory,
+        } => runtime.block_on(async {
+            let mut user_secrets = velocity::server::auth::Users::default();
+            for spec in &users {
+                user_secrets.add_spec(spec)?;
+            }
+            if let Some(path) = &users_file {
+                user_secrets.add_file(path)?;
+            }
+            if let Ok(text) = std::env::var("VELOCITY_USERS") {
+                user_secrets.add_lines(&text).map_err(|e| anyhow::anyhow!("VELOCITY_USERS: {e}"))?;
+            }
+            let mut access = velocity::server::auth::Access::default().with_users(user_secrets);
+            if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
+                access = access.with_tls(cert, key)?;
+            }
+            if !access.requires_password() && !listen.ip().is_loopback() {
+                tracing::warn!("no --user configured: every client that reaches {listen} is trusted");
+            }
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let memory = match statement_memory {
+                Some(bytes) => velocity::server::statement_context::StatementMemory::with_statement_limit(bytes),
+                None => velocity::server::statement_context::StatementMemory::machine_default(),
+            };
+            let server = velocity::server::Server::open_with(&data_dir, access, memory).await?.with_max_connections(max_connections);
+            if !file_source_dirs.is_empty() {
+                server.coordinator.confine_file_sources(&file_source_dirs).map_err(|e| anyhow::anyhow!("--file-source-dir: {e}"))?;
+            }
+            if let Some(addr) = metrics {
+                let metrics_listener = tokio::net::TcpListener::bind(addr).await?;
+                println!("velocity: metrics on http://{}/metrics", metrics_listener.local_addr()?);
+                tokio::spawn(velocity::server::metrics::serve(metrics_listener, server.engine.clone()));
+            }
+            // Tests and scripts read this line to learn the port (`--listen 127.0.0.1:0`).
+            println!("velocity: listening on {}", listener.local_addr()?);
+            tracing::info!("data in {}", data_dir.display());
+            tokio::select! {
+                r = server.serve(listener) => r?,
+                _ = shutdown_signal() => tracing::info!("shutting down"),
+            }
+            anyhow::Ok(())
+        }),
         Command::Demo { data_dir, listen, rate, scale, duration } => {
             runtime.block_on(velocity::tools::demo::run(velocity::tools::demo::DemoOptions {
                 data_dir: &data_dir,

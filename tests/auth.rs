@@ -178,3 +178,54 @@ fn tls_with_scram_and_channel_binding() {
     let out = psql(server.addr, "sslmode=disable", "s3cret", "SELECT 1");
     assert!(out.status.success(), "plain: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Passwords stay off the command line others can read: `--user`'s is blanked from
+/// /proc/PID/cmdline once the server starts, and `VELOCITY_USERS` never puts one there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_do_not_show_in_the_process_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::ServerProcess::start_with_env(
+        &dir.path().join("data"),
+        &["--user", "alice:s3cret-one", "--user=dave:s3cret-two"],
+        &[("VELOCITY_USERS", "carol:s3cret-three\n# a comment\n")],
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.pid())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(!cmdline.contains("s3cret"), "{cmdline}");
+    assert!(cmdline.contains("--user alice:") && cmdline.contains("--user=dave:"), "{cmdline}");
+    for (user, password) in [("alice", "s3cret-one"), ("dave", "s3cret-two"), ("carol", "s3cret-three")] {
+        let client = connect(server.addr, user, password).await.unwrap_or_else(|e| panic!("{user}: {e}"));
+        let name: String = client.query_one("SELECT current_user", &[]).await.unwrap().get(0);
+        assert_eq!(name, user);
+    }
+}
+
+/// After failed logins, further attempts from the same address wait their turn (how long,
+/// and that concurrent attempts queue, is the unit test `server::login_throttle`); a right
+/// password still gets in, and a success forgets the failures. Counted in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_slow_down_further_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::ServerProcess::start_with(&dir.path().join("data"), &["--user", "alice:s3cret", "--metrics", "127.0.0.1:0"]);
+    let metrics = server.metrics.expect("metrics address");
+    for _ in 0..6 {
+        let e = connect(server.addr, "alice", "guess").await.map(|_| ()).unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
+    }
+    assert_eq!(metric(metrics, "velocity_login_failures_total"), 6.0);
+    assert_eq!(metric(metrics, "velocity_logins_throttled_total"), 5.0, "every attempt after the first failure waited its turn");
+    println!("waited {} s in all", metric(metrics, "velocity_login_delay_seconds_total"));
+    connect(server.addr, "alice", "s3cret").await.expect("the right password still gets in");
+    assert_eq!(metric(metrics, "velocity_logins_throttled_total"), 6.0);
+    connect(server.addr, "alice", "s3cret").await.expect("again");
+    assert_eq!(metric(metrics, "velocity_logins_throttled_total"), 6.0, "a success forgot the failures");
+}

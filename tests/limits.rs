@@ -133,3 +133,79 @@ async fn prepared_statements_are_given_back_when_their_session_ends() {
     assert!(after < before + (held - before) / 4, "RSS stayed at {after} kB (before {before}, held {held})");
     watcher.simple_query("SELECT 1").await.expect("the server answers");
 }
+
+/// One query past its memory (`--statement-memory 64MB`) fails with 53200; its session and
+/// the others go on, and RSS stays far below what the query would have taken.
+#[tokio::test]
+async fn a_query_past_its_memory_gets_53200_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start_with(&common::data_dir(&dir), &["--statement-memory", "64MB"]);
+    let client = common::connect(server.addr).await;
+    let other = common::connect(server.addr).await;
+    // 30 million values gathered into one array: ~240 MB of state, refused at 64 MB.
+    let big = "SELECT cardinality(array_agg(x)) FROM generate_series(1, 30000000) t(x)";
+    let e = answered("array_agg", client.simple_query(big)).await.expect_err("over the statement's memory");
+    assert_eq!(code(&e).as_deref(), Some("53200"), "{e}");
+    assert!(e.as_db_error().is_some_and(|d| d.message().starts_with("out of memory")), "{e}");
+    // The extended protocol runs in a pool of its own too.
+    let e = answered("prepared array_agg", client.query(big, &[])).await.expect_err("over the statement's memory");
+    assert_eq!(code(&e).as_deref(), Some("53200"), "{e}");
+    let n: i64 = answered("small", client.query_one("SELECT count(*) FROM generate_series(1, 3000000) t(x)", &[])).await.unwrap().get(0);
+    assert_eq!(n, 3_000_000, "streaming needs no reservation and the session goes on");
+    let n: i64 = answered("other", other.query_one("SELECT cardinality(array_agg(x))::bigint FROM generate_series(1, 100000) t(x)", &[]))
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 100_000);
+    let rss = rss_kb(server.pid());
+    assert!(rss < 1_000_000, "RSS {rss} kB");
+}
+
+/// Values over Postgres' size limits are refused before they are built (54000): one
+/// `repeat('x', 2147483647)` took RSS past 8 GB before.
+#[tokio::test]
+async fn values_over_postgres_size_limits_get_54000() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&common::data_dir(&dir));
+    let client = common::connect(server.addr).await;
+    for (sql, message) in [
+        ("SELECT length(repeat('x', 2147483647))", "requested length too large"),
+        ("SELECT length(lpad('x', 300000000))", "requested length too large"),
+        ("SELECT length(rpad('x', 2000000000, 'ab'))", "requested length too large"),
+        ("SELECT cardinality(array_repeat(1, 200000000))", "array size exceeds the maximum allowed (134217727)"),
+        ("SELECT cardinality(range(1, 9223372036854775807))", "array size exceeds the maximum allowed (134217727)"),
+        // Each value fits; the rows of one batch together would be 2 GB.
+        ("SELECT length(repeat('x', 500000000 + x)) FROM generate_series(1, 4) t(x)", "requested length too large"),
+    ] {
+        let e = answered(sql, client.simple_query(sql)).await.expect_err(sql);
+        assert_eq!(code(&e).as_deref(), Some("54000"), "{sql}: {e}");
+        assert_eq!(e.as_db_error().map(|d| d.message()), Some(message), "{sql}");
+    }
+    let rss = rss_kb(server.pid());
+    assert!(rss < 1_000_000, "RSS {rss} kB");
+    // Within the limits they answer as before.
+    let n: i32 = client.query_one("SELECT length(repeat('ab', 1000))::int", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2000);
+    let n: i32 = client.query_one("SELECT length(lpad('x', 10, 'ab'))::int", &[]).await.unwrap().get(0);
+    assert_eq!(n, 10);
+}
+
+/// `sum(bigint)` out of bigint's range is 22003 ad hoc, with and without GROUP BY, as in a
+/// view (DataFusion wrapped it around: two maximal bigints summed to -2).
+#[tokio::test]
+async fn an_ad_hoc_bigint_sum_out_of_range_gets_22003() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&common::data_dir(&dir));
+    let client = common::connect(server.addr).await;
+    let values = "(VALUES (1, 9223372036854775807::bigint), (1, 9223372036854775807::bigint), (2, 5::bigint)) t(g, x)";
+    for sql in [format!("SELECT sum(x) FROM {values}"), format!("SELECT g, sum(x) FROM {values} GROUP BY g")] {
+        let e = client.simple_query(&sql).await.expect_err(&sql);
+        assert_eq!(code(&e).as_deref(), Some("22003"), "{sql}: {e}");
+    }
+    let rows = client.query(&format!("SELECT g, sum(x) FROM {values} WHERE g = 2 OR x < 0 GROUP BY g"), &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i64>(1), 5);
+    let sum: i64 = client.query_one("SELECT sum(x) FROM generate_series(-5, 100) t(x)", &[]).await.unwrap().get(0);
+    assert_eq!(sum, 5035);
+    let sum: f64 = client.query_one("SELECT sum(x::double precision) FROM generate_series(1, 4) t(x)", &[]).await.unwrap().get(0);
+    assert_eq!(sum, 10.0);
+}

@@ -311,3 +311,36 @@ async fn file_sources_read_only_below_the_allowed_directories() {
     admin.batch_execute(&format!("CREATE SOURCE later WITH (connector = 'file', path = '{}/later/')", allowed.display())).await.unwrap();
     assert_eq!(count(&admin, "SELECT count(*) FROM velocity_catalog.sources").await, 2);
 }
+
+/// A source's dead letters hold its raw records: superusers see all of them, other roles
+/// only those of the sources they own. carol creates a source while a superuser and is then
+/// demoted, so she owns a source without being one.
+#[tokio::test]
+async fn dead_letters_are_visible_to_their_sources_owner_only() {
+    let s = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tms.jsonl");
+    std::fs::write(&file, "carol's malformed record\n").unwrap();
+    s.admin.batch_execute("CREATE ROLE carol WITH LOGIN SUPERUSER PASSWORD 'carol-pw'").await.unwrap();
+    let carol = connect(s.server.addr, "carol", "carol-pw").await.expect("carol connects");
+    carol
+        .batch_execute(&format!(
+            "CREATE SOURCE mine WITH (connector = 'file', path = '{}', format = 'debezium-json');
+             CREATE TABLE shipments (id BIGINT PRIMARY KEY, status TEXT) WITH (source = 'mine', upstream = 'public.shipments');
+             FLUSH",
+            file.display()
+        ))
+        .await
+        .unwrap();
+    s.admin.batch_execute("ALTER ROLE carol NOSUPERUSER").await.unwrap();
+
+    let dead = "SELECT count(*) FROM velocity_catalog.dead_letters";
+    assert_eq!(count(&s.admin, dead).await, 1, "a superuser sees every dead letter");
+    assert_eq!(count(&carol, dead).await, 1, "the source's owner sees its dead letters");
+    assert_eq!(count(&s.alice, dead).await, 0, "another role sees none");
+    let raw: String = carol.query_one("SELECT raw FROM velocity_catalog.dead_letters", &[]).await.unwrap().get(0);
+    assert_eq!(raw, "carol's malformed record");
+    // The extended protocol (a prepared statement) filters the same way.
+    let statement = s.alice.prepare(dead).await.unwrap();
+    assert_eq!(s.alice.query_one(&statement, &[]).await.unwrap().get::<_, i64>(0), 0);
+}

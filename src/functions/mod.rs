@@ -1,10 +1,12 @@
 //! Postgres functions DataFusion does not have, and the window table functions of stream
 //! processors, registered on every session and used by views exactly like built-in ones.
 
+pub mod checked_sum;
 pub mod datetime;
 pub mod format;
 pub mod json;
 pub mod json_access;
+pub mod size_limits;
 pub mod windows;
 
 /// Register every Velocity function with `ctx`.
@@ -16,4 +18,7 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
         tracing::error!("the JSON operators are not available: {e}");
     }
     windows::register(ctx);
+    // Last: these wrap functions registered before them.
+    checked_sum::register(ctx);
+    size_limits::register(ctx);
 }

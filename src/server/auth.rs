@@ -28,6 +28,7 @@ use futures::Sink;
 use tokio_rustls::TlsAcceptor;
 
 use super::error::{ServerError, SessionError};
+use super::login_throttle::LoginThrottle;
 use super::session::SessionRoles;
 use crate::catalog::{Role, RoleSecret};
 use crate::engine::Engine;
@@ -103,11 +104,16 @@ impl Users {
         Ok(())
     }
 
-    /// Add every `name:password` line of a file (blank lines and `#` comments are skipped).
+    /// Add every `name:password` line of a file.
     pub fn add_file(&mut self, path: &Path) -> Result<(), ServerError> {
         let text = std::fs::read_to_string(path).map_err(|e| ServerError::Config(format!("users file {}: {e}", path.display())))?;
+        self.add_lines(&text).map_err(|e| ServerError::Config(format!("users file {}: {e}", path.display())))
+    }
+
+    /// Add every `name:password` line of `text` (blank lines and `#` comments are skipped).
+    pub fn add_lines(&mut self, text: &str) -> Result<(), ServerError> {
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            self.add_spec(line).map_err(|e| ServerError::Config(format!("users file {}: {e}", path.display())))?;
+            self.add_spec(line)?;
         }
         Ok(())
     }
@@ -155,6 +161,7 @@ pub struct Access {
     tls: Option<TlsAcceptor>,
     /// PEM of the server certificate, for SCRAM channel binding (SCRAM-SHA-256-PLUS).
     cert_pem: Option<Vec<u8>>,
+    throttle: Arc<LoginThrottle>,
 }
 
 impl Access {
@@ -227,7 +234,7 @@ impl Access {
                 tls: scram_handler(&secrets, self.cert_pem.as_deref(), &self.connections),
             }
         };
-        Startup { kind, engine }
+        Startup { kind, engine, throttle: self.throttle.clone() }
     }
 }
 
@@ -254,6 +261,7 @@ fn scram_handler(
 pub struct Startup {
     kind: StartupKind,
     engine: Engine,
+    throttle: Arc<LoginThrottle>,
 }
 
 enum StartupKind {
@@ -300,8 +308,17 @@ impl StartupHandler for Startup {
             }
             StartupKind::Scram { plain, tls } => {
                 let handler = if client.is_secure() { tls } else { plain };
-                handler.on_startup(client, message).await?;
+                let ip = client.socket_addr().ip();
+                if matches!(message, PgWireFrontendMessage::Startup(_)) {
+                    self.throttle.wait_turn(ip).await;
+                }
+                let outcome = handler.on_startup(client, message).await;
+                if let Err(PgWireError::InvalidPassword(_)) = &outcome {
+                    self.throttle.failed(ip);
+                }
+                outcome?;
                 if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+                    self.throttle.succeeded(ip);
                     let user = client.metadata().get("user").cloned().unwrap_or_default();
                     client.session_extensions().insert(SessionRoles::new(&user));
                 }

@@ -11,6 +11,7 @@ use crate::catalog::RelationKind;
 use crate::coordinator::CoordinatorError;
 use crate::dataflow::DataflowError;
 use crate::engine::EngineError;
+use crate::functions::size_limits::SizeLimitError;
 use crate::planner::PlanError;
 use crate::sinks::SinkError;
 use crate::sql::SqlError;
@@ -163,6 +164,8 @@ pub fn datafusion_code(e: &DataFusionError) -> &'static str {
         },
         DataFusionError::ArrowError(a, _) => arrow_code(a),
         DataFusionError::NotImplemented(_) => "0A000",
+        DataFusionError::ResourcesExhausted(_) => "53200",
+        DataFusionError::External(e) if e.is::<SizeLimitError>() => "54000",
         DataFusionError::Plan(m) => {
             let m = m.to_ascii_lowercase();
             if m.contains("table") && (m.contains("not found") || m.contains("doesn't exist") || m.contains("does not exist")) {
@@ -211,8 +214,13 @@ const SCALAR_SUBQUERY_ROWS: &str = "scalar subquery returned more than one row";
 /// people) know those better.
 pub fn datafusion_message(e: &DataFusionError) -> String {
     let message = e.find_root().message().to_string();
-    if datafusion_code(e) == "21000" && message.to_ascii_lowercase().contains(SCALAR_SUBQUERY_ROWS) {
-        return "more than one row returned by a subquery used as an expression".into();
+    match datafusion_code(e) {
+        "21000" if message.to_ascii_lowercase().contains(SCALAR_SUBQUERY_ROWS) => {
+            return "more than one row returned by a subquery used as an expression".into();
+        }
+        // Postgres' words, with the pool's account of who held what.
+        "53200" => return format!("out of memory: {message}"),
+        _ => {}
     }
     message
 }

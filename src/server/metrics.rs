@@ -45,6 +45,20 @@ pub fn render(engine: &Engine) -> String {
     let _ = writeln!(out, "# HELP velocity_storage_bytes Size of RocksDB's SST files.");
     let _ = writeln!(out, "# TYPE velocity_storage_bytes gauge");
     let _ = writeln!(out, "velocity_storage_bytes {}", engine.store().size_bytes());
+    use super::login_throttle::{LOGIN_DELAY_MS, LOGIN_FAILURES, LOGINS_THROTTLED};
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(out, "# HELP velocity_login_failures_total Logins refused for a wrong password or an unknown user.");
+    let _ = writeln!(out, "# TYPE velocity_login_failures_total counter");
+    let _ = writeln!(out, "velocity_login_failures_total {}", LOGIN_FAILURES.load(Relaxed));
+    let _ = writeln!(
+        out,
+        "# HELP velocity_logins_throttled_total Login attempts from an address with recent failures, made to wait their turn."
+    );
+    let _ = writeln!(out, "# TYPE velocity_logins_throttled_total counter");
+    let _ = writeln!(out, "velocity_logins_throttled_total {}", LOGINS_THROTTLED.load(Relaxed));
+    let _ = writeln!(out, "# HELP velocity_login_delay_seconds_total Time login attempts waited behind earlier failures.");
+    let _ = writeln!(out, "# TYPE velocity_login_delay_seconds_total counter");
+    let _ = writeln!(out, "velocity_login_delay_seconds_total {}", LOGIN_DELAY_MS.load(Relaxed) as f64 / 1000.0);
     out
 }
 

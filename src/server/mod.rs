@@ -9,10 +9,12 @@ pub mod client_queries;
 pub mod error;
 pub mod information_schema;
 pub mod limits;
+pub mod login_throttle;
 pub mod metrics;
 pub mod pg_catalog;
 pub mod session;
 pub mod set_show;
+pub mod statement_context;
 pub mod statements;
 pub mod subscribe;
 pub mod system;
@@ -67,12 +69,16 @@ impl Server {
     /// Open the data directory, replay the catalog and prepare the SQL session, trusting
     /// every connection.
     pub async fn open(data_dir: &Path) -> Result<Server, ServerError> {
-        Server::open_with(data_dir, auth::Access::default()).await
+        Server::open_with(data_dir, auth::Access::default(), statement_context::StatementMemory::machine_default()).await
     }
 
-    /// Like [`Server::open`], accepting connections as `access` says (passwords, TLS); its
-    /// users are the superusers.
-    pub async fn open_with(data_dir: &Path, access: auth::Access) -> Result<Server, ServerError> {
+    /// Like [`Server::open`], accepting connections as `access` says (passwords, TLS), its
+    /// users the superusers, and queries' memory bounded by `memory`.
+    pub async fn open_with(
+        data_dir: &Path,
+        access: auth::Access,
+        memory: statement_context::StatementMemory,
+    ) -> Result<Server, ServerError> {
         let engine = Engine::open(data_dir)?;
         // Before the restore: objects stored without an owner belong to the first of them.
         engine.update_catalog(crate::catalog::CatalogUpdate::Configure(access.configured_roles())).await?;
@@ -108,8 +114,15 @@ impl Server {
 
         let statements = Arc::new(StatementHook::new(coordinator.clone()));
         let hooks: Vec<Arc<dyn QueryHook>> = vec![statements, Arc::new(CursorStatementHook), Arc::new(set_show::SetShow(SetShowHook))];
-        let inner = Arc::new(DfSessionService::new_with_hooks(context.clone(), hooks));
-        let service = Arc::new(VelocityService { inner, coordinator: coordinator.clone(), engine: engine.clone() });
+        let inner = Arc::new(DfSessionService::new_with_hooks(context.clone(), hooks.clone()));
+        let service = Arc::new(VelocityService {
+            inner,
+            context: context.clone(),
+            hooks,
+            memory,
+            coordinator: coordinator.clone(),
+            engine: engine.clone(),
+        });
         let handlers = Arc::new(Handlers { service, access: access.with_catalog(engine.clone()) });
         Ok(Server { engine, context, coordinator, handlers, max_connections: DEFAULT_MAX_CONNECTIONS })
     }
@@ -307,6 +320,10 @@ struct SubscribeCursors(tokio::sync::Mutex<std::collections::HashMap<String, sub
 /// snapshot-consistent SELECTs; the rest goes to `DfSessionService` (and its hooks).
 struct VelocityService {
     inner: Arc<DfSessionService>,
+    /// `inner`'s session and hooks, for the per-query services.
+    context: Arc<SessionContext>,
+    hooks: Vec<Arc<dyn QueryHook>>,
+    memory: statement_context::StatementMemory,
     coordinator: Arc<Coordinator>,
     engine: Engine,
 }
@@ -345,6 +362,14 @@ fn error_info(mut e: PgWireError) -> ErrorInfo {
 }
 
 impl VelocityService {
+    /// The service one query of `role` runs in: `inner` over a session state of its own
+    /// (its memory pool, its role; see `statement_context`).
+    fn for_query(&self, role: &str) -> DfSessionService {
+        let role = statement_context::StatementRole { name: role.to_string(), superuser: self.engine.catalog().is_superuser(role) };
+        let context = statement_context::for_statement(&self.context, &self.memory, role);
+        DfSessionService::new_with_hooks(context, self.hooks.clone())
+    }
+
     async fn one<C>(&self, client: &mut C, sql: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + futures::Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -416,7 +441,7 @@ impl VelocityService {
         if parsed.iter().any(|s| matches!(s, Statement::Query(_))) {
             let deadline = statement_timeout(client).map(|t| tokio::time::Instant::now() + t);
             let _gate = self.engine.read_snapshot().await;
-            let responses = SimpleQueryHandler::do_query(&*self.inner, client, sql).await?;
+            let responses = SimpleQueryHandler::do_query(&self.for_query(&role), client, sql).await?;
             Ok(responses.into_iter().map(|r| until_deadline(r, deadline)).collect())
         } else {
             SimpleQueryHandler::do_query(&*self.inner, client, sql).await
@@ -557,15 +582,16 @@ impl ExtendedQueryHandler for VelocityService {
             let mut responses = self.one(client, &portal.statement.statement.0).await?;
             return Ok(responses.pop().unwrap_or(Response::EmptyQuery));
         }
+        let role = session::roles(client).current();
         if let Some((stmt, _)) = &portal.statement.statement.1 {
-            statements::authorize(&self.coordinator, &session::roles(client).current(), stmt)?;
+            statements::authorize(&self.coordinator, &role, stmt)?;
         }
         let is_query = matches!(&portal.statement.statement.1, Some((Statement::Query(_), _)));
         let deadline = statement_timeout(client).map(|t| tokio::time::Instant::now() + t);
         let run = async {
             if is_query {
                 let _gate = self.engine.read_snapshot().await;
-                Ok(until_deadline(ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await?, deadline))
+                Ok(until_deadline(ExtendedQueryHandler::do_query(&self.for_query(&role), client, portal, max_rows).await?, deadline))
             } else {
                 ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await
             }

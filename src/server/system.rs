@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, Session};
@@ -13,6 +13,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
+use super::statement_context::StatementRole;
 use crate::catalog::RelationKind;
 use crate::engine::Engine;
 use crate::sinks::kafka::{SinkRegistry, SinkStatus};
@@ -21,16 +22,27 @@ use crate::sources::runner::{SourceRegistry, SourceStatus};
 /// Computes a system table's columns from the engine's current state.
 pub type Fill = Box<dyn Fn(&Engine) -> Result<Vec<ArrayRef>> + Send + Sync>;
 
+/// Keeps the rows of a system table the statement's role may see (no role: an internal
+/// read, which sees none).
+pub type Visible = Box<dyn Fn(&Engine, Option<&StatementRole>, RecordBatch) -> Result<RecordBatch> + Send + Sync>;
+
 /// A read-only table whose rows are computed when it is scanned.
 pub struct SystemTable {
     engine: Engine,
     schema: SchemaRef,
     fill: Fill,
+    visible: Option<Visible>,
 }
 
 impl SystemTable {
     pub fn new(engine: Engine, schema: SchemaRef, fill: Fill) -> SystemTable {
-        SystemTable { engine, schema, fill }
+        SystemTable { engine, schema, fill, visible: None }
+    }
+
+    /// Rows visible to some roles only.
+    pub fn visible_to(mut self, visible: Visible) -> SystemTable {
+        self.visible = Some(visible);
+        self
     }
 }
 
@@ -52,12 +64,15 @@ impl TableProvider for SystemTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = RecordBatch::try_new(self.schema.clone(), (self.fill)(&self.engine)?)?;
+        let mut batch = RecordBatch::try_new(self.schema.clone(), (self.fill)(&self.engine)?)?;
+        if let Some(visible) = &self.visible {
+            batch = visible(&self.engine, state.config().get_extension::<StatementRole>().as_deref(), batch)?;
+        }
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?)
     }
 }
@@ -93,7 +108,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
             Arc::new(StringArray::from_iter_values(rels.iter().map(|r| r.create_sql.clone()))),
         ])
     });
-    schema.register_table("relations".into(), Arc::new(SystemTable { engine: engine.clone(), schema: relations, fill }))?;
+    schema.register_table("relations".into(), Arc::new(SystemTable::new(engine.clone(), relations, fill)))?;
 
     let collections_registry = sources.clone();
     // One row per source: status, position and counters.
@@ -138,7 +153,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
             text(&|s| s.lag_unit.to_string()),
         ])
     });
-    schema.register_table("sources".into(), Arc::new(SystemTable { engine: engine.clone(), schema: source_schema, fill }))?;
+    schema.register_table("sources".into(), Arc::new(SystemTable::new(engine.clone(), source_schema, fill)))?;
 
     // One row per upstream collection a source has seen, and per bound table whose collection
     // it has not: a table bound to a misspelt upstream shows here with 0 events.
@@ -166,8 +181,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
             Arc::new(StringArray::from_iter(rows.iter().map(|(_, c)| c.table.as_ref().map(|t| t.1.clone())))),
         ])
     });
-    schema
-        .register_table("source_collections".into(), Arc::new(SystemTable { engine: engine.clone(), schema: collection_schema, fill }))?;
+    schema.register_table("source_collections".into(), Arc::new(SystemTable::new(engine.clone(), collection_schema, fill)))?;
 
     // One row per sink: where delivery got to and what is still waiting in the outbox.
     let sink_schema: SchemaRef = Arc::new(Schema::new(vec![
@@ -208,7 +222,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, s, _)| s.messages as i64))),
         ])
     });
-    schema.register_table("sinks".into(), Arc::new(SystemTable { engine: engine.clone(), schema: sink_schema, fill }))?;
+    schema.register_table("sinks".into(), Arc::new(SystemTable::new(engine.clone(), sink_schema, fill)))?;
 
     // Every source record that could not be applied, kept raw with the reason.
     let dead_schema: SchemaRef = Arc::new(Schema::new(vec![
@@ -230,6 +244,21 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
             Arc::new(Int64Array::from_iter_values(dead.iter().map(|d| d.received_at_ms))),
         ])
     });
-    schema.register_table("dead_letters".into(), Arc::new(SystemTable { engine: engine.clone(), schema: dead_schema, fill }))?;
+    // A source's records are its owner's data (a file source's lines, say): superusers see
+    // every dead letter, other roles those of the sources they own.
+    let visible: Visible = Box::new(|engine: &Engine, role: Option<&StatementRole>, batch: RecordBatch| {
+        let Some(role) = role else { return Ok(batch.slice(0, 0)) };
+        if role.superuser {
+            return Ok(batch);
+        }
+        let catalog = engine.catalog();
+        let sources = batch.column(0).as_any().downcast_ref::<StringArray>().expect("source is text");
+        let owned = BooleanArray::from_iter(
+            sources.iter().map(|s| Some(s.and_then(|s| catalog.get(s)).is_some_and(|r| r.ownership.owner == role.name))),
+        );
+        Ok(arrow::compute::filter_record_batch(&batch, &owned)?)
+    });
+    let dead_letters = SystemTable::new(engine.clone(), dead_schema, fill).visible_to(visible);
+    schema.register_table("dead_letters".into(), Arc::new(dead_letters))?;
     Ok(())
 }
