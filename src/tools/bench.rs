@@ -103,6 +103,23 @@ pub enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// The logistics pipeline in a server process killed with SIGKILL every few minutes:
+    /// transactions, restarts, mismatched rows (0) and RSS over time, and every view at the
+    /// end against a run that was never killed (see `tools::soak`).
+    Soak {
+        /// Simulated TMS transactions in all (at 50 per second, 180,000 is an hour).
+        #[arg(long, default_value_t = 180_000)]
+        transactions: u64,
+        /// Offered load in simulated transactions per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Loads in flight.
+        #[arg(long, default_value_t = 200)]
+        scale: usize,
+        /// Seconds between kills.
+        #[arg(long, default_value_t = 180)]
+        kill_every: u64,
+    },
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
@@ -146,6 +163,10 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Subscribe { loads, updates } => subscribe_latency(loads, updates).await,
         Bench::Sink { brokers, rows, batch, updates } => sink(&brokers, rows, batch, updates).await,
         Bench::Nexmark { query, events } => nexmark(query.as_deref(), events).await,
+        Bench::Soak { transactions, rate, scale, kill_every } => {
+            let kill_every = Duration::from_secs(kill_every);
+            crate::tools::soak::run(crate::tools::soak::SoakOptions { transactions, rate, scale, kill_every }).await
+        }
     }
 }
 

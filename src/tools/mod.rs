@@ -7,3 +7,4 @@ pub mod bench;
 pub mod debezium_traffic;
 pub mod demo;
 pub mod simulate;
+pub mod soak;
