@@ -59,7 +59,8 @@ impl ServerProcess {
 
     fn rss_mib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0) / 1024
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0)
+            / 1024
     }
 
     fn kill9(mut self) {
@@ -242,7 +243,11 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
         if rows != want {
             let extra = rows.iter().filter(|r| !want.contains(r)).count();
             let missing = want.iter().filter(|r| !rows.contains(r)).count();
-            differing.push(format!("{name} ({} rows, reference {}; {extra} not in the reference, {missing} missing)", rows.len(), want.len()));
+            differing.push(format!(
+                "{name} ({} rows, reference {}; {extra} not in the reference, {missing} missing)",
+                rows.len(),
+                want.len()
+            ));
         }
     }
     let rows: usize = soaked.iter().map(|(_, r)| r.len()).sum();
