@@ -658,23 +658,7 @@ impl EngineThread {
             }
         }
         self.run_commits_filtered(commits, started);
-        if !self.watermarks.is_empty() {
-            self.reload_watermarks();
-        }
-    }
-
-    /// The committed watermarks (what the step's applied commits wrote), in memory again.
-    fn reload_watermarks(&mut self) {
-        let catalog = self.catalog.read().expect("catalog lock");
-        for (id, w) in self.watermarks.iter_mut() {
-            let Some(relation) = catalog.by_id(*id) else { continue };
-            let Some(spec) = relation.watermark else { continue };
-            match watermark::TableWatermark::load(relation, spec, &self.store) {
-                Ok(loaded) => *w = loaded,
-                Err(e) => tracing::error!("reading the watermark of \"{}\": {e}", relation.name),
-            }
-        }
-        drop(catalog);
+        // A failed step leaves the committed watermarks.
         self.publish_watermarks();
     }
 
@@ -978,6 +962,19 @@ impl EngineThread {
         // that snapshots and subscribes under the gate sees every tick exactly once.
         let _gate = self.gate.blocking_write();
         self.store.commit(writes)?;
+        // The committed watermarks (what the step's applied commits wrote), in memory again,
+        // before any client hears of the step.
+        for (id, w) in self.watermarks.iter_mut() {
+            if let Err(e) = w.reload(*id, &self.store) {
+                tracing::error!("reading the watermark of relation {id}: {e}");
+            }
+        }
+        if !self.watermarks.is_empty() {
+            self.step_watermarks = watermark::current(&self.watermarks);
+            if let Ok(mut s) = self.stats.write() {
+                s.watermarks = self.watermarks.iter().map(|(id, w)| (*id, (w.current(), w.late))).collect();
+            }
+        }
         self.tick = tick;
         let committed_at = SystemTime::now();
         if let Ok(mut s) = self.stats.write() {

@@ -54,14 +54,21 @@ impl TableWatermark {
             max_event: None,
             late: 0,
         };
-        if let Some(v) = store.get(&state_key(relation.id))? {
+        w.reload(relation.id, store)?;
+        Ok(w)
+    }
+
+    /// Read the committed watermark and late count again.
+    pub fn reload(&mut self, id: u32, store: &Store) -> Result<()> {
+        let w = self;
+        if let Some(v) = store.get(&state_key(id))? {
             let corrupt = || crate::storage::StorageError::Corrupt { what: "watermark".into(), detail: format!("{} bytes", v.len()) };
             let max: [u8; 8] = v.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
             let late: [u8; 8] = v.get(8..16).and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
             w.max_event = Some(i64::from_le_bytes(max)).filter(|m| *m != i64::MIN);
             w.late = u64::from_le_bytes(late);
         }
-        Ok(w)
+        Ok(())
     }
 
     /// The watermark (µs): rows older than it are late.
@@ -109,12 +116,15 @@ impl TableWatermark {
         let show =
             |micros: i64| arrow::temporal_conversions::timestamp_us_to_datetime(micros).map_or(micros.to_string(), |t| t.to_string());
         let column = schema.field(self.spec.column).name();
-        let reason = format!(
-            "late row: {column} {} is older than the watermark {} of table \"{}\"",
-            show(time),
-            self.current().map_or_else(String::new, show),
-            self.table
-        );
+        let watermark = self.current().map_or_else(String::new, show);
+        let reason = if self.current().is_some_and(|w| time < w) {
+            format!("late row: {column} {} is older than the watermark {watermark} of table \"{}\"", show(time), self.table)
+        } else {
+            format!(
+                "late row: the other image of an update whose {column} is older than the watermark {watermark} of table \"{}\"",
+                self.table
+            )
+        };
         // Numbered by the table's late count, so letters sort in arrival order.
         let position = format!("late row {:012}", self.late);
         let letter = StoredDeadLetter {
