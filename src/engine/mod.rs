@@ -204,6 +204,10 @@ pub struct EngineStats {
     pub freshness_samples_ms: Vec<u64>,
     /// Per table with a watermark: the watermark (µs) and the rows refused as late.
     pub watermarks: HashMap<u32, (Option<i64>, u64)>,
+    /// Per relation, the recent freshness of the ticks that changed it (as `freshness_ms`).
+    /// For a view that emits on window close every change is windows closing, so this is the
+    /// time from the event that moved the watermark past a window's end to its final row.
+    pub freshness_by_relation_ms: HashMap<u32, Vec<u64>>,
 }
 
 /// A cloneable handle: send requests to the engine thread, read the catalog.
@@ -734,6 +738,11 @@ impl EngineThread {
             let changed: Vec<u32> = s.last_change.iter().filter(|(_, t)| **t == tick).map(|(id, _)| *id).collect();
             for id in changed {
                 s.freshness_ms.insert(id, freshness_ms);
+                let samples = s.freshness_by_relation_ms.entry(id).or_default();
+                samples.push(freshness_ms);
+                if samples.len() > 20_000 {
+                    samples.drain(..10_000);
+                }
             }
             s.freshness_samples_ms.push(freshness_ms);
             if s.freshness_samples_ms.len() > 100_000 {
