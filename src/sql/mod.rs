@@ -387,7 +387,7 @@ pub fn resolve_distinct_on_ordinals(statements: &mut [datafusion::sql::sqlparser
 
 /// Table functions whose bare-name arguments name a relation or a column:
 /// `changes(shipments)`, `TUMBLE(bid, date_time, INTERVAL '10' SECOND)`.
-const NAME_TAKING_FUNCTIONS: [&str; 3] = ["changes", "tumble", "hop"];
+const NAME_TAKING_FUNCTIONS: [&str; 4] = ["changes", "tumble", "hop", "session"];
 
 /// DataFusion plans table-function arguments as expressions, where a bare name is an unknown
 /// column; quote the bare names of [`NAME_TAKING_FUNCTIONS`]' calls so they arrive as strings,

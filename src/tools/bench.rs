@@ -882,6 +882,7 @@ pub const NEXMARK_QUERIES: &[NexmarkQuery] = &[
     NexmarkQuery { name: "q8", file: include_str!("../../queries/nexmark/q8.sql") },
     NexmarkQuery { name: "q9", file: include_str!("../../queries/nexmark/q9.sql") },
     NexmarkQuery { name: "q10", file: include_str!("../../queries/nexmark/q10.sql") },
+    NexmarkQuery { name: "q11", file: include_str!("../../queries/nexmark/q11.sql") },
     NexmarkQuery { name: "q14", file: include_str!("../../queries/nexmark/q14.sql") },
     NexmarkQuery { name: "q15", file: include_str!("../../queries/nexmark/q15.sql") },
     NexmarkQuery { name: "q16", file: include_str!("../../queries/nexmark/q16.sql") },
