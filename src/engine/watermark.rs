@@ -96,8 +96,8 @@ impl TableWatermark {
 
     /// Move the watermark past the on-time rows inserted.
     fn advance(&mut self, times: &TimestampMicrosecondArray, inserted: impl Fn(usize) -> bool, late: &[bool]) {
-        for i in 0..times.len() {
-            if !late[i] && !times.is_null(i) && inserted(i) {
+        for (i, late) in late.iter().enumerate() {
+            if !late && !times.is_null(i) && inserted(i) {
                 self.max_event = Some(self.max_event.map_or(times.value(i), |m| m.max(times.value(i))));
             }
         }
