@@ -215,6 +215,17 @@ pub struct Relation {
     pub binding: Option<SourceBinding>,
     /// Its owner and the privileges granted on it.
     pub ownership: Ownership,
+    /// For an append-only table with `WITH (watermark = '...')`: its event time.
+    pub watermark: Option<Watermark>,
+}
+
+/// A table's watermark (`WITH (watermark = 'date_time - INTERVAL ''5'' SECOND')`): the
+/// largest event time applied minus `delay_micros`. Rows older than it are late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// The event-time column (a timestamp).
+    pub column: usize,
+    pub delay_micros: i64,
 }
 
 impl Relation {
@@ -230,6 +241,7 @@ impl Relation {
             depends_on,
             binding: None,
             ownership: Ownership::default(),
+            watermark: None,
         }
     }
 

@@ -30,7 +30,7 @@ pub use privileges::RoleOptions;
 use crate::catalog::{Catalog, Ownership, Privilege, Relation, RelationKind, SourceBinding};
 use crate::dataflow::ChangeBatch;
 use crate::engine::{Commit, Engine};
-use crate::planner::plan_dataflow;
+use crate::planner::plan_dataflow_with;
 use crate::sinks::kafka::{SinkRegistry, SinkStatus};
 use crate::sinks::{SinkConfig, SinkEncoder};
 use crate::sources::runner::{ConnectorConfig, SourceConfig, SourceRegistry};
@@ -209,6 +209,10 @@ impl Coordinator {
             return Err(CoordinatorError::MissingPrimaryKey(name));
         }
         let schema = cmt.input.schema().as_arrow();
+        let watermark = match options.iter().find(|(k, _)| k == "watermark") {
+            Some((_, text)) => Some(self.watermark(&name, schema, text)?),
+            None => None,
+        };
         let fields: Vec<Field> = schema
             .fields()
             .iter()
@@ -228,6 +232,7 @@ impl Coordinator {
             depends_on: binding.iter().map(|b| b.source.clone()).collect(),
             binding,
             ownership: origin.ownership(),
+            watermark,
         };
         self.engine.create_table(relation.clone(), origin.restoring()).await?;
         // DEFAULT clauses live in the stored definition; INSERT reads them from the provider.
@@ -238,13 +243,13 @@ impl Coordinator {
 
     /// `WITH (source = '...', upstream = '...')` of a table fed by a source.
     fn table_binding(&self, options: &[(String, String)]) -> Result<Option<SourceBinding>> {
-        if options.is_empty() {
+        if let Some((k, _)) = options.iter().find(|(k, _)| k != "source" && k != "upstream" && k != "watermark") {
+            return Err(CoordinatorError::InvalidOption(format!("unknown table option \"{k}\" (expected source, upstream, watermark)")));
+        }
+        if !options.iter().any(|(k, _)| k == "source" || k == "upstream") {
             return Ok(None);
         }
         let get = |k: &str| options.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        if let Some((k, _)) = options.iter().find(|(k, _)| k != "source" && k != "upstream") {
-            return Err(CoordinatorError::InvalidOption(format!("unknown table option \"{k}\" (expected source, upstream)")));
-        }
         let missing = |what: &str| CoordinatorError::InvalidOption(format!("a table bound to a source needs {what}"));
         let source = get("source").ok_or_else(|| missing("source = '...'"))?;
         let upstream = get("upstream").ok_or_else(|| missing("upstream = '...' (schema.table)"))?;
@@ -262,6 +267,53 @@ impl Coordinator {
             });
         }
         Ok(Some(binding))
+    }
+
+    /// `WITH (watermark = 'time_column [- INTERVAL ''...'']')`: the table's event-time column
+    /// (a timestamp) and how far behind the latest event time the watermark stays.
+    fn watermark(&self, table: &str, schema: &Schema, text: &str) -> Result<crate::catalog::Watermark> {
+        use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr as SqlExpr};
+        let invalid = |detail: String| CoordinatorError::InvalidOption(format!("watermark of table \"{table}\": {detail}"));
+        // The option's text comes back with its quotes doubled.
+        let text = text.replace("''", "'");
+        let usage = || invalid(format!("expected 'time_column - INTERVAL ''5'' SECOND', got '{text}'"));
+        let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+        let expr = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+            .try_with_sql(&text)
+            .and_then(|mut p| p.parse_expr())
+            .map_err(|_| usage())?;
+        let (column, delay) = match &expr {
+            SqlExpr::Identifier(c) => (c.value.clone(), None),
+            SqlExpr::BinaryOp { left, op: BinaryOperator::Minus, right } => match left.as_ref() {
+                SqlExpr::Identifier(c) => (c.value.clone(), Some(right.to_string())),
+                _ => return Err(usage()),
+            },
+            _ => return Err(usage()),
+        };
+        let index = schema.index_of(&column).map_err(|_| invalid(format!("no column named \"{column}\"")))?;
+        if !matches!(schema.field(index).data_type(), arrow::datatypes::DataType::Timestamp(..)) {
+            return Err(invalid(format!("column \"{column}\" is not a timestamp")));
+        }
+        let delay_micros = match delay {
+            None => 0,
+            Some(delay) => {
+                let empty = datafusion::common::DFSchema::empty();
+                let e = self.context.state().create_logical_expr(&delay, &empty).map_err(|_| usage())?;
+                match e {
+                    Expr::Literal(datafusion::common::ScalarValue::IntervalMonthDayNano(Some(i)), _) if i.months == 0 => {
+                        i.days as i64 * 86_400_000_000 + i.nanoseconds / 1000
+                    }
+                    Expr::Literal(datafusion::common::ScalarValue::IntervalDayTime(Some(i)), _) => {
+                        i.days as i64 * 86_400_000_000 + i.milliseconds as i64 * 1000
+                    }
+                    _ => return Err(invalid(format!("the delay must be an interval without months, got {delay}"))),
+                }
+            }
+        };
+        if delay_micros < 0 {
+            return Err(invalid("the delay must not be negative".into()));
+        }
+        Ok(crate::catalog::Watermark { column: index, delay_micros })
     }
 
     /// `CREATE SOURCE name WITH (connector = '...', ...)`: records it and starts reading.
@@ -465,6 +517,7 @@ impl Coordinator {
                 depends_on: named,
                 binding: None,
                 ownership,
+                watermark: None,
             };
             self.replace(replaced.as_ref()).await?;
             let created = self.engine.create_table(relation, origin.restoring()).await;
@@ -473,9 +526,10 @@ impl Coordinator {
             self.context.register_table(name.as_str(), Arc::new(view))?;
             return Ok(());
         }
+        let emit_on_window_close = view_options(&cv.options)?;
         let plan = crate::planner::temporal::rewrite_time_windows(plan)?;
         let optimized = state.optimize(&plan)?;
-        let (dataflow, reads) = plan_dataflow(&optimized, id, &self.engine.catalog())?;
+        let (dataflow, reads) = plan_dataflow_with(&optimized, id, &self.engine.catalog(), emit_on_window_close)?;
         let mut depends_on = named;
         depends_on.extend(reads);
         depends_on.sort();
@@ -498,6 +552,7 @@ impl Coordinator {
             depends_on,
             binding: None,
             ownership,
+            watermark: None,
         };
         self.replace(replaced.as_ref()).await?;
         let created = self.engine.create_view(relation.clone(), dataflow, origin.restoring()).await;
@@ -685,6 +740,33 @@ fn check_view_columns(old: &Schema, new: &Schema) -> Result<()> {
 }
 
 /// `WITH (k = 'v', ...)` as stored in a definition, values quoted.
+/// A materialized view's `WITH (...)` options: `emit = 'on_window_close'` (what `... EMIT ON
+/// WINDOW CLOSE` after the query becomes, see `sql::emit_on_window_close`).
+fn view_options(options: &CreateTableOptions) -> Result<bool> {
+    let options = match options {
+        CreateTableOptions::None => return Ok(false),
+        CreateTableOptions::With(options) => options,
+        other => return Err(CoordinatorError::InvalidOption(format!("unsupported view option {other}"))),
+    };
+    let mut close = false;
+    for option in options {
+        match option {
+            SqlOption::KeyValue { key, value } if key.value.eq_ignore_ascii_case("emit") => {
+                let value = value.to_string();
+                match value.trim_matches('\'').to_ascii_lowercase().as_str() {
+                    "on_window_close" | "on window close" => close = true,
+                    "on_update" | "on update" => close = false,
+                    _ => {
+                        return Err(CoordinatorError::InvalidOption(format!("emit = {value} (expected 'on_window_close' or 'on_update')")));
+                    }
+                }
+            }
+            other => return Err(CoordinatorError::InvalidOption(format!("unknown view option {other} (expected emit)"))),
+        }
+    }
+    Ok(close)
+}
+
 fn with_clause(options: &[(String, String)]) -> String {
     let options: Vec<String> = options.iter().map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''"))).collect();
     format!("WITH ({})", options.join(", "))

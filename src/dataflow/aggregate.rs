@@ -29,9 +29,15 @@
 //! (arguments, then ORDER BY expressions, as DataFusion's `AggregateExec` feeds them) is kept per
 //! group, and a changed group's value is recomputed with a fresh DataFusion accumulator over the
 //! rows repeated by multiplicity and sorted by the aggregate's ORDER BY.
+//!
+//! `EMIT ON WINDOW CLOSE` ([`Aggregate::emit_on_window_close`]): groups keyed by a window's end
+//! are folded as above but emit nothing until the watermark of their tables passes the end;
+//! then each emits its row once, final, and its state (group and multisets) is deleted. Rows
+//! older than a table's watermark never reach a view (the engine takes them out as late), so a
+//! closed window gets no more input.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -276,6 +282,24 @@ pub struct Aggregate {
     out_codec: RowCodec,
     groups: ValueMap,
     multisets: Arrangement,
+    close: Option<WindowClose>,
+}
+
+/// See [`Aggregate::emit_on_window_close`].
+struct WindowClose {
+    /// The group column holding the window's end.
+    end_column: usize,
+    /// The tables whose watermarks close windows: the smallest one does.
+    relations: Vec<u32>,
+    watermark: Option<i64>,
+    /// The groups with state, by window end (µs).
+    open: BTreeMap<i64, BTreeSet<Vec<u8>>>,
+}
+
+impl WindowClose {
+    fn due(&self) -> bool {
+        matches!((self.open.first_key_value(), self.watermark), (Some((end, _)), Some(w)) if *end <= w)
+    }
 }
 
 fn is_integer(dt: &DataType) -> bool {
@@ -353,7 +377,112 @@ impl Aggregate {
             aggs: plans,
             groups: ValueMap::new(state_prefix(dataflow, node, GROUPS_SLOT)),
             multisets: Arrangement::new(state_prefix(dataflow, node, MULTISETS_SLOT)),
+            close: None,
         })
+    }
+
+    /// `EMIT ON WINDOW CLOSE`: group column `end_column` is a window's end (a timestamp); a
+    /// group's row is emitted once, when the smallest watermark of `relations` reaches it, and
+    /// the group's state is freed then.
+    pub fn emit_on_window_close(mut self, end_column: usize, relations: Vec<u32>) -> Result<Aggregate> {
+        if end_column >= self.group_exprs.len() {
+            return Err(DataflowError::Internal("EMIT ON WINDOW CLOSE needs the window end among the group columns".into()));
+        }
+        self.close = Some(WindowClose { end_column, relations, watermark: None, open: BTreeMap::new() });
+        Ok(self)
+    }
+
+    /// Window ends (µs) of a column of window ends.
+    fn window_ends(column: &ArrayRef) -> Result<arrow::array::TimestampMicrosecondArray> {
+        let ends = cast(column, &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None))?;
+        Ok(ends.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().clone())
+    }
+
+    /// With `EMIT ON WINDOW CLOSE`: keep the touched groups' states (emitting nothing), then
+    /// close the windows the watermark has passed.
+    fn fold_open(
+        &mut self,
+        keys: &[Vec<u8>],
+        states: Vec<GroupState>,
+        group_columns: &[ArrayRef],
+        rep: &[u32],
+        writes: &mut TickWrites,
+    ) -> Result<ChangeBatch> {
+        let close = self.close.as_ref().expect("window close");
+        let ends = Self::window_ends(&group_columns[close.end_column])?;
+        for (g, state) in states.into_iter().enumerate() {
+            if state.count < 0 {
+                return Err(DataflowError::Internal(format!(
+                    "aggregate group multiplicity went negative ({}); input retracted rows it never inserted",
+                    state.count
+                )));
+            }
+            if state.count > 0 {
+                let bytes = self.encode_state(&state);
+                self.groups.set(&keys[g], Some(&bytes), writes)?;
+                // A group without a window end (a NULL time) never closes.
+                let row = rep[g] as usize;
+                if !ends.is_null(row) {
+                    self.close.as_mut().expect("window close").open.entry(ends.value(row)).or_default().insert(keys[g].clone());
+                }
+            } else {
+                self.groups.set(&keys[g], None, writes)?;
+            }
+        }
+        self.close_windows(writes)
+    }
+
+    /// Emit the final row of every group whose window the watermark has passed, and free its
+    /// state.
+    fn close_windows(&mut self, writes: &mut TickWrites) -> Result<ChangeBatch> {
+        let empty = ChangeBatch::empty(self.output_schema.clone());
+        let Some(close) = self.close.as_mut() else { return Ok(empty) };
+        let Some(watermark) = close.watermark else { return Ok(empty) };
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        while let Some(entry) = close.open.first_entry() {
+            if *entry.key() > watermark {
+                break;
+            }
+            keys.extend(entry.remove());
+        }
+        keys.retain(|k| self.groups.get(k).is_some());
+        if keys.is_empty() {
+            return Ok(empty);
+        }
+        let states = keys.iter().map(|k| self.decode_state(self.groups.get(k).expect("kept above"))).collect::<Result<Vec<_>>>()?;
+        let out_groups: Vec<usize> = (0..keys.len()).collect();
+        let codec = self.group_codec.as_ref().ok_or_else(|| DataflowError::Internal("window close without groups".into()))?;
+        let mut columns: Vec<ArrayRef> = codec.decode(keys.iter().map(|k| k.as_slice()))?.columns().to_vec();
+        for a in 0..self.aggs.len() {
+            columns.push(self.output_column(a, &out_groups, &keys, &states)?);
+        }
+        let columns = columns
+            .into_iter()
+            .zip(self.output_schema.fields())
+            .map(|(c, f)| Ok(if c.data_type() != f.data_type() { cast(&c, f.data_type())? } else { c }))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = RecordBatch::try_new_with_options(
+            self.output_schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(keys.len())),
+        )?;
+        for (a, plan) in self.aggs.iter().enumerate() {
+            if !plan.kind.uses_multiset() {
+                continue;
+            }
+            for key in &keys {
+                let mk = Self::multiset_key(a, key);
+                let held: Vec<(Vec<u8>, i64)> =
+                    self.multisets.get(&mk).into_iter().flat_map(|m| m.iter().map(|(r, c)| (r.to_vec(), c))).collect();
+                for (row, count) in held {
+                    self.multisets.update(&mk, &row, -count, writes)?;
+                }
+            }
+        }
+        for key in &keys {
+            self.groups.set(key, None, writes)?;
+        }
+        Ok(ChangeBatch::uniform(rows, 1))
     }
 
     fn plan_aggregate(input_schema: &Schema, spec: AggregateSpec, out_type: DataType) -> Result<AggPlan> {
@@ -716,7 +845,7 @@ impl Operator for Aggregate {
         let global = self.is_global();
         let first_global = global && self.groups.get(&[]).is_none();
         if input.is_empty() && !first_global {
-            return Ok(ChangeBatch::empty(self.output_schema.clone()));
+            return self.close_windows(writes);
         }
         let n = input.len();
         let batch = &input.rows;
@@ -775,6 +904,9 @@ impl Operator for Aggregate {
             if diff != 0 {
                 self.multisets.update(&Self::multiset_key(a, &keys[g]), &row, diff, writes)?;
             }
+        }
+        if self.close.is_some() {
+            return self.fold_open(&keys, states, &group_columns, &rep, writes);
         }
 
         // New output rows of the groups that still exist.
@@ -843,9 +975,34 @@ impl Operator for Aggregate {
         ChangeBatch::concat(&self.output_schema, &[retracted, inserted])
     }
 
+    fn advance_watermarks(&mut self, watermarks: &HashMap<u32, i64>) {
+        if let Some(close) = self.close.as_mut() {
+            let each: Option<Vec<i64>> = close.relations.iter().map(|r| watermarks.get(r).copied()).collect();
+            close.watermark = each.and_then(|w| w.into_iter().min());
+        }
+    }
+
+    fn wakeup_at(&self) -> Option<i64> {
+        // Due at once: the engine runs any dataflow whose wake-up time has passed.
+        self.close.as_ref().filter(|c| c.due()).map(|_| i64::MIN)
+    }
+
     fn restore(&mut self, store: &Store) -> Result<()> {
         self.groups.restore(store)?;
         self.multisets.restore(store)?;
+        if let (Some(close), Some(codec)) = (self.close.as_mut(), &self.group_codec) {
+            close.open.clear();
+            let keys: Vec<Vec<u8>> = self.groups.iter().map(|(k, _)| k.to_vec()).collect();
+            if !keys.is_empty() {
+                let groups = codec.decode(keys.iter().map(|k| k.as_slice()))?;
+                let ends = Self::window_ends(groups.column(close.end_column))?;
+                for (i, key) in keys.into_iter().enumerate() {
+                    if !ends.is_null(i) {
+                        close.open.entry(ends.value(i)).or_default().insert(key);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }

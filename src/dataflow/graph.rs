@@ -130,6 +130,13 @@ impl Dataflow {
         self.changelogs.iter().map(|c| c.relation)
     }
 
+    /// Tell every operator the tables' watermarks (see [`Operator::advance_watermarks`]).
+    pub fn advance_watermarks(&mut self, watermarks: &HashMap<u32, i64>) {
+        for node in &mut self.nodes {
+            node.operator.advance_watermarks(watermarks);
+        }
+    }
+
     /// The earliest time an operator must run without input (a temporal filter's next expiry).
     pub fn wakeup_at(&self) -> Option<i64> {
         self.nodes.iter().filter_map(|n| n.operator.wakeup_at()).min()

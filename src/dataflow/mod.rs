@@ -55,6 +55,10 @@ pub trait Operator: Send {
     /// change with time alone.
     fn advance_to(&mut self, _now_micros: i64) {}
 
+    /// The watermarks (µs since the epoch) of the tables that have one, by table id, given
+    /// before each step, for operators that close event-time windows.
+    fn advance_watermarks(&mut self, _watermarks: &std::collections::HashMap<u32, i64>) {}
+
     /// When the operator must run even without input (µs since the epoch).
     fn wakeup_at(&self) -> Option<i64> {
         None

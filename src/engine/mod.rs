@@ -9,6 +9,7 @@
 //! never observe part of a step.
 
 pub mod contents;
+pub mod watermark;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -201,6 +202,12 @@ pub struct EngineStats {
     pub freshness_ms: HashMap<u32, u64>,
     /// Recent freshness of every tick that applied source transactions.
     pub freshness_samples_ms: Vec<u64>,
+    /// Per table with a watermark: the watermark (µs) and the rows refused as late.
+    pub watermarks: HashMap<u32, (Option<i64>, u64)>,
+    /// Per relation, the recent freshness of the ticks that changed it (as `freshness_ms`).
+    /// For a view that emits on window close every change is windows closing, so this is the
+    /// time from the event that moved the watermark past a window's end to its final row.
+    pub freshness_by_relation_ms: HashMap<u32, Vec<u64>>,
 }
 
 /// A cloneable handle: send requests to the engine thread, read the catalog.
@@ -245,6 +252,8 @@ impl Engine {
             outputs: BTreeMap::new(),
             tick,
             step_limit: engine.step_limit.clone(),
+            watermarks: HashMap::new(),
+            step_watermarks: HashMap::new(),
         };
         // Weak, so the engine still stops once every handle is gone.
         let clock = engine.requests.downgrade();
@@ -379,6 +388,10 @@ struct EngineThread {
     outputs: BTreeMap<u32, Box<dyn StepOutput>>,
     tick: u64,
     step_limit: Arc<AtomicUsize>,
+    /// Tables with a watermark, as committed.
+    watermarks: HashMap<u32, watermark::TableWatermark>,
+    /// The tables' watermarks as the step being run leaves them, for its dataflows.
+    step_watermarks: HashMap<u32, i64>,
 }
 
 impl EngineThread {
@@ -493,6 +506,10 @@ impl EngineThread {
             drop(catalog);
         }
         self.restore_row_count(relation.id)?;
+        if let Some(spec) = relation.watermark {
+            self.watermarks.insert(relation.id, watermark::TableWatermark::load(&relation, spec, &self.store)?);
+            self.publish_watermarks();
+        }
         if let Some(contents) = contents {
             self.contents.insert(relation.id, contents);
         }
@@ -521,6 +538,7 @@ impl EngineThread {
                 inputs.insert(id, c.scan(&self.store)?);
             }
             let mut writes = TickWrites::default();
+            dataflow.advance_watermarks(&self.step_watermarks);
             let out = dataflow.hydrate(&inputs, self.next_tick_info(), &mut writes)?;
             let mut overlay = contents::Overlay::new();
             contents.apply(&self.store, &mut overlay, &out)?;
@@ -614,6 +632,10 @@ impl EngineThread {
             }
             self.contents.remove(&rel.id);
             self.dataflows.remove(&rel.id);
+            if self.watermarks.remove(&rel.id).is_some() {
+                writes.delete(&watermark::key(rel.id));
+                writes.delete_prefix(&self.store, &crate::sources::runner::dead_letter_prefix(rel.id))?;
+            }
         }
         drop(catalog);
         self.mark_timed();
@@ -622,11 +644,36 @@ impl EngineThread {
 
     /// Run a group of commits as one step; if the step fails, retry them one by one so
     /// that only the offending transaction is rejected.
-    fn run_commits(&mut self, commits: Vec<(Commit, oneshot::Sender<Result<u64>>)>) {
+    fn run_commits(&mut self, mut commits: Vec<(Commit, oneshot::Sender<Result<u64>>)>) {
         if commits.is_empty() {
             return;
         }
         let started = Instant::now();
+        if !self.watermarks.is_empty() {
+            match watermark::filter_late_rows(&self.watermarks, commits.iter_mut().map(|(c, _)| c)) {
+                Ok(running) => self.step_watermarks = watermark::current(&running),
+                Err(e) => {
+                    let message = e.to_string();
+                    for (_, tx) in commits {
+                        let _ = tx.send(Err(EngineError::Dataflow(DataflowError::Internal(message.clone()))));
+                    }
+                    return;
+                }
+            }
+        }
+        self.run_commits_filtered(commits, started);
+        // A failed step leaves the committed watermarks.
+        self.publish_watermarks();
+    }
+
+    fn publish_watermarks(&mut self) {
+        self.step_watermarks = watermark::current(&self.watermarks);
+        if let Ok(mut s) = self.stats.write() {
+            s.watermarks = self.watermarks.iter().map(|(id, w)| (*id, (w.current(), w.late))).collect();
+        }
+    }
+
+    fn run_commits_filtered(&mut self, commits: Vec<(Commit, oneshot::Sender<Result<u64>>)>, started: Instant) {
         let reply = |commit: &Commit, reply: oneshot::Sender<Result<u64>>, result: Result<u64>| {
             if let (Err(_), Some(chain)) = (&result, &commit.chain) {
                 chain.break_off();
@@ -691,6 +738,11 @@ impl EngineThread {
             let changed: Vec<u32> = s.last_change.iter().filter(|(_, t)| **t == tick).map(|(id, _)| *id).collect();
             for id in changed {
                 s.freshness_ms.insert(id, freshness_ms);
+                let samples = s.freshness_by_relation_ms.entry(id).or_default();
+                samples.push(freshness_ms);
+                if samples.len() > 20_000 {
+                    samples.drain(..10_000);
+                }
             }
             s.freshness_samples_ms.push(freshness_ms);
             if s.freshness_samples_ms.len() > 100_000 {
@@ -811,6 +863,7 @@ impl EngineThread {
         // Where a step's time goes, per view (RUST_LOG=velocity::engine=debug).
         let mut timings: Vec<(u32, bool, std::time::Duration)> = Vec::new();
         for (id, dataflow) in self.dataflows.iter_mut() {
+            dataflow.advance_watermarks(&self.step_watermarks);
             let due = dataflow.wakeup_at().is_some_and(|t| t <= last.committed_at_micros);
             if !due && !dataflow.inputs().any(|i| step.changed(i)) {
                 continue;
@@ -918,6 +971,19 @@ impl EngineThread {
         // that snapshots and subscribes under the gate sees every tick exactly once.
         let _gate = self.gate.blocking_write();
         self.store.commit(writes)?;
+        // The committed watermarks (what the step's applied commits wrote), in memory again,
+        // before any client hears of the step.
+        for (id, w) in self.watermarks.iter_mut() {
+            if let Err(e) = w.reload(*id, &self.store) {
+                tracing::error!("reading the watermark of relation {id}: {e}");
+            }
+        }
+        if !self.watermarks.is_empty() {
+            self.step_watermarks = watermark::current(&self.watermarks);
+            if let Ok(mut s) = self.stats.write() {
+                s.watermarks = self.watermarks.iter().map(|(id, w)| (*id, (w.current(), w.late))).collect();
+            }
+        }
         self.tick = tick;
         let committed_at = SystemTime::now();
         if let Ok(mut s) = self.stats.write() {

@@ -1,6 +1,7 @@
 //! Window table functions, in the form Flink and RisingWave share:
 //! `TUMBLE(t, ts, size)` and `HOP(t, ts, slide, size)` give every row of `t` the columns
-//! `window_start` and `window_end` of each window its `ts` falls in.
+//! `window_start` and `window_end` of each window its `ts` falls in; `SESSION(t, ts, gap,
+//! key...)` those of its session (see [`SessionWindow`]).
 //!
 //! Each call is a view over `t`: a projection (TUMBLE) or a union of `size / slide`
 //! projections (HOP), windows aligned to the Unix epoch as `date_bin` aligns them. DataFusion
@@ -21,10 +22,72 @@ use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
-/// Register `tumble` and `hop`.
+/// Register `tumble`, `hop` and `session`.
 pub fn register(ctx: &SessionContext) {
     ctx.register_udtf("tumble", Arc::new(WindowFunction { hop: false }));
     ctx.register_udtf("hop", Arc::new(WindowFunction { hop: true }));
+    ctx.register_udtf("session", Arc::new(SessionWindow));
+}
+
+/// `SESSION(t, ts, gap [, key, ...])`: every row of `t` with the `window_start` and
+/// `window_end` of its session: per key, the rows whose times are less than `gap` apart, one
+/// after the other; `window_start` is the session's first time, `window_end` its last plus
+/// `gap` (as Flink's session windows). Rows with a NULL time or key are in no session.
+///
+/// Written as a query over `t` that Velocity maintains like any other (so sessions merge
+/// and split as rows come and go): a session starts at a row with no other row of its key in
+/// the `gap` before it and ends at one with none in the `gap` after it; each session is its
+/// start with the first end at or after it, and each row joins the session whose span holds
+/// its time.
+#[derive(Debug)]
+struct SessionWindow;
+
+impl TableFunctionImpl for SessionWindow {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let usage = "SESSION(table, time_column, gap [, key_column, ...])";
+        let exprs = args.exprs();
+        if exprs.len() < 3 {
+            return plan_err!("SESSION() expects {usage}");
+        }
+        let names: Option<Vec<String>> = exprs.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, e)| name_arg(e)).collect();
+        let Some(names) = names else { return plan_err!("SESSION() expects {usage}") };
+        let (table, time, keys) = (&names[0], &names[1], &names[2..]);
+        let (_, gap_nanos) = length_arg("SESSION", exprs.get(2))?;
+        let state = args.session().as_any().downcast_ref::<SessionState>().ok_or_else(|| plan_datafusion_err!("SESSION(): no session"))?;
+        let source = lookup(state, table)?;
+        let schema = source.schema();
+        for column in std::iter::once(time).chain(keys) {
+            if schema.field_with_name(column).is_err() {
+                return plan_err!("SESSION({table}, ...): no column named \"{column}\"");
+            }
+        }
+        if schema.fields().iter().any(|f| f.name() == "window_start" || f.name() == "window_end") {
+            return plan_err!("SESSION({table}, ...): the table has a column named window_start or window_end already");
+        }
+        let q = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        let gap = format!("INTERVAL '{} microseconds'", gap_nanos / 1000);
+        let same_key = |a: &str, b: &str| keys.iter().map(|k| format!(" AND {a}.{k} = {b}.{k}", k = q(k))).collect::<String>();
+        let key_list = |alias: &str| keys.iter().map(|k| format!("{alias}.{}, ", q(k))).collect::<String>();
+        let (t, ts) = (q(table), q(time));
+        let sql = format!(
+            "WITH starts AS (SELECT {xk}x.{ts} AS s FROM {t} x WHERE x.{ts} IS NOT NULL AND NOT EXISTS \
+                (SELECT 1 FROM {t} y WHERE y.{ts} < x.{ts} AND y.{ts} > x.{ts} - {gap}{xy})), \
+             ends AS (SELECT {xk}x.{ts} AS e FROM {t} x WHERE x.{ts} IS NOT NULL AND NOT EXISTS \
+                (SELECT 1 FROM {t} y WHERE y.{ts} > x.{ts} AND y.{ts} < x.{ts} + {gap}{xy})), \
+             sessions AS (SELECT {sk}st.s, min(en.e) AS e FROM starts st JOIN ends en ON en.e >= st.s{se} GROUP BY {sk}st.s) \
+             SELECT r.*, ss.s AS window_start, ss.e + {gap} AS window_end \
+             FROM {t} r JOIN sessions ss ON ss.s <= r.{ts} AND r.{ts} <= ss.e{rs}",
+            xk = key_list("x"),
+            sk = key_list("st"),
+            xy = same_key("y", "x"),
+            se = same_key("en", "st"),
+            rs = same_key("ss", "r"),
+        );
+        let statement = state.sql_to_statement(&sql, &datafusion::config::Dialect::PostgreSQL)?;
+        // In-memory schemas answer at once: nothing here waits.
+        let plan = futures::executor::block_on(state.statement_to_plan(statement))?;
+        Ok(Arc::new(WindowTable { schema: Arc::new(plan.schema().as_arrow().clone()), plan }))
+    }
 }
 
 #[derive(Debug)]

@@ -39,6 +39,11 @@ pub enum PlanError {
     Unsupported(String),
     #[error("materialized views can only read tables and materialized views; \"{0}\" is neither")]
     UnknownRelation(String),
+    /// SQLSTATE 0A000 too: windows close by the watermark of every table they read.
+    #[error(
+        "EMIT ON WINDOW CLOSE needs a watermark on every table the view reads; \"{0}\" has none (CREATE TABLE ... WITH (watermark = 'time_column - INTERVAL ''5'' SECOND'))"
+    )]
+    NoWatermark(String),
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]
@@ -80,7 +85,19 @@ fn resolve(catalog: &Catalog, scan: &datafusion::logical_expr::TableScan) -> Opt
 /// Build the dataflow that maintains `plan` (an optimized DataFusion plan) over the
 /// relations of `catalog`; also returns the names of the relations it reads.
 pub fn plan_dataflow(plan: &LogicalPlan, dataflow_id: u32, catalog: &Catalog) -> Result<(Dataflow, Vec<String>)> {
+    plan_dataflow_with(plan, dataflow_id, catalog, false)
+}
+
+/// [`plan_dataflow`], with `EMIT ON WINDOW CLOSE` for the outermost aggregate if
+/// `emit_on_window_close` (see [`temporal::window_close`]).
+pub fn plan_dataflow_with(
+    plan: &LogicalPlan,
+    dataflow_id: u32,
+    catalog: &Catalog,
+    emit_on_window_close: bool,
+) -> Result<(Dataflow, Vec<String>)> {
     let mut builder = Builder {
+        emit_on_window_close,
         dataflow_id,
         nodes: Vec::new(),
         relation_schemas: HashMap::new(),
@@ -90,6 +107,9 @@ pub fn plan_dataflow(plan: &LogicalPlan, dataflow_id: u32, catalog: &Catalog) ->
         props: ExecutionProps::new(),
     };
     let output = builder.plan(plan)?;
+    if builder.emit_on_window_close {
+        return Err(PlanError::Unsupported("EMIT ON WINDOW CLOSE without a GROUP BY".into()));
+    }
     let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let mut reads = builder.reads;
     reads.sort();
@@ -107,6 +127,8 @@ pub fn plan_dataflow(plan: &LogicalPlan, dataflow_id: u32, catalog: &Catalog) ->
 }
 
 struct Builder<'a> {
+    /// `EMIT ON WINDOW CLOSE`, until the outermost aggregate takes it.
+    emit_on_window_close: bool,
     dataflow_id: u32,
     nodes: Vec<Node>,
     relation_schemas: HashMap<u32, SchemaRef>,
@@ -220,11 +242,16 @@ impl Builder<'_> {
             }
             LogicalPlan::Join(j) => self.plan_join(j, out_schema),
             LogicalPlan::Aggregate(a) => {
+                let close = std::mem::take(&mut self.emit_on_window_close);
                 let input = self.plan(&a.input)?;
                 let (groups, aggs) = lower_aggregate(a, &self.props)?;
                 let input_schema: SchemaRef = Arc::new(a.input.schema().as_arrow().clone());
                 let node = self.next_node_id();
-                let op = Aggregate::new(input_schema, groups, aggs, out_schema, self.dataflow_id, node)?;
+                let mut op = Aggregate::new(input_schema, groups, aggs, out_schema, self.dataflow_id, node)?;
+                if close {
+                    let (end_column, relations) = temporal::window_close(a, self.catalog)?;
+                    op = op.emit_on_window_close(end_column, relations)?;
+                }
                 Ok(self.add(op, vec![input]))
             }
             LogicalPlan::Distinct(Distinct::All(input)) => {

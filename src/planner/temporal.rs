@@ -6,6 +6,8 @@
 //! turns into a [`crate::dataflow::temporal::TemporalFilter`]: rows enter the view as usual
 //! and leave it when the clock passes `ts + window`. This is how views over `changes()`
 //! keep a bounded history. Any other use of `now()` in a view is rejected.
+//!
+//! Event-time windows close by watermark instead ([`window_close`]): `EMIT ON WINDOW CLOSE`.
 
 use std::sync::Arc;
 
@@ -170,4 +172,44 @@ fn interval_micros(e: &Expr) -> Option<i64> {
         // Months have no fixed length.
         _ => None,
     }
+}
+
+/// `EMIT ON WINDOW CLOSE` of `aggregate`: the group column that is the window's end
+/// (`window_end` of `TUMBLE`/`HOP`) and the tables whose watermarks close it. Every table the
+/// aggregate reads needs a watermark: a table without one could change a closed window.
+pub fn window_close(
+    aggregate: &datafusion::logical_expr::Aggregate,
+    catalog: &crate::catalog::Catalog,
+) -> Result<(usize, Vec<u32>), PlanError> {
+    let groups = aggregate.group_expr.len();
+    let end = (0..groups)
+        .find(|&i| aggregate.schema.field(i).name() == "window_end")
+        .ok_or_else(|| PlanError::Unsupported("EMIT ON WINDOW CLOSE without window_end among the GROUP BY columns".into()))?;
+    if !matches!(aggregate.schema.field(end).data_type(), DataType::Timestamp(..)) {
+        return Err(PlanError::Unsupported("EMIT ON WINDOW CLOSE over a window_end that is not a timestamp".into()));
+    }
+    let mut relations = Vec::new();
+    let mut missing = None;
+    aggregate
+        .input
+        .apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                let name = scan.table_name.table();
+                match catalog.get(name) {
+                    Some(r) if r.watermark.is_some() => relations.push(r.id),
+                    _ => {
+                        missing = Some(name.to_string());
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(PlanError::DataFusion)?;
+    if let Some(name) = missing {
+        return Err(PlanError::NoWatermark(name));
+    }
+    relations.sort();
+    relations.dedup();
+    Ok((end, relations))
 }

@@ -267,7 +267,7 @@ pub fn from_engine(e: EngineError) -> PgWireError {
 
 pub fn from_plan(e: PlanError) -> PgWireError {
     match e {
-        PlanError::Unsupported(_) => pg_error("0A000", e.to_string()),
+        PlanError::Unsupported(_) | PlanError::NoWatermark(_) => pg_error("0A000", e.to_string()),
         PlanError::UnknownRelation(_) => pg_error("42809", e.to_string()),
         PlanError::DataFusion(d) => from_datafusion(d),
         PlanError::Dataflow(d) => from_dataflow(d),

@@ -461,6 +461,7 @@ impl SimpleQueryHandler for VelocityService {
         let mut out = Vec::new();
         let query = client_queries::rewrite(query);
         for sql in crate::sql::split_statements(&crate::sql::quote_name_arguments(&query)) {
+            let sql = crate::sql::emit_on_window_close(&sql).into_owned();
             match LargeStack::new(&sql, self.one(client, &sql)).await {
                 Ok(mut responses) => {
                     let failed = responses.iter().any(|r| matches!(r, Response::Error(_)));
@@ -534,6 +535,7 @@ impl QueryParser for VelocityParser {
         limits::check_target_lists(&sql)?;
         let sql = session::user_statements(&sql);
         let sql = crate::sql::quote_name_arguments(&sql);
+        let sql: std::borrow::Cow<'_, str> = crate::sql::emit_on_window_close(&sql).into_owned().into();
         let sql = session::bind_user_text(&sql, &session::roles(client)).map(std::borrow::Cow::Owned).unwrap_or(sql);
         let columns = |name: &str| {
             let catalog = self.engine.catalog();

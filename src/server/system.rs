@@ -77,6 +77,21 @@ impl TableProvider for SystemTable {
     }
 }
 
+/// Bytes of a view's operator state in storage: keys and values under its state prefix.
+fn state_bytes(engine: &Engine, id: u32) -> Result<i64> {
+    let mut prefix = vec![crate::storage::keyspace::STATE];
+    prefix.extend_from_slice(&id.to_be_bytes());
+    let mut bytes = 0i64;
+    engine
+        .store()
+        .for_each_prefix(&prefix, |k, v| {
+            bytes += (k.len() + v.len()) as i64;
+            Ok(())
+        })
+        .map_err(|e| datafusion::error::DataFusionError::External(e.into()))?;
+    Ok(bytes)
+}
+
 /// Register the `velocity_catalog` schema and its tables.
 pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, sinks: SinkRegistry) -> Result<()> {
     let schema = Arc::new(MemorySchemaProvider::new());
@@ -93,6 +108,11 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
         // Time from the upstream commit to the tick of the last source transaction that changed it.
         Field::new("freshness_ms", DataType::Int64, true),
         Field::new("definition", DataType::Utf8, false),
+        // Tables with a watermark: the watermark, and the rows refused as late.
+        Field::new("watermark", DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None), true),
+        Field::new("late_rows", DataType::Int64, true),
+        // Materialized views: bytes of operator state in storage (keys and values).
+        Field::new("state_bytes", DataType::Int64, true),
     ]));
     let fill: Fill = Box::new(|engine: &Engine| {
         let catalog = engine.catalog();
@@ -106,6 +126,18 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
             Arc::new(Int64Array::from_iter(rels.iter().map(|r| stats.last_change.get(&r.id).map(|t| *t as i64)))),
             Arc::new(Int64Array::from_iter(rels.iter().map(|r| stats.freshness_ms.get(&r.id).map(|t| *t as i64)))),
             Arc::new(StringArray::from_iter_values(rels.iter().map(|r| r.create_sql.clone()))),
+            Arc::new(arrow::array::TimestampMicrosecondArray::from_iter(
+                rels.iter().map(|r| stats.watermarks.get(&r.id).and_then(|(w, _)| *w)),
+            )),
+            Arc::new(Int64Array::from_iter(rels.iter().map(|r| stats.watermarks.get(&r.id).map(|(_, late)| *late as i64)))),
+            Arc::new(Int64Array::from_iter(
+                rels.iter()
+                    .map(|r| match r.kind {
+                        RelationKind::MaterializedView => state_bytes(engine, r.id).map(Some),
+                        _ => Ok(None),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )),
         ])
     });
     schema.register_table("relations".into(), Arc::new(SystemTable::new(engine.clone(), relations, fill)))?;

@@ -305,6 +305,7 @@ mod tests {
             depends_on: vec![],
             binding: None,
             ownership: Default::default(),
+            watermark: None,
         }
     }
 

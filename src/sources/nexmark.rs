@@ -75,13 +75,17 @@ pub const TABLES: &[(&str, &[(&str, &str)])] = &[
     ),
 ];
 
-/// `CREATE TABLE person/auction/bid ... WITH (source = '<source>', upstream = 'nexmark.<table>')`.
+/// `CREATE TABLE person/auction/bid ... WITH (source = '<source>', upstream = 'nexmark.<table>',
+/// watermark = 'date_time - INTERVAL ''4'' SECOND')`: the 4-second watermark of Flink's Nexmark DDL.
 pub fn create_tables_sql(source: &str) -> String {
     TABLES
         .iter()
         .map(|(table, columns)| {
             let columns: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
-            format!("CREATE TABLE {table} ({}) WITH (source = '{source}', upstream = '{SCHEMA}.{table}');\n", columns.join(", "))
+            format!(
+                "CREATE TABLE {table} ({}) WITH (source = '{source}', upstream = '{SCHEMA}.{table}', watermark = 'date_time - INTERVAL ''4'' SECOND');\n",
+                columns.join(", ")
+            )
         })
         .collect()
 }

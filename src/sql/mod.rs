@@ -6,6 +6,9 @@
 
 pub mod options;
 pub mod using_joins;
+mod window_close;
+
+pub use window_close::emit_on_window_close;
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -384,7 +387,7 @@ pub fn resolve_distinct_on_ordinals(statements: &mut [datafusion::sql::sqlparser
 
 /// Table functions whose bare-name arguments name a relation or a column:
 /// `changes(shipments)`, `TUMBLE(bid, date_time, INTERVAL '10' SECOND)`.
-const NAME_TAKING_FUNCTIONS: [&str; 3] = ["changes", "tumble", "hop"];
+const NAME_TAKING_FUNCTIONS: [&str; 4] = ["changes", "tumble", "hop", "session"];
 
 /// DataFusion plans table-function arguments as expressions, where a bare name is an unknown
 /// column; quote the bare names of [`NAME_TAKING_FUNCTIONS`]' calls so they arrive as strings,
@@ -397,7 +400,7 @@ pub fn quote_name_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
         return sql.into();
     }
     let dialect = PostgreSqlDialect {};
-    let Ok(mut tokens) = Tokenizer::new(&dialect, sql).tokenize() else { return sql.into() };
+    let Ok(mut tokens) = Tokenizer::new(&dialect, sql).with_unescape(false).tokenize() else { return sql.into() };
     let significant = |tokens: &[Token], from: usize| (from..tokens.len()).find(|&i| !matches!(tokens[i], Token::Whitespace(_)));
     let mut changed = false;
     for i in 0..tokens.len() {
@@ -454,7 +457,7 @@ pub fn quote_name_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
 /// be mixed with ordinary ones.
 pub fn split_statements(sql: &str) -> Vec<String> {
     let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, sql).tokenize() else {
+    let Ok(tokens) = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, sql).with_unescape(false).tokenize() else {
         return vec![sql.to_string()];
     };
     let mut out = Vec::new();

@@ -96,12 +96,16 @@ pub enum Bench {
     /// that query's view, peak RSS, and DataFusion recomputing the query once over the final
     /// tables. Without --query, each query runs in its own process (its own peak RSS).
     Nexmark {
-        /// One query, `q0` ... `q8` or `q6_group_top_n`; default: all of them.
+        /// One query of queries/nexmark (`q0` ... `q22`, `q6_group_top_n`, `q5_eowc`, `q7_eowc`); default: all of them.
         #[arg(long)]
         query: Option<String>,
         /// Nexmark events (1 person, 3 auctions, 46 bids per 50).
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// Events per second the generator sends (its event time advances as fast); 0: as
+        /// fast as it goes. Window-close latency means most under a rate the engine keeps up with.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
     },
     /// The logistics pipeline in a server process killed with SIGKILL every few minutes:
     /// transactions, restarts, mismatched rows (0) and RSS over time, and every view at the
@@ -162,7 +166,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Steps { transactions, scale, limits } => steps(transactions, scale, &limits).await,
         Bench::Subscribe { loads, updates } => subscribe_latency(loads, updates).await,
         Bench::Sink { brokers, rows, batch, updates } => sink(&brokers, rows, batch, updates).await,
-        Bench::Nexmark { query, events } => nexmark(query.as_deref(), events).await,
+        Bench::Nexmark { query, events, rate } => nexmark(query.as_deref(), events, rate).await,
         Bench::Soak { transactions, rate, scale, kill_every } => {
             let kill_every = Duration::from_secs(kill_every);
             crate::tools::soak::run(crate::tools::soak::SoakOptions { transactions, rate, scale, kill_every }).await
@@ -884,7 +888,8 @@ pub struct NexmarkQuery {
     pub file: &'static str,
 }
 
-/// queries/nexmark/q0.sql ... q8.sql (and q6_group_top_n.sql), compiled in so the benchmark runs from anywhere.
+/// queries/nexmark/q0.sql ... q22.sql (those Velocity can express; q6_group_top_n.sql and the
+/// `EMIT ON WINDOW CLOSE` variants q5_eowc.sql, q7_eowc.sql), compiled in so the benchmark runs from anywhere.
 pub const NEXMARK_QUERIES: &[NexmarkQuery] = &[
     NexmarkQuery { name: "q0", file: include_str!("../../queries/nexmark/q0.sql") },
     NexmarkQuery { name: "q1", file: include_str!("../../queries/nexmark/q1.sql") },
@@ -896,6 +901,20 @@ pub const NEXMARK_QUERIES: &[NexmarkQuery] = &[
     NexmarkQuery { name: "q6_group_top_n", file: include_str!("../../queries/nexmark/q6_group_top_n.sql") },
     NexmarkQuery { name: "q7", file: include_str!("../../queries/nexmark/q7.sql") },
     NexmarkQuery { name: "q8", file: include_str!("../../queries/nexmark/q8.sql") },
+    NexmarkQuery { name: "q9", file: include_str!("../../queries/nexmark/q9.sql") },
+    NexmarkQuery { name: "q10", file: include_str!("../../queries/nexmark/q10.sql") },
+    NexmarkQuery { name: "q11", file: include_str!("../../queries/nexmark/q11.sql") },
+    NexmarkQuery { name: "q14", file: include_str!("../../queries/nexmark/q14.sql") },
+    NexmarkQuery { name: "q15", file: include_str!("../../queries/nexmark/q15.sql") },
+    NexmarkQuery { name: "q16", file: include_str!("../../queries/nexmark/q16.sql") },
+    NexmarkQuery { name: "q17", file: include_str!("../../queries/nexmark/q17.sql") },
+    NexmarkQuery { name: "q18", file: include_str!("../../queries/nexmark/q18.sql") },
+    NexmarkQuery { name: "q19", file: include_str!("../../queries/nexmark/q19.sql") },
+    NexmarkQuery { name: "q20", file: include_str!("../../queries/nexmark/q20.sql") },
+    NexmarkQuery { name: "q21", file: include_str!("../../queries/nexmark/q21.sql") },
+    NexmarkQuery { name: "q22", file: include_str!("../../queries/nexmark/q22.sql") },
+    NexmarkQuery { name: "q5_eowc", file: include_str!("../../queries/nexmark/q5_eowc.sql") },
+    NexmarkQuery { name: "q7_eowc", file: include_str!("../../queries/nexmark/q7_eowc.sql") },
 ];
 
 impl NexmarkQuery {
@@ -912,11 +931,26 @@ impl NexmarkQuery {
         self.file.find("CREATE MATERIALIZED VIEW").map_or(self.file, |at| &self.file[at..]).trim().trim_end_matches(';')
     }
 
-    /// The view's query, to run ad hoc.
-    pub fn query(&self) -> &'static str {
+    /// The view's query, to run ad hoc. For an `EMIT ON WINDOW CLOSE` view: the rows of the
+    /// windows bid's watermark has closed, which is what the view shows.
+    pub fn query(&self) -> String {
         let create = self.create();
         let head = format!("{} AS", self.view());
-        create.find(&head).map_or(create, |at| create[at + head.len()..].trim())
+        let query = create.find(&head).map_or(create, |at| create[at + head.len()..].trim());
+        match query.strip_suffix(Self::EMIT_ON_WINDOW_CLOSE) {
+            Some(query) => format!(
+                "SELECT * FROM ({}) closing WHERE window_end <= (SELECT watermark FROM velocity_catalog.relations WHERE name = 'bid')",
+                query.trim()
+            ),
+            None => query.to_string(),
+        }
+    }
+
+    const EMIT_ON_WINDOW_CLOSE: &'static str = "EMIT ON WINDOW CLOSE";
+
+    /// Whether the view shows final windows only (`EMIT ON WINDOW CLOSE`).
+    pub fn emits_on_window_close(&self) -> bool {
+        self.create().ends_with(Self::EMIT_ON_WINDOW_CLOSE)
     }
 
     /// Why Velocity cannot maintain it, if it cannot.
@@ -945,20 +979,28 @@ struct NexmarkRun {
     recompute_rows: usize,
     rss_mib: u64,
     db_mib: u64,
+    /// Operator state of the view in storage at the end.
+    state_kib: u64,
+    /// `EMIT ON WINDOW CLOSE` views: p50 and p99 (ms) from the generation of the event that
+    /// moved the watermark past a window's end to the window's final row being committed.
+    close_ms: Option<(f64, f64)>,
 }
 
-const NEXMARK_HEADER: &str = "| query | events | events/s | s | view rows | DataFusion recompute s | recompute rows | incremental / recompute time | peak RSS MiB | RocksDB MiB |\n|---|---|---|---|---|---|---|---|---|---|";
+const NEXMARK_HEADER: &str = "| query | events | events/s | s | view rows | DataFusion recompute s | recompute rows | incremental / recompute time | peak RSS MiB | RocksDB MiB | state KiB | window close p50 / p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// `velocity bench nexmark`: each query alone over the same events.
-async fn nexmark(query: Option<&str>, events: u64) -> anyhow::Result<()> {
+async fn nexmark(query: Option<&str>, events: u64, rate: u64) -> anyhow::Result<()> {
     let Some(name) = query else {
         // Each query in its own process, so peak RSS is that query's.
-        println!("velocity bench nexmark --events {events}   ({} build)\n", if cfg!(debug_assertions) { "debug" } else { "release" });
+        println!(
+            "velocity bench nexmark --events {events} --rate {rate}   ({} build)\n",
+            if cfg!(debug_assertions) { "debug" } else { "release" }
+        );
         println!("{NEXMARK_HEADER}");
         let exe = std::env::current_exe()?;
         for q in NEXMARK_QUERIES {
             let out = std::process::Command::new(&exe)
-                .args(["bench", "nexmark", "--query", q.name, "--events", &events.to_string()])
+                .args(["bench", "nexmark", "--query", q.name, "--events", &events.to_string(), "--rate", &rate.to_string()])
                 .env("RUST_BACKTRACE", "0")
                 .output()?;
             let stdout = String::from_utf8_lossy(&out.stdout);
@@ -971,9 +1013,11 @@ async fn nexmark(query: Option<&str>, events: u64) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let q = NexmarkQuery::find(name).ok_or_else(|| anyhow::anyhow!("no Nexmark query \"{name}\" (q0 ... q8, q6_group_top_n)"))?;
+    let q = NexmarkQuery::find(name).ok_or_else(|| {
+        anyhow::anyhow!("no Nexmark query \"{name}\" (q0 ... q22 as in queries/nexmark, q6_group_top_n, q5_eowc, q7_eowc)")
+    })?;
     println!(
-        "velocity bench nexmark --query {} --events {events}   ({} build)\n",
+        "velocity bench nexmark --query {} --events {events} --rate {rate}   ({} build)\n",
         q.name,
         if cfg!(debug_assertions) { "debug" } else { "release" }
     );
@@ -981,10 +1025,10 @@ async fn nexmark(query: Option<&str>, events: u64) -> anyhow::Result<()> {
         println!("{NEXMARK_HEADER}\n| {} | not supported: {why} |", q.name);
         return Ok(());
     }
-    let run = nexmark_run(q, events).await?;
+    let run = nexmark_run(q, events, rate).await?;
     println!("{NEXMARK_HEADER}");
     println!(
-        "| {} | {events} | {:.0} | {:.1} | {} | {:.3} | {} | {:.1}x | {} | {} |",
+        "| {} | {events} | {:.0} | {:.1} | {} | {:.3} | {} | {:.1}x | {} | {} | {} | {} |",
         q.name,
         events as f64 / run.secs,
         run.secs,
@@ -993,17 +1037,21 @@ async fn nexmark(query: Option<&str>, events: u64) -> anyhow::Result<()> {
         run.recompute_rows,
         run.secs / run.recompute_secs.max(1e-9),
         run.rss_mib,
-        run.db_mib
+        run.db_mib,
+        run.state_kib,
+        run.close_ms.map_or("-".to_string(), |(p50, p99)| format!("{p50:.0} / {p99:.0}"))
     );
     Ok(())
 }
 
-async fn nexmark_run(q: &NexmarkQuery, events: u64) -> anyhow::Result<NexmarkRun> {
+async fn nexmark_run(q: &NexmarkQuery, events: u64, rate: u64) -> anyhow::Result<NexmarkRun> {
     let dir = tempfile::tempdir()?;
     let (server, client, _) = local_server(&dir.path().join("data")).await?;
     // The source generates from its first bound table on: the clock starts before it.
     let started = Instant::now();
-    for statement in crate::sql::split_statements(&nexmark_source_sql("nx", events, "")) {
+    let options = if rate > 0 { format!(", rate = '{rate}'") } else { String::new() };
+    let source = nexmark_source_sql("nx", events, "").replace(", rate = '0'", &options);
+    for statement in crate::sql::split_statements(&source) {
         client.batch_execute(&statement).await?;
     }
     client.batch_execute(q.create()).await?;
@@ -1015,9 +1063,28 @@ async fn nexmark_run(q: &NexmarkQuery, events: u64) -> anyhow::Result<NexmarkRun
     // DataFusion in this process, as the server plans a query (window functions' names quoted),
     // without the pgwire encoding of the rows.
     let recompute = Instant::now();
-    let batches = sql(&server, &crate::sql::quote_name_arguments(q.query())).await?;
+    let batches = sql(&server, &crate::sql::quote_name_arguments(&q.query())).await?;
     let recompute_secs = recompute.elapsed().as_secs_f64();
+    let state_bytes: Option<i64> =
+        client.query_one("SELECT state_bytes FROM velocity_catalog.relations WHERE name = $1", &[&q.view()]).await?.get(0);
+    let close_ms = match q.emits_on_window_close() {
+        false => None,
+        true => {
+            let id = server.engine.catalog().get(&q.view()).map(|r| r.id).ok_or_else(|| anyhow::anyhow!("no view {}", q.view()))?;
+            let mut samples: Vec<Duration> = server
+                .engine
+                .stats()
+                .freshness_by_relation_ms
+                .get(&id)
+                .map(|v| v.iter().map(|ms| Duration::from_millis(*ms)).collect())
+                .unwrap_or_default();
+            samples.sort();
+            (!samples.is_empty()).then(|| (percentile(&samples, 0.5), percentile(&samples, 0.99)))
+        }
+    };
     Ok(NexmarkRun {
+        state_kib: state_bytes.unwrap_or(0) as u64 / 1024,
+        close_ms,
         secs,
         view_rows: view_rows as usize,
         recompute_secs,
