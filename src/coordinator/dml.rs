@@ -84,6 +84,7 @@ impl Coordinator {
             WriteOp::Insert(_) => {
                 let rows = self.collect(dml.input.as_ref().clone(), &schema).await?;
                 check_not_null(&relation, rows.columns())?;
+                check_lengths(&relation, rows.columns())?;
                 let rows = RecordBatch::try_new(schema.clone(), rows.columns().to_vec())?;
                 let n = rows.num_rows();
                 (ChangeBatch::uniform(rows, 1), "INSERT", n)
@@ -114,6 +115,7 @@ impl Coordinator {
                 let pairs = self.evaluate(&both, &wide, &relation, pending).await?;
                 let n = pairs.weights.values().iter().sum::<i64>() as usize;
                 check_not_null(&relation, &pairs.rows.columns()[width..])?;
+                check_lengths(&relation, &pairs.rows.columns()[width..])?;
                 let old_rows = RecordBatch::try_new(schema.clone(), pairs.rows.columns()[..width].to_vec())?;
                 let new_rows = RecordBatch::try_new(schema.clone(), pairs.rows.columns()[width..].to_vec())?;
                 let changes = ChangeBatch::concat(
@@ -190,6 +192,18 @@ fn check_not_null(relation: &Relation, columns: &[ArrayRef]) -> Result<()> {
         Some((f, _)) => Err(CoordinatorError::NotNull { relation: relation.name.clone(), column: f.name().clone() }),
         None => Ok(()),
     }
+}
+
+/// 22001 for the first value longer than its `VARCHAR(n)` column allows (in characters).
+fn check_lengths(relation: &Relation, columns: &[ArrayRef]) -> Result<()> {
+    for (field, column) in relation.schema.fields().iter().zip(columns) {
+        let Some(max) = crate::catalog::column_type::varchar_length(field) else { continue };
+        let Some(strings) = column.as_any().downcast_ref::<arrow::array::StringArray>() else { continue };
+        if strings.iter().flatten().any(|s| s.len() > max && s.chars().count() > max) {
+            return Err(CoordinatorError::StringTooLong { type_name: format!("character varying({max})") });
+        }
+    }
+    Ok(())
 }
 
 /// Replace scans of `table` in `plan` with an in-memory table holding `rows`.

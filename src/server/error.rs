@@ -106,6 +106,7 @@ impl From<CoordinatorError> for PgWireError {
             C::ColumnCount { .. } | C::InvalidOption(_) => "42601",
             C::SourceOptions(_) => "22023",
             C::NotNull { .. } => "23502",
+            C::StringTooLong { .. } => "22001",
             C::ReadOnlyTable { .. } => "25006",
             C::Unsupported(_) => "0A000",
             C::InsufficientPrivilege { .. } | C::NotOwner { .. } | C::PermissionDenied(_) => "42501",

@@ -22,6 +22,7 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 
 use super::system::{Fill, SystemTable};
 
+mod attributes;
 mod keys;
 use crate::catalog::RelationKind;
 use crate::engine::Engine;
@@ -196,6 +197,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> datafusion::error::Res
             roles: RoleSource(engine.clone()),
             keys: keys::keys_table(engine),
             key_columns: keys::key_columns_table(engine),
+            attribute_udfs: attributes::udfs(engine),
         }),
     )?;
     Ok(())
@@ -376,6 +378,8 @@ struct VelocityPgCatalog {
     roles: RoleSource,
     keys: Arc<SystemTable>,
     key_columns: Arc<SystemTable>,
+    /// `velocity_atttypid`, `velocity_atttypmod`: declared types in `pg_attribute`.
+    attribute_udfs: (Arc<ScalarUDF>, Arc<ScalarUDF>),
 }
 
 #[async_trait]
@@ -401,8 +405,9 @@ impl SchemaProvider for VelocityPgCatalog {
                     return Ok(None);
                 };
                 let schema = inner.schema();
-                let indexes = keys::index_attribute_rows(&schema, &self.key_columns, pg_namespace, pg_class, inner.clone())?;
-                let plan = LogicalPlanBuilder::scan("pg_attribute", provider_as_source(inner), None)?.union(indexes)?.build()?;
+                let indexes =
+                    keys::index_attribute_rows(&schema, &self.key_columns, pg_namespace.clone(), pg_class.clone(), inner.clone())?;
+                let plan = attributes::declared(&self.attribute_udfs, inner, pg_class, pg_namespace)?.union(indexes)?.build()?;
                 Ok(Some(Arc::new(ViewTable::new(plan, None))))
             }
             "pg_index" | "pg_constraint" => {

@@ -71,6 +71,40 @@ with psycopg.connect(DSN, autocommit=True) as conn:
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'").fetchall()}
     check({"shipments", "per_status"} <= tables, f"information_schema.tables: {tables}")
 
+# JSONB and JSON parameters, in text and in binary format; json/jsonb columns come back typed.
+from psycopg.types.json import Json, Jsonb
+
+with psycopg.connect(DSN, autocommit=True) as conn:
+    conn.execute("CREATE TABLE docs (id INT PRIMARY KEY, body JSONB, raw JSON, label VARCHAR(8))")
+    for binary in (False, True):
+        with conn.cursor(binary=binary) as cur:
+            cur.execute("INSERT INTO docs VALUES (%s, %s, %s, %s)", (int(binary), Jsonb({"a": [1, 2], "b": None}), Json({"c": "x"}), "ok"))
+            cur.execute("SELECT body, raw FROM docs WHERE id = %s", (int(binary),))
+            check([d.type_code for d in cur.description] == [3802, 114], f"jsonb, json columns ({binary=}): {cur.description}")
+            row = cur.fetchone()
+            check(row == ({"a": [1, 2], "b": None}, {"c": "x"}), f"JSON values ({binary=}): {row}")
+    types = [(n, int(t), m) for n, t, m in conn.execute(
+        "SELECT attname, atttypid, atttypmod FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0 ORDER BY attnum"
+    ).fetchall()]
+    check(types == [("id", 23, -1), ("body", 3802, -1), ("raw", 114, -1), ("label", 1043, 12)], f"pg_attribute types: {types}")
+    # VARCHAR(n) holds n characters (not bytes), as Postgres.
+    conn.execute("INSERT INTO docs (id, label) VALUES (2, %s)", ("éééééééé",))
+    try:
+        conn.execute("INSERT INTO docs (id, label) VALUES (3, %s)", ("123456789",))
+        check(False, "a 9-character label fits VARCHAR(8)")
+    except psycopg.errors.StringDataRightTruncation as e:
+        check(str(e) == "value too long for type character varying(8)", f"22001 message: {e}")
+    try:
+        conn.execute("UPDATE docs SET label = label || 'x' WHERE id = 2")
+        check(False, "UPDATE past VARCHAR(8)")
+    except psycopg.errors.StringDataRightTruncation:
+        pass
+    # Text formats as Postgres prints them.
+    with conn.cursor() as cur:
+        cur.execute("SELECT CAST(qty AS DOUBLE PRECISION), weight, created_at, updated_at FROM shipments WHERE id = 1")
+        text = [cur.pgresult.get_value(0, i).decode() for i in range(4)]
+        check(text == ["3", "2.25", "2024-05-01 08:30:00", "2024-05-01 08:30:00+00"], f"text of doubles and timestamps: {text}")
+
 # Default psycopg: implicit BEGIN before the first statement, COMMIT on commit().
 with psycopg.connect(DSN) as conn:
     conn.execute("INSERT INTO shipments (id, qty, status) VALUES (3, 4, 'PLANNED')")
