@@ -56,6 +56,9 @@ pub enum SessionError {
     SubscriberLagged(u64),
     #[error("{0}")]
     Syntax(String),
+    /// A client encoding other than UTF8 (Velocity converts none).
+    #[error("conversion between {0} and UTF8 is not supported: Velocity speaks UTF8 only")]
+    UnsupportedEncoding(String),
     /// A `SELECT` list longer than Postgres takes.
     #[error("target lists can have at most {0} entries")]
     TargetListTooLong(usize),
@@ -80,6 +83,7 @@ impl From<SessionError> for PgWireError {
             SessionError::NotAuthenticated | SessionError::LoginNotPermitted(_) => "28000",
             SessionError::SubscriberLagged(_) => "53400",
             SessionError::Syntax(_) => "42601",
+            SessionError::UnsupportedEncoding(_) => "0A000",
             SessionError::TargetListTooLong(_) => "54011",
             SessionError::Arrow(a) => arrow_code(a),
             SessionError::Storage(_) => "XX000",

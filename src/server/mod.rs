@@ -356,6 +356,7 @@ impl VelocityService {
         if client.session_extensions().get::<auth::Authenticated>().is_none() {
             return Err(auth::not_authenticated());
         }
+        set_show::check_startup_encoding(client)?;
         crate::sql::check_expression_depth(sql).map_err(from_sql)?;
         limits::check_target_lists(sql)?;
         let roles = session::roles(client);
@@ -547,6 +548,7 @@ impl ExtendedQueryHandler for VelocityService {
         if client.session_extensions().get::<auth::Authenticated>().is_none() {
             return Err(auth::not_authenticated());
         }
+        set_show::check_startup_encoding(client)?;
         let velocity_statement = match &portal.statement.statement.1 {
             None => true,
             Some((_, datafusion::logical_expr::LogicalPlan::EmptyRelation(_))) => true,

@@ -105,6 +105,23 @@ with psycopg.connect(DSN, autocommit=True) as conn:
         text = [cur.pgresult.get_value(0, i).decode() for i in range(4)]
         check(text == ["3", "2.25", "2024-05-01 08:30:00", "2024-05-01 08:30:00+00"], f"text of doubles and timestamps: {text}")
 
+# Encodings: UTF8 only. Another client_encoding is refused (0A000), at startup or by SET,
+# rather than ignored (text in LATIN1 would be stored as garbage).
+with psycopg.connect(DSN, autocommit=True) as conn:
+    try:
+        conn.execute("SET client_encoding TO 'LATIN1'")
+        check(False, "SET client_encoding TO 'LATIN1' is refused")
+    except psycopg.errors.FeatureNotSupported as e:
+        check("LATIN1" in str(e), f"encoding error names it: {e}")
+    check(conn.execute("SHOW client_encoding").fetchone()[0] == "UTF8", "still UTF8")
+    conn.execute("SET client_encoding TO 'UTF8'")
+with psycopg.connect(DSN + " client_encoding=LATIN1", autocommit=True) as conn:
+    try:
+        conn.execute("SELECT 1")
+        check(False, "a LATIN1 session is refused")
+    except psycopg.errors.FeatureNotSupported as e:
+        check(str(e) == "conversion between LATIN1 and UTF8 is not supported: Velocity speaks UTF8 only", f"startup encoding: {e}")
+
 # Default psycopg: implicit BEGIN before the first statement, COMMIT on commit().
 with psycopg.connect(DSN) as conn:
     conn.execute("INSERT INTO shipments (id, qty, status) VALUES (3, 4, 'PLANNED')")
