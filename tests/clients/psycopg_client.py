@@ -65,6 +65,11 @@ with psycopg.connect(DSN, autocommit=True) as conn:
         cur.execute("SELECT id, price, ship_date, fragile FROM shipments WHERE id = %s", (1,))
         check(cur.fetchone() == (1, decimal.Decimal("12.50"), datetime.date(2024, 5, 1), True), "binary row")
 
+    # Column names as Postgres gives them (answers from Postgres 15).
+    names = [d.name for d in conn.execute(
+        "SELECT count(*), sum(qty), qty + 1, upper(status), CASE WHEN fragile THEN 1 END, qty::bigint, 'x'::text, count(*) AS n"
+        " FROM shipments GROUP BY qty, status, fragile").description]
+    check(names == ["count", "sum", "?column?", "upper", "case", "qty", "text", "n"], f"column names: {names}")
     names = [d.name for d in conn.execute("SELECT * FROM per_status").description]
     check(names == ["status", "n", "qty"], f"view columns: {names}")
     tables = {r[0] for r in conn.execute(
