@@ -110,6 +110,19 @@ with psycopg.connect(DSN, autocommit=True) as conn:
         text = [cur.pgresult.get_value(0, i).decode() for i in range(4)]
         check(text == ["3", "2.25", "2024-05-01 08:30:00", "2024-05-01 08:30:00+00"], f"text of doubles and timestamps: {text}")
 
+# bytea: Postgres' input syntax in SQL text (hex and escape), bytes as parameters.
+with psycopg.connect(DSN, autocommit=True) as conn:
+    conn.execute("CREATE TABLE blobs (id INT PRIMARY KEY, b BYTEA)")
+    conn.execute("INSERT INTO blobs VALUES (1, '\\x0102'), (2, 'ab\\\\c\\001'), (3, '\\xDEAD beef')")
+    conn.execute("INSERT INTO blobs VALUES (%s, %s)", (4, b"\x00\xff"))
+    rows = conn.execute("SELECT id, b FROM blobs ORDER BY id").fetchall()
+    check(rows == [(1, b"\x01\x02"), (2, b"ab\\c\x01"), (3, b"\xde\xad\xbe\xef"), (4, b"\x00\xff")], f"bytea rows: {rows}")
+    try:
+        conn.execute("INSERT INTO blobs VALUES (5, '\\x012')")
+        check(False, "odd hex digits are refused")
+    except psycopg.errors.InvalidTextRepresentation:
+        pass
+
 # Encodings: UTF8 only. Another client_encoding is refused (0A000), at startup or by SET,
 # rather than ignored (text in LATIN1 would be stored as garbage).
 with psycopg.connect(DSN, autocommit=True) as conn:
