@@ -352,3 +352,74 @@ async fn dbeaver_navigator() {
     .await;
     assert_eq!(revenue, vec![vec![s("0")]], "a materialized view has no key constraint");
 }
+
+/// What DBeaver (through pgjdbc) asks when it connects, before the navigator opens: the
+/// session's schema and user, the schemas with their comments, an array type's element, the
+/// search path, the database row, a setting and the keywords (`pg_get_keywords`).
+const DBEAVER_CONNECT: &[&str] = &[
+    "SET extra_float_digits = 3",
+    "SET application_name = 'DBeaver - Main <velocity>'",
+    "SELECT current_schema(),session_user",
+    "SELECT n.oid,n.*,d.description FROM pg_catalog.pg_namespace n LEFT OUTER JOIN pg_catalog.pg_description d ON d.objoid=n.oid AND d.objsubid=0 AND d.classoid='pg_namespace'::regclass ORDER BY nspname",
+    "SELECT n.nspname = ANY(current_schemas(true)), n.nspname, t.typname FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON t.typnamespace = n.oid WHERE t.oid = 1007",
+    "SHOW search_path",
+    "SELECT db.oid,db.* FROM pg_catalog.pg_database db WHERE datname=current_database()",
+    "SELECT setting FROM pg_catalog.pg_settings WHERE name='standard_conforming_strings'",
+    "SELECT string_agg(word, ',') FROM pg_catalog.pg_get_keywords() WHERE word <> ALL ('{select,from,where}'::text[])",
+    "SELECT * FROM pg_catalog.pg_enum WHERE 1<>1 LIMIT 1",
+    "SELECT reltype FROM pg_catalog.pg_class WHERE 1<>1 LIMIT 1",
+    "SELECT t.oid,t.*,c.relkind,format_type(nullif(t.typbasetype, 0), t.typtypmod) as base_type_name, d.description FROM pg_catalog.pg_type t LEFT OUTER JOIN pg_catalog.pg_type et ON et.oid=t.typelem LEFT OUTER JOIN pg_catalog.pg_class c ON c.oid=t.typrelid LEFT OUTER JOIN pg_catalog.pg_description d ON t.oid=d.objoid WHERE t.typname IS NOT NULL AND (c.relkind IS NULL OR c.relkind = 'c') AND (et.typcategory IS NULL OR et.typcategory <> 'C')",
+];
+
+/// What DataGrip asks when it connects (its introspector's first queries): server start time,
+/// transaction ids, databases and schemas with `xmin` as their state number, array types,
+/// time zones, roles, tablespaces and ACLs, SSL.
+const DATAGRIP_CONNECT: &[&str] = &[
+    "select current_database() as a, current_schemas(false) as b",
+    "SHOW TRANSACTION ISOLATION LEVEL",
+    "select round(extract(epoch from pg_postmaster_start_time() at time zone 'UTC')) as startup_time",
+    "select L.transactionid::varchar::bigint as transaction_id from pg_catalog.pg_locks L where L.transactionid is not null order by pg_catalog.age(L.transactionid) desc limit 1",
+    "select case when pg_catalog.pg_is_in_recovery() then null else (pg_catalog.txid_current() % 4294967296)::varchar::bigint end as current_txid",
+    r#"select N.oid::bigint as id, datname as name, D.description, datistemplate as is_template, datallowconn as allow_connections, pg_catalog.pg_get_userbyid(N.datdba) as "owner" from pg_catalog.pg_database N left join pg_catalog.pg_shdescription D on N.oid = D.objoid order by case when datname = pg_catalog.current_database() then -1::bigint else N.oid::bigint end"#,
+    r#"select N.oid::bigint as id, N.xmin as state_number, nspname as name, D.description, pg_catalog.pg_get_userbyid(N.nspowner) as "owner" from pg_catalog.pg_namespace N left join pg_catalog.pg_description D on N.oid = D.objoid order by case when nspname = pg_catalog.current_schema() then -1::bigint else N.oid::bigint end"#,
+    "SELECT typinput='pg_catalog.array_in'::regproc as is_array, typtype, typname, pg_type.oid FROM pg_catalog.pg_type LEFT JOIN (select ns.oid as nspoid, ns.nspname, r.r from pg_namespace as ns join (select s.r, (current_schemas(false))[s.r] as nspname from generate_series(1, array_upper(current_schemas(false), 1)) as s(r)) as r using (nspname)) as sp ON sp.nspoid = typnamespace WHERE pg_type.oid = '1007' ORDER BY sp.r, pg_type.oid DESC",
+    "show DateStyle",
+    "select name, is_dst from pg_catalog.pg_timezone_names union distinct select abbrev as name, is_dst from pg_catalog.pg_timezone_abbrevs",
+    "select R.oid::bigint as role_id, rolname as role_name, rolsuper is_super, rolinherit is_inherit, rolcreaterole can_createrole, rolcreatedb can_createdb, rolcanlogin can_login, rolreplication is_replication, rolconnlimit conn_limit, rolvaliduntil valid_until, rolbypassrls bypass_rls, rolconfig config, D.description from pg_catalog.pg_roles R left join pg_catalog.pg_shdescription D on D.objoid = R.oid",
+    "select member id, roleid role_id, admin_option from pg_catalog.pg_auth_members order by id, roleid::text",
+    "select T.oid::bigint as id, T.spcname as name, T.xmin as state_number, pg_catalog.pg_get_userbyid(T.spcowner) as owner, pg_catalog.pg_tablespace_location(T.oid) as location, T.spcoptions as options, D.description as comment from pg_catalog.pg_tablespace T left join pg_catalog.pg_shdescription D on D.objoid = T.oid",
+    "select T.oid as object_id, T.spcacl as acl from pg_catalog.pg_tablespace T union all select T.oid as object_id, T.datacl as acl from pg_catalog.pg_database T",
+    "SELECT e.typdelim FROM pg_catalog.pg_type t, pg_catalog.pg_type e WHERE t.oid = '1007' and t.typelem = e.oid",
+    "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+];
+
+/// DBeaver's and DataGrip's connect queries all run (each tool stops at the first error), and
+/// the answers they read are Velocity's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbeaver_and_datagrip_connect() {
+    let server = common::TestServer::start().await;
+    let client = setup(&server).await;
+    let mut answers = Vec::new();
+    for sql in DBEAVER_CONNECT.iter().chain(DATAGRIP_CONNECT) {
+        answers.push(simple(&client, sql).await);
+    }
+    let answer = |sql: &str| {
+        let i = DBEAVER_CONNECT.iter().chain(DATAGRIP_CONNECT).position(|q| q.starts_with(sql)).expect("query listed");
+        answers[i].clone()
+    };
+    assert_eq!(answer("SELECT current_schema(),session_user"), vec![vec![s("public"), s("velocity")]]);
+    assert_eq!(answer("SELECT n.nspname = ANY"), vec![vec![s("t"), s("pg_catalog"), s("_int4")]]);
+    let databases = answer("select N.oid::bigint as id, datname");
+    assert_eq!(databases[0][1], s("velocity"), "{databases:?}");
+    let schemas = answer("select N.oid::bigint as id, N.xmin");
+    assert_eq!(schemas[0][2], s("public"), "the current schema first: {schemas:?}");
+    assert!(schemas.iter().all(|r| r[1].is_some()), "every schema has a state number: {schemas:?}");
+    let startup: i64 = answer("select round(extract(epoch from pg_postmaster_start_time()")[0][0].as_deref().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!(startup > 1_600_000_000 && startup <= now + 1, "start time {startup}, now {now}");
+    assert_eq!(answer("select L.transactionid"), Vec::<Vec<Option<String>>>::new(), "no locks");
+    assert!(answer("select case when pg_catalog.pg_is_in_recovery()")[0][0].is_some(), "a primary has a current txid");
+    assert_eq!(answer("select name, is_dst from pg_catalog.pg_timezone_names"), vec![vec![s("UTC"), s("f")]]);
+    assert_eq!(answer("SELECT typinput='pg_catalog.array_in'::regproc")[0][..3], [s("t"), s("b"), s("_int4")]);
+    assert_eq!(answer("select ssl from pg_stat_ssl"), Vec::<Vec<Option<String>>>::new());
+}

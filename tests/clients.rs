@@ -199,6 +199,9 @@ fn psql_meta_commands() {
     assert_eq!(num / 10_000, major, "SHOW server_version_num agrees with {number}:\n{version_num}");
     let encoding = psql(&server, "SHOW client_encoding");
     assert!(encoding.contains(" UTF8"), "SHOW client_encoding:\n{encoding}");
+    // Column names as Postgres gives them, through the simple protocol.
+    let names = psql(&server, "SELECT count(*), max(weight), weight + 1 FROM shipments GROUP BY weight ORDER BY 2 LIMIT 1");
+    assert!(names.lines().next().is_some_and(|h| h.split('|').map(str::trim).eq(["count", "max", "?column?"])), "column names:\n{names}");
     let select = psql(&server, "SELECT * FROM per_status ORDER BY status");
     assert!(select.contains("PLANNED") && select.contains("(2 rows)"), "SELECT:\n{select}");
 }

@@ -10,6 +10,8 @@
 //! (`c` + 0xFF + `role/` + name) except those configured at start (`--user`), which are
 //! superusers for as long as the server runs with them.
 
+pub mod column_type;
+
 use std::collections::BTreeMap;
 
 use arrow::datatypes::SchemaRef;

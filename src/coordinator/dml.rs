@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection, WriteOp};
 use datafusion::sql::parser::Statement as DFStatement;
@@ -46,9 +46,10 @@ impl Coordinator {
             Some(p) => p.clone(),
             None => self.context.state().statement_to_plan(DFStatement::Statement(Box::new(stmt.clone()))).await?,
         };
-        let LogicalPlan::Dml(dml) = plan.replace_params_with_values(params)? else {
+        let LogicalPlan::Dml(mut dml) = plan.replace_params_with_values(params)? else {
             return Err(CoordinatorError::Unsupported("this form of INSERT/UPDATE/DELETE".into()));
         };
+        dml.input = Arc::new(bytea_literals(dml.input.as_ref().clone())?);
         let relation = self
             .engine
             .catalog()
@@ -84,6 +85,7 @@ impl Coordinator {
             WriteOp::Insert(_) => {
                 let rows = self.collect(dml.input.as_ref().clone(), &schema).await?;
                 check_not_null(&relation, rows.columns())?;
+                check_lengths(&relation, rows.columns())?;
                 let rows = RecordBatch::try_new(schema.clone(), rows.columns().to_vec())?;
                 let n = rows.num_rows();
                 (ChangeBatch::uniform(rows, 1), "INSERT", n)
@@ -114,6 +116,7 @@ impl Coordinator {
                 let pairs = self.evaluate(&both, &wide, &relation, pending).await?;
                 let n = pairs.weights.values().iter().sum::<i64>() as usize;
                 check_not_null(&relation, &pairs.rows.columns()[width..])?;
+                check_lengths(&relation, &pairs.rows.columns()[width..])?;
                 let old_rows = RecordBatch::try_new(schema.clone(), pairs.rows.columns()[..width].to_vec())?;
                 let new_rows = RecordBatch::try_new(schema.clone(), pairs.rows.columns()[width..].to_vec())?;
                 let changes = ChangeBatch::concat(
@@ -184,12 +187,88 @@ impl Coordinator {
     }
 }
 
+/// Text literals cast to `bytea` (an INSERT's `'\x0102'` into a BYTEA column) read as Postgres
+/// reads bytea input, not as the text's bytes.
+fn bytea_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::common::ScalarValue;
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::Cast;
+    let mut invalid = None;
+    let plan = plan
+        .transform_up(|node| {
+            node.map_expressions(|e| {
+                e.transform_up(|e| {
+                    let text = match &e {
+                        Expr::Cast(Cast { expr, field }) if field.data_type() == &DataType::Binary => match expr.as_ref() {
+                            Expr::Literal(ScalarValue::Utf8(Some(text)), _) => text.clone(),
+                            _ => return Ok(Transformed::no(e)),
+                        },
+                        _ => return Ok(Transformed::no(e)),
+                    };
+                    match bytea_input(&text) {
+                        Some(bytes) => Ok(Transformed::yes(Expr::Literal(ScalarValue::Binary(Some(bytes)), None))),
+                        None => {
+                            invalid = Some(text);
+                            Ok(Transformed::no(e))
+                        }
+                    }
+                })
+            })
+        })?
+        .data;
+    match invalid {
+        Some(_) => Err(arrow::error::ArrowError::CastError("invalid input syntax for type bytea".into()).into()),
+        None => Ok(plan),
+    }
+}
+
+/// Postgres' bytea input: hex (`\x0102`, pairs of hex digits, blanks between pairs) or
+/// escape format (`\\` a backslash, `\nnn` an octal byte, other characters as they are).
+fn bytea_input(text: &str) -> Option<Vec<u8>> {
+    if let Some(hex) = text.strip_prefix("\\x") {
+        let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        if !digits.len().is_multiple_of(2) {
+            return None;
+        }
+        return digits.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()).collect();
+    }
+    let raw = text.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'\\' {
+            bytes.push(raw[i]);
+            i += 1;
+        } else if raw.get(i + 1) == Some(&b'\\') {
+            bytes.push(b'\\');
+            i += 2;
+        } else {
+            let octal = raw.get(i + 1..i + 4).filter(|d| d[0] <= b'3' && d.iter().all(|b| (b'0'..=b'7').contains(b)))?;
+            bytes.push(octal.iter().fold(0u8, |n, d| n * 8 + (d - b'0')));
+            i += 4;
+        }
+    }
+    Some(bytes)
+}
+
 /// 23502 for the first column of `relation` that must not be NULL and holds a NULL.
 fn check_not_null(relation: &Relation, columns: &[ArrayRef]) -> Result<()> {
     match relation.schema.fields().iter().zip(columns).find(|(f, c)| !f.is_nullable() && c.null_count() > 0) {
         Some((f, _)) => Err(CoordinatorError::NotNull { relation: relation.name.clone(), column: f.name().clone() }),
         None => Ok(()),
     }
+}
+
+/// 22001 for the first value longer than its `VARCHAR(n)` column allows (in characters).
+fn check_lengths(relation: &Relation, columns: &[ArrayRef]) -> Result<()> {
+    for (field, column) in relation.schema.fields().iter().zip(columns) {
+        let Some(max) = crate::catalog::column_type::varchar_length(field) else { continue };
+        let Some(strings) = column.as_any().downcast_ref::<arrow::array::StringArray>() else { continue };
+        if strings.iter().flatten().any(|s| s.len() > max && s.chars().count() > max) {
+            return Err(CoordinatorError::StringTooLong { type_name: format!("character varying({max})") });
+        }
+    }
+    Ok(())
 }
 
 /// Replace scans of `table` in `plan` with an in-memory table holding `rows`.
@@ -206,4 +285,20 @@ fn rebind_scan(plan: LogicalPlan, table: &str, rows: RecordBatch) -> datafusion:
         other => Ok(Transformed::no(other)),
     })
     .map(|t| t.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytea_input;
+
+    #[test]
+    fn bytea_input_as_postgres_reads_it() {
+        // Postgres 15: '\x0102' -> \x0102, 'ab\\c\001' -> \x61625c6301, '\xDEAD beef' -> \xdeadbeef.
+        assert_eq!(bytea_input("\\x0102"), Some(vec![1, 2]));
+        assert_eq!(bytea_input("ab\\\\c\\001"), Some(vec![0x61, 0x62, 0x5c, 0x63, 0x01]));
+        assert_eq!(bytea_input("\\xDEAD beef"), Some(vec![0xde, 0xad, 0xbe, 0xef]));
+        assert_eq!(bytea_input(""), Some(vec![]));
+        assert_eq!(bytea_input("\\x012"), None);
+        assert_eq!(bytea_input("\\9"), None);
+    }
 }

@@ -56,6 +56,9 @@ pub enum CoordinatorError {
     SourceOptions(String),
     #[error("null value in column \"{column}\" of relation \"{relation}\" violates not-null constraint")]
     NotNull { relation: String, column: String },
+    /// A value longer than its `VARCHAR(n)` column allows.
+    #[error("value too long for type {type_name}")]
+    StringTooLong { type_name: String },
     #[error("table \"{table}\" is fed by source \"{source_name}\" and cannot be changed directly")]
     ReadOnlyTable { table: String, source_name: String },
     #[error("cannot change materialized view \"{0}\"")]

@@ -219,7 +219,12 @@ impl Coordinator {
             .enumerate()
             .map(|(i, f)| {
                 let f = f.as_ref().clone().with_nullable(f.is_nullable() && !primary_key.contains(&i));
-                if json_columns.contains(&i) { crate::functions::json::json_field(f.name(), f.is_nullable()) } else { f }
+                let f = if json_columns.contains(&i) { crate::functions::json::json_field(f.name(), f.is_nullable()) } else { f };
+                // VARCHAR(n), NUMERIC(p,s), JSONB, ...: what the declared type adds to the Arrow type.
+                match ct.columns.get(i) {
+                    Some(column) => crate::catalog::column_type::with_declared_type(f, &column.data_type),
+                    None => f,
+                }
             })
             .collect();
         let relation = Relation {

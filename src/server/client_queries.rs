@@ -24,6 +24,9 @@ const REWRITES: &[(&str, &str, &str)] = &[
     // pgjdbc's type cache (`getTypeInfo`, array types): `pg_type.typinput` holds the input
     // function's name, which a `regproc` cast of a name would compare as an oid.
     ("pgjdbc TypeInfoCache", "typinput='pg_catalog.array_in'::regproc", "typinput='array_in'"),
+    // DataGrip on connect: `pg_stat_ssl` unqualified (datafusion-pg-catalog qualifies only
+    // the tables it knows).
+    ("DataGrip ssl", "from pg_stat_ssl where", "from pg_catalog.pg_stat_ssl where"),
     // psql `\d <index>`: whether the index's constraint is deferrable or deferred, an EXISTS
     // in the select list (which DataFusion cannot execute) that is false for an immediate
     // index, as every Velocity key is.

@@ -57,6 +57,9 @@ pub enum SessionError {
     SubscriberLagged(u64),
     #[error("{0}")]
     Syntax(String),
+    /// A client encoding other than UTF8 (Velocity converts none).
+    #[error("conversion between {0} and UTF8 is not supported: Velocity speaks UTF8 only")]
+    UnsupportedEncoding(String),
     /// A `SELECT` list longer than Postgres takes.
     #[error("target lists can have at most {0} entries")]
     TargetListTooLong(usize),
@@ -81,6 +84,7 @@ impl From<SessionError> for PgWireError {
             SessionError::NotAuthenticated | SessionError::LoginNotPermitted(_) => "28000",
             SessionError::SubscriberLagged(_) => "53400",
             SessionError::Syntax(_) => "42601",
+            SessionError::UnsupportedEncoding(_) => "0A000",
             SessionError::TargetListTooLong(_) => "54011",
             SessionError::Arrow(a) => arrow_code(a),
             SessionError::Storage(_) => "XX000",
@@ -107,6 +111,7 @@ impl From<CoordinatorError> for PgWireError {
             C::ColumnCount { .. } | C::InvalidOption(_) => "42601",
             C::SourceOptions(_) => "22023",
             C::NotNull { .. } => "23502",
+            C::StringTooLong { .. } => "22001",
             C::ReadOnlyTable { .. } => "25006",
             C::Unsupported(_) => "0A000",
             C::InsufficientPrivilege { .. } | C::NotOwner { .. } | C::PermissionDenied(_) => "42501",

@@ -25,10 +25,10 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
-use datafusion_postgres::arrow_pg::datatypes::into_pg_type;
+use datafusion_postgres::arrow_pg::datatypes::field_into_pg_type;
 use datafusion_postgres::pgwire::api::Type;
 
-use crate::catalog::RelationKind;
+use crate::catalog::{RelationKind, column_type};
 use crate::engine::Engine;
 
 /// Register `information_schema` in the session's catalog. The session must be built
@@ -277,7 +277,7 @@ impl InformationTable {
                     let Some(table) = schema.table(&table_name).await? else { continue };
                     let updatable = if table.table_type() == TableType::Base { "YES" } else { "NO" };
                     for (i, field) in table.schema().fields().iter().enumerate() {
-                        let t = described_type(field.data_type());
+                        let t = described_type(field);
                         rows.push(vec![
                             text(&catalog_name),
                             text(&schema_name),
@@ -287,7 +287,7 @@ impl InformationTable {
                             Value::Text(None),
                             text(if field.is_nullable() { "YES" } else { "NO" }),
                             text(t.data_type),
-                            Value::Number(None),
+                            Value::Number(t.character_length),
                             Value::Number(t.octet_length),
                             Value::Number(t.precision),
                             Value::Number(t.radix),
@@ -362,6 +362,8 @@ struct DescribedType {
     data_type: String,
     /// The Postgres type name (`int8`, `timestamptz`, `_int8`).
     udt_name: String,
+    /// The `n` of `varchar(n)`.
+    character_length: Option<i32>,
     octet_length: Option<i32>,
     precision: Option<i32>,
     radix: Option<i32>,
@@ -392,28 +394,48 @@ const SQL_NAMES: &[(Type, &str)] = &[
     (Type::UUID, "uuid"),
 ];
 
-fn described_type(data_type: &DataType) -> DescribedType {
-    let pg = into_pg_type(data_type).unwrap_or(Type::TEXT);
+fn described_type(field: &Field) -> DescribedType {
+    let data_type = field.data_type();
+    let pg = field_into_pg_type(&Arc::new(field.clone())).unwrap_or(Type::TEXT);
     // Array types are named `_<element>` in Postgres.
     let sql_name = if pg.name().starts_with('_') {
         "ARRAY".to_string()
     } else {
         SQL_NAMES.iter().find(|(t, _)| *t == pg).map(|(_, n)| n.to_string()).unwrap_or_else(|| pg.name().to_string())
     };
+    // The declared modifier (`numeric(12,2)`, `varchar(40)`, `timestamp(3)`), -1 if none.
+    let typmod = column_type::typmod(field);
     let (precision, radix, scale) = match data_type {
         DataType::Int8 | DataType::Int16 | DataType::UInt8 => (Some(16), Some(2), Some(0)),
         DataType::Int32 | DataType::UInt16 => (Some(32), Some(2), Some(0)),
         DataType::Int64 | DataType::UInt32 => (Some(64), Some(2), Some(0)),
         DataType::Float16 | DataType::Float32 => (Some(24), Some(2), None),
         DataType::Float64 => (Some(53), Some(2), None),
-        DataType::Decimal128(p, s) => (Some(*p as i32), Some(10), Some(*s as i32)),
+        // An unconstrained numeric has neither, as in Postgres.
+        DataType::Decimal128(..) if typmod == -1 => (None, Some(10), None),
+        DataType::Decimal128(..) => (Some((typmod - 4) >> 16), Some(10), Some((typmod - 4) & 0x7ff)),
         _ => (None, None, None),
     };
     let datetime_precision = match data_type {
         DataType::Date32 | DataType::Date64 => Some(0),
+        DataType::Timestamp(..) | DataType::Time32(_) | DataType::Time64(_) if typmod >= 0 => Some(typmod),
         DataType::Timestamp(..) | DataType::Time32(_) | DataType::Time64(_) | DataType::Interval(_) | DataType::Duration(_) => Some(6),
         _ => None,
     };
-    let octet_length = matches!(data_type, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View).then_some(1_073_741_824);
-    DescribedType { data_type: sql_name, udt_name: pg.name().to_string(), octet_length, precision, radix, scale, datetime_precision }
+    let character_length = column_type::varchar_length(field).and_then(|n| i32::try_from(n).ok());
+    // Postgres: 4 bytes per character of a varchar(n) (UTF8's longest), 1 GB otherwise.
+    let octet_length = match character_length {
+        Some(n) => Some(n.saturating_mul(4)),
+        None => matches!(data_type, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View).then_some(1_073_741_824),
+    };
+    DescribedType {
+        data_type: sql_name,
+        udt_name: pg.name().to_string(),
+        character_length,
+        octet_length,
+        precision,
+        radix,
+        scale,
+        datetime_precision,
+    }
 }

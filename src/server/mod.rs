@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod client_queries;
+pub mod column_names;
 pub mod error;
 pub mod information_schema;
 pub mod limits;
@@ -381,6 +382,7 @@ impl VelocityService {
         if client.session_extensions().get::<auth::Authenticated>().is_none() {
             return Err(auth::not_authenticated());
         }
+        set_show::check_startup_encoding(client)?;
         crate::sql::check_expression_depth(sql).map_err(from_sql)?;
         limits::check_target_lists(sql)?;
         let roles = session::roles(client);
@@ -430,7 +432,8 @@ impl VelocityService {
         // resolved and the merged keys of RIGHT/FULL USING joins coalesced.
         let distinct_on = crate::sql::resolve_distinct_on_ordinals(&mut parsed);
         let using_keys = crate::sql::coalesce_using_keys(&mut parsed, &|name| self.coordinator.relation_columns(name));
-        let resolved = (distinct_on || using_keys).then(|| parsed.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "));
+        let named = column_names::name_columns(&mut parsed);
+        let resolved = (distinct_on || using_keys || named).then(|| parsed.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "));
         let sql = resolved.as_deref().unwrap_or(sql);
         if let [Statement::Close { cursor: CloseCursor::Specific { name } }] = parsed.as_slice() {
             let cursors = client.session_extensions().get_or_insert_with(SubscribeCursors::default);
@@ -543,6 +546,7 @@ impl QueryParser for VelocityParser {
             Some(relation.schema.fields().iter().map(|f| f.name().clone()).collect())
         };
         let sql = crate::sql::coalesce_using_keys_in_text(&sql, &columns).map(std::borrow::Cow::Owned).unwrap_or(sql);
+        let sql = column_names::name_columns_in_text(&sql).map(std::borrow::Cow::Owned).unwrap_or(sql);
         LargeStack::new(&sql, self.inner.parse_sql(client, &sql, types)).await
     }
 
@@ -574,6 +578,7 @@ impl ExtendedQueryHandler for VelocityService {
         if client.session_extensions().get::<auth::Authenticated>().is_none() {
             return Err(auth::not_authenticated());
         }
+        set_show::check_startup_encoding(client)?;
         let velocity_statement = match &portal.statement.statement.1 {
             None => true,
             Some((_, datafusion::logical_expr::LogicalPlan::EmptyRelation(_))) => true,

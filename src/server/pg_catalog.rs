@@ -22,7 +22,9 @@ use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser
 
 use super::system::{Fill, SystemTable};
 
+mod attributes;
 mod keys;
+mod server_state;
 use crate::catalog::RelationKind;
 use crate::engine::Engine;
 
@@ -100,6 +102,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> datafusion::error::Res
         Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
     ));
     ctx.register_udf(ScalarUDF::from(CurrentSetting::new()));
+    server_state::register_functions(ctx, engine);
     // psql `\dt+`, `\dm+`: a table's or materialized view's size is the bytes of its stored
     // rows (keys and values, before RocksDB compresses them; operator state not counted).
     // Clients pass an oid, which only `pg_class` maps to a name, so `client_queries` turns
@@ -196,6 +199,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> datafusion::error::Res
             roles: RoleSource(engine.clone()),
             keys: keys::keys_table(engine),
             key_columns: keys::key_columns_table(engine),
+            attribute_udfs: attributes::udfs(engine),
         }),
     )?;
     Ok(())
@@ -376,14 +380,12 @@ struct VelocityPgCatalog {
     roles: RoleSource,
     keys: Arc<SystemTable>,
     key_columns: Arc<SystemTable>,
+    /// `velocity_atttypid`, `velocity_atttypmod`: declared types in `pg_attribute`.
+    attribute_udfs: (Arc<ScalarUDF>, Arc<ScalarUDF>),
 }
 
 #[async_trait]
 impl SchemaProvider for VelocityPgCatalog {
-    fn table_names(&self) -> Vec<String> {
-        self.inner.table_names()
-    }
-
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         match name {
             "pg_class" => {
@@ -401,8 +403,9 @@ impl SchemaProvider for VelocityPgCatalog {
                     return Ok(None);
                 };
                 let schema = inner.schema();
-                let indexes = keys::index_attribute_rows(&schema, &self.key_columns, pg_namespace, pg_class, inner.clone())?;
-                let plan = LogicalPlanBuilder::scan("pg_attribute", provider_as_source(inner), None)?.union(indexes)?.build()?;
+                let indexes =
+                    keys::index_attribute_rows(&schema, &self.key_columns, pg_namespace.clone(), pg_class.clone(), inner.clone())?;
+                let plan = attributes::declared(&self.attribute_udfs, inner, pg_class, pg_namespace)?.union(indexes)?.build()?;
                 Ok(Some(Arc::new(ViewTable::new(plan, None))))
             }
             "pg_index" | "pg_constraint" => {
@@ -426,12 +429,23 @@ impl SchemaProvider for VelocityPgCatalog {
                 let Some(inner) = self.inner.table(name).await? else { return Ok(None) };
                 Ok(Some(pg_settings(inner.schema())?))
             }
+            "pg_namespace" | "pg_tablespace" | "pg_database" => {
+                let Some(inner) = self.inner.table(name).await? else { return Ok(None) };
+                Ok(Some(server_state::with_xmin_and_acl(name, inner)?))
+            }
+            _ if server_state::TABLES.contains(&name) => server_state::table_named(name),
             _ => self.inner.table(name).await,
         }
     }
 
+    fn table_names(&self) -> Vec<String> {
+        let mut names = self.inner.table_names();
+        names.extend(server_state::TABLES.iter().map(|t| t.to_string()));
+        names
+    }
+
     fn table_exist(&self, name: &str) -> bool {
-        self.inner.table_exist(name)
+        self.inner.table_exist(name) || server_state::TABLES.contains(&name)
     }
 }
 

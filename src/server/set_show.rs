@@ -21,6 +21,26 @@ use super::error::SessionError;
 /// Postgres keeps names to NAMEDATALEN - 1 bytes.
 pub const MAX_NAME_BYTES: usize = 63;
 
+/// Refuse a client encoding other than UTF8 (or SQL_ASCII, which Postgres does not convert
+/// either, and which psql asks for under the C locale): Velocity converts none, and text in
+/// another encoding would be stored wrongly.
+pub fn check_client_encoding(name: &str) -> Result<(), SessionError> {
+    let normalized: String = name.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_ascii_uppercase();
+    match normalized.as_str() {
+        "UTF8" | "UNICODE" | "SQLASCII" | "DEFAULT" => Ok(()),
+        _ => Err(SessionError::UnsupportedEncoding(name.to_ascii_uppercase())),
+    }
+}
+
+/// The `client_encoding` a client asked for in its startup packet (`PGCLIENTENCODING`),
+/// checked by [`check_client_encoding`] before each of its statements.
+pub fn check_startup_encoding<C: ClientInfo>(client: &C) -> Result<(), SessionError> {
+    match client.metadata().get("client_encoding") {
+        Some(name) => check_client_encoding(name),
+        None => Ok(()),
+    }
+}
+
 /// [`SetShowHook`] with Postgres' limits in front.
 pub struct SetShow(pub SetShowHook);
 
@@ -29,6 +49,22 @@ fn within_limits(statement: &Statement) -> PgWireResult<Option<Statement>> {
     match statement {
         Statement::ShowVariable { variable } if variable.is_empty() => {
             Err(SessionError::Syntax("syntax error: SHOW needs a parameter name".into()).into())
+        }
+        Statement::Set(Set::SingleAssignment { variable, values, .. }) if variable.to_string().eq_ignore_ascii_case("client_encoding") => {
+            let encoding = match values.first() {
+                Some(Expr::Value(v)) => match &v.value {
+                    Value::SingleQuotedString(s) => s.clone(),
+                    other => other.to_string(),
+                },
+                Some(Expr::Identifier(i)) => i.value.clone(),
+                _ => return Ok(None),
+            };
+            check_client_encoding(&encoding)?;
+            Ok(None)
+        }
+        Statement::Set(Set::SetNames { charset_name, .. }) => {
+            check_client_encoding(&charset_name.value)?;
+            Ok(None)
         }
         Statement::Set(Set::SingleAssignment { scope, hivevar, variable, values })
             if variable.to_string().eq_ignore_ascii_case("application_name") =>

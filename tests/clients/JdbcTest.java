@@ -76,6 +76,13 @@ public class JdbcTest {
                 check(!rs.next(), "rolled back row 4 is absent");
             }
 
+            // Type modifiers reach the driver: RowDescription carries numeric(10,2)'s typmod.
+            try (Statement st = conn.createStatement(); ResultSet rs = st.executeQuery("SELECT cost, dest FROM parcels")) {
+                ResultSetMetaData rsmd = rs.getMetaData();
+                System.out.println("cost: precision " + rsmd.getPrecision(1) + ", scale " + rsmd.getScale(1));
+                check(rsmd.getScale(1) == 2 && rsmd.getPrecision(1) == 10, "numeric(10,2) scale/precision: " + rsmd.getScale(1) + "/" + rsmd.getPrecision(1));
+            }
+
             // DatabaseMetaData as IDEs and BI tools call it.
             List<String> tables = new ArrayList<>();
             try (ResultSet rs = md.getTables(null, "public", "%", new String[] {"TABLE"})) {
@@ -95,6 +102,10 @@ public class JdbcTest {
             }
             System.out.println("columns: " + cols);
             check(cols.size() == 9 && cols.get(0).equals("id:int8") && cols.get(4).equals("dest:text"), "getColumns: " + cols);
+            try (ResultSet rs = md.getColumns(null, "public", "parcels", "cost")) {
+                check(rs.next() && rs.getInt("COLUMN_SIZE") == 10 && rs.getInt("DECIMAL_DIGITS") == 2,
+                    "getColumns(cost) size/digits: " + rs.getInt("COLUMN_SIZE") + "/" + rs.getInt("DECIMAL_DIGITS"));
+            }
             // Keys, as DBeaver's and DataGrip's navigators and ORMs read them.
             try (Statement st = conn.createStatement()) {
                 st.execute("CREATE TABLE legs (trip TEXT, seq INT, km INT, PRIMARY KEY (trip, seq))");

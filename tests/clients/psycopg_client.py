@@ -65,11 +65,80 @@ with psycopg.connect(DSN, autocommit=True) as conn:
         cur.execute("SELECT id, price, ship_date, fragile FROM shipments WHERE id = %s", (1,))
         check(cur.fetchone() == (1, decimal.Decimal("12.50"), datetime.date(2024, 5, 1), True), "binary row")
 
+    # Column names as Postgres gives them (answers from Postgres 15).
+    names = [d.name for d in conn.execute(
+        "SELECT count(*), sum(qty), qty + 1, upper(status), CASE WHEN fragile THEN 1 END, qty::bigint, 'x'::text, count(*) AS n"
+        " FROM shipments GROUP BY qty, status, fragile").description]
+    check(names == ["count", "sum", "?column?", "upper", "case", "qty", "text", "n"], f"column names: {names}")
     names = [d.name for d in conn.execute("SELECT * FROM per_status").description]
     check(names == ["status", "n", "qty"], f"view columns: {names}")
     tables = {r[0] for r in conn.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'").fetchall()}
     check({"shipments", "per_status"} <= tables, f"information_schema.tables: {tables}")
+
+# JSONB and JSON parameters, in text and in binary format; json/jsonb columns come back typed.
+from psycopg.types.json import Json, Jsonb
+
+with psycopg.connect(DSN, autocommit=True) as conn:
+    conn.execute("CREATE TABLE docs (id INT PRIMARY KEY, body JSONB, raw JSON, label VARCHAR(8))")
+    for binary in (False, True):
+        with conn.cursor(binary=binary) as cur:
+            cur.execute("INSERT INTO docs VALUES (%s, %s, %s, %s)", (int(binary), Jsonb({"a": [1, 2], "b": None}), Json({"c": "x"}), "ok"))
+            cur.execute("SELECT body, raw FROM docs WHERE id = %s", (int(binary),))
+            check([d.type_code for d in cur.description] == [3802, 114], f"jsonb, json columns ({binary=}): {cur.description}")
+            row = cur.fetchone()
+            check(row == ({"a": [1, 2], "b": None}, {"c": "x"}), f"JSON values ({binary=}): {row}")
+    types = [(n, int(t), m) for n, t, m in conn.execute(
+        "SELECT attname, atttypid, atttypmod FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0 ORDER BY attnum"
+    ).fetchall()]
+    check(types == [("id", 23, -1), ("body", 3802, -1), ("raw", 114, -1), ("label", 1043, 12)], f"pg_attribute types: {types}")
+    # VARCHAR(n) holds n characters (not bytes), as Postgres.
+    conn.execute("INSERT INTO docs (id, label) VALUES (2, %s)", ("éééééééé",))
+    try:
+        conn.execute("INSERT INTO docs (id, label) VALUES (3, %s)", ("123456789",))
+        check(False, "a 9-character label fits VARCHAR(8)")
+    except psycopg.errors.StringDataRightTruncation as e:
+        check(str(e) == "value too long for type character varying(8)", f"22001 message: {e}")
+    try:
+        conn.execute("UPDATE docs SET label = label || 'x' WHERE id = 2")
+        check(False, "UPDATE past VARCHAR(8)")
+    except psycopg.errors.StringDataRightTruncation:
+        pass
+    # Text formats as Postgres prints them.
+    with conn.cursor() as cur:
+        cur.execute("SELECT CAST(qty AS DOUBLE PRECISION), weight, created_at, updated_at FROM shipments WHERE id = 1")
+        text = [cur.pgresult.get_value(0, i).decode() for i in range(4)]
+        check(text == ["3", "2.25", "2024-05-01 08:30:00", "2024-05-01 08:30:00+00"], f"text of doubles and timestamps: {text}")
+
+# bytea: Postgres' input syntax in SQL text (hex and escape), bytes as parameters.
+with psycopg.connect(DSN, autocommit=True) as conn:
+    conn.execute("CREATE TABLE blobs (id INT PRIMARY KEY, b BYTEA)")
+    conn.execute("INSERT INTO blobs VALUES (1, '\\x0102'), (2, 'ab\\\\c\\001'), (3, '\\xDEAD beef')")
+    conn.execute("INSERT INTO blobs VALUES (%s, %s)", (4, b"\x00\xff"))
+    rows = conn.execute("SELECT id, b FROM blobs ORDER BY id").fetchall()
+    check(rows == [(1, b"\x01\x02"), (2, b"ab\\c\x01"), (3, b"\xde\xad\xbe\xef"), (4, b"\x00\xff")], f"bytea rows: {rows}")
+    try:
+        conn.execute("INSERT INTO blobs VALUES (5, '\\x012')")
+        check(False, "odd hex digits are refused")
+    except psycopg.errors.InvalidTextRepresentation:
+        pass
+
+# Encodings: UTF8 only. Another client_encoding is refused (0A000), at startup or by SET,
+# rather than ignored (text in LATIN1 would be stored as garbage).
+with psycopg.connect(DSN, autocommit=True) as conn:
+    try:
+        conn.execute("SET client_encoding TO 'LATIN1'")
+        check(False, "SET client_encoding TO 'LATIN1' is refused")
+    except psycopg.errors.FeatureNotSupported as e:
+        check("LATIN1" in str(e), f"encoding error names it: {e}")
+    check(conn.execute("SHOW client_encoding").fetchone()[0] == "UTF8", "still UTF8")
+    conn.execute("SET client_encoding TO 'UTF8'")
+with psycopg.connect(DSN + " client_encoding=LATIN1", autocommit=True) as conn:
+    try:
+        conn.execute("SELECT 1")
+        check(False, "a LATIN1 session is refused")
+    except psycopg.errors.FeatureNotSupported as e:
+        check(str(e) == "conversion between LATIN1 and UTF8 is not supported: Velocity speaks UTF8 only", f"startup encoding: {e}")
 
 # Default psycopg: implicit BEGIN before the first statement, COMMIT on commit().
 with psycopg.connect(DSN) as conn:

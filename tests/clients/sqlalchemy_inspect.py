@@ -53,6 +53,15 @@ check(order_columns == [
     ("paid", "BOOLEAN", True, None),
 ], f"get_columns(orders): {order_columns}")
 check(insp.get_columns("orders")[4]["type"].timezone, "TIMESTAMPTZ reflects with a time zone")
+amount = insp.get_columns("orders")[2]["type"]
+check((amount.precision, amount.scale) == (12, 2), f"NUMERIC(12,2) reflects its precision and scale: {amount!r}")
+with engine.begin() as conn:
+    conn.execute(text("CREATE TABLE people (id INT PRIMARY KEY, name VARCHAR(40), prefs JSONB, seen TIMESTAMP(3))"))
+people = {c["name"]: c["type"] for c in insp.get_columns("people")}
+print("people columns:", people)
+check(type(people["name"]).__name__ == "VARCHAR" and people["name"].length == 40, f"VARCHAR(40): {people['name']!r}")
+check(type(people["prefs"]).__name__ == "JSONB", f"JSONB: {people['prefs']!r}")
+check(people["seen"].precision == 3, f"TIMESTAMP(3): {people['seen']!r}")
 revenue_columns = columns("revenue")
 print("revenue columns:", revenue_columns)
 check([(n, t) for n, t, _, _ in revenue_columns] == [("customer", "TEXT"), ("total", "NUMERIC"), ("orders", "BIGINT")],

@@ -9,7 +9,7 @@ use datafusion::arrow::{datatypes::*, record_batch::RecordBatch};
 
 use pgwire::api::Type;
 use pgwire::api::portal::Format;
-use pgwire::api::results::FieldInfo;
+use pgwire::api::results::{FieldFormat, FieldInfo};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use pgwire::types::format::FormatOptions;
@@ -135,6 +135,38 @@ pub fn into_pg_type(arrow_type: &DataType) -> PgWireResult<Type> {
 /// falls back to the ordinary physical Arrow type mapping (`Int32` -> `INT4`),
 /// so untagged columns are unaffected.
 pub const PG_OID_ALIAS_KEY: &str = "pg.oid_alias";
+
+/// Velocity: field metadata key naming the Postgres type of a text column when it is not
+/// `text`: `varchar` (a `VARCHAR(n)` column), `jsonb` (an `arrow.json` column declared JSONB;
+/// without it JSON text is `json`).
+pub const PG_TYPE_KEY: &str = "pg.type";
+
+/// Velocity: field metadata key holding a column's `atttypmod` (`numeric(12,2)`,
+/// `varchar(40)`, `timestamp(3)`), sent in RowDescription.
+pub const PG_TYPMOD_KEY: &str = "pg.typmod";
+
+/// Velocity: field metadata keys holding the table OID and attribute number of a column read
+/// straight from a table, sent in RowDescription.
+pub const PG_TABLE_OID_KEY: &str = "pg.table_oid";
+pub const PG_ATTNUM_KEY: &str = "pg.attnum";
+
+/// Velocity: the [`PG_TYPE_KEY`] of `field`.
+fn pg_type_name(field: &Field) -> Option<&str> {
+    field.metadata().get(PG_TYPE_KEY).map(String::as_str)
+}
+
+/// Velocity: the RowDescription of `field`, with the type modifier, table OID and attribute
+/// number its metadata carries.
+pub fn field_info(field: &Field, name: String, pg_type: Type, format: FieldFormat) -> FieldInfo {
+    let meta = |key: &str| field.metadata().get(key).and_then(|v| v.parse::<i64>().ok());
+    let table = meta(PG_TABLE_OID_KEY).and_then(|v| i32::try_from(v).ok());
+    let column = meta(PG_ATTNUM_KEY).and_then(|v| i16::try_from(v).ok());
+    let info = FieldInfo::new(name, table, column, pg_type, format);
+    match meta(PG_TYPMOD_KEY).and_then(|v| i32::try_from(v).ok()) {
+        Some(typmod) => info.with_type_modifier(typmod),
+        None => info,
+    }
+}
 
 /// Field metadata key marking an Arrow list/fixed-size-list field as a
 /// pgvector `vector` column.
@@ -284,7 +316,9 @@ pub fn field_into_pg_type(field: &Arc<Field>) -> PgWireResult<Type> {
 
         // Velocity: JSON text (Arrow's canonical `arrow.json` extension) is `json` on the wire;
         // json's binary format is its text, so the Utf8 encoder serves both formats.
+        Some("arrow.json") if pg_type_name(field) == Some("jsonb") => Ok(Type::JSONB),
         Some("arrow.json") => Ok(Type::JSON),
+        _ if matches!(arrow_type, DataType::Utf8) && pg_type_name(field) == Some("varchar") => Ok(Type::VARCHAR),
         _ => into_pg_type(arrow_type),
     }
 }
@@ -303,7 +337,7 @@ pub fn arrow_schema_to_pg_fields(
             let pg_type = field_into_pg_type(f)?;
             let col_format = format.format_for(idx);
 
-            let mut field_info = FieldInfo::new(f.name().into(), None, None, pg_type, col_format);
+            let mut field_info = field_info(f, f.name().into(), pg_type, col_format);
             if let Some(data_format_options) = &data_format_options {
                 field_info = field_info.with_format_options(data_format_options.clone());
             }

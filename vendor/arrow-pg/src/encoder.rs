@@ -508,6 +508,27 @@ pub fn encode_value<T: Encoder>(
         return encode_pg_oid_binary(encoder, arr, idx, pg_field);
     }
 
+    // Velocity: floats, times and timestamps in text format as Postgres prints them.
+    if pg_field.format() == FieldFormat::Text
+        && let Some(text) = crate::pg_text::value(arr, idx, arrow_type)
+    {
+        return encoder.encode_field(&text, pg_field);
+    }
+
+    // Velocity: jsonb's binary format is a version byte (1) before the text.
+    if pg_field.format() == FieldFormat::Binary
+        && *pg_field.datatype() == postgres_types::Type::JSONB
+        && matches!(arrow_type, DataType::Utf8)
+    {
+        let value = get_utf8_value(arr, idx).map(|text| {
+            let mut bytes = Vec::with_capacity(text.len() + 1);
+            bytes.push(1u8);
+            bytes.extend_from_slice(text.as_bytes());
+            bytes
+        });
+        return encoder.encode_field(&value, pg_field);
+    }
+
     match arrow_type {
         DataType::Null => encoder.encode_field(&None::<i8>, pg_field)?,
         DataType::Boolean => encoder.encode_field(&get_bool_value(arr, idx), pg_field)?,

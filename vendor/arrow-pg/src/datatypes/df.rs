@@ -504,6 +504,32 @@ fn check_binary_array(raw: &[u8]) -> PgWireResult<()> {
     Ok(())
 }
 
+/// Velocity: the text of a json/jsonb parameter; `jsonb_binary` when it comes in jsonb's
+/// binary format. Invalid UTF-8 is 22021, an unknown jsonb version 22P02.
+fn json_parameter(raw: &[u8], jsonb_binary: bool) -> PgWireResult<String> {
+    let text = if jsonb_binary {
+        match raw.split_first() {
+            Some((1, text)) => text,
+            _ => {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".to_string(),
+                    "22P02".to_string(),
+                    "unsupported jsonb version number".to_string(),
+                ))));
+            }
+        }
+    } else {
+        raw
+    };
+    String::from_utf8(text.to_vec()).map_err(|_| {
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".to_string(),
+            "22021".to_string(),
+            "invalid byte sequence for encoding \"UTF8\"".to_string(),
+        )))
+    })
+}
+
 pub fn deserialize_parameters<S>(
     portal: &Portal<S>,
     inferenced_types: &[Option<&DataType>],
@@ -798,9 +824,13 @@ where
                 // Store UUID as string for now
                 deserialized_params.push(ScalarValue::Utf8(value));
             }
+            // Velocity: JSON text; postgres-types' String does not accept json/jsonb, so the
+            // bytes are read here (jsonb's binary format is a version byte, 1, before the text).
             Type::JSON | Type::JSONB => {
-                let value = portal.parameter::<String>(i, &pg_type)?;
-                // Store JSON as string for now
+                let value = match portal.parameters.get(i) {
+                    Some(Some(raw)) => Some(json_parameter(raw, portal.parameter_format.is_binary(i) && pg_type == Type::JSONB)?),
+                    _ => None,
+                };
                 deserialized_params.push(ScalarValue::Utf8(value));
             }
             Type::INTERVAL => {
