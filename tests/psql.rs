@@ -1,4 +1,5 @@
-//! psql, the real client: meta-commands list Velocity's tables and views with their columns.
+//! psql, the real client: meta-commands list Velocity's tables and views with their columns;
+//! and the transaction states psql relies on.
 
 mod common;
 
@@ -161,4 +162,23 @@ async fn extended_protocol_coalesces_the_key_of_right_using_joins() {
         client.query("SELECT code, doors FROM depots NATURAL RIGHT JOIN docks WHERE doors > $1 ORDER BY code", &[&0i32]).await.unwrap();
     let got: Vec<(String, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(got, vec![("ber".to_string(), 4), ("cdg".to_string(), 9)]);
+}
+
+/// A COMMIT that fails (a duplicate key) ends the transaction block as in Postgres: the
+/// session is idle afterwards and its next statements run (it was left aborted, 25P02).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_ends_the_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::ServerProcess::start(&common::data_dir(&dir));
+    let client = common::connect(server.addr).await;
+    client.batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY)").await.unwrap();
+    client.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    // The simple protocol, as psql and psycopg's commit() send it.
+    client.simple_query("BEGIN").await.unwrap();
+    client.simple_query("INSERT INTO t VALUES (1)").await.unwrap();
+    let e = client.simple_query("COMMIT").await.expect_err("duplicate key at COMMIT");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("23505"), "{e}");
+    client.simple_query("INSERT INTO t VALUES (2)").await.expect("the session is idle, not aborted");
+    let n: i64 = client.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
 }

@@ -105,6 +105,9 @@ pub trait SimpleQueryHandler: Send + Sync {
             } else {
                 self.do_query(client, &query_string).await
             }?;
+            // Velocity: the handler may have ended the transaction itself (a failed COMMIT
+            // ends it in Postgres): continue from the status it left.
+            transaction_status = client.transaction_status();
             for r in resp {
                 match r {
                     Response::EmptyQuery => {
@@ -321,6 +324,8 @@ pub trait ExtendedQueryHandler: Send + Sync {
             } else {
                 self.do_query(client, portal.as_ref(), max_rows).await
             }?;
+            // Velocity: continue from the transaction status the handler left (see _on_query).
+            transaction_status = client.transaction_status();
 
             match resp {
                 Response::Query(results) => {
