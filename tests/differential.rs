@@ -55,6 +55,25 @@ const VIEWS: &[(&str, &str)] = &[
     ("global_top3", "SELECT id, v FROM a ORDER BY v DESC NULLS LAST, id LIMIT 3"),
     ("global_page", "SELECT id, k FROM c ORDER BY k NULLS FIRST, id LIMIT 2 OFFSET 1"),
     ("top_groups", "SELECT k, count(*) AS n FROM b GROUP BY k ORDER BY n DESC, k NULLS LAST LIMIT 2"),
+    (
+        "win_nav",
+        "SELECT id, k, lag(v) OVER (PARTITION BY k ORDER BY v, id) AS prev, lead(id, 2) OVER (PARTITION BY k ORDER BY v, id) AS next2, \
+         first_value(v) OVER (PARTITION BY k ORDER BY v DESC NULLS LAST, id) AS best, \
+         last_value(id) OVER (PARTITION BY k ORDER BY v, id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS last_id FROM b",
+    ),
+    (
+        "win_rank",
+        "SELECT id, rank() OVER (PARTITION BY k ORDER BY v) AS r, dense_rank() OVER (PARTITION BY k ORDER BY v) AS dr, \
+         row_number() OVER (PARTITION BY k ORDER BY v, id) AS rn FROM c",
+    ),
+    (
+        "win_running",
+        "SELECT id, sum(v) OVER (PARTITION BY k ORDER BY id) AS s, count(*) OVER (PARTITION BY k ORDER BY v) AS n, \
+         min(v) OVER (PARTITION BY k ORDER BY id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS mn, \
+         max(v) OVER (PARTITION BY k ORDER BY id ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) AS mx, \
+         avg(v) OVER (PARTITION BY k ORDER BY id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS av FROM a",
+    ),
+    ("win_over_agg", "SELECT k, n, sum(n) OVER (ORDER BY k NULLS FIRST) AS cum, lag(k) OVER (ORDER BY n, k) AS prev_k FROM grouped"),
     ("scalar_sub", "SELECT a.id, (SELECT max(c.v) FROM c WHERE c.k = a.k) AS top FROM a"),
     ("using_full", "SELECT k, a.id AS aid, c.id AS cid FROM a FULL JOIN c USING (k)"),
     (

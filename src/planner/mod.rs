@@ -25,6 +25,7 @@ use crate::dataflow::project::Project;
 use crate::dataflow::temporal::TemporalFilter;
 use crate::dataflow::topk::TopK;
 use crate::dataflow::union::Union;
+use crate::dataflow::window::Window;
 use crate::dataflow::{DataflowError, Operator};
 
 pub mod analyzer;
@@ -273,9 +274,7 @@ impl Builder<'_> {
                 let node = self.next_node_id();
                 Ok(self.add(Constant::new(rows, self.dataflow_id, node), vec![]))
             }
-            LogicalPlan::Window(_) => {
-                Err(PlanError::Unsupported("window functions other than ROW_NUMBER() bounded by a filter (rn <= k)".into()))
-            }
+            LogicalPlan::Window(w) => self.plan_window(w, out_schema),
             LogicalPlan::RecursiveQuery(_) => Err(PlanError::Unsupported("WITH RECURSIVE".into())),
             LogicalPlan::Unnest(_) => Err(PlanError::Unsupported("UNNEST".into())),
             other => Err(PlanError::Unsupported(format!("the plan node {}", other.display()))),
@@ -393,6 +392,59 @@ impl Builder<'_> {
         }
         let columns = (0..width).map(|i| Arc::new(Column::new(input_schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>).collect();
         Ok(self.add(Project::new(input_schema, columns), vec![out]))
+    }
+
+    /// Window functions: one [`Window`] operator per distinct `(PARTITION BY, ORDER BY)`,
+    /// chained (each appends its functions' columns), then the columns put back in the
+    /// order of the plan when there is more than one.
+    fn plan_window(&mut self, w: &datafusion::logical_expr::Window, out_schema: SchemaRef) -> Result<NodeInput> {
+        use arrow::datatypes::Schema;
+        use datafusion::logical_expr::SortExpr;
+        use datafusion::physical_expr::expressions::Column;
+        let mut node = self.plan(&w.input)?;
+        let input = w.input.schema();
+        let width = input.fields().len();
+        let mut specs: Vec<(Vec<Expr>, Vec<SortExpr>, Vec<usize>)> = Vec::new();
+        for (i, e) in w.window_expr.iter().enumerate() {
+            let Expr::WindowFunction(wf) = e.clone().unalias_nested().data else {
+                return Err(PlanError::Unsupported(format!("the window expression {e}")));
+            };
+            reject_unsupported_expr(e)?;
+            match specs.iter_mut().find(|(p, o, _)| *p == wf.params.partition_by && *o == wf.params.order_by) {
+                Some((_, _, members)) => members.push(i),
+                None => specs.push((wf.params.partition_by.clone(), wf.params.order_by.clone(), vec![i])),
+            }
+        }
+        let mut schema: SchemaRef = Arc::new(input.as_arrow().clone());
+        let mut position = vec![0; w.window_expr.len()];
+        for (partition_by, order_by, members) in &specs {
+            let functions = members
+                .iter()
+                .map(|&i| datafusion::physical_planner::create_window_expr(&w.window_expr[i], input, &self.props, &Default::default()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let partition_by = partition_by.iter().map(|e| self.physical(e, input)).collect::<Result<Vec<_>>>()?;
+            let order_by = order_by
+                .iter()
+                .map(|e| create_physical_sort_expr(e, input, &self.props, &Default::default()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+            for &i in members {
+                position[i] = fields.len();
+                fields.push(out_schema.fields()[width + i].clone());
+            }
+            let next: SchemaRef = Arc::new(Schema::new(fields));
+            let op = Window::new(schema, partition_by, order_by, functions, next.clone(), self.dataflow_id, self.next_node_id())?;
+            node = self.add(op, vec![node]);
+            schema = next;
+        }
+        if specs.len() > 1 {
+            let columns = (0..width)
+                .chain(position)
+                .map(|i| Arc::new(Column::new(schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
+                .collect();
+            node = self.add(Project::new(out_schema, columns), vec![node]);
+        }
+        Ok(node)
     }
 
     fn plan_join(&mut self, j: &datafusion::logical_expr::Join, out_schema: SchemaRef) -> Result<NodeInput> {
