@@ -74,6 +74,9 @@ const VIEWS: &[(&str, &str)] = &[
          avg(v) OVER (PARTITION BY k ORDER BY id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS av FROM a",
     ),
     ("win_over_agg", "SELECT k, n, sum(n) OVER (ORDER BY k NULLS FIRST) AS cum, lag(k) OVER (ORDER BY n, k) AS prev_k FROM grouped"),
+    ("rollup", "SELECT k, v, count(*) AS n, sum(id) AS s, grouping(k, v) AS g FROM a GROUP BY ROLLUP (k, v)"),
+    ("cube", "SELECT k, v, count(*) AS n, min(id) AS m FROM c GROUP BY CUBE (k, v) HAVING count(*) > 1"),
+    ("grouping_sets", "SELECT k, v, max(id) AS m FROM b GROUP BY GROUPING SETS ((k), (k, v), (), (k))"),
     ("scalar_sub", "SELECT a.id, (SELECT max(c.v) FROM c WHERE c.k = a.k) AS top FROM a"),
     ("using_full", "SELECT k, a.id AS aid, c.id AS cid FROM a FULL JOIN c USING (k)"),
     (

@@ -220,6 +220,7 @@ impl Builder<'_> {
                 Ok(self.add(Union::new(out_schema), inputs))
             }
             LogicalPlan::Join(j) => self.plan_join(j, out_schema),
+            LogicalPlan::Aggregate(a) if matches!(a.group_expr.as_slice(), [Expr::GroupingSet(_)]) => self.plan_grouping_sets(a, out_schema),
             LogicalPlan::Aggregate(a) => {
                 let input = self.plan(&a.input)?;
                 let (groups, aggs) = lower_aggregate(a, &self.props)?;
@@ -445,6 +446,64 @@ impl Builder<'_> {
             node = self.add(Project::new(out_schema, columns), vec![node]);
         }
         Ok(node)
+    }
+
+    /// `GROUPING SETS`, `ROLLUP`, `CUBE` (DataFusion enumerates the last two into grouping
+    /// sets): one incremental aggregate per set over the same input, each projected onto the
+    /// plan's columns (the grouping columns outside the set NULL, then `__grouping_id`: a 1
+    /// bit per NULLed column, the last column lowest, above them the ordinal of a repeated
+    /// set, as DataFusion numbers them), then their union.
+    fn plan_grouping_sets(&mut self, a: &datafusion::logical_expr::Aggregate, out_schema: SchemaRef) -> Result<NodeInput> {
+        use datafusion::common::ScalarValue;
+        use datafusion::logical_expr::{GroupingSet, lit};
+        let [Expr::GroupingSet(grouping)] = a.group_expr.as_slice() else {
+            return Err(DataflowError::Internal("grouping sets beside other GROUP BY expressions".into()).into());
+        };
+        let sets: Vec<Vec<Expr>> = match grouping {
+            GroupingSet::GroupingSets(sets) => sets.clone(),
+            GroupingSet::Rollup(exprs) => (0..=exprs.len()).map(|i| exprs[..i].to_vec()).collect(),
+            GroupingSet::Cube(exprs) => {
+                if exprs.len() > 12 {
+                    return Err(PlanError::Unsupported(format!("CUBE of {} expressions", exprs.len())));
+                }
+                (0..1u32 << exprs.len())
+                    .map(|mask| exprs.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, e)| e.clone()).collect())
+                    .collect()
+            }
+        };
+        let distinct: Vec<Expr> = datafusion::logical_expr::utils::grouping_set_to_exprlist(&a.group_expr)?.into_iter().cloned().collect();
+        let n = distinct.len();
+        let id_type = out_schema.field(n).data_type().clone();
+        let input = self.plan(&a.input)?;
+        let input_schema: SchemaRef = Arc::new(a.input.schema().as_arrow().clone());
+        let mut ordinals: HashMap<Vec<bool>, u64> = HashMap::new();
+        let mut branches = Vec::with_capacity(sets.len());
+        for set in &sets {
+            let nulls: Vec<bool> = distinct.iter().map(|e| !set.contains(e)).collect();
+            let ordinal = ordinals.entry(nulls.clone()).or_insert(0);
+            let id = nulls.iter().fold(0u64, |acc, &null| (acc << 1) | u64::from(null)) | (*ordinal << n);
+            *ordinal += 1;
+            let per_set = datafusion::logical_expr::Aggregate::try_new(a.input.clone(), set.clone(), a.aggr_expr.clone())?;
+            let set_schema = per_set.schema.clone();
+            let (groups, aggs) = lower_aggregate(&per_set, &self.props)?;
+            let node = self.next_node_id();
+            let op = Aggregate::new(input_schema.clone(), groups, aggs, Arc::new(set_schema.as_arrow().clone()), self.dataflow_id, node)?;
+            let aggregated = self.add(op, vec![input]);
+            let columns = set_schema.columns();
+            let mut exprs = Vec::with_capacity(out_schema.fields().len());
+            for (i, e) in distinct.iter().enumerate() {
+                let expr = match set.iter().position(|s| s == e) {
+                    Some(p) => Expr::Column(columns[p].clone()),
+                    None => lit(ScalarValue::try_from(out_schema.field(i).data_type())?),
+                };
+                exprs.push(expr);
+            }
+            exprs.push(lit(ScalarValue::UInt64(Some(id)).cast_to(&id_type)?));
+            exprs.extend(columns[set.len()..].iter().cloned().map(Expr::Column));
+            let exprs = exprs.iter().map(|e| self.physical(e, &set_schema)).collect::<Result<Vec<_>>>()?;
+            branches.push(self.add(Project::new(out_schema.clone(), exprs), vec![aggregated]));
+        }
+        Ok(self.add(Union::new(out_schema), branches))
     }
 
     fn plan_join(&mut self, j: &datafusion::logical_expr::Join, out_schema: SchemaRef) -> Result<NodeInput> {
