@@ -77,6 +77,10 @@ const VIEWS: &[(&str, &str)] = &[
     ("rollup", "SELECT k, v, count(*) AS n, sum(id) AS s, grouping(k, v) AS g FROM a GROUP BY ROLLUP (k, v)"),
     ("cube", "SELECT k, v, count(*) AS n, min(id) AS m FROM c GROUP BY CUBE (k, v) HAVING count(*) > 1"),
     ("grouping_sets", "SELECT k, v, max(id) AS m FROM b GROUP BY GROUPING SETS ((k), (k, v), (), (k))"),
+    ("not_in", "SELECT a.id, a.v FROM a WHERE a.v NOT IN (SELECT c.v FROM c WHERE c.k <> 0)"),
+    ("not_distinct", "SELECT a.id AS aid, b.id AS bid FROM a JOIN b ON a.k IS NOT DISTINCT FROM b.k"),
+    ("left_cond", "SELECT a.id AS aid, b.id AS bid FROM a LEFT JOIN b ON a.k = b.k AND b.v > a.v"),
+    ("full_cond", "SELECT b.id AS bid, c.id AS cid FROM b FULL JOIN c ON b.k = c.k AND c.v <> b.v"),
     ("scalar_sub", "SELECT a.id, (SELECT max(c.v) FROM c WHERE c.k = a.k) AS top FROM a"),
     ("using_full", "SELECT k, a.id AS aid, c.id AS cid FROM a FULL JOIN c USING (k)"),
     (

@@ -506,6 +506,67 @@ impl Builder<'_> {
         Ok(self.add(Union::new(out_schema), branches))
     }
 
+    /// `x NOT IN (SELECT y ...)` (DataFusion's null-aware anti join) with Postgres' NULL
+    /// semantics: a row is kept when the subquery is empty, or when `x` is not NULL, no `y`
+    /// equals it and no `y` is NULL. The anti join on `x = y` keeps the rows without an equal
+    /// `y` (a NULL `x` equals nothing); a global count over the subquery gives two flags (empty,
+    /// holds a NULL), joined to every kept row and filtered on. The flags change only when the
+    /// subquery becomes (non-)empty or gains or loses its last NULL; only then do all kept rows
+    /// change.
+    fn plan_not_in(&mut self, j: &datafusion::logical_expr::Join) -> Result<NodeInput> {
+        use arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::common::ScalarValue;
+        use datafusion::functions_aggregate::expr_fn::count;
+        use datafusion::logical_expr::{col, lit};
+        use datafusion::physical_expr::expressions::Column;
+        let ([(left_key, right_key)], None) = (j.on.as_slice(), &j.filter) else {
+            return Err(PlanError::Unsupported("NOT IN (subquery) over several columns or with a correlated condition".into()));
+        };
+        let left = self.plan(&j.left)?;
+        let right = self.plan(&j.right)?;
+        let left_schema: SchemaRef = Arc::new(j.left.schema().as_arrow().clone());
+        let right_schema: SchemaRef = Arc::new(j.right.schema().as_arrow().clone());
+        let lk = self.physical(left_key, j.left.schema())?;
+        let rk = self.physical(right_key, j.right.schema())?;
+        let node = self.next_node_id();
+        let anti = Join::new(JoinKind::LeftAnti, left_schema.clone(), right_schema.clone(), vec![lk], vec![rk], None, left_schema.clone(), self.dataflow_id, node)?;
+        let anti = self.add(anti, vec![left, right]);
+
+        let counts = datafusion::logical_expr::Aggregate::try_new(
+            j.right.clone(),
+            vec![],
+            vec![count(lit(1i64)).alias("velocity_rows"), count(right_key.clone()).alias("velocity_non_null")],
+        )?;
+        let (groups, aggs) = lower_aggregate(&counts, &self.props)?;
+        let node = self.next_node_id();
+        let op = Aggregate::new(right_schema, groups, aggs, Arc::new(counts.schema.as_arrow().clone()), self.dataflow_id, node)?;
+        let counts_node = self.add(op, vec![right]);
+        let flags_schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("velocity_subquery_empty", DataType::Boolean, true),
+            Field::new("velocity_subquery_has_null", DataType::Boolean, true),
+        ]));
+        let flags = [
+            col("velocity_rows").eq(lit(ScalarValue::Int64(Some(0)))),
+            col("velocity_rows").gt(col("velocity_non_null")),
+        ];
+        let flags = flags.iter().map(|e| self.physical(e, &counts.schema)).collect::<Result<Vec<_>>>()?;
+        let flags = self.add(Project::new(flags_schema.clone(), flags), vec![counts_node]);
+
+        let fields: Vec<_> = left_schema.fields().iter().chain(flags_schema.fields()).cloned().collect();
+        let crossed: SchemaRef = Arc::new(Schema::new(fields));
+        let node = self.next_node_id();
+        let cross = Join::new(JoinKind::Inner, left_schema.clone(), flags_schema.clone(), vec![], vec![], None, crossed.clone(), self.dataflow_id, node)?;
+        let cross = self.add(cross, vec![anti, flags]);
+        let width = left_schema.fields().len();
+        let flags_df = DFSchema::try_from(flags_schema.as_ref().clone())?;
+        let keep = col("velocity_subquery_empty")
+            .or(datafusion::logical_expr::not(col("velocity_subquery_has_null")).and(left_key.clone().is_not_null()));
+        let keep = self.physical(&keep, &j.left.schema().join(&flags_df)?)?;
+        let kept = self.add(Filter::new(crossed.clone(), keep), vec![cross]);
+        let columns = (0..width).map(|i| Arc::new(Column::new(left_schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>).collect();
+        Ok(self.add(Project::new(left_schema, columns), vec![kept]))
+    }
+
     fn plan_join(&mut self, j: &datafusion::logical_expr::Join, out_schema: SchemaRef) -> Result<NodeInput> {
         let kind = match j.join_type {
             JoinType::Inner => JoinKind::Inner,
@@ -514,15 +575,9 @@ impl Builder<'_> {
             JoinType::Full => JoinKind::Full,
             JoinType::LeftSemi => JoinKind::LeftSemi,
             JoinType::LeftAnti if !j.null_aware => JoinKind::LeftAnti,
-            JoinType::LeftAnti => return Err(PlanError::Unsupported("NOT IN (subquery)".into())),
+            JoinType::LeftAnti => return self.plan_not_in(j),
             other => return Err(PlanError::Unsupported(format!("{other} join"))),
         };
-        if j.null_equality == NullEquality::NullEqualsNull {
-            return Err(PlanError::Unsupported("joins on IS NOT DISTINCT FROM".into()));
-        }
-        if j.filter.is_some() && matches!(kind, JoinKind::Left | JoinKind::Right | JoinKind::Full) {
-            return Err(PlanError::Unsupported("an outer join condition other than column equalities".into()));
-        }
         let left = self.plan(&j.left)?;
         let right = self.plan(&j.right)?;
         let left_keys = j.on.iter().map(|(l, _)| self.physical(l, j.left.schema())).collect::<Result<Vec<_>>>()?;
@@ -534,7 +589,10 @@ impl Builder<'_> {
         let left_schema: SchemaRef = Arc::new(j.left.schema().as_arrow().clone());
         let right_schema: SchemaRef = Arc::new(j.right.schema().as_arrow().clone());
         let node = self.next_node_id();
-        let op = Join::new(kind, left_schema, right_schema, left_keys, right_keys, filter, out_schema, self.dataflow_id, node)?;
+        let mut op = Join::new(kind, left_schema, right_schema, left_keys, right_keys, filter, out_schema, self.dataflow_id, node)?;
+        if j.null_equality == NullEquality::NullEqualsNull {
+            op = op.with_nulls_equal();
+        }
         Ok(self.add(op, vec![left, right]))
     }
 }
