@@ -25,6 +25,7 @@ use crate::dataflow::project::Project;
 use crate::dataflow::temporal::TemporalFilter;
 use crate::dataflow::topk::TopK;
 use crate::dataflow::union::Union;
+use crate::dataflow::unnest::Unnest;
 use crate::dataflow::window::Window;
 use crate::dataflow::{DataflowError, Operator};
 
@@ -277,7 +278,17 @@ impl Builder<'_> {
             }
             LogicalPlan::Window(w) => self.plan_window(w, out_schema),
             LogicalPlan::RecursiveQuery(_) => Err(PlanError::Unsupported("WITH RECURSIVE".into())),
-            LogicalPlan::Unnest(_) => Err(PlanError::Unsupported("UNNEST".into())),
+            LogicalPlan::Unnest(u) => {
+                let input = self.plan(&u.input)?;
+                let list_columns = u
+                    .list_type_columns
+                    .iter()
+                    .map(|(index, list)| datafusion::physical_plan::unnest::ListUnnest { index_in_input_schema: *index, depth: list.depth })
+                    .collect();
+                let input_schema: SchemaRef = Arc::new(u.input.schema().as_arrow().clone());
+                let op = Unnest::new(input_schema, list_columns, u.struct_type_columns.clone(), u.options.clone(), out_schema)?;
+                Ok(self.add(op, vec![input]))
+            }
             other => Err(PlanError::Unsupported(format!("the plan node {}", other.display()))),
         }
     }
