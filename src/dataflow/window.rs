@@ -251,8 +251,7 @@ impl Operator for Window {
         let mut net = Net::default();
         self.evaluate(&old_rows, &old_ends, -1, &mut net)?;
         self.evaluate(&new_rows, &new_ends, 1, &mut net)?;
-        let changes: Vec<(&[u8], i64)> =
-            net.order.iter().map(|r| (r.as_slice(), net.weights[r])).filter(|(_, w)| *w != 0).collect();
+        let changes: Vec<(&[u8], i64)> = net.order.iter().map(|r| (r.as_slice(), net.weights[r])).filter(|(_, w)| *w != 0).collect();
         if changes.is_empty() {
             return Ok(ChangeBatch::empty(self.output_schema.clone()));
         }

@@ -221,7 +221,9 @@ impl Builder<'_> {
                 Ok(self.add(Union::new(out_schema), inputs))
             }
             LogicalPlan::Join(j) => self.plan_join(j, out_schema),
-            LogicalPlan::Aggregate(a) if matches!(a.group_expr.as_slice(), [Expr::GroupingSet(_)]) => self.plan_grouping_sets(a, out_schema),
+            LogicalPlan::Aggregate(a) if matches!(a.group_expr.as_slice(), [Expr::GroupingSet(_)]) => {
+                self.plan_grouping_sets(a, out_schema)
+            }
             LogicalPlan::Aggregate(a) => {
                 let input = self.plan(&a.input)?;
                 let (groups, aggs) = lower_aggregate(a, &self.props)?;
@@ -450,10 +452,8 @@ impl Builder<'_> {
             schema = next;
         }
         if specs.len() > 1 {
-            let columns = (0..width)
-                .chain(position)
-                .map(|i| Arc::new(Column::new(schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
-                .collect();
+            let columns =
+                (0..width).chain(position).map(|i| Arc::new(Column::new(schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>).collect();
             node = self.add(Project::new(out_schema, columns), vec![node]);
         }
         Ok(node)
@@ -540,7 +540,17 @@ impl Builder<'_> {
         let lk = self.physical(left_key, j.left.schema())?;
         let rk = self.physical(right_key, j.right.schema())?;
         let node = self.next_node_id();
-        let anti = Join::new(JoinKind::LeftAnti, left_schema.clone(), right_schema.clone(), vec![lk], vec![rk], None, left_schema.clone(), self.dataflow_id, node)?;
+        let anti = Join::new(
+            JoinKind::LeftAnti,
+            left_schema.clone(),
+            right_schema.clone(),
+            vec![lk],
+            vec![rk],
+            None,
+            left_schema.clone(),
+            self.dataflow_id,
+            node,
+        )?;
         let anti = self.add(anti, vec![left, right]);
 
         let counts = datafusion::logical_expr::Aggregate::try_new(
@@ -556,17 +566,24 @@ impl Builder<'_> {
             Field::new("velocity_subquery_empty", DataType::Boolean, true),
             Field::new("velocity_subquery_has_null", DataType::Boolean, true),
         ]));
-        let flags = [
-            col("velocity_rows").eq(lit(ScalarValue::Int64(Some(0)))),
-            col("velocity_rows").gt(col("velocity_non_null")),
-        ];
+        let flags = [col("velocity_rows").eq(lit(ScalarValue::Int64(Some(0)))), col("velocity_rows").gt(col("velocity_non_null"))];
         let flags = flags.iter().map(|e| self.physical(e, &counts.schema)).collect::<Result<Vec<_>>>()?;
         let flags = self.add(Project::new(flags_schema.clone(), flags), vec![counts_node]);
 
         let fields: Vec<_> = left_schema.fields().iter().chain(flags_schema.fields()).cloned().collect();
         let crossed: SchemaRef = Arc::new(Schema::new(fields));
         let node = self.next_node_id();
-        let cross = Join::new(JoinKind::Inner, left_schema.clone(), flags_schema.clone(), vec![], vec![], None, crossed.clone(), self.dataflow_id, node)?;
+        let cross = Join::new(
+            JoinKind::Inner,
+            left_schema.clone(),
+            flags_schema.clone(),
+            vec![],
+            vec![],
+            None,
+            crossed.clone(),
+            self.dataflow_id,
+            node,
+        )?;
         let cross = self.add(cross, vec![anti, flags]);
         let width = left_schema.fields().len();
         let flags_df = DFSchema::try_from(flags_schema.as_ref().clone())?;
