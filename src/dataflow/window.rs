@@ -262,3 +262,133 @@ impl Operator for Window {
         self.rows.restore(store)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::context::ExecutionProps;
+    use datafusion::logical_expr::LogicalPlan;
+    use datafusion::physical_expr::{create_physical_expr, create_physical_sort_expr};
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+    use crate::dataflow::testing::{IntRow, Rng, Tick, check_ticks, datafusion_answer, int_changes, random_delta};
+
+    /// Window functions over `t(p, o, v)` (one query each: DataFusion may put functions of one
+    /// specification into different Window nodes). `ORDER BY o, v` orders all but equal rows,
+    /// so the operator and DataFusion agree row for row.
+    const FUNCTIONS: &[&str] = &[
+        "lag(v) OVER w AS prev, lead(v, 2, -1) OVER w AS next2",
+        "rank() OVER w AS r, dense_rank() OVER w AS d, row_number() OVER w AS rn",
+        "sum(v) OVER (w ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS s2",
+        "first_value(v) OVER w AS f, last_value(v) OVER w AS l",
+        "count(*) OVER w AS n, sum(v) OVER w AS s, min(v) OVER w AS mn, max(v) OVER w AS mx",
+        "avg(v) OVER (w ROWS BETWEEN 2 PRECEDING AND 1 FOLLOWING) AS a",
+    ];
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("p", DataType::Int64, true),
+            Field::new("o", DataType::Int64, true),
+            Field::new("v", DataType::Int64, true),
+        ]))
+    }
+
+    fn sql(functions: &str, partition: bool) -> String {
+        // Without PARTITION BY, p breaks the ties of (o, v) between different rows.
+        let spec = if partition { "PARTITION BY p ORDER BY o, v" } else { "ORDER BY o, v, p" };
+        format!("SELECT p, o, v, {functions} FROM t WINDOW w AS ({spec})")
+    }
+
+    /// The operator for [`sql`], built from the Window node DataFusion plans for it.
+    fn operator(rt: &tokio::runtime::Runtime, sql: &str) -> Window {
+        let ctx = SessionContext::new();
+        let table = MemTable::try_new(schema(), vec![vec![]]).unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        let plan = rt.block_on(async { ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap() });
+        let mut window = None;
+        plan.apply(|node| {
+            if let LogicalPlan::Window(w) = node {
+                window = Some(w.clone());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        let w = window.expect("a window node");
+        assert_eq!(w.input.schema().fields().len(), 3, "one window node for {sql}");
+        let input = w.input.schema();
+        let props = ExecutionProps::new();
+        let Expr::WindowFunction(first) = w.window_expr[0].clone().unalias_nested().data else { panic!("not a window function") };
+        let partition_by =
+            first.params.partition_by.iter().map(|e| create_physical_expr(e, input, &props, &Default::default()).unwrap()).collect();
+        let order_by =
+            first.params.order_by.iter().map(|e| create_physical_sort_expr(e, input, &props, &Default::default()).unwrap()).collect();
+        let functions = w
+            .window_expr
+            .iter()
+            .map(|e| datafusion::physical_planner::create_window_expr(e, input, &props, &Default::default()).unwrap())
+            .collect();
+        Window::new(Arc::new(input.as_arrow().clone()), partition_by, order_by, functions, Arc::new(w.schema.as_arrow().clone()), 3, 1)
+            .unwrap()
+    }
+
+    use datafusion::logical_expr::Expr;
+
+    fn run(functions: &str, partition: bool, seed: u64, steps: usize, restore_every: Option<usize>) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut rng = Rng::new(seed);
+        let mut contents = BTreeMap::new();
+        let sql = sql(functions, partition);
+        check_ticks(
+            || operator(&rt, &sql),
+            steps,
+            restore_every,
+            || {
+                let changes = rng.below(6);
+                let delta = random_delta(&mut rng, &mut contents, changes, |rng| -> IntRow {
+                    let mut value = |n: u64| (rng.below(6) != 0).then(|| rng.below(n) as i64);
+                    vec![value(3), value(5), value(4)]
+                });
+                Tick {
+                    inputs: vec![int_changes(&schema(), &delta)],
+                    expected: datafusion_answer(&rt, &[("t", schema(), &contents)], &sql),
+                    context: format!("contents {contents:?}\nsql {sql}"),
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn partitioned_windows_match_datafusion() {
+        for (i, functions) in FUNCTIONS.iter().enumerate() {
+            for seed in 0..2 {
+                run(functions, true, 10 * i as u64 + seed, 40, None);
+            }
+        }
+    }
+
+    #[test]
+    fn one_partition_matches_datafusion() {
+        for (i, functions) in FUNCTIONS.iter().enumerate() {
+            run(functions, false, 100 + i as u64, 40, None);
+        }
+    }
+
+    #[test]
+    fn restore_from_store_continues_correctly() {
+        for (i, functions) in FUNCTIONS.iter().enumerate() {
+            run(functions, true, 200 + i as u64, 30, Some(4));
+        }
+    }
+
+    #[test]
+    fn bad_output_schema_is_rejected() {
+        let bad = Window::new(schema(), vec![], vec![], vec![], Arc::new(Schema::empty()), 1, 1);
+        assert!(bad.is_err());
+    }
+}
