@@ -9,6 +9,9 @@
 //!   Arrow compares the (months, days, nanoseconds) fields one after the other.
 //! - [`CountedSetOperations`]: `INTERSECT ALL` keeps min(m, n) copies of a row and
 //!   `EXCEPT ALL` max(m - n, 0), as in Postgres; DataFusion's semi and anti joins keep m or 0.
+//! - [`RefuseCorrelatedNotIn`]: `x NOT IN (SELECT y ... WHERE <outer reference>)` is refused
+//!   (0A000): DataFusion's null-aware anti join applies the NULL rules to the whole subquery,
+//!   not to each row's part of it, and answers too few rows.
 //! - [`InlineCorrelatedDerivedTables`]: in a correlated subquery, a projection over a derived
 //!   table or CTE (`(WITH c(m) AS (SELECT max(y) FROM r WHERE r.k = l.k) SELECT m FROM c)`,
 //!   `(SELECT 1 FROM (SELECT y AS v FROM r WHERE r.k = l.k) c)`) reads the derived table's
@@ -40,6 +43,7 @@ use datafusion::optimizer::AnalyzerRule;
 pub fn rules() -> Vec<Arc<dyn AnalyzerRule + Send + Sync>> {
     vec![
         Arc::new(RefuseOuterJoinCorrelation),
+        Arc::new(RefuseCorrelatedNotIn),
         Arc::new(InlineCorrelatedDerivedTables),
         Arc::new(CompareIntervals::default()),
         Arc::new(CountedSetOperations),
@@ -259,6 +263,52 @@ impl AnalyzerRule for CountedSetOperations {
 
     fn name(&self) -> &str {
         "velocity_counted_set_operations"
+    }
+}
+
+/// Refuses a `NOT IN` whose subquery reads the enclosing query (see the module documentation).
+#[derive(Debug)]
+pub struct RefuseCorrelatedNotIn;
+
+impl AnalyzerRule for RefuseCorrelatedNotIn {
+    fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
+        let correlated_not_in = |e: &Expr| {
+            let mut found = false;
+            e.apply(|sub| {
+                let in_subquery = match sub {
+                    Expr::InSubquery(i) if i.negated => Some(i),
+                    Expr::Not(inner) => match inner.as_ref() {
+                        Expr::InSubquery(i) if !i.negated => Some(i),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if in_subquery.is_some_and(|i| !i.subquery.outer_ref_columns.is_empty()) {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .map(|_| found)
+        };
+        let mut found = false;
+        plan.apply_with_subqueries(|node| {
+            for e in node.expressions() {
+                if correlated_not_in(&e)? {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if found {
+            return not_impl_err!("NOT IN (subquery) whose subquery refers to a column of the enclosing query");
+        }
+        Ok(plan)
+    }
+
+    fn name(&self) -> &str {
+        "velocity_refuse_correlated_not_in"
     }
 }
 
