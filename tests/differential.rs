@@ -55,6 +55,32 @@ const VIEWS: &[(&str, &str)] = &[
     ("global_top3", "SELECT id, v FROM a ORDER BY v DESC NULLS LAST, id LIMIT 3"),
     ("global_page", "SELECT id, k FROM c ORDER BY k NULLS FIRST, id LIMIT 2 OFFSET 1"),
     ("top_groups", "SELECT k, count(*) AS n FROM b GROUP BY k ORDER BY n DESC, k NULLS LAST LIMIT 2"),
+    (
+        "win_nav",
+        "SELECT id, k, lag(v) OVER (PARTITION BY k ORDER BY v, id) AS prev, lead(id, 2) OVER (PARTITION BY k ORDER BY v, id) AS next2, \
+         first_value(v) OVER (PARTITION BY k ORDER BY v DESC NULLS LAST, id) AS best, \
+         last_value(id) OVER (PARTITION BY k ORDER BY v, id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS last_id FROM b",
+    ),
+    (
+        "win_rank",
+        "SELECT id, rank() OVER (PARTITION BY k ORDER BY v) AS r, dense_rank() OVER (PARTITION BY k ORDER BY v) AS dr, \
+         row_number() OVER (PARTITION BY k ORDER BY v, id) AS rn FROM c",
+    ),
+    (
+        "win_running",
+        "SELECT id, sum(v) OVER (PARTITION BY k ORDER BY id) AS s, count(*) OVER (PARTITION BY k ORDER BY v) AS n, \
+         min(v) OVER (PARTITION BY k ORDER BY id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS mn, \
+         max(v) OVER (PARTITION BY k ORDER BY id ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) AS mx, \
+         avg(v) OVER (PARTITION BY k ORDER BY id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS av FROM a",
+    ),
+    ("win_over_agg", "SELECT k, n, sum(n) OVER (ORDER BY k NULLS FIRST) AS cum, lag(k) OVER (ORDER BY n, k) AS prev_k FROM grouped"),
+    ("rollup", "SELECT k, v, count(*) AS n, sum(id) AS s, grouping(k, v) AS g FROM a GROUP BY ROLLUP (k, v)"),
+    ("cube", "SELECT k, v, count(*) AS n, min(id) AS m FROM c GROUP BY CUBE (k, v) HAVING count(*) > 1"),
+    ("grouping_sets", "SELECT k, v, max(id) AS m FROM b GROUP BY GROUPING SETS ((k), (k, v), (), (k))"),
+    ("not_in", "SELECT a.id, a.v FROM a WHERE a.v NOT IN (SELECT c.v FROM c WHERE c.k <> 0)"),
+    ("not_distinct", "SELECT a.id AS aid, b.id AS bid FROM a JOIN b ON a.k IS NOT DISTINCT FROM b.k"),
+    ("left_cond", "SELECT a.id AS aid, b.id AS bid FROM a LEFT JOIN b ON a.k = b.k AND b.v > a.v"),
+    ("full_cond", "SELECT b.id AS bid, c.id AS cid FROM b FULL JOIN c ON b.k = c.k AND c.v <> b.v"),
     ("scalar_sub", "SELECT a.id, (SELECT max(c.v) FROM c WHERE c.k = a.k) AS top FROM a"),
     ("using_full", "SELECT k, a.id AS aid, c.id AS cid FROM a FULL JOIN c USING (k)"),
     (

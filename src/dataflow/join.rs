@@ -114,6 +114,8 @@ pub struct Join {
     row_codecs: [RowCodec; 2],
     filter: Option<Arc<dyn PhysicalExpr>>,
     sides: [SideState; 2],
+    /// Keys compare with `IS NOT DISTINCT FROM`: a NULL key matches a NULL key.
+    nulls_equal: bool,
 }
 
 impl Join {
@@ -179,10 +181,18 @@ impl Join {
             key_codec,
             filter,
             sides,
+            nulls_equal: false,
         })
     }
 
-    /// Encoded join key of every row of `batch` (rows of `side`); `None` when a key column is NULL.
+    /// Match keys with `IS NOT DISTINCT FROM` (NULL equals NULL) instead of `=`.
+    pub fn with_nulls_equal(mut self) -> Join {
+        self.nulls_equal = true;
+        self
+    }
+
+    /// Encoded join key of every row of `batch` (rows of `side`); `None` when a key column is NULL
+    /// (unless NULLs are equal).
     fn encode_keys(&self, side: usize, batch: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
         let n = batch.num_rows();
         let Some(codec) = &self.key_codec else {
@@ -198,7 +208,7 @@ impl Join {
                 let options = CastOptions { safe: false, ..Default::default() };
                 cast_with_options(&array, key_type, &options)?
             };
-            if let Some(nulls) = array.logical_nulls() {
+            if let Some(nulls) = array.logical_nulls().filter(|_| !self.nulls_equal) {
                 for (i, v) in valid.iter_mut().enumerate() {
                     if nulls.is_null(i) {
                         *v = false;

@@ -18,6 +18,8 @@ pub mod temporal;
 mod testing;
 pub mod topk;
 pub mod union;
+pub mod unnest;
+pub mod window;
 
 use arrow::datatypes::SchemaRef;
 

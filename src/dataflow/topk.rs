@@ -301,7 +301,7 @@ impl Operator for TopK {
 }
 
 /// The stored entry of a row: `sort key ++ row ++ u32 BE length of the sort key`.
-fn make_entry(sort_key: &[u8], row: &[u8]) -> Result<Vec<u8>> {
+pub(super) fn make_entry(sort_key: &[u8], row: &[u8]) -> Result<Vec<u8>> {
     let len = u32::try_from(sort_key.len()).map_err(|_| DataflowError::Internal("top-k sort key longer than 4 GiB".into()))?;
     let mut entry = Vec::with_capacity(sort_key.len() + row.len() + LEN_SUFFIX);
     entry.extend_from_slice(sort_key);
@@ -311,7 +311,7 @@ fn make_entry(sort_key: &[u8], row: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// The encoded row of a stored entry.
-fn row_of(entry: &[u8]) -> Result<&[u8]> {
+pub(super) fn row_of(entry: &[u8]) -> Result<&[u8]> {
     let corrupt = || DataflowError::Internal(format!("corrupt top-k entry of {} bytes", entry.len()));
     let body_len = entry.len().checked_sub(LEN_SUFFIX).ok_or_else(corrupt)?;
     let (body, suffix) = entry.split_at(body_len);

@@ -6,6 +6,7 @@ pub mod datetime;
 pub mod format;
 pub mod json;
 pub mod json_access;
+pub mod json_elements;
 pub mod size_limits;
 pub mod windows;
 
@@ -14,6 +15,7 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
     datetime::register(ctx);
     format::register(ctx);
     json::register(ctx);
+    json_elements::register(ctx);
     if let Err(e) = json_access::register(ctx) {
         tracing::error!("the JSON operators are not available: {e}");
     }

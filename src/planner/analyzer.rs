@@ -9,6 +9,14 @@
 //!   Arrow compares the (months, days, nanoseconds) fields one after the other.
 //! - [`CountedSetOperations`]: `INTERSECT ALL` keeps min(m, n) copies of a row and
 //!   `EXCEPT ALL` max(m - n, 0), as in Postgres; DataFusion's semi and anti joins keep m or 0.
+//! - [`RefuseCorrelatedNotIn`]: `x NOT IN (SELECT y ... WHERE <outer reference>)` is refused
+//!   (0A000): DataFusion's null-aware anti join applies the NULL rules to the whole subquery,
+//!   not to each row's part of it, and answers too few rows.
+//! - [`InlineCorrelatedDerivedTables`]: in a correlated subquery, a projection over a derived
+//!   table or CTE (`(WITH c(m) AS (SELECT max(y) FROM r WHERE r.k = l.k) SELECT m FROM c)`,
+//!   `(SELECT 1 FROM (SELECT y AS v FROM r WHERE r.k = l.k) c)`) reads the derived table's
+//!   expressions directly. DataFusion's decorrelation loses the columns it pulls up through
+//!   the derived table's renaming projection (`No field named c.y`).
 //! - [`CheckedIntegerArithmetic`]: integer `+`, `-` and `*` fail with 22003 (`bigint out of
 //!   range`) on overflow, as in Postgres; DataFusion's wrap around.
 
@@ -35,6 +43,8 @@ use datafusion::optimizer::AnalyzerRule;
 pub fn rules() -> Vec<Arc<dyn AnalyzerRule + Send + Sync>> {
     vec![
         Arc::new(RefuseOuterJoinCorrelation),
+        Arc::new(RefuseCorrelatedNotIn),
+        Arc::new(InlineCorrelatedDerivedTables),
         Arc::new(CompareIntervals::default()),
         Arc::new(CountedSetOperations),
         Arc::new(CheckedIntegerArithmetic::default()),
@@ -254,6 +264,107 @@ impl AnalyzerRule for CountedSetOperations {
     fn name(&self) -> &str {
         "velocity_counted_set_operations"
     }
+}
+
+/// Refuses a `NOT IN` whose subquery reads the enclosing query (see the module documentation).
+#[derive(Debug)]
+pub struct RefuseCorrelatedNotIn;
+
+impl AnalyzerRule for RefuseCorrelatedNotIn {
+    fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
+        let correlated_not_in = |e: &Expr| {
+            let mut found = false;
+            e.apply(|sub| {
+                let in_subquery = match sub {
+                    Expr::InSubquery(i) if i.negated => Some(i),
+                    Expr::Not(inner) => match inner.as_ref() {
+                        Expr::InSubquery(i) if !i.negated => Some(i),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if in_subquery.is_some_and(|i| !i.subquery.outer_ref_columns.is_empty()) {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .map(|_| found)
+        };
+        let mut found = false;
+        plan.apply_with_subqueries(|node| {
+            for e in node.expressions() {
+                if correlated_not_in(&e)? {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if found {
+            return not_impl_err!("NOT IN (subquery) whose subquery refers to a column of the enclosing query");
+        }
+        Ok(plan)
+    }
+
+    fn name(&self) -> &str {
+        "velocity_refuse_correlated_not_in"
+    }
+}
+
+/// Rewrites `Projection(P)` over `SubqueryAlias(c, Projection(Q) over X)`, where `X` reads
+/// the enclosing query, into `Projection(P with c's columns replaced by Q's expressions)`
+/// over `X`, with P's output names (see the module documentation).
+#[derive(Debug)]
+pub struct InlineCorrelatedDerivedTables;
+
+impl AnalyzerRule for InlineCorrelatedDerivedTables {
+    fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
+        use datafusion::logical_expr::Projection;
+        plan.transform_up_with_subqueries(|node| {
+            let LogicalPlan::Projection(outer) = &node else { return Ok(Transformed::no(node)) };
+            let LogicalPlan::SubqueryAlias(alias) = outer.input.as_ref() else { return Ok(Transformed::no(node)) };
+            let LogicalPlan::Projection(inner) = alias.input.as_ref() else { return Ok(Transformed::no(node)) };
+            if inner.expr.iter().any(Expr::is_volatile) || !reads_outer_query(&inner.input)? {
+                return Ok(Transformed::no(node));
+            }
+            let mut exprs = Vec::with_capacity(outer.expr.len());
+            for (i, e) in outer.expr.iter().enumerate() {
+                let replaced = e.clone().transform_up(|sub| {
+                    let Expr::Column(c) = &sub else { return Ok(Transformed::no(sub)) };
+                    match alias.schema.maybe_index_of_column(c) {
+                        Some(k) => Ok(Transformed::yes(inner.expr[k].clone().unalias())),
+                        None => Ok(Transformed::no(sub)),
+                    }
+                })?;
+                let (qualifier, field) = outer.schema.qualified_field(i);
+                exprs.push(replaced.data.unalias().alias_qualified(qualifier.cloned(), field.name()));
+            }
+            let projection = Projection::try_new(exprs, inner.input.clone())?;
+            if projection.schema.as_ref() != outer.schema.as_ref() {
+                return Ok(Transformed::no(node));
+            }
+            Ok(Transformed::yes(LogicalPlan::Projection(projection)))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "velocity_inline_correlated_derived_tables"
+    }
+}
+
+/// Whether `plan` refers to a column of an enclosing query.
+fn reads_outer_query(plan: &LogicalPlan) -> Result<bool> {
+    let mut found = false;
+    plan.apply(|node| {
+        if node.expressions().iter().any(Expr::contains_outer) {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(found)
 }
 
 /// Refuses outer references in the condition of an outer join inside a subquery.

@@ -25,6 +25,8 @@ use crate::dataflow::project::Project;
 use crate::dataflow::temporal::TemporalFilter;
 use crate::dataflow::topk::TopK;
 use crate::dataflow::union::Union;
+use crate::dataflow::unnest::Unnest;
+use crate::dataflow::window::Window;
 use crate::dataflow::{DataflowError, Operator};
 
 pub mod analyzer;
@@ -241,6 +243,9 @@ impl Builder<'_> {
                 Ok(self.add(Union::new(out_schema), inputs))
             }
             LogicalPlan::Join(j) => self.plan_join(j, out_schema),
+            LogicalPlan::Aggregate(a) if matches!(a.group_expr.as_slice(), [Expr::GroupingSet(_)]) => {
+                self.plan_grouping_sets(a, out_schema)
+            }
             LogicalPlan::Aggregate(a) => {
                 let close = std::mem::take(&mut self.emit_on_window_close);
                 let input = self.plan(&a.input)?;
@@ -300,11 +305,19 @@ impl Builder<'_> {
                 let node = self.next_node_id();
                 Ok(self.add(Constant::new(rows, self.dataflow_id, node), vec![]))
             }
-            LogicalPlan::Window(_) => {
-                Err(PlanError::Unsupported("window functions other than ROW_NUMBER() bounded by a filter (rn <= k)".into()))
-            }
+            LogicalPlan::Window(w) => self.plan_window(w, out_schema),
             LogicalPlan::RecursiveQuery(_) => Err(PlanError::Unsupported("WITH RECURSIVE".into())),
-            LogicalPlan::Unnest(_) => Err(PlanError::Unsupported("UNNEST".into())),
+            LogicalPlan::Unnest(u) => {
+                let input = self.plan(&u.input)?;
+                let list_columns = u
+                    .list_type_columns
+                    .iter()
+                    .map(|(index, list)| datafusion::physical_plan::unnest::ListUnnest { index_in_input_schema: *index, depth: list.depth })
+                    .collect();
+                let input_schema: SchemaRef = Arc::new(u.input.schema().as_arrow().clone());
+                let op = Unnest::new(input_schema, list_columns, u.struct_type_columns.clone(), u.options.clone(), out_schema)?;
+                Ok(self.add(op, vec![input]))
+            }
             other => Err(PlanError::Unsupported(format!("the plan node {}", other.display()))),
         }
     }
@@ -422,6 +435,193 @@ impl Builder<'_> {
         Ok(self.add(Project::new(input_schema, columns), vec![out]))
     }
 
+    /// Window functions: one [`Window`] operator per distinct `(PARTITION BY, ORDER BY)`,
+    /// chained (each appends its functions' columns), then the columns put back in the
+    /// order of the plan when there is more than one.
+    fn plan_window(&mut self, w: &datafusion::logical_expr::Window, out_schema: SchemaRef) -> Result<NodeInput> {
+        use arrow::datatypes::Schema;
+        use datafusion::logical_expr::SortExpr;
+        use datafusion::physical_expr::expressions::Column;
+        let mut node = self.plan(&w.input)?;
+        let input = w.input.schema();
+        let width = input.fields().len();
+        let mut specs: Vec<(Vec<Expr>, Vec<SortExpr>, Vec<usize>)> = Vec::new();
+        for (i, e) in w.window_expr.iter().enumerate() {
+            let Expr::WindowFunction(wf) = e.clone().unalias_nested().data else {
+                return Err(PlanError::Unsupported(format!("the window expression {e}")));
+            };
+            reject_unsupported_expr(e)?;
+            match specs.iter_mut().find(|(p, o, _)| *p == wf.params.partition_by && *o == wf.params.order_by) {
+                Some((_, _, members)) => members.push(i),
+                None => specs.push((wf.params.partition_by.clone(), wf.params.order_by.clone(), vec![i])),
+            }
+        }
+        let mut schema: SchemaRef = Arc::new(input.as_arrow().clone());
+        let mut position = vec![0; w.window_expr.len()];
+        for (partition_by, order_by, members) in &specs {
+            let functions = members
+                .iter()
+                .map(|&i| datafusion::physical_planner::create_window_expr(&w.window_expr[i], input, &self.props, &Default::default()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let partition_by = partition_by.iter().map(|e| self.physical(e, input)).collect::<Result<Vec<_>>>()?;
+            let order_by = order_by
+                .iter()
+                .map(|e| create_physical_sort_expr(e, input, &self.props, &Default::default()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+            for &i in members {
+                position[i] = fields.len();
+                fields.push(out_schema.fields()[width + i].clone());
+            }
+            let next: SchemaRef = Arc::new(Schema::new(fields));
+            let op = Window::new(schema, partition_by, order_by, functions, next.clone(), self.dataflow_id, self.next_node_id())?;
+            node = self.add(op, vec![node]);
+            schema = next;
+        }
+        if specs.len() > 1 {
+            let columns =
+                (0..width).chain(position).map(|i| Arc::new(Column::new(schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>).collect();
+            node = self.add(Project::new(out_schema, columns), vec![node]);
+        }
+        Ok(node)
+    }
+
+    /// `GROUPING SETS`, `ROLLUP`, `CUBE` (DataFusion enumerates the last two into grouping
+    /// sets): one incremental aggregate per set over the same input, each projected onto the
+    /// plan's columns (the grouping columns outside the set NULL, then `__grouping_id`: a 1
+    /// bit per NULLed column, the last column lowest, above them the ordinal of a repeated
+    /// set, as DataFusion numbers them), then their union.
+    fn plan_grouping_sets(&mut self, a: &datafusion::logical_expr::Aggregate, out_schema: SchemaRef) -> Result<NodeInput> {
+        use datafusion::common::ScalarValue;
+        use datafusion::logical_expr::{GroupingSet, lit};
+        let [Expr::GroupingSet(grouping)] = a.group_expr.as_slice() else {
+            return Err(DataflowError::Internal("grouping sets beside other GROUP BY expressions".into()).into());
+        };
+        let sets: Vec<Vec<Expr>> = match grouping {
+            GroupingSet::GroupingSets(sets) => sets.clone(),
+            GroupingSet::Rollup(exprs) => (0..=exprs.len()).map(|i| exprs[..i].to_vec()).collect(),
+            GroupingSet::Cube(exprs) => {
+                if exprs.len() > 12 {
+                    return Err(PlanError::Unsupported(format!("CUBE of {} expressions", exprs.len())));
+                }
+                (0..1u32 << exprs.len())
+                    .map(|mask| exprs.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, e)| e.clone()).collect())
+                    .collect()
+            }
+        };
+        let distinct: Vec<Expr> = datafusion::logical_expr::utils::grouping_set_to_exprlist(&a.group_expr)?.into_iter().cloned().collect();
+        let n = distinct.len();
+        let id_type = out_schema.field(n).data_type().clone();
+        let input = self.plan(&a.input)?;
+        let input_schema: SchemaRef = Arc::new(a.input.schema().as_arrow().clone());
+        let mut ordinals: HashMap<Vec<bool>, u64> = HashMap::new();
+        let mut branches = Vec::with_capacity(sets.len());
+        for set in &sets {
+            let nulls: Vec<bool> = distinct.iter().map(|e| !set.contains(e)).collect();
+            let ordinal = ordinals.entry(nulls.clone()).or_insert(0);
+            let id = nulls.iter().fold(0u64, |acc, &null| (acc << 1) | u64::from(null)) | (*ordinal << n);
+            *ordinal += 1;
+            let per_set = datafusion::logical_expr::Aggregate::try_new(a.input.clone(), set.clone(), a.aggr_expr.clone())?;
+            let set_schema = per_set.schema.clone();
+            let (groups, aggs) = lower_aggregate(&per_set, &self.props)?;
+            let node = self.next_node_id();
+            let op = Aggregate::new(input_schema.clone(), groups, aggs, Arc::new(set_schema.as_arrow().clone()), self.dataflow_id, node)?;
+            let aggregated = self.add(op, vec![input]);
+            let columns = set_schema.columns();
+            let mut exprs = Vec::with_capacity(out_schema.fields().len());
+            for (i, e) in distinct.iter().enumerate() {
+                let expr = match set.iter().position(|s| s == e) {
+                    Some(p) => Expr::Column(columns[p].clone()),
+                    None => lit(ScalarValue::try_from(out_schema.field(i).data_type())?),
+                };
+                exprs.push(expr);
+            }
+            exprs.push(lit(ScalarValue::UInt64(Some(id)).cast_to(&id_type)?));
+            exprs.extend(columns[set.len()..].iter().cloned().map(Expr::Column));
+            let exprs = exprs.iter().map(|e| self.physical(e, &set_schema)).collect::<Result<Vec<_>>>()?;
+            branches.push(self.add(Project::new(out_schema.clone(), exprs), vec![aggregated]));
+        }
+        Ok(self.add(Union::new(out_schema), branches))
+    }
+
+    /// `x NOT IN (SELECT y ...)` (DataFusion's null-aware anti join) with Postgres' NULL
+    /// semantics: a row is kept when the subquery is empty, or when `x` is not NULL, no `y`
+    /// equals it and no `y` is NULL. The anti join on `x = y` keeps the rows without an equal
+    /// `y` (a NULL `x` equals nothing); a global count over the subquery gives two flags (empty,
+    /// holds a NULL), joined to every kept row and filtered on. The flags change only when the
+    /// subquery becomes (non-)empty or gains or loses its last NULL; only then do all kept rows
+    /// change.
+    fn plan_not_in(&mut self, j: &datafusion::logical_expr::Join) -> Result<NodeInput> {
+        use arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::common::ScalarValue;
+        use datafusion::functions_aggregate::expr_fn::count;
+        use datafusion::logical_expr::{col, lit};
+        use datafusion::physical_expr::expressions::Column;
+        let ([(left_key, right_key)], None) = (j.on.as_slice(), &j.filter) else {
+            return Err(PlanError::Unsupported("NOT IN (subquery) over several columns or with a correlated condition".into()));
+        };
+        let left = self.plan(&j.left)?;
+        let right = self.plan(&j.right)?;
+        let left_schema: SchemaRef = Arc::new(j.left.schema().as_arrow().clone());
+        let right_schema: SchemaRef = Arc::new(j.right.schema().as_arrow().clone());
+        let lk = self.physical(left_key, j.left.schema())?;
+        let rk = self.physical(right_key, j.right.schema())?;
+        let node = self.next_node_id();
+        let anti = Join::new(
+            JoinKind::LeftAnti,
+            left_schema.clone(),
+            right_schema.clone(),
+            vec![lk],
+            vec![rk],
+            None,
+            left_schema.clone(),
+            self.dataflow_id,
+            node,
+        )?;
+        let anti = self.add(anti, vec![left, right]);
+
+        let counts = datafusion::logical_expr::Aggregate::try_new(
+            j.right.clone(),
+            vec![],
+            vec![count(lit(1i64)).alias("velocity_rows"), count(right_key.clone()).alias("velocity_non_null")],
+        )?;
+        let (groups, aggs) = lower_aggregate(&counts, &self.props)?;
+        let node = self.next_node_id();
+        let op = Aggregate::new(right_schema, groups, aggs, Arc::new(counts.schema.as_arrow().clone()), self.dataflow_id, node)?;
+        let counts_node = self.add(op, vec![right]);
+        let flags_schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("velocity_subquery_empty", DataType::Boolean, true),
+            Field::new("velocity_subquery_has_null", DataType::Boolean, true),
+        ]));
+        let flags = [col("velocity_rows").eq(lit(ScalarValue::Int64(Some(0)))), col("velocity_rows").gt(col("velocity_non_null"))];
+        let flags = flags.iter().map(|e| self.physical(e, &counts.schema)).collect::<Result<Vec<_>>>()?;
+        let flags = self.add(Project::new(flags_schema.clone(), flags), vec![counts_node]);
+
+        let fields: Vec<_> = left_schema.fields().iter().chain(flags_schema.fields()).cloned().collect();
+        let crossed: SchemaRef = Arc::new(Schema::new(fields));
+        let node = self.next_node_id();
+        let cross = Join::new(
+            JoinKind::Inner,
+            left_schema.clone(),
+            flags_schema.clone(),
+            vec![],
+            vec![],
+            None,
+            crossed.clone(),
+            self.dataflow_id,
+            node,
+        )?;
+        let cross = self.add(cross, vec![anti, flags]);
+        let width = left_schema.fields().len();
+        let flags_df = DFSchema::try_from(flags_schema.as_ref().clone())?;
+        let keep = col("velocity_subquery_empty")
+            .or(datafusion::logical_expr::not(col("velocity_subquery_has_null")).and(left_key.clone().is_not_null()));
+        let keep = self.physical(&keep, &j.left.schema().join(&flags_df)?)?;
+        let kept = self.add(Filter::new(crossed.clone(), keep), vec![cross]);
+        let columns = (0..width).map(|i| Arc::new(Column::new(left_schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>).collect();
+        Ok(self.add(Project::new(left_schema, columns), vec![kept]))
+    }
+
     fn plan_join(&mut self, j: &datafusion::logical_expr::Join, out_schema: SchemaRef) -> Result<NodeInput> {
         let kind = match j.join_type {
             JoinType::Inner => JoinKind::Inner,
@@ -430,15 +630,9 @@ impl Builder<'_> {
             JoinType::Full => JoinKind::Full,
             JoinType::LeftSemi => JoinKind::LeftSemi,
             JoinType::LeftAnti if !j.null_aware => JoinKind::LeftAnti,
-            JoinType::LeftAnti => return Err(PlanError::Unsupported("NOT IN (subquery)".into())),
+            JoinType::LeftAnti => return self.plan_not_in(j),
             other => return Err(PlanError::Unsupported(format!("{other} join"))),
         };
-        if j.null_equality == NullEquality::NullEqualsNull {
-            return Err(PlanError::Unsupported("joins on IS NOT DISTINCT FROM".into()));
-        }
-        if j.filter.is_some() && matches!(kind, JoinKind::Left | JoinKind::Right | JoinKind::Full) {
-            return Err(PlanError::Unsupported("an outer join condition other than column equalities".into()));
-        }
         let left = self.plan(&j.left)?;
         let right = self.plan(&j.right)?;
         let left_keys = j.on.iter().map(|(l, _)| self.physical(l, j.left.schema())).collect::<Result<Vec<_>>>()?;
@@ -450,7 +644,10 @@ impl Builder<'_> {
         let left_schema: SchemaRef = Arc::new(j.left.schema().as_arrow().clone());
         let right_schema: SchemaRef = Arc::new(j.right.schema().as_arrow().clone());
         let node = self.next_node_id();
-        let op = Join::new(kind, left_schema, right_schema, left_keys, right_keys, filter, out_schema, self.dataflow_id, node)?;
+        let mut op = Join::new(kind, left_schema, right_schema, left_keys, right_keys, filter, out_schema, self.dataflow_id, node)?;
+        if j.null_equality == NullEquality::NullEqualsNull {
+            op = op.with_nulls_equal();
+        }
         Ok(self.add(op, vec![left, right]))
     }
 }
