@@ -40,14 +40,9 @@ const LEN_SUFFIX: usize = 4;
 
 pub struct TopK {
     output_schema: SchemaRef,
-    partition_by: Vec<Arc<dyn PhysicalExpr>>,
-    order_by: Vec<PhysicalSortExpr>,
+    keys: PartitionKeys,
     k: u64,
     emit_row_number: bool,
-    /// Encodes partition keys; `None` without PARTITION BY (every row has the empty key).
-    partition_codec: Option<RowCodec>,
-    /// Encodes ORDER BY values with their sort options; `None` without ORDER BY.
-    sort_converter: Option<RowConverter>,
     /// Encodes and decodes full input rows.
     row_codec: RowCodec,
     /// Partition key -> entries (`sort key ++ row ++ sort key length`) -> multiplicity.
@@ -96,58 +91,16 @@ impl TopK {
             )));
         }
 
-        let partition_codec = if partition_by.is_empty() {
-            None
-        } else {
-            let fields = partition_by
-                .iter()
-                .enumerate()
-                .map(|(i, e)| Ok(Field::new(format!("p{i}"), e.data_type(&input_schema)?, true)))
-                .collect::<Result<Vec<_>>>()?;
-            Some(RowCodec::new(Arc::new(Schema::new(fields)))?)
-        };
-        let sort_converter = if order_by.is_empty() {
-            None
-        } else {
-            let fields = order_by
-                .iter()
-                .map(|s| Ok(SortField::new_with_options(s.expr.data_type(&input_schema)?, s.options)))
-                .collect::<Result<Vec<_>>>()?;
-            Some(RowConverter::new(fields)?)
-        };
+        let keys = PartitionKeys::new(partition_by, order_by, &input_schema)?;
 
         Ok(TopK {
             output_schema,
-            partition_by,
-            order_by,
+            keys,
             k: u64::try_from(k).unwrap_or(u64::MAX),
             emit_row_number,
-            partition_codec,
-            sort_converter,
             row_codec: RowCodec::new(input_schema)?,
             rows: Arrangement::new(state_prefix(dataflow, node, 0)),
         })
-    }
-
-    /// Encoded partition key of every row of `batch`.
-    fn encode_partitions(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-        let n = batch.num_rows();
-        let Some(codec) = &self.partition_codec else {
-            return Ok(vec![Vec::new(); n]);
-        };
-        let columns = self.partition_by.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<ArrayRef>>>()?;
-        codec.encode_columns(&columns)
-    }
-
-    /// Encoded (memcomparable, with sort options) ORDER BY key of every row of `batch`.
-    fn encode_sort_keys(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-        let n = batch.num_rows();
-        let Some(converter) = &self.sort_converter else {
-            return Ok(vec![Vec::new(); n]);
-        };
-        let columns = self.order_by.iter().map(|s| Ok(s.expr.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<ArrayRef>>>()?;
-        let rows = converter.convert_columns(&columns)?;
-        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
     }
 
     /// The first k ranks of a partition, as runs of equal rows.
@@ -265,22 +218,11 @@ impl Operator for TopK {
             return Err(DataflowError::Internal("NULL weight in top-k input".into()));
         }
         let weights = delta.weights.values();
-        let partitions = self.encode_partitions(&delta.rows)?;
-        let sort_keys = self.encode_sort_keys(&delta.rows)?;
+        let partitions = self.keys.partitions(&delta.rows)?;
+        let sort_keys = self.keys.sort_keys(&delta.rows)?;
         let rows = self.row_codec.encode(&delta.rows)?;
 
-        // Changed rows grouped by partition, partitions in order of first appearance.
-        let mut order: Vec<&[u8]> = Vec::new();
-        let mut members: HashMap<&[u8], Vec<usize>> = HashMap::new();
-        for (i, p) in partitions.iter().enumerate() {
-            match members.entry(p.as_slice()) {
-                Entry::Occupied(mut e) => e.get_mut().push(i),
-                Entry::Vacant(e) => {
-                    order.push(p.as_slice());
-                    e.insert(vec![i]);
-                }
-            }
-        }
+        let (order, members) = by_partition(&partitions);
 
         let mut out = Output::default();
         for partition in order {
@@ -298,6 +240,81 @@ impl Operator for TopK {
     fn restore(&mut self, store: &Store) -> Result<()> {
         self.rows.restore(store)
     }
+}
+
+/// The PARTITION BY and ORDER BY of a partitioned operator (top-k, window), encoded per row.
+pub(super) struct PartitionKeys {
+    partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    order_by: Vec<PhysicalSortExpr>,
+    /// Encodes partition keys; `None` without PARTITION BY (every row has the empty key).
+    partition_codec: Option<RowCodec>,
+    /// Encodes ORDER BY values with their sort options; `None` without ORDER BY.
+    sort_converter: Option<RowConverter>,
+}
+
+impl PartitionKeys {
+    pub(super) fn new(partition_by: Vec<Arc<dyn PhysicalExpr>>, order_by: Vec<PhysicalSortExpr>, input_schema: &Schema) -> Result<Self> {
+        let partition_codec = if partition_by.is_empty() {
+            None
+        } else {
+            let fields = partition_by
+                .iter()
+                .enumerate()
+                .map(|(i, e)| Ok(Field::new(format!("p{i}"), e.data_type(input_schema)?, true)))
+                .collect::<Result<Vec<_>>>()?;
+            Some(RowCodec::new(Arc::new(Schema::new(fields)))?)
+        };
+        let sort_converter = if order_by.is_empty() {
+            None
+        } else {
+            let fields = order_by
+                .iter()
+                .map(|s| Ok(SortField::new_with_options(s.expr.data_type(input_schema)?, s.options)))
+                .collect::<Result<Vec<_>>>()?;
+            Some(RowConverter::new(fields)?)
+        };
+        Ok(PartitionKeys { partition_by, order_by, partition_codec, sort_converter })
+    }
+
+    /// Encoded partition key of every row of `batch`.
+    pub(super) fn partitions(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        let n = batch.num_rows();
+        let Some(codec) = &self.partition_codec else {
+            return Ok(vec![Vec::new(); n]);
+        };
+        let columns = self.partition_by.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<ArrayRef>>>()?;
+        codec.encode_columns(&columns)
+    }
+
+    /// Encoded (memcomparable, with sort options) ORDER BY key of every row of `batch`.
+    pub(super) fn sort_keys(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        let n = batch.num_rows();
+        let Some(converter) = &self.sort_converter else {
+            return Ok(vec![Vec::new(); n]);
+        };
+        let columns = self.order_by.iter().map(|s| Ok(s.expr.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<ArrayRef>>>()?;
+        let rows = converter.convert_columns(&columns)?;
+        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
+    }
+}
+
+/// Partition keys in order of first appearance, and the indexes of each one's rows.
+pub(super) type ByPartition<'a> = (Vec<&'a [u8]>, HashMap<&'a [u8], Vec<usize>>);
+
+/// Rows grouped by partition key.
+pub(super) fn by_partition(partitions: &[Vec<u8>]) -> ByPartition<'_> {
+    let mut order: Vec<&[u8]> = Vec::new();
+    let mut members: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    for (i, p) in partitions.iter().enumerate() {
+        match members.entry(p.as_slice()) {
+            Entry::Occupied(mut e) => e.get_mut().push(i),
+            Entry::Vacant(e) => {
+                order.push(p.as_slice());
+                e.insert(vec![i]);
+            }
+        }
+    }
+    (order, members)
 }
 
 /// The stored entry of a row: `sort key ++ row ++ u32 BE length of the sort key`.

@@ -27,25 +27,19 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::{cast, concat};
-use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::row::{RowConverter, SortField};
+use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::window::WindowExpr;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 
 use super::arrangement::{Arrangement, state_prefix};
-use super::topk::{make_entry, row_of};
+use super::topk::{PartitionKeys, by_partition, make_entry, row_of};
 use super::{ChangeBatch, DataflowError, Operator, Result, RowCodec};
 use crate::storage::{Store, TickWrites};
 
 pub struct Window {
     output_schema: SchemaRef,
-    partition_by: Vec<Arc<dyn PhysicalExpr>>,
-    order_by: Vec<PhysicalSortExpr>,
+    keys: PartitionKeys,
     functions: Vec<Arc<dyn WindowExpr>>,
-    /// Encodes partition keys; `None` without PARTITION BY (every row has the empty key).
-    partition_codec: Option<RowCodec>,
-    /// Encodes ORDER BY values with their sort options; `None` without ORDER BY.
-    sort_converter: Option<RowConverter>,
     /// Encodes and decodes input rows.
     row_codec: RowCodec,
     /// Encodes and decodes output rows (input row ++ window values).
@@ -76,55 +70,15 @@ impl Window {
                 functions.len()
             )));
         }
-        let partition_codec = if partition_by.is_empty() {
-            None
-        } else {
-            let fields = partition_by
-                .iter()
-                .enumerate()
-                .map(|(i, e)| Ok(Field::new(format!("p{i}"), e.data_type(&input_schema)?, true)))
-                .collect::<Result<Vec<_>>>()?;
-            Some(RowCodec::new(Arc::new(Schema::new(fields)))?)
-        };
-        let sort_converter = if order_by.is_empty() {
-            None
-        } else {
-            let fields = order_by
-                .iter()
-                .map(|s| Ok(SortField::new_with_options(s.expr.data_type(&input_schema)?, s.options)))
-                .collect::<Result<Vec<_>>>()?;
-            Some(RowConverter::new(fields)?)
-        };
+        let keys = PartitionKeys::new(partition_by, order_by, &input_schema)?;
         Ok(Window {
-            partition_by,
-            order_by,
+            keys,
             functions,
-            partition_codec,
-            sort_converter,
             row_codec: RowCodec::new(input_schema)?,
             output_codec: RowCodec::new(output_schema.clone())?,
             output_schema,
             rows: Arrangement::new(state_prefix(dataflow, node, 0)),
         })
-    }
-
-    fn encode_partitions(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-        let n = batch.num_rows();
-        let Some(codec) = &self.partition_codec else {
-            return Ok(vec![Vec::new(); n]);
-        };
-        let columns = self.partition_by.iter().map(|e| Ok(e.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<ArrayRef>>>()?;
-        codec.encode_columns(&columns)
-    }
-
-    fn encode_sort_keys(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
-        let n = batch.num_rows();
-        let Some(converter) = &self.sort_converter else {
-            return Ok(vec![Vec::new(); n]);
-        };
-        let columns = self.order_by.iter().map(|s| Ok(s.expr.evaluate(batch)?.into_array(n)?)).collect::<Result<Vec<ArrayRef>>>()?;
-        let rows = converter.convert_columns(&columns)?;
-        Ok(rows.iter().map(|r| r.as_ref().to_vec()).collect())
     }
 
     /// Append the rows of `partition`, in window order, one copy per multiplicity.
@@ -217,22 +171,11 @@ impl Operator for Window {
             return Err(DataflowError::Internal("NULL weight in window input".into()));
         }
         let weights = delta.weights.values();
-        let partitions = self.encode_partitions(&delta.rows)?;
-        let sort_keys = self.encode_sort_keys(&delta.rows)?;
+        let partitions = self.keys.partitions(&delta.rows)?;
+        let sort_keys = self.keys.sort_keys(&delta.rows)?;
         let rows = self.row_codec.encode(&delta.rows)?;
 
-        // Changed rows grouped by partition, partitions in order of first appearance.
-        let mut order: Vec<&[u8]> = Vec::new();
-        let mut members: HashMap<&[u8], Vec<usize>> = HashMap::new();
-        for (i, p) in partitions.iter().enumerate() {
-            match members.entry(p.as_slice()) {
-                Entry::Occupied(mut e) => e.get_mut().push(i),
-                Entry::Vacant(e) => {
-                    order.push(p.as_slice());
-                    e.insert(vec![i]);
-                }
-            }
-        }
+        let (order, members) = by_partition(&partitions);
 
         // Every touched partition before and after its changes, as consecutive runs.
         let (mut old_rows, mut old_ends) = (Vec::new(), Vec::with_capacity(order.len()));
