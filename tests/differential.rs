@@ -83,6 +83,11 @@ const VIEWS: &[(&str, &str)] = &[
     ("full_cond", "SELECT b.id AS bid, c.id AS cid FROM b FULL JOIN c ON b.k = c.k AND c.v <> b.v"),
     ("scalar_sub", "SELECT a.id, (SELECT max(c.v) FROM c WHERE c.k = a.k) AS top FROM a"),
     ("using_full", "SELECT k, a.id AS aid, c.id AS cid FROM a FULL JOIN c USING (k)"),
+    ("unnest_from", "SELECT a.id, u.x, u.n FROM a, unnest(ARRAY[a.k, a.v, a.k + a.v]) WITH ORDINALITY AS u(x, n) WHERE u.x IS NOT NULL"),
+    (
+        "json_each_from",
+        "SELECT kv.key, count(*) AS n, max(kv.value) AS top FROM c CROSS JOIN LATERAL jsonb_each_text(jsonb_build_object('k', c.k, 'v', c.v)) AS kv GROUP BY kv.key",
+    ),
     (
         "nested_entity",
         "SELECT a.k, json_agg(json_build_object('id', a.id, 'v', a.v, 'c', c.v) ORDER BY a.id, c.id) AS items, \

@@ -7,6 +7,7 @@ pub mod format;
 pub mod json;
 pub mod json_access;
 pub mod json_elements;
+pub mod set_function_refusal;
 pub mod size_limits;
 pub mod windows;
 
@@ -16,6 +17,7 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
     format::register(ctx);
     json::register(ctx);
     json_elements::register(ctx);
+    set_function_refusal::register(ctx);
     if let Err(e) = json_access::register(ctx) {
         tracing::error!("the JSON operators are not available: {e}");
     }

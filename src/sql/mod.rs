@@ -5,6 +5,7 @@
 //! and [`WithOptions`], how their `WITH (...)` options are read.
 
 pub mod options;
+mod set_functions;
 pub mod using_joins;
 mod window_close;
 
@@ -393,7 +394,18 @@ const NAME_TAKING_FUNCTIONS: [&str; 4] = ["changes", "tumble", "hop", "session"]
 /// column; quote the bare names of [`NAME_TAKING_FUNCTIONS`]' calls so they arrive as strings,
 /// and spell the function in lower case as it is registered:
 /// `changes('shipments')`, `tumble('bid', 'date_time', INTERVAL '10' SECOND)`.
+///
+/// Before that, set-returning functions in `FROM` over another table's columns become the
+/// select-list form DataFusion plans (`set_functions`): both protocols' statements pass here
+/// before planning.
 pub fn quote_name_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
+    match set_functions::rewrite(sql) {
+        Some(rewritten) => std::borrow::Cow::Owned(quote_names(&rewritten).into_owned()),
+        None => quote_names(sql),
+    }
+}
+
+fn quote_names(sql: &str) -> std::borrow::Cow<'_, str> {
     use datafusion::sql::sqlparser::tokenizer::Tokenizer;
     let lower = sql.to_ascii_lowercase();
     if !NAME_TAKING_FUNCTIONS.iter().any(|f| lower.contains(f)) {
