@@ -7,13 +7,17 @@
 
 use std::collections::HashMap;
 
-use arrow::datatypes::Field;
+use arrow::datatypes::{Field, Schema};
 use datafusion::sql::sqlparser::ast::{CharacterLength, DataType as SqlType, ExactNumberInfo};
 
 /// The Postgres type of a text column other than `text`: `varchar` or `jsonb`.
 pub const PG_TYPE_KEY: &str = "pg.type";
 /// The column's `atttypmod`, as Postgres packs it.
 pub const PG_TYPMOD_KEY: &str = "pg.typmod";
+/// The `pg_class.oid` of the table or materialized view a column is read from.
+pub const PG_TABLE_OID_KEY: &str = "pg.table_oid";
+/// The column's `attnum` in that relation (1-based).
+pub const PG_ATTNUM_KEY: &str = "pg.attnum";
 /// Postgres' `VARHDRSZ`, added to the declared length of `varchar(n)` and to numeric's
 /// packed precision and scale.
 const VARHDRSZ: i64 = 4;
@@ -56,6 +60,25 @@ pub fn with_declared_type(field: Field, sql_type: &SqlType) -> Field {
     let mut meta = field.metadata().clone();
     meta.extend(extra);
     field.with_metadata(meta)
+}
+
+/// `schema` with each field marked as column `attnum` of the relation with `pg_class.oid`
+/// `table_oid`: RowDescription then carries them for a column a query reads unchanged
+/// (DataFusion keeps a field's metadata through column references, not through
+/// expressions), as Postgres does, and pgjdbc's `getTableName` finds the table.
+pub fn with_origin(schema: &Schema, table_oid: u32) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut meta = f.metadata().clone();
+            meta.insert(PG_TABLE_OID_KEY.to_string(), table_oid.to_string());
+            meta.insert(PG_ATTNUM_KEY.to_string(), (i + 1).to_string());
+            f.as_ref().clone().with_metadata(meta)
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
 /// The column's `atttypmod`, -1 (none) unless its declared type had one.
