@@ -57,6 +57,7 @@ fn declared_type_oid(field: &Field) -> Option<i32> {
     match column_type::pg_type_name(field) {
         Some("varchar") => Some(1043),
         Some("jsonb") => Some(3802),
+        Some("uuid") => Some(2950),
         _ if crate::functions::json::is_json(field) => Some(114),
         _ => None,
     }
