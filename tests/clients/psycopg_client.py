@@ -160,6 +160,17 @@ with psycopg.connect(DSN, autocommit=True) as conn:
             check("invalid input syntax for type uuid" in str(e), f"22P02 message: {e}")
     check(conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 4, "the malformed row was not stored")
 
+# Invalid UTF-8 in a query's text (sent as bytes) is refused with 22021, as in Postgres,
+# not stored as U+FFFD. Velocity closes the session after it (Postgres keeps it).
+with psycopg.connect(DSN, autocommit=True) as conn:
+    try:
+        conn.execute(b"INSERT INTO tokens VALUES ('d0eebc99-9c0b-4ef8-bb6d-6bb9bd380a14', 'a\xc3\x28b')")
+        check(False, "invalid UTF-8 is refused")
+    except psycopg.errors.CharacterNotInRepertoire as e:
+        check('invalid byte sequence for encoding "UTF8": 0xc3 0x28' in str(e), f"22021 message: {e}")
+with psycopg.connect(DSN, autocommit=True) as conn:
+    check(conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 4, "the invalid row was not stored")
+
 # Encodings: UTF8 only. Another client_encoding is refused (0A000), at startup or by SET,
 # rather than ignored (text in LATIN1 would be stored as garbage).
 with psycopg.connect(DSN, autocommit=True) as conn:
