@@ -118,7 +118,7 @@ pub fn canonical_uuid(text: &str) -> Option<String> {
     let mut after_hyphen = false;
     for c in inner.chars() {
         if c == '-' {
-            if digits.is_empty() || digits.len() % 4 != 0 || after_hyphen || digits.len() == 32 {
+            if digits.is_empty() || !digits.len().is_multiple_of(4) || after_hyphen || digits.len() == 32 {
                 return None;
             }
             after_hyphen = true;
