@@ -23,9 +23,6 @@ use crate::engine::{Contents, Engine};
 #[derive(Debug)]
 pub struct RelationTable {
     pub relation: Relation,
-    /// The relation's schema, with each column of a table or materialized view marked with
-    /// the relation's `pg_class.oid` and its `attnum` (for RowDescription).
-    schema: SchemaRef,
     constraints: Constraints,
     /// `DEFAULT` expressions of a table's columns, by column name: what INSERT fills in.
     column_defaults: std::collections::HashMap<String, Expr>,
@@ -48,13 +45,7 @@ impl RelationTable {
         } else {
             Constraints::new_unverified(vec![Constraint::PrimaryKey(relation.primary_key.clone())])
         };
-        let schema = match relation.kind {
-            RelationKind::Table | RelationKind::MaterializedView => {
-                Arc::new(crate::catalog::column_type::with_origin(&relation.schema, relation.pg_oid()))
-            }
-            RelationKind::View | RelationKind::Source | RelationKind::Sink => relation.schema.clone(),
-        };
-        RelationTable { relation, schema, constraints, column_defaults: Default::default(), engine: EngineRef(engine) }
+        RelationTable { relation, constraints, column_defaults: Default::default(), engine: EngineRef(engine) }
     }
 
     /// The table's `DEFAULT` expressions, by column name.
@@ -105,7 +96,7 @@ impl RelationTable {
 #[async_trait]
 impl TableProvider for RelationTable {
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        self.relation.schema.clone()
     }
 
     fn constraints(&self) -> Option<&Constraints> {
@@ -152,9 +143,7 @@ impl TableProvider for RelationTable {
             None => contents.scan_rows(store).map(Some),
         }
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
-        .unwrap_or_else(|| RecordBatch::new_empty(self.relation.schema.clone()));
-        // The same columns under the schema marked with the relation's oid.
-        let batch = RecordBatch::try_new(self.schema(), batch.columns().to_vec())?;
+        .unwrap_or_else(|| RecordBatch::new_empty(self.schema()));
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?)
     }
 }
