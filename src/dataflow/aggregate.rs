@@ -456,16 +456,7 @@ impl Aggregate {
         for a in 0..self.aggs.len() {
             columns.push(self.output_column(a, &out_groups, &keys, &states)?);
         }
-        let columns = columns
-            .into_iter()
-            .zip(self.output_schema.fields())
-            .map(|(c, f)| Ok(if c.data_type() != f.data_type() { cast(&c, f.data_type())? } else { c }))
-            .collect::<Result<Vec<_>>>()?;
-        let rows = RecordBatch::try_new_with_options(
-            self.output_schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(keys.len())),
-        )?;
+        let rows = self.output_batch(columns, keys.len())?;
         for (a, plan) in self.aggs.iter().enumerate() {
             if !plan.kind.uses_multiset() {
                 continue;
@@ -711,6 +702,16 @@ impl Aggregate {
         Ok(())
     }
 
+    /// `rows` output rows from their columns, each cast to the output schema's type.
+    fn output_batch(&self, columns: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
+        let columns = columns
+            .into_iter()
+            .zip(self.output_schema.fields())
+            .map(|(c, f)| Ok(if c.data_type() != f.data_type() { cast(&c, f.data_type())? } else { c }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new_with_options(self.output_schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(rows)))?)
+    }
+
     /// The output column of aggregate `a` for the given groups (`keys`/`states` in step order).
     fn output_column(&self, a: usize, out_groups: &[usize], keys: &[Vec<u8>], states: &[GroupState]) -> Result<ArrayRef> {
         let plan = &self.aggs[a];
@@ -932,16 +933,7 @@ impl Operator for Aggregate {
         for a in 0..self.aggs.len() {
             columns.push(self.output_column(a, &out_groups, &keys, &states)?);
         }
-        let columns = columns
-            .into_iter()
-            .zip(self.output_schema.fields())
-            .map(|(c, f)| Ok(if c.data_type() != f.data_type() { cast(&c, f.data_type())? } else { c }))
-            .collect::<Result<Vec<_>>>()?;
-        let new_rows = RecordBatch::try_new_with_options(
-            self.output_schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(out_groups.len())),
-        )?;
+        let new_rows = self.output_batch(columns, out_groups.len())?;
         let mut new_encoded: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
         for (j, row) in self.out_codec.encode(&new_rows)?.into_iter().enumerate() {
             new_encoded[out_groups[j]] = Some(row);
