@@ -71,7 +71,8 @@ async fn another_roles_table_needs_a_grant_to_read_and_write() {
     let out = s._dir.path().join("copied.csv");
     let copy = format!("COPY t TO '{}'", out.display());
     assert_eq!(refused(&s.bob, &copy).await.0, "42501");
-    assert_eq!(refused(&s.alice, &copy).await, ("42501".into(), "must be superuser to COPY to or from a file or program".into()));
+    let denied = "must be superuser or a member of the pg_write_server_files role to COPY to a file";
+    assert_eq!(refused(&s.alice, &copy).await, ("42501".into(), denied.into()));
     assert!(!out.exists());
     // System catalogs stay readable.
     assert!(count(&s.bob, "SELECT count(*) FROM pg_catalog.pg_class").await > 0);
@@ -125,16 +126,97 @@ async fn only_the_owner_or_a_superuser_drops() {
     assert_eq!(owner, "bob");
 }
 
+/// Sources and sinks connect to hosts and read files as the server: creating one takes a
+/// superuser or CREATE on the database, a file source also `pg_read_server_files`.
 #[tokio::test]
-async fn sources_and_sinks_need_a_superuser() {
+async fn sources_and_sinks_take_create_on_the_database() {
     let s = setup().await;
-    let (code, message) = refused(&s.alice, "CREATE SOURCE secrets WITH (connector = 'file', path = '/etc/passwd')").await;
-    assert_eq!((code.as_str(), message.as_str()), ("42501", "must be superuser to create a source"));
+    let dir = tempfile::tempdir().unwrap();
+    let generator = "CREATE SOURCE gen WITH (connector = 'generator', scenario = 'logistics', max_transactions = '1')";
+    let file_source = format!("CREATE SOURCE lines WITH (connector = 'file', path = '{}/tms.jsonl')", dir.path().display());
+    let create_denied = |what: &str| format!("permission denied to create {what}: needs a superuser or CREATE on database velocity");
+    assert_eq!(refused(&s.alice, generator).await, ("42501".into(), create_denied("a source")));
+    assert_eq!(refused(&s.alice, &file_source).await.0, "42501");
     s.alice.batch_execute("CREATE TABLE t (id BIGINT PRIMARY KEY)").await.unwrap();
     let sink = "CREATE SINK out FROM t WITH (connector = 'kafka', brokers = '127.0.0.1:1', topic = 'x')";
-    assert_eq!(refused(&s.alice, sink).await, ("42501".into(), "must be superuser to create a sink".into()));
-    let sources = count(&s.admin, "SELECT count(*) FROM velocity_catalog.relations WHERE kind = 'source'").await;
-    assert_eq!(sources, 0);
+    assert_eq!(refused(&s.alice, sink).await, ("42501".into(), create_denied("a sink")));
+
+    // Only superusers grant it, and only on this database.
+    assert_eq!(refused(&s.bob, "GRANT CREATE ON DATABASE velocity TO bob").await.0, "42501");
+    assert_eq!(refused(&s.admin, "GRANT CREATE ON DATABASE other TO alice").await.0, "3D000");
+    s.admin.batch_execute("GRANT CREATE ON DATABASE velocity TO alice").await.unwrap();
+    s.alice.batch_execute(generator).await.unwrap();
+    s.alice.batch_execute(sink).await.unwrap();
+    // Reading server files takes pg_read_server_files besides.
+    let files_denied = "must be superuser or a member of the pg_read_server_files role to read files on the server (a file source)";
+    assert_eq!(refused(&s.alice, &file_source).await, ("42501".into(), files_denied.into()));
+    assert_eq!(refused(&s.bob, "GRANT pg_read_server_files TO alice").await.0, "42501");
+    assert_eq!(refused(&s.admin, "GRANT bob TO alice").await.0, "0A000");
+    assert_eq!(refused(&s.admin, "GRANT nobody TO alice").await.0, "42704");
+    s.admin.batch_execute("GRANT pg_read_server_files TO alice").await.unwrap();
+    s.alice.batch_execute(&file_source).await.unwrap();
+    assert_eq!(count(&s.admin, "SELECT count(*) FROM velocity_catalog.sources WHERE velocity_relowner(name) = 'alice'").await, 2);
+
+    s.admin.batch_execute("REVOKE pg_read_server_files FROM alice; REVOKE CREATE ON DATABASE velocity FROM alice").await.unwrap();
+    let again = "CREATE SOURCE gen2 WITH (connector = 'generator', scenario = 'logistics', max_transactions = '1')";
+    assert_eq!(refused(&s.alice, again).await.0, "42501");
+    // What she created stays hers.
+    s.alice.batch_execute("DROP SINK out; DROP SOURCE gen; DROP SOURCE lines").await.unwrap();
+}
+
+/// USAGE on a source binds tables to it and shows its dead letters; the owner (or a
+/// superuser) grants it, and ownership moves with ALTER SOURCE ... OWNER TO.
+#[tokio::test]
+async fn usage_on_a_source_binds_tables_to_it() {
+    let s = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tms.jsonl");
+    std::fs::write(&file, "a malformed record\n").unwrap();
+    s.admin
+        .batch_execute(&format!(
+            "CREATE SOURCE tms WITH (connector = 'file', path = '{}');
+             CREATE TABLE stops (id BIGINT PRIMARY KEY) WITH (source = 'tms', upstream = 'public.stops'); FLUSH",
+            file.display()
+        ))
+        .await
+        .unwrap();
+    let bind = |table: &str| {
+        format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, status TEXT) WITH (source = 'tms', upstream = 'public.{table}')")
+    };
+    let dead = "SELECT count(*) FROM velocity_catalog.dead_letters";
+    assert_eq!(refused(&s.alice, &bind("shipments")).await, ("42501".into(), "permission denied for source tms".into()));
+    assert_eq!(count(&s.alice, dead).await, 0);
+
+    assert_eq!(refused(&s.bob, "GRANT USAGE ON SOURCE tms TO bob").await.0, "42501");
+    assert_eq!(
+        refused(&s.admin, "GRANT SELECT ON SOURCE tms TO alice").await,
+        ("0LP01".into(), "invalid privilege type SELECT for source".into())
+    );
+    assert_eq!(refused(&s.admin, "GRANT USAGE ON SOURCE stops TO alice").await.0, "42809");
+    assert_eq!(refused(&s.admin, "GRANT USAGE ON SOURCE nothing TO alice").await.0, "42704");
+    s.admin.batch_execute("GRANT USAGE ON SOURCE tms TO alice").await.unwrap();
+    s.alice.batch_execute(&bind("shipments")).await.unwrap();
+    assert_eq!(count(&s.alice, dead).await, 1);
+    assert_eq!(count(&s.bob, dead).await, 0);
+    s.admin.batch_execute("REVOKE ALL ON SOURCE tms FROM alice").await.unwrap();
+    assert_eq!(count(&s.alice, dead).await, 0);
+    assert_eq!(refused(&s.alice, &bind("legs")).await.0, "42501");
+
+    // A new owner may grant it; only superusers hand a source over.
+    assert_eq!(refused(&s.alice, "ALTER SOURCE tms OWNER TO alice").await, ("42501".into(), "must be owner of source tms".into()));
+    s.admin.batch_execute("ALTER SOURCE tms OWNER TO bob").await.unwrap();
+    let owner: String = s.admin.query_one("SELECT velocity_relowner('tms')", &[]).await.unwrap().get(0);
+    assert_eq!(owner, "bob");
+    assert_eq!(count(&s.bob, dead).await, 1);
+    s.bob.batch_execute("GRANT USAGE ON SOURCE tms TO PUBLIC").await.unwrap();
+    s.alice.batch_execute(&bind("legs")).await.unwrap();
+
+    // Sinks take no privileges: only their owner or a superuser drops one.
+    s.admin.batch_execute("CREATE SINK out FROM stops WITH (connector = 'kafka', brokers = '127.0.0.1:1', topic = 'x')").await.unwrap();
+    assert_eq!(refused(&s.admin, "GRANT ALL ON SINK out TO alice").await, ("0LP01".into(), "invalid privilege type ALL for sink".into()));
+    assert_eq!(refused(&s.alice, "DROP SINK out").await.0, "42501");
+    s.admin.batch_execute("ALTER SINK out OWNER TO alice").await.unwrap();
+    s.alice.batch_execute("DROP SINK out").await.unwrap();
 }
 
 #[tokio::test]
@@ -224,6 +306,9 @@ async fn roles_owners_and_grants_survive_kill_9() {
     let alice = connect(server.addr, "alice", "alice-pw").await.unwrap();
     alice.batch_execute("CREATE TABLE t (id BIGINT); INSERT INTO t VALUES (1); GRANT SELECT ON t TO bob").await.unwrap();
     alice.batch_execute("CREATE TABLE private (id BIGINT)").await.unwrap();
+    admin.batch_execute("GRANT CREATE ON DATABASE velocity TO alice; GRANT pg_read_server_files TO alice").await.unwrap();
+    let source = format!("CREATE SOURCE tms WITH (connector = 'file', path = '{}/tms.jsonl')", dir.path().display());
+    alice.batch_execute(&format!("{source}; GRANT USAGE ON SOURCE tms TO bob")).await.unwrap();
     server.kill9();
 
     let server = ServerProcess::start_with(&data, &["--user", "admin:secret"]);
@@ -231,8 +316,11 @@ async fn roles_owners_and_grants_survive_kill_9() {
     assert_eq!(count(&bob, "SELECT count(*) FROM t").await, 1);
     assert_eq!(refused(&bob, "SELECT * FROM private").await.0, "42501");
     assert_eq!(refused(&bob, "DROP TABLE t").await.0, "42501");
+    bob.batch_execute("CREATE TABLE stops (id BIGINT PRIMARY KEY) WITH (source = 'tms', upstream = 'public.stops')").await.unwrap();
     let alice = connect(server.addr, "alice", "alice-pw").await.unwrap();
     alice.batch_execute("DROP TABLE private").await.unwrap();
+    let again = format!("CREATE SOURCE again WITH (connector = 'file', path = '{}/again.jsonl')", dir.path().display());
+    alice.batch_execute(&again).await.expect("CREATE on the database and pg_read_server_files survive");
 }
 
 #[tokio::test]

@@ -70,17 +70,29 @@ pub struct StoredEntry {
     pub grants: Vec<Grant>,
 }
 
-/// What a role may do with a table or materialized view, as `GRANT` names it.
+/// What a role may do with an object, as `GRANT` names it: the first four on tables and
+/// views, USAGE on sources (binding tables to one, reading its dead letters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Privilege {
     Select,
     Insert,
     Update,
     Delete,
+    Usage,
 }
 
 impl Privilege {
     pub const ALL: [Privilege; 4] = [Privilege::Insert, Privilege::Select, Privilege::Update, Privilege::Delete];
+
+    /// The privileges an object of `kind` takes (`GRANT ALL` grants them); sinks take none:
+    /// only their owner (or a superuser) drops one.
+    pub fn of_kind(kind: RelationKind) -> &'static [Privilege] {
+        match kind {
+            RelationKind::Source => &[Privilege::Usage],
+            RelationKind::Sink => &[],
+            _ => &Privilege::ALL,
+        }
+    }
 
     pub fn sql_name(self) -> &'static str {
         match self {
@@ -88,6 +100,7 @@ impl Privilege {
             Privilege::Insert => "INSERT",
             Privilege::Update => "UPDATE",
             Privilege::Delete => "DELETE",
+            Privilege::Usage => "USAGE",
         }
     }
 
@@ -98,6 +111,7 @@ impl Privilege {
             Privilege::Insert => 'a',
             Privilege::Update => 'w',
             Privilege::Delete => 'd',
+            Privilege::Usage => 'U',
         }
     }
 }
@@ -152,19 +166,20 @@ impl Ownership {
 
     /// `relacl` as Postgres shows it: NULL (None) until something is granted, then the
     /// owner's own item and one per grantee, as `grantee=letters/grantor`.
-    pub fn acl(&self) -> Option<Vec<String>> {
+    pub fn acl(&self, kind: RelationKind) -> Option<Vec<String>> {
         if self.grants.is_empty() {
             return None;
         }
-        let letters = |ps: &[Privilege]| -> String { Privilege::ALL.iter().filter(|p| ps.contains(p)).map(|p| p.letter()).collect() };
-        let mut items = vec![format!("{0}={1}/{0}", self.owner, letters(&Privilege::ALL))];
+        let all = Privilege::of_kind(kind);
+        let letters = |ps: &[Privilege]| -> String { all.iter().filter(|p| ps.contains(p)).map(|p| p.letter()).collect() };
+        let mut items = vec![format!("{0}={1}/{0}", self.owner, letters(all))];
         items.extend(self.grants.iter().map(|g| format!("{}={}/{}", g.grantee, letters(&g.privileges), self.owner)));
         Some(items)
     }
 }
 
 /// A role: who may connect, and as whom privileges are checked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Role {
     pub name: String,
     pub superuser: bool,
@@ -175,6 +190,39 @@ pub struct Role {
     /// is not stored and cannot be altered or dropped.
     #[serde(skip)]
     pub configured: bool,
+    /// `GRANT CREATE ON DATABASE velocity TO role`: may create sources and sinks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_on_database: bool,
+    /// The predefined roles it was granted (`GRANT pg_read_server_files TO role`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_of: Vec<PredefinedRole>,
+}
+
+/// Postgres' predefined roles that Velocity gives meaning to; membership is granted by
+/// superusers, as in Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PredefinedRole {
+    /// Reads files on the server: file sources, `COPY ... FROM` a file.
+    #[serde(rename = "pg_read_server_files")]
+    ReadServerFiles,
+    /// Writes files on the server: `COPY ... TO` a file.
+    #[serde(rename = "pg_write_server_files")]
+    WriteServerFiles,
+}
+
+impl PredefinedRole {
+    pub const ALL: [PredefinedRole; 2] = [PredefinedRole::ReadServerFiles, PredefinedRole::WriteServerFiles];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PredefinedRole::ReadServerFiles => "pg_read_server_files",
+            PredefinedRole::WriteServerFiles => "pg_write_server_files",
+        }
+    }
+
+    pub fn named(name: &str) -> Option<PredefinedRole> {
+        PredefinedRole::ALL.into_iter().find(|r| r.name() == name)
+    }
 }
 
 /// A SCRAM salted password and its salt.
@@ -401,6 +449,16 @@ impl Catalog {
         self.roles.get(role).is_some_and(|r| r.superuser)
     }
 
+    /// Superusers, and roles granted CREATE on the database: may create sources and sinks.
+    pub fn may_create_connectors(&self, role: &str) -> bool {
+        self.roles.get(role).is_some_and(|r| r.superuser || r.create_on_database)
+    }
+
+    /// Superusers, and members of `predefined`.
+    pub fn has_predefined_role(&self, role: &str, predefined: PredefinedRole) -> bool {
+        self.roles.get(role).is_some_and(|r| r.superuser || r.member_of.contains(&predefined))
+    }
+
     /// Whether `role` may use `privilege` on `relation`: superusers and the owner always,
     /// others when granted.
     pub fn allows(&self, role: &str, relation: &Relation, privilege: Privilege) -> bool {
@@ -471,13 +529,13 @@ mod tests {
     #[test]
     fn grants_show_as_postgres_aclitems() {
         let mut ownership = Ownership::new("alice");
-        assert_eq!(ownership.acl(), None);
+        assert_eq!(ownership.acl(RelationKind::Table), None);
         ownership.change("bob", &[Privilege::Select, Privilege::Insert], true);
         ownership.change("", &[Privilege::Select], true);
         ownership.change("bob", &[Privilege::Insert], false);
-        assert_eq!(ownership.acl().unwrap(), ["alice=arwd/alice", "bob=r/alice", "=r/alice"]);
+        assert_eq!(ownership.acl(RelationKind::Table).unwrap(), ["alice=arwd/alice", "bob=r/alice", "=r/alice"]);
         ownership.change("bob", &[Privilege::Select], false);
         ownership.change("", &Privilege::ALL, false);
-        assert_eq!(ownership.acl(), None);
+        assert_eq!(ownership.acl(RelationKind::Table), None);
     }
 }

@@ -79,6 +79,11 @@ pub enum CoordinatorError {
     /// to create a source`.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A privilege the object does not take (`GRANT SELECT ON SOURCE s`).
+    #[error("invalid privilege type {privilege} for {kind}")]
+    InvalidGrant { privilege: String, kind: &'static str },
+    #[error("database \"{0}\" does not exist")]
+    UndefinedDatabase(String),
     #[error("role \"{0}\" already exists")]
     DuplicateRole(String),
     #[error("role \"{0}\" does not exist")]

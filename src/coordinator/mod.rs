@@ -27,7 +27,7 @@ pub use dml::Write;
 pub use error::{CoordinatorError, Result};
 pub use privileges::RoleOptions;
 
-use crate::catalog::{Catalog, Ownership, Privilege, Relation, RelationKind, SourceBinding};
+use crate::catalog::{Catalog, Ownership, PredefinedRole, Privilege, Relation, RelationKind, SourceBinding};
 use crate::dataflow::ChangeBatch;
 use crate::engine::{Commit, Engine};
 use crate::planner::plan_dataflow_with;
@@ -144,7 +144,7 @@ impl Coordinator {
     }
 
     /// `CREATE TABLE`, plain or bound to a source with `WITH (source = '...', upstream = '...')`.
-    /// `role` owns it; binding it to a source takes owning the source.
+    /// `role` owns it; binding it to a source takes USAGE on the source.
     pub async fn create_table(&self, role: &str, stmt: &Statement) -> Result<()> {
         let _ddl = self.ddl.lock().await;
         self.create_table_as(stmt, &Origin::New { role }).await
@@ -168,7 +168,7 @@ impl Coordinator {
         };
         let binding = self.table_binding(&options)?;
         if let (Some(b), Origin::New { role }) = (&binding, origin) {
-            self.require_owner(role, &b.source)?;
+            self.require(role, &b.source, Privilege::Usage)?;
         }
         // DataFusion plans the columns and constraints; the options are Velocity's.
         let mut plain = ct.clone();
@@ -322,7 +322,7 @@ impl Coordinator {
     }
 
     /// `CREATE SOURCE name WITH (connector = '...', ...)`: records it and starts reading.
-    /// Superusers only: a source reads files and connects to hosts as the server.
+    /// A source reads files and connects to hosts as the server: see `privileges`.
     pub async fn create_source(&self, role: &str, name: &str, options: &[(String, String)]) -> Result<()> {
         let _ddl = self.ddl.lock().await;
         let sql = format!("CREATE SOURCE {name} {}", with_clause(options));
@@ -341,10 +341,11 @@ impl Coordinator {
         origin: &Origin<'_>,
     ) -> Result<(u32, SourceConfig)> {
         if let Origin::New { role } = origin {
-            self.require_superuser(role, "create a source")?;
+            self.require_create_on_database(role, "a source")?;
         }
         let config = SourceConfig::from_options(options).map_err(CoordinatorError::SourceOptions)?;
-        if let (Origin::New { .. }, ConnectorConfig::File(file)) = (origin, &config.connector) {
+        if let (Origin::New { role }, ConnectorConfig::File(file)) = (origin, &config.connector) {
+            self.require_predefined_role(role, PredefinedRole::ReadServerFiles, "read files on the server (a file source)")?;
             self.check_file_source_path(&file.path)?;
         }
         if !origin.restoring() && self.engine.catalog().get(name).is_some() {
@@ -388,8 +389,8 @@ impl Coordinator {
     }
 
     /// `CREATE SINK name FROM relation WITH (connector = 'kafka', ...)`: records it and
-    /// starts delivering. Superusers only (a sink connects to hosts as the server), who
-    /// also need SELECT on the relation.
+    /// starts delivering. A sink connects to hosts as the server: it takes a superuser or
+    /// CREATE on the database, and SELECT on the relation.
     pub async fn create_sink(&self, role: &str, name: &str, from: &str, options: &[(String, String)]) -> Result<()> {
         let _ddl = self.ddl.lock().await;
         let sql = format!("CREATE SINK {name} FROM {from} {}", with_clause(options));
@@ -407,7 +408,7 @@ impl Coordinator {
         origin: &Origin<'_>,
     ) -> Result<()> {
         if let Origin::New { role } = origin {
-            self.require_superuser(role, "create a sink")?;
+            self.require_create_on_database(role, "a sink")?;
             self.require(role, from, Privilege::Select)?;
         }
         let config = SinkConfig::from_options(options)?;

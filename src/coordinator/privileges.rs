@@ -1,8 +1,9 @@
 //! Roles and privileges, in Postgres' shape: who may read, change, create and drop what.
 //!
 //! Superusers may do everything; an object's owner everything with it; other roles what its
-//! owner granted them. Only superusers create sources and sinks (they read files and connect
-//! to hosts as the server) and manage roles. A materialized view reads its inputs with its
+//! owner granted them (USAGE on a source binds tables to it). Sources and sinks read files
+//! and connect to hosts as the server: creating one takes a superuser or CREATE on the
+//! database, a file source also membership in `pg_read_server_files`. Superusers manage roles. A materialized view reads its inputs with its
 //! owner's rights, checked when it is created, so granting SELECT on a view does not grant
 //! its inputs; a plain view reads them with its owner's rights too, checked at every read.
 
@@ -14,7 +15,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 
 use super::{Coordinator, CoordinatorError, Result};
-use crate::catalog::{CatalogUpdate, Privilege, RelationKind, Role, RoleSecret};
+use crate::catalog::{CatalogUpdate, Ownership, PredefinedRole, Privilege, Relation, RelationKind, Role, RoleSecret};
 
 /// `CREATE ROLE` / `ALTER ROLE` options; unset ones keep their value (or default to off).
 #[derive(Debug, Default, Clone)]
@@ -65,8 +66,15 @@ impl Coordinator {
     /// `COPY ... TO/FROM` a server file or program also takes a superuser, as in Postgres.
     pub fn authorize_reads(&self, role: &str, stmt: &Statement, except: Option<&str>) -> Result<()> {
         if let Statement::Copy { source, to, target, .. } = stmt {
-            if matches!(target, CopyTarget::File { .. } | CopyTarget::Program { .. }) {
-                self.require_superuser(role, "COPY to or from a file or program")?;
+            match (target, *to) {
+                (CopyTarget::Program { .. }, _) => self.require_superuser(role, "COPY to or from an external program")?,
+                (CopyTarget::File { .. }, false) => {
+                    self.require_predefined_role(role, PredefinedRole::ReadServerFiles, "COPY from a file")?
+                }
+                (CopyTarget::File { .. }, true) => {
+                    self.require_predefined_role(role, PredefinedRole::WriteServerFiles, "COPY to a file")?
+                }
+                _ => {}
             }
             if let CopySource::Table { table_name, .. } = source
                 && let Some(name) = catalog_name(table_name)
@@ -116,8 +124,17 @@ impl Coordinator {
     }
 
     /// `GRANT privileges ON objects TO grantees` (`grant`) or `REVOKE ... FROM ...`: by the
-    /// objects' owner or a superuser. An empty grantee is PUBLIC.
-    pub async fn grant(&self, role: &str, privileges: &[Privilege], objects: &[String], grantees: &[String], grant: bool) -> Result<()> {
+    /// objects' owner or a superuser. `kind` is the class the statement names: tables and
+    /// views (`None`), or sources or sinks. An empty grantee is PUBLIC.
+    pub async fn grant(
+        &self,
+        role: &str,
+        kind: Option<RelationKind>,
+        privileges: &[Privilege],
+        objects: &[String],
+        grantees: &[String],
+        grant: bool,
+    ) -> Result<()> {
         let _ddl = self.ddl.lock().await;
         let mut updates = Vec::new();
         {
@@ -127,14 +144,20 @@ impl Coordinator {
                     return Err(CoordinatorError::UndefinedRole(grantee.clone()));
                 }
             }
+            let named = |r: &Relation| match kind {
+                None => r.kind.queryable(),
+                Some(kind) => r.kind == kind,
+            };
+            let expected = kind.unwrap_or(RelationKind::Table);
             for name in objects {
                 let relation = match catalog.get(name) {
-                    Some(r) if r.kind.queryable() => r,
-                    Some(r) => return Err(CoordinatorError::WrongObjectType { name: r.name.clone(), expected: "table" }),
-                    None => {
-                        return Err(CoordinatorError::UndefinedObject { kind: RelationKind::Table, name: name.clone() });
-                    }
+                    Some(r) if named(r) => r,
+                    Some(r) => return Err(CoordinatorError::WrongObjectType { name: r.name.clone(), expected: expected.sql_name() }),
+                    None => return Err(CoordinatorError::UndefinedObject { kind: expected, name: name.clone() }),
                 };
+                if let Some(p) = privileges.iter().find(|p| !Privilege::of_kind(relation.kind).contains(p)) {
+                    return Err(CoordinatorError::InvalidGrant { privilege: p.sql_name().into(), kind: expected.sql_name() });
+                }
                 if !catalog.is_superuser(role) && relation.ownership.owner != role {
                     let privilege = privileges.first().copied().unwrap_or(Privilege::Select);
                     return Err(CoordinatorError::InsufficientPrivilege { privilege, kind: relation.kind, name: name.clone() });
@@ -152,6 +175,125 @@ impl Coordinator {
         Ok(())
     }
 
+    /// `GRANT CREATE ON DATABASE velocity TO roles` (or REVOKE): the right to create sources
+    /// and sinks. Granted by superusers, who own the database.
+    pub async fn grant_create_on_database(&self, role: &str, database: &str, grantees: &[String], grant: bool) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        if database != crate::server::DATABASE {
+            return Err(CoordinatorError::UndefinedDatabase(database.to_string()));
+        }
+        let changed = {
+            let catalog = self.engine.catalog();
+            if !catalog.is_superuser(role) {
+                return Err(CoordinatorError::PermissionDenied(format!("permission denied for database {database}")));
+            }
+            grantees
+                .iter()
+                .map(|g| {
+                    let Some(target) = catalog.role(g) else {
+                        return Err(if g.is_empty() {
+                            CoordinatorError::Unsupported("CREATE on the database for PUBLIC".into())
+                        } else {
+                            CoordinatorError::UndefinedRole(g.clone())
+                        });
+                    };
+                    Ok(Role { create_on_database: grant, ..target.clone() })
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        for role in changed {
+            self.engine.update_catalog(CatalogUpdate::PutRole(role)).await?;
+        }
+        Ok(())
+    }
+
+    /// `GRANT pg_read_server_files TO roles` (or REVOKE): membership in Postgres' predefined
+    /// roles, by superusers. Other role membership is not supported.
+    pub async fn grant_roles(&self, role: &str, roles: &[String], members: &[String], grant: bool) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        let changed = {
+            let catalog = self.engine.catalog();
+            let mut granted = Vec::new();
+            for name in roles {
+                match PredefinedRole::named(name) {
+                    Some(predefined) => granted.push(predefined),
+                    None if catalog.role(name).is_some() => {
+                        return Err(CoordinatorError::Unsupported(format!(
+                            "membership in role \"{name}\" (only the predefined roles pg_read_server_files and pg_write_server_files are granted)"
+                        )));
+                    }
+                    None => return Err(CoordinatorError::UndefinedRole(name.clone())),
+                }
+            }
+            if !catalog.is_superuser(role) {
+                return Err(CoordinatorError::PermissionDenied(format!("must have admin option on role \"{}\"", roles[0])));
+            }
+            members
+                .iter()
+                .map(|m| {
+                    let mut target = catalog.role(m).cloned().ok_or_else(|| CoordinatorError::UndefinedRole(m.clone()))?;
+                    target.member_of.retain(|r| !granted.contains(r));
+                    if grant {
+                        target.member_of.extend(&granted);
+                    }
+                    Ok(target)
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        for role in changed {
+            self.engine.update_catalog(CatalogUpdate::PutRole(role)).await?;
+        }
+        Ok(())
+    }
+
+    /// `ALTER SOURCE|SINK name OWNER TO new_owner`: by superusers (Velocity has no role
+    /// membership through which an owner could hand an object to another role). The
+    /// grants stay.
+    pub async fn alter_owner(&self, role: &str, kind: RelationKind, name: &str, new_owner: &str) -> Result<()> {
+        let _ddl = self.ddl.lock().await;
+        let ownership = {
+            let catalog = self.engine.catalog();
+            let relation = match catalog.get(name) {
+                Some(r) if r.kind == kind => r,
+                Some(r) => return Err(CoordinatorError::WrongObjectType { name: r.name.clone(), expected: kind.sql_name() }),
+                None => return Err(CoordinatorError::UndefinedObject { kind, name: name.to_string() }),
+            };
+            if catalog.role(new_owner).is_none() {
+                return Err(CoordinatorError::UndefinedRole(new_owner.to_string()));
+            }
+            if !catalog.is_superuser(role) {
+                return Err(if relation.ownership.owner == role {
+                    CoordinatorError::PermissionDenied(format!("must be able to SET ROLE \"{new_owner}\""))
+                } else {
+                    CoordinatorError::NotOwner { kind, name: name.to_string() }
+                });
+            }
+            Ownership { owner: new_owner.to_string(), grants: relation.ownership.grants.clone() }
+        };
+        Ok(self.engine.update_catalog(CatalogUpdate::SetOwnership { name: name.to_string(), ownership }).await?)
+    }
+
+    /// Superusers, or roles granted CREATE on the database, may create a source or sink.
+    pub(super) fn require_create_on_database(&self, role: &str, what: &str) -> Result<()> {
+        if self.engine.catalog().may_create_connectors(role) {
+            Ok(())
+        } else {
+            Err(CoordinatorError::PermissionDenied(format!(
+                "permission denied to create {what}: needs a superuser or CREATE on database {}",
+                crate::server::DATABASE
+            )))
+        }
+    }
+
+    /// Superusers, or members of `predefined`, may `what` (reading or writing server files).
+    pub(super) fn require_predefined_role(&self, role: &str, predefined: PredefinedRole, what: &str) -> Result<()> {
+        if self.engine.catalog().has_predefined_role(role, predefined) {
+            Ok(())
+        } else {
+            Err(CoordinatorError::PermissionDenied(format!("must be superuser or a member of the {} role to {what}", predefined.name())))
+        }
+    }
+
     /// `CREATE ROLE name [WITH] [LOGIN] [SUPERUSER] [PASSWORD 'x']`: superusers only.
     pub async fn create_role(&self, role: &str, name: &str, if_not_exists: bool, options: RoleOptions) -> Result<()> {
         let _ddl = self.ddl.lock().await;
@@ -166,7 +308,7 @@ impl Coordinator {
             superuser: options.superuser.unwrap_or(false),
             login: options.login.unwrap_or(false),
             secret: options.password.flatten(),
-            configured: false,
+            ..Role::default()
         };
         Ok(self.engine.update_catalog(CatalogUpdate::PutRole(new)).await?)
     }

@@ -96,7 +96,14 @@ impl Users {
         if name.is_empty() {
             return Err(ServerError::Config(format!("user {spec:?}: empty name")));
         }
-        let role = Role { name: name.to_string(), superuser: true, login: true, secret: Some(scram_secret(password)), configured: true };
+        let role = Role {
+            name: name.to_string(),
+            superuser: true,
+            login: true,
+            secret: Some(scram_secret(password)),
+            configured: true,
+            ..Role::default()
+        };
         match self.roles.iter_mut().find(|r| r.name == name) {
             Some(existing) => *existing = role,
             None => self.roles.push(role),
@@ -174,7 +181,7 @@ impl Access {
     /// The superusers configured at start: the users given, or the trusted `velocity`.
     pub fn configured_roles(&self) -> Vec<Role> {
         if self.users.is_empty() {
-            vec![Role { name: DEFAULT_USER.into(), superuser: true, login: true, secret: None, configured: true }]
+            vec![Role { name: DEFAULT_USER.into(), superuser: true, login: true, secret: None, configured: true, ..Role::default() }]
         } else {
             self.users.roles.clone()
         }

@@ -115,6 +115,8 @@ impl From<CoordinatorError> for PgWireError {
             C::ReadOnlyTable { .. } => "25006",
             C::Unsupported(_) => "0A000",
             C::InsufficientPrivilege { .. } | C::NotOwner { .. } | C::PermissionDenied(_) => "42501",
+            C::InvalidGrant { .. } => "0LP01",
+            C::UndefinedDatabase(_) => "3D000",
             C::DuplicateRole(_) => "42710",
             C::UndefinedRole(_) => "42704",
             C::RoleHasDependents { .. } | C::RequiredRole(_) => "2BP01",

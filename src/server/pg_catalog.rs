@@ -257,7 +257,7 @@ fn relacl(engine: &Engine, args: &[ColumnarValue]) -> Result<ColumnarValue> {
     let catalog = engine.catalog();
     let mut out = arrow::array::ListBuilder::new(arrow::array::StringBuilder::new());
     for name in names.iter() {
-        match name.and_then(|n| catalog.get(n)).and_then(|r| r.ownership.acl()) {
+        match name.and_then(|n| catalog.get(n)).and_then(|r| r.ownership.acl(r.kind)) {
             Some(items) => {
                 for item in items {
                     out.values().append_value(item);

@@ -32,7 +32,7 @@ use super::session;
 use crate::catalog::{Privilege, RelationKind};
 use crate::coordinator::{Coordinator, CoordinatorError, RoleOptions};
 use crate::dataflow::ChangeBatch;
-use crate::sql::VelocityStatement;
+use crate::sql::{ConnectorKind, VelocityStatement};
 
 /// What the server does with a statement sqlparser parsed.
 enum Route<'a> {
@@ -232,9 +232,23 @@ impl StatementHook {
                 coordinator.drop_roles(role, &roles.session_user(), &names, if_exists).await?;
                 done("DROP ROLE")
             }
+            Route::Grant { privileges, objects: Some(GrantObjects::Databases(databases)), grantees, grant } => {
+                let create_only = match privileges {
+                    Privileges::All { .. } => true,
+                    Privileges::Actions(actions) => actions.iter().all(|a| matches!(a, Action::Create { obj_type: None })),
+                };
+                if !create_only {
+                    return Err(CoordinatorError::Unsupported(format!("the privileges {privileges} on a database (CREATE is)")).into());
+                }
+                let grantees = grantee_names(grantees)?;
+                for database in databases {
+                    coordinator.grant_create_on_database(role, &object_name(database), &grantees, grant).await?;
+                }
+                done(if grant { "GRANT" } else { "REVOKE" })
+            }
             Route::Grant { privileges, objects, grantees, grant } => {
                 let parts = grant_parts(privileges, objects, grantees)?;
-                coordinator.grant(role, &parts.privileges, &parts.objects, &parts.grantees, grant).await?;
+                coordinator.grant(role, None, &parts.privileges, &parts.objects, &parts.grantees, grant).await?;
                 done(if grant { "GRANT" } else { "REVOKE" })
             }
             Route::SetRole(target) => {
@@ -453,15 +467,26 @@ fn grant_parts(privileges: &Privileges, objects: Option<&GrantObjects>, grantees
         Some(other) => return Err(unsupported(format!("privileges on {other}"))),
         None => return Err(unsupported("GRANT without ON".into())),
     };
-    let grantees = grantees
+    Ok(GrantParts { privileges, objects, grantees: grantee_names(grantees)? })
+}
+
+/// Role names, PUBLIC as "".
+fn grantee_names(grantees: &[Grantee]) -> Result<Vec<String>, CoordinatorError> {
+    grantees
         .iter()
         .map(|g| match (&g.grantee_type, &g.name) {
             (GranteesType::Public, _) => Ok(String::new()),
             (_, Some(GranteeName::ObjectName(name))) => Ok(object_name(name)),
-            _ => Err(unsupported(format!("the grantee {g}"))),
+            _ => Err(CoordinatorError::Unsupported(format!("the grantee {g}"))),
         })
-        .collect::<Result<_, _>>()?;
-    Ok(GrantParts { privileges, objects, grantees })
+        .collect()
+}
+
+fn relation_kind(kind: ConnectorKind) -> RelationKind {
+    match kind {
+        ConnectorKind::Source => RelationKind::Source,
+        ConnectorKind::Sink => RelationKind::Sink,
+    }
 }
 
 /// Rows of text columns (SHOW ...).
@@ -516,6 +541,37 @@ pub async fn velocity(coordinator: &Coordinator, role: &str, stmt: VelocityState
         V::DropSource { name, if_exists, cascade } => {
             coordinator.drop_objects(role, RelationKind::Source, &[name], if_exists, cascade).await?;
             done("DROP SOURCE")
+        }
+        V::GrantOnConnector { privileges, kind, names, grantees, grant } => {
+            let kind = relation_kind(kind);
+            let mut granted = Vec::new();
+            for name in &privileges {
+                match name.as_str() {
+                    "all" => granted.extend(Privilege::of_kind(kind)),
+                    "usage" => granted.push(Privilege::Usage),
+                    "select" => granted.push(Privilege::Select),
+                    "insert" => granted.push(Privilege::Insert),
+                    "update" => granted.push(Privilege::Update),
+                    "delete" => granted.push(Privilege::Delete),
+                    other => {
+                        return Err(CoordinatorError::InvalidGrant { privilege: other.to_ascii_uppercase(), kind: kind.sql_name() }.into());
+                    }
+                }
+            }
+            if granted.is_empty() {
+                return Err(CoordinatorError::InvalidGrant { privilege: "ALL".into(), kind: kind.sql_name() }.into());
+            }
+            coordinator.grant(role, Some(kind), &granted, &names, &grantees, grant).await?;
+            done(if grant { "GRANT" } else { "REVOKE" })
+        }
+        V::GrantRole { roles, members, grant } => {
+            coordinator.grant_roles(role, &roles, &members, grant).await?;
+            done(if grant { "GRANT ROLE" } else { "REVOKE ROLE" })
+        }
+        V::AlterOwner { kind, name, owner } => {
+            let kind = relation_kind(kind);
+            coordinator.alter_owner(role, kind, &name, &owner).await?;
+            done(&format!("ALTER {}", kind.sql_name().to_ascii_uppercase()))
         }
         V::DropSink { name, if_exists } => {
             coordinator.drop_objects(role, RelationKind::Sink, &[name], if_exists, false).await?;

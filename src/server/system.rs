@@ -14,7 +14,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use super::statement_context::StatementRole;
-use crate::catalog::RelationKind;
+use crate::catalog::{Privilege, RelationKind};
 use crate::engine::Engine;
 use crate::sinks::kafka::{SinkRegistry, SinkStatus};
 use crate::sources::runner::{SourceRegistry, SourceStatus};
@@ -277,7 +277,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
         ])
     });
     // A source's records are its owner's data (a file source's lines, say): superusers see
-    // every dead letter, other roles those of the sources they own.
+    // every dead letter, other roles those of the sources they own or hold USAGE on.
     let visible: Visible = Box::new(|engine: &Engine, role: Option<&StatementRole>, batch: RecordBatch| {
         let Some(role) = role else { return Ok(batch.slice(0, 0)) };
         if role.superuser {
@@ -286,7 +286,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
         let catalog = engine.catalog();
         let sources = batch.column(0).as_any().downcast_ref::<StringArray>().expect("source is text");
         let owned = BooleanArray::from_iter(
-            sources.iter().map(|s| Some(s.and_then(|s| catalog.get(s)).is_some_and(|r| r.ownership.owner == role.name))),
+            sources.iter().map(|s| Some(s.and_then(|s| catalog.get(s)).is_some_and(|r| catalog.allows(&role.name, r, Privilege::Usage)))),
         );
         Ok(arrow::compute::filter_record_batch(&batch, &owned)?)
     });

@@ -108,9 +108,32 @@ pub enum VelocityStatement {
     CopySubscribe(Subscribe),
     /// `DECLARE cursor CURSOR FOR SUBSCRIBE ...`
     DeclareSubscribe { cursor: String, subscribe: Subscribe },
+    /// `GRANT privileges ON SOURCE|SINK names TO roles` (`grant`) or `REVOKE ... FROM ...`;
+    /// privileges lower-cased (`all` for ALL [PRIVILEGES]), PUBLIC as "".
+    GrantOnConnector { privileges: Vec<String>, kind: ConnectorKind, names: Vec<String>, grantees: Vec<String>, grant: bool },
+    /// `GRANT role, ... TO member, ...` (`grant`) or `REVOKE role, ... FROM member, ...`.
+    GrantRole { roles: Vec<String>, members: Vec<String>, grant: bool },
+    /// `ALTER SOURCE|SINK name OWNER TO role`
+    AlterOwner { kind: ConnectorKind, name: String, owner: String },
     /// `FETCH [n | ALL] [FROM] cursor [WITH (timeout = '1s')]`; the server decides whether
     /// `cursor` is a subscription (otherwise it is DataFusion's ordinary cursor).
     Fetch { cursor: String, count: Option<u64>, timeout: Option<std::time::Duration> },
+}
+
+/// The objects that connect to the outside, which plain sqlparser does not know.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ConnectorKind {
+    Source,
+    Sink,
+}
+
+impl ConnectorKind {
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            ConnectorKind::Source => "SOURCE",
+            ConnectorKind::Sink => "SINK",
+        }
+    }
 }
 
 /// A changefeed request.
@@ -324,6 +347,25 @@ pub fn parse_velocity(sql: &str) -> Option<Result<VelocityStatement, SqlError>> 
             Ok(subscribe) => VelocityStatement::DeclareSubscribe { cursor: cursor.value, subscribe },
             Err(e) => return Some(Err(e)),
         }
+    } else if is_word(&p, "grant") || is_word(&p, "revoke") {
+        return parse_grant(p);
+    } else if is_words(&p, &["alter", "source"]) || is_words(&p, &["alter", "sink"]) {
+        p.next_token();
+        let kind = if parse_words(&mut p, &["source"]) { ConnectorKind::Source } else { ConnectorKind::Sink };
+        if kind == ConnectorKind::Sink {
+            p.next_token();
+        }
+        let name = match p.parse_identifier() {
+            Ok(n) => n.value,
+            Err(e) => return Some(Err(syntax(e))),
+        };
+        if !p.parse_keywords(&[Keyword::OWNER, Keyword::TO]) {
+            return Some(Err(SqlError::Unsupported(format!("ALTER {} ... other than OWNER TO", kind.sql_name()))));
+        }
+        match p.parse_identifier() {
+            Ok(owner) => VelocityStatement::AlterOwner { kind, name, owner: owner.value },
+            Err(e) => return Some(Err(syntax(e))),
+        }
     } else if p.parse_keyword(Keyword::FETCH) {
         let _ = p.parse_keyword(Keyword::FORWARD) || p.parse_keyword(Keyword::NEXT);
         let count = if p.parse_keyword(Keyword::ALL) {
@@ -350,6 +392,82 @@ pub fn parse_velocity(sql: &str) -> Option<Result<VelocityStatement, SqlError>> 
     let _ = p.consume_token(&Token::SemiColon);
     if p.peek_token().token != Token::EOF {
         return Some(Err(SqlError::Syntax(format!("unexpected {} after statement", p.peek_token()))));
+    }
+    Some(Ok(stmt))
+}
+
+/// `GRANT`/`REVOKE` on sources and sinks, and of roles (no `ON`); `None` for the forms plain
+/// sqlparser parses (on tables, the database).
+fn parse_grant(mut p: Parser) -> Option<Result<VelocityStatement, SqlError>> {
+    let grant = parse_words(&mut p, &["grant"]);
+    if !grant && !parse_words(&mut p, &["revoke"]) {
+        return None;
+    }
+    // What comes first after the privileges or roles: ON (an object grant) or TO/FROM.
+    let on = (0..).map(|i| p.peek_nth_token(i).token).find_map(|t| match t {
+        Token::EOF => Some(false),
+        Token::Word(w) if w.keyword == Keyword::ON => Some(true),
+        Token::Word(w) if matches!(w.keyword, Keyword::TO | Keyword::FROM) => Some(false),
+        _ => None,
+    })?;
+    let words = |p: &mut Parser, stop: &[Keyword]| -> Result<Vec<String>, SqlError> {
+        let mut out = Vec::new();
+        loop {
+            let mut word = Vec::new();
+            while let Token::Word(w) = p.peek_token().token {
+                if stop.contains(&w.keyword) || (!word.is_empty() && w.quote_style.is_some()) {
+                    break;
+                }
+                p.next_token();
+                word.push(if w.quote_style.is_some() { w.value } else { w.value.to_ascii_lowercase() });
+            }
+            if word.is_empty() {
+                return Err(SqlError::Syntax(format!("unexpected {} in GRANT/REVOKE", p.peek_token())));
+            }
+            out.push(word.join(" "));
+            if !p.consume_token(&Token::Comma) {
+                return Ok(out);
+            }
+        }
+    };
+    let to = if grant { Keyword::TO } else { Keyword::FROM };
+    let parsed = (|| {
+        let first = words(&mut p, &[Keyword::ON, to])?;
+        let kind = if on {
+            p.expect_keyword_is(Keyword::ON).map_err(syntax)?;
+            if parse_words(&mut p, &["source"]) {
+                Some(ConnectorKind::Source)
+            } else if parse_words(&mut p, &["sink"]) {
+                Some(ConnectorKind::Sink)
+            } else {
+                return Ok(None);
+            }
+        } else {
+            None
+        };
+        let names = if kind.is_some() { words(&mut p, &[to])? } else { Vec::new() };
+        p.expect_keyword_is(to).map_err(syntax)?;
+        let grantees = words(&mut p, &[Keyword::WITH, Keyword::GRANTED, Keyword::CASCADE, Keyword::RESTRICT])?
+            .into_iter()
+            .map(|g| if g == "public" { String::new() } else { g.trim_start_matches("group ").to_string() })
+            .collect();
+        let _ = p.parse_keyword(Keyword::RESTRICT);
+        Ok(Some(match kind {
+            Some(kind) => {
+                let privileges = first.into_iter().map(|w| if w == "all privileges" { "all".to_string() } else { w }).collect();
+                VelocityStatement::GrantOnConnector { privileges, kind, names, grantees, grant }
+            }
+            None => VelocityStatement::GrantRole { roles: first, members: grantees, grant },
+        }))
+    })();
+    let stmt = match parsed {
+        Ok(Some(stmt)) => stmt,
+        Ok(None) => return None,
+        Err(e) => return Some(Err(e)),
+    };
+    let _ = p.consume_token(&Token::SemiColon);
+    if p.peek_token().token != Token::EOF {
+        return Some(Err(SqlError::Unsupported(format!("{} in GRANT/REVOKE", p.peek_token()))));
     }
     Some(Ok(stmt))
 }

@@ -82,6 +82,28 @@ async fn source_progress(client: &Client) -> anyhow::Result<(i64, String)> {
     Ok((row.get(0), row.get(1)))
 }
 
+/// Where the source's position stands once each of the first `transactions` transactions
+/// has applied: the generator numbers its records from 0 and makes the same transactions
+/// every run (the wall clock only stamps them), so a position maps back to a count of
+/// transactions that survives restarts.
+fn transaction_ends(options: &SoakOptions) -> Vec<u64> {
+    use crate::sources::logistics::{Scenario, Simulator};
+    let mut simulator = Simulator::new(Scenario { scale: options.scale, ..Scenario::default() });
+    let mut records = 0;
+    (0..options.transactions)
+        .map(|_| {
+            records += simulator.next_txn().debezium(0).len() as u64;
+            records
+        })
+        .collect()
+}
+
+/// Transactions applied at `position` (`record N`: the last record applied).
+fn transactions_at(ends: &[u64], position: &str) -> usize {
+    let applied = position.strip_prefix("record ").and_then(|n| n.parse::<u64>().ok()).map_or(0, |n| n + 1);
+    ends.partition_point(|&end| end <= applied)
+}
+
 /// Views whose query can be recomputed ad hoc (not built from `changes()`), with the query.
 async fn recomputable_views(client: &Client) -> anyhow::Result<Vec<(String, String)>> {
     let rows = client.query("SELECT name, definition FROM velocity_catalog.relations WHERE kind = 'materialized view'", &[]).await?;
@@ -194,8 +216,9 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
     let views = recomputable_views(&client).await?;
     drop(client);
 
-    println!("\n| minute | source position | restarts | mismatched rows after restarts | RSS MiB |");
-    println!("|---|---|---|---|---|");
+    let ends = transaction_ends(&options);
+    println!("\n| minute | transactions applied | source position | restarts | mismatched rows after restarts | RSS MiB |");
+    println!("|---|---|---|---|---|---|");
     let started = Instant::now();
     let (mut restarts, mut mismatched, mut peak_rss) = (0u64, 0i64, 0u64);
     let mut next_kill = Instant::now() + options.kill_every;
@@ -207,7 +230,7 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
         let rss = server.rss_mib();
         peak_rss = peak_rss.max(rss);
         if Instant::now() >= next_row {
-            println!("| {minute} | {position} | {restarts} | {mismatched} | {rss} |");
+            println!("| {minute} | {} | {position} | {restarts} | {mismatched} | {rss} |", transactions_at(&ends, &position));
             minute += 1;
             next_row += Duration::from_secs(60);
         }
@@ -234,7 +257,7 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
     let soaked = contents(&client).await?;
     mismatched += mismatches(&client, &views).await?.iter().map(|(_, n)| n).sum::<i64>();
     let rss = server.rss_mib();
-    println!("| {minute} | {end} | {restarts} | {mismatched} | {rss} |");
+    println!("| {minute} | {} | {end} | {restarts} | {mismatched} | {rss} |", transactions_at(&ends, &end));
     drop(client);
     server.kill9();
 
