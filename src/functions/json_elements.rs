@@ -14,7 +14,8 @@
 //! is printed as Postgres prints `jsonb` (clients see type `text`); `_text` gives strings
 //! without quotes and JSON `null` as NULL. A JSON `NULL`, empty array or empty object gives no
 //! row. `json_each` reads its argument as `jsonb_each` does: of duplicate keys the last one
-//! only (Postgres' `json_each` returns each).
+//! only (Postgres' `json_each` returns each). `regexp_matches` (`super::regexp_matches`) is
+//! rewritten the same way.
 
 use std::sync::Arc;
 
@@ -203,8 +204,14 @@ fn record_field(text: &str) -> String {
     out
 }
 
+/// The list function a set-returning function named `name` is rewritten to: a JSON one, or
+/// `regexp_matches`.
+fn list_function(name: &str) -> Option<ScalarUDF> {
+    JsonElements::list_of(name).or_else(|| super::regexp_matches::list_of(name))
+}
+
 fn is_elements_call(e: &Expr) -> bool {
-    matches!(e, Expr::ScalarFunction(f) if JsonElements::list_of(f.func.name()).is_some())
+    matches!(e, Expr::ScalarFunction(f) if list_function(f.func.name()).is_some())
 }
 
 impl ScalarUDFImpl for JsonElements {
@@ -269,7 +276,7 @@ impl AnalyzerRule for JsonElementsToUnnest {
             let names: Vec<String> = (0..calls.len()).map(|i| format!("{ELEMENTS}_{i}")).collect();
             for (call, name) in calls.iter().zip(&names) {
                 let Expr::ScalarFunction(f) = call else { continue };
-                let Some(list) = JsonElements::list_of(f.func.name()) else { continue };
+                let Some(list) = list_function(f.func.name()) else { continue };
                 inner.push(list.call(f.args.clone()).alias(name));
             }
             let columns: Vec<Column> = names.iter().map(|n| Column::from_name(n.clone())).collect();

@@ -7,6 +7,10 @@ pub mod format;
 pub mod json;
 pub mod json_access;
 pub mod json_elements;
+pub mod math;
+pub mod ordered_set;
+pub mod pg_typeof;
+pub mod regexp_matches;
 pub mod set_function_refusal;
 pub mod size_limits;
 pub mod windows;
@@ -17,6 +21,10 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
     format::register(ctx);
     json::register(ctx);
     json_elements::register(ctx);
+    math::register(ctx);
+    ordered_set::register(ctx);
+    pg_typeof::register(ctx);
+    regexp_matches::register(ctx);
     set_function_refusal::register(ctx);
     if let Err(e) = json_access::register(ctx) {
         tracing::error!("the JSON operators are not available: {e}");
