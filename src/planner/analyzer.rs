@@ -19,6 +19,9 @@
 //!   the derived table's renaming projection (`No field named c.y`).
 //! - [`CheckedIntegerArithmetic`]: integer `+`, `-` and `*` fail with 22003 (`bigint out of
 //!   range`) on overflow, as in Postgres; DataFusion's wrap around.
+//! - [`TimestampsWithoutSeconds`]: text cast to a timestamp may leave out the seconds
+//!   (`'2024-01-02 10:30'::timestamp`, in comparisons and INSERT values too), as Postgres
+//!   reads it; Arrow's parser wants them.
 
 use std::sync::Arc;
 
@@ -48,7 +51,119 @@ pub fn rules() -> Vec<Arc<dyn AnalyzerRule + Send + Sync>> {
         Arc::new(CompareIntervals::default()),
         Arc::new(CountedSetOperations),
         Arc::new(CheckedIntegerArithmetic::default()),
+        Arc::new(TimestampsWithoutSeconds::default()),
     ]
+}
+
+/// Wraps the text of a cast to a timestamp in [`TimestampText`], which adds the seconds a
+/// `YYYY-MM-DD HH:MI` text leaves out. A literal is folded to its timestamp by the optimizer.
+#[derive(Debug)]
+pub struct TimestampsWithoutSeconds {
+    text: Arc<ScalarUDF>,
+}
+
+impl Default for TimestampsWithoutSeconds {
+    fn default() -> Self {
+        TimestampsWithoutSeconds { text: Arc::new(ScalarUDF::from(TimestampText { signature: Signature::any(1, Volatility::Immutable) })) }
+    }
+}
+
+impl AnalyzerRule for TimestampsWithoutSeconds {
+    fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
+        use datafusion::logical_expr::{Cast, TryCast};
+        let is_text = |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        let wrapped = |e: &Expr| matches!(e, Expr::ScalarFunction(f) if f.func.name() == TEXT_NAME);
+        rewrite_expressions(plan, |e, schema| {
+            e.transform_up(|x| match x {
+                Expr::Cast(Cast { expr, field })
+                    if matches!(field.data_type(), DataType::Timestamp(..)) && !wrapped(&expr) && is_text(&expr.get_type(schema)?) =>
+                {
+                    Ok(Transformed::yes(Expr::Cast(Cast::new_from_field(Box::new(self.text.call(vec![*expr])), field))))
+                }
+                Expr::TryCast(TryCast { expr, field })
+                    if matches!(field.data_type(), DataType::Timestamp(..)) && !wrapped(&expr) && is_text(&expr.get_type(schema)?) =>
+                {
+                    Ok(Transformed::yes(Expr::TryCast(TryCast::new_from_field(Box::new(self.text.call(vec![*expr])), field))))
+                }
+                other => Ok(Transformed::no(other)),
+            })
+        })
+    }
+
+    fn name(&self) -> &str {
+        "velocity_timestamps_without_seconds"
+    }
+}
+
+const TEXT_NAME: &str = "velocity_timestamp_text";
+
+/// `velocity_timestamp_text(text)`: a `YYYY-MM-DD HH:MI[...]` text with `:00` seconds added
+/// (and a one-digit hour padded); any other text as it is.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TimestampText {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for TimestampText {
+    fn name(&self) -> &str {
+        TEXT_NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::common::ScalarValue;
+        match &args.args[0] {
+            ColumnarValue::Scalar(v) => {
+                let text = match v {
+                    ScalarValue::Utf8(t) | ScalarValue::LargeUtf8(t) | ScalarValue::Utf8View(t) => t.as_deref(),
+                    _ => return Ok(args.args[0].clone()),
+                };
+                let fixed = text.map(|t| with_seconds(t).unwrap_or_else(|| t.to_string()));
+                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(fixed).cast_to(&v.data_type())?))
+            }
+            ColumnarValue::Array(a) => {
+                let text = arrow::compute::cast(a, &DataType::Utf8)?;
+                let fixed: arrow::array::StringArray =
+                    text.as_string::<i32>().iter().map(|t| t.map(|t| with_seconds(t).unwrap_or_else(|| t.to_string()))).collect();
+                Ok(ColumnarValue::Array(arrow::compute::cast(&fixed, a.data_type())?))
+            }
+        }
+    }
+}
+
+/// `2024-01-02 10:30[rest]` as `2024-01-02 10:30:00[rest]`; None if the text has seconds or
+/// is not a date and time.
+fn with_seconds(text: &str) -> Option<String> {
+    let t = text.trim();
+    let b = t.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r.clone()).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let date = digits(0..4) && b.get(4) == Some(&b'-') && digits(5..7) && b.get(7) == Some(&b'-') && digits(8..10);
+    if !date || !matches!(b.get(10), Some(b' ' | b'T' | b't')) {
+        return None;
+    }
+    let hour_len = if digits(11..13) {
+        2
+    } else if digits(11..12) {
+        1
+    } else {
+        return None;
+    };
+    let minute = 11 + hour_len + 1;
+    if b.get(11 + hour_len) != Some(&b':')
+        || !digits(minute..minute + 2)
+        || b.get(minute + 2).is_some_and(|c| *c == b':' || c.is_ascii_digit())
+    {
+        return None;
+    }
+    let rest = &t[minute + 2..];
+    Some(format!("{} {:0>2}:{}:00{rest}", &t[..10], &t[11..11 + hour_len], &t[minute..minute + 2]))
 }
 
 /// Rewrites integer `a + b`, `a - b` and `a * b` into [`CheckedArithmetic`] calls.
@@ -523,6 +638,20 @@ pub fn interval_span(array: &ArrayRef) -> Result<ArrayRef> {
         other => return exec_err!("interval_span() takes an interval, not {other}"),
     };
     Ok(Arc::new(spans.with_precision_and_scale(38, 0)?))
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::with_seconds;
+
+    #[test]
+    fn adds_the_seconds_postgres_leaves_implied() {
+        assert_eq!(with_seconds("2024-01-02 10:30").as_deref(), Some("2024-01-02 10:30:00"));
+        assert_eq!(with_seconds(" 2024-01-02T9:05+02 ").as_deref(), Some("2024-01-02 09:05:00+02"));
+        assert_eq!(with_seconds("2024-01-02 10:30:15"), None);
+        assert_eq!(with_seconds("2024-01-02"), None);
+        assert_eq!(with_seconds("10:30"), None);
+    }
 }
 
 #[cfg(test)]

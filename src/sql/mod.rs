@@ -4,6 +4,7 @@
 //! is parsed by sqlparser itself; this module only adds the statements it does not know,
 //! and [`WithOptions`], how their `WITH (...)` options are read.
 
+mod character_types;
 pub mod options;
 mod set_functions;
 pub mod using_joins;
@@ -396,10 +397,12 @@ const NAME_TAKING_FUNCTIONS: [&str; 4] = ["changes", "tumble", "hop", "session"]
 /// `changes('shipments')`, `tumble('bid', 'date_time', INTERVAL '10' SECOND)`.
 ///
 /// Before that, set-returning functions in `FROM` over another table's columns become the
-/// select-list form DataFusion plans (`set_functions`): both protocols' statements pass here
-/// before planning.
+/// select-list form DataFusion plans (`set_functions`), and `character varying` becomes
+/// `VARCHAR` (`character_types`): both protocols' statements pass here before planning.
 pub fn quote_name_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
-    match set_functions::rewrite(sql) {
+    let functions = set_functions::rewrite(sql);
+    let types = character_types::rewrite(functions.as_deref().unwrap_or(sql));
+    match types.or(functions) {
         Some(rewritten) => std::borrow::Cow::Owned(quote_names(&rewritten).into_owned()),
         None => quote_names(sql),
     }
