@@ -6,6 +6,7 @@
 
 mod character_types;
 pub mod options;
+mod row_in_subquery;
 mod set_functions;
 pub mod using_joins;
 mod window_close;
@@ -398,11 +399,13 @@ const NAME_TAKING_FUNCTIONS: [&str; 4] = ["changes", "tumble", "hop", "session"]
 ///
 /// Before that, set-returning functions in `FROM` over another table's columns become the
 /// select-list form DataFusion plans (`set_functions`), and `character varying` becomes
-/// `VARCHAR` (`character_types`): both protocols' statements pass here before planning.
+/// `VARCHAR` (`character_types`) and `(a, b) [NOT] IN (SELECT x, y ...)` becomes `[NOT] EXISTS`
+/// (`row_in_subquery`): both protocols' statements pass here before planning.
 pub fn quote_name_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
     let functions = set_functions::rewrite(sql);
-    let types = character_types::rewrite(functions.as_deref().unwrap_or(sql));
-    match types.or(functions) {
+    let types = character_types::rewrite(functions.as_deref().unwrap_or(sql)).or(functions);
+    let rows = row_in_subquery::rewrite(types.as_deref().unwrap_or(sql)).or(types);
+    match rows {
         Some(rewritten) => std::borrow::Cow::Owned(quote_names(&rewritten).into_owned()),
         None => quote_names(sql),
     }
