@@ -1,6 +1,7 @@
 //! Postgres functions DataFusion does not have, and the window table functions of stream
 //! processors, registered on every session and used by views exactly like built-in ones.
 
+pub mod bytea;
 pub mod checked_sum;
 pub mod datetime;
 pub mod format;
@@ -17,6 +18,7 @@ pub mod windows;
 
 /// Register every Velocity function with `ctx`.
 pub fn register(ctx: &datafusion::prelude::SessionContext) {
+    bytea::register(ctx);
     datetime::register(ctx);
     format::register(ctx);
     json::register(ctx);

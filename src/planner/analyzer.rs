@@ -22,6 +22,9 @@
 //! - [`TimestampsWithoutSeconds`]: text cast to a timestamp may leave out the seconds
 //!   (`'2024-01-02 10:30'::timestamp`, in comparisons and INSERT values too), as Postgres
 //!   reads it; Arrow's parser wants them.
+//! - [`ByteaLiterals`]: a text literal cast to `bytea` (`'\x0102'::bytea`) is read as Postgres
+//!   reads bytea input (`functions::bytea::bytea_input`), not as the text's bytes; 22P02 if
+//!   it is not valid bytea input.
 
 use std::sync::Arc;
 
@@ -52,7 +55,39 @@ pub fn rules() -> Vec<Arc<dyn AnalyzerRule + Send + Sync>> {
         Arc::new(CountedSetOperations),
         Arc::new(CheckedIntegerArithmetic::default()),
         Arc::new(TimestampsWithoutSeconds::default()),
+        Arc::new(ByteaLiterals),
     ]
+}
+
+/// Reads text literals cast to `bytea` as bytea input.
+#[derive(Debug)]
+pub struct ByteaLiterals;
+
+impl AnalyzerRule for ByteaLiterals {
+    fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
+        use datafusion::common::ScalarValue;
+        use datafusion::logical_expr::Cast;
+        rewrite_expressions(plan, |e, _| {
+            e.transform_up(|x| {
+                let Expr::Cast(Cast { expr, field }) = &x else { return Ok(Transformed::no(x)) };
+                if !matches!(field.data_type(), DataType::Binary | DataType::LargeBinary | DataType::BinaryView) {
+                    return Ok(Transformed::no(x));
+                }
+                let text = match expr.as_ref() {
+                    Expr::Literal(ScalarValue::Utf8(Some(t)) | ScalarValue::LargeUtf8(Some(t)) | ScalarValue::Utf8View(Some(t)), _) => t,
+                    _ => return Ok(Transformed::no(x)),
+                };
+                match crate::functions::bytea::bytea_input(text) {
+                    Some(bytes) => Ok(Transformed::yes(Expr::Literal(ScalarValue::Binary(Some(bytes)).cast_to(field.data_type())?, None))),
+                    None => Err(arrow::error::ArrowError::CastError(format!("invalid input syntax for type bytea: \"{text}\"")).into()),
+                }
+            })
+        })
+    }
+
+    fn name(&self) -> &str {
+        "velocity_bytea_literals"
+    }
 }
 
 /// Wraps the text of a cast to a timestamp in [`TimestampText`], which adds the seconds a
