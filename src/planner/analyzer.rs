@@ -11,7 +11,8 @@
 //!   `EXCEPT ALL` max(m - n, 0), as in Postgres; DataFusion's semi and anti joins keep m or 0.
 //! - [`RefuseCorrelatedNotIn`]: `x NOT IN (SELECT y ... WHERE <outer reference>)` is refused
 //!   (0A000): DataFusion's null-aware anti join applies the NULL rules to the whole subquery,
-//!   not to each row's part of it, and answers too few rows.
+//!   not to each row's part of it, and answers too few rows. So is a row `(a, b) [NOT] IN`
+//!   whose subquery refers to the enclosing query (DataFusion fails to decorrelate it).
 //! - [`InlineCorrelatedDerivedTables`]: in a correlated subquery, a projection over a derived
 //!   table or CTE (`(WITH c(m) AS (SELECT max(y) FROM r WHERE r.k = l.k) SELECT m FROM c)`,
 //!   `(SELECT 1 FROM (SELECT y AS v FROM r WHERE r.k = l.k) c)`) reads the derived table's
@@ -416,7 +417,8 @@ impl AnalyzerRule for CountedSetOperations {
     }
 }
 
-/// Refuses a `NOT IN` whose subquery reads the enclosing query (see the module documentation).
+/// Refuses a `NOT IN` whose subquery reads the enclosing query (see the module documentation),
+/// and a row `[NOT] IN` whose subquery does.
 #[derive(Debug)]
 pub struct RefuseCorrelatedNotIn;
 
@@ -442,7 +444,16 @@ impl AnalyzerRule for RefuseCorrelatedNotIn {
             .map(|_| found)
         };
         let mut found = false;
+        let mut row = false;
         plan.apply_with_subqueries(|node| {
+            // `(a, b) [NOT] IN (SELECT ...)`, rewritten by `sql::row_in_subquery`.
+            if let LogicalPlan::SubqueryAlias(a) = node
+                && a.alias.table() == crate::sql::row_in_subquery::ALIAS
+                && reads_outer_query(&a.input)?
+            {
+                row = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
             for e in node.expressions() {
                 if correlated_not_in(&e)? {
                     found = true;
@@ -451,6 +462,9 @@ impl AnalyzerRule for RefuseCorrelatedNotIn {
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
+        if row {
+            return not_impl_err!("(a, b) [NOT] IN (subquery) whose subquery refers to a column of the enclosing query");
+        }
         if found {
             return not_impl_err!("NOT IN (subquery) whose subquery refers to a column of the enclosing query");
         }

@@ -6,7 +6,7 @@
 
 mod character_types;
 pub mod options;
-mod row_in_subquery;
+pub mod row_in_subquery;
 mod set_functions;
 pub mod using_joins;
 mod window_close;

@@ -11,7 +11,12 @@
 //!   view a change on either side is compared with every row of the other.
 //!
 //! Elsewhere (under `NOT`, `OR`, in a select list) they are left to DataFusion, which
-//! refuses them.
+//! refuses them. A subquery that refers to the enclosing query is refused (0A000) by
+//! `planner::analyzer::RefuseCorrelatedNotIn`: DataFusion cannot decorrelate it through the
+//! derived table [`ALIAS`].
+
+/// The name of the derived table the subquery becomes.
+pub const ALIAS: &str = "velocity_in";
 
 use std::ops::ControlFlow;
 
@@ -100,12 +105,12 @@ fn exists(items: &[Expr], subquery: &Query, negated: bool) -> Option<Expr> {
         .iter()
         .zip(&columns)
         .map(|(item, c)| {
-            let c = format!("velocity_in.{c}");
+            let c = format!("{ALIAS}.{c}");
             if negated { format!("({c} = ({item}) OR {c} IS NULL OR ({item}) IS NULL)") } else { format!("{c} = ({item})") }
         })
         .collect();
     let text = format!(
-        "{}EXISTS (SELECT 1 FROM ({subquery}) AS velocity_in({}) WHERE {})",
+        "{}EXISTS (SELECT 1 FROM ({subquery}) AS {ALIAS}({}) WHERE {})",
         if negated { "NOT " } else { "" },
         columns.join(", "),
         conditions.join(" AND ")
