@@ -127,13 +127,13 @@ mod tests {
         assert_eq!(
             rewrite("SELECT * FROM t WHERE (a, b) IN (SELECT x, y FROM s) AND a > 1").as_deref(),
             Some(
-                "SELECT * FROM t WHERE EXISTS (SELECT 1 FROM (SELECT x, y FROM s) AS velocity_in(velocity_in_1, velocity_in_2) WHERE velocity_in.velocity_in_1 = (a) AND velocity_in.velocity_in_2 = (b)) AND a > 1"
+                "SELECT * FROM t WHERE EXISTS (SELECT 1 FROM (SELECT x, y FROM s) AS velocity_in (velocity_in_1, velocity_in_2) WHERE velocity_in.velocity_in_1 = (a) AND velocity_in.velocity_in_2 = (b)) AND a > 1"
             )
         );
         assert_eq!(
             rewrite("SELECT * FROM t WHERE (a, b) NOT IN (SELECT x, y FROM s)").as_deref(),
             Some(
-                "SELECT * FROM t WHERE NOT EXISTS (SELECT 1 FROM (SELECT x, y FROM s) AS velocity_in(velocity_in_1, velocity_in_2) WHERE (velocity_in.velocity_in_1 = (a) OR velocity_in.velocity_in_1 IS NULL OR (a) IS NULL) AND (velocity_in.velocity_in_2 = (b) OR velocity_in.velocity_in_2 IS NULL OR (b) IS NULL))"
+                "SELECT * FROM t WHERE NOT EXISTS (SELECT 1 FROM (SELECT x, y FROM s) AS velocity_in (velocity_in_1, velocity_in_2) WHERE (velocity_in.velocity_in_1 = (a) OR velocity_in.velocity_in_1 IS NULL OR (a) IS NULL) AND (velocity_in.velocity_in_2 = (b) OR velocity_in.velocity_in_2 IS NULL OR (b) IS NULL))"
             )
         );
         // Where NULL and false differ: left to DataFusion.
