@@ -39,7 +39,50 @@ pub fn register(ctx: &SessionContext) {
         ctx.register_udf(ScalarUDF::from(JsonElements::new(kind, false)));
         ctx.register_udf(ScalarUDF::from(JsonElements::new(kind, true)));
     }
+    ctx.register_udf(ScalarUDF::from(NoElements { signature: Signature::any(2, Volatility::Immutable) }));
     ctx.add_analyzer_rule(Arc::new(JsonElementsToUnnest));
+}
+
+/// `velocity_jsonb_no_rows(j, 'array' | 'object')`: whether a set-returning JSON function gives
+/// no row for `j` (NULL, `[]`, `{}`), without failing where it would (`j` of the other kind,
+/// or not JSON): false there. `sql::set_functions` writes it for `LEFT JOIN LATERAL`, where
+/// it is evaluated for rows a filter drops and Postgres never reads (and DataFusion's
+/// simplifier turns `CASE` into an `AND` that evaluates both sides).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NoElements {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for NoElements {
+    fn name(&self) -> &str {
+        "velocity_jsonb_no_rows"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let documents = arrow::compute::cast(&args.args[0].to_array(n)?, &DataType::Utf8)?;
+        let kinds = arrow::compute::cast(&args.args[1].to_array(n)?, &DataType::Utf8)?;
+        let documents = arrow::array::AsArray::as_string::<i32>(documents.as_ref());
+        let kinds = arrow::array::AsArray::as_string::<i32>(kinds.as_ref());
+        let out: arrow::array::BooleanArray = documents
+            .iter()
+            .zip(kinds.iter())
+            .map(|(d, kind)| {
+                let Some(d) = d else { return Some(true) };
+                Some(match (serde_json::from_str::<Value>(d), kind) {
+                    (Ok(Value::Array(a)), Some("array")) => a.is_empty(),
+                    (Ok(Value::Object(o)), Some("object")) => o.is_empty(),
+                    _ => false,
+                })
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }
 
 /// What one row of a set-returning JSON function holds.

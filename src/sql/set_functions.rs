@@ -155,19 +155,21 @@ impl SetFunction {
             .collect()
     }
 
-    /// A condition true when the function gives no row (its argument NULL or empty).
+    /// A condition true when the function gives no row (its argument NULL or empty). A JSON
+    /// argument of the wrong kind counts as having rows (the function fails on it, if the row
+    /// is read), and this condition does not fail on it: it is evaluated for rows a filter
+    /// pushed into it drops, which Postgres never reads.
     fn no_rows(&self) -> String {
-        let list = match self.function {
+        let kind = match self.function {
             Function::Unnest => None,
-            Function::Elements { text: false } => Some("velocity_list_jsonb_array_elements"),
-            Function::Elements { text: true } => Some("velocity_list_jsonb_array_elements_text"),
-            Function::Each { .. } => Some("velocity_list_velocity_jsonb_each_key"),
+            Function::Elements { .. } => Some("array"),
+            Function::Each { .. } => Some("object"),
         };
         let empty: Vec<String> = self
             .args
             .iter()
-            .map(|a| match list {
-                Some(list) => format!("coalesce(cardinality({list}({a})), 0) = 0"),
+            .map(|a| match kind {
+                Some(kind) => format!("velocity_jsonb_no_rows({a}, '{kind}')"),
                 None => format!("coalesce(cardinality({a}), 0) = 0"),
             })
             .collect();
