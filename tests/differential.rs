@@ -78,6 +78,18 @@ const VIEWS: &[(&str, &str)] = &[
     ("cube", "SELECT k, v, count(*) AS n, min(id) AS m FROM c GROUP BY CUBE (k, v) HAVING count(*) > 1"),
     ("grouping_sets", "SELECT k, v, max(id) AS m FROM b GROUP BY GROUPING SETS ((k), (k, v), (), (k))"),
     ("not_in", "SELECT a.id, a.v FROM a WHERE a.v NOT IN (SELECT c.v FROM c WHERE c.k <> 0)"),
+    ("not_in_rows", "SELECT a.id, a.k FROM a WHERE (a.k, a.v) NOT IN (SELECT b.k, b.v FROM b WHERE b.id <> 0)"),
+    ("in_rows", "SELECT c.id FROM c WHERE (c.k, c.v) IN (SELECT a.k, a.v FROM a)"),
+    (
+        "ordered_sets",
+        "SELECT k, percentile_disc(0.5) WITHIN GROUP (ORDER BY v) AS pd, mode() WITHIN GROUP (ORDER BY v DESC) AS mo, \
+         percentile_cont(0.25) WITHIN GROUP (ORDER BY v) AS pc FROM b GROUP BY k",
+    ),
+    ("left_lateral_unnest", "SELECT a.id, u.x FROM a LEFT JOIN LATERAL unnest(CASE WHEN a.v > 2 THEN ARRAY[a.k, a.v] END) AS u(x) ON true"),
+    (
+        "left_lateral_count",
+        "SELECT a.id, s.n, s.m FROM a LEFT JOIN LATERAL (SELECT count(*) AS n, max(c.v) AS m FROM c WHERE c.k = a.k) AS s ON true",
+    ),
     ("not_distinct", "SELECT a.id AS aid, b.id AS bid FROM a JOIN b ON a.k IS NOT DISTINCT FROM b.k"),
     ("left_cond", "SELECT a.id AS aid, b.id AS bid FROM a LEFT JOIN b ON a.k = b.k AND b.v > a.v"),
     ("full_cond", "SELECT b.id AS bid, c.id AS cid FROM b FULL JOIN c ON b.k = c.k AND c.v <> b.v"),

@@ -205,7 +205,7 @@ fn bytea_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
                         },
                         _ => return Ok(Transformed::no(e)),
                     };
-                    match bytea_input(&text) {
+                    match crate::functions::bytea::bytea_input(&text) {
                         Some(bytes) => Ok(Transformed::yes(Expr::Literal(ScalarValue::Binary(Some(bytes)), None))),
                         None => {
                             invalid = Some(text);
@@ -220,35 +220,6 @@ fn bytea_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
         Some(_) => Err(arrow::error::ArrowError::CastError("invalid input syntax for type bytea".into()).into()),
         None => Ok(plan),
     }
-}
-
-/// Postgres' bytea input: hex (`\x0102`, pairs of hex digits, blanks between pairs) or
-/// escape format (`\\` a backslash, `\nnn` an octal byte, other characters as they are).
-fn bytea_input(text: &str) -> Option<Vec<u8>> {
-    if let Some(hex) = text.strip_prefix("\\x") {
-        let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        if !digits.len().is_multiple_of(2) {
-            return None;
-        }
-        return digits.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()).collect();
-    }
-    let raw = text.as_bytes();
-    let mut bytes = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] != b'\\' {
-            bytes.push(raw[i]);
-            i += 1;
-        } else if raw.get(i + 1) == Some(&b'\\') {
-            bytes.push(b'\\');
-            i += 2;
-        } else {
-            let octal = raw.get(i + 1..i + 4).filter(|d| d[0] <= b'3' && d.iter().all(|b| (b'0'..=b'7').contains(b)))?;
-            bytes.push(octal.iter().fold(0u8, |n, d| n * 8 + (d - b'0')));
-            i += 4;
-        }
-    }
-    Some(bytes)
 }
 
 /// 23502 for the first column of `relation` that must not be NULL and holds a NULL.
@@ -285,20 +256,4 @@ fn rebind_scan(plan: LogicalPlan, table: &str, rows: RecordBatch) -> datafusion:
         other => Ok(Transformed::no(other)),
     })
     .map(|t| t.data)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bytea_input;
-
-    #[test]
-    fn bytea_input_as_postgres_reads_it() {
-        // Postgres 15: '\x0102' -> \x0102, 'ab\\c\001' -> \x61625c6301, '\xDEAD beef' -> \xdeadbeef.
-        assert_eq!(bytea_input("\\x0102"), Some(vec![1, 2]));
-        assert_eq!(bytea_input("ab\\\\c\\001"), Some(vec![0x61, 0x62, 0x5c, 0x63, 0x01]));
-        assert_eq!(bytea_input("\\xDEAD beef"), Some(vec![0xde, 0xad, 0xbe, 0xef]));
-        assert_eq!(bytea_input(""), Some(vec![]));
-        assert_eq!(bytea_input("\\x012"), None);
-        assert_eq!(bytea_input("\\9"), None);
-    }
 }

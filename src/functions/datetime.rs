@@ -5,13 +5,16 @@
 //! Translated: `YYYY YY MM DD DDD HH24 HH12 HH MI SS MS US AM PM am pm Mon Month Dy Day TZ`,
 //! the `FM` prefix (no padding) and `"quoted text"`. Other characters are copied. `Month`
 //! and `Day` are not blank-padded to 9 characters as Postgres pads them.
+//!
+//! Also `make_timestamptz(year, month, day, hour, min, sec [, timezone])`, which DataFusion
+//! lacks: the time in the session's zone (UTC) or in `timezone` (`+02:00`, `Europe/Berlin`).
 
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, StringArray};
-use arrow::datatypes::{DataType, FieldRef};
+use arrow::datatypes::{DataType, FieldRef, TimeUnit};
 use datafusion::common::{Result, ScalarValue};
-use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature};
+use datafusion::logical_expr::{ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use datafusion::prelude::SessionContext;
 
 pub fn register(ctx: &SessionContext) {
@@ -19,6 +22,102 @@ pub fn register(ctx: &SessionContext) {
     let config = state.config_options();
     for inner in [datafusion::functions::datetime::to_char(), datafusion::functions::datetime::to_timestamp(config)] {
         ctx.register_udf(ScalarUDF::new_from_impl(PostgresPattern { inner }));
+    }
+    ctx.register_udf(ScalarUDF::new_from_impl(MakeTimestamptz { signature: Signature::user_defined(Volatility::Immutable) }));
+}
+
+/// `make_timestamptz(year, month, day, hour, min, sec [, timezone])`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MakeTimestamptz {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for MakeTimestamptz {
+    fn name(&self) -> &str {
+        "make_timestamptz"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        if !(6..=7).contains(&arg_types.len()) {
+            return datafusion::common::plan_err!(
+                "No function matches the given name and argument types make_timestamptz() with {} arguments",
+                arg_types.len()
+            );
+        }
+        let mut types = vec![DataType::Int64; 5];
+        types.push(DataType::Float64);
+        if arg_types.len() == 7 {
+            types.push(DataType::Utf8);
+        }
+        Ok(types)
+    }
+
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use arrow::array::{AsArray, TimestampMicrosecondBuilder};
+        use arrow::datatypes::{Float64Type, Int64Type};
+        let n = args.number_rows;
+        let columns = args.args.iter().map(|a| a.to_array(n)).collect::<Result<Vec<ArrayRef>>>()?;
+        let ints: Vec<_> = columns[..5].iter().map(|c| c.as_primitive::<Int64Type>()).collect();
+        let seconds = columns[5].as_primitive::<Float64Type>();
+        let zones = columns.get(6).map(|z| z.as_string::<i32>());
+        let mut out = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
+        for row in 0..n {
+            let zone = match zones {
+                Some(z) if z.is_null(row) => None,
+                Some(z) => Some(Some(z.value(row))),
+                None => Some(None),
+            };
+            if ints.iter().any(|c| c.is_null(row)) || seconds.is_null(row) {
+                out.append_null();
+                continue;
+            }
+            let Some(zone) = zone else {
+                out.append_null();
+                continue;
+            };
+            let [y, mo, d, h, mi] = [0, 1, 2, 3, 4].map(|i| ints[i].value(row));
+            out.append_value(make_timestamp_micros(y, mo, d, h, mi, seconds.value(row), zone)?);
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// Microseconds since the epoch of the local time given in `zone` (UTC if None).
+fn make_timestamp_micros(year: i64, month: i64, day: i64, hour: i64, min: i64, sec: f64, zone: Option<&str>) -> Result<i64> {
+    use chrono::{NaiveDate, TimeZone};
+    let date = i32::try_from(year)
+        .ok()
+        .zip(u32::try_from(month).ok())
+        .zip(u32::try_from(day).ok())
+        .and_then(|((y, m), d)| NaiveDate::from_ymd_opt(y, m, d));
+    let Some(date) = date else {
+        return datafusion::common::exec_err!("date field value out of range: {year}-{month:02}-{day:02}");
+    };
+    let valid_time =
+        (0..24).contains(&hour) && (0..60).contains(&min) && (0.0..60.0).contains(&sec) || (hour == 24 && min == 0 && sec == 0.0);
+    if !valid_time {
+        return datafusion::common::exec_err!("time field value out of range: {hour}:{min:02}:{sec:02}");
+    }
+    let local = date.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp_micros()
+        + (hour * 3600 + min * 60) * 1_000_000
+        + (sec * 1e6).round() as i64;
+    let Some(zone) = zone else { return Ok(local) };
+    let tz: arrow::array::timezone::Tz = match zone.parse() {
+        Ok(tz) => tz,
+        Err(_) => return datafusion::common::exec_err!("time zone \"{zone}\" not recognized"),
+    };
+    let naive = chrono::DateTime::from_timestamp_micros(local).unwrap_or_default().naive_utc();
+    match tz.from_local_datetime(&naive).earliest() {
+        Some(t) => Ok(t.timestamp_micros()),
+        None => datafusion::common::exec_err!("time zone \"{zone}\" has no time {naive}"),
     }
 }
 

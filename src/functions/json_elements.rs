@@ -14,7 +14,8 @@
 //! is printed as Postgres prints `jsonb` (clients see type `text`); `_text` gives strings
 //! without quotes and JSON `null` as NULL. A JSON `NULL`, empty array or empty object gives no
 //! row. `json_each` reads its argument as `jsonb_each` does: of duplicate keys the last one
-//! only (Postgres' `json_each` returns each).
+//! only (Postgres' `json_each` returns each). `regexp_matches` (`super::regexp_matches`) is
+//! rewritten the same way.
 
 use std::sync::Arc;
 
@@ -38,7 +39,50 @@ pub fn register(ctx: &SessionContext) {
         ctx.register_udf(ScalarUDF::from(JsonElements::new(kind, false)));
         ctx.register_udf(ScalarUDF::from(JsonElements::new(kind, true)));
     }
+    ctx.register_udf(ScalarUDF::from(NoElements { signature: Signature::any(2, Volatility::Immutable) }));
     ctx.add_analyzer_rule(Arc::new(JsonElementsToUnnest));
+}
+
+/// `velocity_jsonb_no_rows(j, 'array' | 'object')`: whether a set-returning JSON function gives
+/// no row for `j` (NULL, `[]`, `{}`), without failing where it would (`j` of the other kind,
+/// or not JSON): false there. `sql::set_functions` writes it for `LEFT JOIN LATERAL`, where
+/// it is evaluated for rows a filter drops and Postgres never reads (and DataFusion's
+/// simplifier turns `CASE` into an `AND` that evaluates both sides).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NoElements {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for NoElements {
+    fn name(&self) -> &str {
+        "velocity_jsonb_no_rows"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let documents = arrow::compute::cast(&args.args[0].to_array(n)?, &DataType::Utf8)?;
+        let kinds = arrow::compute::cast(&args.args[1].to_array(n)?, &DataType::Utf8)?;
+        let documents = arrow::array::AsArray::as_string::<i32>(documents.as_ref());
+        let kinds = arrow::array::AsArray::as_string::<i32>(kinds.as_ref());
+        let out: arrow::array::BooleanArray = documents
+            .iter()
+            .zip(kinds.iter())
+            .map(|(d, kind)| {
+                let Some(d) = d else { return Some(true) };
+                Some(match (serde_json::from_str::<Value>(d), kind) {
+                    (Ok(Value::Array(a)), Some("array")) => a.is_empty(),
+                    (Ok(Value::Object(o)), Some("object")) => o.is_empty(),
+                    _ => false,
+                })
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }
 
 /// What one row of a set-returning JSON function holds.
@@ -203,8 +247,14 @@ fn record_field(text: &str) -> String {
     out
 }
 
+/// The list function a set-returning function named `name` is rewritten to: a JSON one, or
+/// `regexp_matches`.
+fn list_function(name: &str) -> Option<ScalarUDF> {
+    JsonElements::list_of(name).or_else(|| super::regexp_matches::list_of(name))
+}
+
 fn is_elements_call(e: &Expr) -> bool {
-    matches!(e, Expr::ScalarFunction(f) if JsonElements::list_of(f.func.name()).is_some())
+    matches!(e, Expr::ScalarFunction(f) if list_function(f.func.name()).is_some())
 }
 
 impl ScalarUDFImpl for JsonElements {
@@ -269,7 +319,7 @@ impl AnalyzerRule for JsonElementsToUnnest {
             let names: Vec<String> = (0..calls.len()).map(|i| format!("{ELEMENTS}_{i}")).collect();
             for (call, name) in calls.iter().zip(&names) {
                 let Expr::ScalarFunction(f) = call else { continue };
-                let Some(list) = JsonElements::list_of(f.func.name()) else { continue };
+                let Some(list) = list_function(f.func.name()) else { continue };
                 inner.push(list.call(f.args.clone()).alias(name));
             }
             let columns: Vec<Column> = names.iter().map(|n| Column::from_name(n.clone())).collect();

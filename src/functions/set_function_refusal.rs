@@ -1,5 +1,6 @@
 //! The refusal of a set-returning function in `FROM` that `sql::set_functions` does not
-//! rewrite (`LEFT JOIN LATERAL unnest(t.a)`, one after a join of several tables, ...): the
+//! rewrite (`LEFT JOIN LATERAL unnest(t.a) ON u.x > 1`, one after a join of several tables,
+//! ...): the
 //! rewrite puts `velocity_unsupported_set_function('<what>')` in its place, which fails
 //! planning with a not-implemented error (0A000) naming the construct, where DataFusion would
 //! say that no table function `unnest` exists.
@@ -31,8 +32,8 @@ impl TableFunctionImpl for Refusal {
         };
         not_impl_err!(
             "{what} in FROM over another table's columns is supported right after one table \
-             (FROM t, f(t.x) AS u; t CROSS JOIN LATERAL f(t.x); t JOIN LATERAL f(t.x) ON true), \
-             not in LEFT JOIN LATERAL, after a join, or over several tables' columns"
+             (FROM t, f(t.x) AS u; t CROSS JOIN LATERAL f(t.x); t [LEFT] JOIN LATERAL f(t.x) ON true), \
+             not in a join on another condition, after a join, or over several tables' columns"
         )
     }
 }

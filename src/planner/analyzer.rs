@@ -11,7 +11,8 @@
 //!   `EXCEPT ALL` max(m - n, 0), as in Postgres; DataFusion's semi and anti joins keep m or 0.
 //! - [`RefuseCorrelatedNotIn`]: `x NOT IN (SELECT y ... WHERE <outer reference>)` is refused
 //!   (0A000): DataFusion's null-aware anti join applies the NULL rules to the whole subquery,
-//!   not to each row's part of it, and answers too few rows.
+//!   not to each row's part of it, and answers too few rows. So is a row `(a, b) [NOT] IN`
+//!   whose subquery refers to the enclosing query (DataFusion fails to decorrelate it).
 //! - [`InlineCorrelatedDerivedTables`]: in a correlated subquery, a projection over a derived
 //!   table or CTE (`(WITH c(m) AS (SELECT max(y) FROM r WHERE r.k = l.k) SELECT m FROM c)`,
 //!   `(SELECT 1 FROM (SELECT y AS v FROM r WHERE r.k = l.k) c)`) reads the derived table's
@@ -19,6 +20,12 @@
 //!   the derived table's renaming projection (`No field named c.y`).
 //! - [`CheckedIntegerArithmetic`]: integer `+`, `-` and `*` fail with 22003 (`bigint out of
 //!   range`) on overflow, as in Postgres; DataFusion's wrap around.
+//! - [`TimestampsWithoutSeconds`]: text cast to a timestamp may leave out the seconds
+//!   (`'2024-01-02 10:30'::timestamp`, in comparisons and INSERT values too), as Postgres
+//!   reads it; Arrow's parser wants them.
+//! - [`ByteaLiterals`]: a text literal cast to `bytea` (`'\x0102'::bytea`) is read as Postgres
+//!   reads bytea input (`functions::bytea::bytea_input`), not as the text's bytes; 22P02 if
+//!   it is not valid bytea input.
 
 use std::sync::Arc;
 
@@ -48,7 +55,151 @@ pub fn rules() -> Vec<Arc<dyn AnalyzerRule + Send + Sync>> {
         Arc::new(CompareIntervals::default()),
         Arc::new(CountedSetOperations),
         Arc::new(CheckedIntegerArithmetic::default()),
+        Arc::new(TimestampsWithoutSeconds::default()),
+        Arc::new(ByteaLiterals),
     ]
+}
+
+/// Reads text literals cast to `bytea` as bytea input.
+#[derive(Debug)]
+pub struct ByteaLiterals;
+
+impl AnalyzerRule for ByteaLiterals {
+    fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
+        use datafusion::common::ScalarValue;
+        use datafusion::logical_expr::Cast;
+        rewrite_expressions(plan, |e, _| {
+            e.transform_up(|x| {
+                let Expr::Cast(Cast { expr, field }) = &x else { return Ok(Transformed::no(x)) };
+                if !matches!(field.data_type(), DataType::Binary | DataType::LargeBinary | DataType::BinaryView) {
+                    return Ok(Transformed::no(x));
+                }
+                let text = match expr.as_ref() {
+                    Expr::Literal(ScalarValue::Utf8(Some(t)) | ScalarValue::LargeUtf8(Some(t)) | ScalarValue::Utf8View(Some(t)), _) => t,
+                    _ => return Ok(Transformed::no(x)),
+                };
+                match crate::functions::bytea::bytea_input(text) {
+                    Some(bytes) => Ok(Transformed::yes(Expr::Literal(ScalarValue::Binary(Some(bytes)).cast_to(field.data_type())?, None))),
+                    None => Err(arrow::error::ArrowError::CastError(format!("invalid input syntax for type bytea: \"{text}\"")).into()),
+                }
+            })
+        })
+    }
+
+    fn name(&self) -> &str {
+        "velocity_bytea_literals"
+    }
+}
+
+/// Wraps the text of a cast to a timestamp in [`TimestampText`], which adds the seconds a
+/// `YYYY-MM-DD HH:MI` text leaves out. A literal is folded to its timestamp by the optimizer.
+#[derive(Debug)]
+pub struct TimestampsWithoutSeconds {
+    text: Arc<ScalarUDF>,
+}
+
+impl Default for TimestampsWithoutSeconds {
+    fn default() -> Self {
+        TimestampsWithoutSeconds { text: Arc::new(ScalarUDF::from(TimestampText { signature: Signature::any(1, Volatility::Immutable) })) }
+    }
+}
+
+impl AnalyzerRule for TimestampsWithoutSeconds {
+    fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
+        use datafusion::logical_expr::{Cast, TryCast};
+        let is_text = |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        let wrapped = |e: &Expr| matches!(e, Expr::ScalarFunction(f) if f.func.name() == TEXT_NAME);
+        rewrite_expressions(plan, |e, schema| {
+            e.transform_up(|x| match x {
+                Expr::Cast(Cast { expr, field })
+                    if matches!(field.data_type(), DataType::Timestamp(..)) && !wrapped(&expr) && is_text(&expr.get_type(schema)?) =>
+                {
+                    Ok(Transformed::yes(Expr::Cast(Cast::new_from_field(Box::new(self.text.call(vec![*expr])), field))))
+                }
+                Expr::TryCast(TryCast { expr, field })
+                    if matches!(field.data_type(), DataType::Timestamp(..)) && !wrapped(&expr) && is_text(&expr.get_type(schema)?) =>
+                {
+                    Ok(Transformed::yes(Expr::TryCast(TryCast::new_from_field(Box::new(self.text.call(vec![*expr])), field))))
+                }
+                other => Ok(Transformed::no(other)),
+            })
+        })
+    }
+
+    fn name(&self) -> &str {
+        "velocity_timestamps_without_seconds"
+    }
+}
+
+const TEXT_NAME: &str = "velocity_timestamp_text";
+
+/// `velocity_timestamp_text(text)`: a `YYYY-MM-DD HH:MI[...]` text with `:00` seconds added
+/// (and a one-digit hour padded); any other text as it is.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TimestampText {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for TimestampText {
+    fn name(&self) -> &str {
+        TEXT_NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::common::ScalarValue;
+        match &args.args[0] {
+            ColumnarValue::Scalar(v) => {
+                let text = match v {
+                    ScalarValue::Utf8(t) | ScalarValue::LargeUtf8(t) | ScalarValue::Utf8View(t) => t.as_deref(),
+                    _ => return Ok(args.args[0].clone()),
+                };
+                let fixed = text.map(|t| with_seconds(t).unwrap_or_else(|| t.to_string()));
+                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(fixed).cast_to(&v.data_type())?))
+            }
+            ColumnarValue::Array(a) => {
+                let text = arrow::compute::cast(a, &DataType::Utf8)?;
+                let fixed: arrow::array::StringArray =
+                    text.as_string::<i32>().iter().map(|t| t.map(|t| with_seconds(t).unwrap_or_else(|| t.to_string()))).collect();
+                Ok(ColumnarValue::Array(arrow::compute::cast(&fixed, a.data_type())?))
+            }
+        }
+    }
+}
+
+/// `2024-01-02 10:30[rest]` as `2024-01-02 10:30:00[rest]`; None if the text has seconds or
+/// is not a date and time.
+fn with_seconds(text: &str) -> Option<String> {
+    let t = text.trim();
+    let b = t.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r.clone()).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let date = digits(0..4) && b.get(4) == Some(&b'-') && digits(5..7) && b.get(7) == Some(&b'-') && digits(8..10);
+    if !date || !matches!(b.get(10), Some(b' ' | b'T' | b't')) {
+        return None;
+    }
+    let hour_len = if digits(11..13) {
+        2
+    } else if digits(11..12) {
+        1
+    } else {
+        return None;
+    };
+    let minute = 11 + hour_len + 1;
+    if b.get(11 + hour_len) != Some(&b':')
+        || !digits(minute..minute + 2)
+        || b.get(minute + 2).is_some_and(|c| *c == b':' || c.is_ascii_digit())
+    {
+        return None;
+    }
+    let rest = &t[minute + 2..];
+    Some(format!("{} {:0>2}:{}:00{rest}", &t[..10], &t[11..11 + hour_len], &t[minute..minute + 2]))
 }
 
 /// Rewrites integer `a + b`, `a - b` and `a * b` into [`CheckedArithmetic`] calls.
@@ -266,7 +417,8 @@ impl AnalyzerRule for CountedSetOperations {
     }
 }
 
-/// Refuses a `NOT IN` whose subquery reads the enclosing query (see the module documentation).
+/// Refuses a `NOT IN` whose subquery reads the enclosing query (see the module documentation),
+/// and a row `[NOT] IN` whose subquery does.
 #[derive(Debug)]
 pub struct RefuseCorrelatedNotIn;
 
@@ -292,7 +444,16 @@ impl AnalyzerRule for RefuseCorrelatedNotIn {
             .map(|_| found)
         };
         let mut found = false;
+        let mut row = false;
         plan.apply_with_subqueries(|node| {
+            // `(a, b) [NOT] IN (SELECT ...)`, rewritten by `sql::row_in_subquery`.
+            if let LogicalPlan::SubqueryAlias(a) = node
+                && a.alias.table() == crate::sql::row_in_subquery::ALIAS
+                && reads_outer_query(&a.input)?
+            {
+                row = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
             for e in node.expressions() {
                 if correlated_not_in(&e)? {
                     found = true;
@@ -301,6 +462,9 @@ impl AnalyzerRule for RefuseCorrelatedNotIn {
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
+        if row {
+            return not_impl_err!("(a, b) [NOT] IN (subquery) whose subquery refers to a column of the enclosing query");
+        }
         if found {
             return not_impl_err!("NOT IN (subquery) whose subquery refers to a column of the enclosing query");
         }
@@ -523,6 +687,20 @@ pub fn interval_span(array: &ArrayRef) -> Result<ArrayRef> {
         other => return exec_err!("interval_span() takes an interval, not {other}"),
     };
     Ok(Arc::new(spans.with_precision_and_scale(38, 0)?))
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::with_seconds;
+
+    #[test]
+    fn adds_the_seconds_postgres_leaves_implied() {
+        assert_eq!(with_seconds("2024-01-02 10:30").as_deref(), Some("2024-01-02 10:30:00"));
+        assert_eq!(with_seconds(" 2024-01-02T9:05+02 ").as_deref(), Some("2024-01-02 09:05:00+02"));
+        assert_eq!(with_seconds("2024-01-02 10:30:15"), None);
+        assert_eq!(with_seconds("2024-01-02"), None);
+        assert_eq!(with_seconds("10:30"), None);
+    }
 }
 
 #[cfg(test)]

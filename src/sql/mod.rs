@@ -4,7 +4,9 @@
 //! is parsed by sqlparser itself; this module only adds the statements it does not know,
 //! and [`WithOptions`], how their `WITH (...)` options are read.
 
+mod character_types;
 pub mod options;
+pub mod row_in_subquery;
 mod set_functions;
 pub mod using_joins;
 mod window_close;
@@ -514,10 +516,14 @@ const NAME_TAKING_FUNCTIONS: [&str; 4] = ["changes", "tumble", "hop", "session"]
 /// `changes('shipments')`, `tumble('bid', 'date_time', INTERVAL '10' SECOND)`.
 ///
 /// Before that, set-returning functions in `FROM` over another table's columns become the
-/// select-list form DataFusion plans (`set_functions`): both protocols' statements pass here
-/// before planning.
+/// select-list form DataFusion plans (`set_functions`), and `character varying` becomes
+/// `VARCHAR` (`character_types`) and `(a, b) [NOT] IN (SELECT x, y ...)` becomes `[NOT] EXISTS`
+/// (`row_in_subquery`): both protocols' statements pass here before planning.
 pub fn quote_name_arguments(sql: &str) -> std::borrow::Cow<'_, str> {
-    match set_functions::rewrite(sql) {
+    let functions = set_functions::rewrite(sql);
+    let types = character_types::rewrite(functions.as_deref().unwrap_or(sql)).or(functions);
+    let rows = row_in_subquery::rewrite(types.as_deref().unwrap_or(sql)).or(types);
+    match rows {
         Some(rewritten) => std::borrow::Cow::Owned(quote_names(&rewritten).into_owned()),
         None => quote_names(sql),
     }

@@ -17,10 +17,12 @@
 //! `FROM` (`SELECT * FROM jsonb_each('{"a": 1}')`) becomes a derived table without `FROM`.
 //!
 //! Rewritten when the function directly follows one table (or aliased derived table) in the
-//! `FROM` list, or is the first join of one with `CROSS JOIN`, `JOIN ... ON true`, and its
-//! arguments name no other table. Other shapes over columns (after a join of several tables,
-//! `LEFT JOIN LATERAL`, ...) are refused with 0A000 naming the function (see
-//! `functions::set_function_refusal`); functions over constants are left to DataFusion.
+//! `FROM` list, or is the first join of one with `CROSS JOIN`, `JOIN ... ON true` or `LEFT
+//! JOIN ... ON true`, and its arguments name no other table. A left join adds, with `UNION
+//! ALL`, the table's rows for which the function gives no row (a NULL or empty argument), with
+//! NULLs for the function's columns. Other shapes over columns (after a join of several
+//! tables, a left join on another condition, ...) are refused with 0A000 naming the function
+//! (see `functions::set_function_refusal`); functions over constants are left to DataFusion.
 
 use std::ops::ControlFlow;
 
@@ -153,6 +155,27 @@ impl SetFunction {
             .collect()
     }
 
+    /// A condition true when the function gives no row (its argument NULL or empty). A JSON
+    /// argument of the wrong kind counts as having rows (the function fails on it, if the row
+    /// is read), and this condition does not fail on it: it is evaluated for rows a filter
+    /// pushed into it drops, which Postgres never reads.
+    fn no_rows(&self) -> String {
+        let kind = match self.function {
+            Function::Unnest => None,
+            Function::Elements { .. } => Some("array"),
+            Function::Each { .. } => Some("object"),
+        };
+        let empty: Vec<String> = self
+            .args
+            .iter()
+            .map(|a| match kind {
+                Some(kind) => format!("velocity_jsonb_no_rows({a}, '{kind}')"),
+                None => format!("coalesce(cardinality({a}), 0) = 0"),
+            })
+            .collect();
+        empty.join(" AND ")
+    }
+
     /// The qualifiers (`t` of `t.a`) the arguments name.
     fn qualifiers(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -183,9 +206,22 @@ fn qualifier(factor: &TableFactor) -> Option<Ident> {
 }
 
 /// `(SELECT q.*, f(..) AS x, ... FROM relation) AS q`, or without `FROM` for a function alone.
-fn derived(relation: Option<&TableFactor>, q: &Ident, f: &SetFunction) -> Option<TableFactor> {
-    let items: Vec<String> = f.select_items().iter().map(|(e, name)| format!("{e} AS {name}")).collect();
+/// For `LEFT JOIN LATERAL` (`left`), the rows of `relation` for which the function gives no
+/// row are added once, with NULLs: `UNION ALL SELECT q.*, NULL AS x, ... FROM relation WHERE
+/// <no rows>`.
+fn derived(relation: Option<&TableFactor>, q: &Ident, f: &SetFunction, left: bool) -> Option<TableFactor> {
+    let selected = f.select_items();
+    let items: Vec<String> = selected.iter().map(|(e, name)| format!("{e} AS {name}")).collect();
     let text = match relation {
+        Some(r) if left => {
+            let nulls: Vec<String> = selected.iter().map(|(_, name)| format!("NULL AS {name}")).collect();
+            format!(
+                "SELECT {q}.*, {} FROM {r} UNION ALL SELECT {q}.*, {} FROM {r} WHERE {}",
+                items.join(", "),
+                nulls.join(", "),
+                f.no_rows()
+            )
+        }
         Some(r) => format!("SELECT {q}.*, {} FROM {r}", items.join(", ")),
         None => format!("SELECT {}", items.join(", ")),
     };
@@ -259,19 +295,19 @@ fn rewrite_from(select: &mut Select, renamed: &mut Vec<Renamed>) {
             && select.from[i - 1].joins.is_empty()
             && let Some(f) = SetFunction::of(&select.from[i].relation)
             && let Some(q) = qualifier(&select.from[i - 1].relation)
-            && let Some(new) = combine(&select.from[i - 1].relation, &q, &f, renamed)
+            && let Some(new) = combine(&select.from[i - 1].relation, &q, &f, false, renamed)
         {
             select.from[i - 1].relation = new;
             select.from.remove(i);
             continue;
         }
-        // `FROM t CROSS JOIN [LATERAL] f(t.a) AS u`, `FROM t JOIN LATERAL f(t.a) AS u ON true`
+        // `FROM t CROSS JOIN [LATERAL] f(t.a) AS u`, `FROM t [LEFT] JOIN LATERAL f(t.a) AS u ON true`
         let table = &mut select.from[i];
         if let Some(join) = table.joins.first()
-            && lateral_join(&join.join_operator)
+            && let Some(left) = lateral_join(&join.join_operator)
             && let Some(f) = SetFunction::of(&join.relation)
             && let Some(q) = qualifier(&table.relation)
-            && let Some(new) = combine(&table.relation, &q, &f, renamed)
+            && let Some(new) = combine(&table.relation, &q, &f, left, renamed)
         {
             table.relation = new;
             table.joins.remove(0);
@@ -293,29 +329,30 @@ fn rewrite_from(select: &mut Select, renamed: &mut Vec<Renamed>) {
                 Function::Each { .. } => "jsonb_each",
             }),
         };
-        if let Some(new) = derived(None, &q, &f) {
+        if let Some(new) = derived(None, &q, &f, false) {
             table.relation = new;
         }
     }
 }
 
-/// `CROSS JOIN`, or an inner join `ON true`.
-fn lateral_join(op: &JoinOperator) -> bool {
+/// `CROSS JOIN`, or an inner join `ON true` (`Some(false)`); a left join `ON true`
+/// (`Some(true)`).
+fn lateral_join(op: &JoinOperator) -> Option<bool> {
+    let on_true = |c: &JoinConstraint| matches!(c, JoinConstraint::On(Expr::Value(v)) if v.value == Value::Boolean(true));
     match op {
-        JoinOperator::CrossJoin(JoinConstraint::None) => true,
-        JoinOperator::Inner(JoinConstraint::On(Expr::Value(v))) | JoinOperator::Join(JoinConstraint::On(Expr::Value(v))) => {
-            v.value == Value::Boolean(true)
-        }
-        _ => false,
+        JoinOperator::CrossJoin(JoinConstraint::None) => Some(false),
+        JoinOperator::Inner(c) | JoinOperator::Join(c) if on_true(c) => Some(false),
+        JoinOperator::Left(c) | JoinOperator::LeftOuter(c) if on_true(c) => Some(true),
+        _ => None,
     }
 }
 
-fn combine(relation: &TableFactor, q: &Ident, f: &SetFunction, renamed: &mut Vec<Renamed>) -> Option<TableFactor> {
+fn combine(relation: &TableFactor, q: &Ident, f: &SetFunction, left: bool, renamed: &mut Vec<Renamed>) -> Option<TableFactor> {
     let own = q.value.to_ascii_lowercase();
     if f.qualifiers().iter().any(|name| *name != own) {
         return None;
     }
-    let new = derived(Some(relation), q, f)?;
+    let new = derived(Some(relation), q, f, left)?;
     if let Some(alias) = &f.alias {
         renamed.push(Renamed {
             from: alias.name.value.to_ascii_lowercase(),
@@ -469,8 +506,15 @@ mod tests {
             Some("SELECT * FROM t, s, velocity_unsupported_set_function('unnest()')")
         );
         assert_eq!(
-            rewrite("SELECT * FROM t LEFT JOIN LATERAL jsonb_each(t.j) AS u ON true").as_deref(),
-            Some("SELECT * FROM t LEFT JOIN velocity_unsupported_set_function('jsonb_each()') ON true")
+            rewrite("SELECT * FROM t LEFT JOIN LATERAL jsonb_each(t.j) AS u ON u.key = 'a'").as_deref(),
+            Some("SELECT * FROM t LEFT JOIN velocity_unsupported_set_function('jsonb_each()') ON u.key = 'a'")
+        );
+        // A left join keeps the rows the function gives none for, with NULLs.
+        assert_eq!(
+            rewrite("SELECT t.id, u.x FROM t LEFT JOIN LATERAL unnest(t.a) AS u(x) ON true").as_deref(),
+            Some(
+                "SELECT t.id, t.x FROM (SELECT t.*, unnest(t.a) AS x FROM t UNION ALL SELECT t.*, NULL AS x FROM t WHERE coalesce(cardinality(t.a), 0) = 0) AS t"
+            )
         );
         assert_eq!(rewrite("SELECT unnest(a) FROM t"), None);
         assert_eq!(rewrite("SELECT * FROM unnest(ARRAY[1, 2])"), None);
