@@ -9,6 +9,7 @@ pub mod json_access;
 pub mod json_elements;
 pub mod set_function_refusal;
 pub mod size_limits;
+pub mod uuid;
 pub mod windows;
 
 /// Register every Velocity function with `ctx`.
@@ -22,6 +23,7 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
         tracing::error!("the JSON operators are not available: {e}");
     }
     windows::register(ctx);
+    uuid::register(ctx);
     // Last: these wrap functions registered before them.
     checked_sum::register(ctx);
     size_limits::register(ctx);

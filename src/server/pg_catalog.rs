@@ -24,6 +24,7 @@ use super::system::{Fill, SystemTable};
 
 mod attributes;
 mod keys;
+mod relation_oids;
 mod server_state;
 use crate::catalog::RelationKind;
 use crate::engine::Engine;
@@ -200,6 +201,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> datafusion::error::Res
             keys: keys::keys_table(engine),
             key_columns: keys::key_columns_table(engine),
             attribute_udfs: attributes::udfs(engine),
+            reloid_udf: relation_oids::RelationOid::udf(engine),
         }),
     )?;
     Ok(())
@@ -382,6 +384,8 @@ struct VelocityPgCatalog {
     key_columns: Arc<SystemTable>,
     /// `velocity_atttypid`, `velocity_atttypmod`: declared types in `pg_attribute`.
     attribute_udfs: (Arc<ScalarUDF>, Arc<ScalarUDF>),
+    /// `velocity_reloid`: Velocity's own `pg_class.oid` for its relations.
+    reloid_udf: Arc<ScalarUDF>,
 }
 
 #[async_trait]
@@ -393,8 +397,14 @@ impl SchemaProvider for VelocityPgCatalog {
                 let Some(pg_namespace) = self.inner.table("pg_namespace").await? else { return Ok(None) };
                 let mut fields: Vec<Field> = pg_class.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
                 fields.extend(pg_class_added_columns());
-                let indexes = keys::index_class_rows(&Schema::new(fields), &self.keys, pg_namespace)?;
-                Ok(Some(pg_class_with_matviews(pg_class, &self.relkind_udf, &self.relhasindex_udf, &self.relacl_udf, indexes)?))
+                let indexes = keys::index_class_rows(&Schema::new(fields), &self.keys, pg_namespace.clone())?;
+                let udfs = ClassUdfs {
+                    relkind: &self.relkind_udf,
+                    relhasindex: &self.relhasindex_udf,
+                    relacl: &self.relacl_udf,
+                    reloid: &self.reloid_udf,
+                };
+                Ok(Some(pg_class_with_matviews(pg_class, pg_namespace, &udfs, indexes)?))
             }
             "pg_attribute" => {
                 let (Some(inner), Some(pg_class), Some(pg_namespace)) =
@@ -405,18 +415,16 @@ impl SchemaProvider for VelocityPgCatalog {
                 let schema = inner.schema();
                 let indexes =
                     keys::index_attribute_rows(&schema, &self.key_columns, pg_namespace.clone(), pg_class.clone(), inner.clone())?;
-                let plan = attributes::declared(&self.attribute_udfs, inner, pg_class, pg_namespace)?.union(indexes)?.build()?;
+                let plan =
+                    attributes::declared(&self.attribute_udfs, &self.reloid_udf, inner, pg_class, pg_namespace)?.union(indexes)?.build()?;
                 Ok(Some(Arc::new(ViewTable::new(plan, None))))
             }
             "pg_index" | "pg_constraint" => {
-                let (Some(pg_class), Some(pg_namespace)) = (self.inner.table("pg_class").await?, self.inner.table("pg_namespace").await?)
-                else {
-                    return Ok(None);
-                };
+                let Some(pg_namespace) = self.inner.table("pg_namespace").await? else { return Ok(None) };
                 Ok(Some(if name == "pg_index" {
-                    keys::pg_index(&self.keys, pg_namespace, pg_class, &keys::pg_index_schema())?
+                    keys::pg_index(&self.keys, pg_namespace, &keys::pg_index_schema())?
                 } else {
-                    keys::pg_constraint(&self.keys, pg_namespace, pg_class)?
+                    keys::pg_constraint(&self.keys, pg_namespace)?
                 }))
             }
             "pg_matviews" => Ok(Some(self.matviews.clone())),
@@ -449,38 +457,49 @@ impl SchemaProvider for VelocityPgCatalog {
     }
 }
 
-/// `pg_class` with `relkind` passed through `velocity_relkind` and `relhasindex` through
-/// `velocity_relhasindex`, plus the rows of the primary-key indexes, as a view over the
-/// original.
+/// The functions that rewrite `pg_class` columns.
+struct ClassUdfs<'a> {
+    relkind: &'a Arc<ScalarUDF>,
+    relhasindex: &'a Arc<ScalarUDF>,
+    relacl: &'a Arc<ScalarUDF>,
+    reloid: &'a Arc<ScalarUDF>,
+}
+
+/// `pg_class` with `oid` passed through `velocity_reloid`, `relkind` through
+/// `velocity_relkind` and `relhasindex` through `velocity_relhasindex`, plus the rows of the
+/// primary-key indexes, as a view over the original (left-joined to `pg_namespace` for the
+/// schema name).
 fn pg_class_with_matviews(
     pg_class: Arc<dyn TableProvider>,
-    relkind_udf: &Arc<ScalarUDF>,
-    relhasindex_udf: &Arc<ScalarUDF>,
-    relacl_udf: &Arc<ScalarUDF>,
+    pg_namespace: Arc<dyn TableProvider>,
+    udfs: &ClassUdfs,
     indexes: datafusion::logical_expr::LogicalPlan,
 ) -> Result<Arc<dyn TableProvider>> {
     let schema = pg_class.schema();
+    let own = |name: &str| col(format!("pg_class.{name}"));
     let columns: Vec<Expr> = schema
         .fields()
         .iter()
-        .map(|f| {
-            if f.name() == "relkind" {
-                relkind_udf.call(vec![col("relname"), col("relkind")]).alias("relkind")
-            } else if f.name() == "relhasindex" {
-                relhasindex_udf.call(vec![col("relname")]).alias("relhasindex")
-            } else {
-                col(f.name().as_str())
-            }
+        .map(|f| match f.name().as_str() {
+            "oid" => udfs.reloid.call(vec![col("velocity_n.nspname"), own("relname"), own("oid")]).alias("oid"),
+            "relkind" => udfs.relkind.call(vec![own("relname"), own("relkind")]).alias("relkind"),
+            "relhasindex" => udfs.relhasindex.call(vec![own("relname")]).alias("relhasindex"),
+            name => own(name).alias(name),
         })
         .chain(pg_class_added_columns().into_iter().map(|f| {
             if f.name() == "relacl" {
-                return relacl_udf.call(vec![col("relname")]).alias("relacl");
+                return udfs.relacl.call(vec![own("relname")]).alias("relacl");
             }
             let null = ScalarValue::try_from(f.data_type()).unwrap_or(ScalarValue::Null);
             datafusion::logical_expr::lit(null).alias(f.name())
         }))
         .collect();
-    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?.project(columns)?.union(indexes)?.build()?;
+    let namespaces = LogicalPlanBuilder::scan("velocity_n", provider_as_source(pg_namespace), None)?.build()?;
+    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?
+        .join_on(namespaces, datafusion::logical_expr::JoinType::Left, vec![own("relnamespace").eq(col("velocity_n.oid"))])?
+        .project(columns)?
+        .union(indexes)?
+        .build()?;
     Ok(Arc::new(ViewTable::new(plan, None)))
 }
 

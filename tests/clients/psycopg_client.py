@@ -123,6 +123,54 @@ with psycopg.connect(DSN, autocommit=True) as conn:
     except psycopg.errors.InvalidTextRepresentation:
         pass
 
+# uuid: a column type, casts, uuid.UUID parameters in text and binary format, 22P02 for a
+# malformed one. Values print in Postgres' form whatever form they were written in.
+import uuid
+with psycopg.connect(DSN, autocommit=True) as conn:
+    conn.execute("CREATE TABLE tokens (id UUID PRIMARY KEY, owner TEXT)")
+    conn.execute("INSERT INTO tokens VALUES ('A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', 'text'), ('{b0eebc999c0b4ef8bb6d6bb9bd380a12}', 'braces')")
+    first = uuid.UUID("c0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13")
+    second = uuid.UUID("00000000-0000-0000-0000-0000000000ff")
+    conn.execute("INSERT INTO tokens VALUES (%s, %s)", (first, "param text"))
+    with conn.cursor(binary=True) as cur:
+        cur.execute("INSERT INTO tokens VALUES (%b, %b)", (second, "param binary"))
+        cur.execute("SELECT id, owner FROM tokens WHERE id = %b", (first,))
+        check(cur.description[0].type_code == 2950, f"uuid column on the wire (binary): {cur.description}")
+        check(cur.fetchall() == [(first, "param text")], "binary uuid parameter and result")
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, owner FROM tokens ORDER BY id")
+        check(cur.description[0].type_code == 2950, f"uuid column on the wire: {cur.description}")
+        text = [cur.pgresult.get_value(i, 0).decode() for i in range(4)]
+        check(text == ["00000000-0000-0000-0000-0000000000ff", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                       "b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12", "c0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13"], f"uuid text, in order: {text}")
+        check(cur.fetchall()[1][0] == uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), "uuid values")
+    row = conn.execute("SELECT 'B0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A12'::uuid, owner FROM tokens WHERE id = '{b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12}'::uuid").fetchone()
+    check(row == (uuid.UUID("b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12"), "braces"), f"uuid casts: {row}")
+    # atttypid comes as regtype text, as in the check of `docs` above.
+    types = [(n, int(t)) for n, t in conn.execute(
+        "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = 'tokens'::regclass AND attnum > 0 ORDER BY attnum").fetchall()]
+    check(types == [("id", 2950), ("owner", 25)], f"pg_attribute uuid: {types}")
+    typname = conn.execute("SELECT t.typname FROM pg_attribute a JOIN pg_type t ON a.atttypid = t.oid WHERE a.attrelid = 'tokens'::regclass AND a.attname = 'id'").fetchall()
+    check(typname == [("uuid",)], f"pg_type of the uuid column: {typname}")
+    for bad in ("INSERT INTO tokens VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1', 'short')", "SELECT 'xyz'::uuid"):
+        try:
+            conn.execute(bad)
+            check(False, f"malformed uuid accepted: {bad}")
+        except psycopg.errors.InvalidTextRepresentation as e:
+            check("invalid input syntax for type uuid" in str(e), f"22P02 message: {e}")
+    check(conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 4, "the malformed row was not stored")
+
+# Invalid UTF-8 in a query's text (sent as bytes) is refused with 22021, as in Postgres,
+# not stored as U+FFFD. Velocity closes the session after it (Postgres keeps it).
+with psycopg.connect(DSN, autocommit=True) as conn:
+    try:
+        conn.execute(b"INSERT INTO tokens VALUES ('d0eebc99-9c0b-4ef8-bb6d-6bb9bd380a14', 'a\xc3\x28b')")
+        check(False, "invalid UTF-8 is refused")
+    except psycopg.errors.CharacterNotInRepertoire as e:
+        check('invalid byte sequence for encoding "UTF8": 0xc3 0x28' in str(e), f"22021 message: {e}")
+with psycopg.connect(DSN, autocommit=True) as conn:
+    check(conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 4, "the invalid row was not stored")
+
 # Encodings: UTF8 only. Another client_encoding is refused (0A000), at startup or by SET,
 # rather than ignored (text in LATIN1 would be stored as garbage).
 with psycopg.connect(DSN, autocommit=True) as conn:

@@ -57,6 +57,7 @@ fn declared_type_oid(field: &Field) -> Option<i32> {
     match column_type::pg_type_name(field) {
         Some("varchar") => Some(1043),
         Some("jsonb") => Some(3802),
+        Some("uuid") => Some(2950),
         _ if crate::functions::json::is_json(field) => Some(114),
         _ => None,
     }
@@ -111,9 +112,11 @@ pub fn udfs(engine: &Engine) -> (Arc<ScalarUDF>, Arc<ScalarUDF>) {
 
 /// datafusion-pg-catalog's `pg_attribute` with `atttypid` and `atttypmod` as declared:
 /// `pg_attribute a LEFT JOIN pg_class c ON a.attrelid = c.oid LEFT JOIN pg_namespace n ON
-/// c.relnamespace = n.oid`, projected back to `pg_attribute`'s columns.
+/// c.relnamespace = n.oid`, projected back to `pg_attribute`'s columns, with `attrelid` as
+/// Velocity's oid of the relation (`velocity_reloid`).
 pub fn declared(
     udfs: &(Arc<ScalarUDF>, Arc<ScalarUDF>),
+    reloid: &Arc<ScalarUDF>,
     pg_attribute: Arc<dyn TableProvider>,
     pg_class: Arc<dyn TableProvider>,
     pg_namespace: Arc<dyn TableProvider>,
@@ -131,6 +134,9 @@ pub fn declared(
         .map(|f| {
             let own = col(format!("pg_attribute.{}", f.name()));
             let udf = match f.name().as_str() {
+                "attrelid" => {
+                    return reloid.call(vec![col("velocity_n.nspname"), col("velocity_c.relname"), own]).alias(f.name());
+                }
                 "atttypid" => typid,
                 "atttypmod" => typmod,
                 _ => return own,

@@ -4,10 +4,10 @@
 //! `pg_get_constraintdef` to print them. SQLAlchemy's `get_pk_constraint`, pgjdbc's
 //! `getPrimaryKeys` / `getIndexInfo` and psql's `\d` read these.
 //!
-//! A table's oid is assigned by datafusion-pg-catalog when `pg_class` is first scanned, so
-//! the rows are views that join Velocity's keys to `pg_class` and `pg_namespace` by name.
-//! The index and the constraint are Velocity's own objects: their oids are fixed offsets
-//! plus the relation id, so the functions can resolve them without a catalog scan.
+//! The rows are views that join Velocity's keys to `pg_namespace` by name. The table, its
+//! index and its constraint are Velocity's own objects: their oids are fixed offsets plus
+//! the relation id (`catalog::relation_oid` for the table), so the functions can resolve
+//! them without a catalog scan.
 
 use std::sync::Arc;
 
@@ -53,6 +53,7 @@ pub fn keys_table(engine: &Engine) -> Arc<SystemTable> {
     let schema: SchemaRef = Arc::new(Schema::new(vec![
         Field::new("nspname", DataType::Utf8, false),
         Field::new("relname", DataType::Utf8, false),
+        Field::new("relation_oid", DataType::Int32, false),
         Field::new("index_oid", DataType::Int32, false),
         Field::new("constraint_oid", DataType::Int32, false),
         Field::new("key_name", DataType::Utf8, false),
@@ -75,6 +76,7 @@ pub fn keys_table(engine: &Engine) -> Arc<SystemTable> {
         Ok(vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "public"))) as ArrayRef,
             Arc::new(StringArray::from_iter_values(rows.iter().map(|(r, _)| r.name.clone()))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|(r, _)| r.pg_oid() as i32))),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|(r, _)| (INDEX_OID_BASE + r.id as i64) as i32))),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|(r, _)| (CONSTRAINT_OID_BASE + r.id as i64) as i32))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|(r, _)| key_name(&r.name)))),
@@ -199,16 +201,11 @@ pub fn index_class_rows(schema: &Schema, keys: &Arc<SystemTable>, pg_namespace: 
 }
 
 /// `pg_index`: one row per primary key.
-pub fn pg_index(
-    keys: &Arc<SystemTable>,
-    pg_namespace: Arc<dyn TableProvider>,
-    pg_class: Arc<dyn TableProvider>,
-    schema: &Schema,
-) -> Result<Arc<dyn TableProvider>> {
-    let plan = project_as(keys_with_oids(keys, pg_namespace, Some(pg_class))?, schema, |name| {
+pub fn pg_index(keys: &Arc<SystemTable>, pg_namespace: Arc<dyn TableProvider>, schema: &Schema) -> Result<Arc<dyn TableProvider>> {
+    let plan = project_as(keys_with_oids(keys, pg_namespace, None)?, schema, |name| {
         Some(match name {
             "indexrelid" => col("k.index_oid"),
-            "indrelid" => col("c.oid"),
+            "indrelid" => col("k.relation_oid"),
             "indnatts" | "indnkeyatts" => col("k.nkeys"),
             "indisunique" | "indisprimary" | "indimmediate" | "indisvalid" | "indisready" | "indislive" => lit(true),
             "indkey" => col("k.key"),
@@ -289,19 +286,15 @@ pub fn pg_constraint_schema() -> Schema {
 }
 
 /// `pg_constraint`: one `contype = 'p'` row per primary key.
-pub fn pg_constraint(
-    keys: &Arc<SystemTable>,
-    pg_namespace: Arc<dyn TableProvider>,
-    pg_class: Arc<dyn TableProvider>,
-) -> Result<Arc<dyn TableProvider>> {
-    let plan = project_as(keys_with_oids(keys, pg_namespace, Some(pg_class))?, &pg_constraint_schema(), |name| {
+pub fn pg_constraint(keys: &Arc<SystemTable>, pg_namespace: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
+    let plan = project_as(keys_with_oids(keys, pg_namespace, None)?, &pg_constraint_schema(), |name| {
         Some(match name {
             "oid" => col("k.constraint_oid"),
             "conname" => col("k.key_name"),
             "connamespace" => col("n.oid"),
             "contype" => lit("p"),
             "convalidated" | "conislocal" | "connoinherit" => lit(true),
-            "conrelid" => col("c.oid"),
+            "conrelid" => col("k.relation_oid"),
             "conindid" => col("k.index_oid"),
             "confupdtype" | "confdeltype" | "confmatchtype" => lit(" "),
             "conkey" => col("k.key"),

@@ -529,6 +529,20 @@ pub fn encode_value<T: Encoder>(
         return encoder.encode_field(&value, pg_field);
     }
 
+    // Velocity: a uuid (canonical text) in binary format is its 16 bytes.
+    if pg_field.format() == FieldFormat::Binary
+        && *pg_field.datatype() == postgres_types::Type::UUID
+        && matches!(arrow_type, DataType::Utf8)
+    {
+        let value = match get_utf8_value(arr, idx) {
+            None => None,
+            Some(text) => Some(crate::datatypes::uuid_bytes(text).ok_or_else(|| {
+                PgWireError::ApiError(format!("not a uuid: {text}").into())
+            })?),
+        };
+        return encoder.encode_field(&value, pg_field);
+    }
+
     match arrow_type {
         DataType::Null => encoder.encode_field(&None::<i8>, pg_field)?,
         DataType::Boolean => encoder.encode_field(&get_bool_value(arr, idx), pg_field)?,
