@@ -457,6 +457,15 @@ impl SchemaProvider for VelocityPgCatalog {
     }
 }
 
+/// A scan of a catalog table inside one of the views below, named `pg_catalog.{alias}` (columns
+/// refer to it as `{alias}.column`). The schema keeps it from being taken for a user's
+/// relation of the same name: the dataflow planner resolves unqualified scans by name, so a
+/// bare `pg_class` or `a` here would read the user's `public.pg_class` or `public.a` when a
+/// materialized view reads this view.
+pub(super) fn catalog_scan(alias: &str, provider: Arc<dyn TableProvider>) -> Result<LogicalPlanBuilder> {
+    LogicalPlanBuilder::scan(datafusion::common::TableReference::partial("pg_catalog", alias), provider_as_source(provider), None)
+}
+
 /// The functions that rewrite `pg_class` columns.
 struct ClassUdfs<'a> {
     relkind: &'a Arc<ScalarUDF>,
@@ -494,8 +503,8 @@ fn pg_class_with_matviews(
             datafusion::logical_expr::lit(null).alias(f.name())
         }))
         .collect();
-    let namespaces = LogicalPlanBuilder::scan("velocity_n", provider_as_source(pg_namespace), None)?.build()?;
-    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?
+    let namespaces = catalog_scan("velocity_n", pg_namespace)?.build()?;
+    let plan = catalog_scan("pg_class", pg_class)?
         .join_on(namespaces, datafusion::logical_expr::JoinType::Left, vec![own("relnamespace").eq(col("velocity_n.oid"))])?
         .project(columns)?
         .union(indexes)?

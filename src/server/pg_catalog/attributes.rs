@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, Int32Array};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema};
-use datafusion::datasource::{TableProvider, provider_as_source};
+use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, JoinType, LogicalPlanBuilder, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -122,9 +122,9 @@ pub fn declared(
     pg_namespace: Arc<dyn TableProvider>,
 ) -> Result<LogicalPlanBuilder> {
     let schema: Arc<Schema> = pg_attribute.schema();
-    let classes = LogicalPlanBuilder::scan("velocity_c", provider_as_source(pg_class), None)?.build()?;
-    let namespaces = LogicalPlanBuilder::scan("velocity_n", provider_as_source(pg_namespace), None)?.build()?;
-    let plan = LogicalPlanBuilder::scan("pg_attribute", provider_as_source(pg_attribute), None)?
+    let classes = super::catalog_scan("velocity_c", pg_class)?.build()?;
+    let namespaces = super::catalog_scan("velocity_n", pg_namespace)?.build()?;
+    let plan = super::catalog_scan("pg_attribute", pg_attribute)?
         .join_on(classes, JoinType::Left, vec![col("pg_attribute.attrelid").eq(col("velocity_c.oid"))])?
         .join_on(namespaces, JoinType::Left, vec![col("velocity_c.relnamespace").eq(col("velocity_n.oid"))])?;
     let (typid, typmod) = udfs;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Int16Builder, Int32Array, Int32Builder, ListBuilder, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::{TableProvider, ViewTable, provider_as_source};
+use datafusion::datasource::{TableProvider, ViewTable};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility, cast, lit,
@@ -124,7 +124,7 @@ pub fn index_attribute_rows(
     pg_attribute: Arc<dyn TableProvider>,
 ) -> Result<LogicalPlan> {
     let plan = keys_with_oids(key_columns, pg_namespace, Some(pg_class))?;
-    let attributes = LogicalPlanBuilder::scan("a", provider_as_source(pg_attribute), None)?.build()?;
+    let attributes = super::catalog_scan("a", pg_attribute)?.build()?;
     let plan = plan.join_on(attributes, JoinType::Inner, vec![col("a.attrelid").eq(col("c.oid")), col("a.attnum").eq(col("k.attnum"))])?;
     project_as(plan, schema, |name| {
         Some(match name {
@@ -142,11 +142,11 @@ fn keys_with_oids(
     pg_namespace: Arc<dyn TableProvider>,
     pg_class: Option<Arc<dyn TableProvider>>,
 ) -> Result<LogicalPlanBuilder> {
-    let keys = LogicalPlanBuilder::scan("k", provider_as_source(keys.clone()), None)?;
-    let namespaces = LogicalPlanBuilder::scan("n", provider_as_source(pg_namespace), None)?.build()?;
+    let keys = super::catalog_scan("k", keys.clone())?;
+    let namespaces = super::catalog_scan("n", pg_namespace)?.build()?;
     let mut plan = keys.join_on(namespaces, JoinType::Inner, vec![col("k.nspname").eq(col("n.nspname"))])?;
     if let Some(pg_class) = pg_class {
-        let tables = LogicalPlanBuilder::scan("c", provider_as_source(pg_class), None)?.build()?;
+        let tables = super::catalog_scan("c", pg_class)?.build()?;
         plan = plan.join_on(
             tables,
             JoinType::Inner,
