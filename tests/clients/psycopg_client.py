@@ -88,6 +88,34 @@ with psycopg.connect(DSN, autocommit=True) as conn:
             check([d.type_code for d in cur.description] == [3802, 114], f"jsonb, json columns ({binary=}): {cur.description}")
             row = cur.fetchone()
             check(row == ({"a": [1, 2], "b": None}, {"c": "x"}), f"JSON values ({binary=}): {row}")
+            # jsonb where Postgres 15 says jsonb (OID 3802 in RowDescription), json where it says json.
+            cur.execute(
+                "SELECT body -> 'a', raw -> 'c', body #> '{a}', '{\"x\": 1}'::jsonb, CAST('[1]' AS JSONB), '{\"y\": 2}'::json,"
+                " raw::jsonb, body::json, jsonb_build_object('k', id), json_build_object('k', id), to_jsonb(id), to_json(id)"
+                " FROM docs WHERE id = %s",
+                (int(binary),),
+            )
+            oids = [d.type_code for d in cur.description]
+            check(oids == [3802, 114, 3802, 3802, 3802, 114, 3802, 114, 3802, 114, 3802, 114], f"json/jsonb result types ({binary=}): {oids}")
+            row = cur.fetchone()
+            expected = ([1, 2], "x", [1, 2], {"x": 1}, [1], {"y": 2}, {"c": "x"}, {"a": [1, 2], "b": None}, {"k": int(binary)},
+                        {"k": int(binary)}, int(binary), int(binary))
+            check(row == expected, f"json/jsonb results decoded ({binary=}): {row}")
+            cur.execute("SELECT jsonb_agg(id ORDER BY id), json_agg(id ORDER BY id) FROM docs")
+            oids = [d.type_code for d in cur.description]
+            check(oids == [3802, 114], f"jsonb_agg, json_agg types ({binary=}): {oids}")
+    # A materialized view keeps them: on the wire and in pg_attribute.
+    conn.execute("CREATE MATERIALIZED VIEW doc_parts AS SELECT id, body -> 'a' AS a, raw -> 'c' AS c, jsonb_build_object('id', id) AS o FROM docs")
+    for binary in (False, True):
+        with conn.cursor(binary=binary) as cur:
+            cur.execute("SELECT a, c, o FROM doc_parts ORDER BY id")
+            oids = [d.type_code for d in cur.description]
+            check(oids == [3802, 114, 3802], f"matview json/jsonb columns ({binary=}): {oids}")
+            rows = cur.fetchall()
+            check(rows == [([1, 2], "x", {"id": 0}), ([1, 2], "x", {"id": 1})], f"matview json/jsonb values ({binary=}): {rows}")
+    types = [(n, int(t)) for n, t in conn.execute(
+        "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = 'doc_parts'::regclass AND attnum > 0 ORDER BY attnum").fetchall()]
+    check(types == [("id", 23), ("a", 3802), ("c", 114), ("o", 3802)], f"matview pg_attribute types: {types}")
     types = [(n, int(t), m) for n, t, m in conn.execute(
         "SELECT attname, atttypid, atttypmod FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0 ORDER BY attnum"
     ).fetchall()]
