@@ -14,7 +14,7 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::{TableProvider, ViewTable, provider_as_source};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
+    ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf, lit, when,
 };
 use datafusion::prelude::{SessionContext, col};
 use datafusion::sql::sqlparser::ast::Statement;
@@ -382,8 +382,9 @@ struct VelocityPgCatalog {
     roles: RoleSource,
     keys: Arc<SystemTable>,
     key_columns: Arc<SystemTable>,
-    /// `velocity_atttypid`, `velocity_atttypmod`: declared types in `pg_attribute`.
-    attribute_udfs: (Arc<ScalarUDF>, Arc<ScalarUDF>),
+    /// `velocity_atttypid`, `velocity_atttypmod`, `velocity_attnotnull`: declared types and
+    /// nullability in `pg_attribute`.
+    attribute_udfs: (Arc<ScalarUDF>, Arc<ScalarUDF>, Arc<ScalarUDF>),
     /// `velocity_reloid`: Velocity's own `pg_class.oid` for its relations.
     reloid_udf: Arc<ScalarUDF>,
 }
@@ -466,6 +467,9 @@ pub(super) fn catalog_scan(alias: &str, provider: Arc<dyn TableProvider>) -> Res
     LogicalPlanBuilder::scan(datafusion::common::TableReference::partial("pg_catalog", alias), provider_as_source(provider), None)
 }
 
+/// `pg_am.oid` of `heap`.
+const HEAP_AM_OID: i32 = 2;
+
 /// The functions that rewrite `pg_class` columns.
 struct ClassUdfs<'a> {
     relkind: &'a Arc<ScalarUDF>,
@@ -489,20 +493,29 @@ fn pg_class_with_matviews(
     let columns: Vec<Expr> = schema
         .fields()
         .iter()
-        .map(|f| match f.name().as_str() {
-            "oid" => udfs.reloid.call(vec![col("velocity_n.nspname"), own("relname"), own("oid")]).alias("oid"),
-            "relkind" => udfs.relkind.call(vec![own("relname"), own("relkind")]).alias("relkind"),
-            "relhasindex" => udfs.relhasindex.call(vec![own("relname")]).alias("relhasindex"),
-            name => own(name).alias(name),
+        .map(|f| {
+            Ok(match f.name().as_str() {
+                "oid" => udfs.reloid.call(vec![col("velocity_n.nspname"), own("relname"), own("oid")]).alias("oid"),
+                "relkind" => udfs.relkind.call(vec![own("relname"), own("relkind")]).alias("relkind"),
+                "relhasindex" => udfs.relhasindex.call(vec![own("relname")]).alias("relhasindex"),
+                // Tables and materialized views are stored in rows: heap's access method, as psql's
+                // `\dt+`, `\dm+` and `\d+` show it.
+                "relam" => {
+                    let relkind = udfs.relkind.call(vec![own("relname"), own("relkind")]);
+                    let heap = when(relkind.in_list(vec![lit("r"), lit("m")], false), lit(HEAP_AM_OID)).otherwise(lit(0))?;
+                    datafusion::logical_expr::cast(heap, f.data_type().clone()).alias("relam")
+                }
+                name => own(name).alias(name),
+            })
         })
         .chain(pg_class_added_columns().into_iter().map(|f| {
             if f.name() == "relacl" {
-                return udfs.relacl.call(vec![own("relname")]).alias("relacl");
+                return Ok(udfs.relacl.call(vec![own("relname")]).alias("relacl"));
             }
             let null = ScalarValue::try_from(f.data_type()).unwrap_or(ScalarValue::Null);
-            datafusion::logical_expr::lit(null).alias(f.name())
+            Ok(lit(null).alias(f.name()))
         }))
-        .collect();
+        .collect::<Result<_>>()?;
     let namespaces = catalog_scan("velocity_n", pg_namespace)?.build()?;
     let plan = catalog_scan("pg_class", pg_class)?
         .join_on(namespaces, datafusion::logical_expr::JoinType::Left, vec![own("relnamespace").eq(col("velocity_n.oid"))])?
@@ -591,6 +604,7 @@ const SETTINGS: &[&str] = &[
     "max_index_keys",
     "transaction_isolation",
     "default_transaction_isolation",
+    "default_table_access_method",
 ];
 
 /// `pg_settings` with one row per entry of `SETTINGS` (pgjdbc reads `max_index_keys` there
@@ -670,6 +684,8 @@ fn setting(name: &str) -> Option<String> {
         "max_identifier_length" => "63".to_string(),
         "max_index_keys" => "32".to_string(),
         "transaction_isolation" | "default_transaction_isolation" => "read committed".to_string(),
+        // SQLAlchemy names a table's access method unless it is this one.
+        "default_table_access_method" => "heap".to_string(),
         _ => return None,
     })
 }
