@@ -120,6 +120,22 @@ with psycopg.connect(DSN, autocommit=True) as conn:
         "SELECT attname, atttypid, atttypmod FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0 ORDER BY attnum"
     ).fetchall()]
     check(types == [("id", 23, -1), ("body", 3802, -1), ("raw", 114, -1), ("label", 1043, 12)], f"pg_attribute types: {types}")
+    # Catalog oid columns are oid (26) on the wire, as in Postgres: psycopg reads numbers.
+    for binary in (False, True):
+        with conn.cursor(binary=binary) as cur:
+            cur.execute("SELECT attrelid, atttypid FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum = 1")
+            oids = [d.type_code for d in cur.description]
+            row = cur.fetchone()
+            check(oids == [26, 26] and isinstance(row[0], int) and row[1] == 23, f"attrelid, atttypid as oid ({binary=}): {oids} {row}")
+            cur.execute("SELECT relnamespace, reltype FROM pg_class WHERE relname = 'docs'")
+            oids = [d.type_code for d in cur.description]
+            check(oids == [26, 26] and all(isinstance(v, int) for v in cur.fetchone()), f"relnamespace, reltype as oid ({binary=}): {oids}")
+            cur.execute("SELECT indrelid, indexrelid FROM pg_index WHERE indrelid = 'docs'::regclass")
+            oids = [d.type_code for d in cur.description]
+            check(oids == [26, 26] and all(isinstance(v, int) for v in cur.fetchone()), f"pg_index oids ({binary=}): {oids}")
+            cur.execute("SELECT oid, conrelid, connamespace, conindid FROM pg_constraint WHERE conrelid = 'docs'::regclass")
+            oids = [d.type_code for d in cur.description]
+            check(oids == [26] * 4 and all(isinstance(v, int) for v in cur.fetchone()), f"pg_constraint oids ({binary=}): {oids}")
     # VARCHAR(n) holds n characters (not bytes), as Postgres.
     conn.execute("INSERT INTO docs (id, label) VALUES (2, %s)", ("éééééééé",))
     try:

@@ -164,7 +164,9 @@ fn project_as(input: LogicalPlanBuilder, schema: &Schema, value: impl Fn(&str) -
         .iter()
         .map(|f| {
             let expr = value(f.name()).unwrap_or_else(|| default_value(f));
-            Ok(cast(expr, f.data_type().clone()).alias(f.name()))
+            // The column's metadata too (`pg.oid_alias`: its wire type), whatever the value's.
+            let metadata = (!f.metadata().is_empty()).then(|| datafusion::common::metadata::FieldMetadata::from(f.metadata()));
+            Ok(cast(expr, f.data_type().clone()).alias_with_metadata(f.name(), metadata))
         })
         .collect::<Result<Vec<_>>>()?;
     input.project(columns)?.build()
@@ -221,7 +223,7 @@ pub fn pg_index(keys: &Arc<SystemTable>, pg_namespace: Arc<dyn TableProvider>, s
 /// (SQLAlchemy unnests `indkey`, psql and pgjdbc subscript it).
 pub fn pg_index_schema() -> Schema {
     let list = |item: DataType| DataType::List(Arc::new(Field::new("item", item, true)));
-    let mut fields = vec![Field::new("indexrelid", DataType::Int32, false), Field::new("indrelid", DataType::Int32, false)];
+    let mut fields = vec![oid_column("indexrelid"), oid_column("indrelid")];
     fields.extend(["indnatts", "indnkeyatts"].map(|n| Field::new(n, DataType::Int16, false)));
     fields.extend(
         [
@@ -248,26 +250,32 @@ pub fn pg_index_schema() -> Schema {
     Schema::new(fields)
 }
 
+/// An `oid` column (Int32, `oid` on the wire as in Postgres).
+fn oid_column(name: &str) -> Field {
+    use datafusion_postgres::datafusion_pg_catalog::pg_catalog::oid_field;
+    oid_field::oid_field(name, oid_field::kind::OID, false)
+}
+
 /// The schema Velocity gives `pg_constraint`: Postgres's columns, with the key columns as
 /// arrays (SQLAlchemy and JDBC tools unnest and subscript `conkey`).
 pub fn pg_constraint_schema() -> Schema {
     let list = |item: DataType| DataType::List(Arc::new(Field::new("item", item, true)));
-    let int = |n: &str| Field::new(n, DataType::Int32, false);
     let boolean = |n: &str| Field::new(n, DataType::Boolean, false);
     let text = |n: &str| Field::new(n, DataType::Utf8, false);
+    let oid = oid_column;
     Schema::new(vec![
-        int("oid"),
+        oid("oid"),
         text("conname"),
-        int("connamespace"),
+        oid("connamespace"),
         text("contype"),
         boolean("condeferrable"),
         boolean("condeferred"),
         boolean("convalidated"),
-        int("conrelid"),
-        int("contypid"),
-        int("conindid"),
-        int("conparentid"),
-        int("confrelid"),
+        oid("conrelid"),
+        oid("contypid"),
+        oid("conindid"),
+        oid("conparentid"),
+        oid("confrelid"),
         text("confupdtype"),
         text("confdeltype"),
         text("confmatchtype"),

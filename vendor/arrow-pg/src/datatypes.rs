@@ -296,6 +296,13 @@ pub fn field_into_pg_type(field: &Arc<Field>) -> PgWireResult<Type> {
     // of truth; unknown/missing metadata falls through to the physical-type
     // mapping below.
     if let Some(alias_type) = pg_alias_type(field) {
+        // Velocity: the catalog columns marked `regclass`, `regtype` or `regnamespace`
+        // (`pg_attribute.attrelid`/`atttypid`, `pg_class.relnamespace`/`reltype`, ...) are
+        // `oid` in Postgres, and their text here is the number, never the name a reg* type
+        // prints: they are `oid` (26) on the wire, so clients decode them as numbers.
+        if matches!(alias_type, Type::REGCLASS | Type::REGTYPE | Type::REGNAMESPACE) {
+            return Ok(Type::OID);
+        }
         return Ok(alias_type);
     }
 
@@ -426,11 +433,11 @@ mod tests {
         );
         assert_eq!(
             field_into_pg_type(&oid_alias_field("regclass")).unwrap(),
-            Type::REGCLASS
+            Type::OID
         );
         assert_eq!(
             field_into_pg_type(&oid_alias_field("regtype")).unwrap(),
-            Type::REGTYPE
+            Type::OID
         );
 
         // The remaining recognized oid-alias kinds:
@@ -444,7 +451,7 @@ mod tests {
         );
         assert_eq!(
             field_into_pg_type(&oid_alias_field("regnamespace")).unwrap(),
-            Type::REGNAMESPACE
+            Type::OID
         );
         assert_eq!(
             field_into_pg_type(&oid_alias_field("regrole")).unwrap(),

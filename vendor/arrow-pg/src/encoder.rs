@@ -498,12 +498,11 @@ pub fn encode_value<T: Encoder>(
     // Postgres `oid` columns are `u32` on the wire but stored as Arrow Int32.
     // Over the binary protocol the value must be sent as `u32` (the `i32` ToSql
     // impl does not accept the OID type); text keeps the existing Int32 path.
+    // Velocity: by the wire type, which is also `oid` for the regclass/regtype/regnamespace
+    // columns (`field_into_pg_type`).
     if pg_field.format() == FieldFormat::Binary
         && matches!(arrow_type, DataType::Int32)
-        && arrow_field
-            .metadata()
-            .get(crate::datatypes::PG_OID_ALIAS_KEY)
-            .is_some_and(|kind| kind == "oid")
+        && *pg_field.datatype() == postgres_types::Type::OID
     {
         return encode_pg_oid_binary(encoder, arr, idx, pg_field);
     }
