@@ -423,3 +423,57 @@ async fn dbeaver_and_datagrip_connect() {
     assert_eq!(answer("SELECT typinput='pg_catalog.array_in'::regproc")[0][..3], [s("t"), s("b"), s("_int4")]);
     assert_eq!(answer("select ssl from pg_stat_ssl"), Vec::<Vec<Option<String>>>::new());
 }
+
+/// User tables named like a catalog table or like the catalog views' own inner scans
+/// (`pg_class`, `pg_namespace`, `a`, `n`, `c`, `k`) leave the catalog as it is: it answers from
+/// the catalog, and a materialized view over a catalog table is refused with an error, the
+/// session kept (the fuzz test's seed 1592590358 lost it there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_tables_named_like_catalog_tables_leave_the_catalog_alone() {
+    let server = common::TestServer::start().await;
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE pg_class (b BOOLEAN PRIMARY KEY, a JSON);
+             CREATE TABLE pg_namespace (b BOOLEAN PRIMARY KEY, a JSON);
+             CREATE TABLE a (x INT PRIMARY KEY, y INT);
+             CREATE TABLE n (x INT PRIMARY KEY, y INT);
+             CREATE TABLE c (x INT PRIMARY KEY, y INT);
+             CREATE TABLE k (x INT PRIMARY KEY, y INT);",
+        )
+        .await
+        .unwrap();
+    for table in ["pg_class", "pg_attribute", "pg_index", "pg_constraint", "pg_namespace"] {
+        let sql =
+            format!("CREATE MATERIALIZED VIEW m AS SELECT CAST(1 AS NUMERIC(10,2)) AS c, count(*) FROM pg_catalog.{table} GROUP BY 1");
+        let error = client.batch_execute(&sql).await.expect_err("a materialized view over the catalog is refused");
+        assert!(error.as_db_error().is_some(), "{sql}: {error:?}");
+        assert!(!client.is_closed(), "{sql} closed the session");
+    }
+    // Postgres 15 answers the same.
+    let classes = simple(
+        &client,
+        "SELECT n.nspname, c.relname, c.relnatts FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relname IN ('pg_class', 'a', 'a_pkey') ORDER BY 1, 2",
+    )
+    .await;
+    let row = |a: &str, b: &str, c: &str| vec![s(a), s(b), s(c)];
+    assert_eq!(
+        classes,
+        vec![row("pg_catalog", "pg_class", "33"), row("public", "a", "2"), row("public", "a_pkey", "1"), row("public", "pg_class", "2")]
+    );
+    let attributes = simple(
+        &client,
+        "SELECT c.relname, a.attname, a.attnum FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+         WHERE c.relname IN ('a', 'a_pkey') AND a.attnum > 0 ORDER BY 1, 3",
+    )
+    .await;
+    assert_eq!(attributes, vec![row("a", "x", "1"), row("a", "y", "2"), row("a_pkey", "x", "1")]);
+    let indexes = simple(
+        &client,
+        "SELECT t.relname, i.relname FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class t ON t.oid = x.indrelid
+         JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = 'a'::regclass",
+    )
+    .await;
+    assert_eq!(indexes, vec![vec![s("a"), s("a_pkey")]]);
+}

@@ -165,8 +165,22 @@ fn psql_meta_commands() {
         d_plus_view.contains("View definition:\nSELECT status, count(*) AS n FROM shipments GROUP BY status;"),
         "\\d+ per_status prints the definition:\n{d_plus_view}"
     );
+    // As on Postgres 15: a materialized view's columns carry no NOT NULL, its rows are heap's.
+    let columns: Vec<Vec<&str>> = d_plus_view.lines().skip(3).take(2).map(|l| l.split('|').map(str::trim).collect()).collect();
+    assert_eq!(
+        columns,
+        [["status", "text", "", "", "", "extended", "", "", ""], ["n", "bigint", "", "", "", "plain", "", "", ""]],
+        "\\d+ per_status columns:\n{d_plus_view}"
+    );
+    assert!(d_plus_view.trim_end().ends_with("Access method: heap"), "\\d+ per_status:\n{d_plus_view}");
+    psql(&server, "CREATE ROLE reader; GRANT SELECT ON shipments TO reader");
     let du = psql(&server, "\\du");
-    assert!(du.contains("List of roles") && du.contains("Member of"), "\\du:\n{du}");
+    let roles: Vec<Vec<&str>> = du.lines().skip(3).take_while(|l| !l.is_empty()).map(|l| l.split('|').map(str::trim).collect()).collect();
+    assert_eq!(
+        roles,
+        [vec!["reader", "Cannot login", "{}"], vec!["velocity", "Superuser, Create role, Create DB, Bypass RLS", "{}"]],
+        "\\du:\n{du}"
+    );
     let dt_plus = psql(&server, "\\dt+");
     assert!(dt_plus.contains("Size") && dt_plus.contains("shipments") && dt_plus.contains("permanent"), "\\dt+:\n{dt_plus}");
     assert!(!dt_plus.contains("per_status"), "\\dt+ lists tables only:\n{dt_plus}");
@@ -177,12 +191,24 @@ fn psql_meta_commands() {
         size.strip_suffix(" bytes").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("size of {name} in bytes:\n{listing}"))
     };
     assert!(stored(&dt_plus, "shipments") > 0, "\\dt+ size:\n{dt_plus}");
+    let access_method = |listing: &str, name: &str| -> String {
+        let line = listing.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} listed:\n{listing}"));
+        line.split('|').nth(5).unwrap_or_default().trim().to_string()
+    };
+    assert_eq!(access_method(&dt_plus, "shipments"), "heap", "\\dt+ access method:\n{dt_plus}");
     let dm_plus = psql(&server, "\\dm+");
     assert!(dm_plus.contains("per_status") && dm_plus.contains("materialized view") && dm_plus.contains("Size"), "\\dm+:\n{dm_plus}");
     assert!(stored(&dm_plus, "per_status") > 0, "\\dm+ size:\n{dm_plus}");
+    assert_eq!(access_method(&dm_plus, "per_status"), "heap", "\\dm+ access method:\n{dm_plus}");
     let dp = psql(&server, "\\dp");
     assert!(dp.contains("Access privileges") && dp.contains("Policies"), "\\dp:\n{dp}");
     assert!(dp.contains("shipments") && dp.contains("per_status"), "\\dp lists tables and views:\n{dp}");
+    // The owner's and the grantee's privileges, one per line, as psql prints an aclitem[].
+    assert!(
+        dp.contains(" public | shipments  | table             | velocity=arwd/velocity+|")
+            && dp.contains("|            |                   | reader=r/velocity      |"),
+        "\\dp shows the grant on shipments:\n{dp}"
+    );
     let d_types = psql(&server, "\\dT");
     assert!(d_types.contains("List of data types") && d_types.contains("(0 rows)"), "\\dT (no user-defined types):\n{d_types}");
     let db = psql(&server, "\\db");

@@ -306,7 +306,10 @@ async fn generated_sql_and_mutated_messages_do_not_take_the_server_down() {
             Err(e) if e.as_db_error().is_some() => errors += 1,
             // The client's own refusal (a parameter with no value, say).
             Err(_) if !client.is_closed() => client_side += 1,
-            Err(e) => panic!("statement {i} {sql:?} lost the session: {e}"),
+            Err(e) => {
+                let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+                panic!("statement {i} {sql:?} lost the session: {e}\nserver log:\n{log}")
+            }
         }
         if i % 100 == 0 {
             watcher_answers(&watcher).await;

@@ -182,3 +182,61 @@ async fn a_failed_commit_ends_the_transaction() {
     let n: i64 = client.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
     assert_eq!(n, 2);
 }
+
+/// A frontend message: tag, length, body.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// What the server answers a raw session that logs in and sends `messages`, until it closes
+/// the connection or sends a second ReadyForQuery.
+async fn raw_session(addr: std::net::SocketAddr, messages: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut startup = 196_608u32.to_be_bytes().to_vec();
+    for s in ["user", "velocity", "database", "velocity", ""] {
+        startup.extend(s.as_bytes());
+        startup.push(0);
+    }
+    let mut packet = (startup.len() as u32 + 4).to_be_bytes().to_vec();
+    packet.extend(startup);
+    packet.extend_from_slice(messages);
+    socket.write_all(&packet).await.expect("send");
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), socket.read(&mut buf)).await.expect("an answer");
+        match read {
+            Ok(0) | Err(_) => return answer,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+        if answer.windows(6).filter(|w| *w == b"Z\0\0\0\x05I").count() >= 2 {
+            return answer;
+        }
+    }
+}
+
+/// Invalid UTF-8 in a query's text is refused with 22021 naming the bytes, as in Postgres,
+/// in the simple protocol and in a Parse, instead of being stored as U+FFFD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_in_a_query_is_refused_with_22021() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::ServerProcess::start(&common::data_dir(&dir));
+    let client = common::connect(server.addr).await;
+    client.batch_execute("CREATE TABLE notes (id INT PRIMARY KEY, body TEXT)").await.unwrap();
+    let query = message(b'Q', b"INSERT INTO notes VALUES (1, 'a\xc3\x28b')\0");
+    let mut parse = b"\0INSERT INTO notes VALUES (2, 'a\xffb')\0".to_vec();
+    parse.extend(0u16.to_be_bytes());
+    let mut extended = message(b'P', &parse);
+    extended.extend(message(b'S', &[]));
+    for (messages, bytes) in [(query, "0xc3 0x28"), (extended, "0xff")] {
+        let answer = String::from_utf8_lossy(&raw_session(server.addr, &messages).await).into_owned();
+        assert!(answer.contains("C22021\0"), "22021: {answer:?}");
+        assert!(answer.contains(&format!("Minvalid byte sequence for encoding \"UTF8\": {bytes}\0")), "message: {answer:?}");
+    }
+    let n: i64 = client.query_one("SELECT count(*) FROM notes", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "nothing was stored");
+}

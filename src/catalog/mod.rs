@@ -278,7 +278,23 @@ pub struct Watermark {
     pub delay_micros: i64,
 }
 
+/// The `pg_class.oid` of the relation with this id.
+pub fn relation_oid(id: u32) -> u32 {
+    RELATION_OID_BASE.saturating_add(id)
+}
+
+/// `pg_class.oid` of a relation is this plus its id. Velocity owns these oids, so the table
+/// OID in RowDescription (pgjdbc `getTableName`), `pg_class`, `pg_attribute.attrelid` and
+/// `pg_index.indrelid` agree without asking datafusion-pg-catalog, whose oids for other
+/// objects count up from 16384.
+pub const RELATION_OID_BASE: u32 = 500_000_000;
+
 impl Relation {
+    /// The relation's `pg_class.oid`.
+    pub fn pg_oid(&self) -> u32 {
+        relation_oid(self.id)
+    }
+
     /// A source or sink: an object without rows of its own.
     pub fn rowless(id: u32, name: &str, kind: RelationKind, create_sql: &str, depends_on: Vec<String>) -> Relation {
         Relation {

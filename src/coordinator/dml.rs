@@ -86,7 +86,7 @@ impl Coordinator {
                 let rows = self.collect(dml.input.as_ref().clone(), &schema).await?;
                 check_not_null(&relation, rows.columns())?;
                 check_lengths(&relation, rows.columns())?;
-                let rows = RecordBatch::try_new(schema.clone(), rows.columns().to_vec())?;
+                let rows = RecordBatch::try_new(schema.clone(), canonical_uuids(&relation, rows.columns())?)?;
                 let n = rows.num_rows();
                 (ChangeBatch::uniform(rows, 1), "INSERT", n)
             }
@@ -118,7 +118,7 @@ impl Coordinator {
                 check_not_null(&relation, &pairs.rows.columns()[width..])?;
                 check_lengths(&relation, &pairs.rows.columns()[width..])?;
                 let old_rows = RecordBatch::try_new(schema.clone(), pairs.rows.columns()[..width].to_vec())?;
-                let new_rows = RecordBatch::try_new(schema.clone(), pairs.rows.columns()[width..].to_vec())?;
+                let new_rows = RecordBatch::try_new(schema.clone(), canonical_uuids(&relation, &pairs.rows.columns()[width..])?)?;
                 let changes = ChangeBatch::concat(
                     &schema,
                     &[ChangeBatch::new(old_rows, pairs.weights.clone()).negate(), ChangeBatch::new(new_rows, pairs.weights)],
@@ -240,6 +240,33 @@ fn check_lengths(relation: &Relation, columns: &[ArrayRef]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `columns` with the values of `uuid` columns in canonical form; 22P02 for text that is
+/// not a uuid.
+fn canonical_uuids(relation: &Relation, columns: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
+    use crate::catalog::column_type;
+    relation
+        .schema
+        .fields()
+        .iter()
+        .zip(columns)
+        .map(|(field, column)| {
+            let Some(strings) = column.as_any().downcast_ref::<arrow::array::StringArray>().filter(|_| column_type::is_uuid(field)) else {
+                return Ok(column.clone());
+            };
+            let canonical = strings
+                .iter()
+                .map(|s| match s {
+                    None => Ok(None),
+                    Some(s) => column_type::canonical_uuid(s)
+                        .map(Some)
+                        .ok_or_else(|| CoordinatorError::InvalidText { type_name: "uuid", value: s.to_string() }),
+                })
+                .collect::<Result<arrow::array::StringArray>>()?;
+            Ok(Arc::new(canonical) as ArrayRef)
+        })
+        .collect()
 }
 
 /// Replace scans of `table` in `plan` with an in-memory table holding `rows`.

@@ -56,6 +56,9 @@ pub enum CoordinatorError {
     SourceOptions(String),
     #[error("null value in column \"{column}\" of relation \"{relation}\" violates not-null constraint")]
     NotNull { relation: String, column: String },
+    /// Text that is not a value of its column's type (a malformed uuid).
+    #[error("invalid input syntax for type {type_name}: \"{value}\"")]
+    InvalidText { type_name: &'static str, value: String },
     /// A value longer than its `VARCHAR(n)` column allows.
     #[error("value too long for type {type_name}")]
     StringTooLong { type_name: String },

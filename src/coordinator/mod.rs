@@ -181,6 +181,10 @@ impl Coordinator {
                 column.data_type = SqlType::Text;
                 json_columns.push(i);
             }
+            // A uuid column is canonical text (see `catalog::column_type`).
+            if matches!(column.data_type, SqlType::Uuid) {
+                column.data_type = SqlType::Text;
+            }
         }
         let plan = self.context.state().statement_to_plan(DFStatement::Statement(Box::new(Statement::CreateTable(plain)))).await?;
         let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmt)) = plan else {

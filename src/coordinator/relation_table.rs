@@ -23,6 +23,9 @@ use crate::engine::{Contents, Engine};
 #[derive(Debug)]
 pub struct RelationTable {
     pub relation: Relation,
+    /// The relation's schema, with each column of a table or materialized view marked with
+    /// the relation's `pg_class.oid` and its `attnum` (for RowDescription).
+    schema: SchemaRef,
     constraints: Constraints,
     /// `DEFAULT` expressions of a table's columns, by column name: what INSERT fills in.
     column_defaults: std::collections::HashMap<String, Expr>,
@@ -45,7 +48,13 @@ impl RelationTable {
         } else {
             Constraints::new_unverified(vec![Constraint::PrimaryKey(relation.primary_key.clone())])
         };
-        RelationTable { relation, constraints, column_defaults: Default::default(), engine: EngineRef(engine) }
+        let schema = match relation.kind {
+            RelationKind::Table | RelationKind::MaterializedView => {
+                Arc::new(crate::catalog::column_type::with_origin(&relation.schema, relation.pg_oid()))
+            }
+            RelationKind::View | RelationKind::Source | RelationKind::Sink => relation.schema.clone(),
+        };
+        RelationTable { relation, schema, constraints, column_defaults: Default::default(), engine: EngineRef(engine) }
     }
 
     /// The table's `DEFAULT` expressions, by column name.
@@ -96,7 +105,7 @@ impl RelationTable {
 #[async_trait]
 impl TableProvider for RelationTable {
     fn schema(&self) -> SchemaRef {
-        self.relation.schema.clone()
+        self.schema.clone()
     }
 
     fn constraints(&self) -> Option<&Constraints> {
@@ -143,7 +152,9 @@ impl TableProvider for RelationTable {
             None => contents.scan_rows(store).map(Some),
         }
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?
-        .unwrap_or_else(|| RecordBatch::new_empty(self.schema()));
+        .unwrap_or_else(|| RecordBatch::new_empty(self.relation.schema.clone()));
+        // The same columns under the schema marked with the relation's oid.
+        let batch = RecordBatch::try_new(self.schema(), batch.columns().to_vec())?;
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?)
     }
 }

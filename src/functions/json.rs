@@ -31,15 +31,35 @@ pub fn json_field(name: &str, nullable: bool) -> Field {
     Field::new(name, DataType::Utf8, nullable).with_metadata(HashMap::from([(EXTENSION_KEY.to_string(), JSON_EXTENSION.to_string())]))
 }
 
+/// A Utf8 field marked as JSON, typed `jsonb` for clients when `jsonb` (field metadata
+/// `pg.type`, which RowDescription and `pg_attribute` read, as for a `JSONB` column).
+pub fn json_field_of(name: &str, nullable: bool, jsonb: bool) -> Field {
+    let field = json_field(name, nullable);
+    if !jsonb {
+        return field;
+    }
+    let mut metadata = field.metadata().clone();
+    metadata.insert(crate::catalog::column_type::PG_TYPE_KEY.to_string(), "jsonb".to_string());
+    field.with_metadata(metadata)
+}
+
+/// Whether `field` is JSON typed `jsonb` (a `JSONB` column, a `::jsonb` cast, a `jsonb_`
+/// function's result).
+pub fn is_jsonb(field: &Field) -> bool {
+    is_json(field) && field.metadata().get(crate::catalog::column_type::PG_TYPE_KEY).is_some_and(|t| t == "jsonb")
+}
+
 pub fn is_json(field: &Field) -> bool {
     field.metadata().get(EXTENSION_KEY).is_some_and(|n| n == JSON_EXTENSION)
 }
 
 /// Register every JSON function with `ctx`.
 pub fn register(ctx: &SessionContext) {
-    ctx.register_udf(ScalarUDF::from(BuildObject::new()));
-    ctx.register_udf(ScalarUDF::from(ToJson::new()));
-    ctx.register_udaf(AggregateUDF::from(JsonAgg::new()));
+    for jsonb in [false, true] {
+        ctx.register_udf(ScalarUDF::from(BuildObject::new(jsonb)));
+        ctx.register_udf(ScalarUDF::from(ToJson::new(jsonb)));
+        ctx.register_udaf(AggregateUDF::from(JsonAgg::new(jsonb)));
+    }
 }
 
 /// Values of `array` (of `field`) as JSON, row by row.
@@ -124,25 +144,27 @@ fn arrays(args: &[ColumnarValue], rows: usize) -> Result<Vec<ArrayRef>> {
     args.iter().map(|a| a.to_array(rows)).collect()
 }
 
-/// `json_build_object(key, value, ...)` and `jsonb_build_object`.
+/// `json_build_object(key, value, ...)`, or `jsonb_build_object` (typed `jsonb`) when `jsonb`.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct BuildObject {
+    jsonb: bool,
     signature: Signature,
     aliases: Vec<String>,
 }
 
 impl BuildObject {
-    fn new() -> BuildObject {
+    fn new(jsonb: bool) -> BuildObject {
         BuildObject {
+            jsonb,
             signature: Signature::variadic_any(Volatility::Immutable),
-            aliases: vec!["jsonb_build_object".into(), "json_object".into()],
+            aliases: if jsonb { vec![] } else { vec!["json_object".into()] },
         }
     }
 }
 
 impl ScalarUDFImpl for BuildObject {
     fn name(&self) -> &str {
-        "json_build_object"
+        if self.jsonb { "jsonb_build_object" } else { "json_build_object" }
     }
     fn aliases(&self) -> &[String] {
         &self.aliases
@@ -155,9 +177,9 @@ impl ScalarUDFImpl for BuildObject {
     }
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         if !args.arg_fields.len().is_multiple_of(2) {
-            return exec_err!("json_build_object takes key/value pairs: an even number of arguments");
+            return exec_err!("{} takes key/value pairs: an even number of arguments", self.name());
         }
-        Ok(Arc::new(json_field(self.name(), false)))
+        Ok(Arc::new(json_field_of(self.name(), false, self.jsonb)))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
@@ -180,25 +202,22 @@ impl ScalarUDFImpl for BuildObject {
     }
 }
 
-/// `to_json(value)` and `to_jsonb`.
+/// `to_json(value)`, or `to_jsonb` (typed `jsonb`) when `jsonb`.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct ToJson {
+    jsonb: bool,
     signature: Signature,
-    aliases: Vec<String>,
 }
 
 impl ToJson {
-    fn new() -> ToJson {
-        ToJson { signature: Signature::any(1, Volatility::Immutable), aliases: vec!["to_jsonb".into()] }
+    fn new(jsonb: bool) -> ToJson {
+        ToJson { jsonb, signature: Signature::any(1, Volatility::Immutable) }
     }
 }
 
 impl ScalarUDFImpl for ToJson {
     fn name(&self) -> &str {
-        "to_json"
-    }
-    fn aliases(&self) -> &[String] {
-        &self.aliases
+        if self.jsonb { "to_jsonb" } else { "to_json" }
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -207,7 +226,7 @@ impl ScalarUDFImpl for ToJson {
         Ok(DataType::Utf8)
     }
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(json_field(self.name(), args.arg_fields.iter().any(|f| f.is_nullable()))))
+        Ok(Arc::new(json_field_of(self.name(), args.arg_fields.iter().any(|f| f.is_nullable()), self.jsonb)))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let columns = arrays(&args.args, args.number_rows)?;
@@ -217,33 +236,30 @@ impl ScalarUDFImpl for ToJson {
     }
 }
 
-/// `json_agg(value [ORDER BY ...])` and `jsonb_agg`: a JSON array of the group's values,
+/// `json_agg(value [ORDER BY ...])` and `jsonb_agg` (typed `jsonb`): a JSON array of the group's values,
 /// NULLs included, in the aggregate's order; NULL for an empty group. DataFusion's
 /// `array_agg` does the collecting and the ordering (so it behaves exactly like
 /// `array_agg(... ORDER BY ...)`); the result is rendered as JSON.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct JsonAgg {
+    jsonb: bool,
     signature: Signature,
-    aliases: Vec<String>,
     array_agg: AggregateUDF,
 }
 
 impl JsonAgg {
-    fn new() -> JsonAgg {
-        JsonAgg::around(datafusion::functions_aggregate::array_agg::array_agg_udaf().as_ref().clone())
+    fn new(jsonb: bool) -> JsonAgg {
+        JsonAgg::around(datafusion::functions_aggregate::array_agg::array_agg_udaf().as_ref().clone(), jsonb)
     }
 
-    fn around(array_agg: AggregateUDF) -> JsonAgg {
-        JsonAgg { signature: Signature::any(1, Volatility::Immutable), aliases: vec!["jsonb_agg".into()], array_agg }
+    fn around(array_agg: AggregateUDF, jsonb: bool) -> JsonAgg {
+        JsonAgg { jsonb, signature: Signature::any(1, Volatility::Immutable), array_agg }
     }
 }
 
 impl AggregateUDFImpl for JsonAgg {
     fn name(&self) -> &str {
-        "json_agg"
-    }
-    fn aliases(&self) -> &[String] {
-        &self.aliases
+        if self.jsonb { "jsonb_agg" } else { "json_agg" }
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -252,14 +268,14 @@ impl AggregateUDFImpl for JsonAgg {
         Ok(DataType::Utf8)
     }
     fn return_field(&self, _: &[FieldRef]) -> Result<FieldRef> {
-        Ok(Arc::new(json_field(self.name(), true)))
+        Ok(Arc::new(json_field_of(self.name(), true, self.jsonb)))
     }
     fn order_sensitivity(&self) -> AggregateOrderSensitivity {
         self.array_agg.inner().order_sensitivity()
     }
     fn with_beneficial_ordering(self: Arc<Self>, beneficial: bool) -> Result<Option<Arc<dyn AggregateUDFImpl>>> {
         let inner = self.array_agg.inner().clone().with_beneficial_ordering(beneficial)?;
-        Ok(inner.map(|i| Arc::new(JsonAgg::around(AggregateUDF::new_from_shared_impl(i))) as _))
+        Ok(inner.map(|i| Arc::new(JsonAgg::around(AggregateUDF::new_from_shared_impl(i), self.jsonb)) as _))
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         self.array_agg.inner().state_fields(args)

@@ -18,7 +18,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{BinaryOperator, DataType as SqlType};
 use serde_json::Value;
 
-use super::json::json_field;
+use super::json::{is_jsonb, json_field_of};
 
 /// What a JSON accessor computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -177,7 +177,7 @@ impl ScalarUDFImpl for ToJsonText {
         Ok(DataType::Utf8)
     }
     fn return_field_from_args(&self, _: ReturnFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(json_field(self.name(), true)))
+        Ok(Arc::new(json_field_of(self.name(), true, self.binary)))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let array = args.args[0].to_array(args.number_rows)?;
@@ -205,7 +205,7 @@ struct JsonTypes {
 impl TypePlanner for JsonTypes {
     fn plan_type_field(&self, sql_type: &SqlType) -> Result<Option<FieldRef>> {
         if matches!(sql_type, SqlType::JSON | SqlType::JSONB) {
-            let mut field = json_field("", true);
+            let mut field = json_field_of("", true, matches!(sql_type, SqlType::JSONB));
             if matches!(sql_type, SqlType::JSONB) {
                 let mut metadata = field.metadata().clone();
                 metadata.insert(JSONB_KEY.to_string(), "true".to_string());
@@ -259,9 +259,10 @@ impl ScalarUDFImpl for JsonAccess {
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
         Ok(self.data_type())
     }
-    fn return_field_from_args(&self, _: ReturnFieldArgs) -> Result<FieldRef> {
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         Ok(Arc::new(match self.access {
-            Access::Get | Access::Path => json_field(self.name(), true),
+            // jsonb -> key is jsonb, json -> key json (text, or anything else, is read as json).
+            Access::Get | Access::Path => json_field_of(self.name(), true, args.arg_fields.first().is_some_and(|f| is_jsonb(f))),
             _ => Field::new(self.name(), self.data_type(), true),
         }))
     }

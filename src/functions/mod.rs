@@ -14,6 +14,7 @@ pub mod pg_typeof;
 pub mod regexp_matches;
 pub mod set_function_refusal;
 pub mod size_limits;
+pub mod uuid;
 pub mod windows;
 
 /// Register every Velocity function with `ctx`.
@@ -32,6 +33,7 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
         tracing::error!("the JSON operators are not available: {e}");
     }
     windows::register(ctx);
+    uuid::register(ctx);
     // Last: these wrap functions registered before them.
     checked_sum::register(ctx);
     size_limits::register(ctx);

@@ -52,7 +52,8 @@ const EMPTY_CATALOGS: &[&str] = &["pg_auth_members", "pg_policy", "attacl"];
 
 /// Server-wide settings `SHOW` answers from `current_setting` (datafusion-postgres answers
 /// `server_version` with its own name and leaves the others empty).
-const SHOWN_SETTINGS: &[&str] = &["server_version", "server_version_num", "client_encoding", "server_encoding", "max_identifier_length"];
+const SHOWN_SETTINGS: &[&str] =
+    &["server_version", "server_version_num", "client_encoding", "server_encoding", "max_identifier_length", "default_table_access_method"];
 
 /// `sql` with every known client query fragment replaced.
 pub fn rewrite(sql: &str) -> Cow<'_, str> {

@@ -22,16 +22,25 @@ fn figure_name(expr: &Expr) -> Option<String> {
         },
         Expr::Nested(inner) => return figure_name(inner),
         // A cast keeps its operand's name (DataFusion names `x::int` `t.x`).
-        Expr::Cast { expr, data_type, .. } => match expr.as_ref() {
+        Expr::Cast { expr, data_type, .. } => match unnested(expr) {
             Expr::Identifier(ident) => folded(ident),
             Expr::CompoundIdentifier(parts) => folded(parts.last()?),
-            Expr::Function(_) | Expr::Cast { .. } | Expr::Case { .. } => return figure_name(expr),
+            inner @ (Expr::Function(_) | Expr::Cast { .. } | Expr::Case { .. }) => return figure_name(inner),
             _ => type_name(data_type)?.to_string(),
         },
         Expr::Case { .. } => "case".to_string(),
         Expr::Subquery(_) | Expr::Exists { .. } | Expr::Array(_) => return None,
         _ => "?column?".to_string(),
     })
+}
+
+/// `expr` without the parentheses around it (Postgres' parse tree keeps none: `(x)::int` is
+/// named `x`).
+fn unnested(mut expr: &Expr) -> &Expr {
+    while let Expr::Nested(inner) = expr {
+        expr = inner;
+    }
+    expr
 }
 
 /// Postgres' internal name of the common types a literal is cast to (`'a'::text` is `text`).
@@ -121,6 +130,11 @@ mod tests {
             "SELECT count(*) AS \"count\", sum(1) AS \"sum\", 1 + 1 AS \"?column?\", 'a'::TEXT AS \"text\", upper('x') AS \"upper\", \
              CASE WHEN true THEN 1 END AS \"case\", (1)::INT AS \"int4\", coalesce(1, 2) AS \"coalesce\", count(*), x, t.y, x::INT, z AS w, \
              t.v::BIGINT AS \"v\" FROM t"
+        );
+        // Postgres 15: x | y | int4
+        assert_eq!(
+            name_columns_in_text("SELECT (x)::int, ((t.y))::text, (1)::int FROM t").expect("renamed"),
+            "SELECT (x)::INT AS \"x\", ((t.y))::TEXT AS \"y\", (1)::INT AS \"int4\" FROM t"
         );
         assert_eq!(name_columns_in_text("SELECT x, y AS z FROM t"), None);
         assert_eq!(name_columns_in_text("INSERT INTO t SELECT count(*) FROM u"), None);

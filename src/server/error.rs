@@ -112,6 +112,7 @@ impl From<CoordinatorError> for PgWireError {
             C::SourceOptions(_) => "22023",
             C::NotNull { .. } => "23502",
             C::StringTooLong { .. } => "22001",
+            C::InvalidText { .. } => "22P02",
             C::ReadOnlyTable { .. } => "25006",
             C::Unsupported(_) => "0A000",
             C::InsufficientPrivilege { .. } | C::NotOwner { .. } | C::PermissionDenied(_) => "42501",
@@ -198,7 +199,7 @@ pub fn datafusion_code(e: &DataFusionError) -> &'static str {
                 "21000"
             } else if m.contains("cannot get array length of") {
                 "22023"
-            } else if m.contains("invalid input syntax for type json") {
+            } else if m.contains("invalid input syntax for type json") || m.contains("invalid input syntax for type uuid") {
                 "22P02"
             } else if m.contains("divide by zero") || m.contains("division by zero") {
                 "22012"

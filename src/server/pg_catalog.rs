@@ -14,7 +14,7 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::{TableProvider, ViewTable, provider_as_source};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
+    ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf, lit, when,
 };
 use datafusion::prelude::{SessionContext, col};
 use datafusion::sql::sqlparser::ast::Statement;
@@ -24,6 +24,7 @@ use super::system::{Fill, SystemTable};
 
 mod attributes;
 mod keys;
+mod relation_oids;
 mod server_state;
 use crate::catalog::RelationKind;
 use crate::engine::Engine;
@@ -200,6 +201,7 @@ pub fn register(ctx: &SessionContext, engine: &Engine) -> datafusion::error::Res
             keys: keys::keys_table(engine),
             key_columns: keys::key_columns_table(engine),
             attribute_udfs: attributes::udfs(engine),
+            reloid_udf: relation_oids::RelationOid::udf(engine),
         }),
     )?;
     Ok(())
@@ -380,8 +382,11 @@ struct VelocityPgCatalog {
     roles: RoleSource,
     keys: Arc<SystemTable>,
     key_columns: Arc<SystemTable>,
-    /// `velocity_atttypid`, `velocity_atttypmod`: declared types in `pg_attribute`.
-    attribute_udfs: (Arc<ScalarUDF>, Arc<ScalarUDF>),
+    /// `velocity_atttypid`, `velocity_atttypmod`, `velocity_attnotnull`: declared types and
+    /// nullability in `pg_attribute`.
+    attribute_udfs: (Arc<ScalarUDF>, Arc<ScalarUDF>, Arc<ScalarUDF>),
+    /// `velocity_reloid`: Velocity's own `pg_class.oid` for its relations.
+    reloid_udf: Arc<ScalarUDF>,
 }
 
 #[async_trait]
@@ -393,8 +398,14 @@ impl SchemaProvider for VelocityPgCatalog {
                 let Some(pg_namespace) = self.inner.table("pg_namespace").await? else { return Ok(None) };
                 let mut fields: Vec<Field> = pg_class.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
                 fields.extend(pg_class_added_columns());
-                let indexes = keys::index_class_rows(&Schema::new(fields), &self.keys, pg_namespace)?;
-                Ok(Some(pg_class_with_matviews(pg_class, &self.relkind_udf, &self.relhasindex_udf, &self.relacl_udf, indexes)?))
+                let indexes = keys::index_class_rows(&Schema::new(fields), &self.keys, pg_namespace.clone())?;
+                let udfs = ClassUdfs {
+                    relkind: &self.relkind_udf,
+                    relhasindex: &self.relhasindex_udf,
+                    relacl: &self.relacl_udf,
+                    reloid: &self.reloid_udf,
+                };
+                Ok(Some(pg_class_with_matviews(pg_class, pg_namespace, &udfs, indexes)?))
             }
             "pg_attribute" => {
                 let (Some(inner), Some(pg_class), Some(pg_namespace)) =
@@ -405,18 +416,16 @@ impl SchemaProvider for VelocityPgCatalog {
                 let schema = inner.schema();
                 let indexes =
                     keys::index_attribute_rows(&schema, &self.key_columns, pg_namespace.clone(), pg_class.clone(), inner.clone())?;
-                let plan = attributes::declared(&self.attribute_udfs, inner, pg_class, pg_namespace)?.union(indexes)?.build()?;
+                let plan =
+                    attributes::declared(&self.attribute_udfs, &self.reloid_udf, inner, pg_class, pg_namespace)?.union(indexes)?.build()?;
                 Ok(Some(Arc::new(ViewTable::new(plan, None))))
             }
             "pg_index" | "pg_constraint" => {
-                let (Some(pg_class), Some(pg_namespace)) = (self.inner.table("pg_class").await?, self.inner.table("pg_namespace").await?)
-                else {
-                    return Ok(None);
-                };
+                let Some(pg_namespace) = self.inner.table("pg_namespace").await? else { return Ok(None) };
                 Ok(Some(if name == "pg_index" {
-                    keys::pg_index(&self.keys, pg_namespace, pg_class, &keys::pg_index_schema())?
+                    keys::pg_index(&self.keys, pg_namespace, &keys::pg_index_schema())?
                 } else {
-                    keys::pg_constraint(&self.keys, pg_namespace, pg_class)?
+                    keys::pg_constraint(&self.keys, pg_namespace)?
                 }))
             }
             "pg_matviews" => Ok(Some(self.matviews.clone())),
@@ -449,38 +458,70 @@ impl SchemaProvider for VelocityPgCatalog {
     }
 }
 
-/// `pg_class` with `relkind` passed through `velocity_relkind` and `relhasindex` through
-/// `velocity_relhasindex`, plus the rows of the primary-key indexes, as a view over the
-/// original.
+/// A scan of a catalog table inside one of the views below, named `pg_catalog.{alias}` (columns
+/// refer to it as `{alias}.column`). The schema keeps it from being taken for a user's
+/// relation of the same name: the dataflow planner resolves unqualified scans by name, so a
+/// bare `pg_class` or `a` here would read the user's `public.pg_class` or `public.a` when a
+/// materialized view reads this view.
+pub(super) fn catalog_scan(alias: &str, provider: Arc<dyn TableProvider>) -> Result<LogicalPlanBuilder> {
+    LogicalPlanBuilder::scan(datafusion::common::TableReference::partial("pg_catalog", alias), provider_as_source(provider), None)
+}
+
+/// `pg_am.oid` of `heap`.
+const HEAP_AM_OID: i32 = 2;
+
+/// The functions that rewrite `pg_class` columns.
+struct ClassUdfs<'a> {
+    relkind: &'a Arc<ScalarUDF>,
+    relhasindex: &'a Arc<ScalarUDF>,
+    relacl: &'a Arc<ScalarUDF>,
+    reloid: &'a Arc<ScalarUDF>,
+}
+
+/// `pg_class` with `oid` passed through `velocity_reloid`, `relkind` through
+/// `velocity_relkind` and `relhasindex` through `velocity_relhasindex`, plus the rows of the
+/// primary-key indexes, as a view over the original (left-joined to `pg_namespace` for the
+/// schema name).
 fn pg_class_with_matviews(
     pg_class: Arc<dyn TableProvider>,
-    relkind_udf: &Arc<ScalarUDF>,
-    relhasindex_udf: &Arc<ScalarUDF>,
-    relacl_udf: &Arc<ScalarUDF>,
+    pg_namespace: Arc<dyn TableProvider>,
+    udfs: &ClassUdfs,
     indexes: datafusion::logical_expr::LogicalPlan,
 ) -> Result<Arc<dyn TableProvider>> {
     let schema = pg_class.schema();
+    let own = |name: &str| col(format!("pg_class.{name}"));
     let columns: Vec<Expr> = schema
         .fields()
         .iter()
         .map(|f| {
-            if f.name() == "relkind" {
-                relkind_udf.call(vec![col("relname"), col("relkind")]).alias("relkind")
-            } else if f.name() == "relhasindex" {
-                relhasindex_udf.call(vec![col("relname")]).alias("relhasindex")
-            } else {
-                col(f.name().as_str())
-            }
+            Ok(match f.name().as_str() {
+                "oid" => udfs.reloid.call(vec![col("velocity_n.nspname"), own("relname"), own("oid")]).alias("oid"),
+                "relkind" => udfs.relkind.call(vec![own("relname"), own("relkind")]).alias("relkind"),
+                "relhasindex" => udfs.relhasindex.call(vec![own("relname")]).alias("relhasindex"),
+                // Tables and materialized views are stored in rows: heap's access method, as psql's
+                // `\dt+`, `\dm+` and `\d+` show it.
+                "relam" => {
+                    let relkind = udfs.relkind.call(vec![own("relname"), own("relkind")]);
+                    let heap = when(relkind.in_list(vec![lit("r"), lit("m")], false), lit(HEAP_AM_OID)).otherwise(lit(0))?;
+                    datafusion::logical_expr::cast(heap, f.data_type().clone()).alias("relam")
+                }
+                name => own(name).alias(name),
+            })
         })
         .chain(pg_class_added_columns().into_iter().map(|f| {
             if f.name() == "relacl" {
-                return relacl_udf.call(vec![col("relname")]).alias("relacl");
+                return Ok(udfs.relacl.call(vec![own("relname")]).alias("relacl"));
             }
             let null = ScalarValue::try_from(f.data_type()).unwrap_or(ScalarValue::Null);
-            datafusion::logical_expr::lit(null).alias(f.name())
+            Ok(lit(null).alias(f.name()))
         }))
-        .collect();
-    let plan = LogicalPlanBuilder::scan("pg_class", provider_as_source(pg_class), None)?.project(columns)?.union(indexes)?.build()?;
+        .collect::<Result<_>>()?;
+    let namespaces = catalog_scan("velocity_n", pg_namespace)?.build()?;
+    let plan = catalog_scan("pg_class", pg_class)?
+        .join_on(namespaces, datafusion::logical_expr::JoinType::Left, vec![own("relnamespace").eq(col("velocity_n.oid"))])?
+        .project(columns)?
+        .union(indexes)?
+        .build()?;
     Ok(Arc::new(ViewTable::new(plan, None)))
 }
 
@@ -563,6 +604,7 @@ const SETTINGS: &[&str] = &[
     "max_index_keys",
     "transaction_isolation",
     "default_transaction_isolation",
+    "default_table_access_method",
 ];
 
 /// `pg_settings` with one row per entry of `SETTINGS` (pgjdbc reads `max_index_keys` there
@@ -642,6 +684,8 @@ fn setting(name: &str) -> Option<String> {
         "max_identifier_length" => "63".to_string(),
         "max_index_keys" => "32".to_string(),
         "transaction_isolation" | "default_transaction_isolation" => "read committed".to_string(),
+        // SQLAlchemy names a table's access method unless it is this one.
+        "default_table_access_method" => "heap".to_string(),
         _ => return None,
     })
 }

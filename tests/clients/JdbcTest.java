@@ -83,6 +83,28 @@ public class JdbcTest {
                 check(rsmd.getScale(1) == 2 && rsmd.getPrecision(1) == 10, "numeric(10,2) scale/precision: " + rsmd.getScale(1) + "/" + rsmd.getPrecision(1));
             }
 
+            // RowDescription carries the table oid and column number of a column read straight
+            // from a table or materialized view; pgjdbc resolves them through pg_class and
+            // pg_attribute. An expression column has none (""), as with Postgres.
+            try (Statement st = conn.createStatement(); ResultSet rs = st.executeQuery("SELECT id, dest, id + 1 AS next FROM parcels")) {
+                ResultSetMetaData rsmd = rs.getMetaData();
+                org.postgresql.PGResultSetMetaData pg = rsmd.unwrap(org.postgresql.PGResultSetMetaData.class);
+                String seen = rsmd.getTableName(1) + "." + pg.getBaseColumnName(1) + ", " + rsmd.getTableName(2) + "." + pg.getBaseColumnName(2)
+                    + ", '" + rsmd.getTableName(3) + "', schema " + pg.getBaseSchemaName(2);
+                System.out.println("table names: " + seen);
+                check(seen.equals("parcels.id, parcels.dest, '', schema public"), "getTableName/getBaseColumnName: " + seen);
+                check(rsmd.isNullable(1) == ResultSetMetaData.columnNoNulls && rsmd.isNullable(2) == ResultSetMetaData.columnNullable,
+                    "isNullable from pg_attribute: " + rsmd.isNullable(1) + "/" + rsmd.isNullable(2));
+            }
+            try (PreparedStatement ps = conn.prepareStatement("SELECT n, dest FROM per_dest WHERE dest = ?")) {
+                ps.setString(1, "Lyon");
+                try (ResultSet rs = ps.executeQuery()) {
+                    ResultSetMetaData rsmd = rs.getMetaData();
+                    String seen = rsmd.getTableName(1) + "." + rsmd.unwrap(org.postgresql.PGResultSetMetaData.class).getBaseColumnName(1);
+                    check(seen.equals("per_dest.n"), "getTableName of a materialized view column: " + seen);
+                }
+            }
+
             // DatabaseMetaData as IDEs and BI tools call it.
             List<String> tables = new ArrayList<>();
             try (ResultSet rs = md.getTables(null, "public", "%", new String[] {"TABLE"})) {

@@ -88,10 +88,54 @@ with psycopg.connect(DSN, autocommit=True) as conn:
             check([d.type_code for d in cur.description] == [3802, 114], f"jsonb, json columns ({binary=}): {cur.description}")
             row = cur.fetchone()
             check(row == ({"a": [1, 2], "b": None}, {"c": "x"}), f"JSON values ({binary=}): {row}")
+            # jsonb where Postgres 15 says jsonb (OID 3802 in RowDescription), json where it says json.
+            cur.execute(
+                "SELECT body -> 'a', raw -> 'c', body #> '{a}', '{\"x\": 1}'::jsonb, CAST('[1]' AS JSONB), '{\"y\": 2}'::json,"
+                " raw::jsonb, body::json, jsonb_build_object('k', id), json_build_object('k', id), to_jsonb(id), to_json(id)"
+                " FROM docs WHERE id = %s",
+                (int(binary),),
+            )
+            oids = [d.type_code for d in cur.description]
+            check(oids == [3802, 114, 3802, 3802, 3802, 114, 3802, 114, 3802, 114, 3802, 114], f"json/jsonb result types ({binary=}): {oids}")
+            row = cur.fetchone()
+            expected = ([1, 2], "x", [1, 2], {"x": 1}, [1], {"y": 2}, {"c": "x"}, {"a": [1, 2], "b": None}, {"k": int(binary)},
+                        {"k": int(binary)}, int(binary), int(binary))
+            check(row == expected, f"json/jsonb results decoded ({binary=}): {row}")
+            cur.execute("SELECT jsonb_agg(id ORDER BY id), json_agg(id ORDER BY id) FROM docs")
+            oids = [d.type_code for d in cur.description]
+            check(oids == [3802, 114], f"jsonb_agg, json_agg types ({binary=}): {oids}")
+    # A materialized view keeps them: on the wire and in pg_attribute.
+    conn.execute("CREATE MATERIALIZED VIEW doc_parts AS SELECT id, body -> 'a' AS a, raw -> 'c' AS c, jsonb_build_object('id', id) AS o FROM docs")
+    for binary in (False, True):
+        with conn.cursor(binary=binary) as cur:
+            cur.execute("SELECT a, c, o FROM doc_parts ORDER BY id")
+            oids = [d.type_code for d in cur.description]
+            check(oids == [3802, 114, 3802], f"matview json/jsonb columns ({binary=}): {oids}")
+            rows = cur.fetchall()
+            check(rows == [([1, 2], "x", {"id": 0}), ([1, 2], "x", {"id": 1})], f"matview json/jsonb values ({binary=}): {rows}")
+    types = [(n, int(t)) for n, t in conn.execute(
+        "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = 'doc_parts'::regclass AND attnum > 0 ORDER BY attnum").fetchall()]
+    check(types == [("id", 23), ("a", 3802), ("c", 114), ("o", 3802)], f"matview pg_attribute types: {types}")
     types = [(n, int(t), m) for n, t, m in conn.execute(
         "SELECT attname, atttypid, atttypmod FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum > 0 ORDER BY attnum"
     ).fetchall()]
     check(types == [("id", 23, -1), ("body", 3802, -1), ("raw", 114, -1), ("label", 1043, 12)], f"pg_attribute types: {types}")
+    # Catalog oid columns are oid (26) on the wire, as in Postgres: psycopg reads numbers.
+    for binary in (False, True):
+        with conn.cursor(binary=binary) as cur:
+            cur.execute("SELECT attrelid, atttypid FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attnum = 1")
+            oids = [d.type_code for d in cur.description]
+            row = cur.fetchone()
+            check(oids == [26, 26] and isinstance(row[0], int) and row[1] == 23, f"attrelid, atttypid as oid ({binary=}): {oids} {row}")
+            cur.execute("SELECT relnamespace, reltype FROM pg_class WHERE relname = 'docs'")
+            oids = [d.type_code for d in cur.description]
+            check(oids == [26, 26] and all(isinstance(v, int) for v in cur.fetchone()), f"relnamespace, reltype as oid ({binary=}): {oids}")
+            cur.execute("SELECT indrelid, indexrelid FROM pg_index WHERE indrelid = 'docs'::regclass")
+            oids = [d.type_code for d in cur.description]
+            check(oids == [26, 26] and all(isinstance(v, int) for v in cur.fetchone()), f"pg_index oids ({binary=}): {oids}")
+            cur.execute("SELECT oid, conrelid, connamespace, conindid FROM pg_constraint WHERE conrelid = 'docs'::regclass")
+            oids = [d.type_code for d in cur.description]
+            check(oids == [26] * 4 and all(isinstance(v, int) for v in cur.fetchone()), f"pg_constraint oids ({binary=}): {oids}")
     # VARCHAR(n) holds n characters (not bytes), as Postgres.
     conn.execute("INSERT INTO docs (id, label) VALUES (2, %s)", ("éééééééé",))
     try:
@@ -122,6 +166,54 @@ with psycopg.connect(DSN, autocommit=True) as conn:
         check(False, "odd hex digits are refused")
     except psycopg.errors.InvalidTextRepresentation:
         pass
+
+# uuid: a column type, casts, uuid.UUID parameters in text and binary format, 22P02 for a
+# malformed one. Values print in Postgres' form whatever form they were written in.
+import uuid
+with psycopg.connect(DSN, autocommit=True) as conn:
+    conn.execute("CREATE TABLE tokens (id UUID PRIMARY KEY, owner TEXT)")
+    conn.execute("INSERT INTO tokens VALUES ('A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', 'text'), ('{b0eebc999c0b4ef8bb6d6bb9bd380a12}', 'braces')")
+    first = uuid.UUID("c0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13")
+    second = uuid.UUID("00000000-0000-0000-0000-0000000000ff")
+    conn.execute("INSERT INTO tokens VALUES (%s, %s)", (first, "param text"))
+    with conn.cursor(binary=True) as cur:
+        cur.execute("INSERT INTO tokens VALUES (%b, %b)", (second, "param binary"))
+        cur.execute("SELECT id, owner FROM tokens WHERE id = %b", (first,))
+        check(cur.description[0].type_code == 2950, f"uuid column on the wire (binary): {cur.description}")
+        check(cur.fetchall() == [(first, "param text")], "binary uuid parameter and result")
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, owner FROM tokens ORDER BY id")
+        check(cur.description[0].type_code == 2950, f"uuid column on the wire: {cur.description}")
+        text = [cur.pgresult.get_value(i, 0).decode() for i in range(4)]
+        check(text == ["00000000-0000-0000-0000-0000000000ff", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                       "b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12", "c0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13"], f"uuid text, in order: {text}")
+        check(cur.fetchall()[1][0] == uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), "uuid values")
+    row = conn.execute("SELECT 'B0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A12'::uuid, owner FROM tokens WHERE id = '{b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12}'::uuid").fetchone()
+    check(row == (uuid.UUID("b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12"), "braces"), f"uuid casts: {row}")
+    # atttypid comes as regtype text, as in the check of `docs` above.
+    types = [(n, int(t)) for n, t in conn.execute(
+        "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = 'tokens'::regclass AND attnum > 0 ORDER BY attnum").fetchall()]
+    check(types == [("id", 2950), ("owner", 25)], f"pg_attribute uuid: {types}")
+    typname = conn.execute("SELECT t.typname FROM pg_attribute a JOIN pg_type t ON a.atttypid = t.oid WHERE a.attrelid = 'tokens'::regclass AND a.attname = 'id'").fetchall()
+    check(typname == [("uuid",)], f"pg_type of the uuid column: {typname}")
+    for bad in ("INSERT INTO tokens VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1', 'short')", "SELECT 'xyz'::uuid"):
+        try:
+            conn.execute(bad)
+            check(False, f"malformed uuid accepted: {bad}")
+        except psycopg.errors.InvalidTextRepresentation as e:
+            check("invalid input syntax for type uuid" in str(e), f"22P02 message: {e}")
+    check(conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 4, "the malformed row was not stored")
+
+# Invalid UTF-8 in a query's text (sent as bytes) is refused with 22021, as in Postgres,
+# not stored as U+FFFD. Velocity closes the session after it (Postgres keeps it).
+with psycopg.connect(DSN, autocommit=True) as conn:
+    try:
+        conn.execute(b"INSERT INTO tokens VALUES ('d0eebc99-9c0b-4ef8-bb6d-6bb9bd380a14', 'a\xc3\x28b')")
+        check(False, "invalid UTF-8 is refused")
+    except psycopg.errors.CharacterNotInRepertoire as e:
+        check('invalid byte sequence for encoding "UTF8": 0xc3 0x28' in str(e), f"22021 message: {e}")
+with psycopg.connect(DSN, autocommit=True) as conn:
+    check(conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 4, "the invalid row was not stored")
 
 # Encodings: UTF8 only. Another client_encoding is refused (0A000), at startup or by SET,
 # rather than ignored (text in LATIN1 would be stored as garbage).

@@ -66,6 +66,11 @@ revenue_columns = columns("revenue")
 print("revenue columns:", revenue_columns)
 check([(n, t) for n, t, _, _ in revenue_columns] == [("customer", "TEXT"), ("total", "NUMERIC"), ("orders", "BIGINT")],
       f"get_columns(revenue): {revenue_columns}")
+# As on Postgres, a materialized view's columns are nullable and tables use the default access
+# method (heap), so SQLAlchemy reflects no postgresql_using.
+check(all(nullable for _, _, nullable, _ in revenue_columns), f"materialized view columns are nullable: {revenue_columns}")
+check(insp.get_table_options("orders") == {} and insp.get_table_options("revenue") == {},
+      f"get_table_options: {insp.get_table_options('orders')} {insp.get_table_options('revenue')}")
 
 # Keys and indexes, through pg_constraint/pg_index (as ORMs and Superset reflect them).
 pk = insp.get_pk_constraint("orders")

@@ -4,17 +4,17 @@
 //! `pg_get_constraintdef` to print them. SQLAlchemy's `get_pk_constraint`, pgjdbc's
 //! `getPrimaryKeys` / `getIndexInfo` and psql's `\d` read these.
 //!
-//! A table's oid is assigned by datafusion-pg-catalog when `pg_class` is first scanned, so
-//! the rows are views that join Velocity's keys to `pg_class` and `pg_namespace` by name.
-//! The index and the constraint are Velocity's own objects: their oids are fixed offsets
-//! plus the relation id, so the functions can resolve them without a catalog scan.
+//! The rows are views that join Velocity's keys to `pg_namespace` by name. The table, its
+//! index and its constraint are Velocity's own objects: their oids are fixed offsets plus
+//! the relation id (`catalog::relation_oid` for the table), so the functions can resolve
+//! them without a catalog scan.
 
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int16Builder, Int32Array, Int32Builder, ListBuilder, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::{TableProvider, ViewTable, provider_as_source};
+use datafusion::datasource::{TableProvider, ViewTable};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, JoinType, LogicalPlan, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility, cast, lit,
@@ -53,6 +53,7 @@ pub fn keys_table(engine: &Engine) -> Arc<SystemTable> {
     let schema: SchemaRef = Arc::new(Schema::new(vec![
         Field::new("nspname", DataType::Utf8, false),
         Field::new("relname", DataType::Utf8, false),
+        Field::new("relation_oid", DataType::Int32, false),
         Field::new("index_oid", DataType::Int32, false),
         Field::new("constraint_oid", DataType::Int32, false),
         Field::new("key_name", DataType::Utf8, false),
@@ -75,6 +76,7 @@ pub fn keys_table(engine: &Engine) -> Arc<SystemTable> {
         Ok(vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "public"))) as ArrayRef,
             Arc::new(StringArray::from_iter_values(rows.iter().map(|(r, _)| r.name.clone()))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|(r, _)| r.pg_oid() as i32))),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|(r, _)| (INDEX_OID_BASE + r.id as i64) as i32))),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|(r, _)| (CONSTRAINT_OID_BASE + r.id as i64) as i32))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|(r, _)| key_name(&r.name)))),
@@ -122,7 +124,7 @@ pub fn index_attribute_rows(
     pg_attribute: Arc<dyn TableProvider>,
 ) -> Result<LogicalPlan> {
     let plan = keys_with_oids(key_columns, pg_namespace, Some(pg_class))?;
-    let attributes = LogicalPlanBuilder::scan("a", provider_as_source(pg_attribute), None)?.build()?;
+    let attributes = super::catalog_scan("a", pg_attribute)?.build()?;
     let plan = plan.join_on(attributes, JoinType::Inner, vec![col("a.attrelid").eq(col("c.oid")), col("a.attnum").eq(col("k.attnum"))])?;
     project_as(plan, schema, |name| {
         Some(match name {
@@ -140,11 +142,11 @@ fn keys_with_oids(
     pg_namespace: Arc<dyn TableProvider>,
     pg_class: Option<Arc<dyn TableProvider>>,
 ) -> Result<LogicalPlanBuilder> {
-    let keys = LogicalPlanBuilder::scan("k", provider_as_source(keys.clone()), None)?;
-    let namespaces = LogicalPlanBuilder::scan("n", provider_as_source(pg_namespace), None)?.build()?;
+    let keys = super::catalog_scan("k", keys.clone())?;
+    let namespaces = super::catalog_scan("n", pg_namespace)?.build()?;
     let mut plan = keys.join_on(namespaces, JoinType::Inner, vec![col("k.nspname").eq(col("n.nspname"))])?;
     if let Some(pg_class) = pg_class {
-        let tables = LogicalPlanBuilder::scan("c", provider_as_source(pg_class), None)?.build()?;
+        let tables = super::catalog_scan("c", pg_class)?.build()?;
         plan = plan.join_on(
             tables,
             JoinType::Inner,
@@ -162,7 +164,9 @@ fn project_as(input: LogicalPlanBuilder, schema: &Schema, value: impl Fn(&str) -
         .iter()
         .map(|f| {
             let expr = value(f.name()).unwrap_or_else(|| default_value(f));
-            Ok(cast(expr, f.data_type().clone()).alias(f.name()))
+            // The column's metadata too (`pg.oid_alias`: its wire type), whatever the value's.
+            let metadata = (!f.metadata().is_empty()).then(|| datafusion::common::metadata::FieldMetadata::from(f.metadata()));
+            Ok(cast(expr, f.data_type().clone()).alias_with_metadata(f.name(), metadata))
         })
         .collect::<Result<Vec<_>>>()?;
     input.project(columns)?.build()
@@ -199,16 +203,11 @@ pub fn index_class_rows(schema: &Schema, keys: &Arc<SystemTable>, pg_namespace: 
 }
 
 /// `pg_index`: one row per primary key.
-pub fn pg_index(
-    keys: &Arc<SystemTable>,
-    pg_namespace: Arc<dyn TableProvider>,
-    pg_class: Arc<dyn TableProvider>,
-    schema: &Schema,
-) -> Result<Arc<dyn TableProvider>> {
-    let plan = project_as(keys_with_oids(keys, pg_namespace, Some(pg_class))?, schema, |name| {
+pub fn pg_index(keys: &Arc<SystemTable>, pg_namespace: Arc<dyn TableProvider>, schema: &Schema) -> Result<Arc<dyn TableProvider>> {
+    let plan = project_as(keys_with_oids(keys, pg_namespace, None)?, schema, |name| {
         Some(match name {
             "indexrelid" => col("k.index_oid"),
-            "indrelid" => col("c.oid"),
+            "indrelid" => col("k.relation_oid"),
             "indnatts" | "indnkeyatts" => col("k.nkeys"),
             "indisunique" | "indisprimary" | "indimmediate" | "indisvalid" | "indisready" | "indislive" => lit(true),
             "indkey" => col("k.key"),
@@ -224,7 +223,7 @@ pub fn pg_index(
 /// (SQLAlchemy unnests `indkey`, psql and pgjdbc subscript it).
 pub fn pg_index_schema() -> Schema {
     let list = |item: DataType| DataType::List(Arc::new(Field::new("item", item, true)));
-    let mut fields = vec![Field::new("indexrelid", DataType::Int32, false), Field::new("indrelid", DataType::Int32, false)];
+    let mut fields = vec![oid_column("indexrelid"), oid_column("indrelid")];
     fields.extend(["indnatts", "indnkeyatts"].map(|n| Field::new(n, DataType::Int16, false)));
     fields.extend(
         [
@@ -251,26 +250,32 @@ pub fn pg_index_schema() -> Schema {
     Schema::new(fields)
 }
 
+/// An `oid` column (Int32, `oid` on the wire as in Postgres).
+fn oid_column(name: &str) -> Field {
+    use datafusion_postgres::datafusion_pg_catalog::pg_catalog::oid_field;
+    oid_field::oid_field(name, oid_field::kind::OID, false)
+}
+
 /// The schema Velocity gives `pg_constraint`: Postgres's columns, with the key columns as
 /// arrays (SQLAlchemy and JDBC tools unnest and subscript `conkey`).
 pub fn pg_constraint_schema() -> Schema {
     let list = |item: DataType| DataType::List(Arc::new(Field::new("item", item, true)));
-    let int = |n: &str| Field::new(n, DataType::Int32, false);
     let boolean = |n: &str| Field::new(n, DataType::Boolean, false);
     let text = |n: &str| Field::new(n, DataType::Utf8, false);
+    let oid = oid_column;
     Schema::new(vec![
-        int("oid"),
+        oid("oid"),
         text("conname"),
-        int("connamespace"),
+        oid("connamespace"),
         text("contype"),
         boolean("condeferrable"),
         boolean("condeferred"),
         boolean("convalidated"),
-        int("conrelid"),
-        int("contypid"),
-        int("conindid"),
-        int("conparentid"),
-        int("confrelid"),
+        oid("conrelid"),
+        oid("contypid"),
+        oid("conindid"),
+        oid("conparentid"),
+        oid("confrelid"),
         text("confupdtype"),
         text("confdeltype"),
         text("confmatchtype"),
@@ -289,19 +294,15 @@ pub fn pg_constraint_schema() -> Schema {
 }
 
 /// `pg_constraint`: one `contype = 'p'` row per primary key.
-pub fn pg_constraint(
-    keys: &Arc<SystemTable>,
-    pg_namespace: Arc<dyn TableProvider>,
-    pg_class: Arc<dyn TableProvider>,
-) -> Result<Arc<dyn TableProvider>> {
-    let plan = project_as(keys_with_oids(keys, pg_namespace, Some(pg_class))?, &pg_constraint_schema(), |name| {
+pub fn pg_constraint(keys: &Arc<SystemTable>, pg_namespace: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
+    let plan = project_as(keys_with_oids(keys, pg_namespace, None)?, &pg_constraint_schema(), |name| {
         Some(match name {
             "oid" => col("k.constraint_oid"),
             "conname" => col("k.key_name"),
             "connamespace" => col("n.oid"),
             "contype" => lit("p"),
             "convalidated" | "conislocal" | "connoinherit" => lit(true),
-            "conrelid" => col("c.oid"),
+            "conrelid" => col("k.relation_oid"),
             "conindid" => col("k.index_oid"),
             "confupdtype" | "confdeltype" | "confmatchtype" => lit(" "),
             "conkey" => col("k.key"),

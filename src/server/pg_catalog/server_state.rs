@@ -9,9 +9,9 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, IntervalMonthDayNanoArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, IntervalMonthDayNano, IntervalUnit, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::{MemTable, TableProvider, ViewTable, provider_as_source};
+use datafusion::datasource::{MemTable, TableProvider, ViewTable};
 use datafusion::error::Result;
-use datafusion::logical_expr::{ColumnarValue, Expr, LogicalPlanBuilder, Volatility, cast, create_udf, lit};
+use datafusion::logical_expr::{ColumnarValue, Expr, Volatility, cast, create_udf, lit};
 use datafusion::prelude::{SessionContext, col};
 
 use crate::engine::Engine;
@@ -120,6 +120,6 @@ pub fn with_xmin_and_acl(name: &str, inner: Arc<dyn TableProvider>) -> Result<Ar
         })
         .collect();
     columns.push(lit(1i64).alias("xmin"));
-    let plan = LogicalPlanBuilder::scan(name, provider_as_source(inner), None)?.project(columns)?.build()?;
+    let plan = super::catalog_scan(name, inner)?.project(columns)?.build()?;
     Ok(Arc::new(ViewTable::new(plan, None)))
 }

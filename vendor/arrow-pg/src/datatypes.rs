@@ -20,6 +20,36 @@ use crate::row_encoder::RowEncoder;
 #[cfg(feature = "datafusion")]
 pub mod df;
 
+/// Velocity: the 16 bytes of a uuid in any text form Postgres reads (32 hex digits, any
+/// case, optionally in braces, a hyphen allowed after any group of four digits).
+pub fn uuid_bytes(text: &str) -> Option<Vec<u8>> {
+    let inner = match text.strip_prefix('{') {
+        Some(rest) => rest.strip_suffix('}')?,
+        None => text,
+    };
+    let mut digits = Vec::with_capacity(32);
+    let mut after_hyphen = false;
+    for c in inner.chars() {
+        if c == '-' {
+            if digits.is_empty() || digits.len() % 4 != 0 || after_hyphen || digits.len() == 32 {
+                return None;
+            }
+            after_hyphen = true;
+        } else {
+            digits.push(c.to_digit(16)? as u8);
+            after_hyphen = false;
+            if digits.len() > 32 {
+                return None;
+            }
+        }
+    }
+    if digits.len() != 32 || after_hyphen {
+        return None;
+    }
+    Some(digits.chunks(2).map(|p| (p[0] << 4) | p[1]).collect())
+}
+
+
 pub fn into_pg_type(arrow_type: &DataType) -> PgWireResult<Type> {
     let datatype = match arrow_type {
         DataType::Null => Type::UNKNOWN,
@@ -266,6 +296,13 @@ pub fn field_into_pg_type(field: &Arc<Field>) -> PgWireResult<Type> {
     // of truth; unknown/missing metadata falls through to the physical-type
     // mapping below.
     if let Some(alias_type) = pg_alias_type(field) {
+        // Velocity: the catalog columns marked `regclass`, `regtype` or `regnamespace`
+        // (`pg_attribute.attrelid`/`atttypid`, `pg_class.relnamespace`/`reltype`, ...) are
+        // `oid` in Postgres, and their text here is the number, never the name a reg* type
+        // prints: they are `oid` (26) on the wire, so clients decode them as numbers.
+        if matches!(alias_type, Type::REGCLASS | Type::REGTYPE | Type::REGNAMESPACE) {
+            return Ok(Type::OID);
+        }
         return Ok(alias_type);
     }
 
@@ -319,6 +356,8 @@ pub fn field_into_pg_type(field: &Arc<Field>) -> PgWireResult<Type> {
         Some("arrow.json") if pg_type_name(field) == Some("jsonb") => Ok(Type::JSONB),
         Some("arrow.json") => Ok(Type::JSON),
         _ if matches!(arrow_type, DataType::Utf8) && pg_type_name(field) == Some("varchar") => Ok(Type::VARCHAR),
+        // Velocity: a uuid is text in its canonical form, marked `uuid`.
+        _ if matches!(arrow_type, DataType::Utf8) && pg_type_name(field) == Some("uuid") => Ok(Type::UUID),
         _ => into_pg_type(arrow_type),
     }
 }
@@ -394,11 +433,11 @@ mod tests {
         );
         assert_eq!(
             field_into_pg_type(&oid_alias_field("regclass")).unwrap(),
-            Type::REGCLASS
+            Type::OID
         );
         assert_eq!(
             field_into_pg_type(&oid_alias_field("regtype")).unwrap(),
-            Type::REGTYPE
+            Type::OID
         );
 
         // The remaining recognized oid-alias kinds:
@@ -412,7 +451,7 @@ mod tests {
         );
         assert_eq!(
             field_into_pg_type(&oid_alias_field("regnamespace")).unwrap(),
-            Type::REGNAMESPACE
+            Type::OID
         );
         assert_eq!(
             field_into_pg_type(&oid_alias_field("regrole")).unwrap(),

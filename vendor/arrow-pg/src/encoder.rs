@@ -498,12 +498,11 @@ pub fn encode_value<T: Encoder>(
     // Postgres `oid` columns are `u32` on the wire but stored as Arrow Int32.
     // Over the binary protocol the value must be sent as `u32` (the `i32` ToSql
     // impl does not accept the OID type); text keeps the existing Int32 path.
+    // Velocity: by the wire type, which is also `oid` for the regclass/regtype/regnamespace
+    // columns (`field_into_pg_type`).
     if pg_field.format() == FieldFormat::Binary
         && matches!(arrow_type, DataType::Int32)
-        && arrow_field
-            .metadata()
-            .get(crate::datatypes::PG_OID_ALIAS_KEY)
-            .is_some_and(|kind| kind == "oid")
+        && *pg_field.datatype() == postgres_types::Type::OID
     {
         return encode_pg_oid_binary(encoder, arr, idx, pg_field);
     }
@@ -526,6 +525,20 @@ pub fn encode_value<T: Encoder>(
             bytes.extend_from_slice(text.as_bytes());
             bytes
         });
+        return encoder.encode_field(&value, pg_field);
+    }
+
+    // Velocity: a uuid (canonical text) in binary format is its 16 bytes.
+    if pg_field.format() == FieldFormat::Binary
+        && *pg_field.datatype() == postgres_types::Type::UUID
+        && matches!(arrow_type, DataType::Utf8)
+    {
+        let value = match get_utf8_value(arr, idx) {
+            None => None,
+            Some(text) => Some(crate::datatypes::uuid_bytes(text).ok_or_else(|| {
+                PgWireError::ApiError(format!("not a uuid: {text}").into())
+            })?),
+        };
         return encoder.encode_field(&value, pg_field);
     }
 

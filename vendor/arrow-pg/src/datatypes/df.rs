@@ -530,6 +530,36 @@ fn json_parameter(raw: &[u8], jsonb_binary: bool) -> PgWireResult<String> {
     })
 }
 
+/// Velocity: a uuid parameter as canonical text (lowercase, `8-4-4-4-12`).
+fn uuid_parameter(raw: &[u8], binary: bool) -> PgWireResult<String> {
+    let invalid = |shown: String| {
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".to_string(),
+            "22P02".to_string(),
+            format!("invalid input syntax for type uuid: \"{shown}\""),
+        )))
+    };
+    if binary {
+        let bytes: [u8; 16] = raw.try_into().map_err(|_| invalid(format!("{} bytes", raw.len())))?;
+        return Ok(uuid_text(&bytes));
+    }
+    let text = std::str::from_utf8(raw).map_err(|_| {
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".to_string(),
+            "22021".to_string(),
+            "invalid byte sequence for encoding \"UTF8\"".to_string(),
+        )))
+    })?;
+    let bytes = super::uuid_bytes(text).ok_or_else(|| invalid(text.to_string()))?;
+    Ok(uuid_text(&bytes.try_into().expect("16 bytes")))
+}
+
+/// Velocity: a uuid's 16 bytes as Postgres prints them.
+fn uuid_text(bytes: &[u8; 16]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
 pub fn deserialize_parameters<S>(
     portal: &Portal<S>,
     inferenced_types: &[Option<&DataType>],
@@ -819,9 +849,13 @@ where
 
                 deserialized_params.push(scalar_value);
             }
+            // Velocity: a uuid is text in its canonical form, from 16 bytes (binary) or any
+            // text form Postgres reads; 22P02 for anything else.
             Type::UUID => {
-                let value = portal.parameter::<String>(i, &pg_type)?;
-                // Store UUID as string for now
+                let value = match portal.parameters.get(i) {
+                    Some(Some(raw)) => Some(uuid_parameter(raw, portal.parameter_format.is_binary(i))?),
+                    _ => None,
+                };
                 deserialized_params.push(ScalarValue::Utf8(value));
             }
             // Velocity: JSON text; postgres-types' String does not accept json/jsonb, so the

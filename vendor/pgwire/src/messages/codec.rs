@@ -33,6 +33,43 @@ pub(crate) fn get_cstring(buf: &mut BytesMut) -> Option<String> {
     }
 }
 
+/// Velocity: a null-terminated string that must be valid UTF-8 (a query's text), as
+/// [`get_cstring`]; invalid UTF-8 is error 22021 naming the bytes as Postgres does
+/// (`invalid byte sequence for encoding "UTF8": 0xc3 0x28`) instead of U+FFFD.
+pub(crate) fn get_utf8_cstring(buf: &mut BytesMut) -> PgWireResult<Option<String>> {
+    let mut i = 0;
+    while i < buf.remaining() && buf[i] != b'\0' {
+        i += 1;
+    }
+    if i == buf.remaining() {
+        return Ok(None);
+    }
+    let string_buf = buf.split_to(i + 1);
+    let bytes = &string_buf[..i];
+    match str::from_utf8(bytes) {
+        Ok(_) if i == 0 => Ok(None),
+        Ok(text) => Ok(Some(text.to_owned())),
+        Err(e) => Err(invalid_utf8(&bytes[e.valid_up_to()..])),
+    }
+}
+
+/// Velocity: error 22021 for invalid UTF-8 starting at `rest[0]`; Postgres shows as many
+/// bytes as the first one announces.
+pub(crate) fn invalid_utf8(rest: &[u8]) -> PgWireError {
+    let announced = match rest.first() {
+        Some(0xc0..=0xdf) => 2,
+        Some(0xe0..=0xef) => 3,
+        Some(0xf0..=0xf7) => 4,
+        _ => 1,
+    };
+    let shown: Vec<String> = rest.iter().take(announced).map(|b| format!("0x{b:02x}")).collect();
+    PgWireError::UserError(Box::new(crate::error::ErrorInfo::new(
+        "FATAL".to_owned(),
+        "22021".to_owned(),
+        format!("invalid byte sequence for encoding \"UTF8\": {}", shown.join(" ")),
+    )))
+}
+
 /// Put null-termianted string
 ///
 /// You can put empty string by giving `""` as input.

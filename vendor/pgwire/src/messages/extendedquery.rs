@@ -50,7 +50,8 @@ impl Message for Parse {
         _ctx: &DecodeContext,
     ) -> PgWireResult<Self> {
         let name = codec::get_cstring(buf);
-        let query = codec::get_cstring(buf).unwrap_or_else(|| "".to_owned());
+        // Velocity: invalid UTF-8 is refused (22021), not read as U+FFFD.
+        let query = codec::get_utf8_cstring(buf)?.unwrap_or_else(|| "".to_owned());
         let type_oid_count = buf.try_get_u16()?;
 
         let mut type_oids = Vec::with_capacity(type_oid_count as usize);
