@@ -1,12 +1,13 @@
 //! The merged key of a `RIGHT`/`FULL` join `USING (k)` or `NATURAL`, as Postgres reads it:
 //! `COALESCE(left.k, right.k)`. DataFusion 55 resolves an unqualified `k` (and `*`) to the
 //! left side's column, which is NULL on rows only the right side has (apache/datafusion
-//! #22881). So before DataFusion plans the statement, such a join of two named relations
+//! #22881). So before DataFusion plans the statement, such a join of two relations with known
+//! columns (catalog relations, or aliased subqueries whose select list names each column)
 //! becomes a join `ON left.k = right.k`, and in the select that owns it every unqualified `k`
 //! becomes `COALESCE(left.k, right.k)` and `*` lists the merged keys first, then the other
 //! columns of each side, as Postgres does. Qualified `left.k` and `right.k` keep their own
-//! values. Joins of more than two relations, or whose sides are not named relations, are
-//! left as they are.
+//! values. Joins of more than two relations, or with a side of unknown columns, are left as
+//! they are.
 
 use std::ops::ControlFlow;
 
@@ -52,17 +53,47 @@ fn quoted(name: &str) -> String {
     Ident::with_quote('"', name).to_string()
 }
 
-/// A named relation in `FROM`: how the query refers to it, and its columns.
+/// A relation in `FROM` with known columns, a catalog relation or an aliased subquery whose
+/// select list names its columns: how the query refers to it, and its columns.
 fn named(factor: &TableFactor, columns: &dyn Fn(&str) -> Option<Vec<String>>) -> Option<(String, Vec<String>)> {
-    let TableFactor::Table { name, alias, args: None, .. } = factor else { return None };
-    let ObjectName(parts) = name;
-    let last = parts.last()?.as_ident()?;
-    let cols = columns(&folded(last))?;
-    if alias.as_ref().is_some_and(|a| !a.columns.is_empty()) {
-        return None;
+    match factor {
+        TableFactor::Table { name, alias, args: None, .. } => {
+            let ObjectName(parts) = name;
+            let last = parts.last()?.as_ident()?;
+            let mut cols = columns(&folded(last))?;
+            let qualifier = alias.as_ref().map(|a| folded(&a.name)).unwrap_or_else(|| folded(last));
+            if let Some(alias) = alias.as_ref().filter(|a| !a.columns.is_empty()) {
+                // `t AS x(a, b)` renames the first columns.
+                for (col, renamed) in cols.iter_mut().zip(&alias.columns) {
+                    *col = folded(&renamed.name);
+                }
+            }
+            Some((qualifier, cols))
+        }
+        TableFactor::Derived { subquery, alias: Some(alias), .. } => {
+            let mut cols = select_list_names(subquery)?;
+            for (col, renamed) in cols.iter_mut().zip(&alias.columns) {
+                *col = folded(&renamed.name);
+            }
+            Some((folded(&alias.name), cols))
+        }
+        _ => None,
     }
-    let qualifier = alias.as_ref().map(|a| folded(&a.name)).unwrap_or_else(|| folded(last));
-    Some((qualifier, cols))
+}
+
+/// The output column names of `SELECT a, t.b, x + 1 AS c ...`; None when one is not a plain
+/// name (`*`, an unnamed expression) or the query is not a plain select.
+fn select_list_names(query: &Query) -> Option<Vec<String>> {
+    let SetExpr::Select(select) = query.body.as_ref() else { return None };
+    select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::UnnamedExpr(Expr::Identifier(ident)) | SelectItem::ExprWithAlias { alias: ident, .. } => Some(folded(ident)),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => parts.last().map(folded),
+            _ => None,
+        })
+        .collect()
 }
 
 fn expr(text: &str) -> Option<Expr> {
@@ -216,5 +247,19 @@ mod tests {
         assert!(rewritten("SELECT a.k, b.k FROM a FULL JOIN b USING (k)").starts_with("SELECT a.k, b.k FROM"));
         assert_eq!(rewritten("SELECT * FROM a LEFT JOIN b USING (k)"), "SELECT * FROM a LEFT JOIN b USING(k)");
         assert_eq!(rewritten("SELECT * FROM a RIGHT JOIN c USING (k)"), "SELECT * FROM a RIGHT JOIN c USING(k)");
+    }
+
+    #[test]
+    fn subqueries_and_renamed_columns_are_merged_too() {
+        assert_eq!(
+            rewritten("SELECT k FROM a NATURAL RIGHT JOIN (SELECT y AS k, b.y FROM b) AS s"),
+            r#"SELECT COALESCE("a"."k", "s"."k") AS k FROM a RIGHT JOIN (SELECT y AS k, b.y FROM b) AS s ON "a"."k" = "s"."k""#
+        );
+        assert_eq!(
+            rewritten("SELECT k FROM a FULL JOIN b AS r(k) USING (k)"),
+            r#"SELECT COALESCE("a"."k", "r"."k") AS k FROM a FULL JOIN b AS r (k) ON "a"."k" = "r"."k""#
+        );
+        // A subquery whose columns are not all named is left alone.
+        assert!(rewritten("SELECT * FROM a NATURAL FULL JOIN (SELECT k + 1 FROM b) AS s").contains("NATURAL"));
     }
 }
