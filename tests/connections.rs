@@ -94,11 +94,7 @@ mod wire {
     /// Connect as `velocity` (trust) and read up to ReadyForQuery.
     pub async fn startup(addr: std::net::SocketAddr) -> TcpStream {
         let mut socket = TcpStream::connect(addr).await.unwrap();
-        let mut body = 196_608u32.to_be_bytes().to_vec();
-        body.extend_from_slice(b"user\0velocity\0database\0velocity\0\0");
-        let mut packet = (body.len() as u32 + 4).to_be_bytes().to_vec();
-        packet.extend_from_slice(&body);
-        socket.write_all(&packet).await.unwrap();
+        socket.write_all(&crate::common::startup_message(&[("user", "velocity"), ("database", "velocity")])).await.unwrap();
         read_until_ready(&mut socket).await;
         socket
     }

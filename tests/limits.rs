@@ -88,14 +88,7 @@ async fn prepared_statements_are_given_back_when_their_session_ends() {
 
     // One raw session Parses 30,000 named statements, pipelined, then Syncs.
     let mut socket = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
-    let mut startup = 196_608u32.to_be_bytes().to_vec();
-    for s in ["user", "velocity", "database", "velocity", ""] {
-        startup.extend(s.as_bytes());
-        startup.push(0);
-    }
-    let mut packet = (startup.len() as u32 + 4).to_be_bytes().to_vec();
-    packet.extend(startup);
-    let mut batch = packet;
+    let mut batch = common::startup_message(&[("user", "velocity"), ("database", "velocity")]);
     for i in 0..30_000 {
         let mut body = format!("s{i}\0SELECT {i} AS n, $1::int + 1 AS x\0").into_bytes();
         body.extend(0u16.to_be_bytes());

@@ -196,13 +196,7 @@ fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 async fn raw_session(addr: std::net::SocketAddr, messages: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut startup = 196_608u32.to_be_bytes().to_vec();
-    for s in ["user", "velocity", "database", "velocity", ""] {
-        startup.extend(s.as_bytes());
-        startup.push(0);
-    }
-    let mut packet = (startup.len() as u32 + 4).to_be_bytes().to_vec();
-    packet.extend(startup);
+    let mut packet = common::startup_message(&[("user", "velocity"), ("database", "velocity")]);
     packet.extend_from_slice(messages);
     socket.write_all(&packet).await.expect("send");
     let mut answer = Vec::new();

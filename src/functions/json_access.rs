@@ -125,27 +125,9 @@ impl datafusion::optimizer::AnalyzerRule for JsonCasts {
         plan: datafusion::logical_expr::LogicalPlan,
         _: &datafusion::common::config::ConfigOptions,
     ) -> Result<datafusion::logical_expr::LogicalPlan> {
-        use datafusion::common::tree_node::{Transformed, TreeNode};
-        use datafusion::logical_expr::expr_rewriter::NamePreserver;
-        plan.transform_up_with_subqueries(|node| {
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|e| {
-                let saved = names.save(&e);
-                let rewritten = e.transform_up(|x| match x {
-                    Expr::Cast(c) if super::json::is_json(&c.field) => {
-                        let binary = c.field.metadata().contains_key(JSONB_KEY);
-                        let udf = Arc::new(ScalarUDF::from(ToJsonText::new(binary)));
-                        Ok(Transformed::yes(Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
-                            udf,
-                            vec![*c.expr],
-                        ))))
-                    }
-                    other => Ok(Transformed::no(other)),
-                })?;
-                Ok(rewritten.update_data(|x| saved.restore(x)))
-            })
+        super::replace_casts(plan, |field| {
+            super::json::is_json(field).then(|| ScalarUDF::from(ToJsonText::new(field.metadata().contains_key(JSONB_KEY))))
         })
-        .map(|t| t.data)
     }
 
     fn name(&self) -> &str {

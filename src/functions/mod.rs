@@ -38,3 +38,33 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
     checked_sum::register(ctx);
     size_limits::register(ctx);
 }
+
+/// `plan` with every cast to a field `function` knows (uuid, json) replaced by a call of the
+/// function it gives, which checks and formats the value as Postgres' input function does;
+/// expression names stay, so columns keep the names the casts gave them.
+fn replace_casts(
+    plan: datafusion::logical_expr::LogicalPlan,
+    function: impl Fn(&arrow::datatypes::Field) -> Option<datafusion::logical_expr::ScalarUDF>,
+) -> datafusion::error::Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::Expr;
+    use datafusion::logical_expr::expr::ScalarFunction;
+    use datafusion::logical_expr::expr_rewriter::NamePreserver;
+    plan.transform_up_with_subqueries(|node| {
+        let names = NamePreserver::new(&node);
+        node.map_expressions(|e| {
+            let saved = names.save(&e);
+            let rewritten = e.transform_up(|x| match x {
+                Expr::Cast(c) => match function(&c.field) {
+                    Some(udf) => {
+                        Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(std::sync::Arc::new(udf), vec![*c.expr]))))
+                    }
+                    None => Ok(Transformed::no(Expr::Cast(c))),
+                },
+                other => Ok(Transformed::no(other)),
+            })?;
+            Ok(rewritten.update_data(|x| saved.restore(x)))
+        })
+    })
+    .map(|t| t.data)
+}

@@ -58,26 +58,7 @@ impl datafusion::optimizer::AnalyzerRule for UuidCasts {
         plan: datafusion::logical_expr::LogicalPlan,
         _: &datafusion::common::config::ConfigOptions,
     ) -> Result<datafusion::logical_expr::LogicalPlan> {
-        use datafusion::common::tree_node::{Transformed, TreeNode};
-        use datafusion::logical_expr::expr_rewriter::NamePreserver;
-        plan.transform_up_with_subqueries(|node| {
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|e| {
-                let saved = names.save(&e);
-                let rewritten = e.transform_up(|x| match x {
-                    Expr::Cast(c) if column_type::is_uuid(&c.field) => {
-                        let udf = Arc::new(ScalarUDF::from(ToUuid::new()));
-                        Ok(Transformed::yes(Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
-                            udf,
-                            vec![*c.expr],
-                        ))))
-                    }
-                    other => Ok(Transformed::no(other)),
-                })?;
-                Ok(rewritten.update_data(|x| saved.restore(x)))
-            })
-        })
-        .map(|t| t.data)
+        super::replace_casts(plan, |field| column_type::is_uuid(field).then(|| ScalarUDF::from(ToUuid::new())))
     }
 
     fn name(&self) -> &str {
