@@ -477,3 +477,24 @@ async fn user_tables_named_like_catalog_tables_leave_the_catalog_alone() {
     .await;
     assert_eq!(indexes, vec![vec![s("a"), s("a_pkey")]]);
 }
+
+/// A materialized view's unnamed columns are named as Postgres names them (`count`, `sum`),
+/// so a query written for Postgres reads them by those names. Postgres 15 names this view's
+/// columns customer, count, sum, max, upper, parity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn materialized_view_columns_have_postgres_names() {
+    let server = common::TestServer::start().await;
+    let client = setup(&server).await;
+    client
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW per_customer AS
+             SELECT customer, count(*), sum(amount), max(id), upper(customer), id % 2 AS parity FROM orders GROUP BY customer, id % 2",
+        )
+        .await
+        .unwrap();
+    let statement = client.prepare("SELECT * FROM per_customer").await.unwrap();
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["customer", "count", "sum", "max", "upper", "parity"]);
+    let rows = simple(&client, "SELECT sum(count), max(max) FROM per_customer").await;
+    assert_eq!(rows, vec![vec![s("2"), s("2")]]);
+}

@@ -481,7 +481,12 @@ impl Coordinator {
             }
         }
         let state = self.context.state();
-        let mut plan = state.statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(cv.query.clone())))).await?;
+        // Columns the statement does not name are named as Postgres names them (`count`).
+        let mut query = cv.query.clone();
+        if cv.columns.is_empty() {
+            crate::sql::column_names::name_query(&mut query);
+        }
+        let mut plan = state.statement_to_plan(DFStatement::Statement(Box::new(Statement::Query(query)))).await?;
         if !cv.columns.is_empty() {
             if cv.columns.len() != plan.schema().fields().len() {
                 let kind = if cv.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE VIEW" };

@@ -6,7 +6,6 @@
 
 pub mod auth;
 pub mod client_queries;
-pub mod column_names;
 pub mod error;
 pub mod information_schema;
 pub mod limits;
@@ -432,7 +431,7 @@ impl VelocityService {
         // resolved and the merged keys of RIGHT/FULL USING joins coalesced.
         let distinct_on = crate::sql::resolve_distinct_on_ordinals(&mut parsed);
         let using_keys = crate::sql::coalesce_using_keys(&mut parsed, &|name| self.coordinator.relation_columns(name));
-        let named = column_names::name_columns(&mut parsed);
+        let named = crate::sql::column_names::name_columns(&mut parsed);
         let resolved = (distinct_on || using_keys || named).then(|| parsed.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("; "));
         let sql = resolved.as_deref().unwrap_or(sql);
         if let [Statement::Close { cursor: CloseCursor::Specific { name } }] = parsed.as_slice() {
@@ -546,7 +545,7 @@ impl QueryParser for VelocityParser {
             Some(relation.schema.fields().iter().map(|f| f.name().clone()).collect())
         };
         let sql = crate::sql::coalesce_using_keys_in_text(&sql, &columns).map(std::borrow::Cow::Owned).unwrap_or(sql);
-        let sql = column_names::name_columns_in_text(&sql).map(std::borrow::Cow::Owned).unwrap_or(sql);
+        let sql = crate::sql::column_names::name_columns_in_text(&sql).map(std::borrow::Cow::Owned).unwrap_or(sql);
         LargeStack::new(&sql, self.inner.parse_sql(client, &sql, types)).await
     }
 

@@ -5,6 +5,7 @@
 //! and [`WithOptions`], how their `WITH (...)` options are read.
 
 mod character_types;
+pub mod column_names;
 pub mod options;
 pub mod row_in_subquery;
 mod set_functions;

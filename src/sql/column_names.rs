@@ -80,7 +80,9 @@ pub fn name_columns(statements: &mut [Statement]) -> bool {
     changed
 }
 
-fn name_query(query: &mut Query) -> bool {
+/// Alias the unnamed expressions of `query`'s top-level select list (a view's columns are
+/// named as Postgres names them too).
+pub fn name_query(query: &mut Query) -> bool {
     let SetExpr::Select(select) = query.body.as_mut() else { return false };
     // Names the list has already: aliases and column references.
     let mut taken: HashSet<String> = select
