@@ -86,7 +86,7 @@ impl Coordinator {
                 let rows = self.collect(dml.input.as_ref().clone(), &schema).await?;
                 check_not_null(&relation, rows.columns())?;
                 check_lengths(&relation, rows.columns())?;
-                let rows = RecordBatch::try_new(schema.clone(), canonical_uuids(&relation, rows.columns())?)?;
+                let rows = RecordBatch::try_new(schema.clone(), canonical_values(&relation, rows.columns())?)?;
                 let n = rows.num_rows();
                 (ChangeBatch::uniform(rows, 1), "INSERT", n)
             }
@@ -118,7 +118,7 @@ impl Coordinator {
                 check_not_null(&relation, &pairs.rows.columns()[width..])?;
                 check_lengths(&relation, &pairs.rows.columns()[width..])?;
                 let old_rows = RecordBatch::try_new(schema.clone(), pairs.rows.columns()[..width].to_vec())?;
-                let new_rows = RecordBatch::try_new(schema.clone(), canonical_uuids(&relation, &pairs.rows.columns()[width..])?)?;
+                let new_rows = RecordBatch::try_new(schema.clone(), canonical_values(&relation, &pairs.rows.columns()[width..])?)?;
                 let changes = ChangeBatch::concat(
                     &schema,
                     &[ChangeBatch::new(old_rows, pairs.weights.clone()).negate(), ChangeBatch::new(new_rows, pairs.weights)],
@@ -242,29 +242,37 @@ fn check_lengths(relation: &Relation, columns: &[ArrayRef]) -> Result<()> {
     Ok(())
 }
 
-/// `columns` with the values of `uuid` columns in canonical form; 22P02 for text that is
-/// not a uuid.
-fn canonical_uuids(relation: &Relation, columns: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
+/// `columns` as their columns' input functions take them, as in Postgres: `uuid` values in
+/// canonical form, `json` values checked, `jsonb` values checked and normalized (`{"a": 1}`);
+/// 22P02 for text that is neither.
+fn canonical_values(relation: &Relation, columns: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
     use crate::catalog::column_type;
+    use crate::functions::json::{is_json, is_jsonb};
     relation
         .schema
         .fields()
         .iter()
         .zip(columns)
         .map(|(field, column)| {
-            let Some(strings) = column.as_any().downcast_ref::<arrow::array::StringArray>().filter(|_| column_type::is_uuid(field)) else {
+            let canonical: fn(&str) -> Option<String> = if column_type::is_uuid(field) {
+                column_type::canonical_uuid
+            } else if is_jsonb(field) {
+                |s| serde_json::from_str(s).ok().map(|v| crate::functions::json_access::jsonb_text(&v))
+            } else if is_json(field) {
+                |s| serde_json::from_str::<serde::de::IgnoredAny>(s).ok().map(|_| s.to_string())
+            } else {
                 return Ok(column.clone());
             };
-            let canonical = strings
+            let Some(strings) = column.as_any().downcast_ref::<arrow::array::StringArray>() else { return Ok(column.clone()) };
+            let type_name = if column_type::is_uuid(field) { "uuid" } else { "json" };
+            let values = strings
                 .iter()
                 .map(|s| match s {
                     None => Ok(None),
-                    Some(s) => column_type::canonical_uuid(s)
-                        .map(Some)
-                        .ok_or_else(|| CoordinatorError::InvalidText { type_name: "uuid", value: s.to_string() }),
+                    Some(s) => canonical(s).map(Some).ok_or_else(|| CoordinatorError::InvalidText { type_name, value: s.to_string() }),
                 })
                 .collect::<Result<arrow::array::StringArray>>()?;
-            Ok(Arc::new(canonical) as ArrayRef)
+            Ok(Arc::new(values) as ArrayRef)
         })
         .collect()
 }

@@ -98,10 +98,13 @@ fn transaction_ends(options: &SoakOptions) -> Vec<u64> {
         .collect()
 }
 
-/// Transactions applied at `position` (`record N`: the last record applied).
-fn transactions_at(ends: &[u64], position: &str) -> usize {
-    let applied = position.strip_prefix("record ").and_then(|n| n.parse::<u64>().ok()).map_or(0, |n| n + 1);
-    ends.partition_point(|&end| end <= applied)
+/// Transactions applied at `position` (`record N`: the last record applied); "-" while a
+/// restarted source has not reported one yet.
+fn transactions_at(ends: &[u64], position: &str) -> String {
+    match position.strip_prefix("record ").and_then(|n| n.parse::<u64>().ok()) {
+        Some(last) => ends.partition_point(|&end| end <= last + 1).to_string(),
+        None => "-".into(),
+    }
 }
 
 /// Views whose query can be recomputed ad hoc (not built from `changes()`), with the query.
@@ -257,6 +260,7 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
     let soaked = contents(&client).await?;
     mismatched += mismatches(&client, &views).await?.iter().map(|(_, n)| n).sum::<i64>();
     let rss = server.rss_mib();
+    peak_rss = peak_rss.max(rss);
     println!("| {minute} | {} | {end} | {restarts} | {mismatched} | {rss} |", transactions_at(&ends, &end));
     drop(client);
     server.kill9();
