@@ -6,13 +6,11 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{CharacterLength, DataType, Expr, Statement, VisitMut, VisitorMut};
+use datafusion::sql::sqlparser::ast::{CharacterLength, DataType, Expr, VisitMut, VisitorMut};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Word};
-
-use super::MAX_EXPRESSION_DEPTH;
 
 /// Rewrite `character varying` and casts to `varchar(n)` in every statement of `sql`; None
 /// when nothing changes.
@@ -58,22 +56,17 @@ fn varchar_words(sql: &str) -> Option<String> {
 
 /// `CAST(x AS VARCHAR(n))` (and `x::varchar(n)`) as `CAST(left(x, n) AS VARCHAR(n))`.
 fn truncating_casts(sql: &str) -> Option<String> {
-    let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize().ok()?;
-    if tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).count() > MAX_EXPRESSION_DEPTH {
-        return None;
-    }
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
     let has_length =
         tokens.windows(2).any(|w| matches!(&w[0], Token::Word(v) if v.keyword == Keyword::VARCHAR) && matches!(w[1], Token::LParen));
     if !has_length {
         return None;
     }
-    let mut statements: Vec<Statement> = Parser::new(&dialect).with_tokens(tokens).parse_statements().ok()?;
-    let mut visitor = Truncate { changed: false };
-    for s in statements.iter_mut() {
-        let _ = VisitMut::visit(s, &mut visitor);
-    }
-    visitor.changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+    super::rewrite_statements(tokens, |statements| {
+        let mut visitor = Truncate { changed: false };
+        let _ = VisitMut::visit(statements, &mut visitor);
+        visitor.changed
+    })
 }
 
 struct Truncate {

@@ -660,24 +660,34 @@ pub fn keep_scalar_subqueries(sql: &str) -> Option<String> {
     if !sql.to_ascii_lowercase().contains("(select") {
         return None;
     }
-    let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize().ok()?;
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    rewrite_statements(tokens, |statements| {
+        let mut system = ReadsSystemCatalogs(false);
+        let _ = Visit::visit(&*statements, &mut system);
+        if system.0 {
+            return false;
+        }
+        let mut wrap = Parenthesize(false);
+        let _ = VisitMut::visit(statements, &mut wrap);
+        wrap.0
+    })
+}
+
+/// The statements of `tokens` as `rewrite` changes them (it says whether it did), printed
+/// back; None when nothing changed or the tokens do not parse. Statements of more than
+/// [`MAX_EXPRESSION_DEPTH`] tokens are left alone: one that deep is refused later, as it is.
+fn rewrite_statements(
+    tokens: Vec<Token>,
+    rewrite: impl FnOnce(&mut Vec<datafusion::sql::sqlparser::ast::Statement>) -> bool,
+) -> Option<String> {
     let significant = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).count();
-    // A statement too deep for `check_expression_depth` is refused later, as it is.
     if significant > MAX_EXPRESSION_DEPTH {
         return None;
     }
     let stack = (64usize << 20).saturating_add(significant.saturating_mul(1024));
     stacker::maybe_grow(stack / 2, stack, move || {
-        let mut statements = Parser::new(&dialect).with_tokens(tokens).parse_statements().ok()?;
-        let mut system = ReadsSystemCatalogs(false);
-        let _ = statements.visit(&mut system);
-        if system.0 {
-            return None;
-        }
-        let mut wrap = Parenthesize(false);
-        let _ = VisitMut::visit(&mut statements, &mut wrap);
-        wrap.0.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+        let mut statements = Parser::new(&PostgreSqlDialect {}).with_tokens(tokens).parse_statements().ok()?;
+        rewrite(&mut statements).then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
     })
 }
 

@@ -20,12 +20,10 @@ pub const ALIAS: &str = "velocity_in";
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Query, SetExpr, Statement, VisitMut, VisitorMut};
+use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, Query, SetExpr, VisitMut, VisitorMut};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-
-use super::MAX_EXPRESSION_DEPTH;
+use datafusion::sql::sqlparser::tokenizer::Tokenizer;
 
 /// Rewrite the row `IN`/`NOT IN` subqueries of every statement in `sql`; None when nothing
 /// changes.
@@ -36,17 +34,12 @@ pub fn rewrite(sql: &str) -> Option<String> {
     if !CANDIDATE.as_ref().is_some_and(|re| re.is_match(sql)) {
         return None;
     }
-    let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize().ok()?;
-    if tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).count() > MAX_EXPRESSION_DEPTH {
-        return None;
-    }
-    let mut statements: Vec<Statement> = Parser::new(&dialect).with_tokens(tokens).parse_statements().ok()?;
-    let mut rewrite = Rewrite { changed: false };
-    for s in statements.iter_mut() {
-        let _ = VisitMut::visit(s, &mut rewrite);
-    }
-    rewrite.changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    super::rewrite_statements(tokens, |statements| {
+        let mut rewrite = Rewrite { changed: false };
+        let _ = VisitMut::visit(statements, &mut rewrite);
+        rewrite.changed
+    })
 }
 
 struct Rewrite {

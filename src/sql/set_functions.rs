@@ -33,9 +33,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::ast::{JoinConstraint, JoinOperator};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-
-use super::MAX_EXPRESSION_DEPTH;
+use datafusion::sql::sqlparser::tokenizer::Tokenizer;
 
 /// The set-returning functions rewritten.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -434,22 +432,16 @@ fn rewrite_selects(body: &mut SetExpr, renamed: &mut Vec<Renamed>) {
 
 /// [`rewrite`] on one statement's text.
 fn rewrite_statement(sql: &str) -> Option<String> {
-    let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, sql).tokenize().ok()?;
-    let significant = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).count();
-    // A statement too deep for `check_expression_depth` is refused later, as it is.
-    if significant > MAX_EXPRESSION_DEPTH {
-        return None;
-    }
-    let mut statements: Vec<Statement> = Parser::new(&dialect).with_tokens(tokens).parse_statements().ok()?;
-    let mut rewrite = Rewrite;
-    let mut changed = false;
-    for s in statements.iter_mut() {
-        let before = s.to_string();
-        let _ = VisitMut::visit(s, &mut rewrite);
-        changed |= s.to_string() != before;
-    }
-    changed.then(|| statements.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(";\n"))
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
+    super::rewrite_statements(tokens, |statements| {
+        let mut changed = false;
+        for s in statements.iter_mut() {
+            let before = s.to_string();
+            let _ = VisitMut::visit(s, &mut Rewrite);
+            changed |= s.to_string() != before;
+        }
+        changed
+    })
 }
 
 /// Rewrite the set-returning functions in `FROM` of every statement in `sql` (see the module
