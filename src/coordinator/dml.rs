@@ -254,17 +254,16 @@ fn canonical_values(relation: &Relation, columns: &[ArrayRef]) -> Result<Vec<Arr
         .iter()
         .zip(columns)
         .map(|(field, column)| {
-            let canonical: fn(&str) -> Option<String> = if column_type::is_uuid(field) {
-                column_type::canonical_uuid
+            let (type_name, canonical): (_, fn(&str) -> Option<String>) = if column_type::is_uuid(field) {
+                ("uuid", column_type::canonical_uuid)
             } else if is_jsonb(field) {
-                |s| serde_json::from_str(s).ok().map(|v| crate::functions::json_access::jsonb_text(&v))
+                ("json", |s| serde_json::from_str(s).ok().map(|v| crate::functions::json_access::jsonb_text(&v)))
             } else if is_json(field) {
-                |s| serde_json::from_str::<serde::de::IgnoredAny>(s).ok().map(|_| s.to_string())
+                ("json", |s| serde_json::from_str::<serde::de::IgnoredAny>(s).ok().map(|_| s.to_string()))
             } else {
                 return Ok(column.clone());
             };
             let Some(strings) = column.as_any().downcast_ref::<arrow::array::StringArray>() else { return Ok(column.clone()) };
-            let type_name = if column_type::is_uuid(field) { "uuid" } else { "json" };
             let values = strings
                 .iter()
                 .map(|s| match s {

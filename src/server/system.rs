@@ -285,9 +285,13 @@ pub fn register(ctx: &SessionContext, engine: &Engine, sources: SourceRegistry, 
         }
         let catalog = engine.catalog();
         let sources = batch.column(0).as_any().downcast_ref::<StringArray>().expect("source is text");
-        let owned = BooleanArray::from_iter(
-            sources.iter().map(|s| Some(s.and_then(|s| catalog.get(s)).is_some_and(|r| catalog.allows(&role.name, r, Privilege::Usage)))),
-        );
+        // Decided once per source, not per dead letter.
+        let mut allowed = std::collections::HashMap::new();
+        let owned = BooleanArray::from_iter(sources.iter().map(|s| {
+            Some(s.is_some_and(|s| {
+                *allowed.entry(s).or_insert_with(|| catalog.get(s).is_some_and(|r| catalog.allows(&role.name, r, Privilege::Usage)))
+            }))
+        }));
         Ok(arrow::compute::filter_record_batch(&batch, &owned)?)
     });
     let dead_letters = SystemTable::new(engine.clone(), dead_schema, fill).visible_to(visible);
