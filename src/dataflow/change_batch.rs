@@ -96,6 +96,14 @@ impl ChangeBatch {
         if self.is_empty() {
             return Ok(self.clone());
         }
+        if self.rows.num_columns() == 0 {
+            // Rows of no columns are all equal (`SELECT 1 FROM t` reads none of t's); Arrow's
+            // row format cannot count them.
+            let total = self.weights.values().iter().try_fold(0i64, |sum, w| sum.checked_add(*w));
+            let total = total.ok_or_else(|| DataflowError::Internal("weight overflow".into()))?;
+            let (idx, w): (Vec<u32>, Vec<i64>) = if total == 0 { (vec![], vec![]) } else { (vec![0], vec![total]) };
+            return self.take_rows(&idx.into(), w.into());
+        }
         let codec = RowCodec::new(self.schema())?;
         let encoded = codec.converter.convert_columns(self.rows.columns())?;
         let mut first_index: HashMap<arrow::row::Row<'_>, usize> = HashMap::with_capacity(self.len());
@@ -154,6 +162,10 @@ impl RowCodec {
     }
 
     pub fn encode(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        if batch.num_columns() == 0 {
+            // Arrow's row format cannot count rows of no columns.
+            return Ok(vec![Vec::new(); batch.num_rows()]);
+        }
         self.encode_columns(batch.columns())
     }
 

@@ -1,9 +1,13 @@
 //! Analyzer rules that make DataFusion's plans answer as Postgres does. They run on every
 //! plan of the session, after type coercion: ad hoc queries and materialized views alike.
 //!
-//! - [`RefuseOuterJoinCorrelation`]: a subquery whose outer join condition reads a column of
-//!   the outer query is refused (0A000). DataFusion's decorrelation pulls such a condition
-//!   above the outer join, which changes its meaning (too few rows).
+//! - [`DecorrelateOuterJoinConditions`]: a subquery whose outer join condition reads a column
+//!   of the enclosing query (`EXISTS (SELECT 1 FROM x LEFT JOIN y ON o.a = y.b)`) reads a
+//!   DISTINCT domain of those values instead, joined to the outer join's preserved side, and
+//!   is correlated on the domain in a filter above the join. DataFusion's decorrelation would
+//!   pull the condition itself above the outer join, which changes its meaning (too few rows).
+//! - [`RefuseOuterJoinCorrelation`]: such a subquery that the rule before could not rewrite is
+//!   refused (0A000).
 //! - [`CompareIntervals`]: intervals compare as Postgres compares them, as one span in which
 //!   a month is 30 days and a day is 24 hours (`INTERVAL '24 hours' = INTERVAL '1 day'`).
 //!   Arrow compares the (months, days, nanoseconds) fields one after the other.
@@ -27,6 +31,7 @@
 //!   reads bytea input (`functions::bytea::bytea_input`), not as the text's bytes; 22P02 if
 //!   it is not valid bytea input.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array};
@@ -49,6 +54,7 @@ use datafusion::optimizer::AnalyzerRule;
 /// Every rule, in the order they run (after DataFusion's own).
 pub fn rules() -> Vec<Arc<dyn AnalyzerRule + Send + Sync>> {
     vec![
+        Arc::new(DecorrelateOuterJoinConditions),
         Arc::new(RefuseOuterJoinCorrelation),
         Arc::new(RefuseCorrelatedNotIn),
         Arc::new(InlineCorrelatedDerivedTables),
@@ -531,6 +537,285 @@ fn reads_outer_query(plan: &LogicalPlan) -> Result<bool> {
     Ok(found)
 }
 
+/// Rewrites each outer join in a subquery whose condition reads the enclosing query, where
+/// a filter above the join is decorrelated correctly ([`PullUp`]): `x LEFT JOIN y ON c(o.a)`
+/// becomes
+///
+/// ```text
+/// SELECT <x's and y's columns>
+/// FROM (x CROSS JOIN (SELECT DISTINCT o.a AS value_0 FROM o) AS __velocity_domain)
+///      LEFT JOIN y ON c(__velocity_domain.value_0)
+/// WHERE __velocity_domain.value_0 IS NOT DISTINCT FROM o.a   -- spelled as two equalities
+/// ```
+///
+/// For an outer row, the rows of its value are the outer join it asked for: the domain is
+/// on the preserved side (both sides of a FULL join, which then match only within one
+/// value), so no row is NULL-extended away from its value. The correlation left is a plain
+/// filter, which DataFusion pulls up into the join with the enclosing query.
+#[derive(Debug)]
+pub struct DecorrelateOuterJoinConditions;
+
+const DOMAIN: &str = "__velocity_domain";
+const RIGHT_DOMAIN: &str = "__velocity_right_domain";
+
+impl AnalyzerRule for DecorrelateOuterJoinConditions {
+    fn analyze(&self, plan: LogicalPlan, _: &ConfigOptions) -> Result<LogicalPlan> {
+        use datafusion::logical_expr::expr::{Exists, InSubquery};
+        plan.transform_up_with_subqueries(|node| {
+            // The subqueries' outer references are columns of this one input.
+            let outer = match &node {
+                LogicalPlan::Filter(f) => f.input.clone(),
+                LogicalPlan::Projection(p) => p.input.clone(),
+                _ => return Ok(Transformed::no(node)),
+            };
+            if !has_subqueries(&node)? || reads_outer_query(&outer)? {
+                return Ok(Transformed::no(node));
+            }
+            node.map_expressions(|e| {
+                e.transform_up(|x| match x {
+                    Expr::Exists(Exists { subquery, negated }) => Ok(decorrelate_subquery(subquery, &outer, PullUp::Rows)?
+                        .update_data(|subquery| Expr::Exists(Exists { subquery, negated }))),
+                    Expr::InSubquery(InSubquery { expr, subquery, negated }) => Ok(decorrelate_subquery(subquery, &outer, PullUp::Rows)?
+                        .update_data(|subquery| Expr::InSubquery(InSubquery { expr, subquery, negated }))),
+                    Expr::ScalarSubquery(subquery) => {
+                        Ok(decorrelate_subquery(subquery, &outer, PullUp::ScalarTop)?.update_data(Expr::ScalarSubquery))
+                    }
+                    other => Ok(Transformed::no(other)),
+                })
+            })
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "velocity_decorrelate_outer_join_conditions"
+    }
+}
+
+/// Whether DataFusion decorrelates a filter at a node of a subquery correctly: it pulls the
+/// filter up to the subquery's root, through projections, filters, inner joins, the preserved
+/// side of outer joins and aggregates (adding the filter's columns to the grouping).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PullUp {
+    /// Not past this node: a filter would leave the NULL-extended side of an outer join, or a
+    /// node DataFusion does not pull through (limits, windows, unions, ...).
+    Blocked,
+    /// Through grouped aggregates: a domain value without rows has no group, as it has none
+    /// in the original subquery.
+    Rows,
+    /// Through an aggregate without GROUP BY too: the top of a scalar subquery, whose
+    /// decorrelation gives an outer row without a group the aggregate of no rows (count 0).
+    ScalarTop,
+}
+
+impl PullUp {
+    /// How a filter in each input of `node` is pulled up to the subquery's root, given how a
+    /// filter at `node` is.
+    fn inputs(self, node: &LogicalPlan) -> Vec<PullUp> {
+        use PullUp::*;
+        let rows = if self == Blocked { Blocked } else { Rows };
+        match node {
+            // A subquery of its own would be decorrelated first, around the filter.
+            _ if self == Blocked || has_subqueries(node).unwrap_or(true) => vec![Blocked; node.inputs().len()],
+            LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) => vec![self],
+            LogicalPlan::Filter(_) => vec![rows],
+            LogicalPlan::Aggregate(a) if a.group_expr.is_empty() && self != ScalarTop => vec![Blocked],
+            LogicalPlan::Aggregate(_) => vec![rows],
+            LogicalPlan::Join(j) => match j.join_type {
+                JoinType::Inner => vec![rows, rows],
+                JoinType::Left => vec![rows, Blocked],
+                JoinType::Right => vec![Blocked, rows],
+                _ => vec![Blocked, Blocked],
+            },
+            _ => vec![Blocked; node.inputs().len()],
+        }
+    }
+}
+
+/// `subquery` with [`decorrelate_outer_joins`] applied to its plan; first, for a subquery that
+/// asks only whether rows exist (EXISTS, IN: `PullUp::Rows` at its root), with
+/// [`drop_unread_outer_join_sides`], which needs no domain.
+fn decorrelate_subquery(
+    subquery: datafusion::logical_expr::Subquery,
+    outer: &Arc<LogicalPlan>,
+    pull_up: PullUp,
+) -> Result<Transformed<datafusion::logical_expr::Subquery>> {
+    let plan = Arc::unwrap_or_clone(subquery.subquery.clone());
+    let plan = if pull_up == PullUp::Rows { drop_unread_outer_join_sides(plan, &HashSet::new())? } else { Transformed::no(plan) };
+    Ok(plan
+        .transform_data(|plan| decorrelate_outer_joins(plan, outer, pull_up))?
+        .update_data(|plan| datafusion::logical_expr::Subquery { subquery: Arc::new(plan), ..subquery }))
+}
+
+/// In a subquery that asks only whether rows exist, `x LEFT JOIN y ON c(o.a)` where nothing
+/// above reads a column of y is x with NULLs for y's columns: every x row stays, once or
+/// more, whatever c says (likewise y in `x RIGHT JOIN y`). `read_above` holds the names of
+/// the columns the nodes above `plan` read; the search goes down through the nodes that keep
+/// whether a row exists (not aggregates, which count).
+fn drop_unread_outer_join_sides(plan: LogicalPlan, read_above: &HashSet<String>) -> Result<Transformed<LogicalPlan>> {
+    use datafusion::common::ScalarValue;
+    if let LogicalPlan::Join(join) = &plan
+        && condition_reads_outer_query(join)
+    {
+        let left_width = join.left.schema().fields().len();
+        let (kept, dropped) = match join.join_type {
+            JoinType::Left => (0..left_width, &join.right),
+            JoinType::Right => (left_width..join.schema.fields().len(), &join.left),
+            _ => return Ok(Transformed::no(plan)),
+        };
+        if dropped.schema().fields().iter().any(|f| read_above.contains(f.name())) {
+            return Ok(Transformed::no(plan));
+        }
+        let mut columns = Vec::with_capacity(join.schema.fields().len());
+        for (i, (qualifier, field)) in join.schema.iter().enumerate() {
+            columns.push(if kept.contains(&i) {
+                Expr::Column(datafusion::common::Column::new(qualifier.cloned(), field.name()))
+            } else {
+                Expr::Literal(ScalarValue::try_from(field.data_type())?, None).alias_qualified(qualifier.cloned(), field.name())
+            });
+        }
+        let preserved = if kept.start == 0 { join.left.clone() } else { join.right.clone() };
+        let alone = LogicalPlan::Projection(datafusion::logical_expr::Projection::try_new(columns, preserved)?);
+        if !alone.schema().logically_equivalent_names_and_types(&join.schema) {
+            return Ok(Transformed::no(plan));
+        }
+        return Ok(Transformed::yes(alone));
+    }
+    let descend: Vec<bool> = match &plan {
+        // A subquery of its own may read y's columns as outer references.
+        _ if has_subqueries(&plan)? => return Ok(Transformed::no(plan)),
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::Distinct(_) => vec![true],
+        LogicalPlan::Join(j) => {
+            vec![matches!(j.join_type, JoinType::Inner | JoinType::Left), matches!(j.join_type, JoinType::Inner | JoinType::Right)]
+        }
+        _ => return Ok(Transformed::no(plan)),
+    };
+    let mut read = read_above.clone();
+    for e in plan.expressions() {
+        read.extend(e.column_refs().into_iter().map(|c| c.name.clone()));
+    }
+    let mut descend = descend.into_iter();
+    let plan = plan.map_children(|child| {
+        if descend.next().unwrap_or(false) { drop_unread_outer_join_sides(child, &read) } else { Ok(Transformed::no(child)) }
+    })?;
+    if plan.transformed { plan.map_data(LogicalPlan::recompute_schema) } else { Ok(plan) }
+}
+
+/// `plan` (a subquery's, or one of its nodes at `pull_up`) with every outer join whose
+/// condition reads `outer` rewritten by [`read_domain_in_outer_join`] where the correlation
+/// filter it adds is pulled up correctly. Nested subqueries are left to their own pass.
+fn decorrelate_outer_joins(plan: LogicalPlan, outer: &Arc<LogicalPlan>, pull_up: PullUp) -> Result<Transformed<LogicalPlan>> {
+    if pull_up == PullUp::Blocked {
+        return Ok(Transformed::no(plan));
+    }
+    let mut inputs = pull_up.inputs(&plan).into_iter();
+    let plan = plan.map_children(|child| decorrelate_outer_joins(child, outer, inputs.next().unwrap_or(PullUp::Blocked)))?;
+    // The rewritten inputs have the columns they had; the node's schema is rebuilt all the same.
+    let plan = if plan.transformed { plan.map_data(LogicalPlan::recompute_schema)? } else { plan };
+    plan.transform_data(|node| {
+        let LogicalPlan::Join(join) = &node else { return Ok(Transformed::no(node)) };
+        match read_domain_in_outer_join(join, outer)? {
+            Some(rewritten) => Ok(Transformed::yes(rewritten)),
+            None => Ok(Transformed::no(node)),
+        }
+    })
+}
+
+/// The outer join `join`, whose condition reads `outer` (the enclosing query's input), as
+/// [`DecorrelateOuterJoinConditions`] rewrites it, with `join`'s columns; None if it is not
+/// such a join or does not fit the rewrite.
+fn read_domain_in_outer_join(join: &datafusion::logical_expr::Join, outer: &Arc<LogicalPlan>) -> Result<Option<LogicalPlan>> {
+    use datafusion::common::{Column, NullEquality, ScalarValue};
+    use datafusion::functions::core::expr_fn::coalesce;
+    use datafusion::logical_expr::utils::conjunction;
+    use datafusion::logical_expr::{LogicalPlanBuilder, binary_expr, lit};
+    if !matches!(join.join_type, JoinType::Left | JoinType::Right | JoinType::Full) || join.null_equality != NullEquality::NullEqualsNothing
+    {
+        return Ok(None);
+    }
+    let equalities = join.on.iter().map(|(l, r)| l.clone().eq(r.clone()));
+    let Some(condition) = conjunction(equalities.chain(join.filter.clone())) else { return Ok(None) };
+    // Each outer column the condition reads, once, with its field.
+    let mut references = Vec::new();
+    condition.apply(|e| {
+        if let Expr::OuterReferenceColumn(field, column) = e
+            && !references.iter().any(|(_, c)| c == column)
+        {
+            references.push((field.clone(), column.clone()));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if references.is_empty() || !references.iter().all(|(_, c)| outer.schema().has_column(c)) {
+        return Ok(None);
+    }
+    let value = |domain: &str, i: usize| Expr::Column(Column::new(Some(domain), format!("value_{i}")));
+    let domain = |alias: &str| {
+        let values = references.iter().enumerate().map(|(i, (_, c))| Expr::Column(c.clone()).alias(format!("value_{i}")));
+        LogicalPlanBuilder::from(outer.clone()).project(values)?.distinct()?.alias(alias)?.build()
+    };
+    let condition = condition
+        .transform_up(|e| match e {
+            Expr::OuterReferenceColumn(_, column) => {
+                let i = references.iter().position(|(_, c)| *c == column).expect("collected above");
+                Ok(Transformed::yes(value(DOMAIN, i)))
+            }
+            other => Ok(Transformed::no(other)),
+        })?
+        .data;
+    let (left, right) = (LogicalPlanBuilder::from(join.left.clone()), LogicalPlanBuilder::from(join.right.clone()));
+    let joined = match join.join_type {
+        JoinType::Left => left.cross_join(domain(DOMAIN)?)?.join_on(right.build()?, JoinType::Left, [condition])?,
+        JoinType::Right => left.join_on(right.cross_join(domain(DOMAIN)?)?.build()?, JoinType::Right, [condition])?,
+        _ => {
+            // Both sides carry the domain and match only within one value.
+            let same_value =
+                (0..references.len()).map(|i| binary_expr(value(DOMAIN, i), Operator::IsNotDistinctFrom, value(RIGHT_DOMAIN, i)));
+            let right = right.cross_join(domain(RIGHT_DOMAIN)?)?.build()?;
+            left.cross_join(domain(DOMAIN)?)?.join_on(right, JoinType::Full, std::iter::once(condition).chain(same_value))?
+        }
+    };
+    // A row's value; after a FULL join, on whichever side is not NULL-extended.
+    let values = (0..references.len()).map(|i| match join.join_type {
+        JoinType::Full => coalesce(vec![value(DOMAIN, i), value(RIGHT_DOMAIN, i)]),
+        _ => value(DOMAIN, i),
+    });
+    // `value IS NOT DISTINCT FROM o.a` as `key = coalesce(o.a, placeholder) AND null = (o.a IS
+    // NULL)` over columns: DataFusion pulls only equalities of a column up through aggregates.
+    let columns: Vec<Expr> = join.schema.columns().into_iter().map(Expr::Column).collect();
+    let mut keyed = columns.clone();
+    let mut correlation = Vec::new();
+    for (i, (value, (field, column))) in values.zip(&references).enumerate() {
+        let Ok(placeholder) = ScalarValue::new_default(field.data_type()) else { return Ok(None) };
+        let outer_value = Expr::OuterReferenceColumn(field.clone(), column.clone());
+        let (key, null) = (format!("{DOMAIN}_key_{i}"), format!("{DOMAIN}_null_{i}"));
+        keyed.push(coalesce(vec![value.clone(), lit(placeholder.clone())]).alias(&key));
+        keyed.push(value.is_null().alias(&null));
+        correlation.push(Expr::Column(Column::new_unqualified(key)).eq(coalesce(vec![outer_value.clone(), lit(placeholder)])));
+        correlation.push(Expr::Column(Column::new_unqualified(null)).eq(outer_value.is_null()));
+    }
+    let correlation = conjunction(correlation).expect("one reference at least");
+    let rewritten = joined.project(keyed)?.filter(correlation)?.project(columns)?.build()?;
+    if !rewritten.schema().logically_equivalent_names_and_types(&join.schema) {
+        return Ok(None);
+    }
+    Ok(Some(rewritten))
+}
+
+/// Whether an expression of `node` holds a subquery.
+fn has_subqueries(node: &LogicalPlan) -> Result<bool> {
+    let mut found = false;
+    node.apply_subqueries(|_| {
+        found = true;
+        Ok(TreeNodeRecursion::Stop)
+    })?;
+    Ok(found)
+}
+
+/// Whether `join`'s condition refers to a column of an enclosing query.
+fn condition_reads_outer_query(join: &datafusion::logical_expr::Join) -> bool {
+    join.on.iter().any(|(l, r)| l.contains_outer() || r.contains_outer()) || join.filter.as_ref().is_some_and(Expr::contains_outer)
+}
+
 /// Refuses outer references in the condition of an outer join inside a subquery.
 #[derive(Debug)]
 pub struct RefuseOuterJoinCorrelation;
@@ -541,8 +826,7 @@ impl AnalyzerRule for RefuseOuterJoinCorrelation {
         plan.apply_with_subqueries(|node| {
             if let LogicalPlan::Join(j) = node
                 && j.join_type != JoinType::Inner
-                && (j.on.iter().any(|(l, r)| l.contains_outer() || r.contains_outer())
-                    || j.filter.as_ref().is_some_and(Expr::contains_outer))
+                && condition_reads_outer_query(j)
             {
                 found = true;
                 return Ok(TreeNodeRecursion::Stop);
