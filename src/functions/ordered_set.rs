@@ -1,5 +1,6 @@
 //! Postgres' ordered-set aggregates DataFusion lacks: `percentile_disc(f) WITHIN GROUP (ORDER
-//! BY x)` and `mode() WITHIN GROUP (ORDER BY x)` (DataFusion has `percentile_cont`).
+//! BY x)`, `percentile_disc(ARRAY[f, ...]) ...` (an array of the values at each fraction) and
+//! `mode() WITHIN GROUP (ORDER BY x)` (DataFusion has `percentile_cont`).
 //!
 //! DataFusion's planner passes the `WITHIN GROUP` expression as the first argument and its
 //! order in the accumulator's `order_bys`. Each accumulator keeps the group's non-NULL
@@ -56,6 +57,9 @@ impl AggregateUDFImpl for OrderedSet {
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         match (self.kind, arg_types) {
+            (Kind::PercentileDisc, [value, DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..)]) => {
+                Ok(vec![value.clone(), fraction_array_type()])
+            }
             (Kind::PercentileDisc, [value, _]) => Ok(vec![value.clone(), DataType::Float64]),
             (Kind::Mode, [value]) => Ok(vec![value.clone()]),
             (Kind::PercentileDisc, _) => plan_err!("percentile_disc(fraction) takes one argument and WITHIN GROUP (ORDER BY x)"),
@@ -64,7 +68,10 @@ impl AggregateUDFImpl for OrderedSet {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        Ok(arg_types[0].clone())
+        match arg_types.get(1) {
+            Some(DataType::List(_)) => Ok(DataType::new_list(arg_types[0].clone(), true)),
+            _ => Ok(arg_types[0].clone()),
+        }
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -73,32 +80,20 @@ impl AggregateUDFImpl for OrderedSet {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let fraction = match self.kind {
+        let fractions = match self.kind {
             Kind::Mode => None,
             Kind::PercentileDisc => {
                 // A constant evaluates to a scalar without rows.
                 let empty = arrow::array::RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()));
-                let value = args.exprs.get(1).map(|e| e.evaluate(&empty));
-                let fraction = match value {
-                    Some(Ok(ColumnarValue::Scalar(v))) if v.cast_to(&DataType::Float64).is_ok() => match v.cast_to(&DataType::Float64)? {
-                        ScalarValue::Float64(f) => f,
-                        _ => None,
-                    },
-                    _ => return plan_err!("percentile_disc takes a constant fraction"),
+                let Some(Ok(ColumnarValue::Scalar(value))) = args.exprs.get(1).map(|e| e.evaluate(&empty)) else {
+                    return plan_err!("percentile_disc takes a constant fraction");
                 };
-                if let Some(f) = fraction
-                    && !(0.0..=1.0).contains(&f)
-                {
-                    return exec_err!("percentile value {f} is not between 0 and 1");
-                }
-                Some(fraction)
+                Some(Fractions::of(value)?)
             }
         };
         let descending = args.order_bys.first().is_some_and(|s| s.options.descending);
         Ok(Box::new(OrderedSetAccumulator {
-            kind: self.kind,
-            fraction: fraction.flatten(),
-            null_fraction: fraction == Some(None),
+            fractions,
             descending,
             data_type: args.expr_fields[0].data_type().clone(),
             values: Vec::new(),
@@ -110,13 +105,55 @@ impl AggregateUDFImpl for OrderedSet {
     }
 }
 
+/// The type `percentile_disc(ARRAY[...])` reads its fractions as.
+fn fraction_array_type() -> DataType {
+    DataType::new_list(DataType::Float64, true)
+}
+
+/// `percentile_disc`'s argument, one for the whole aggregate. A NULL fraction or array
+/// answers NULL, as in Postgres.
+#[derive(Debug)]
+enum Fractions {
+    One(Option<f64>),
+    /// Answered by an array of the value at each fraction.
+    Array(Option<Vec<Option<f64>>>),
+}
+
+impl Fractions {
+    /// The fraction(s) of the constant `value`; an error for one outside [0, 1].
+    fn of(value: ScalarValue) -> Result<Fractions> {
+        let checked = |v: ScalarValue| -> Result<Option<f64>> {
+            let f = match v.cast_to(&DataType::Float64) {
+                Ok(ScalarValue::Float64(f)) => f,
+                _ => return plan_err!("percentile_disc takes a constant fraction"),
+            };
+            if let Some(f) = f
+                && !(0.0..=1.0).contains(&f)
+            {
+                return exec_err!("percentile value {f} is not between 0 and 1");
+            }
+            Ok(f)
+        };
+        if !value.data_type().is_nested() {
+            return Ok(Fractions::One(checked(value)?));
+        }
+        let ScalarValue::List(list) = value.cast_to(&fraction_array_type())? else {
+            return plan_err!("percentile_disc takes a constant fraction or array of fractions");
+        };
+        if list.is_null(0) {
+            return Ok(Fractions::Array(None));
+        }
+        let items = list.value(0);
+        let fractions = (0..items.len()).map(|i| checked(ScalarValue::try_from_array(&items, i)?)).collect::<Result<_>>()?;
+        Ok(Fractions::Array(Some(fractions)))
+    }
+}
+
 /// The non-NULL values of one group.
 #[derive(Debug)]
 struct OrderedSetAccumulator {
-    kind: Kind,
-    fraction: Option<f64>,
-    /// `percentile_disc(NULL)`: NULL, as in Postgres.
-    null_fraction: bool,
+    /// `percentile_disc`'s; None for `mode`.
+    fractions: Option<Fractions>,
     descending: bool,
     data_type: DataType,
     values: Vec<ScalarValue>,
@@ -150,17 +187,19 @@ impl Accumulator for OrderedSetAccumulator {
     fn evaluate(&mut self) -> Result<ScalarValue> {
         let sorted = self.sorted();
         let null = || ScalarValue::try_from(&self.data_type);
-        if sorted.is_empty() || self.null_fraction {
-            return null();
-        }
-        match self.kind {
-            Kind::PercentileDisc => {
-                let f = self.fraction.unwrap_or(0.0);
-                // Postgres: the row numbered ceil(f * n), the first for f = 0.
-                let row = ((f * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-                Ok(sorted[row - 1].clone())
-            }
-            Kind::Mode => {
+        // Postgres: the row numbered ceil(f * n), the first for f = 0.
+        let at = |f: f64| sorted[((f * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1].clone();
+        match &self.fractions {
+            Some(Fractions::Array(fractions)) => match fractions {
+                Some(fractions) if !sorted.is_empty() => {
+                    let values = fractions.iter().map(|f| f.map_or_else(null, |f| Ok(at(f)))).collect::<Result<Vec<_>>>()?;
+                    Ok(ScalarValue::List(ScalarValue::new_list_nullable(&values, &self.data_type)))
+                }
+                _ => ScalarValue::try_from(&DataType::new_list(self.data_type.clone(), true)),
+            },
+            _ if sorted.is_empty() => null(),
+            Some(Fractions::One(f)) => f.map_or_else(null, |f| Ok(at(f))),
+            None => {
                 let (mut best, mut best_count) = (0, 0);
                 let mut i = 0;
                 while i < sorted.len() {
