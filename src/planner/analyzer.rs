@@ -617,8 +617,11 @@ impl PullUp {
         match node {
             // A subquery of its own would be decorrelated first, around the filter.
             _ if self == Blocked || has_subqueries(node).unwrap_or(true) => vec![Blocked; node.inputs().len()],
-            LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) => vec![self],
+            LogicalPlan::Projection(_) => vec![self],
             LogicalPlan::Filter(_) => vec![rows],
+            // DataFusion loses the pulled-up columns at a derived table's alias (`No field named
+            // x.__velocity_domain_key_0`).
+            LogicalPlan::SubqueryAlias(_) => vec![Blocked],
             LogicalPlan::Aggregate(a) if a.group_expr.is_empty() && self != ScalarTop => vec![Blocked],
             LogicalPlan::Aggregate(_) => vec![rows],
             LogicalPlan::Join(j) => match j.join_type {
