@@ -631,6 +631,14 @@ impl Builder<'_> {
             JoinType::LeftSemi => JoinKind::LeftSemi,
             JoinType::LeftAnti if !j.null_aware => JoinKind::LeftAnti,
             JoinType::LeftAnti => return self.plan_not_in(j),
+            // The optimizer's mirror images: the same join with its inputs swapped.
+            JoinType::RightSemi | JoinType::RightAnti => {
+                let mut swapped = j.clone();
+                std::mem::swap(&mut swapped.left, &mut swapped.right);
+                swapped.on = j.on.iter().map(|(l, r)| (r.clone(), l.clone())).collect();
+                swapped.join_type = j.join_type.swap();
+                return self.plan_join(&swapped, out_schema);
+            }
             other => return Err(PlanError::Unsupported(format!("{other} join"))),
         };
         let left = self.plan(&j.left)?;

@@ -197,6 +197,10 @@ pub fn datafusion_code(e: &DataFusionError) -> &'static str {
             let m = m.to_ascii_lowercase();
             if m.contains(SCALAR_SUBQUERY_ROWS) {
                 "21000"
+            } else if m.contains("invalid regular expression option") {
+                "22023"
+            } else if m.contains("invalid regular expression") {
+                "2201B"
             } else if m.contains("cannot get array length of") {
                 "22023"
             } else if m.contains("invalid input syntax for type json") || m.contains("invalid input syntax for type uuid") {
