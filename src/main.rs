@@ -130,6 +130,9 @@ fn parse_memory_size(text: &str) -> Result<usize, String> {
     number.checked_mul(unit).ok_or_else(|| format!("{text:?} is too large"))
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     velocity::engine::limit_malloc_arenas();
     tracing_subscriber::fmt()

@@ -1,6 +1,6 @@
 //! Z-set change batches: Arrow rows plus an `Int64` weight per row.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, RecordBatchOptions};

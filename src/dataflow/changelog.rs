@@ -6,7 +6,7 @@
 //! otherwise they are a `delete` and an `insert`. A transaction that leaves a row as it was
 //! consolidates to nothing, so events derived from this fire only on real state changes.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, StructArray, TimestampMicrosecondArray, UInt32Array};

@@ -21,8 +21,8 @@
 //! costs the delta, the candidate pairs it produces and the rows whose match status flips, never
 //! the size of the state.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
 use std::ops::Range;
 use std::sync::Arc;
 

@@ -21,8 +21,8 @@
 //! k or changed rank are retracted, rows that entered it or got a new rank are inserted). A tick
 //! costs O(changes × log partition size + touched partitions × k), never the size of the state.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, UInt64Array};

@@ -4,7 +4,7 @@
 //! columns as row key and store the row in the value; views and key-less tables use the
 //! encoded row itself and store only its multiplicity.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
