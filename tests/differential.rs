@@ -80,7 +80,10 @@ const VIEWS: &[(&str, &str)] = &[
     ("not_in", "SELECT a.id, a.v FROM a WHERE a.v NOT IN (SELECT c.v FROM c WHERE c.k <> 0)"),
     ("not_in_rows", "SELECT a.id, a.k FROM a WHERE (a.k, a.v) NOT IN (SELECT b.k, b.v FROM b WHERE b.id <> 0)"),
     ("in_rows", "SELECT c.id FROM c WHERE (c.k, c.v) IN (SELECT a.k, a.v FROM a)"),
-    ("outer_join_correlated", "SELECT a.id FROM a WHERE EXISTS (SELECT 1 FROM c LEFT JOIN b ON b.k = a.k AND b.v = c.v WHERE b.id IS NULL)"),
+    (
+        "outer_join_correlated",
+        "SELECT a.id FROM a WHERE EXISTS (SELECT 1 FROM c LEFT JOIN b ON b.k = a.k AND b.v = c.v WHERE b.id IS NULL)",
+    ),
     ("outer_join_count", "SELECT c.id, (SELECT count(b.id) FROM a LEFT JOIN b ON b.k = c.k AND b.v = a.v) AS n FROM c"),
     (
         "ordered_sets",
