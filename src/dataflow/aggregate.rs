@@ -36,8 +36,7 @@
 //! older than a table's watermark never reach a view (the engine takes them out as late), so a
 //! closed window gets no more input.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -59,6 +58,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::physical_expr::expressions::CastExpr;
+use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
 
 use super::arrangement::{Arrangement, ValueMap, state_prefix};
 use super::{ChangeBatch, DataflowError, Operator, Result, RowCodec};
@@ -967,7 +968,7 @@ impl Operator for Aggregate {
         ChangeBatch::concat(&self.output_schema, &[retracted, inserted])
     }
 
-    fn advance_watermarks(&mut self, watermarks: &HashMap<u32, i64>) {
+    fn advance_watermarks(&mut self, watermarks: &std::collections::HashMap<u32, i64>) {
         if let Some(close) = self.close.as_mut() {
             let each: Option<Vec<i64>> = close.relations.iter().map(|r| watermarks.get(r).copied()).collect();
             close.watermark = each.and_then(|w| w.into_iter().min());

@@ -21,8 +21,6 @@
 //! every change recomputes the whole input. This is the first version: a change near the end
 //! of a large partition could be bounded by the frame instead.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
@@ -30,6 +28,8 @@ use arrow::compute::{cast, concat};
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::window::WindowExpr;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
 
 use super::arrangement::{Arrangement, state_prefix};
 use super::topk::{PartitionKeys, by_partition, make_entry, row_of};
